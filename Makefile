@@ -1,0 +1,43 @@
+# agentguard developer tasks. `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ADAPTERS := $(wildcard adapters/*/pyproject.toml)
+
+.PHONY: install test lint typecheck contracts pytest demo bench hardening fuzz clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.txt $(ADAPTERS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -e '.[telemetry,web,notebook]' $(foreach a,$(ADAPTERS),-e $(dir $(a)))
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy agentguard tests examples $(wildcard adapters/*/src) $(wildcard adapters/*/agentguard_*)
+
+contracts: install
+	$(BIN)/lint-imports
+
+pytest: install
+	$(BIN)/python -m pytest --cov --cov-report=term -q
+
+test: lint typecheck contracts pytest
+
+demo: install
+	$(BIN)/agentguard demo
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+hardening: install
+	AGENTGUARD_HARDENING=1 $(BIN)/python -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,142 @@
+"""Compact JWS signing and verification: the only module that imports PyJWT.
+
+Every token type has its own ``typ`` header, checked on every decode because
+PyJWT does not. The algorithm is pinned to EdDSA. Time claims are checked by the
+callers against an injected clock, so only the signature is verified here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jwt
+import rfc8785
+
+from agentguard.errors import DeniedError, TokenFormatError
+from agentguard.keys import Identity, Principal, b64url_decode, b64url_encode
+
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "canonical_digest",
+    "canonical_json",
+    "link_id",
+    "peek",
+    "sign",
+    "verify",
+]
+
+#: Upper bound for one compact JWS; delegation strings have their own cap.
+MAX_TOKEN_BYTES = 8192
+_ALGORITHMS = ["EdDSA"]
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON of ``value``.
+
+    Raises:
+        ValueError: the value is not representable in canonical JSON (NaN,
+            non-string keys, integers beyond IEEE double range, foreign types).
+    """
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"value is not canonical JSON: {type(exc).__name__}") from exc
+
+
+def canonical_digest(value: Any) -> str:
+    """Base64url SHA-256 of the RFC 8785 canonical JSON of ``value``.
+
+    Raises:
+        ValueError: see :func:`canonical_json`.
+    """
+    return b64url_encode(hashlib.sha256(canonical_json(value)).digest())
+
+
+def link_id(token: str) -> str:
+    """The id of a grant: base64url SHA-256 of its ASCII JWS."""
+    return b64url_encode(hashlib.sha256(token.encode("ascii")).digest())
+
+
+def sign(claims: dict[str, Any], identity: Identity, typ: str) -> str:
+    """Sign ``claims`` as a compact JWS with the identity's key and header ``typ``."""
+    return jwt.encode(
+        claims,
+        identity.private_key,
+        algorithm="EdDSA",
+        headers={"typ": typ, "kid": identity.kid},
+    )
+
+
+def _segments(token: object, typ: str) -> list[str]:
+    if not isinstance(token, str):
+        raise TokenFormatError(f"{typ} token must be a string")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenFormatError(f"{typ} token is longer than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():
+        raise TokenFormatError(f"{typ} token contains non-ASCII characters")
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise TokenFormatError(f"{typ} token is not a compact JWS")
+    return parts
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(segment))
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise TokenFormatError(f"token {what} is not base64url JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenFormatError(f"token {what} is not a JSON object")
+    return value
+
+
+def peek(token: object, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parse a token's header and claims WITHOUT verifying the signature.
+
+    Checks the shape, the size cap, ``alg`` and ``typ``. The result must not be
+    trusted until :func:`verify` succeeds.
+
+    Raises:
+        TokenFormatError: the token is malformed or of another type.
+    """
+    parts = _segments(token, typ)
+    header = _json_object(parts[0], "header")
+    if header.get("alg") != "EdDSA":
+        raise TokenFormatError("token algorithm is not EdDSA", reason="bad_algorithm")
+    if header.get("typ") != typ:
+        raise TokenFormatError(f"token is not of type {typ}", reason="wrong_token_type")
+    if "crit" in header:
+        raise TokenFormatError("token has critical header parameters we do not understand")
+    claims = _json_object(parts[1], "payload")
+    try:
+        b64url_decode(parts[2])
+    except ValueError as exc:
+        raise TokenFormatError("token signature is not base64url") from exc
+    return header, claims
+
+
+def verify(token: str, key: Principal, typ: str) -> dict[str, Any]:
+    """Verify the signature and ``typ`` of a token with ``key`` and return its claims.
+
+    Raises:
+        TokenFormatError: the token is malformed or of another type.
+        DeniedError: (reason ``bad_signature``) the signature does not verify.
+    """
+    peek(token, typ)
+    try:
+        decoded = jwt.api_jws.decode_complete(token, key.public_key, algorithms=_ALGORITHMS)
+    except jwt.InvalidSignatureError as exc:
+        raise DeniedError(f"{typ} signature does not verify", reason="bad_signature") from exc
+    except jwt.PyJWTError as exc:
+        raise TokenFormatError(f"{typ} could not be decoded", reason="malformed_token") from exc
+    if decoded["header"].get("typ") != typ:  # pragma: no cover - peek checked it already
+        raise TokenFormatError(f"token is not of type {typ}", reason="wrong_token_type")
+    try:
+        claims = json.loads(decoded["payload"])
+    except (ValueError, RecursionError) as exc:  # pragma: no cover - peek parsed it already
+        raise TokenFormatError("token payload is not JSON") from exc
+    if not isinstance(claims, dict):  # pragma: no cover - peek checked it already
+        raise TokenFormatError("token payload is not a JSON object")
+    return claims

@@ -1,0 +1,132 @@
+"""Tool addresses (``namespace/tool``) and the glob patterns that select them.
+
+An address splits at the first ``/``: the namespace is an MCP server name or the
+name a user gives a toolkit; the tool part may itself contain ``/`` or ``.``.
+Patterns are case-sensitive globs where ``*`` matches any run of characters and
+``?`` exactly one, except that a wildcard never crosses the first ``/``: in the
+namespace part it matches no ``/`` at all. ``tickets/*`` is every tool of the
+``tickets`` namespace; ``*/read_*`` is the ``read_`` tools of every namespace.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from agentguard.errors import InvalidAddressError
+
+__all__ = [
+    "compile_pattern",
+    "parse_address",
+    "pattern_matches",
+    "patterns_overlap",
+    "validate_pattern",
+]
+
+_MAX_ADDRESS = 256
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def _check_parts(text: str, what: str) -> tuple[str, str]:
+    if not isinstance(text, str):
+        raise InvalidAddressError(f"{what} must be a string")
+    if len(text) > _MAX_ADDRESS:
+        raise InvalidAddressError(f"{what} is longer than {_MAX_ADDRESS} characters")
+    if _FORBIDDEN.search(text):
+        raise InvalidAddressError(f"{what} {text!r} contains whitespace or control characters")
+    namespace, sep, tool = text.partition("/")
+    if not sep or not namespace or not tool:
+        raise InvalidAddressError(f"{what} {text!r} must have the form 'namespace/tool'")
+    for segment in tool.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidAddressError(f"{what} {text!r} has an empty, '.' or '..' segment")
+    return namespace, tool
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """Split a concrete tool address into ``(namespace, tool)``.
+
+    Raises:
+        InvalidAddressError: the address is malformed or contains wildcards.
+    """
+    namespace, tool = _check_parts(address, "tool address")
+    if "*" in address or "?" in address:
+        raise InvalidAddressError(f"tool address {address!r} must not contain wildcards")
+    return namespace, tool
+
+
+def validate_pattern(pattern: str) -> str:
+    """Check a tool pattern and return it unchanged.
+
+    Raises:
+        InvalidAddressError: the pattern is malformed.
+    """
+    _check_parts(pattern, "tool pattern")
+    return pattern
+
+
+def _glob_regex(glob: str, *, slash_ok: bool) -> str:
+    any_run = ".*" if slash_ok else "[^/]*"
+    one = "." if slash_ok else "[^/]"
+    out = []
+    for ch in glob:
+        if ch == "*":
+            out.append(any_run)
+        elif ch == "?":
+            out.append(one)
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a validated pattern into an anchored regular expression.
+
+    Raises:
+        InvalidAddressError: the pattern is malformed.
+    """
+    namespace, tool = _check_parts(pattern, "tool pattern")
+    # Consecutive stars are one star; this also keeps the regex linear.
+    namespace = re.sub(r"\*+", "*", namespace)
+    tool = re.sub(r"\*+", "*", tool)
+    body = _glob_regex(namespace, slash_ok=False) + "/" + _glob_regex(tool, slash_ok=True)
+    return re.compile(body, re.DOTALL)
+
+
+def pattern_matches(pattern: str, address: str) -> bool:
+    """Whether ``address`` is selected by ``pattern`` (both assumed validated)."""
+    return compile_pattern(pattern).fullmatch(address) is not None
+
+
+def _globs_overlap(a: str, b: str) -> bool:
+    """Whether some string matches both globs (``*`` and ``?`` wildcards).
+
+    ``ok[i][j]`` tells whether the suffixes ``a[i:]`` and ``b[j:]`` can match a
+    common string; it is filled from the ends backwards.
+    """
+    n, m = len(a), len(b)
+    ok = [[False] * (m + 1) for _ in range(n + 1)]
+    ok[n][m] = True
+    for i in range(n, -1, -1):
+        for j in range(m, -1, -1):
+            if i == n and j == m:
+                continue
+            if i < n and a[i] == "*":
+                ok[i][j] = ok[i + 1][j] or (j < m and ok[i][j + 1])
+            elif j < m and b[j] == "*":
+                ok[i][j] = ok[i][j + 1] or (i < n and ok[i + 1][j])
+            elif i < n and j < m:
+                ok[i][j] = (a[i] == b[j] or "?" in (a[i], b[j])) and ok[i + 1][j + 1]
+    return ok[0][0]
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some tool address matches both patterns.
+
+    Used at issuance to refuse child rules that could never be used because no
+    parent rule reaches any tool they name.
+    """
+    a_ns, a_tool = _check_parts(a, "tool pattern")
+    b_ns, b_tool = _check_parts(b, "tool pattern")
+    return _globs_overlap(a_ns, b_ns) and _globs_overlap(a_tool, b_tool)

@@ -1,0 +1,397 @@
+"""Principals, identities and the on-disk keyring.
+
+A :class:`Principal` is an id such as ``user:alice`` plus an Ed25519 public key.
+An :class:`Identity` is a principal together with its private key: something
+that can sign grants, call tokens and approvals. The :class:`Keyring` stores
+identities under ``.agentguard/keys/``; private key files are created with mode
+0600 and refused when group or others can read them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from agentguard.errors import IdentityError
+
+__all__ = [
+    "PRINCIPAL_KINDS",
+    "Identity",
+    "Keyring",
+    "Principal",
+    "b64url_decode",
+    "b64url_encode",
+    "validate_principal_id",
+]
+
+PRINCIPAL_KINDS = ("agent", "org", "service", "team", "user")
+_ID = re.compile(r"^([a-z]+):([A-Za-z0-9][A-Za-z0-9._@+-]{0,127})$")
+
+
+def b64url_encode(data: bytes) -> str:
+    """Base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url decoding without padding.
+
+    Raises:
+        ValueError: the text is not canonical unpadded base64url.
+    """
+    if not isinstance(text, str) or "=" in text or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not base64url") from exc
+    if b64url_encode(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
+
+
+def validate_principal_id(principal_id: object) -> str:
+    """Return ``principal_id`` if it follows the ``kind:name`` grammar.
+
+    ``kind`` is one of ``agent``, ``org``, ``service``, ``team``, ``user``;
+    ``name`` starts with a letter or digit and may contain letters, digits and
+    ``. _ @ + -`` (at most 128 characters).
+
+    Raises:
+        IdentityError: the id is malformed.
+    """
+    if not isinstance(principal_id, str):
+        raise IdentityError("a principal id must be a string like 'user:alice'")
+    match = _ID.match(principal_id)
+    if match is None or match.group(1) not in PRINCIPAL_KINDS:
+        shown = principal_id if len(principal_id) <= 80 else principal_id[:77] + "..."
+        raise IdentityError(
+            f"invalid principal id {shown!r}: expected 'kind:name' with kind one of "
+            f"{', '.join(PRINCIPAL_KINDS)} and a name of letters, digits and . _ @ + - "
+            "(e.g. 'user:alice', 'agent:support-bot')"
+        )
+    return principal_id
+
+
+def _public_bytes(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A principal id with its Ed25519 public key."""
+
+    id: str
+    public_key: Ed25519PublicKey = field(repr=False, compare=False)
+    kid: str = field(init=False, compare=True)
+
+    def __post_init__(self) -> None:
+        validate_principal_id(self.id)
+        object.__setattr__(self, "kid", thumbprint(_public_bytes(self.public_key)))
+
+    @property
+    def kind(self) -> str:
+        """The part before the colon: ``user``, ``agent``, ..."""
+        return self.id.split(":", 1)[0]
+
+    def public_jwk(self) -> dict[str, str]:
+        """The public key as an RFC 8037 OKP JWK, with ``kid``."""
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": b64url_encode(_public_bytes(self.public_key)),
+            "kid": self.kid,
+        }
+
+    @classmethod
+    def from_jwk(cls, principal_id: str, jwk: Mapping[str, Any]) -> Principal:
+        """Build a principal from a public OKP/Ed25519 JWK.
+
+        Raises:
+            IdentityError: the JWK is not an Ed25519 public key.
+        """
+        return cls(principal_id, public_key_from_jwk(jwk))
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """Check a raw Ed25519 signature."""
+        try:
+            self.public_key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
+    """Decode an OKP/Ed25519 public JWK.
+
+    Raises:
+        IdentityError: the JWK is not an Ed25519 public key.
+    """
+    if not isinstance(jwk, Mapping) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise IdentityError("key is not an OKP/Ed25519 JWK")
+    try:
+        raw = b64url_decode(jwk["x"])
+    except (KeyError, ValueError) as exc:
+        raise IdentityError("JWK has no valid 'x' member") from exc
+    if len(raw) != 32:
+        raise IdentityError("Ed25519 public key must be 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def thumbprint(public_raw: bytes) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256, base64url) of an Ed25519 public key."""
+    canonical = json.dumps(
+        {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(public_raw)},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A principal together with its private key."""
+
+    principal: Principal
+    private_key: Ed25519PrivateKey = field(repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """The principal id."""
+        return self.principal.id
+
+    @property
+    def kid(self) -> str:
+        """RFC 7638 thumbprint of the public key."""
+        return self.principal.kid
+
+    @classmethod
+    def generate(cls, principal_id: str) -> Identity:
+        """Create a new identity with a fresh Ed25519 key.
+
+        Raises:
+            IdentityError: the id is malformed.
+        """
+        validate_principal_id(principal_id)
+        key = Ed25519PrivateKey.generate()
+        return cls(Principal(principal_id, key.public_key()), key)
+
+    def sign(self, data: bytes) -> bytes:
+        """Raw Ed25519 signature over ``data``."""
+        return self.private_key.sign(data)
+
+    def private_jwk(self) -> dict[str, str]:
+        """The key pair as a private OKP JWK (contains the secret ``d``)."""
+        raw = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return {**self.principal.public_jwk(), "d": b64url_encode(raw)}
+
+    @classmethod
+    def from_private_jwk(cls, principal_id: str, jwk: Mapping[str, Any]) -> Identity:
+        """Rebuild an identity from a private OKP JWK.
+
+        Raises:
+            IdentityError: the JWK is malformed or its public half does not match.
+        """
+        public = public_key_from_jwk(jwk)
+        try:
+            d = b64url_decode(jwk["d"])
+        except (KeyError, ValueError) as exc:
+            raise IdentityError("private JWK has no valid 'd' member") from exc
+        if len(d) != 32:
+            raise IdentityError("Ed25519 private key must be 32 bytes")
+        private = Ed25519PrivateKey.from_private_bytes(d)
+        if _public_bytes(private.public_key()) != _public_bytes(public):
+            raise IdentityError("private JWK's 'x' does not match its 'd'")
+        return cls(Principal(principal_id, private.public_key()), private)
+
+    def save(self, path: Path) -> None:
+        """Write the private key to ``path`` with mode 0600 (never overwrites).
+
+        Raises:
+            IdentityError: the file exists already.
+        """
+        data = json.dumps({"id": self.id, "jwk": self.private_jwk()}, indent=2).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise IdentityError(f"key file {path} exists already") from exc
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data + b"\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        """Read a private key file written by :meth:`save`.
+
+        Raises:
+            IdentityError: the file is unreadable, malformed, or readable by
+                group or others.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise IdentityError(f"cannot open key file {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise IdentityError(
+                    f"refusing private key file {path}: it is accessible by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
+                )
+            raw = fh.read(65536)
+        doc = _read_json(raw, path)
+        return cls.from_private_jwk(validate_principal_id(doc.get("id")), doc.get("jwk", {}))
+
+
+def _read_json(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise IdentityError(f"key file {path} is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise IdentityError(f"key file {path} is not a JSON object")
+    return doc
+
+
+class Keyring:
+    """Identities and trusted public keys stored in a directory.
+
+    Layout: ``<dir>/<kind>_<name>.key`` holds a private key (mode 0600) and
+    ``<dir>/<kind>_<name>.pub`` a public key, each as JSON ``{"id", "jwk"}``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _stem(self, principal_id: str) -> str:
+        kind, name = validate_principal_id(principal_id).split(":", 1)
+        return f"{kind}_{name}"
+
+    def private_path(self, principal_id: str) -> Path:
+        """Where the private key of ``principal_id`` lives."""
+        return self.directory / f"{self._stem(principal_id)}.key"
+
+    def public_path(self, principal_id: str) -> Path:
+        """Where the public key of ``principal_id`` lives."""
+        return self.directory / f"{self._stem(principal_id)}.pub"
+
+    def _ensure_dir(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def create(self, principal_id: str) -> Identity:
+        """Generate and store a new identity.
+
+        Raises:
+            IdentityError: the id is malformed or already has a key here.
+        """
+        identity = Identity.generate(principal_id)
+        self.add(identity)
+        return identity
+
+    def add(self, identity: Identity) -> None:
+        """Store an identity's private and public key.
+
+        Raises:
+            IdentityError: a private key for that id exists already.
+        """
+        self._ensure_dir()
+        identity.save(self.private_path(identity.id))
+        self._write_public(identity.principal, overwrite=True)
+
+    def import_public(self, principal: Principal, *, overwrite: bool = False) -> None:
+        """Store a public key held elsewhere (to grant to it, or trust it).
+
+        Raises:
+            IdentityError: a different key for that id is stored already.
+        """
+        self._ensure_dir()
+        existing = self.public_path(principal.id)
+        if existing.exists() and not overwrite:
+            current = self.principal(principal.id)
+            if current.kid != principal.kid:
+                raise IdentityError(
+                    f"a different public key for {principal.id} is stored already "
+                    "(use --force to replace it)"
+                )
+            return
+        self._write_public(principal, overwrite=True)
+
+    def _write_public(self, principal: Principal, *, overwrite: bool) -> None:
+        path = self.public_path(principal.id)
+        if path.exists() and not overwrite:
+            return
+        tmp = path.with_suffix(".pub.tmp")
+        tmp.write_text(json.dumps({"id": principal.id, "jwk": principal.public_jwk()}, indent=2))
+        tmp.replace(path)
+
+    def identity(self, principal_id: str) -> Identity:
+        """Load the identity (private key) for ``principal_id``.
+
+        Raises:
+            IdentityError: no private key is stored for it, or the file is unsafe.
+        """
+        path = self.private_path(principal_id)
+        if not path.exists():
+            raise IdentityError(
+                f"no private key for {principal_id} in {self.directory} "
+                f"(create one with 'agentguard identity new {principal_id}')"
+            )
+        identity = Identity.load(path)
+        if identity.id != principal_id:
+            raise IdentityError(f"key file {path} belongs to {identity.id}, not {principal_id}")
+        return identity
+
+    def principal(self, principal_id: str) -> Principal:
+        """Load the public key for ``principal_id`` (from its public or private file).
+
+        Raises:
+            IdentityError: no key is stored for it.
+        """
+        path = self.public_path(principal_id)
+        if path.exists():
+            doc = _read_json(path.read_bytes()[:65536], path)
+            if doc.get("id") != principal_id:
+                raise IdentityError(f"key file {path} belongs to another principal")
+            return Principal.from_jwk(principal_id, doc.get("jwk", {}))
+        if self.private_path(principal_id).exists():
+            return self.identity(principal_id).principal
+        raise IdentityError(
+            f"no key for {principal_id} in {self.directory} "
+            f"(import it with 'agentguard identity import {principal_id} --public-key FILE')"
+        )
+
+    def has_private(self, principal_id: str) -> bool:
+        """Whether a private key for ``principal_id`` is stored."""
+        return self.private_path(principal_id).exists()
+
+    def __iter__(self) -> Iterator[tuple[str, bool]]:
+        """Yield ``(principal id, has private key)`` for every stored entry, sorted."""
+        if not self.directory.is_dir():
+            return
+        seen: dict[str, bool] = {}
+        for path in sorted(self.directory.iterdir()):
+            if path.suffix not in (".key", ".pub"):
+                continue
+            try:
+                doc = _read_json(path.read_bytes()[:65536], path)
+                principal_id = validate_principal_id(doc.get("id"))
+            except IdentityError:
+                continue
+            seen[principal_id] = seen.get(principal_id, False) or path.suffix == ".key"
+        yield from sorted(seen.items())

@@ -1,0 +1,186 @@
+"""The store protocols the verifier and the guard depend on."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "Checkpoint",
+    "GrantRecord",
+    "ReplayStore",
+    "Revocation",
+    "RevocationKind",
+    "RevocationStore",
+    "Store",
+    "entry_hash",
+]
+
+RevocationKind = Literal["link", "key", "principal"]
+REVOCATION_KINDS: tuple[RevocationKind, ...] = ("link", "key", "principal")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One revoked link id, key thumbprint or principal id."""
+
+    kind: RevocationKind
+    value: str
+    reason: str
+    revoked_at: float
+
+
+class RevocationStore(Protocol):
+    """Where revocations are recorded and looked up (on every call)."""
+
+    def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
+        """Record a revocation (idempotent)."""
+        ...
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        """The first revocation that hits any of the given values, if any."""
+        ...
+
+    def revocations(self) -> list[Revocation]:
+        """Every revocation, oldest first."""
+        ...
+
+
+class ReplayStore(Protocol):
+    """Remembers single-use ids (call tokens, receipts) until they expire."""
+
+    def consume(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Mark ``key`` used; ``True`` the first time, ``False`` ever after (until expiry).
+
+        ``now`` (from the caller's clock) decides which remembered ids have expired.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    """A grant as the issuer's inventory remembers it."""
+
+    link_id: str
+    parent: str | None
+    issuer: str
+    subject: str
+    issued_at: int
+    not_before: int
+    expires_at: int
+    purpose: str | None
+    on_behalf_of: str | None
+    rules: tuple[str, ...]
+    chain: str
+    last_used: float | None = None
+    revoked: bool = False
+
+    def status(self, now: float) -> str:
+        """``revoked``, ``expired``, ``pending`` (not yet valid) or ``active``."""
+        if self.revoked:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        if now < self.not_before:
+            return "pending"
+        return "active"
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """JSON-friendly view (no token material)."""
+        return {
+            "link_id": self.link_id,
+            "parent": self.parent,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "issued_at": self.issued_at,
+            "not_before": self.not_before,
+            "expires_at": self.expires_at,
+            "purpose": self.purpose,
+            "on_behalf_of": self.on_behalf_of,
+            "rules": list(self.rules),
+            "last_used": self.last_used,
+            "status": self.status(now),
+        }
+
+
+def entry_hash(prev_hash: str, body: str) -> str:
+    """Hash of an audit entry: SHA-256 over the previous hash and the canonical body."""
+    digest = hashlib.sha256()
+    digest.update(prev_hash.encode("ascii"))
+    digest.update(b"\n")
+    digest.update(body.encode("utf-8"))
+    return digest.hexdigest()
+
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One stored audit row: its position, canonical JSON body and chain hashes."""
+
+    seq: int
+    body: str
+    prev: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement that the log had ``seq`` entries ending in ``head``."""
+
+    seq: int
+    head: str
+    signed_at: float
+    token: str
+
+
+class Store(RevocationStore, ReplayStore, Protocol):
+    """Everything the guard keeps: revocations, nonces, inventory, audit log."""
+
+    #: Where the data lives, for messages (``"memory"`` or a file path).
+    location: str
+
+    def record_grant(self, record: GrantRecord) -> None:
+        """Remember a grant in the issuer's inventory (idempotent by link id)."""
+        ...
+
+    def grant_records(self) -> list[GrantRecord]:
+        """Every recorded grant with its last use and revocation status."""
+        ...
+
+    def audit_append(
+        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+    ) -> AuditEntry:
+        """Append one record to the hash chain atomically and mark ``link_ids`` used at ``at``.
+
+        Raises:
+            StoreError: the record could not be written durably.
+        """
+        ...
+
+    def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        """Entries with ``seq > after`` in order."""
+        ...
+
+    def audit_tail(self, n: int) -> list[AuditEntry]:
+        """The last ``n`` entries in order."""
+        ...
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a signed checkpoint."""
+        ...
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...

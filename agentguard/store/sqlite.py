@@ -1,0 +1,342 @@
+"""SQLite store: one WAL-mode file that several processes may share.
+
+Every write that must be atomic across processes runs in ``BEGIN IMMEDIATE``:
+a nonce is inserted once (primary key), an audit entry reads the previous hash
+and appends under the same write lock. Each thread uses its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentguard._jws import canonical_json
+from agentguard.errors import StoreError
+from agentguard.store.base import (
+    GENESIS_HASH,
+    REVOCATION_KINDS,
+    AuditEntry,
+    Checkpoint,
+    GrantRecord,
+    Revocation,
+    RevocationKind,
+    entry_hash,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (
+    kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
+    PRIMARY KEY (kind, value));
+CREATE TABLE IF NOT EXISTS nonces (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
+CREATE TABLE IF NOT EXISTS grants (
+    link_id TEXT PRIMARY KEY, parent TEXT, issuer TEXT NOT NULL, subject TEXT NOT NULL,
+    issued_at INTEGER NOT NULL, not_before INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    purpose TEXT, on_behalf_of TEXT, rules TEXT NOT NULL, chain TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS link_usage (link_id TEXT PRIMARY KEY, last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, body TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER NOT NULL, head TEXT NOT NULL, signed_at REAL NOT NULL, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, deadline REAL NOT NULL,
+    status TEXT NOT NULL, call_digest TEXT NOT NULL, request TEXT NOT NULL,
+    receipt TEXT, answered_at REAL, reusable_until REAL, uses INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (call_digest, status);
+"""
+
+_PURGE_EVERY = 512
+
+
+class SQLiteStore:
+    """Implementation of every store protocol over one SQLite file (WAL).
+
+    Raises:
+        StoreError: the file cannot be opened, or was written by a newer release.
+    """
+
+    def __init__(self, path: Path | str, *, durability: str = "normal") -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        if durability not in ("normal", "full"):
+            raise ValueError("durability must be 'normal' or 'full'")
+        self._sync = durability.upper()
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._consumed = 0
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connection().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot initialise store {self.location}: {exc}") from exc
+        with self._write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} uses store schema version {row[0]}, but this agentguard "
+                    f"understands up to version {SCHEMA_VERSION}; upgrade agentguard"
+                )
+
+    # -- connections ------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.location} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=30, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self._sync}")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open store {self.location}: {exc}") from exc
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.location} is unavailable: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"store {self.location} could not commit: {exc}") from exc
+
+    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        try:
+            return fn(self._connection())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.location} could not be read: {exc}") from exc
+
+    def _run_write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        try:
+            with self._write() as db:
+                return fn(db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.location} could not be written: {exc}") from exc
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        row = self._read(
+            lambda db: db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        )
+        return int(row[0])
+
+    # -- revocations ----------------------------------------------------------------
+    def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
+        """Record a revocation (idempotent)."""
+        if kind not in REVOCATION_KINDS:
+            raise ValueError(f"unknown revocation kind {kind!r}")
+        self._run_write(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO revocations (kind, value, reason, revoked_at) "
+                "VALUES (?, ?, ?, ?)",
+                (kind, value, reason, at),
+            )
+        )
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        """The first revocation that hits any of the given values, if any."""
+        pairs = [("link", v) for v in link_ids] + [("key", v) for v in kids]
+        pairs += [("principal", v) for v in principals]
+        if not pairs:
+            return None
+        clause = " OR ".join("(kind = ? AND value = ?)" for _ in pairs)
+        params = [item for pair in pairs for item in pair]
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT kind, value, reason, revoked_at FROM revocations "  # noqa: S608 - only placeholders are interpolated
+                f"WHERE {clause} ORDER BY revoked_at LIMIT 1",
+                params,
+            ).fetchone()
+        )
+        return None if row is None else Revocation(row[0], row[1], row[2], row[3])
+
+    def revocations(self) -> list[Revocation]:
+        """Every revocation, oldest first."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT kind, value, reason, revoked_at FROM revocations ORDER BY revoked_at"
+            ).fetchall()
+        )
+        return [Revocation(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- replay -----------------------------------------------------------------------
+    def consume(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Mark ``key`` used; ``True`` the first time only (across processes)."""
+        self._consumed += 1
+        purge = self._consumed % _PURGE_EVERY == 0
+
+        def run(db: sqlite3.Connection) -> bool:
+            if purge:
+                db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO nonces (key, expires_at) VALUES (?, ?)", (key, expires_at)
+            )
+            return cur.rowcount == 1
+
+        return self._run_write(run)
+
+    def nonce_count(self) -> int:
+        """How many single-use ids are remembered right now."""
+        return int(self._read(lambda db: db.execute("SELECT count(*) FROM nonces").fetchone()[0]))
+
+    # -- inventory ----------------------------------------------------------------------
+    def record_grant(self, record: GrantRecord) -> None:
+        """Remember a grant (idempotent by link id)."""
+        self._run_write(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO grants (link_id, parent, issuer, subject, issued_at, "
+                "not_before, expires_at, purpose, on_behalf_of, rules, chain) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.link_id,
+                    record.parent,
+                    record.issuer,
+                    record.subject,
+                    record.issued_at,
+                    record.not_before,
+                    record.expires_at,
+                    record.purpose,
+                    record.on_behalf_of,
+                    json.dumps(list(record.rules)),
+                    record.chain,
+                ),
+            )
+        )
+
+    def grant_records(self) -> list[GrantRecord]:
+        """Every recorded grant with its last use and revocation status."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT g.link_id, g.parent, g.issuer, g.subject, g.issued_at, g.not_before, "
+                "g.expires_at, g.purpose, g.on_behalf_of, g.rules, g.chain, u.last_used, "
+                "EXISTS (SELECT 1 FROM revocations r WHERE (r.kind = 'link' AND "
+                "r.value = g.link_id) OR (r.kind = 'principal' AND r.value IN "
+                "(g.subject, g.issuer))) "
+                "FROM grants g LEFT JOIN link_usage u ON u.link_id = g.link_id "
+                "ORDER BY g.issued_at, g.link_id"
+            ).fetchall()
+        )
+        return [
+            GrantRecord(
+                link_id=r[0],
+                parent=r[1],
+                issuer=r[2],
+                subject=r[3],
+                issued_at=r[4],
+                not_before=r[5],
+                expires_at=r[6],
+                purpose=r[7],
+                on_behalf_of=r[8],
+                rules=tuple(json.loads(r[9])),
+                chain=r[10],
+                last_used=r[11],
+                revoked=bool(r[12]),
+            )
+            for r in rows
+        ]
+
+    # -- audit -----------------------------------------------------------------------------
+    def audit_append(
+        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+    ) -> AuditEntry:
+        """Append one record to the hash chain atomically (across processes)."""
+
+        def run(db: sqlite3.Connection) -> AuditEntry:
+            last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
+            body = canonical_json({**record, "seq": seq}).decode("utf-8")
+            digest = entry_hash(prev, body)
+            db.execute(
+                "INSERT INTO audit (seq, body, prev, hash) VALUES (?, ?, ?, ?)",
+                (seq, body, prev, digest),
+            )
+            for link in link_ids:
+                db.execute(
+                    "INSERT INTO link_usage (link_id, last_used) VALUES (?, ?) "
+                    "ON CONFLICT (link_id) DO UPDATE SET last_used = "
+                    "max(last_used, excluded.last_used)",
+                    (link, at),
+                )
+            return AuditEntry(seq, body, prev, digest)
+
+        return self._run_write(run)
+
+    def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        """Entries with ``seq > after`` in order."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT seq, body, prev, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, -1 if limit is None else limit),
+            ).fetchall()
+        )
+        return [AuditEntry(*r) for r in rows]
+
+    def audit_tail(self, n: int) -> list[AuditEntry]:
+        """The last ``n`` entries in order."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT seq, body, prev, hash FROM audit ORDER BY seq DESC LIMIT ?", (max(n, 0),)
+            ).fetchall()
+        )
+        return [AuditEntry(*r) for r in reversed(rows)]
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a signed checkpoint."""
+        self._run_write(
+            lambda db: db.execute(
+                "INSERT INTO audit_checkpoints (seq, head, signed_at, token) VALUES (?, ?, ?, ?)",
+                (checkpoint.seq, checkpoint.head, checkpoint.signed_at, checkpoint.token),
+            )
+        )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT seq, head, signed_at, token FROM audit_checkpoints ORDER BY seq"
+            ).fetchall()
+        )
+        return [Checkpoint(*r) for r in rows]
+
+    def close(self) -> None:
+        """Close every connection this object opened."""
+        self._closed = True
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()

@@ -1,0 +1,455 @@
+"""Offline verification of delegation chains and call tokens (DESIGN §3).
+
+:class:`Verifier` is the only producer of :class:`VerifiedChain`: holding one
+means steps 1-4 (trust, signatures and ``prf`` links, time windows, depth,
+revocation) passed at ``verified_at``. :meth:`Verifier.authorize` applies the
+conjunctive scope (step 5) and accumulates approval requirements (step 6);
+:meth:`Verifier.verify_call_token` checks the per-call attenuation (step 7).
+Every failure is a :class:`~agentguard.errors.DeniedError` whose ``reason`` is
+a stable code and whose ``explanation`` names the link and rule.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentguard import _jws
+from agentguard.addresses import parse_address
+from agentguard.clock import Clock, SystemClock
+from agentguard.delegation import DEFAULT_MAX_LINKS, MAX_DELEGATION_BYTES, Delegation
+from agentguard.errors import DeniedError, InvalidAddressError, TokenFormatError
+from agentguard.keys import Principal
+from agentguard.predicates import evaluate
+from agentguard.store.base import ReplayStore, RevocationStore
+from agentguard.store.memory import MemoryStore
+from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
+
+__all__ = ["ScopeMatch", "VerifiedCall", "VerifiedChain", "Verifier"]
+
+_SEAL = object()
+
+
+@dataclass(frozen=True)
+class VerifiedChain:
+    """A delegation whose trust, signatures, windows, depth and revocation checked out."""
+
+    delegation: Delegation
+    verified_at: float
+    _seal: object = None
+
+    def __post_init__(self) -> None:
+        if self._seal is not _SEAL:
+            raise TypeError("only Verifier.verify_chain creates a VerifiedChain")
+
+    @property
+    def holder(self) -> Principal:
+        """The holder: subject of the leaf and owner of its ``cnf`` key."""
+        return self.delegation.leaf.subject_key
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """Principal ids from the trusted root to the holder."""
+        return self.delegation.path
+
+
+@dataclass(frozen=True)
+class ScopeMatch:
+    """The outcome of the conjunctive scope check for one call.
+
+    ``rules`` holds, per link, the index of the rule that admitted the call.
+    ``approval_rules`` lists ``(link, rule)`` pairs whose rule demands approval.
+    """
+
+    tool: str
+    rules: tuple[int, ...]
+    approval_rules: tuple[tuple[int, int], ...]
+
+    @property
+    def needs_approval(self) -> bool:
+        """Whether any link's matching rule asks for step-up approval."""
+        return bool(self.approval_rules)
+
+
+@dataclass(frozen=True)
+class VerifiedCall:
+    """A call token that passed every check, including the replay check."""
+
+    claims: CallClaims
+    args_digest: str
+
+
+class _LinkCache:
+    """Bounded LRU of links whose signature verified: JWS text -> (grant, verifying kid)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, tuple[Grant, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str, now: float) -> tuple[Grant, str] | None:
+        with self._lock:
+            entry = self._items.get(token)
+            if entry is None:
+                return None
+            if entry[0].expires_at + 3600 <= now:
+                del self._items[token]
+                return None
+            self._items.move_to_end(token)
+            return entry
+
+    def put(self, token: str, kid: str, grant: Grant) -> None:
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._items[token] = (grant, kid)
+            self._items.move_to_end(token)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Verifier:
+    """Verifies delegations and call tokens offline against trusted roots.
+
+    Args:
+        trusted_roots: the principals whose root grants are accepted.
+        revocations: where revoked links, keys and principals are recorded.
+        replay: where used call-token ids are remembered.
+        clock: the time source.
+        leeway: seconds of clock skew tolerated on every time check.
+        max_links: the longest chain accepted.
+        cache_size: how many verified link signatures to remember.
+    """
+
+    def __init__(
+        self,
+        trusted_roots: Iterable[Principal] | Mapping[str, Principal],
+        *,
+        revocations: RevocationStore | None = None,
+        replay: ReplayStore | None = None,
+        clock: Clock | None = None,
+        leeway: float = 5.0,
+        max_links: int = DEFAULT_MAX_LINKS,
+        cache_size: int = 4096,
+    ) -> None:
+        roots = trusted_roots.values() if isinstance(trusted_roots, Mapping) else trusted_roots
+        self._roots: dict[str, Principal] = {p.id: p for p in roots}
+        memory = MemoryStore() if revocations is None or replay is None else None
+        self.revocations: RevocationStore = revocations or memory  # type: ignore[assignment]
+        self.replay: ReplayStore = replay or memory  # type: ignore[assignment]
+        self.clock: Clock = clock or SystemClock()
+        self.leeway = float(leeway)
+        self.max_links = max_links
+        self._cache = _LinkCache(cache_size)
+
+    @property
+    def trusted_roots(self) -> Mapping[str, Principal]:
+        """The trusted root principals by id."""
+        return dict(self._roots)
+
+    def clear_cache(self) -> None:
+        """Forget every cached link signature."""
+        self._cache.clear()
+
+    # -- steps 1-4 ----------------------------------------------------------
+
+    def verify_chain(self, delegation: str | Delegation) -> VerifiedChain:
+        """Verify trust, signatures, ``prf`` links, windows, depth and revocation.
+
+        Raises:
+            DeniedError: the chain is not valid now (see ``reason``).
+        """
+        now = self.clock.now()
+        if isinstance(delegation, Delegation):
+            tokens = [g.token for g in delegation]
+        else:
+            tokens = _split(delegation)
+        if len(tokens) > self.max_links:
+            raise DeniedError(
+                f"chain has {len(tokens)} links; at most {self.max_links} are allowed",
+                reason="chain_too_long",
+            )
+        grants: list[Grant] = []
+        for index, token in enumerate(tokens):
+            try:
+                grants.append(self._verified_link(token, grants[-1] if grants else None, now))
+            except DeniedError as exc:
+                if exc.link is None:
+                    exc.link = index
+                    exc.explanation = f"link {index}: {exc.explanation}"
+                    exc.args = (f"{exc.reason}: {exc.explanation}",)
+                raise
+        self._check_structure(grants, now)
+        self._check_revocation(grants)
+        if not isinstance(delegation, Delegation):
+            delegation = Delegation(grants)
+        return VerifiedChain(delegation, now, _SEAL)
+
+    def _verified_link(self, token: str, parent: Grant | None, now: float) -> Grant:
+        cached = self._cache.get(token, now)
+        grant = cached[0] if cached is not None else Grant.parse(token)
+        if parent is None:
+            key = self._roots.get(grant.issuer)
+            if key is None:
+                raise DeniedError(
+                    f"issued by {grant.issuer}, which is not a trusted root",
+                    reason="untrusted_root",
+                )
+        else:
+            # Each link is signed by the key its parent delegated to (the parent's cnf).
+            key = parent.subject_key
+        if cached is not None and cached[1] == key.kid:
+            return grant
+        if grant.kid != key.kid:
+            raise DeniedError("not signed by the expected key", reason="bad_signature")
+        _jws.verify(token, key, TYP_GRANT)
+        self._cache.put(token, key.kid, grant)
+        return grant
+
+    def _check_structure(self, grants: list[Grant], now: float) -> None:
+        leeway = self.leeway
+        for index, grant in enumerate(grants):
+            if index == 0:
+                if grant.parent is not None:
+                    raise DeniedError("link 0 claims a parent", reason="broken_chain", link=0)
+            else:
+                parent = grants[index - 1]
+                if grant.parent != parent.link_id:
+                    raise DeniedError(
+                        f"link {index} does not point at link {index - 1} (prf mismatch)",
+                        reason="broken_chain",
+                        link=index,
+                    )
+                if grant.issuer != parent.subject:
+                    raise DeniedError(
+                        f"link {index} is issued by {grant.issuer}, but link {index - 1} "
+                        f"was granted to {parent.subject}",
+                        reason="broken_chain",
+                        link=index,
+                    )
+                if grant.expires_at > parent.expires_at or grant.not_before < parent.not_before:
+                    raise DeniedError(
+                        f"link {index} claims a wider time window than its parent",
+                        reason="widened_window",
+                        link=index,
+                    )
+                if grant.max_depth > parent.max_depth - 1:
+                    raise DeniedError(
+                        f"link {index} claims max_depth {grant.max_depth}, but its parent "
+                        f"allows at most {parent.max_depth - 1} below it",
+                        reason="depth_exceeded",
+                        link=index,
+                    )
+            if now + leeway < grant.not_before:
+                raise DeniedError(
+                    f"link {index} ({grant.issuer} -> {grant.subject}) is not valid yet",
+                    reason="link_not_yet_valid",
+                    link=index,
+                )
+            if now - leeway >= grant.expires_at:
+                raise DeniedError(
+                    f"link {index} ({grant.issuer} -> {grant.subject}) has expired",
+                    reason="link_expired",
+                    link=index,
+                )
+            if grant.issued_at > now + leeway:
+                raise DeniedError(
+                    f"link {index} was issued in the future",
+                    reason="link_not_yet_valid",
+                    link=index,
+                )
+
+    def _check_revocation(self, grants: list[Grant]) -> None:
+        principals = {g.issuer for g in grants} | {g.subject for g in grants}
+        kids = {g.kid for g in grants} | {g.subject_key.kid for g in grants}
+        link_ids = [g.link_id for g in grants]
+        hit = self.revocations.find_revoked(link_ids, sorted(kids), sorted(principals))
+        if hit is None:
+            return
+        link = next(
+            (
+                i
+                for i, g in enumerate(grants)
+                if hit.value in (g.link_id, g.issuer, g.subject, g.kid, g.subject_key.kid)
+            ),
+            None,
+        )
+        raise DeniedError(
+            f"{hit.kind} {hit.value[:16]} is revoked"
+            + (f" (link {link})" if link is not None else ""),
+            reason="revoked",
+            link=link,
+        )
+
+    # -- steps 5-6 --------------------------------------------------------------
+
+    def authorize(self, chain: VerifiedChain, tool: str, args: Mapping[str, Any]) -> ScopeMatch:
+        """Check that every link admits ``tool`` with ``args`` (conjunctive scope).
+
+        Raises:
+            DeniedError: ``invalid_tool`` for a malformed address, ``out_of_scope``
+                when a link has no rule for the tool, ``predicate_failed`` when
+                its rules for the tool reject the arguments.
+        """
+        try:
+            parse_address(tool)
+        except InvalidAddressError as exc:
+            raise DeniedError(str(exc), reason="invalid_tool") from exc
+        matched: list[int] = []
+        approvals: list[tuple[int, int]] = []
+        for index, grant in enumerate(chain.delegation):
+            candidates = [i for i, rule in enumerate(grant.scope) if rule.matches_tool(tool)]
+            if not candidates:
+                raise DeniedError(
+                    f"link {index} ({grant.issuer} -> {grant.subject}) has no rule for {tool}",
+                    reason="out_of_scope",
+                    link=index,
+                )
+            admitting = [
+                i
+                for i in candidates
+                if grant.scope[i].where is None or evaluate(grant.scope[i].where or [], args)
+            ]
+            if not admitting:
+                described = "; ".join(grant.scope[i].describe() for i in candidates)
+                raise DeniedError(
+                    f"link {index} ({grant.issuer} -> {grant.subject}) rule "
+                    f"{candidates[0]} does not admit these arguments ({described})",
+                    reason="predicate_failed",
+                    link=index,
+                    rule=candidates[0],
+                )
+            # Prefer a rule that needs no approval: rules in one link are alternatives.
+            chosen = next((i for i in admitting if not grant.scope[i].approval), admitting[0])
+            matched.append(chosen)
+            if grant.scope[chosen].approval:
+                approvals.append((index, chosen))
+        return ScopeMatch(tool, tuple(matched), tuple(approvals))
+
+    # -- step 7 -----------------------------------------------------------------
+
+    def verify_call_token(
+        self,
+        chain: VerifiedChain,
+        token: str,
+        *,
+        tool: str,
+        args: Mapping[str, Any],
+        audience: str | None = None,
+        consume: bool = True,
+    ) -> VerifiedCall:
+        """Check a call token against the chain's holder, the tool and the arguments.
+
+        With ``consume`` (the default) the token id is burned in the replay
+        store; a second presentation is refused.
+
+        Raises:
+            DeniedError: ``call_token_*`` reasons, ``bad_signature``,
+                ``wrong_token_type`` or ``malformed_token``.
+        """
+        try:
+            claims = CallClaims.parse(token)
+        except TokenFormatError as exc:
+            exc.explanation = f"call token: {exc.explanation}"
+            raise
+        holder = chain.holder
+        if claims.issuer != holder.id or claims.kid != holder.kid:
+            raise DeniedError(
+                f"call token is signed by {claims.issuer}, not the holder {holder.id}",
+                reason="call_token_signer",
+            )
+        _jws.verify(token, holder, TYP_CALL)
+        return self._check_call_claims(
+            chain, claims, tool=tool, args=args, audience=audience, consume=consume
+        )
+
+    def accept_minted(
+        self,
+        chain: VerifiedChain,
+        token: str,
+        *,
+        tool: str,
+        args: Mapping[str, Any],
+        audience: str | None = None,
+    ) -> VerifiedCall:
+        """Accept a call token this process minted itself with the holder's key.
+
+        The signature was produced here a moment ago, so it is not checked again
+        (DESIGN §3); binding, time and replay checks still run.
+
+        Raises:
+            DeniedError: as :meth:`verify_call_token`.
+        """
+        return self._check_call_claims(
+            chain, CallClaims.parse(token), tool=tool, args=args, audience=audience, consume=True
+        )
+
+    def _check_call_claims(
+        self,
+        chain: VerifiedChain,
+        claims: CallClaims,
+        *,
+        tool: str,
+        args: Mapping[str, Any],
+        audience: str | None,
+        consume: bool,
+    ) -> VerifiedCall:
+        now = self.clock.now()
+        leaf = chain.delegation.leaf
+        if claims.parent != leaf.link_id:
+            raise DeniedError(
+                "call token is bound to another delegation", reason="call_token_mismatch"
+            )
+        if claims.tool != tool:
+            raise DeniedError("call token is bound to another tool", reason="call_token_mismatch")
+        expected_audience = audience or tool.partition("/")[0]
+        if claims.audience != expected_audience:
+            raise DeniedError(
+                "call token is addressed to another audience", reason="call_token_mismatch"
+            )
+        try:
+            digest = args_digest(args)
+        except ValueError as exc:
+            raise DeniedError(str(exc), reason="invalid_arguments") from exc
+        if claims.args_digest != digest:
+            raise DeniedError(
+                "call token is bound to other arguments", reason="call_token_mismatch"
+            )
+        if claims.expires_at - claims.issued_at > 300 + self.leeway:
+            raise DeniedError("call token lives longer than 300 s", reason="call_token_lifetime")
+        if now - self.leeway >= claims.expires_at:
+            raise DeniedError("call token has expired", reason="call_token_expired")
+        if claims.issued_at > now + self.leeway:
+            raise DeniedError("call token was issued in the future", reason="call_token_expired")
+        if consume and not self.replay.consume(
+            f"{claims.issuer}/{claims.jti}", claims.expires_at + self.leeway, now=now
+        ):
+            raise DeniedError("call token was used before", reason="call_token_replayed")
+        return VerifiedCall(claims, digest)
+
+
+def _split(text: object) -> list[str]:
+    """Split a delegation string with the size and shape caps, before any decoding."""
+    if not isinstance(text, str):
+        raise TokenFormatError("a delegation must be a string")
+    text = text.strip()
+    if len(text) > MAX_DELEGATION_BYTES:
+        raise TokenFormatError(
+            f"delegation is larger than {MAX_DELEGATION_BYTES} bytes", reason="oversized"
+        )
+    if not text:
+        raise TokenFormatError("delegation is empty")
+    parts = text.split("~")
+    if len(parts) > 64:
+        raise TokenFormatError("delegation has far too many links", reason="chain_too_long")
+    return parts
