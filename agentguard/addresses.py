@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 _MAX_ADDRESS = 256
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
+# C0, DEL and C1 controls (\x9b is a one-byte terminal escape) and any Unicode whitespace.
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
 def _check_parts(text: str, what: str) -> tuple[str, str]:
@@ -37,7 +38,7 @@ def _check_parts(text: str, what: str) -> tuple[str, str]:
     namespace, sep, tool = text.partition("/")
     if not sep or not namespace or not tool:
         raise InvalidAddressError(f"{what} {text!r} must have the form 'namespace/tool'")
-    for segment in tool.split("/"):
+    for segment in (namespace, *tool.split("/")):
         if segment in ("", ".", ".."):
             raise InvalidAddressError(f"{what} {text!r} has an empty, '.' or '..' segment")
     return namespace, tool

@@ -79,7 +79,8 @@ def validate_principal_id(principal_id: object) -> str:
     """
     if not isinstance(principal_id, str):
         raise IdentityError("a principal id must be a string like 'user:alice'")
-    match = _ID.match(principal_id)
+    # fullmatch: with match(), '$' would accept a trailing newline ('user:alice\n').
+    match = _ID.fullmatch(principal_id)
     if match is None or match.group(1) not in PRINCIPAL_KINDS:
         shown = principal_id if len(principal_id) <= 80 else principal_id[:77] + "..."
         raise IdentityError(

@@ -9,6 +9,8 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "GENESIS_HASH",
+    "ApprovalRow",
+    "ApprovalStore",
     "AuditEntry",
     "Checkpoint",
     "GrantRecord",
@@ -141,7 +143,63 @@ class Checkpoint:
     token: str
 
 
-class Store(RevocationStore, ReplayStore, Protocol):
+@dataclass(frozen=True)
+class ApprovalRow:
+    """A stored approval request and, once answered, its receipt.
+
+    ``status`` is ``pending``, ``approved``, ``rejected`` or ``used``; a pending
+    request past its deadline counts as expired.
+    """
+
+    id: str
+    created_at: float
+    deadline: float
+    status: str
+    call_digest: str
+    request: dict[str, Any]
+    receipt: str | None = None
+    answered_at: float | None = None
+    reusable_until: float | None = None
+    uses: int = 0
+
+
+class ApprovalStore(Protocol):
+    """Pending approval requests and their receipts; burning is atomic."""
+
+    def approval_insert(self, row: ApprovalRow) -> None:
+        """Persist a new pending request."""
+        ...
+
+    def approval_get(self, request_id: str) -> ApprovalRow | None:
+        """One request by id."""
+        ...
+
+    def approval_list(self, status: str | None = None) -> list[ApprovalRow]:
+        """Requests, newest first, optionally of one status."""
+        ...
+
+    def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
+        """A pending (not past deadline) or usable approved request for this call."""
+        ...
+
+    def approval_answer(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        receipt: str,
+        answered_at: float,
+        reusable_until: float | None,
+    ) -> bool:
+        """Record an answer; ``False`` unless the request was pending and in time."""
+        ...
+
+    def approval_burn(self, request_id: str, now: float) -> bool:
+        """Use an approved receipt once (or again within its reuse window); atomic."""
+        ...
+
+
+class Store(RevocationStore, ReplayStore, ApprovalStore, Protocol):
     """Everything the guard keeps: revocations, nonces, inventory, audit log."""
 
     #: Where the data lives, for messages (``"memory"`` or a file path).

@@ -10,6 +10,7 @@ from typing import Any
 from agentguard._jws import canonical_json
 from agentguard.store.base import (
     GENESIS_HASH,
+    ApprovalRow,
     AuditEntry,
     Checkpoint,
     GrantRecord,
@@ -38,6 +39,7 @@ class MemoryStore:
         self._usage: dict[str, float] = {}
         self._audit: list[AuditEntry] = []
         self._checkpoints: list[Checkpoint] = []
+        self._approvals: dict[str, ApprovalRow] = {}
 
     # -- revocations ----------------------------------------------------------
     def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
@@ -138,8 +140,74 @@ class MemoryStore:
         with self._lock:
             return list(self._checkpoints)
 
+    # -- approvals ------------------------------------------------------------------
+    def approval_insert(self, row: ApprovalRow) -> None:
+        """Persist a new pending request."""
+        with self._lock:
+            self._approvals[row.id] = row
+
+    def approval_get(self, request_id: str) -> ApprovalRow | None:
+        """One request by id."""
+        return self._approvals.get(request_id)
+
+    def approval_list(self, status: str | None = None) -> list[ApprovalRow]:
+        """Requests, newest first, optionally of one status."""
+        with self._lock:
+            rows = [r for r in self._approvals.values() if status is None or r.status == status]
+        return sorted(rows, key=lambda r: r.created_at, reverse=True)
+
+    def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
+        """A pending (in time) or usable approved request for this call."""
+        with self._lock:
+            for row in sorted(self._approvals.values(), key=lambda r: -r.created_at):
+                if row.call_digest == call_digest and _open(row, now):
+                    return row
+        return None
+
+    def approval_answer(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        receipt: str,
+        answered_at: float,
+        reusable_until: float | None,
+    ) -> bool:
+        """Record an answer if the request is still pending and in time."""
+        with self._lock:
+            row = self._approvals.get(request_id)
+            if row is None or row.status != "pending" or answered_at >= row.deadline:
+                return False
+            self._approvals[request_id] = replace(
+                row,
+                status=status,
+                receipt=receipt,
+                answered_at=answered_at,
+                reusable_until=reusable_until,
+            )
+            return True
+
+    def approval_burn(self, request_id: str, now: float) -> bool:
+        """Use an approved receipt once (or again within its reuse window)."""
+        with self._lock:
+            row = self._approvals.get(request_id)
+            if row is None or row.status not in ("approved", "used"):
+                return False
+            if row.uses and not (row.reusable_until and now < row.reusable_until):
+                return False
+            self._approvals[request_id] = replace(row, status="used", uses=row.uses + 1)
+            return True
+
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _open(row: ApprovalRow, now: float) -> bool:
+    if row.status == "pending":
+        return now < row.deadline
+    if row.status == "approved":
+        return True
+    return row.status == "used" and bool(row.reusable_until and now < row.reusable_until)
 
 
 def _with(record: GrantRecord, last_used: float | None, revoked: bool) -> GrantRecord:

@@ -20,6 +20,7 @@ from agentguard.errors import StoreError
 from agentguard.store.base import (
     GENESIS_HASH,
     REVOCATION_KINDS,
+    ApprovalRow,
     AuditEntry,
     Checkpoint,
     GrantRecord,
@@ -332,6 +333,108 @@ class SQLiteStore:
             ).fetchall()
         )
         return [Checkpoint(*r) for r in rows]
+
+    # -- approvals ---------------------------------------------------------------------------
+    _APPROVAL_COLUMNS = (
+        "id, created_at, deadline, status, call_digest, request, receipt, answered_at, "
+        "reusable_until, uses"
+    )
+
+    @staticmethod
+    def _approval(row: Sequence[Any]) -> ApprovalRow:
+        return ApprovalRow(
+            id=row[0],
+            created_at=row[1],
+            deadline=row[2],
+            status=row[3],
+            call_digest=row[4],
+            request=json.loads(row[5]),
+            receipt=row[6],
+            answered_at=row[7],
+            reusable_until=row[8],
+            uses=row[9],
+        )
+
+    def approval_insert(self, row: ApprovalRow) -> None:
+        """Persist a new pending request."""
+        self._run_write(
+            lambda db: db.execute(
+                "INSERT INTO approvals (id, created_at, deadline, status, call_digest, request) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row.id,
+                    row.created_at,
+                    row.deadline,
+                    row.status,
+                    row.call_digest,
+                    json.dumps(row.request),
+                ),
+            )
+        )
+
+    def approval_get(self, request_id: str) -> ApprovalRow | None:
+        """One request by id."""
+        row = self._read(
+            lambda db: db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM approvals WHERE id = ?",  # noqa: S608 - constant column list
+                (request_id,),
+            ).fetchone()
+        )
+        return None if row is None else self._approval(row)
+
+    def approval_list(self, status: str | None = None) -> list[ApprovalRow]:
+        """Requests, newest first, optionally of one status."""
+        rows = self._read(
+            lambda db: db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM approvals "  # noqa: S608 - constant column list
+                "WHERE ? IS NULL OR status = ? ORDER BY created_at DESC",
+                (status, status),
+            ).fetchall()
+        )
+        return [self._approval(r) for r in rows]
+
+    def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
+        """A pending (in time) or usable approved request for this call."""
+        row = self._read(
+            lambda db: db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM approvals "  # noqa: S608 - constant column list
+                "WHERE call_digest = ? AND ((status = 'pending' AND deadline > ?) "
+                "OR status = 'approved' OR (status = 'used' AND reusable_until > ?)) "
+                "ORDER BY created_at DESC LIMIT 1",
+                (call_digest, now, now),
+            ).fetchone()
+        )
+        return None if row is None else self._approval(row)
+
+    def approval_answer(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        receipt: str,
+        answered_at: float,
+        reusable_until: float | None,
+    ) -> bool:
+        """Record an answer if the request is still pending and in time (atomic)."""
+        cur = self._run_write(
+            lambda db: db.execute(
+                "UPDATE approvals SET status = ?, receipt = ?, answered_at = ?, "
+                "reusable_until = ? WHERE id = ? AND status = 'pending' AND deadline > ?",
+                (status, receipt, answered_at, reusable_until, request_id, answered_at),
+            )
+        )
+        return bool(cur.rowcount == 1)
+
+    def approval_burn(self, request_id: str, now: float) -> bool:
+        """Use an approved receipt once (or again within its reuse window); atomic."""
+        cur = self._run_write(
+            lambda db: db.execute(
+                "UPDATE approvals SET status = 'used', uses = uses + 1 WHERE id = ? AND "
+                "(status = 'approved' OR (status = 'used' AND reusable_until > ?))",
+                (request_id, now),
+            )
+        )
+        return bool(cur.rowcount == 1)
 
     def close(self) -> None:
         """Close every connection this object opened."""

@@ -1,0 +1,353 @@
+"""The organisation's policy file, ``agentguard.yaml``, as strict pydantic models.
+
+Policy rules only ever restrict: a tool the delegation does not reach is denied
+whatever the policy says. Loading reports every problem with its key path and,
+for YAML, its line: ``agentguard.yaml:12: limits.max_link_ttl: invalid duration``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agentguard.addresses import pattern_matches, validate_pattern
+from agentguard.clock import parse_duration
+from agentguard.errors import ConfigError, IdentityError, InvalidAddressError, PredicateError
+from agentguard.keys import Principal, validate_principal_id
+from agentguard.predicates import compile_predicate, evaluate
+
+__all__ = [
+    "ASSURANCE_LEVELS",
+    "ApprovalSettings",
+    "Approver",
+    "Limits",
+    "Policy",
+    "PolicyRule",
+    "TrustedRoot",
+    "assurance_at_least",
+    "load_policy",
+    "policy_schema",
+]
+
+ASSURANCE_LEVELS = ("agent", "local", "authenticated", "signed")
+Assurance = Literal["agent", "local", "authenticated", "signed"]
+DEFAULT_REDACT = ("password", "secret", "token", "api_key", "authorization", "credential")
+
+
+def assurance_at_least(level: str, minimum: str) -> bool:
+    """Whether assurance ``level`` meets ``minimum`` (unknown levels never do)."""
+    if level not in ASSURANCE_LEVELS or minimum not in ASSURANCE_LEVELS:
+        return False
+    return ASSURANCE_LEVELS.index(level) >= ASSURANCE_LEVELS.index(minimum)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _patterns(value: Sequence[str]) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    out = []
+    for pattern in value:
+        try:
+            out.append(validate_pattern(pattern))
+        except InvalidAddressError as exc:
+            raise ValueError(str(exc)) from exc
+    if not out:
+        raise ValueError("list at least one tool pattern")
+    return out
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class TrustedRoot(_Strict):
+    """A principal whose root grants are accepted, with its public key."""
+
+    id: str = Field(description="Principal id, e.g. org:acme")
+    public_key: dict[str, str] | None = Field(None, description="Public OKP/Ed25519 JWK")
+    key_file: str | None = Field(
+        None, description="Path to a public key file written by 'agentguard identity export'"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _principal(value)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> TrustedRoot:
+        if (self.public_key is None) == (self.key_file is None):
+            raise ValueError("give exactly one of public_key or key_file")
+        return self
+
+
+class Approver(_Strict):
+    """Who may approve which tools, through channels of at least which assurance."""
+
+    id: str
+    tools: list[str] = Field(default_factory=lambda: ["*/*"])
+    min_assurance: Assurance = "local"
+    public_key: dict[str, str] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _principal(value)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> list[str]:
+        return _patterns(value)
+
+
+def _principal(value: str) -> str:
+    try:
+        return validate_principal_id(value)
+    except IdentityError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class PolicyRule(_Strict):
+    """A deny or step-up rule: tool patterns plus an optional argument predicate."""
+
+    tools: list[str]
+    where: Any = None
+    reason: str | None = None
+    min_assurance: Assurance = "signed"
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> list[str]:
+        return _patterns(value)
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return compile_predicate(value)
+        except PredicateError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def matches(self, tool: str, args: Mapping[str, Any]) -> bool:
+        """Whether the rule applies to this call."""
+        if not any(pattern_matches(p, tool) for p in self.tools):
+            return False
+        return self.where is None or evaluate(self.where, args)
+
+    def describe(self) -> str:
+        """Short text for explanations."""
+        text = ", ".join(self.tools)
+        return f"{text} ({self.reason})" if self.reason else text
+
+
+class Limits(_Strict):
+    """Bounds every chain must respect."""
+
+    max_root_ttl: float = Field(7 * 86400, description="Longest lifetime of a root grant")
+    max_link_ttl: float = Field(86400, description="Longest lifetime of any other link")
+    max_chain_length: int = Field(5, ge=1, le=16)
+    require_purpose: bool = False
+    require_sponsor: bool = False
+    call_token_ttl: float = Field(30, description="Lifetime of call tokens the guard mints")
+    leeway: float = Field(5, description="Clock skew tolerated on time checks, in seconds")
+
+    @field_validator("max_root_ttl", "max_link_ttl", "call_token_ttl", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return _duration(value)
+
+    @field_validator("leeway", mode="before")
+    @classmethod
+    def _leeway(cls, value: Any) -> float:
+        seconds = 0.0 if value in (0, "0", "0s") else _duration(value)
+        if seconds > 300:
+            raise ValueError("leeway above 300 seconds defeats short-lived tokens")
+        return seconds
+
+
+class ApprovalSettings(_Strict):
+    """How step-up approvals are requested and answered."""
+
+    channel: Literal["none", "queue", "terminal", "web", "webhook", "callback"] = "none"
+    timeout: float = 300
+    mode: Literal["block", "raise"] = "block"
+    reusable_for: float = 0
+    separation_of_duties: bool = True
+    webhook_url: str | None = None
+    terminal_approver: str | None = None
+    #: Assurance an answer typed into an agent-facing client (MCP form) carries.
+    agent_channel_assurance: Assurance = "agent"
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float:
+        return _duration(value)
+
+    @field_validator("reusable_for", mode="before")
+    @classmethod
+    def _reusable(cls, value: Any) -> float:
+        seconds = 0.0 if value in (0, "0", "0s") else _duration(value)
+        if seconds > 3600:
+            raise ValueError("a receipt may be reusable for at most 1h")
+        return seconds
+
+
+class Storage(_Strict):
+    """Where state lives."""
+
+    home: str | None = Field(None, description="State directory (default ./.agentguard)")
+    durability: Literal["normal", "full"] = "normal"
+
+
+class Policy(_Strict):
+    """The whole ``agentguard.yaml``."""
+
+    version: Literal[1] = 1
+    trusted_roots: list[TrustedRoot] = Field(default_factory=list)
+    approvers: list[Approver] = Field(default_factory=list)
+    step_up: list[PolicyRule] = Field(default_factory=list)
+    deny: list[PolicyRule] = Field(default_factory=list)
+    limits: Limits = Limits()
+    redact: list[str] = Field(default_factory=lambda: list(DEFAULT_REDACT))
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    storage: Storage = Storage()
+    shadow: bool = Field(False, description="Decide and record, but never block")
+    guard_id: str = "service:agentguard"
+
+    @field_validator("guard_id")
+    @classmethod
+    def _guard(cls, value: str) -> str:
+        return _principal(value)
+
+    #: Directory relative key files are resolved against (set by load_policy).
+    base_dir: str | None = Field(None, exclude=True)
+
+    def root_principals(self) -> list[Principal]:
+        """Load every trusted root's public key.
+
+        Raises:
+            ConfigError: a key is missing or malformed.
+        """
+        out = []
+        for index, root in enumerate(self.trusted_roots):
+            where = f"trusted_roots[{index}] ({root.id})"
+            try:
+                if root.public_key is not None:
+                    out.append(Principal.from_jwk(root.id, root.public_key))
+                    continue
+                path = Path(root.key_file or "")
+                if not path.is_absolute() and self.base_dir:
+                    path = Path(self.base_dir) / path
+                doc = json.loads(path.read_text())
+                jwk = doc.get("jwk", doc) if isinstance(doc, dict) else {}
+                out.append(Principal.from_jwk(root.id, jwk))
+            except FileNotFoundError as exc:
+                raise ConfigError(f"{where}: key file {root.key_file} does not exist") from exc
+            except (OSError, ValueError, IdentityError) as exc:
+                raise ConfigError(f"{where}: cannot load key: {exc}") from exc
+        return out
+
+    def approver(self, principal_id: str) -> Approver | None:
+        """The approver entry for ``principal_id``, if listed."""
+        return next((a for a in self.approvers if a.id == principal_id), None)
+
+
+def policy_schema() -> dict[str, Any]:
+    """JSON Schema of ``agentguard.yaml`` (for editors)."""
+    schema = Policy.model_json_schema()
+    schema.setdefault("properties", {}).pop("base_dir", None)
+    schema["title"] = "agentguard policy"
+    return schema
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = (*path, key.value)
+            out[sub] = key.start_mark.line + 1
+            _lines(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _lines(item, (*path, index), out)
+
+
+def _loc_text(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def load_policy(source: str | Path | Mapping[str, Any]) -> Policy:
+    """Load and validate a policy from a YAML/JSON file path or a mapping.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid; the message names the
+            file, the line (for files) and the key path.
+    """
+    if isinstance(source, Mapping):
+        return _validate(dict(source), "policy", {})
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+    if len(text) > 1_000_000:
+        raise ConfigError(f"{path}: policy file is larger than 1 MB")
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{line}: {problem}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: YAML nesting is too deep") from exc
+    if data is None:
+        data = {}
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    policy = _validate(data, str(path), lines)
+    return policy.model_copy(update={"base_dir": str(path.resolve().parent)})
+
+
+def _validate(data: Any, name: str, lines: dict[tuple[Any, ...], int]) -> Policy:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: the policy must be a mapping of keys to values")
+    data = {k: v for k, v in data.items() if k != "base_dir"}
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        line = None
+        for cut in range(len(loc), -1, -1):
+            line = lines.get(loc[:cut])
+            if line is not None:
+                break
+        where = f"{name}:{line}" if line is not None else name
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {_loc_text(loc)}: {message}{more}") from None

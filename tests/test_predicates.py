@@ -1,0 +1,819 @@
+"""Tests for agentguard.predicates: the argument predicate language."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from agentguard import predicates
+from agentguard.errors import AgentGuardError, PredicateError
+from agentguard.predicates import (
+    MAX_DEPTH,
+    MAX_NODES,
+    MAX_STRING,
+    compile_predicate,
+    describe,
+    evaluate,
+    parse_selector,
+    validate_predicate,
+)
+
+
+def holds(statement: list[Any], args: Any) -> bool:
+    """Evaluate one canonical statement after validating it, as tokens do."""
+    return evaluate(validate_predicate([statement]), args)
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """``__all__`` is sorted and every name in it exists."""
+    assert predicates.__all__ == sorted(predicates.__all__)
+    for name in predicates.__all__:
+        assert hasattr(predicates, name)
+
+
+def test_predicate_error_is_a_value_error() -> None:
+    with pytest.raises(PredicateError) as info:
+        compile_predicate(42)
+    assert isinstance(info.value, AgentGuardError)
+    assert isinstance(info.value, ValueError)
+    assert info.value.path == "$"
+
+
+# --- comparison operators --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "arg", "expected"),
+    [
+        ("emea", "emea", True),
+        ("emea", "EMEA", False),
+        (1, 1, True),
+        (1, 1.0, True),
+        (1.5, 1.5, True),
+        (1, True, False),
+        (True, 1, False),
+        (0, False, False),
+        (False, 0, False),
+        (True, True, True),
+        (None, None, True),
+        (None, 0, False),
+        ("1", 1, False),
+        ([1, 2], [1, 2], True),
+        ([1, 2], [2, 1], False),
+        ([1], [True], False),
+        ([1], [1.0], True),
+        ({"a": [1, {"b": None}]}, {"a": [1.0, {"b": None}]}, True),
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ({"a": 1}, {"a": True}, False),
+        ([], {}, False),
+    ],
+)
+def test_equality_is_strict_json_equality(value: Any, arg: Any, expected: bool) -> None:
+    assert holds(["==", ".x", value], {"x": arg}) is expected
+
+
+def test_equality_on_tuples_behaves_like_lists() -> None:
+    """Python callers may pass tuples where JSON would have arrays."""
+    assert holds(["==", ".x", [1, 2]], {"x": (1, 2)})
+
+
+def test_not_equal_needs_the_field() -> None:
+    """``!=`` holds only when the field exists and differs."""
+    assert holds(["!=", ".x", 1], {"x": 2})
+    assert holds(["!=", ".x", 1], {"x": True})
+    assert holds(["!=", ".x", 1], {"x": "1"})
+    assert not holds(["!=", ".x", 1], {"x": 1.0})
+    assert not holds(["!=", ".x", 1], {})
+    assert not holds(["!=", ".x", 1], {"y": 2})
+
+
+@pytest.mark.parametrize(
+    ("op", "bound", "arg", "expected"),
+    [
+        ("<", 10, 9, True),
+        ("<", 10, 10, False),
+        ("<=", 10, 10, True),
+        ("<=", 10, 10.5, False),
+        (">", 0, 0.001, True),
+        (">", 0, 0, False),
+        (">=", 0, 0, True),
+        (">=", 0, -1, False),
+        ("<", 10, True, False),
+        ("<", 10, "5", False),
+        ("<", 10, None, False),
+        ("<", 10, [5], False),
+        ("<", 10, math.nan, False),
+        (">=", 10, math.nan, False),
+        ("<", 10.5, 10**400, False),
+        (">", 10.5, 10**400, True),
+        ("<", 1e308, -math.inf, True),
+    ],
+)
+def test_ordering(op: str, bound: float, arg: Any, expected: bool) -> None:
+    assert holds([op, ".n", bound], {"n": arg}) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("prod-*", "prod-eu", True),
+        ("prod-*", "prod-", True),
+        ("prod-*", "Prod-eu", False),
+        ("prod-*", "staging-prod-eu", False),
+        ("*", "", True),
+        ("*", "anything", True),
+        ("", "", True),
+        ("", "x", False),
+        ("abc", "abc", True),
+        ("abc", "abcd", False),
+        ("a*b*c", "aXXbYYc", True),
+        ("a*b*c", "acb", False),
+        ("a*a", "a", False),
+        ("a*a", "aa", True),
+        ("*a*a*", "xaxax", True),
+        ("*ab*ab*", "xabx", False),
+        ("/data/*", "/data/../etc/passwd", True),
+        ("a\\*b", "a*b", True),
+        ("a\\*b", "axb", False),
+        ("a\\\\b", "a\\b", True),
+        ("a\\\\*", "a\\anything", True),
+        ("**", "x", True),
+        (".*", "abc", False),
+        ("[ab]", "a", False),
+    ],
+)
+def test_like(pattern: str, text: str, expected: bool) -> None:
+    """``like`` matches whole strings, case-sensitively, with only ``*`` as a wildcard."""
+    assert holds(["like", ".s", pattern], {"s": text}) is expected
+
+
+def test_like_needs_a_string() -> None:
+    assert not holds(["like", ".s", "*"], {"s": 5})
+    assert not holds(["like", ".s", "*"], {"s": None})
+    assert not holds(["like", ".s", "*"], {})
+
+
+def test_like_is_fast_on_pathological_input() -> None:
+    """Patterns that make backtracking matchers explode stay linear here."""
+    pattern = "*a" * 40 + "*b"
+    text = "a" * 200_000
+    start = time.perf_counter()
+    assert not holds(["like", ".s", pattern], {"s": text})
+    assert holds(["like", ".s", pattern], {"s": text + "b"})
+    assert time.perf_counter() - start < 2
+
+
+def test_in() -> None:
+    assert holds(["in", ".x", ["a", "b"]], {"x": "b"})
+    assert not holds(["in", ".x", ["a", "b"]], {"x": "c"})
+    assert not holds(["in", ".x", []], {"x": "a"})
+    assert not holds(["in", ".x", [1, 2]], {"x": True})
+    assert holds(["in", ".x", [1, 2]], {"x": 2.0})
+    assert holds(["in", ".x", [[1], {"k": "v"}]], {"x": {"k": "v"}})
+    assert not holds(["in", ".x", ["a"]], {})
+
+
+@pytest.mark.parametrize(
+    ("path", "base", "expected"),
+    [
+        ("/data", "/data", True),
+        ("/data/x", "/data", True),
+        ("/data/x/y.txt", "/data", True),
+        ("/data/", "/data", True),
+        ("/data/x/", "/data/", True),
+        ("/data//x", "/data", True),
+        ("//data///x", "/data", True),
+        ("/data/./x", "/data", True),
+        ("/data/x/..", "/data", True),
+        ("/data/a/../b", "/data", True),
+        ("/database", "/data", False),
+        ("/data-old/x", "/data", False),
+        ("/dat", "/data", False),
+        ("/", "/data", False),
+        ("/data/../etc/passwd", "/data", False),
+        ("/data/a/../../etc", "/data", False),
+        ("/data/..", "/data", False),
+        ("/../data/x", "/data", False),
+        ("/etc/passwd", "/", True),
+        ("/anything", "/", True),
+        ("data/x", "/data", False),
+        ("/data/x", "data", False),
+        ("data/x", "data", True),
+        ("./data/x", "data", True),
+        ("data/../../x", "data", False),
+        ("..", ".", False),
+        ("x", ".", True),
+        ("", "/data", False),
+        ("/data/x\0", "/data", False),
+        ("/data/\0/../x", "/data", False),
+        ("/DATA/x", "/data", False),
+        ("/data/x\\..\\..\\etc", "/data", True),
+    ],
+)
+def test_within(path: str, base: str, expected: bool) -> None:
+    """Path containment works on normalised whole segments and refuses tricks."""
+    assert holds(["within", ".p", base], {"p": path}) is expected
+
+
+def test_within_needs_a_string() -> None:
+    assert not holds(["within", ".p", "/data"], {"p": ["/data"]})
+    assert not holds(["within", ".p", "/data"], {"p": None})
+    assert not holds(["within", ".p", "/data"], {})
+
+
+# --- logic and quantifiers -------------------------------------------------------------
+
+
+def test_not_and_or() -> None:
+    assert holds(["not", ["==", ".x", 1]], {"x": 2})
+    assert not holds(["not", ["==", ".x", 1]], {"x": 1})
+    assert holds(["and", []], {})
+    assert not holds(["or", []], {})
+    assert holds(["and", [["==", ".x", 1], ["==", ".y", 2]]], {"x": 1, "y": 2})
+    assert not holds(["and", [["==", ".x", 1], ["==", ".y", 2]]], {"x": 1, "y": 3})
+    assert holds(["or", [["==", ".x", 1], ["==", ".y", 2]]], {"x": 0, "y": 2})
+    assert not holds(["or", [["==", ".x", 1], ["==", ".y", 2]]], {"x": 0, "y": 0})
+
+
+def test_not_is_plain_negation_of_a_missing_field() -> None:
+    """A missing field makes the inner statement false, so its negation is true."""
+    assert holds(["not", ["==", ".x", 1]], {})
+    assert not holds(["not", ["!=", ".x", 1]], {"x": 2})
+    assert holds(["not", ["!=", ".x", 1]], {})
+
+
+def test_top_level_statements_are_all_required() -> None:
+    predicate = compile_predicate([["==", ".a", 1], ["==", ".b", 2]])
+    assert evaluate(predicate, {"a": 1, "b": 2})
+    assert not evaluate(predicate, {"a": 1, "b": 3})
+    assert evaluate([], {"anything": True})
+
+
+def test_all_and_any() -> None:
+    tags = ["like", ".", "prod-*"]
+    assert holds(["all", ".tags", tags], {"tags": ["prod-a", "prod-b"]})
+    assert not holds(["all", ".tags", tags], {"tags": ["prod-a", "dev"]})
+    assert holds(["any", ".tags", tags], {"tags": ["dev", "prod-b"]})
+    assert not holds(["any", ".tags", tags], {"tags": ["dev", "qa"]})
+    assert holds(["all", ".tags", tags], {"tags": []})
+    assert not holds(["any", ".tags", tags], {"tags": []})
+
+
+def test_quantifiers_need_a_list() -> None:
+    statement = ["all", ".tags", ["==", ".", 1]]
+    assert not holds(statement, {"tags": {"0": 1}})
+    assert not holds(statement, {"tags": "111"})
+    assert not holds(statement, {"tags": None})
+    assert not holds(statement, {})
+
+
+def test_quantifier_elements_are_the_root_of_the_inner_statement() -> None:
+    statement = ["all", ".items", ["and", [["<=", ".price", 10], ["==", ".sku[0]", "A"]]]]
+    assert holds(statement, {"items": [{"price": 3, "sku": ["A"]}, {"price": 10, "sku": ["A"]}]})
+    assert not holds(statement, {"items": [{"price": 3, "sku": ["A"]}, {"price": 11}]})
+    assert not holds(statement, {"items": [{"price": 3, "sku": ["A"]}, 7]})
+
+
+# --- selectors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("selector", "parts"),
+    [
+        (".", ()),
+        (".a", ("a",)),
+        (".a.b", ("a", "b")),
+        (".items[0]", ("items", 0)),
+        (".a[2].b", ("a", 2, "b")),
+        (".a[-1]", ("a", -1)),
+        (".[0]", (0,)),
+        (".a[1][2]", ("a", 1, 2)),
+        ('.["key with spaces"]', ("key with spaces",)),
+        ('.["a\\"b"].c', ('a"b', "c")),
+        ('.["\\u00e9"]', ("é",)),
+        ('.a["x.y"]', ("a", "x.y")),
+        (".snake_case-and-dash9", ("snake_case-and-dash9",)),
+        ("._private", ("_private",)),
+    ],
+)
+def test_parse_selector(selector: str, parts: tuple[str | int, ...]) -> None:
+    assert parse_selector(selector) == parts
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "",
+        "a",
+        "..",
+        ".a.",
+        ".a..b",
+        ".9a",
+        ".a b",
+        ".a[",
+        ".a[]",
+        ".a[x]",
+        ".a[01]",
+        ".a[1",
+        ".a[-]",
+        ".a[1.5]",
+        '.["unterminated]',
+        ".['single']",
+        ".é",
+        ".a]",
+        ".a[\u0661]",  # an Arabic-Indic digit is not an index
+        "." + "a" * MAX_STRING,
+    ],
+)
+def test_parse_selector_rejects(selector: str) -> None:
+    with pytest.raises(PredicateError):
+        parse_selector(selector)
+
+
+def test_parse_selector_rejects_non_strings() -> None:
+    with pytest.raises(PredicateError, match="got a number"):
+        parse_selector(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        (".a.b", True),
+        (".list[0]", True),
+        (".list[-1]", True),
+        (".list[-3]", True),
+        (".list[3]", False),
+        (".list[-4]", False),
+        ('.["key with spaces"]', True),
+        (".a.b.c", False),
+        (".a.missing", False),
+        (".list.x", False),
+        (".a[0]", False),
+        (".s[0]", False),
+    ],
+)
+def test_selection(selector: str, expected: bool) -> None:
+    """Existing paths select; missing keys, bad indexes and type mismatches are false."""
+    args = {"a": {"b": 1}, "list": [1, 2, 1], "key with spaces": 1, "s": "1"}
+    assert holds(["in", selector, [1]], args) is expected
+
+
+def test_root_selector() -> None:
+    assert holds(["==", ".", {"a": 1}], {"a": 1})
+    assert holds(["like", ".", "x*"], "xyz")
+
+
+# --- friendly form ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("friendly", "canonical"),
+    [
+        ({}, []),
+        ({"business_unit": "emea"}, [["==", ".business_unit", "emea"]]),
+        ({"amount": {"<=": 100, ">": 0}}, [["<=", ".amount", 100], [">", ".amount", 0]]),
+        ({"a.b": 1}, [["==", ".a.b", 1]]),
+        ({".a.b": 1}, [["==", ".a.b", 1]]),
+        ({"[0]": 1}, [["==", ".[0]", 1]]),
+        ({'.["x y"]': 1}, [["==", '.["x y"]', 1]]),
+        ({"items[0].sku": "A"}, [["==", ".items[0].sku", "A"]]),
+        ({"tags": ["a", "b"]}, [["==", ".tags", ["a", "b"]]]),
+        ({"flag": None}, [["==", ".flag", None]]),
+        ({"x": {"==": {"k": 1}}}, [["==", ".x", {"k": 1}]]),
+        ({"x": {"in": [1, 2]}}, [["in", ".x", [1, 2]]]),
+        ({"x": {"!=": 3}}, [["!=", ".x", 3]]),
+        ({"p": {"within": "/data"}}, [["within", ".p", "/data"]]),
+        ({"p": {"like": "/data/*"}}, [["like", ".p", "/data/*"]]),
+        ({"x": {"not": {"in": [1, 2]}}}, [["not", ["in", ".x", [1, 2]]]]),
+        ({"x": {"not": 5}}, [["not", ["==", ".x", 5]]]),
+        (
+            {"x": {"not": {">": 1, "<": 5}}},
+            [["not", ["and", [[">", ".x", 1], ["<", ".x", 5]]]]],
+        ),
+        (
+            {"tags": {"all": {".": {"like": "prod-*"}}}},
+            [["all", ".tags", ["like", ".", "prod-*"]]],
+        ),
+        ({"tags": {"any": {"like": "prod-*"}}}, [["any", ".tags", ["like", ".", "prod-*"]]]),
+        ({"tags": {"any": "prod"}}, [["any", ".tags", ["==", ".", "prod"]]]),
+        (
+            {"items": {"all": {"price": {"<=": 10}, "qty": {">": 0}}}},
+            [["all", ".items", ["and", [["<=", ".price", 10], [">", ".qty", 0]]]]],
+        ),
+        ({"items": {"all": {}}}, [["all", ".items", ["and", []]]]),
+        (
+            {"$or": [{"a": 1}, {"b": 2, "c": 3}]},
+            [["or", [["==", ".a", 1], ["and", [["==", ".b", 2], ["==", ".c", 3]]]]]],
+        ),
+        ({"$and": [{"a": 1}, {"b": 2}]}, [["and", [["==", ".a", 1], ["==", ".b", 2]]]]),
+        ({"$not": {"a": 1}}, [["not", ["==", ".a", 1]]]),
+        ({"$or": []}, [["or", []]]),
+        (
+            {"business_unit": "emea", "amount": {"<=": 100}},
+            [["==", ".business_unit", "emea"], ["<=", ".amount", 100]],
+        ),
+    ],
+)
+def test_compile_friendly(friendly: dict[str, Any], canonical: list[Any]) -> None:
+    assert compile_predicate(friendly) == canonical
+
+
+def test_compile_returns_a_fresh_copy() -> None:
+    canonical: list[Any] = [["in", ".x", [[1]]]]
+    compiled = compile_predicate(canonical)
+    assert compiled == canonical
+    compiled[0][2][0].append(2)
+    assert canonical == [["in", ".x", [[1]]]]
+
+
+def test_compiled_friendly_predicate_evaluates() -> None:
+    predicate = compile_predicate(
+        {"business_unit": "emea", "amount": {"<=": 100, ">": 0}, "path": {"within": "/srv"}}
+    )
+    assert evaluate(predicate, {"business_unit": "emea", "amount": 50, "path": "/srv/a"})
+    assert not evaluate(predicate, {"business_unit": "emea", "amount": 500, "path": "/srv/a"})
+    assert not evaluate(predicate, {"business_unit": "emea", "amount": 50, "path": "/srvx"})
+
+
+@pytest.mark.parametrize(
+    ("friendly", "path", "message"),
+    [
+        ({"amount": {"=<": 100}}, "amount", "unknown operator '=<' (expected one of =="),
+        ({"amount": {"<=": 1, "lte": 2}}, "amount", "unknown operator 'lte'"),
+        ({"amount": {"<=": "100"}}, "amount.<=", "'<=' needs a number, got a string"),
+        ({"amount": {">": True}}, "amount.>", "'>' needs a number, got a boolean"),
+        ({"amount": {"<": math.inf}}, "amount.<", "numbers must be finite"),
+        ({"x": {"in": "ab"}}, "x.in", "'in' needs an array of values, got a string"),
+        ({"x": {"like": 5}}, "x.like", "'like' needs a string, got a number"),
+        ({"x": {"like": "a\\b"}}, "x.like", "must be followed by"),
+        ({"x": {"within": ""}}, "x.within", "'within' needs a non-empty path"),
+        ({"x": {"within": "/a/../.."}}, "x.within", "'within' needs"),
+        ({"x": {"within": "/a\0"}}, "x.within", "'within' needs"),
+        ({"x": {}}, "x", "empty condition"),
+        ({"meta": {"owner": "bob"}}, "meta", "operators only"),
+        ({"x": {"not": {"=<": 1}}}, "x.not", "unknown operator '=<'"),
+        ({"x": {"not": {}}}, "x.not", "empty condition"),
+        ({"x": {"all": {".": {">": "a"}}}}, "x.all...>", "needs a number"),
+        ({"x": {"any": {"like": "a", "name": "b"}}}, "x.any", "mixes operators"),
+        ({"x": {"==": math.nan}}, "x.==", "numbers must be finite"),
+        ({"x": {"==": {1: 2}}}, "x.==", "object keys must be strings"),
+        ({"x": {"==": object()}}, "x.==", "not a JSON value"),
+        ({"x": math.nan}, "x", "numbers must be finite"),
+        ({"x": ["a", b"b"]}, "x[1]", "not a JSON value: a bytes"),
+        ({"x": "y" * (MAX_STRING + 1)}, "x", "longer than"),
+        ({"a b": 1}, "a b", "malformed selector"),
+        ({"a..b": 1}, "a..b", "malformed selector"),
+        ({"": 1}, "$", "non-empty strings"),
+        ({"$xor": []}, "$xor", "unknown reserved key '$xor'"),
+        ({"$or": {"a": 1}}, "$or", "'$or' needs an array of objects, got an object"),
+        ({"$or": [{"a": 1}, 5]}, "$or[1]", "expected an object of field conditions"),
+        ({"$or": [{"a": {"<": "x"}}]}, "$or[0].a.<", "needs a number"),
+        ({"$not": [1]}, "$not", "expected an object"),
+        ({"$and": [{"$not": {"x": {"foo": 1}}}]}, "$and[0].$not.x", "operators only"),
+    ],
+)
+def test_compile_friendly_errors(friendly: Any, path: str, message: str) -> None:
+    """Friendly-form errors name the offending key path."""
+    with pytest.raises(PredicateError) as info:
+        compile_predicate(friendly)
+    assert info.value.path == path
+    assert message in info.value.detail
+
+
+def test_compile_rejects_other_types() -> None:
+    for spec in ("x", 5, None, True, (1,)):
+        with pytest.raises(PredicateError, match=r"object \(friendly form\) or an array"):
+            compile_predicate(spec)
+
+
+# --- canonical validation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("canonical", "path", "message"),
+    [
+        ({"a": 1}, "$", "expected an array of statements, got an object"),
+        ("[]", "$", "expected an array of statements, got a string"),
+        ([5], "$[0]", "a statement is a non-empty array, got a number"),
+        ([[]], "$[0]", "non-empty array"),
+        ([["=<", ".a", 1]], "$[0][0]", "unknown operator '=<'"),
+        ([[5, ".a", 1]], "$[0][0]", "unknown operator a number"),
+        ([["==", ".a"]], "$[0]", "'==' takes 2 operand(s), got 1"),
+        ([["==", ".a", 1, 2]], "$[0]", "takes 2 operand(s), got 3"),
+        ([["not"]], "$[0]", "'not' takes 1 operand(s), got 0"),
+        ([["==", "a", 1]], "$[0][1]", "must start with '.'"),
+        ([["==", 5, 1]], "$[0][1]", "a selector is a string"),
+        ([["==", ".a[x]", 1]], "$[0][1]", "bad index"),
+        ([["<", ".a", "1"]], "$[0][2]", "'<' needs a number, got a string"),
+        ([["<", ".a", None]], "$[0][2]", "got null"),
+        ([["like", ".a", "\\"]], "$[0][2]", "must be followed by"),
+        ([["in", ".a", 1]], "$[0][2]", "'in' needs an array"),
+        ([["in", ".a", [1, math.inf]]], "$[0][2][1]", "finite"),
+        ([["==", ".a", {"k": [1, math.nan]}]], '$[0][2]["k"][1]', "finite"),
+        ([["within", ".a", "../x"]], "$[0][2]", "'within' needs"),
+        ([["within", ".a", "/.."]], "$[0][2]", "'within' needs"),
+        ([["not", "x"]], "$[0][1]", "a statement is a non-empty array, got a string"),
+        ([["and", ["==", ".a", 1]]], "$[0][1][0]", "a statement is a non-empty array"),
+        ([["or", {}]], "$[0][1]", "expected an array of statements, got an object"),
+        ([["all", ".a", ["=="]]], "$[0][2]", "'==' takes 2 operand(s)"),
+        ([["any", ".a", 1]], "$[0][2]", "non-empty array"),
+        ([["==", ".a", 1], ["or", [["==", ".b", 1], ["!", ".c", 1]]]], "$[1][1][1][0]", "'!'"),
+    ],
+)
+def test_validate_errors(canonical: Any, path: str, message: str) -> None:
+    """Canonical-form errors locate the problem as ``$[i][j]...``."""
+    with pytest.raises(PredicateError) as info:
+        validate_predicate(canonical)
+    assert info.value.path == path
+    assert message in info.value.detail
+    assert f"(at {path})" in str(info.value)
+
+
+def test_validate_accepts_every_operator() -> None:
+    canonical = [
+        ["==", ".a", {"k": [1, 2.5, None, True, "s"]}],
+        ["!=", ".a", 1],
+        ["<", ".a", 1],
+        ["<=", ".a", 1.5],
+        [">", ".a", -1],
+        [">=", ".a", 0],
+        ["like", ".a", "x\\*\\\\*"],
+        ["in", ".a", [1, "2"]],
+        ["within", ".a", "/data"],
+        ["not", ["and", []]],
+        ["or", [["==", ".", 1]]],
+        ["all", ".a", ["any", ".", ["==", ".", 1]]],
+    ]
+    assert validate_predicate(canonical) == canonical
+
+
+def nested_not(levels: int) -> list[Any]:
+    statement: list[Any] = ["==", ".a", 1]
+    for _ in range(levels):
+        statement = ["not", statement]
+    return statement
+
+
+def test_depth_limit() -> None:
+    """The top array is level 1, so MAX_DEPTH - 1 nested statements still fit."""
+    validate_predicate([nested_not(MAX_DEPTH - 2)])
+    with pytest.raises(PredicateError, match="nests deeper") as info:
+        validate_predicate([nested_not(MAX_DEPTH - 1)])
+    assert info.value.path == "$[0]" + "[1]" * (MAX_DEPTH - 1)
+
+
+def test_depth_limit_counts_values() -> None:
+    value: Any = 1
+    for _ in range(MAX_DEPTH):
+        value = [value]
+    with pytest.raises(PredicateError, match="nests deeper"):
+        validate_predicate([["==", ".a", value]])
+
+
+def test_deep_friendly_input_is_rejected_without_recursion_error() -> None:
+    spec: dict[str, Any] = {"a": 1}
+    for _ in range(5000):
+        spec = {"$not": spec}
+    with pytest.raises(PredicateError, match="nests deeper"):
+        compile_predicate(spec)
+
+
+def test_node_limit() -> None:
+    """Statements and values count as nodes."""
+    validate_predicate([["in", ".a", list(range(MAX_NODES - 3))]])
+    with pytest.raises(PredicateError, match="more than"):
+        validate_predicate([["in", ".a", list(range(MAX_NODES))]])
+    with pytest.raises(PredicateError, match="more than"):
+        validate_predicate([["==", ".a", 1]] * MAX_NODES)
+    with pytest.raises(PredicateError, match="more than"):
+        compile_predicate({"a": {"in": list(range(10 * MAX_NODES))}})
+
+
+def test_string_limits() -> None:
+    validate_predicate([["==", ".a", "x" * MAX_STRING]])
+    with pytest.raises(PredicateError, match="longer than") as info:
+        validate_predicate([["==", ".a", "x" * (MAX_STRING + 1)]])
+    assert info.value.path == "$[0][2]"
+    with pytest.raises(PredicateError, match="longer than"):
+        validate_predicate([["like", ".a", "*" * (MAX_STRING + 1)]])
+    with pytest.raises(PredicateError, match="selector is longer") as info:
+        validate_predicate([["==", "." + "a" * MAX_STRING, 1]])
+    assert info.value.path == "$[0][1]"
+    with pytest.raises(PredicateError, match="object keys"):
+        validate_predicate([["==", ".a", {"k" * (MAX_STRING + 1): 1}]])
+
+
+# --- bounded evaluation ----------------------------------------------------------------
+
+
+def test_budget_stops_huge_fan_out() -> None:
+    """An ``any`` that never matches over a million elements runs out of budget."""
+    args = {"items": [0] * 1_000_000}
+    start = time.perf_counter()
+    assert not holds(["any", ".items", ["==", ".", 1]], args)
+    assert time.perf_counter() - start < 1
+    assert holds(["any", ".items", ["==", ".", 0]], args)
+
+
+def test_budget_exhaustion_is_not_negated() -> None:
+    """Running out of budget inside ``not`` still fails the whole evaluation."""
+    args = {"items": [0] * 100_000}
+    assert not holds(["not", ["all", ".items", ["==", ".", 0]]], args)
+    assert not holds(["not", ["any", ".items", ["==", ".", 1]]], args)
+
+
+def test_budget_stops_nested_quantifiers() -> None:
+    statement: list[Any] = ["==", ".", 1]
+    for _ in range(5):
+        statement = ["all", ".", statement]
+    args: Any = 1
+    for _ in range(5):
+        args = [args] * 10
+    assert not holds(statement, args)
+    assert evaluate(validate_predicate([statement]), args, budget=10**6) is True
+
+
+def test_explicit_budget() -> None:
+    predicate = validate_predicate([["all", ".xs", ["==", ".", 1]]])
+    args = {"xs": [1] * 50}
+    assert evaluate(predicate, args, budget=200)
+    assert not evaluate(predicate, args, budget=20)
+    assert not evaluate(predicate, args, budget=0)
+
+
+def test_budget_counts_deep_equality() -> None:
+    value = list(range(900))
+    predicate = validate_predicate([["==", ".x", value]])
+    assert evaluate(predicate, {"x": list(range(900))})
+    assert not evaluate(predicate, {"x": list(range(900))}, budget=100)
+
+
+def test_deeply_nested_args_do_not_raise() -> None:
+    args: Any = "leaf"
+    for _ in range(100_000):
+        args = [args]
+    assert not holds(["==", ".", [[["leaf"]]]], args)
+    assert holds(["any", ".", ["any", ".", ["==", ".", [[["leaf"]]]]]], [[args]]) is False
+    assert not holds(["all", ".", ["all", ".", ["all", ".", ["==", ".", 1]]]], args)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        None,
+        "x",
+        [None],
+        [[]],
+        [["zz", ".a", 1]],
+        [["==", 5, 1]],
+        [["==", ".a"]],
+        [["like", ".a", 5]],
+        [["like", ".a", "\\q"]],
+        [["in", ".a", 5]],
+        [["in", ".a", "abc"]],
+        [["within", ".a", None]],
+        [["and", 5]],
+        [["not"]],
+        [["all", ".a", None]],
+        [["<", ".a", "x"]],
+        [nested_not(10_000)],
+    ],
+)
+def test_evaluate_never_raises_on_garbage_predicates(garbage: Any) -> None:
+    assert evaluate(garbage, {"a": "abc"}) is False
+
+
+# --- describe --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("friendly", "text"),
+    [
+        ({}, "true"),
+        (
+            {"business_unit": "emea", "amount": {"<=": 100}},
+            'business_unit == "emea" and amount <= 100',
+        ),
+        ({"x": {"in": [1, "a"]}}, 'x in [1, "a"]'),
+        ({"p": {"within": "/data"}}, 'p within "/data"'),
+        ({"x": {"not": {"like": "a*"}}}, 'not x like "a*"'),
+        ({"$or": [{"a": 1}, {"b": 2, "c": 3}]}, "a == 1 or (b == 2 and c == 3)"),
+        ({"$or": []}, "false"),
+        ({"tags": {"all": {"like": "prod-*"}}}, 'all of tags (. like "prod-*")'),
+        ({"items[0].sku": "A"}, 'items[0].sku == "A"'),
+        ({'.["a b"]': 1}, '.["a b"] == 1'),
+        ({"x": "y" * 100}, 'x == "' + "y" * 56 + "..."),
+    ],
+)
+def test_describe(friendly: dict[str, Any], text: str) -> None:
+    assert describe(compile_predicate(friendly)) == text
+
+
+def test_describe_never_raises() -> None:
+    assert describe([5]) == "<malformed predicate>"
+
+
+# --- properties ------------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["/data/x", "/data/../etc", "prod-a", "a*b"])
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["a", "b", "items", "key with spaces"]), children, max_size=4
+        )
+    ),
+    max_leaves=25,
+)
+finite_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+numbers = st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+selectors = st.sampled_from(
+    [".", ".a", ".b", ".a.b", ".items", ".items[0]", ".items[-1]", '.["key with spaces"]']
+)
+globs = st.lists(st.sampled_from(["a", "b", "*", "\\*", "\\\\", "/", "-"]), max_size=6).map("".join)
+bases = st.sampled_from(["/", "/data", "/data/", "data", ".", "/data/x/.."])
+
+
+def _leaf(op: str, selector: str, operand: Any) -> list[Any]:
+    return [op, selector, operand]
+
+
+leaf_statements = st.one_of(
+    st.builds(_leaf, st.sampled_from(["==", "!="]), selectors, finite_values),
+    st.builds(_leaf, st.sampled_from(["<", "<=", ">", ">="]), selectors, numbers),
+    st.builds(_leaf, st.just("like"), selectors, globs),
+    st.builds(_leaf, st.just("in"), selectors, st.lists(finite_values, max_size=3)),
+    st.builds(_leaf, st.just("within"), selectors, bases),
+)
+statements = st.recursive(
+    leaf_statements,
+    lambda inner: st.one_of(
+        st.builds(lambda s: ["not", s], inner),
+        st.builds(
+            lambda op, ss: [op, ss], st.sampled_from(["and", "or"]), st.lists(inner, max_size=3)
+        ),
+        st.builds(_leaf, st.sampled_from(["all", "any"]), selectors, inner),
+    ),
+    max_leaves=8,
+)
+canonical_predicates = st.lists(statements, max_size=4)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(canonical_predicates, json_values)
+def test_evaluate_never_raises(predicate: list[Any], args: Any) -> None:
+    """Any valid predicate over any JSON-ish arguments yields a bool, never an exception."""
+    assert evaluate(predicate, args) in (True, False)
+    assert evaluate(predicate, {"a": args, "items": [args, args]}) in (True, False)
+    assert evaluate(predicate, args, budget=5) in (True, False)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(canonical_predicates)
+def test_compile_is_identity_on_canonical_forms(predicate: list[Any]) -> None:
+    assume(_depth(predicate) <= MAX_DEPTH)
+    assert compile_predicate(predicate) == predicate
+    assert validate_predicate(predicate) == predicate
+    assert isinstance(describe(predicate), str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_compile_never_fails_unexpectedly(spec: Any) -> None:
+    """Arbitrary input either compiles or raises PredicateError, nothing else."""
+    try:
+        compiled = compile_predicate(spec)
+    except PredicateError:
+        return
+    assert validate_predicate(compiled) == compiled
