@@ -31,6 +31,12 @@ from cryptography.hazmat.primitives.serialization import (
 
 from agentguard.errors import IdentityError
 
+try:  # libsodium verifies Ed25519 about twice as fast as OpenSSL here (the `fast` extra)
+    from nacl.bindings import crypto_sign_open as _sodium_open
+    from nacl.exceptions import BadSignatureError as _SodiumBadSignature
+except ImportError:  # pragma: no cover - exercised when the extra is absent
+    _sodium_open = None  # type: ignore[assignment]  # the fallback path checks for None
+
 __all__ = [
     "PRINCIPAL_KINDS",
     "Identity",
@@ -102,10 +108,13 @@ class Principal:
     id: str
     public_key: Ed25519PublicKey = field(repr=False, compare=False)
     kid: str = field(init=False, compare=True)
+    _raw: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_principal_id(self.id)
-        object.__setattr__(self, "kid", thumbprint(_public_bytes(self.public_key)))
+        raw = _public_bytes(self.public_key)
+        object.__setattr__(self, "_raw", raw)
+        object.__setattr__(self, "kid", thumbprint(raw))
 
     @property
     def kind(self) -> str:
@@ -131,7 +140,13 @@ class Principal:
         return cls(principal_id, public_key_from_jwk(jwk))
 
     def verify(self, signature: bytes, data: bytes) -> bool:
-        """Check a raw Ed25519 signature."""
+        """Check a raw Ed25519 signature (libsodium when installed, else OpenSSL)."""
+        if _sodium_open is not None:
+            try:
+                _sodium_open(signature + data, self._raw)
+            except (_SodiumBadSignature, ValueError, TypeError):
+                return False
+            return True
         try:
             self.public_key.verify(signature, data)
         except InvalidSignature:

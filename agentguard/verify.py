@@ -212,7 +212,7 @@ class Verifier:
             return grant
         if grant.kid != key.kid:
             raise DeniedError("not signed by the expected key", reason="bad_signature")
-        _jws.verify(token, key, TYP_GRANT)
+        _jws.verify_signature(token, key, TYP_GRANT)
         self._cache.put(token, key.kid, grant)
         return grant
 
@@ -368,7 +368,7 @@ class Verifier:
                 f"call token is signed by {claims.issuer}, not the holder {holder.id}",
                 reason="call_token_signer",
             )
-        _jws.verify(token, holder, TYP_CALL)
+        _jws.verify_signature(token, holder, TYP_CALL)
         return self._check_call_claims(
             chain, claims, tool=tool, args=args, audience=audience, consume=consume
         )
