@@ -1,12 +1,22 @@
 """agentguard: delegation chains, per-call attenuation, step-up approval and audit for AI agents.
 
-The public API is the short list below; everything else lives in submodules.
+The public API is the short list below; everything else lives in submodules
+(``agentguard.policy``, ``agentguard.approval``, ``agentguard.store``, ...).
 """
 
+from agentguard.approval import ApprovalRequest
 from agentguard.clock import Clock, ManualClock, SystemClock
 from agentguard.delegation import Delegation
-from agentguard.errors import AgentGuardError, ApprovalPending, DeniedError
+from agentguard.errors import (
+    AgentGuardError,
+    ApprovalPending,
+    ApprovalRejected,
+    ConfigError,
+    DeniedError,
+)
+from agentguard.guard import Decision, Guard
 from agentguard.keys import Identity, Keyring, Principal
+from agentguard.policy import Policy, load_policy
 from agentguard.tokens import Rule
 from agentguard.verify import Verifier
 
@@ -15,15 +25,22 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentGuardError",
     "ApprovalPending",
+    "ApprovalRejected",
+    "ApprovalRequest",
     "Clock",
+    "ConfigError",
+    "Decision",
     "Delegation",
     "DeniedError",
+    "Guard",
     "Identity",
     "Keyring",
     "ManualClock",
+    "Policy",
     "Principal",
     "Rule",
     "SystemClock",
     "Verifier",
     "__version__",
+    "load_policy",
 ]

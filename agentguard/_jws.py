@@ -82,9 +82,14 @@ def _segments(token: object, typ: str) -> list[str]:
     return parts
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); json.loads accepts them by default.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment))
+        value = json.loads(b64url_decode(segment), parse_constant=_no_constant)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise TokenFormatError(f"token {what} is not base64url JSON") from exc
     if not isinstance(value, dict):

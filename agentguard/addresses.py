@@ -97,7 +97,36 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 
 def pattern_matches(pattern: str, address: str) -> bool:
     """Whether ``address`` is selected by ``pattern`` (both assumed validated)."""
-    return compile_pattern(pattern).fullmatch(address) is not None
+    # Not the regex of compile_pattern: patterns come from tokens any holder signs, and a
+    # backtracking regex such as '*a*a*a...b' takes exponential time (ReDoS).
+    p_ns, _, p_tool = pattern.partition("/")
+    a_ns, sep, a_tool = address.partition("/")
+    return bool(sep) and _wildcard_match(p_ns, a_ns) and _wildcard_match(p_tool, a_tool)
+
+
+def _wildcard_match(glob: str, text: str) -> bool:
+    """``*``/``?`` glob match in O(len(glob) * len(text)) at worst, without recursion.
+
+    On a mismatch only the most recent ``*`` is retried one character further: a
+    later star can absorb whatever an earlier one would have.
+    """
+    g = t = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if g < len(glob) and glob[g] == "*":
+            star, mark = g, t
+            g += 1
+        elif g < len(glob) and glob[g] in ("?", text[t]):
+            g += 1
+            t += 1
+        elif star >= 0:
+            g, mark = star + 1, mark + 1
+            t = mark
+        else:
+            return False
+    while g < len(glob) and glob[g] == "*":
+        g += 1
+    return g == len(glob)
 
 
 def _globs_overlap(a: str, b: str) -> bool:

@@ -77,6 +77,9 @@ class ApprovalRequest:
     reusable_until: float | None = None
     message: str | None = None
     approver: str | None = None
+    #: Trace and span (hex) of the call that filed the request, for a span link.
+    trace_id: str | None = None
+    span_id: str | None = None
 
     @classmethod
     def from_row(cls, row: ApprovalRow) -> ApprovalRequest:
@@ -101,11 +104,13 @@ class ApprovalRequest:
             reusable_until=row.reusable_until,
             message=receipt.get("msg"),
             approver=receipt.get("approver"),
+            trace_id=data.get("trace_id"),
+            span_id=data.get("span_id"),
         )
 
     def to_json(self) -> dict[str, Any]:
         """The stored/transported form (no secrets: arguments are redacted)."""
-        return {
+        data: dict[str, Any] = {
             "decision_id": self.decision_id,
             "tool": self.tool,
             "args_display": self.args_display,
@@ -116,6 +121,9 @@ class ApprovalRequest:
             "rules": list(self.rules),
             "min_assurance": self.min_assurance,
         }
+        if self.trace_id and self.span_id:
+            data["trace_id"], data["span_id"] = self.trace_id, self.span_id
+        return data
 
     def state(self, now: float) -> str:
         """``pending``, ``expired``, ``approved``, ``rejected``, ``used`` or ``closed``."""

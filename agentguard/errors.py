@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "AgentGuardError",
     "ApprovalPending",
+    "ApprovalRejected",
     "ConfigError",
     "DeniedError",
     "IdentityError",
@@ -132,3 +133,28 @@ class ApprovalPending(DeniedError):
     @property
     def short(self) -> str:
         return f"approval pending, id={self.request_id}"
+
+
+class ApprovalRejected(DeniedError):
+    """A human rejected the call; ``message`` carries their words back to the caller."""
+
+    default_reason = "approval_rejected"
+
+    def __init__(
+        self,
+        explanation: str,
+        *,
+        request_id: str,
+        message: str | None = None,
+        approver: str | None = None,
+        decision_id: str | None = None,
+    ) -> None:
+        super().__init__(explanation, decision_id=decision_id)
+        self.request_id = request_id
+        self.message = message
+        self.approver = approver
+
+    @property
+    def short(self) -> str:
+        note = f": {self.message}" if self.message else ""
+        return f"rejected by {self.approver or 'the approver'}{note} (request {self.request_id})"

@@ -18,12 +18,14 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
+from agentguard import tracing
 from agentguard.approval import (
+    RECEIPT_TTL,
     ApprovalBook,
     ApprovalRequest,
     CallbackChannel,
@@ -39,6 +41,7 @@ from agentguard.delegation import Delegation, ScopeSpec
 from agentguard.errors import (
     AgentGuardError,
     ApprovalPending,
+    ApprovalRejected,
     ConfigError,
     DeniedError,
     IdentityError,
@@ -212,7 +215,12 @@ class Guard:
         if store is not None:
             self.store: Store = store
         elif home_path is not None:
-            home_path.mkdir(parents=True, exist_ok=True)
+            try:
+                home_path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create state directory {home_path}: {exc.strerror or exc}"
+                ) from exc
             self.store = SQLiteStore(
                 home_path / STATE_FILE, durability=self.policy.storage.durability
             )
@@ -250,7 +258,12 @@ class Guard:
             return Identity.generate(self.policy.guard_id)
         if self.keyring.has_private(self.policy.guard_id):
             return self.keyring.identity(self.policy.guard_id)
-        return self.keyring.create(self.policy.guard_id)
+        try:
+            return self.keyring.create(self.policy.guard_id)
+        except IdentityError:
+            # Another process sharing this home created the key first (Identity.save
+            # publishes the file atomically, so it is complete once visible).
+            return self.keyring.identity(self.policy.guard_id)
 
     def _channel_from_policy(self) -> Channel:
         settings = self.policy.approval
@@ -260,9 +273,13 @@ class Guard:
             if not settings.terminal_approver:
                 raise ConfigError("approval.terminal_approver must name the user at the terminal")
             return TerminalChannel(settings.terminal_approver)
-        if settings.channel in ("web", "webhook", "callback"):
-            # These channels answer through the queue; the web page and webhook
-            # are started separately (``agentguard approvals serve``).
+        if settings.channel == "webhook":
+            from agentguard.webhook import WebhookChannel
+
+            return WebhookChannel.from_settings(settings)
+        if settings.channel in ("web", "callback"):
+            # These channels answer through the queue; the web page is started
+            # separately (``agentguard approvals serve``).
             return QueueChannel()
         return NoChannel()
 
@@ -362,6 +379,7 @@ class Guard:
         call_id: str | None,
         enforce: bool,
         request_approval: bool = False,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> _Pipeline:
         now = self.clock.now()
         decision = Decision(
@@ -386,7 +404,7 @@ class Guard:
             decision = replace(decision, path=chain.path, link_ids=chain.delegation.link_ids)
             _check_limits(self.policy, chain.delegation)
             match = self.verifier.authorize(chain, tool, args)
-            step_up = self._policy_rules(chain, match, tool, args)
+            demands = [*self._policy_rules(chain, match, tool, args), *step_up]
             # The call token binds exactly what the caller asked for.
             if token is not None:
                 self.verifier.verify_call_token(chain, token, tool=tool, args=args, consume=False)
@@ -394,14 +412,29 @@ class Guard:
                 raise DeniedError(
                     "no call token and no holder identity to sign one", reason="missing_call_token"
                 )
+            elif holder.id != chain.holder.id or holder.kid != chain.holder.kid:
+                raise DeniedError(
+                    f"{holder.id} (key {holder.kid[:8]}) is not the holder of this delegation",
+                    reason="call_token_signer",
+                )
             effective = args
-            if step_up:
+            if demands:
+                step_up = demands
                 decision = replace(decision, approval_rules=tuple(r for r, _ in step_up))
                 min_level = max(
                     (lvl for _, lvl in step_up), key=lambda lvl: ASSURANCE_LEVELS.index(lvl)
                 )
                 cdigest = call_digest(tool, digest, chain.delegation.leaf.link_id)
                 row = self.store.approval_open(cdigest, now)
+                if (
+                    row is not None
+                    and row.status in ("approved", "used")
+                    and row.answered_at is not None
+                    and now >= int(row.answered_at) + RECEIPT_TTL + self.policy.limits.leeway
+                ):
+                    # Its receipt expired unused (or past reuse): ask again rather
+                    # than refuse this exact call forever with approval_expired.
+                    row = None
                 usable = row is not None and row.status in ("approved", "used")
                 if not enforce and not (request_approval and row is None):
                     if usable and row is not None:
@@ -445,9 +478,9 @@ class Guard:
                     answer = yield _Wait(ApprovalRequest.from_row(row), deliver=False)
                 else:
                     answer = row
-                effective, approval = self._use_answer(
-                    answer, decision, chain, tool, digest, cdigest
-                )
+                edited, approval = self._use_answer(answer, decision, chain, tool, digest, cdigest)
+                # Without an edit the approved call runs with the arguments asked for.
+                effective = edited if approval["edited"] else args
                 decision = replace(
                     decision,
                     approval_request_id=approval["request_id"],
@@ -463,8 +496,6 @@ class Guard:
                     ttl=min(self.policy.limits.call_token_ttl, 300),
                 )
                 self.verifier.accept_minted(chain, token, tool=tool, args=args)
-                if not enforce:
-                    pass
             elif token is not None and enforce:
                 self.verifier.verify_call_token(chain, token, tool=tool, args=args, consume=True)
             if approval is not None and not self.store.approval_burn(
@@ -545,6 +576,7 @@ class Guard:
     ) -> ApprovalRequest:
         now = self.clock.now()
         leaf = chain.delegation.leaf
+        trace_id, span_id = tracing.current_ids()
         return ApprovalRequest(
             id=ApprovalBook.new_id(),
             decision_id=decision.id,
@@ -559,6 +591,8 @@ class Guard:
             min_assurance=min_level,
             created_at=now,
             deadline=now + self.policy.approval.timeout,
+            trace_id=trace_id,
+            span_id=span_id,
         )
 
     def _use_answer(
@@ -579,11 +613,22 @@ class Guard:
         if answer is None or answer.status == "pending":
             raise DeniedError("no approval arrived before the deadline", reason="approval_timeout")
         receipt = self.approvals.verify_receipt(answer, expected_digest=cdigest, chain=chain)
+        tracing.approval_resolved(
+            answer.id,
+            "rejected"
+            if answer.status == "rejected" or receipt.decision != "approve"
+            else "approved",
+            receipt.channel,
+            answer.request,
+        )
         if answer.status == "rejected" or receipt.decision != "approve":
             self.store.approval_burn(answer.id, self.clock.now())
             message = f": {receipt.message}" if receipt.message else ""
-            raise DeniedError(
-                f"{receipt.approver} rejected the call{message}", reason="approval_rejected"
+            raise ApprovalRejected(
+                f"{receipt.approver} rejected the call{message}",
+                request_id=answer.id,
+                message=receipt.message,
+                approver=receipt.approver,
             )
         effective: dict[str, Any] | None = None
         if receipt.edited_args is not None:
@@ -631,7 +676,9 @@ class Guard:
             "tool": decision.tool,
             "call_id": decision.call_id,
             "args_digest": digest,
-            "args": redact(args, self.policy.redact),
+            # Arguments that are not canonical JSON (NaN, foreign types) cannot be
+            # stored; without this the denial itself would fail as an audit error.
+            "args": redact(args, self.policy.redact) if digest is not None else None,
             "path": list(decision.path),
             "link_ids": list(decision.link_ids),
             "link": decision.link,
@@ -644,6 +691,7 @@ class Guard:
             "shadow": shadow,
             "enforced": not shadow,
             "enforcement_point": self.enforcement_point,
+            **tracing.audit_ids(),
         }
         if shadow:
             record["shadow_notice"] = "SHADOW MODE: this decision was NOT enforced"
@@ -688,19 +736,32 @@ class Guard:
         try:
             wait = next(pipeline)
             while True:
-                wait = pipeline.send(self._wait_sync(wait))
+                with self._traced_wait(wait) as waiting:
+                    answer = self._wait_sync(wait)
+                    waiting.answered(answer)
+                wait = pipeline.send(answer)
         except StopIteration as stop:
             outcome: _Outcome = stop.value
+            tracing.decided(outcome.decision)
             return outcome
 
     async def _adrive(self, pipeline: _Pipeline) -> _Outcome:
         try:
             wait = next(pipeline)
             while True:
-                wait = pipeline.send(await self._wait_async(wait))
+                with self._traced_wait(wait) as waiting:
+                    answer = await self._wait_async(wait)
+                    waiting.answered(answer)
+                wait = pipeline.send(answer)
         except StopIteration as stop:
             outcome: _Outcome = stop.value
+            tracing.decided(outcome.decision)
             return outcome
+
+    def _traced_wait(self, wait: _Wait) -> tracing.ApprovalWait:
+        return tracing.ApprovalWait(
+            wait.request.tool, request_id=wait.request.id, channel=self.channel.name
+        )
 
     def _pending(self, request: ApprovalRequest) -> ApprovalPending:
         return ApprovalPending(
@@ -768,25 +829,31 @@ class Guard:
         call_token: str | None = None,
         call_id: str | None = None,
         request_approval: bool = False,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> Decision:
         """Decide without running anything (a dry run, recorded as such in the audit log).
 
         Never burns a call token nonce or an approval receipt. With
         ``request_approval`` an approval-required call files a pending request
-        whose id is in the decision.
+        whose id is in the decision. ``step_up`` adds approval demands from the
+        enforcement point, as ``(description, minimum assurance)`` pairs (the
+        MCP proxy derives them from tool annotations); like every approval
+        demand they only ever restrict.
         """
-        outcome = self._drive(
-            self._pipeline(
-                delegation,
-                tool,
-                args or {},
-                holder=holder,
-                call_token=call_token,
-                call_id=call_id,
-                enforce=False,
-                request_approval=request_approval,
+        with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
+            outcome = self._drive(
+                self._pipeline(
+                    delegation,
+                    tool,
+                    args or {},
+                    holder=holder,
+                    call_token=call_token,
+                    call_id=call_id,
+                    step_up=step_up,
+                    enforce=False,
+                    request_approval=request_approval,
+                )
             )
-        )
         return outcome.decision
 
     async def acheck(
@@ -799,20 +866,23 @@ class Guard:
         call_token: str | None = None,
         call_id: str | None = None,
         request_approval: bool = False,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> Decision:
         """Async twin of :meth:`check`."""
-        outcome = await self._adrive(
-            self._pipeline(
-                delegation,
-                tool,
-                args or {},
-                holder=holder,
-                call_token=call_token,
-                call_id=call_id,
-                enforce=False,
-                request_approval=request_approval,
+        with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
+            outcome = await self._adrive(
+                self._pipeline(
+                    delegation,
+                    tool,
+                    args or {},
+                    holder=holder,
+                    call_token=call_token,
+                    call_id=call_id,
+                    step_up=step_up,
+                    enforce=False,
+                    request_approval=request_approval,
+                )
             )
-        )
         return outcome.decision
 
     def authorize(
@@ -824,6 +894,7 @@ class Guard:
         holder: Identity | None = None,
         call_token: str | None = None,
         call_id: str | None = None,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> tuple[Decision, dict[str, Any]]:
         """Enforce the decision for a call the caller runs itself.
 
@@ -833,17 +904,19 @@ class Guard:
         Raises:
             DeniedError: the call may not run (``ApprovalPending`` when waiting).
         """
-        outcome = self._drive(
-            self._pipeline(
-                delegation,
-                tool,
-                args or {},
-                holder=holder,
-                call_token=call_token,
-                call_id=call_id,
-                enforce=True,
+        with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
+            outcome = self._drive(
+                self._pipeline(
+                    delegation,
+                    tool,
+                    args or {},
+                    holder=holder,
+                    call_token=call_token,
+                    call_id=call_id,
+                    step_up=step_up,
+                    enforce=True,
+                )
             )
-        )
         if outcome.error is not None:
             raise outcome.error
         return outcome.decision, outcome.args
@@ -857,19 +930,22 @@ class Guard:
         holder: Identity | None = None,
         call_token: str | None = None,
         call_id: str | None = None,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> tuple[Decision, dict[str, Any]]:
         """Async twin of :meth:`authorize`."""
-        outcome = await self._adrive(
-            self._pipeline(
-                delegation,
-                tool,
-                args or {},
-                holder=holder,
-                call_token=call_token,
-                call_id=call_id,
-                enforce=True,
+        with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
+            outcome = await self._adrive(
+                self._pipeline(
+                    delegation,
+                    tool,
+                    args or {},
+                    holder=holder,
+                    call_token=call_token,
+                    call_id=call_id,
+                    step_up=step_up,
+                    enforce=True,
+                )
             )
-        )
         if outcome.error is not None:
             raise outcome.error
         return outcome.decision, outcome.args
@@ -884,6 +960,7 @@ class Guard:
         holder: Identity | None = None,
         call_token: str | None = None,
         call_id: str | None = None,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> _T:
         """Run ``fn(**args)`` if and only if the guard allows this call.
 
@@ -892,17 +969,60 @@ class Guard:
             ApprovalPending: approval is needed and not yet given; submit the
                 same call again once it is approved.
         """
-        decision, effective = self.authorize(
-            delegation, tool, args, holder=holder, call_token=call_token, call_id=call_id
-        )
-        started = time.monotonic()
-        try:
-            result = fn(**effective)
-        except BaseException as exc:
-            self._complete(decision, started, exc)
-            raise
-        self._complete(decision, started, None)
-        return result
+        with tracing.ToolCall(
+            tool,
+            call_id=call_id,
+            enforcement_point=self.enforcement_point,
+            args=args,
+            redact_fields=self.policy.redact,
+        ):
+            decision, effective = self.authorize(
+                delegation,
+                tool,
+                args,
+                holder=holder,
+                call_token=call_token,
+                call_id=call_id,
+                step_up=step_up,
+            )
+            started = time.monotonic()
+            try:
+                result = fn(**effective)
+            except BaseException as exc:
+                self._complete(decision, started, exc)
+                raise
+            self._complete(decision, started, None)
+            return result
+
+    # Overloads so that type checkers infer the result of an async ``fn`` (a
+    # single ``Callable[..., Awaitable[_T] | _T]`` infers ``Never`` for it).
+    @overload
+    async def acall(
+        self,
+        delegation: str | Delegation,
+        tool: str,
+        args: Mapping[str, Any],
+        fn: Callable[..., Awaitable[_T]],
+        *,
+        holder: Identity | None = None,
+        call_token: str | None = None,
+        call_id: str | None = None,
+        step_up: Sequence[tuple[str, str]] = (),
+    ) -> _T: ...
+
+    @overload
+    async def acall(
+        self,
+        delegation: str | Delegation,
+        tool: str,
+        args: Mapping[str, Any],
+        fn: Callable[..., _T],
+        *,
+        holder: Identity | None = None,
+        call_token: str | None = None,
+        call_id: str | None = None,
+        step_up: Sequence[tuple[str, str]] = (),
+    ) -> _T: ...
 
     async def acall(
         self,
@@ -914,6 +1034,7 @@ class Guard:
         holder: Identity | None = None,
         call_token: str | None = None,
         call_id: str | None = None,
+        step_up: Sequence[tuple[str, str]] = (),
     ) -> _T:
         """Async twin of :meth:`call`; ``fn`` may be sync or async.
 
@@ -921,19 +1042,32 @@ class Guard:
             DeniedError: the call was refused; ``fn`` did not run.
             ApprovalPending: approval is needed and not yet given.
         """
-        decision, effective = await self.aauthorize(
-            delegation, tool, args, holder=holder, call_token=call_token, call_id=call_id
-        )
-        started = time.monotonic()
-        try:
-            result = fn(**effective)
-            if inspect.isawaitable(result):
-                result = await result
-        except BaseException as exc:
-            self._complete(decision, started, exc)
-            raise
-        self._complete(decision, started, None)
-        return result
+        with tracing.ToolCall(
+            tool,
+            call_id=call_id,
+            enforcement_point=self.enforcement_point,
+            args=args,
+            redact_fields=self.policy.redact,
+        ):
+            decision, effective = await self.aauthorize(
+                delegation,
+                tool,
+                args,
+                holder=holder,
+                call_token=call_token,
+                call_id=call_id,
+                step_up=step_up,
+            )
+            started = time.monotonic()
+            try:
+                result = fn(**effective)
+                if inspect.isawaitable(result):
+                    result = await result
+            except BaseException as exc:
+                self._complete(decision, started, exc)
+                raise
+            self._complete(decision, started, None)
+            return result
 
     def close(self) -> None:
         """Release the store."""

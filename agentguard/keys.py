@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +139,11 @@ class Principal:
         Raises:
             IdentityError: the JWK is not an Ed25519 public key.
         """
-        return cls(principal_id, public_key_from_jwk(jwk))
+        if not isinstance(jwk, Mapping) or not isinstance(jwk.get("x"), str):
+            raise IdentityError("key is not an OKP/Ed25519 JWK")
+        if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            raise IdentityError("key is not an OKP/Ed25519 JWK")
+        return _principal_from_x(principal_id, jwk["x"])
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Check a raw Ed25519 signature (libsodium when installed, else OpenSSL)."""
@@ -169,6 +175,12 @@ def public_key_from_jwk(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
     if len(raw) != 32:
         raise IdentityError("Ed25519 public key must be 32 bytes")
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+@lru_cache(maxsize=2048)
+def _principal_from_x(principal_id: str, x: str) -> Principal:
+    # Grants repeat the same keys constantly; decoding and thumbprinting once is enough.
+    return Principal(principal_id, public_key_from_jwk({"kty": "OKP", "crv": "Ed25519", "x": x}))
 
 
 def thumbprint(public_raw: bytes) -> str:
@@ -244,12 +256,21 @@ class Identity:
             IdentityError: the file exists already.
         """
         data = json.dumps({"id": self.id, "jwk": self.private_jwk()}, indent=2).encode()
+        if path.exists():
+            raise IdentityError(f"key file {path} exists already")
+        # Write a private temporary file, then link it into place: the key
+        # appears complete or not at all, even to another process racing us.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError as exc:
-            raise IdentityError(f"key file {path} exists already") from exc
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data + b"\n")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data + b"\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError as exc:
+                raise IdentityError(f"key file {path} exists already") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> Identity:

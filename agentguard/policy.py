@@ -277,16 +277,27 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key and sequence item."""
 
 
-def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def _lines(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    seen: set[int] | None = None,
+) -> None:
     out.setdefault(path, node.start_mark.line + 1)
+    # Walk each node once: aliases share nodes, and re-walking them expands an
+    # alias bomb ("billion laughs") into millions of paths.
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             sub = (*path, key.value)
             out[sub] = key.start_mark.line + 1
-            _lines(value, sub, out)
+            _lines(value, sub, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _lines(item, (*path, index), out)
+            _lines(item, (*path, index), out, seen)
 
 
 def _loc_text(loc: Sequence[Any]) -> str:

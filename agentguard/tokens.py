@@ -115,11 +115,9 @@ class Rule:
         approval = claim.get("approval", False)
         if not isinstance(tool, str) or not isinstance(approval, bool):
             raise TokenFormatError(f"{where}: rule has a bad 'tool' or 'approval'")
-        try:
-            predicate = validate_predicate(claim["where"]) if "where" in claim else None
-            return cls(tool, predicate, approval)
-        except (InvalidAddressError, PredicateError) as exc:
-            raise TokenFormatError(f"{where}: {exc}") from exc
+        if "where" in claim and claim["where"] is None:
+            raise TokenFormatError(f"{where}: 'where' must be a predicate")
+        return _rule_from_claim(tool, claim.get("where"), approval, where)
 
     def describe(self) -> str:
         """One line for humans: ``tickets/* where business_unit == "emea" [approval]``."""
@@ -129,6 +127,20 @@ class Rule:
         if self.approval:
             text += " [approval]"
         return text
+
+
+def _rule_from_claim(tool: str, predicate: Any, approval: bool, where: str) -> Rule:
+    try:
+        validate_pattern(tool)
+        checked = validate_predicate(predicate) if predicate is not None else None
+    except (InvalidAddressError, PredicateError) as exc:
+        raise TokenFormatError(f"{where}: {exc}") from exc
+    # Validated above: skip __post_init__, which would compile the predicate again.
+    rule = object.__new__(Rule)
+    object.__setattr__(rule, "tool", tool)
+    object.__setattr__(rule, "where", checked)
+    object.__setattr__(rule, "approval", approval)
+    return rule
 
 
 def _int_claim(claims: Mapping[str, Any], name: str) -> int:
@@ -217,9 +229,13 @@ class Grant:
         if nbf >= exp:
             raise TokenFormatError("grant window is empty (nbf >= exp)")
         meta = claims.get("meta")
-        if meta is not None and (
-            not isinstance(meta, dict) or len(_jws.canonical_json(meta)) > MAX_META_BYTES
-        ):
+        try:
+            bad_meta = meta is not None and (
+                not isinstance(meta, dict) or len(_jws.canonical_json(meta)) > MAX_META_BYTES
+            )
+        except ValueError:  # e.g. integers beyond 2**53: no canonical form, so refuse it
+            bad_meta = True
+        if bad_meta:
             raise TokenFormatError("grant 'meta' must be a small JSON object")
         parent = _str_claim(claims, "prf", optional=True)
         return cls(

@@ -144,9 +144,11 @@ class Verifier:
     ) -> None:
         roots = trusted_roots.values() if isinstance(trusted_roots, Mapping) else trusted_roots
         self._roots: dict[str, Principal] = {p.id: p for p in roots}
-        memory = MemoryStore() if revocations is None or replay is None else None
-        self.revocations: RevocationStore = revocations or memory  # type: ignore[assignment]
-        self.replay: ReplayStore = replay or memory  # type: ignore[assignment]
+        memory = MemoryStore()
+        # "is None", not "or": a store that defines __len__ is falsy while empty, and
+        # silently swapping it for a fresh MemoryStore would forget every revocation.
+        self.revocations: RevocationStore = memory if revocations is None else revocations
+        self.replay: ReplayStore = memory if replay is None else replay
         self.clock: Clock = clock or SystemClock()
         self.leeway = float(leeway)
         self.max_links = max_links
@@ -390,8 +392,11 @@ class Verifier:
         Raises:
             DeniedError: as :meth:`verify_call_token`.
         """
+        claims = CallClaims.parse(token)
+        if claims.issuer != chain.holder.id or claims.kid != chain.holder.kid:
+            raise DeniedError("call token is not signed by the holder", reason="call_token_signer")
         return self._check_call_claims(
-            chain, CallClaims.parse(token), tool=tool, args=args, audience=audience, consume=True
+            chain, claims, tool=tool, args=args, audience=audience, consume=True
         )
 
     def _check_call_claims(

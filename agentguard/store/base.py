@@ -179,7 +179,7 @@ class ApprovalStore(Protocol):
         ...
 
     def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
-        """A pending (not past deadline) or usable approved request for this call."""
+        """A pending (in time), usable approved or undelivered rejected request for this call."""
         ...
 
     def approval_answer(
@@ -195,7 +195,8 @@ class ApprovalStore(Protocol):
         ...
 
     def approval_burn(self, request_id: str, now: float) -> bool:
-        """Use an approved receipt once (or again within its reuse window); atomic."""
+        """Use an approved receipt once (or again within its reuse window), or close a
+        delivered rejection; atomic."""
         ...
 
 

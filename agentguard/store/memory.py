@@ -157,7 +157,7 @@ class MemoryStore:
         return sorted(rows, key=lambda r: r.created_at, reverse=True)
 
     def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
-        """A pending (in time) or usable approved request for this call."""
+        """A pending (in time), usable approved or undelivered rejected request for this call."""
         with self._lock:
             for row in sorted(self._approvals.values(), key=lambda r: -r.created_at):
                 if row.call_digest == call_digest and _open(row, now):
@@ -191,6 +191,10 @@ class MemoryStore:
         """Use an approved receipt once (or again within its reuse window)."""
         with self._lock:
             row = self._approvals.get(request_id)
+            if row is not None and row.status == "rejected":
+                # A rejection is delivered once; the next attempt files a new request.
+                self._approvals[request_id] = replace(row, status="closed")
+                return True
             if row is None or row.status not in ("approved", "used"):
                 return False
             if row.uses and not (row.reusable_until and now < row.reusable_until):
@@ -205,7 +209,8 @@ class MemoryStore:
 def _open(row: ApprovalRow, now: float) -> bool:
     if row.status == "pending":
         return now < row.deadline
-    if row.status == "approved":
+    # A rejection stays open until the resubmitted call has been told of it.
+    if row.status in ("approved", "rejected"):
         return True
     return row.status == "used" and bool(row.reusable_until and now < row.reusable_until)
 

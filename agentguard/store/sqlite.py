@@ -78,10 +78,10 @@ class SQLiteStore:
         self._all_lock = threading.Lock()
         self._consumed = 0
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._connection().executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot initialise store {self.location}: {exc}") from exc
         with self._write() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -394,12 +394,12 @@ class SQLiteStore:
         return [self._approval(r) for r in rows]
 
     def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
-        """A pending (in time) or usable approved request for this call."""
+        """The open request for this call (see :meth:`ApprovalStore.approval_open`)."""
         row = self._read(
             lambda db: db.execute(
                 f"SELECT {self._APPROVAL_COLUMNS} FROM approvals "  # noqa: S608 - constant column list
-                "WHERE call_digest = ? AND ((status = 'pending' AND deadline > ?) "
-                "OR status = 'approved' OR (status = 'used' AND reusable_until > ?)) "
+                "WHERE call_digest = ? AND ((status = 'pending' AND deadline > ?) OR status IN "
+                "('approved', 'rejected') OR (status = 'used' AND reusable_until > ?)) "
                 "ORDER BY created_at DESC LIMIT 1",
                 (call_digest, now, now),
             ).fetchone()
@@ -429,8 +429,10 @@ class SQLiteStore:
         """Use an approved receipt once (or again within its reuse window); atomic."""
         cur = self._run_write(
             lambda db: db.execute(
-                "UPDATE approvals SET status = 'used', uses = uses + 1 WHERE id = ? AND "
-                "(status = 'approved' OR (status = 'used' AND reusable_until > ?))",
+                # A rejection is delivered once (closed); an approval is used.
+                "UPDATE approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
+                "THEN 'closed' ELSE 'used' END WHERE id = ? AND (status IN ('approved', "
+                "'rejected') OR (status = 'used' AND reusable_until > ?))",
                 (request_id, now),
             )
         )

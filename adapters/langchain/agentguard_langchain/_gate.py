@@ -1,0 +1,304 @@
+"""The gate shared by :class:`GuardedTool` and the agent middleware.
+
+One tool call goes through ``guard.call``/``guard.acall``. In interrupt mode an
+:class:`agentguard.ApprovalPending` becomes a LangGraph ``interrupt`` carrying
+the approval request; the human's answer (approve / reject / edit) is read on
+resume, but only the guard's stored, signed approval lets the call run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from agentguard import AgentGuardError, ApprovalPending, Delegation, DeniedError, Identity
+from agentguard.approval import call_digest
+from agentguard.tokens import args_digest
+
+if TYPE_CHECKING:
+    from agentguard.approval import ApprovalRequest
+
+__all__ = [
+    "APPROVAL_MODES",
+    "INTERRUPT_KIND",
+    "ApprovalMode",
+    "ReviewerRejected",
+    "ToolGate",
+    "approval_payload",
+    "parse_resume",
+]
+
+ApprovalMode = Literal["block", "interrupt"]
+APPROVAL_MODES: tuple[ApprovalMode, ...] = ("block", "interrupt")
+
+#: ``type`` of the value carried by the LangGraph interrupt, so a UI can tell ours apart.
+INTERRUPT_KIND = "agentguard.approval"
+#: How many times one tool call may pause for a reviewer (each edit files a new request).
+MAX_REVIEW_ROUNDS = 4
+
+
+class _Approvals(Protocol):
+    def get(self, request_id: str) -> ApprovalRequest: ...
+
+    def all(self) -> list[ApprovalRequest]: ...
+
+
+class GuardAPI(Protocol):
+    """What the adapter needs from :class:`agentguard.Guard`."""
+
+    @property
+    def approvals(self) -> _Approvals: ...
+
+    @property
+    def approval_mode(self) -> str: ...
+
+    def call(
+        self,
+        delegation: Delegation | str,
+        tool: str,
+        args: Mapping[str, Any],
+        fn: Callable[..., Any],
+        *,
+        holder: Identity | None = ...,
+        call_id: str | None = ...,
+    ) -> Any: ...
+
+    async def acall(
+        self,
+        delegation: Delegation | str,
+        tool: str,
+        args: Mapping[str, Any],
+        fn: Callable[..., Any],
+        *,
+        holder: Identity | None = ...,
+        call_id: str | None = ...,
+    ) -> Any: ...
+
+
+class ReviewerRejected(DeniedError):
+    """The human reviewer rejected the call when resuming the interrupt.
+
+    ``message`` is the reviewer's note for the model (written by a human for
+    the model, so it is shown as is).
+    """
+
+    default_reason = "approval_rejected"
+
+    def __init__(self, message: str | None, *, request_id: str, decision_id: str | None) -> None:
+        super().__init__(
+            f"the reviewer rejected approval request {request_id}", decision_id=decision_id
+        )
+        self.message = message
+        self.request_id = request_id
+
+    @property
+    def short(self) -> str:
+        note = f": {self.message}" if self.message else ""
+        decision = f", decision {self.decision_id}" if self.decision_id else ""
+        return f"rejected by the reviewer (approval_rejected{decision}){note}"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A reviewer's answer as it came back through ``Command(resume=...)``. Untrusted."""
+
+    action: Literal["approve", "reject", "edit"]
+    message: str | None = None
+    args: dict[str, Any] | None = None
+
+
+def parse_resume(value: object) -> Resume:
+    """Read a resume value: ``"approve"``, ``{"type": "reject", "message": ...}``,
+    ``{"type": "edit", "args": {...}}``. Anything unreadable counts as a rejection.
+    """
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, Mapping):
+        return Resume("reject", message=None)
+    action = value.get("type", value.get("decision"))
+    message = value.get("message")
+    message = message if isinstance(message, str) else None
+    if action in ("approve", "approved", "accept"):
+        return Resume("approve", message=message)
+    if action == "edit":
+        args = value.get("args")
+        if isinstance(args, Mapping):
+            return Resume("edit", message=message, args=dict(args))
+    return Resume("reject", message=message)
+
+
+def approval_payload(request: ApprovalRequest, pending: ApprovalPending) -> dict[str, Any]:
+    """What the interrupt shows a reviewer: no token, arguments redacted."""
+    return {
+        "type": INTERRUPT_KIND,
+        "request_id": request.id,
+        "decision_id": request.decision_id or pending.decision_id,
+        "tool": request.tool,
+        "args": request.args_display,
+        "on_behalf_of": request.on_behalf_of,
+        "requester": request.requester,
+        "path": list(request.path),
+        "rules": list(request.rules),
+        "min_assurance": request.min_assurance,
+        "deadline": request.deadline,
+        "description": request.describe(),
+        "how_to_answer": (
+            f"approve or deny it in the queue (agentguard approvals approve {request.id}), "
+            'then resume with {"type": "approve"}, {"type": "reject", "message": "..."} '
+            'or {"type": "edit", "args": {...}}'
+        ),
+    }
+
+
+def _interrupt(payload: dict[str, Any]) -> object:
+    try:
+        from langgraph.types import interrupt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise AgentGuardError(
+            "approval='interrupt' needs LangGraph: pip install 'agentguard-langchain[agents]'"
+        ) from exc
+    return interrupt(payload)
+
+
+Normalizer = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolGate:
+    """Puts one tool call through the guard; shared by tools and middleware."""
+
+    guard: GuardAPI
+    delegation: Delegation | str
+    holder: Identity
+    namespace: str
+    approval: ApprovalMode = "block"
+
+    def __post_init__(self) -> None:
+        if self.approval not in APPROVAL_MODES:
+            raise ValueError(f"approval must be one of {APPROVAL_MODES}, not {self.approval!r}")
+        if not self.namespace or "/" in self.namespace:
+            raise ValueError("namespace must be a non-empty name without '/'")
+        leaf = (
+            Delegation.parse(self.delegation)
+            if isinstance(self.delegation, str)
+            else self.delegation
+        ).leaf
+        if self.holder.id != leaf.subject or self.holder.kid != leaf.subject_key.kid:
+            # Fail at wiring time, not on the first call: only the leaf's key may sign calls.
+            raise ValueError(
+                f"{self.holder.id} does not hold this delegation (its holder is {leaf.subject})"
+            )
+        if self.approval == "interrupt" and self.guard.approval_mode != "raise":
+            # A blocking guard would wait inside the graph instead of interrupting it.
+            raise ValueError(
+                "approval='interrupt' needs a guard that raises ApprovalPending: "
+                "Guard(..., approval_mode='raise')"
+            )
+
+    def address(self, tool_name: str) -> str:
+        """The tool address policies and delegations use: ``namespace/tool``."""
+        return f"{self.namespace}/{tool_name}"
+
+    def run(
+        self,
+        tool_name: str,
+        args: dict[str, Any],
+        fn: Callable[..., Any],
+        *,
+        call_id: str | None,
+        normalize: Normalizer,
+    ) -> Any:
+        """Run ``fn(**effective_args)`` through ``guard.call``.
+
+        Raises:
+            DeniedError: refused (including :class:`ReviewerRejected` and
+                :class:`agentguard.ApprovalPending` when no approval is recorded).
+            GraphInterrupt: interrupt mode, first pass: the run pauses for a human.
+        """
+        address = self.address(tool_name)
+        try:
+            for _ in range(MAX_REVIEW_ROUNDS):
+                try:
+                    return self._call(address, args, fn, call_id)
+                except ApprovalPending as pending:
+                    if self.approval != "interrupt":
+                        raise
+                    args = self._answer(self._ask(pending), pending, args, normalize)
+            return self._call(address, args, fn, call_id)
+        except DeniedError as exc:
+            raise self._explained(exc, address, args) from None
+
+    async def arun(
+        self,
+        tool_name: str,
+        args: dict[str, Any],
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        call_id: str | None,
+        normalize: Normalizer,
+    ) -> Any:
+        """Async twin of :meth:`run`, through ``guard.acall``."""
+        address = self.address(tool_name)
+        try:
+            for _ in range(MAX_REVIEW_ROUNDS):
+                try:
+                    return await self._acall(address, args, fn, call_id)
+                except ApprovalPending as pending:
+                    if self.approval != "interrupt":
+                        raise
+                    args = self._answer(self._ask(pending), pending, args, normalize)
+            return await self._acall(address, args, fn, call_id)
+        except DeniedError as exc:
+            raise self._explained(exc, address, args) from None
+
+    def _call(
+        self, address: str, args: dict[str, Any], fn: Callable[..., Any], call_id: str | None
+    ) -> Any:
+        return self.guard.call(
+            self.delegation, address, args, fn, holder=self.holder, call_id=call_id
+        )
+
+    async def _acall(
+        self, address: str, args: dict[str, Any], fn: Callable[..., Any], call_id: str | None
+    ) -> Any:
+        return await self.guard.acall(
+            self.delegation, address, args, fn, holder=self.holder, call_id=call_id
+        )
+
+    def _explained(self, exc: DeniedError, address: str, args: dict[str, Any]) -> DeniedError:
+        """A queue rejection, with the reviewer's note for the model when there is one."""
+        if exc.reason != "approval_rejected" or isinstance(exc, ReviewerRejected):
+            return exc
+        # The guard's DeniedError does not name the request; find it by call digest.
+        delegation = (
+            Delegation.parse(self.delegation)
+            if isinstance(self.delegation, str)
+            else self.delegation
+        )
+        digest = call_digest(address, args_digest(args), delegation.leaf.link_id)
+        for request in self.guard.approvals.all():
+            if request.call_digest == digest and request.status != "pending":
+                return ReviewerRejected(
+                    request.message, request_id=request.id, decision_id=exc.decision_id
+                )
+        return exc
+
+    def _ask(self, pending: ApprovalPending) -> Resume:
+        request = self.guard.approvals.get(pending.request_id)
+        # First pass: raises GraphInterrupt. On resume: returns the human's answer.
+        return parse_resume(_interrupt(approval_payload(request, pending)))
+
+    @staticmethod
+    def _answer(
+        resume: Resume, pending: ApprovalPending, args: dict[str, Any], normalize: Normalizer
+    ) -> dict[str, Any]:
+        if resume.action == "reject":
+            raise ReviewerRejected(
+                resume.message, request_id=pending.request_id, decision_id=pending.decision_id
+            )
+        if resume.action == "edit" and resume.args is not None:
+            # The edited call is decided afresh; the guard only runs it with an
+            # approval bound to exactly these arguments.
+            return normalize(resume.args)
+        return args

@@ -1,0 +1,258 @@
+"""``agentguard mcp ...``: the proxy's command line (added to the core CLI by entry point).
+
+    agentguard mcp proxy --delegation FILE --as ID [--namespace NAME] [--home DIR]
+                         [--policy FILE] -- COMMAND [ARGS...]
+    agentguard mcp proxy --config FILE [--home DIR] [--http HOST:PORT]
+
+Over stdio the standard output is the MCP channel: every message goes to
+standard error. Exit codes follow the core CLI: 1 error, 2 usage, 3 denied.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from agentguard.errors import AgentGuardError, DeniedError
+from agentguard.keys import Keyring
+from agentguard_mcp.config import ProxyConfig, UpstreamSpec, load_config, validate_namespace
+from agentguard_mcp.proxy import Caller, GuardedProxy
+from agentguard_mcp.serve import serve_http, serve_stdio
+from agentguard_mcp.upstream import Upstream
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="mcp",
+    help="Gate MCP servers: a proxy that checks every tool call against the caller's delegation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+EXIT_ERROR, EXIT_USAGE, EXIT_DENIED = 1, 2, 3
+
+
+@app.callback()
+def _group() -> None:
+    """Gate MCP servers behind agentguard."""
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"agentguard mcp: {text}\n")
+    sys.stderr.flush()
+
+
+def _home(option: str | None, config: ProxyConfig | None) -> Path:
+    if option:
+        return Path(option)
+    if config is not None and config.home:
+        return Path(config.home)
+    env = os.environ.get("AGENTGUARD_HOME")
+    return Path(env) if env else Path.cwd() / ".agentguard"
+
+
+def build_guard(home: Path, policy: str | None) -> Any:
+    """The guard the proxy decides with: state under ``home``, approvals queued out of band."""
+    from agentguard.approval import QueueChannel
+    from agentguard.guard import Guard
+
+    return Guard(
+        policy=policy,
+        home=home,
+        approver=QueueChannel(announce=lambda r: _say(f"approval pending, id={r.id} ({r.tool})")),
+        approval_mode="raise",
+        enforcement_point="mcp_proxy",
+    )
+
+
+def _parse_http(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter("use HOST:PORT, e.g. 127.0.0.1:8765", param_hint="--http")
+    return host.strip("[]"), int(port)
+
+
+@app.command(
+    "proxy",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def proxy_command(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The upstream stdio server, after '--'.")
+    ] = None,
+    delegation: Annotated[
+        Path | None, typer.Option("--delegation", help="File holding the agent's delegation.")
+    ] = None,
+    holder: Annotated[
+        str | None, typer.Option("--as", help="The holder identity in the keyring, e.g. agent:bot.")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", help="Namespace of the upstream (default: its server name)."),
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="YAML file listing several upstreams.")
+    ] = None,
+    home: Annotated[
+        str | None, typer.Option("--home", help="State directory (default ./.agentguard).")
+    ] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Policy file.")] = None,
+    http: Annotated[
+        str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT.")
+    ] = None,
+    trusted: Annotated[
+        bool, typer.Option("--trusted", help="Believe the upstream's tool annotations.")
+    ] = False,
+    aware: Annotated[
+        bool,
+        typer.Option("--agentguard-aware", help="Forward delegation and call token upstream."),
+    ] = False,
+    approver: Annotated[
+        str | None,
+        typer.Option("--approver", help="The user who answers approval forms in the MCP client."),
+    ] = None,
+) -> None:
+    """Run the gating proxy in front of one stdio server or the servers of a config file."""
+    if config_file is not None and command:
+        raise typer.BadParameter("give either --config or a command after '--', not both")
+    try:
+        config = load_config(config_file) if config_file is not None else None
+    except AgentGuardError as exc:
+        _say(str(exc))
+        raise typer.Exit(EXIT_USAGE) from exc
+    if config is None:
+        if not command:
+            raise typer.BadParameter("give the upstream command after '--', or --config FILE")
+        if http is None and (delegation is None or holder is None):
+            raise typer.BadParameter("serving stdio needs --delegation FILE and --as ID")
+        ns = namespace
+        if ns is not None:
+            try:
+                validate_namespace(ns)
+            except AgentGuardError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--namespace") from exc
+        specs: tuple[UpstreamSpec, ...] = (
+            UpstreamSpec(
+                namespace=ns or "upstream",
+                command=tuple(command),
+                trusted=trusted,
+                agentguard=aware,
+            ),
+        )
+        config = ProxyConfig(upstreams=specs, policy=policy, elicitation_approver=approver)
+        infer_namespace = ns is None
+    else:
+        infer_namespace = False
+        delegation = delegation or (Path(config.delegation) if config.delegation else None)
+        holder = holder or config.holder
+    state = _home(home, config)
+    try:
+        code = anyio.run(
+            _run,
+            config,
+            state,
+            policy or config.policy,
+            delegation,
+            holder,
+            http,
+            infer_namespace,
+        )
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+async def _run(
+    config: ProxyConfig,
+    home: Path,
+    policy: str | None,
+    delegation_file: Path | None,
+    holder_id: str | None,
+    http: str | None,
+    infer_namespace: bool,
+) -> int:
+    try:
+        guard = build_guard(home, policy)
+        caller = None
+        if http is None:
+            if delegation_file is None or holder_id is None:
+                _say("serving stdio needs a delegation and a holder (--delegation, --as)")
+                return EXIT_USAGE
+            text = delegation_file.read_text(encoding="utf-8").strip()
+            holder = Keyring(home / "keys").identity(holder_id)
+            caller = Caller(text, holder=holder)
+    except OSError as exc:
+        _say(f"cannot read the delegation: {exc.strerror or exc}")
+        return EXIT_ERROR
+    except AgentGuardError as exc:
+        _say(str(exc))
+        return EXIT_ERROR
+    async with AsyncExitStack() as stack:
+        upstreams = [Upstream(spec) for spec in config.upstreams]
+        try:
+            for upstream in upstreams:
+                await upstream.connect(stack)
+        except Exception as exc:
+            _say(f"cannot start an upstream server: {exc}")
+            return EXIT_ERROR
+        if infer_namespace and upstreams[0].server_name:
+            upstreams[0] = _renamed(upstreams[0])
+        proxy = GuardedProxy(
+            guard,
+            upstreams,
+            caller=caller,
+            annotation_step_up=config.annotation_step_up,
+            annotation_assurance=config.annotation_assurance,
+            elicitation_approver=config.elicitation_approver,
+        )
+        proxy.rebuild()
+        if caller is not None:
+            try:
+                chain = proxy.verified_chain(caller.delegation)
+            except DeniedError as exc:
+                _say(f"the delegation is refused: {exc.short}: {exc.explanation}")
+                return EXIT_DENIED
+            if not proxy.reachable_namespaces(chain):
+                _say(
+                    "the delegation reaches none of this proxy's namespaces "
+                    f"({', '.join(proxy.namespaces)})"
+                )
+                return EXIT_DENIED
+            if caller.holder is None or chain.holder != caller.holder.principal:
+                _say(f"{holder_id} is not the holder of this delegation ({chain.holder.id})")
+                return EXIT_DENIED
+            await serve_stdio(proxy)
+        else:
+            assert http is not None  # noqa: S101 - narrowed above
+            host, port = _parse_http(http)
+            await serve_http(
+                proxy,
+                host,
+                port,
+                on_ready=lambda: _say(f"listening on http://{host}:{port}/mcp"),
+            )
+    return 0
+
+
+def _renamed(upstream: Upstream) -> Upstream:
+    """Use the upstream's own server name as its namespace (made namespace-safe)."""
+    import re
+    from dataclasses import replace
+
+    raw = upstream.server_name or "upstream"
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", raw).strip("-_")[:32] or "upstream"
+    name = re.sub(r"_{2,}", "_", name)
+    spec = replace(upstream.spec, namespace=validate_namespace(name))
+    upstream.spec = spec
+    return upstream
+
+
+def main() -> None:
+    """Run the ``mcp`` command group on its own (``python -m agentguard_mcp``)."""
+    app(prog_name="agentguard mcp")

@@ -1,0 +1,160 @@
+"""Client side of the HTTP proxy: present a delegation and sign a call token per call.
+
+    async with GuardedClient(url, delegation, holder) as client:
+        tools = await client.list_tools()
+        result = await client.call_tool("tickets__open", {"title": "..."})
+
+The delegation goes in ``Authorization: Bearer`` on every HTTP request; each
+``tools/call`` carries a fresh call token signed with the holder's key in
+``_meta["io.agentguard/call"]`` (proof of possession: the delegation alone is
+not enough to act). A retry, for instance after a human approved out of band,
+simply calls again: the approval binds the call, not the token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from agentguard.clock import Clock
+from agentguard.delegation import Delegation
+from agentguard.keys import Identity
+from agentguard_mcp.proxy import META_CALL, META_TOOL
+
+__all__ = ["GuardedClient", "call_meta"]
+
+
+def call_meta(
+    delegation: Delegation | str,
+    holder: Identity,
+    address: str,
+    arguments: Mapping[str, Any],
+    *,
+    ttl: float = 30,
+    clock: Clock | None = None,
+) -> dict[str, Any]:
+    """The ``_meta`` for one ``tools/call`` of ``address``: a fresh call token signed by ``holder``.
+
+    Raises:
+        IssuanceError: ``holder`` is not the delegation's holder.
+    """
+    if isinstance(delegation, str):
+        delegation = Delegation.parse(delegation)
+    token = delegation.mint_call_token(holder, address, arguments, ttl=ttl, clock=clock)
+    return {META_CALL: token}
+
+
+class GuardedClient:
+    """An ``mcp.Client`` for the agentguard HTTP proxy that authenticates every call.
+
+    Args:
+        url: the proxy's streamable-HTTP endpoint.
+        delegation: the caller's delegation (object or string).
+        holder: the holder's identity (signs the call tokens).
+        client_kwargs: passed to :class:`mcp.Client` (``mode``, ``elicitation_callback``, ...).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        delegation: Delegation | str,
+        holder: Identity,
+        *,
+        clock: Clock | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        self.delegation = (
+            Delegation.parse(delegation) if isinstance(delegation, str) else delegation
+        )
+        self.holder = holder
+        self.clock = clock
+        self._url = url
+        self._client_kwargs = client_kwargs
+        self._http: httpx2.AsyncClient | None = None
+        self._client: Client | None = None
+        self.addresses: dict[str, str] = {}
+
+    async def __aenter__(self) -> GuardedClient:
+        self._http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {self.delegation.serialize()}"},
+            timeout=httpx2.Timeout(30.0, read=300.0),
+        )
+        self._client_kwargs.setdefault("cache", None)
+        client = Client(
+            streamable_http_client(self._url, http_client=self._http), **self._client_kwargs
+        )
+        try:
+            await client.__aenter__()
+        except BaseException:
+            await self._http.aclose()
+            raise
+        self._client = client
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._client is not None:
+                await self._client.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._http is not None:
+                await self._http.aclose()
+
+    @property
+    def client(self) -> Client:
+        """The underlying ``mcp.Client``.
+
+        Raises:
+            RuntimeError: outside ``async with``.
+        """
+        if self._client is None:
+            raise RuntimeError("GuardedClient must be used within 'async with'")
+        return self._client
+
+    async def list_tools(self) -> list[types.Tool]:
+        """The tools this delegation reaches (remembers each tool's address)."""
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        for _ in range(50):
+            page = await self.client.list_tools(cursor=cursor)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        for tool in tools:
+            address = (tool.meta or {}).get(META_TOOL)
+            if isinstance(address, str):
+                self.addresses[tool.name] = address
+        return tools
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> types.CallToolResult:
+        """Call a tool with a freshly signed call token (added to ``meta``).
+
+        Raises:
+            KeyError: the tool was not listed for this delegation.
+        """
+        if name not in self.addresses:
+            await self.list_tools()
+        address = self.addresses[name]
+        args = dict(arguments or {})
+        full = {
+            **(meta or {}),
+            **call_meta(self.delegation, self.holder, address, args, clock=self.clock),
+        }
+        return await self.client.call_tool(name, args, meta=full)  # type: ignore[arg-type]

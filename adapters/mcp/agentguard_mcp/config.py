@@ -1,0 +1,242 @@
+"""The proxy's configuration: which upstream MCP servers it fronts, and how far it trusts them.
+
+A YAML file (``agentguard mcp proxy --config FILE``) looks like::
+
+    home: .agentguard            # optional; --home wins
+    policy: agentguard.yaml      # optional; --policy wins
+    delegation: agent.delegation # stdio serving only: the agent's delegation file
+    as: agent:support-bot        # stdio serving only: the holder identity in the keyring
+    upstreams:
+      time:                      # the namespace: delegations say time/<tool>
+        command: [mcp-server-time, --local-timezone, UTC]
+        env: {TZ: UTC}
+        trusted: true            # believe its tool annotations
+      tickets:
+        url: http://127.0.0.1:9000/mcp
+        headers: {X-Api-Key: ...} # the proxy's own credentials for that upstream
+        agentguard: true         # it verifies delegations itself (agentguard_mcp.verify)
+    annotation_step_up: true     # destructive tools need approval (default)
+    annotation_assurance: local  # ... at this assurance (default local)
+    elicitation_approver: user:alice  # who answers approval forms in the MCP client
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentguard.errors import ConfigError
+
+__all__ = ["NAMESPACE_RE", "ProxyConfig", "UpstreamSpec", "load_config", "validate_namespace"]
+
+#: Namespaces become the first part of tool addresses and of client-visible names.
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+_UPSTREAM_KEYS = {"command", "env", "cwd", "url", "headers", "trusted", "agentguard"}
+_TOP_KEYS = {
+    "home",
+    "policy",
+    "delegation",
+    "as",
+    "upstreams",
+    "annotation_step_up",
+    "annotation_assurance",
+    "elicitation_approver",
+}
+_ASSURANCES = ("agent", "local", "authenticated", "signed")
+
+
+def validate_namespace(name: object) -> str:
+    """Return ``name`` if it can serve as a namespace.
+
+    Raises:
+        ConfigError: the name is not 1-32 letters, digits, ``_`` or ``-``, or contains ``__``.
+    """
+    if not isinstance(name, str) or not NAMESPACE_RE.match(name) or "__" in name:
+        raise ConfigError(
+            f"invalid namespace {str(name)[:40]!r}: use 1-32 letters, digits, '_' or '-' "
+            "(starting with a letter or digit, no '__')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """One upstream MCP server: a stdio command or a streamable-HTTP URL.
+
+    Attributes:
+        namespace: the namespace its tools live in (``namespace/tool``).
+        command: the argv of a stdio server, or ``None``.
+        url: the streamable-HTTP endpoint, or ``None``.
+        env: extra environment for a stdio server (``OTEL_*`` is added by the proxy).
+        cwd: working directory of a stdio server.
+        headers: HTTP headers the proxy itself sends to a URL upstream.
+        trusted: whether its tool annotations are believed (otherwise every tool
+            counts as destructive).
+        agentguard: whether it verifies delegations itself; only such upstreams
+            receive the delegation and a call token in ``_meta``.
+    """
+
+    namespace: str
+    command: tuple[str, ...] | None = None
+    url: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    trusted: bool = False
+    agentguard: bool = False
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+        if (self.command is None) == (self.url is None):
+            raise ConfigError(f"upstream {self.namespace}: give exactly one of command or url")
+        if self.command is not None and not self.command:
+            raise ConfigError(f"upstream {self.namespace}: command must not be empty")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ConfigError(f"upstream {self.namespace}: url must start with http:// or https://")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Everything the proxy needs besides the caller: upstreams and where state lives."""
+
+    upstreams: tuple[UpstreamSpec, ...]
+    home: str | None = None
+    policy: str | None = None
+    delegation: str | None = None
+    holder: str | None = None
+    annotation_step_up: bool = True
+    annotation_assurance: str = "local"
+    elicitation_approver: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.annotation_assurance not in _ASSURANCES:
+            raise ConfigError(f"annotation_assurance must be one of {', '.join(_ASSURANCES)}")
+        if not self.upstreams:
+            raise ConfigError("the proxy needs at least one upstream")
+        seen: set[str] = set()
+        for spec in self.upstreams:
+            if spec.namespace in seen:
+                raise ConfigError(f"namespace {spec.namespace} is configured twice")
+            seen.add(spec.namespace)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """The namespaces of every upstream, in configuration order."""
+        return tuple(spec.namespace for spec in self.upstreams)
+
+
+def _str_map(value: object, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) for k, v in value.items()
+    ):
+        raise ConfigError(f"{where} must map names to strings")
+    return {k: str(v) for k, v in value.items()}
+
+
+def _upstream(namespace: object, raw: object, base: Path) -> UpstreamSpec:
+    where = f"upstreams.{namespace}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = set(raw) - _UPSTREAM_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    command = raw.get("command")
+    if isinstance(command, str):
+        command = command.split()
+    if command is not None and (
+        not isinstance(command, list) or not all(isinstance(p, str) for p in command)
+    ):
+        raise ConfigError(f"{where}.command must be a list of strings")
+    url = raw.get("url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"{where}.url must be a string")
+    for flag in ("trusted", "agentguard"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise ConfigError(f"{where}.{flag} must be true or false")
+    cwd = raw.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ConfigError(f"{where}.cwd must be a string")
+    return UpstreamSpec(
+        namespace=validate_namespace(namespace),
+        command=tuple(command) if command is not None else None,
+        url=url,
+        env=_str_map(raw.get("env"), f"{where}.env"),
+        cwd=str(base / cwd) if cwd is not None else None,
+        headers=_str_map(raw.get("headers"), f"{where}.headers"),
+        trusted=bool(raw.get("trusted", False)),
+        agentguard=bool(raw.get("agentguard", False)),
+    )
+
+
+def config_from_mapping(data: Mapping[str, Any], *, base: Path | None = None) -> ProxyConfig:
+    """Build a configuration from parsed YAML/JSON (relative paths resolve against ``base``).
+
+    Raises:
+        ConfigError: the configuration is invalid.
+    """
+    base = base or Path.cwd()
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r} at the top level")
+    upstreams = data.get("upstreams")
+    if not isinstance(upstreams, dict) or not upstreams:
+        raise ConfigError("'upstreams' must map namespaces to upstream servers")
+
+    def path(key: str) -> str | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string")
+        return str(base / value)
+
+    step_up = data.get("annotation_step_up", True)
+    if not isinstance(step_up, bool):
+        raise ConfigError("'annotation_step_up' must be true or false")
+    assurance = data.get("annotation_assurance", "local")
+    approver = data.get("elicitation_approver")
+    if approver is not None and not isinstance(approver, str):
+        raise ConfigError("'elicitation_approver' must be a principal id such as user:alice")
+    holder = data.get("as")
+    if holder is not None and not isinstance(holder, str):
+        raise ConfigError("'as' must be a principal id such as agent:support-bot")
+    return ProxyConfig(
+        upstreams=tuple(_upstream(ns, raw, base) for ns, raw in upstreams.items()),
+        home=path("home"),
+        policy=path("policy"),
+        delegation=path("delegation"),
+        holder=holder,
+        annotation_step_up=step_up,
+        annotation_assurance=str(assurance),
+        elicitation_approver=approver,
+    )
+
+
+def load_config(path: str | Path) -> ProxyConfig:
+    """Read a proxy configuration file (YAML).
+
+    Raises:
+        ConfigError: the file is unreadable or invalid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping")
+    try:
+        return config_from_mapping(data, base=path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,635 @@
+"""The gating proxy: an MCP server (SDK low-level ``Server``) in front of upstream MCP servers.
+
+For every caller it lists only the tools the caller's delegation reaches, and
+sends every ``tools/call`` through the guard: verify the chain, decide, ask for
+step-up approval through the protocol when the client can answer, audit, then
+forward rebuilt params to the upstream. A refusal is an ``isError`` result with
+a short reason and the decision id; it never echoes tokens or arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from agentguard.addresses import pattern_matches
+from agentguard.delegation import Delegation
+from agentguard.errors import AgentGuardError, ApprovalPending, DeniedError
+from agentguard.keys import Identity
+from agentguard.policy import PolicyRule
+from agentguard.verify import VerifiedChain
+from agentguard_mcp._names import client_name, tool_address
+from agentguard_mcp.upstream import ToolTraits, Upstream, tool_fingerprint, tool_traits
+
+__all__ = [
+    "FORWARDED_META_KEYS",
+    "META_APPROVAL",
+    "META_CALL",
+    "META_DECISION",
+    "META_DELEGATION",
+    "META_TOOL",
+    "Caller",
+    "ExposedTool",
+    "GuardedProxy",
+]
+
+logger = logging.getLogger("agentguard_mcp")
+
+#: ``_meta`` key holding a call token (caller -> proxy over HTTP, proxy -> aware upstream).
+META_CALL = "io.agentguard/call"
+#: ``_meta`` key holding the delegation string (proxy -> agentguard-aware upstream only).
+META_DELEGATION = "io.agentguard/delegation"
+#: ``_meta`` key on listed tools: the tool's ``namespace/tool`` address.
+META_TOOL = "io.agentguard/tool"
+#: ``_meta`` key on listed tools: ``"required"`` when a call will need step-up approval.
+META_APPROVAL = "io.agentguard/approval"
+#: ``_meta`` key on refusals: decision id, reason code and (when pending) request id.
+META_DECISION = "io.agentguard/decision"
+#: The only caller ``_meta`` keys that cross to an upstream (W3C trace context).
+FORWARDED_META_KEYS = ("traceparent", "tracestate")
+
+_APPROVAL_INPUT = "agentguard_approval"
+_ANNOTATION_REASON = "MCP annotations: destructive tool"
+_STATE_TTL = 300.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the delegation, and either the holder's key or the caller's call token."""
+
+    delegation: str
+    holder: Identity | None = field(default=None, repr=False)
+    call_token: str | None = field(default=None, repr=False)
+
+    @property
+    def binding(self) -> str:
+        """A stable, non-secret id of this caller (the leaf link id) for binding state."""
+        try:
+            return Delegation.parse(self.delegation).leaf.link_id
+        except AgentGuardError:
+            return "invalid"
+
+
+@dataclass
+class ExposedTool:
+    """A tool as the proxy shows it: client-safe name, address, upstream and traits."""
+
+    name: str
+    address: str
+    upstream: Upstream
+    tool: types.Tool
+    traits: ToolTraits
+    fingerprint: str
+    changed: bool = False
+
+
+class _Refusal(Exception):
+    """Internal: stop handling a call and answer with this refusal."""
+
+    def __init__(self, text: str, meta: Mapping[str, Any] | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.meta = dict(meta or {})
+
+
+def _refusal(text: str, meta: Mapping[str, Any] | None = None) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(text=text)],
+        is_error=True,
+        _meta={META_DECISION: dict(meta)} if meta else None,
+    )
+
+
+def _denied(exc: DeniedError) -> types.CallToolResult:
+    meta: dict[str, Any] = {"reason": exc.reason}
+    if exc.decision_id:
+        meta["decision_id"] = exc.decision_id
+    if isinstance(exc, ApprovalPending):
+        meta["approval_request_id"] = exc.request_id
+    return _refusal(exc.short, meta)
+
+
+def _pending_text(request_id: str, why: str) -> types.CallToolResult:
+    return _refusal(
+        f"approval pending, id={request_id} ({why}; an approver can answer out of band)",
+        {"reason": "approval_pending", "approval_request_id": request_id},
+    )
+
+
+def _clean_result(result: types.CallToolResult) -> types.CallToolResult:
+    """Rebuild the upstream's result: content and structured content only, no upstream ``_meta``."""
+    return types.CallToolResult(
+        content=list(result.content),
+        structured_content=result.structured_content,
+        is_error=result.is_error,
+    )
+
+
+class GuardedProxy:
+    """The proxy's state and MCP handlers.
+
+    Args:
+        guard: the :class:`agentguard.guard.Guard` that decides every call.
+        upstreams: the upstream servers, each its own namespace.
+        caller: over stdio, the fixed caller (the agent's delegation and key);
+            ``None`` over HTTP, where each request brings its own.
+        prefixed: show ``namespace__tool`` names (default: when several upstreams).
+        name: the proxy's MCP server name.
+        annotation_step_up: destructive tools (by annotation; every tool of an
+            untrusted upstream) need step-up approval.
+        annotation_assurance: the assurance those approvals need.
+        elicitation_approver: who answers approval forms in the MCP client
+            (default: the delegation's ``on_behalf_of`` when it is a ``user:``).
+    """
+
+    def __init__(
+        self,
+        guard: Any,
+        upstreams: Sequence[Upstream],
+        *,
+        caller: Caller | None = None,
+        prefixed: bool | None = None,
+        name: str = "agentguard-mcp",
+        annotation_step_up: bool = True,
+        annotation_assurance: str = "local",
+        elicitation_approver: str | None = None,
+    ) -> None:
+        self.guard = guard
+        self.upstreams = list(upstreams)
+        self.caller = caller
+        self.prefixed = len(self.upstreams) > 1 if prefixed is None else prefixed
+        self.name = name
+        self.annotation_step_up = annotation_step_up
+        self.annotation_assurance = annotation_assurance
+        self.elicitation_approver = elicitation_approver
+        self.tools: dict[str, ExposedTool] = {}
+        self._pins: dict[str, str] = {}
+        self._by_address: dict[str, ExposedTool] = {}
+        self.server = self._build_server()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Connect every upstream (closed with ``stack``) and build the catalogue."""
+        for upstream in self.upstreams:
+            await upstream.connect(stack)
+        self.rebuild()
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """The namespaces this proxy serves."""
+        return tuple(u.namespace for u in self.upstreams)
+
+    def rebuild(self) -> None:
+        """Rebuild the catalogue from the upstreams' last listings (changed tools get flagged)."""
+        self._catalogue()
+        if self.annotation_step_up:
+            self._install_annotation_rules()
+
+    def _install_annotation_rules(self) -> None:
+        """Turn annotations into step-up rules: destructive tools need approval.
+
+        An unannotated tool, or any tool of an untrusted upstream, counts as
+        destructive. The rules are added to the guard's policy next to the
+        organisation's own step-up rules (they can only add demands).
+        """
+        destructive = sorted(t.address for t in self.tools.values() if t.traits.destructive)
+        policy = self.guard.policy
+        kept = [r for r in policy.step_up if r.reason != _ANNOTATION_REASON]
+        if destructive:
+            kept.append(
+                PolicyRule(
+                    tools=destructive,
+                    reason=_ANNOTATION_REASON,
+                    min_assurance=self.annotation_assurance,
+                )
+            )
+        updated = policy.model_copy(update={"step_up": kept})
+        self.guard.policy = updated
+        self.guard.approvals.policy = updated
+
+    def _catalogue(self) -> None:
+        tools: dict[str, ExposedTool] = {}
+        for upstream in self.upstreams:
+            for tool in upstream.tools.values():
+                address = tool_address(upstream.namespace, tool.name)
+                if address is None:
+                    logger.warning(
+                        "skipping tool with an unaddressable name in %s", upstream.namespace
+                    )
+                    continue
+                name = client_name(upstream.namespace, tool.name, prefixed=self.prefixed)
+                fingerprint = tool_fingerprint(tool)
+                pinned = self._pins.setdefault(address, fingerprint)
+                exposed = ExposedTool(
+                    name=name,
+                    address=address,
+                    upstream=upstream,
+                    tool=tool,
+                    traits=tool_traits(tool, trusted=upstream.spec.trusted),
+                    fingerprint=fingerprint,
+                    changed=pinned != fingerprint,
+                )
+                if exposed.changed:
+                    logger.warning(
+                        "tool %s changed its definition since it was first seen", address
+                    )
+                if name in tools:
+                    logger.warning("two tools map to the client name %s; keeping the first", name)
+                    continue
+                tools[name] = exposed
+        self.tools = tools
+        self._by_address = {t.address: t for t in tools.values()}
+
+    async def refresh(self) -> None:
+        """Re-read every upstream's tool listing (changed definitions get flagged)."""
+        for upstream in self.upstreams:
+            await upstream.refresh()
+        self.rebuild()
+
+    # -- the MCP server -------------------------------------------------------
+
+    def _build_server(self) -> Server[Any]:
+        server: Server[Any] = Server(
+            self.name,
+            version=_version(),
+            on_list_tools=self._on_list_tools,
+            on_call_tool=self._on_call_tool,
+            get_tool_input_schema=self._input_schema,
+        )
+        # Sealed, caller-bound, argument-bound input-required state (2026-07-28).
+        security = RequestStateSecurity(
+            keys=[os.urandom(32)], ttl=_STATE_TTL, bind_principal=self._state_principal
+        )
+        server.middleware.append(RequestStateBoundary(security, default_audience=self.name))
+        return server
+
+    def _input_schema(self, name: str) -> Mapping[str, Any] | None:
+        exposed = self.tools.get(name)
+        return exposed.tool.input_schema if exposed is not None else None
+
+    def _state_principal(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        try:
+            return self._caller(ctx).binding
+        except _Refusal:
+            return None
+
+    # -- callers --------------------------------------------------------------
+
+    def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller:
+        """The caller of this request: fixed over stdio, from the request over HTTP."""
+        if self.caller is not None:
+            return self.caller
+        request = ctx.request
+        headers = getattr(request, "headers", None)
+        if headers is None:
+            raise _Refusal("denied by agentguard (no_credentials)", {"reason": "no_credentials"})
+        delegation = bearer_token(headers.get("authorization"))
+        if delegation is None:
+            raise _Refusal("denied by agentguard (no_credentials)", {"reason": "no_credentials"})
+        token = (ctx.meta or {}).get(META_CALL)
+        return Caller(delegation, call_token=token if isinstance(token, str) else None)
+
+    def verified_chain(self, delegation: str) -> VerifiedChain:
+        """Verify a delegation's chain (trust, signatures, windows, revocation).
+
+        Raises:
+            DeniedError: the chain is not valid now.
+        """
+        chain: VerifiedChain = self.guard.verifier.verify_chain(delegation)
+        return chain
+
+    def reachable_namespaces(self, chain: VerifiedChain) -> set[str]:
+        """The namespaces of this proxy that every link of the chain has a rule for."""
+        out = set()
+        for namespace in self.namespaces:
+            probe = f"{namespace}/"
+            if all(
+                any(_namespace_matches(rule.tool, namespace) for rule in grant.scope)
+                for grant in chain.delegation
+            ):
+                out.add(probe[:-1])
+        return out
+
+    def _reaches(self, chain: VerifiedChain, address: str) -> tuple[bool, bool]:
+        """Whether every link has a rule for ``address``; and whether approval is certain."""
+        needs = False
+        for grant in chain.delegation:
+            rules = [r for r in grant.scope if r.matches_tool(address)]
+            if not rules:
+                return False, False
+            if all(r.approval for r in rules):
+                needs = True
+        return True, needs
+
+    def _policy_step_up(self, address: str) -> bool:
+        policy = getattr(self.guard, "policy", None)
+        for rule in getattr(policy, "step_up", ()) or ():
+            if rule.where is None and any(pattern_matches(p, address) for p in rule.tools):
+                return True
+        return False
+
+    # -- tools/list -----------------------------------------------------------
+
+    async def _on_list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        try:
+            caller = self._caller(ctx)
+            chain = self.verified_chain(caller.delegation)
+        except (_Refusal, DeniedError):
+            # Nothing is reachable without a valid delegation.
+            return types.ListToolsResult(tools=[], ttl_ms=0, cache_scope="private")
+        await self.refresh()
+        listed = []
+        for exposed in self.tools.values():
+            if exposed.changed:
+                continue
+            reachable, needs = self._reaches(chain, exposed.address)
+            if not reachable:
+                continue
+            needs = needs or self._policy_step_up(exposed.address)
+            listed.append(self._listed(exposed, needs))
+        # Private to this caller: never let a client or shared cache reuse it for another.
+        return types.ListToolsResult(tools=listed, ttl_ms=0, cache_scope="private")
+
+    def _listed(self, exposed: ExposedTool, needs_approval: bool) -> types.Tool:
+        tool = exposed.tool
+        description = tool.description or ""
+        meta: dict[str, Any] = {META_TOOL: exposed.address}
+        if needs_approval:
+            meta[META_APPROVAL] = "required"
+            description = (description + "\n\n" if description else "") + (
+                "[agentguard] Calls need human approval."
+            )
+        annotations = tool.annotations if exposed.traits.trusted else None
+        return types.Tool(
+            name=exposed.name,
+            title=tool.title,
+            description=description or None,
+            input_schema=tool.input_schema,
+            output_schema=tool.output_schema,
+            annotations=annotations,
+            _meta=meta,
+        )
+
+    # -- tools/call -----------------------------------------------------------
+
+    async def _on_call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        try:
+            caller = self._caller(ctx)
+            exposed = await self._lookup(params.name)
+            args = dict(params.arguments or {})
+            if params.request_state is not None:
+                return await self._resume(ctx, params, caller, exposed, args)
+            return await self._guarded_call(ctx, caller, exposed, args)
+        except _Refusal as refusal:
+            return _refusal(refusal.text, refusal.meta)
+        except ApprovalPending as pending:
+            return await self._step_up(ctx, params, pending)
+        except DeniedError as denied:
+            return _denied(denied)
+
+    async def _lookup(self, name: str) -> ExposedTool:
+        exposed = self.tools.get(name)
+        if exposed is None:
+            await self.refresh()
+            exposed = self.tools.get(name)
+        if exposed is None:
+            raise _Refusal("denied by agentguard (unknown_tool)", {"reason": "unknown_tool"})
+        if exposed.changed:
+            raise _Refusal(
+                "denied by agentguard (tool_changed: its definition changed since it was approved)",
+                {"reason": "tool_changed"},
+            )
+        return exposed
+
+    async def _guarded_call(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Caller,
+        exposed: ExposedTool,
+        args: dict[str, Any],
+    ) -> types.CallToolResult:
+        incoming = dict(ctx.meta or {})
+
+        async def forward(**effective: Any) -> types.CallToolResult:
+            if not effective and args:
+                # Work around agentguard.guard returning {} instead of the
+                # original arguments after an approval without edits.
+                effective = args
+            meta = self._upstream_meta(incoming, caller, exposed, effective)
+            try:
+                result = await exposed.upstream.call(exposed.tool.name, effective, meta)
+            except MCPError as exc:
+                logger.warning("upstream %s failed: %s", exposed.upstream.namespace, exc.message)
+                return _refusal(f"upstream error ({exposed.upstream.namespace})")
+            return _clean_result(result)
+
+        result: types.CallToolResult = await self.guard.acall(
+            caller.delegation,
+            exposed.address,
+            args,
+            forward,
+            holder=caller.holder,
+            call_token=caller.call_token,
+            call_id=None if ctx.request_id is None else str(ctx.request_id),
+        )
+        return result
+
+    def _upstream_meta(
+        self,
+        incoming: Mapping[str, Any],
+        caller: Caller,
+        exposed: ExposedTool,
+        effective: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Allow-listed trace context, plus delegation and call token for aware upstreams."""
+        meta = {k: incoming[k] for k in FORWARDED_META_KEYS if isinstance(incoming.get(k), str)}
+        if exposed.upstream.spec.agentguard:
+            meta[META_DELEGATION] = caller.delegation
+            if caller.holder is not None:
+                # The proxy holds the agent's key (stdio): a fresh single-use token
+                # addressed to the upstream's namespace.
+                meta[META_CALL] = Delegation.parse(caller.delegation).mint_call_token(
+                    caller.holder,
+                    exposed.address,
+                    effective,
+                    clock=getattr(self.guard, "clock", None),
+                )
+            elif caller.call_token is not None:
+                # Over HTTP only the caller can sign; its token is addressed to the
+                # namespace already and is single-use at every verifier.
+                meta[META_CALL] = caller.call_token
+        return meta
+
+    # -- step-up through the protocol -------------------------------------------
+
+    async def _step_up(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.CallToolRequestParams,
+        pending: ApprovalPending,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Ask the client's human if the protocol allows; otherwise report "approval pending"."""
+        capabilities = ctx.session.client_capabilities
+        can_elicit = capabilities is not None and capabilities.elicitation is not None
+        if not can_elicit:
+            return _denied(pending)
+        message, schema = self._approval_form(pending)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            state = {
+                "rid": pending.request_id,
+                "nonce": secrets.token_urlsafe(16),
+            }
+            return types.InputRequiredResult(
+                input_requests={
+                    _APPROVAL_INPUT: types.ElicitRequest(
+                        params=types.ElicitRequestFormParams(
+                            message=message, requested_schema=schema
+                        )
+                    )
+                },
+                request_state=json.dumps(state),
+            )
+        if not ctx.session.can_send_request:
+            return _denied(pending)
+        try:
+            answer = await ctx.session.elicit_form(
+                message, schema, related_request_id=ctx.request_id
+            )
+        except MCPError:
+            return _denied(pending)
+        return await self._answered(ctx, params, pending.request_id, answer)
+
+    def _approval_form(self, pending: ApprovalPending) -> tuple[str, dict[str, Any]]:
+        text = f"agentguard: approval {pending.request_id} is needed for this tool call."
+        try:
+            request = self.guard.approvals.get(pending.request_id)
+            text = request.describe()
+        except (AgentGuardError, AttributeError, KeyError):
+            pass
+        schema = {
+            "type": "object",
+            "properties": {
+                "approve": {"type": "boolean", "title": "Approve this call?"},
+                "message": {"type": "string", "title": "Note (optional)"},
+            },
+            "required": ["approve"],
+        }
+        return text, schema
+
+    async def _resume(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.CallToolRequestParams,
+        caller: Caller,
+        exposed: ExposedTool,
+        args: dict[str, Any],
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Second round of a 2026-07-28 step-up: the state was unsealed by the boundary."""
+        try:
+            state = json.loads(params.request_state or "")
+            request_id, nonce = state["rid"], state["nonce"]
+        except (ValueError, KeyError, TypeError):
+            raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState") from None
+        if not isinstance(request_id, str) or not isinstance(nonce, str):
+            raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
+        if not self._consume_state(nonce):
+            raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
+        answer = (params.input_responses or {}).get(_APPROVAL_INPUT)
+        if not isinstance(answer, types.ElicitResult):
+            answer = types.ElicitResult(action="cancel")
+        return await self._answered(ctx, params, request_id, answer)
+
+    def _form_approver(self, caller: Caller) -> str | None:
+        if self.elicitation_approver is not None:
+            return self.elicitation_approver
+        try:
+            leaf = Delegation.parse(caller.delegation).leaf
+        except AgentGuardError:
+            return None
+        sponsor = leaf.on_behalf_of
+        return sponsor if sponsor is not None and sponsor.startswith("user:") else None
+
+    def _consume_state(self, nonce: str) -> bool:
+        store = self.guard.store
+        now = float(self.guard.clock.now())
+        consumed: bool = store.consume(f"mcp-state/{nonce}", now + _STATE_TTL, now=now)
+        return consumed
+
+    async def _answered(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.CallToolRequestParams,
+        request_id: str,
+        answer: types.ElicitResult,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Record the answer typed into the client (assurance ``agent``) and try the call again."""
+        approved = answer.action == "accept" and (answer.content or {}).get("approve") is True
+        note = (answer.content or {}).get("message")
+        caller = self._caller(ctx)
+        approver = self._form_approver(caller)
+        if approver is None:
+            return _pending_text(request_id, "no approver is known for answers in this client")
+        try:
+            # The guard's key attests the answer at the assurance the policy gives
+            # this channel ("agent" by default): a privileged rule still refuses it.
+            self.guard.approvals.answer(
+                request_id,
+                approver=approver,
+                approve=approved,
+                channel="mcp_elicitation",
+                assurance=self.guard.policy.approval.agent_channel_assurance,
+                message=note if isinstance(note, str) else None,
+            )
+        except DeniedError as exc:
+            logger.info("answer from the MCP client not accepted: %s", exc)
+            return _pending_text(
+                request_id, f"an answer in this client is not enough ({exc.reason})"
+            )
+        exposed = await self._lookup(params.name)
+        try:
+            return await self._guarded_call(ctx, caller, exposed, dict(params.arguments or {}))
+        except DeniedError as denied:
+            return _denied(denied)
+
+
+def _namespace_matches(pattern: str, namespace: str) -> bool:
+    """Whether a tool pattern's namespace part can select ``namespace``."""
+    ns_pattern = pattern.partition("/")[0]
+    return pattern_matches(f"{ns_pattern}/x", f"{namespace}/x")
+
+
+def bearer_token(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header value, if that is what it is."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("agentguard-mcp")
+    except Exception:
+        return "0"

@@ -1,0 +1,207 @@
+"""``agentguard approvals list|show|approve|deny``: the out-of-band approval queue.
+
+Answers are signed with the approver's own key from the keyring (assurance
+``signed``); the guard checks the receipt again before any tool runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from agentguard.approval import ApprovalRequest
+from agentguard.cli._common import (
+    HomeOption,
+    JsonOption,
+    PolicyOption,
+    note,
+    out,
+    print_json,
+    relative,
+    say,
+    stamp,
+    workspace,
+)
+from agentguard.keys import validate_principal_id
+
+__all__ = ["app"]
+
+app = typer.Typer(help="List, show, approve and deny step-up approval requests.")
+
+AsOption = Annotated[
+    str, typer.Option("--as", metavar="ID", help="The approver; their key signs the answer.")
+]
+MessageOption = Annotated[
+    str | None, typer.Option("--message", metavar="TEXT", help="Sent back to the caller.")
+]
+
+
+def _as_dict(request: ApprovalRequest, now: float) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "status": request.state(now),
+        "tool": request.tool,
+        "args": request.args_display,
+        "path": list(request.path),
+        "requester": request.requester,
+        "on_behalf_of": request.on_behalf_of,
+        "purpose": request.purpose,
+        "rules": list(request.rules),
+        "min_assurance": request.min_assurance,
+        "created_at": request.created_at,
+        "deadline": request.deadline,
+        "reusable_until": request.reusable_until,
+        "approver": request.approver,
+        "message": request.message,
+        "decision_id": request.decision_id,
+    }
+
+
+@app.command("list")
+def list_requests(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Answered and expired requests too.")] = False,
+    json_output: JsonOption = False,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """List pending approval requests (every request with --all)."""
+    with workspace(ctx, home, policy).guard() as guard:
+        book = guard.approvals
+        requests = book.all() if all_ else book.pending()
+        now = guard.clock.now()
+    if json_output:
+        print_json([_as_dict(r, now) for r in requests])
+        return
+    if not requests:
+        note("no pending approval requests" if not all_ else "no approval requests")
+        return
+    table = Table("id", "status", "tool", "requester", "path", "deadline", "reusable", "approver")
+    for r in requests:
+        state = r.state(now)
+        reusable = relative(r.reusable_until, now) if r.reusable_until else "-"
+        table.add_row(
+            Text(r.id),
+            Text(state),
+            Text(r.tool),
+            Text(r.requester),
+            Text(" -> ".join(r.path)),
+            Text(relative(r.deadline, now) if state == "pending" else stamp(r.deadline)),
+            Text(reusable),
+            Text(r.approver or "-"),
+        )
+    out().print(table)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_output: JsonOption = False,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Show one request: who wants to call what, with which arguments, and why it asks."""
+    with workspace(ctx, home, policy).guard() as guard:
+        request = guard.approvals.get(request_id)
+        now = guard.clock.now()
+    if json_output:
+        print_json(_as_dict(request, now))
+        return
+    lines = [f"{request.id}  [{request.state(now)}]", request.describe(now)]
+    if request.approver:
+        lines.append(f"  answered by {request.approver}")
+    if request.message:
+        lines.append(f"  message: {request.message}")
+    say("\n".join(lines))
+
+
+def _answer(
+    ctx: typer.Context,
+    request_id: str,
+    approver_id: str,
+    message: str | None,
+    home: Any,
+    policy: Any,
+    *,
+    approve: bool,
+) -> None:
+    validate_principal_id(approver_id)
+    ws = workspace(ctx, home, policy)
+    with ws.guard() as guard:
+        approver = ws.keyring.identity(approver_id)
+        if approve:
+            guard.approvals.approve(request_id, approver, message=message)
+        else:
+            guard.approvals.deny(request_id, approver, message=message)
+    verb = "approved" if approve else "denied"
+    say(f"{verb} {request_id} as {approver_id} (signed with {approver_id}'s key)")
+
+
+@app.command("approve")
+def approve(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_id: AsOption,
+    message: MessageOption = None,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Approve a pending request, signing the receipt with your own key."""
+    _answer(ctx, request_id, as_id, message, home, policy, approve=True)
+
+
+@app.command("deny")
+def deny(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_id: AsOption,
+    message: MessageOption = None,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Deny a pending request; the message goes back to the caller."""
+    _answer(ctx, request_id, as_id, message, home, policy, approve=False)
+
+
+@app.command("token")
+def token(
+    ctx: typer.Context,
+    approver_id: Annotated[
+        str, typer.Option("--for", metavar="ID", help="The approver the login token is for.")
+    ],
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Issue a login token for the approval web page (replaces the approver's previous one)."""
+    from agentguard.web import ApproverTokens
+
+    validate_principal_id(approver_id)
+    ws = workspace(ctx, home, policy)
+    state = ws.require_home()
+    if ws.policy().approver(approver_id) is None:
+        note(f"warning: {approver_id} is not an approver in {ws.policy_path} yet")
+    typer.echo(ApproverTokens.in_home(state).issue(approver_id))
+    note(f"login token for {approver_id} (shown once); use it on 'agentguard approvals serve'")
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Serve the approval web page (the 'web' extra) until interrupted."""
+    from agentguard import web
+
+    ws = workspace(ctx, home, policy)
+    with ws.guard() as guard:
+        note(f"approval page on http://{host}:{port}/ (Ctrl-C to stop)")
+        web.serve(
+            guard.approvals, web.ApproverTokens.in_home(ws.require_home()), host=host, port=port
+        )

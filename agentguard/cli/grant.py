@@ -1,0 +1,191 @@
+"""``agentguard grant``: issue a root grant or attenuate a delegation, and record it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from agentguard.cli._common import (
+    EXIT_DENIED,
+    HomeOption,
+    PolicyOption,
+    fail,
+    note,
+    parse_duration_option,
+    read_delegation,
+    relative,
+    workspace,
+    write_private,
+)
+from agentguard.cli.inspect import verify_here
+from agentguard.delegation import Delegation
+from agentguard.errors import InvalidAddressError, PredicateError
+from agentguard.keys import validate_principal_id
+from agentguard.predicates import compile_predicate
+from agentguard.tokens import Rule
+
+__all__ = ["build_rules", "grant_command", "parse_predicate"]
+
+
+def parse_predicate(text: str) -> Any:
+    """A predicate written as JSON or YAML flow (``{amount: {"<=": 100}}``).
+
+    Raises:
+        typer.BadParameter: neither parses.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise typer.BadParameter(
+            f"cannot parse predicate {text[:60]!r} as JSON or YAML", param_hint="--where"
+        ) from None
+    return value
+
+
+def build_rules(tools: list[str], wheres: list[str], approvals: list[str]) -> list[Rule]:
+    """Rules from ``--tool``, ``--where PATTERN=PREDICATE`` and ``--approval PATTERN``.
+
+    Raises:
+        typer.BadParameter: a pattern, predicate or option combination is invalid.
+    """
+    if len(set(tools)) != len(tools):
+        raise typer.BadParameter("each tool pattern may be given once", param_hint="--tool")
+    predicates: dict[str, Any] = {}
+    for item in wheres:
+        pattern, sep, text = item.partition("=")
+        pattern = pattern.strip()
+        if not sep or not pattern or not text.strip():
+            raise typer.BadParameter(
+                f"expected PATTERN=PREDICATE, got {item[:60]!r}", param_hint="--where"
+            )
+        if pattern not in tools:
+            raise typer.BadParameter(
+                f"{pattern!r} is not one of this command's --tool patterns", param_hint="--where"
+            )
+        if pattern in predicates:
+            raise typer.BadParameter(
+                f"give one predicate per pattern ({pattern!r} has two)", param_hint="--where"
+            )
+        try:
+            predicates[pattern] = compile_predicate(parse_predicate(text))
+        except PredicateError as exc:
+            raise typer.BadParameter(f"{pattern}: {exc}", param_hint="--where") from None
+    for pattern in approvals:
+        if pattern not in tools:
+            raise typer.BadParameter(
+                f"{pattern!r} is not one of this command's --tool patterns",
+                param_hint="--approval",
+            )
+    rules = []
+    for pattern in tools:
+        try:
+            rules.append(Rule(pattern, predicates.get(pattern), pattern in approvals))
+        except InvalidAddressError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tool") from None
+    return rules
+
+
+def grant_command(
+    ctx: typer.Context,
+    from_id: Annotated[
+        str, typer.Option("--from", metavar="ID", help="Who grants (signs); key must be here.")
+    ],
+    to_id: Annotated[str, typer.Option("--to", metavar="ID", help="Who receives the grant.")],
+    tool: Annotated[
+        list[str],
+        typer.Option(
+            "--tool", metavar="PATTERN", help="Tool pattern (repeatable), e.g. 'tickets/*'."
+        ),
+    ],
+    ttl: Annotated[str, typer.Option("--ttl", metavar="DURATION", help="Lifetime, e.g. 8h.")],
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            metavar="PATTERN=PREDICATE",
+            help="Argument predicate for one --tool pattern (JSON or YAML flow).",
+        ),
+    ] = None,
+    approval: Annotated[
+        list[str] | None,
+        typer.Option("--approval", metavar="PATTERN", help="This --tool rule needs approval."),
+    ] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", metavar="TEXT")] = None,
+    on_behalf_of: Annotated[
+        str | None, typer.Option("--on-behalf-of", metavar="ID", help="The sponsor.")
+    ] = None,
+    max_depth: Annotated[
+        int | None,
+        typer.Option("--max-depth", min=0, help="Further delegations allowed below this one."),
+    ] = None,
+    parent: Annotated[
+        Path | None,
+        typer.Option("--parent", metavar="FILE", help="Attenuate this delegation instead."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", metavar="FILE", help="Write here (mode 0600), not stdout."),
+    ] = None,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Issue a root grant (--from is a trusted root) or attenuate --parent to --to."""
+    validate_principal_id(from_id)
+    validate_principal_id(to_id)
+    if on_behalf_of is not None:
+        validate_principal_id(on_behalf_of)
+    ttl_seconds = parse_duration_option(ttl, "--ttl")
+    rules = build_rules(tool, where or [], approval or [])
+    ws = workspace(ctx, home, policy)
+    keyring = ws.keyring
+    with ws.guard() as guard:
+        issuer = keyring.identity(from_id)
+        subject = keyring.principal(to_id)
+        options: dict[str, Any] = {"ttl": ttl_seconds, "purpose": purpose}
+        if on_behalf_of is not None:
+            options["on_behalf_of"] = on_behalf_of
+        if max_depth is not None:
+            options["max_depth"] = max_depth
+        if parent is None:
+            roots = {p.id: p.kid for p in guard.verifier.trusted_roots.values()}
+            if roots.get(from_id) != issuer.kid:
+                note(
+                    f"warning: {from_id} is not a trusted root in {ws.policy_path} "
+                    "(or its key differs); this grant will not verify here"
+                )
+            delegation = guard.issue(issuer, subject, rules, **options)
+        else:
+            parent_chain = Delegation.parse(
+                read_delegation(parent), max_links=guard.policy.limits.max_chain_length
+            )
+            verification = verify_here(guard, parent_chain)
+            if not verification.ok:
+                if verification.reason != "untrusted_root":
+                    fail(
+                        f"the parent delegation in {parent} does not verify "
+                        f"({verification.reason}): {verification.explanation}",
+                        EXIT_DENIED,
+                    )
+                note(f"warning: the parent delegation's root is not trusted in {ws.policy_path}")
+            delegation = guard.attenuate(parent_chain, issuer, subject, rules, **options)
+        now = guard.clock.now()
+    leaf = delegation.leaf
+    text = delegation.serialize()
+    if output is not None:
+        write_private(output, text + "\n")
+    else:
+        typer.echo(text)
+    where_to = f" -> {output}" if output is not None else ""
+    note(
+        f"granted {leaf.issuer} -> {leaf.subject}: {len(leaf.scope)} rule(s), "
+        f"expires {relative(leaf.expires_at, now)}, link {leaf.link_id[:12]}, "
+        f"chain of {len(delegation)}{where_to}"
+    )

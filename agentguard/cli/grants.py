@@ -1,0 +1,117 @@
+"""``agentguard grants list``: the issuer-side inventory with status and last use."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from agentguard.cli._common import (
+    HomeOption,
+    JsonOption,
+    PolicyOption,
+    note,
+    out,
+    parse_duration_option,
+    print_json,
+    relative,
+    workspace,
+)
+from agentguard.delegation import Delegation
+from agentguard.errors import AgentGuardError
+from agentguard.guard import Guard
+from agentguard.keys import validate_principal_id
+from agentguard.store.base import GrantRecord
+
+__all__ = ["app", "effective_status"]
+
+app = typer.Typer(help="The grant inventory: who granted what to whom, and is it still used.")
+
+
+def effective_status(guard: Guard, record: GrantRecord, now: float) -> str:
+    """``revoked`` (also through an ancestor or a key), ``expired``, ``pending``, ``active``."""
+    status = record.status(now)
+    if status == "revoked":
+        return status
+    try:
+        chain = Delegation.parse(record.chain, max_links=64)
+    except AgentGuardError:
+        return status
+    principals = sorted({g.issuer for g in chain} | {g.subject for g in chain})
+    kids = sorted({g.kid for g in chain} | {g.subject_key.kid for g in chain})
+    if guard.store.find_revoked(chain.link_ids, kids, principals) is not None:
+        return "revoked"
+    return status
+
+
+@app.command("list")
+def list_grants(
+    ctx: typer.Context,
+    expiring: Annotated[
+        str | None,
+        typer.Option("--expiring", metavar="DURATION", help="Active grants expiring within this."),
+    ] = None,
+    stale: Annotated[
+        str | None,
+        typer.Option("--stale", metavar="DURATION", help="Active grants unused for this long."),
+    ] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            "--principal", metavar="ID", help="Grants this principal gave, got or sponsors."
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """List recorded grants with status (active/expired/revoked/pending) and last use."""
+    expiring_s = parse_duration_option(expiring, "--expiring") if expiring else None
+    stale_s = parse_duration_option(stale, "--stale") if stale else None
+    if principal is not None:
+        validate_principal_id(principal)
+    ws = workspace(ctx, home, policy)
+    rows: list[tuple[GrantRecord, str]] = []
+    with ws.guard() as guard:
+        now = guard.clock.now()
+        for record in guard.grants():
+            status = effective_status(guard, record, now)
+            if principal is not None and principal not in (
+                record.issuer,
+                record.subject,
+                record.on_behalf_of,
+            ):
+                continue
+            if expiring_s is not None and not (
+                status == "active" and record.expires_at - now <= expiring_s
+            ):
+                continue
+            if stale_s is not None:
+                last = record.last_used if record.last_used is not None else record.issued_at
+                if not (status == "active" and now - last >= stale_s):
+                    continue
+            rows.append((record, status))
+    if json_output:
+        docs: list[dict[str, Any]] = []
+        for record, status in rows:
+            docs.append({**record.as_dict(now), "status": status})
+        print_json(docs)
+        return
+    if not rows:
+        note("no grants match")
+        return
+    table = Table("link", "issuer -> subject", "rules", "status", "expires", "last used", "purpose")
+    colour = {"active": "green", "expired": "dim", "revoked": "red", "pending": "yellow"}
+    for record, status in rows:
+        table.add_row(
+            Text(record.link_id[:12]),
+            Text(f"{record.issuer} -> {record.subject}"),
+            Text("\n".join(record.rules)),
+            Text(status, style=colour[status]),
+            Text(relative(record.expires_at, now)),
+            Text(relative(record.last_used, now)),
+            Text(record.purpose or ""),
+        )
+    out().print(table)

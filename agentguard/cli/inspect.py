@@ -1,0 +1,157 @@
+"""``agentguard inspect``: a delegation as a tree, checked against this home's trusted roots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+from rich.tree import Tree
+
+from agentguard.cli._common import (
+    EXIT_DENIED,
+    HomeOption,
+    JsonOption,
+    PolicyOption,
+    out,
+    print_json,
+    read_delegation,
+    relative,
+    stamp,
+    workspace,
+)
+from agentguard.delegation import Delegation
+from agentguard.errors import DeniedError
+from agentguard.guard import Guard
+from agentguard.guard import _check_limits as check_limits
+from agentguard.tokens import Grant
+
+__all__ = ["Verification", "chain_json", "chain_tree", "inspect_command", "verify_here"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Whether a delegation verifies now against a guard's trusted roots, and if not why."""
+
+    ok: bool
+    reason: str | None = None
+    explanation: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return {"verified": self.ok, "reason": self.reason, "explanation": self.explanation}
+
+
+def verify_here(guard: Guard, delegation: Delegation) -> Verification:
+    """Verify trust, signatures, windows, depth, revocation and policy limits, now."""
+    try:
+        chain = guard.verifier.verify_chain(delegation)
+        check_limits(guard.policy, chain.delegation)
+    except DeniedError as exc:
+        return Verification(False, exc.reason, exc.explanation)
+    return Verification(True)
+
+
+def _state(grant: Grant, now: float) -> tuple[str, str]:
+    if now < grant.not_before:
+        return f"starts {relative(grant.not_before, now)}", "yellow"
+    if now >= grant.expires_at:
+        return f"expired {relative(grant.expires_at, now)}", "red"
+    return f"valid, expires {relative(grant.expires_at, now)}", "green"
+
+
+def chain_tree(delegation: Delegation, now: float, verification: Verification | None) -> Tree:
+    """The chain as a Rich tree: each link nested under the one that delegated to it."""
+    title = Text(" -> ".join(delegation.path), style="bold")
+    title.append(f"  ({len(delegation)} link{'s' if len(delegation) != 1 else ''})", style="dim")
+    if verification is not None:
+        if verification.ok:
+            title.append("  verifies against the trusted roots", style="bold green")
+        else:
+            title.append(
+                f"  DOES NOT VERIFY ({verification.reason}): {verification.explanation}",
+                style="bold red",
+            )
+    root = Tree(title)
+    node = root
+    for index, grant in enumerate(delegation):
+        state, colour = _state(grant, now)
+        label = Text(f"[{index}] ", style="dim")
+        label.append(f"{grant.issuer} -> {grant.subject}", style="bold")
+        label.append(f"  {state}", style=colour)
+        label.append(f"  link {grant.link_id[:12]}", style="dim")
+        branch = node.add(label)
+        branch.add(
+            Text(
+                f"window {stamp(grant.not_before)} .. {stamp(grant.expires_at)}"
+                f"  max_depth {grant.max_depth}"
+            )
+        )
+        if grant.purpose:
+            branch.add(Text(f"purpose: {grant.purpose}"))
+        if grant.on_behalf_of:
+            branch.add(Text(f"on behalf of: {grant.on_behalf_of}"))
+        rules = branch.add(Text("rules"))
+        for r_index, rule in enumerate(grant.scope):
+            rules.add(Text(f"rule {r_index}: {rule.describe()}"))
+        node = branch
+    return root
+
+
+def chain_json(
+    delegation: Delegation, now: float, verification: Verification | None
+) -> dict[str, Any]:
+    """The chain as JSON (no token material)."""
+    links = []
+    for index, grant in enumerate(delegation):
+        links.append(
+            {
+                "index": index,
+                "link_id": grant.link_id,
+                "parent": grant.parent,
+                "issuer": grant.issuer,
+                "subject": grant.subject,
+                "subject_kid": grant.subject_key.kid,
+                "issued_at": grant.issued_at,
+                "not_before": grant.not_before,
+                "expires_at": grant.expires_at,
+                "state": _state(grant, now)[0],
+                "purpose": grant.purpose,
+                "on_behalf_of": grant.on_behalf_of,
+                "max_depth": grant.max_depth,
+                "rules": [{**rule.to_claim(), "text": rule.describe()} for rule in grant.scope],
+            }
+        )
+    doc: dict[str, Any] = {
+        "holder": delegation.holder,
+        "path": list(delegation.path),
+        "expires_at": delegation.expires_at,
+        "links": links,
+    }
+    if verification is not None:
+        doc.update(verification.as_dict())
+    return doc
+
+
+def inspect_command(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A delegation file ('-' = stdin).")],
+    json_output: JsonOption = False,
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Show a delegation chain and whether it verifies here now (exit 3 if it does not)."""
+    text = read_delegation(file)
+    ws = workspace(ctx, home, policy)
+    with ws.guard(require_home=False) as guard:
+        delegation = Delegation.parse(text, max_links=max(guard.policy.limits.max_chain_length, 8))
+        verification = verify_here(guard, delegation)
+        now = guard.clock.now()
+    if json_output:
+        print_json(chain_json(delegation, now, verification))
+    else:
+        out().print(chain_tree(delegation, now, verification))
+    if not verification.ok:
+        raise typer.Exit(EXIT_DENIED)

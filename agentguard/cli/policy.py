@@ -1,0 +1,41 @@
+"""``agentguard policy validate|schema``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentguard.cli._common import PolicyOption, print_json, say, workspace
+from agentguard.policy import load_policy, policy_schema
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Validate the policy file or print its JSON Schema.")
+
+
+@app.command("validate")
+def validate(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Argument(metavar="[FILE]", help="Policy file (default ./agentguard.yaml)."),
+    ] = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Check a policy file, including that every trusted root's key loads."""
+    path = file or workspace(ctx, policy=policy).policy_path
+    loaded = load_policy(path)
+    roots = loaded.root_principals()
+    say(
+        f"{path}: valid ({len(roots)} trusted root(s), {len(loaded.approvers)} approver(s), "
+        f"{len(loaded.step_up)} step-up and {len(loaded.deny)} deny rule(s), "
+        f"approval channel {loaded.approval.channel})"
+    )
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of agentguard.yaml."""
+    print_json(policy_schema())

@@ -1,0 +1,247 @@
+"""Approval cards in Jupyter notebooks (the ``notebook`` extra: ipywidgets).
+
+A :class:`NotebookChannel` shows each approval request as a card (what the
+agent wants to do, approve / deny buttons, a message box) and records the click
+through :meth:`ApprovalBook.answer` (assurance ``local``: a human at this
+machine, identity unproven).
+
+It never blocks a cell. A click reaches the kernel only while the cell
+*awaits* (ipykernel >= 7.4), so::
+
+    guard = Guard(approver=NotebookChannel("user:me"))
+    result = await guard.acall(delegation, "tickets/close", {"id": 7}, close, holder=bot)
+
+waits for the click without blocking. A synchronous ``guard.call`` that would
+wait for a card fails fast with a message saying what to do instead; with
+``approval_mode="raise"`` and :meth:`NotebookChannel.attach` the card is shown,
+:class:`~agentguard.errors.ApprovalPending` is raised, and running the same
+call again after the click proceeds.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from agentguard.approval import ApprovalBook, ApprovalRequest
+from agentguard.clock import format_duration
+from agentguard.errors import ConfigError, DeniedError
+from agentguard.keys import validate_principal_id
+
+if TYPE_CHECKING:
+    from agentguard.guard import Guard
+
+__all__ = ["ApprovalCard", "NotebookChannel", "PendingApprovals", "pending_html"]
+
+
+def _widgets() -> Any:
+    try:
+        import ipywidgets  # type: ignore[import-untyped]  # ipywidgets ships no type hints
+    except ImportError as exc:
+        raise ConfigError(
+            "notebook approval cards need the 'notebook' extra: pip install 'agentguard[notebook]'"
+        ) from exc
+    return ipywidgets
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _request_html(request: ApprovalRequest, now: float) -> str:
+    sponsor = f" on behalf of <b>{_e(request.on_behalf_of)}</b>" if request.on_behalf_of else ""
+    args = json.dumps(request.args_display, indent=2, sort_keys=True, default=str)
+    left = request.deadline - now
+    deadline = f"answer within {format_duration(left)}" if left > 0 else "deadline passed"
+    purpose = f"<br>purpose: {_e(request.purpose)}" if request.purpose else ""
+    return (
+        '<div style="font-family:sans-serif">'
+        f"<b>{_e(request.requester)}</b>{sponsor} wants to call "
+        f"<code>{_e(request.tool)}</code>"
+        f'<pre style="background:#f6f8fa;padding:4px">{_e(args)}</pre>'
+        f"<small>delegated by {_e(' -> '.join(request.path))}{purpose}<br>"
+        f"approval required by {_e('; '.join(request.rules))}<br>"
+        f"{_e(deadline)} &middot; request {_e(request.id)}</small></div>"
+    )
+
+
+class ApprovalCard:
+    """One request as an ipywidgets card; clicking a button records the answer.
+
+    ``approve_button.click()`` / ``deny_button.click()`` do what a click does
+    (useful in tests). ``answer`` becomes ``"approved"`` or ``"denied"`` once
+    the book accepted it; a refusal by the book (approver not authorised,
+    separation of duties, request closed) is shown on the card.
+    """
+
+    def __init__(self, request: ApprovalRequest, book: ApprovalBook, approver: str) -> None:
+        widgets = _widgets()
+        self.request = request
+        self.approver = approver
+        self.answer: str | None = None
+        self._book = book
+        self.message = widgets.Textarea(
+            placeholder="Message (optional; sent back to the caller with a denial)",
+            layout=widgets.Layout(width="100%"),
+        )
+        self.approve_button = widgets.Button(
+            description="Approve", button_style="success", icon="check"
+        )
+        self.deny_button = widgets.Button(description="Deny", button_style="danger", icon="times")
+        self.status = widgets.HTML(value=f"<small>answering as {_e(approver)}</small>")
+        self.approve_button.on_click(lambda _button: self._answer(approve=True))
+        self.deny_button.on_click(lambda _button: self._answer(approve=False))
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML(value=_request_html(request, book.clock.now())),
+                self.message,
+                widgets.HBox([self.approve_button, self.deny_button]),
+                self.status,
+            ],
+            layout=widgets.Layout(border="1px solid #d0d7de", padding="8px", margin="4px 0"),
+        )
+
+    def _answer(self, *, approve: bool) -> None:
+        message = str(self.message.value).strip() or None
+        try:
+            self._book.answer(
+                self.request.id,
+                approver=self.approver,
+                approve=approve,
+                channel="notebook",
+                assurance="local",
+                message=message,
+            )
+        except DeniedError as exc:
+            # Shown on the card; a widget callback must not raise into the kernel.
+            self.status.value = f'<span style="color:#cf222e">Not recorded: {_e(exc.explanation)}'
+            return
+        self.answer = "approved" if approve else "denied"
+        for button in (self.approve_button, self.deny_button):
+            button.disabled = True
+        self.message.disabled = True
+        color = "#1a7f37" if approve else "#cf222e"
+        self.status.value = (
+            f'<b style="color:{color}">{_e(self.answer.capitalize())}</b> by {_e(self.approver)}'
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _display(card: ApprovalCard) -> None:
+    from IPython.display import display
+
+    display(card.widget)  # type: ignore[no-untyped-call]  # IPython's display is unannotated
+
+
+class NotebookChannel:
+    """Shows approval requests as cards in the running notebook (assurance ``local``).
+
+    Args:
+        approver: the principal id of the person at this notebook (listed as
+            an approver in the policy).
+        display: how a card is shown (default ``IPython.display.display``).
+
+    Raises:
+        ConfigError: the ``notebook`` extra is not installed.
+        IdentityError: ``approver`` is not a principal id.
+    """
+
+    name = "notebook"
+
+    def __init__(
+        self, approver: str, *, display: Callable[[ApprovalCard], None] | None = None
+    ) -> None:
+        _widgets()
+        self.approver = validate_principal_id(approver)
+        self.cards: dict[str, ApprovalCard] = {}
+        self._display = display or _display
+        self._guard: weakref.ref[Guard] | None = None
+
+    def attach(self, guard: Guard) -> NotebookChannel:
+        """Make this the approval channel of ``guard``; returns the channel.
+
+        Knowing the guard lets a synchronous call in ``approval_mode="raise"``
+        show the card and raise ``ApprovalPending`` instead of failing.
+        """
+        guard.channel = self
+        self._guard = weakref.ref(guard)
+        return self
+
+    def show(self, request: ApprovalRequest, book: ApprovalBook) -> ApprovalCard:
+        """Build and display the card for ``request`` (also kept in :attr:`cards`)."""
+        card = ApprovalCard(request, book, self.approver)
+        self.cards[request.id] = card
+        self._display(card)
+        return card
+
+    def deliver(self, request: ApprovalRequest, book: ApprovalBook) -> None:
+        """Show the card when the guard will not wait for it; otherwise fail fast.
+
+        A blocking cell never sees a click, so a synchronous call that would
+        wait is refused at once (the request is closed) with what to do instead.
+
+        Raises:
+            DeniedError: reason ``approval_unavailable`` for a call that would block.
+        """
+        guard = self._guard() if self._guard is not None else None
+        if guard is not None and guard.approval_mode == "raise":
+            self.show(request, book)
+            return
+        # Close the request so a later awaited call files (and shows) a fresh one.
+        book.store.approval_answer(
+            request.id,
+            status="closed",
+            receipt="",
+            answered_at=book.clock.now(),
+            reusable_until=None,
+        )
+        raise DeniedError(
+            f"{request.tool} needs approval, and a notebook card cannot be clicked while a "
+            "synchronous call blocks the cell: use `await guard.acall(...)` (the cell then "
+            'waits for the click), or create the guard with approval_mode="raise", '
+            "attach the channel with `channel.attach(guard)` and run the call again "
+            "after approving",
+            reason="approval_unavailable",
+        )
+
+    async def adeliver(self, request: ApprovalRequest, book: ApprovalBook) -> None:
+        """Show the card and return; the awaiting guard polls the store for the click."""
+        self.show(request, book)
+
+
+class PendingApprovals:
+    """Pending requests of a book, rendered as an HTML table in notebooks."""
+
+    def __init__(self, book: ApprovalBook) -> None:
+        self.book = book
+
+    def requests(self) -> list[ApprovalRequest]:
+        """The pending requests, newest first."""
+        return self.book.pending()
+
+    def _repr_html_(self) -> str:
+        return pending_html(self.requests(), self.book.clock.now())
+
+
+def pending_html(requests: Iterable[ApprovalRequest], now: float) -> str:
+    """An HTML table of approval requests (every value escaped)."""
+    rows = "".join(
+        "<tr>"
+        f"<td><code>{_e(r.id)}</code></td><td><code>{_e(r.tool)}</code></td>"
+        f"<td>{_e(r.requester)}</td><td>{_e(r.on_behalf_of or '')}</td>"
+        f"<td>{_e(' -> '.join(r.path))}</td>"
+        f"<td>{_e(format_duration(r.deadline - now))}</td>"
+        "</tr>"
+        for r in requests
+    )
+    if not rows:
+        return "<p><i>No approval requests are pending.</i></p>"
+    return (
+        "<table><thead><tr><th>id</th><th>tool</th><th>requester</th><th>on behalf of</th>"
+        f"<th>delegation</th><th>time left</th></tr></thead><tbody>{rows}</tbody></table>"
+    )

@@ -1,0 +1,18 @@
+"""Fixtures for the MCP proxy tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp_support import Setup, make_setup
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return make_setup(tmp_path)

@@ -1,0 +1,157 @@
+"""Step-up approval through the protocol: elicitation, input-required, out of band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp_support import Setup, notes_command, proxy_params, records, write_config
+
+from agentguard.guard import Guard
+
+pytestmark = pytest.mark.anyio
+
+
+def _proxy(setup: Setup, record: Path, **top: Any) -> Any:
+    delegation = setup.delegation(["notes/*"])
+    config = write_config(
+        setup,
+        {"notes": {"command": notes_command(record), "trusted": True}},
+        delegation=str(setup.delegation_file(delegation)),
+        **{"as": setup.agent.id},
+        **top,
+    )
+    return proxy_params(["proxy", "--config", str(config)])
+
+
+def _answer(approve: bool) -> Any:
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestFormParams)
+        assert "delete_note" in params.message
+        return types.ElicitResult(action="accept", content={"approve": approve})
+
+    return callback
+
+
+def _text(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_form_answer_approves_when_policy_accepts_agent_assurance(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    """Legacy clients get an elicitation, 2026-07-28 clients an input-required result."""
+    record = tmp_path / "calls.jsonl"
+    params = _proxy(setup, record, annotation_assurance="agent")
+    with anyio.fail_after(30):
+        async with Client(params, mode=mode, elicitation_callback=_answer(True)) as client:
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            assert (listed["delete_note"].meta or {}).get("io.agentguard/approval") == "required"
+            assert "io.agentguard/approval" not in (listed["read_note"].meta or {})
+            result = await client.call_tool("delete_note", {"id": "n1"})
+            assert not result.is_error, _text(result)
+            assert _text(result) == "delete_note n1 done"
+            read = await client.call_tool("read_note", {"id": "n1"})
+            assert not read.is_error
+    assert [r["name"] for r in records(record)] == ["delete_note", "read_note"]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_form_answer_is_not_enough_by_default_then_out_of_band(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    """By default an answer in the client has too little assurance; the CLI queue decides."""
+    record = tmp_path / "calls.jsonl"
+    params = _proxy(setup, record)
+    with anyio.fail_after(30):
+        async with Client(params, mode=mode, elicitation_callback=_answer(True)) as client:
+            first = await client.call_tool("delete_note", {"id": "n2"})
+            assert first.is_error
+            assert "approval pending, id=apr_" in _text(first)
+            assert records(record) == []
+            request_id = (first.meta or {})["io.agentguard/decision"]["approval_request_id"]
+            # Another process (this test) approves with alice's own key.
+            approver = Guard(setup.policy_file, home=setup.home)
+            try:
+                approver.approvals.approve(request_id, setup.alice)
+            finally:
+                approver.close()
+            second = await client.call_tool("delete_note", {"id": "n2"})
+            assert not second.is_error, _text(second)
+    assert [r["name"] for r in records(record)] == ["delete_note"]
+
+
+async def test_clients_without_elicitation_get_approval_pending(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """No form capability: "approval pending, id=…" at once, and nothing runs."""
+    record = tmp_path / "calls.jsonl"
+    params = _proxy(setup, record, annotation_assurance="agent")
+    with anyio.fail_after(30):
+        async with Client(params, mode="auto") as client:
+            result = await client.call_tool("write_note", {"id": "n3", "text": "x"})
+            assert result.is_error
+            assert _text(result).startswith("approval pending, id=apr_")
+    assert records(record) == []
+
+
+async def test_forged_or_replayed_input_required_state_is_refused(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The sealed state binds caller and arguments, and works once."""
+    record = tmp_path / "calls.jsonl"
+    params = _proxy(setup, record, annotation_assurance="agent")
+    approve = {
+        "agentguard_approval": types.ElicitResult(action="accept", content={"approve": True})
+    }
+    with anyio.fail_after(30):
+        async with Client(params, mode="2026-07-28", elicitation_callback=_answer(True)) as client:
+            await client.list_tools()
+            session = client.session
+            first = await session.call_tool("delete_note", {"id": "n4"}, allow_input_required=True)
+            assert isinstance(first, types.InputRequiredResult)
+            state = first.request_state
+            assert state is not None
+            with pytest.raises(MCPError, match="Invalid or expired requestState"):
+                await session.call_tool(
+                    "delete_note",
+                    {"id": "n4"},
+                    input_responses=approve,  # type: ignore[arg-type]
+                    request_state=state[:-4] + "AAAA",
+                    allow_input_required=True,
+                )
+            with pytest.raises(MCPError, match="Invalid or expired requestState"):
+                # Bound to the arguments: moving it to another call fails.
+                await session.call_tool(
+                    "delete_note",
+                    {"id": "other"},
+                    input_responses=approve,  # type: ignore[arg-type]
+                    request_state=state,
+                    allow_input_required=True,
+                )
+            done = await session.call_tool(
+                "delete_note",
+                {"id": "n4"},
+                input_responses=approve,  # type: ignore[arg-type]
+                request_state=state,
+                allow_input_required=True,
+            )
+            assert isinstance(done, types.CallToolResult)
+            assert not done.is_error
+            with pytest.raises(MCPError, match="Invalid or expired requestState"):
+                await session.call_tool(
+                    "delete_note",
+                    {"id": "n4"},
+                    input_responses=approve,  # type: ignore[arg-type]
+                    request_state=state,
+                    allow_input_required=True,
+                )
+    assert [r["name"] for r in records(record)] == ["delete_note"]

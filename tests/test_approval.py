@@ -1,0 +1,742 @@
+"""Step-up approval: receipts that resist attack, waiting modes, channels, edits, assurance."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from guard_helpers import (
+    Recorder,
+    World,
+    audit_records,
+    make_guard,
+    manual_world,
+    policy_doc,
+    run_python,
+    write_policy,
+)
+
+from agentguard import _jws
+from agentguard.approval import (
+    RECEIPT_TTL,
+    ApprovalBook,
+    ApprovalRequest,
+    CallbackChannel,
+    QueueChannel,
+    TerminalChannel,
+    call_digest,
+)
+from agentguard.clock import ManualClock, SystemClock
+from agentguard.delegation import Delegation
+from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.guard import Guard
+from agentguard.keys import Identity
+from agentguard.store.base import Store
+from agentguard.store.memory import MemoryStore
+from agentguard.store.sqlite import SQLiteStore
+from agentguard.tokens import TYP_APPROVAL, args_digest, new_jti
+
+TOOL = "admin/reset"
+ARGS: dict[str, Any] = {"target": "db1"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def world() -> World:
+    return manual_world()
+
+
+def queue_guard(world: World, store: Store | None = None, **policy: Any) -> Guard:
+    """A non-blocking guard: approval-required calls raise ApprovalPending at once."""
+    approval = {"channel": "queue", **policy.pop("approval", {})}
+    return make_guard(
+        world,
+        store=store,
+        approver=QueueChannel(),
+        approval_mode="raise",
+        approval=approval,
+        **policy,
+    )
+
+
+def submit(
+    guard: Guard,
+    world: World,
+    args: dict[str, Any] | None = None,
+    *,
+    tool: str = TOOL,
+    delegation: Delegation | None = None,
+) -> Recorder:
+    """Submit the call (a fresh call token each time); return the tool that may have run."""
+    fn = Recorder()
+    guard.call(delegation or world.delegation, tool, args or ARGS, fn, holder=world.bot)
+    return fn
+
+
+def pending_id(guard: Guard, world: World, args: dict[str, Any] | None = None, **kw: Any) -> str:
+    """Submit a call that needs approval; return the id of the pending request."""
+    with pytest.raises(ApprovalPending) as info:
+        submit(guard, world, args, **kw)
+    assert info.value.request_id in info.value.short
+    return info.value.request_id
+
+
+def refused(guard: Guard, world: World, args: dict[str, Any] | None = None, **kw: Any) -> str:
+    """Submit a call expected to be refused (not pending); return the reason."""
+    with pytest.raises(DeniedError) as info:
+        submit(guard, world, args, **kw)
+    assert not isinstance(info.value, ApprovalPending), info.value
+    return info.value.reason
+
+
+def sign_receipt(signer: Identity, **claims: Any) -> str:
+    """A receipt JWS with sane defaults, for attacks that bypass the ApprovalBook."""
+    now = int(claims.pop("now"))
+    body = {
+        "ver": 1,
+        "iss": signer.id,
+        "approver": signer.id,
+        "decision": "approve",
+        "iat": now,
+        "exp": now + RECEIPT_TTL,
+        "jti": new_jti(),
+        "channel": "queue",
+        "assurance": "signed",
+        **claims,
+    }
+    return _jws.sign(body, signer, TYP_APPROVAL)
+
+
+def plant(store: Store, request_id: str, receipt: str, now: float) -> None:
+    """Record ``receipt`` as the answer to a pending request, as a store writer could."""
+    assert store.approval_answer(
+        request_id, status="approved", receipt=receipt, answered_at=now, reusable_until=None
+    )
+
+
+# -- the non-blocking flow ------------------------------------------------------------------
+
+
+def test_pending_then_approved_runs_once_then_needs_a_new_approval(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    request = guard.approvals.get(request_id)
+    assert request.tool == TOOL
+    assert request.requester == "agent:bot"
+    assert request.path == ("org:acme", "user:alice", "agent:bot")
+    assert [r.id for r in guard.approvals.pending()] == [request_id]
+    # Submitting again before the answer does not file a second request.
+    assert pending_id(guard, world) == request_id
+
+    guard.approvals.approve(request_id, world.carol, message="ok once")
+    fn = submit(guard, world)
+    assert fn.calls == [ARGS]
+    decision = [r for r in audit_records(guard) if r["type"] == "decision"][-1]
+    assert decision["approval"]["approver"] == "user:carol"
+    assert decision["approval_request_id"] == request_id
+    assert guard.approvals.get(request_id).status == "used"
+
+    assert pending_id(guard, world) != request_id  # third submission: a new approval
+
+
+def test_approval_from_another_process(tmp_path: Path) -> None:
+    """Pending; the approver signs in another process over the same SQLite home; resubmit runs."""
+    world = World(SystemClock())
+    home = tmp_path / "home"
+    doc = policy_doc(world, approval={"channel": "queue", "mode": "raise"})
+    policy = write_policy(tmp_path / "agentguard.yaml", doc)
+    carol_key = tmp_path / "carol.key"
+    world.carol.save(carol_key)
+    guard = Guard(policy=policy, home=home)
+    try:
+        request_id = pending_id(guard, world)
+        run_python(
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from agentguard.approval import ApprovalBook\n"
+            "from agentguard.clock import SystemClock\n"
+            "from agentguard.keys import Identity\n"
+            "from agentguard.policy import load_policy\n"
+            "from agentguard.store.sqlite import SQLiteStore\n"
+            "home, policy, key, request_id = sys.argv[1:5]\n"
+            "store = SQLiteStore(Path(home) / 'state.db')\n"
+            "book = ApprovalBook(store, policy=load_policy(Path(policy)),\n"
+            "    guard_identity=Identity.generate('service:agentguard'), clock=SystemClock())\n"
+            "book.approve(request_id, Identity.load(Path(key)), message='from afar')\n"
+            "store.close()\n",
+            str(home),
+            str(policy),
+            str(carol_key),
+            request_id,
+        )
+        fn = submit(guard, world)
+        assert fn.calls == [ARGS]
+        assert pending_id(guard, world) != request_id
+        assert guard.audit.verify() is None
+    finally:
+        guard.close()
+
+
+@pytest.mark.anyio
+async def test_acall_raises_pending_then_runs(world: World) -> None:
+    guard = queue_guard(world)
+    with pytest.raises(ApprovalPending) as info:
+        await guard.acall(world.delegation, TOOL, ARGS, Recorder(), holder=world.bot)
+    guard.approvals.approve(info.value.request_id, world.carol)
+    fn = Recorder()
+    await guard.acall(world.delegation, TOOL, ARGS, fn, holder=world.bot)
+    assert fn.calls == [ARGS]
+
+
+def test_check_reports_pending_and_never_burns_the_receipt(world: World) -> None:
+    guard = queue_guard(world)
+    decision = guard.check(world.delegation, TOOL, ARGS, holder=world.bot, request_approval=True)
+    assert decision.outcome == "approval_required"
+    assert decision.approval_request_id is not None
+    guard.approvals.approve(decision.approval_request_id, world.carol)
+    decision = guard.check(world.delegation, TOOL, ARGS, holder=world.bot)
+    assert decision.allowed
+    assert guard.approvals.get(decision.approval_request_id or "").status == "approved"
+    assert submit(guard, world).ran  # the receipt filed ahead of time is used by the real call
+
+
+# -- receipt attacks ------------------------------------------------------------------------------
+
+
+def test_used_receipt_cannot_be_burned_again(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    assert submit(guard, world).ran
+    assert not guard.store.approval_burn(request_id, world.clock.now())
+    assert pending_id(guard, world) != request_id
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_concurrent_uses_of_one_receipt_exactly_one_runs(
+    world: World, tmp_path: Path, backend: str
+) -> None:
+    store: Store = MemoryStore() if backend == "memory" else SQLiteStore(tmp_path / "state.db")
+    guard = queue_guard(world, store=store)
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    runs: list[int] = []
+    refusals: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            guard.call(world.delegation, TOOL, ARGS, lambda **kw: runs.append(n), holder=world.bot)
+        except DeniedError as exc:
+            refusals.append(exc.reason)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(runs) == 1
+    assert len(refusals) == 7
+    assert set(refusals) <= {"approval_replayed", "approval_pending"}
+    store.close()
+
+
+def _moved_receipt_row(
+    guard: Guard, world: World, tool: str, args: dict[str, Any], leaf: str
+) -> str:
+    """Approve ARGS for TOOL, then copy its receipt onto a request for another call."""
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    assert row.receipt is not None
+    forged = "apr_moved"
+    guard.store.approval_insert(
+        replace(
+            row,
+            id=forged,
+            status="pending",
+            receipt=None,
+            created_at=row.created_at + 1,
+            call_digest=call_digest(tool, args_digest(args), leaf),
+        )
+    )
+    plant(guard.store, forged, row.receipt, world.clock.now())
+    return forged
+
+
+def test_receipt_moved_to_other_arguments(world: World) -> None:
+    guard = queue_guard(world)
+    other = {"target": "prod-db"}
+    _moved_receipt_row(guard, world, TOOL, other, world.delegation.leaf.link_id)
+    assert refused(guard, world, other) == "approval_mismatch"
+
+
+def test_receipt_moved_to_another_tool(world: World) -> None:
+    guard = queue_guard(world)
+    _moved_receipt_row(guard, world, "admin/drop", ARGS, world.delegation.leaf.link_id)
+    assert refused(guard, world, tool="admin/drop") == "approval_mismatch"
+
+
+def test_receipt_moved_to_another_delegation(world: World) -> None:
+    guard = queue_guard(world)
+    other = world.chain(world.bot)
+    _moved_receipt_row(guard, world, TOOL, ARGS, other.leaf.link_id)
+    assert refused(guard, world, delegation=other) == "approval_mismatch"
+
+
+def test_receipt_signed_for_other_arguments(world: World) -> None:
+    """A genuine approver signature, but its ``call`` claim is for other arguments."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    leaf = world.delegation.leaf.link_id
+    wrong = call_digest(TOOL, args_digest({"target": "db2"}), leaf)
+    receipt = sign_receipt(world.carol, req=request_id, call=wrong, now=world.clock.now())
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world) == "approval_mismatch"
+
+
+def test_expired_receipt(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    then = world.clock.now() - RECEIPT_TTL - 60
+    receipt = sign_receipt(world.carol, req=request_id, call=row.call_digest, now=then)
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world) == "approval_expired"
+
+
+def test_approval_left_unused_until_it_expires_is_asked_again(world: World) -> None:
+    """A stale receipt does not block that exact call forever: a new request is filed."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    assert isinstance(world.clock, ManualClock)
+    world.clock.advance(RECEIPT_TTL + guard.policy.limits.leeway + 1)
+    fresh = pending_id(guard, world)
+    assert fresh != request_id
+    guard.approvals.approve(fresh, world.carol)
+    assert submit(guard, world).ran
+
+
+def test_approval_after_revocation_does_not_run(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    guard.revoke("link", world.delegation.leaf.link_id)
+    assert refused(guard, world) == "revoked"
+
+
+def test_unauthorised_approver_is_refused_by_the_book(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    mallory = Identity.generate("user:mallory")
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.approve(request_id, mallory)
+    assert info.value.reason == "approver_not_authorized"
+    assert guard.approvals.get(request_id).status == "pending"
+
+
+def test_unauthorised_approver_receipt_planted_in_the_store(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    mallory = Identity.generate("user:mallory")
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    receipt = sign_receipt(mallory, req=request_id, call=row.call_digest, now=world.clock.now())
+    plant(guard.store, request_id, receipt, world.clock.now())
+    # No key is known for mallory, so the signature cannot even be checked.
+    assert refused(guard, world) in ("approval_invalid", "approver_not_authorized")
+
+
+def test_receipt_claiming_an_approver_but_signed_by_another_key(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    impostor = Identity.generate("user:carol")
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    receipt = sign_receipt(impostor, req=request_id, call=row.call_digest, now=world.clock.now())
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world) == "approval_invalid"
+
+
+def test_requesting_agent_cannot_approve_itself(world: World) -> None:
+    """Even when the policy (wrongly) lists the agent as an approver: separation of duties."""
+    approvers = [
+        *policy_doc(world)["approvers"],
+        {"id": "agent:bot", "public_key": world.bot.principal.public_jwk()},
+    ]
+    guard = queue_guard(world, approvers=approvers)
+    request_id = pending_id(guard, world)
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.approve(request_id, world.bot)
+    assert info.value.reason == "separation_of_duties"
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    receipt = sign_receipt(world.bot, req=request_id, call=row.call_digest, now=world.clock.now())
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world) == "separation_of_duties"
+
+
+def test_tampered_receipt_signature(world: World, tmp_path: Path) -> None:
+    guard = queue_guard(world, store=SQLiteStore(tmp_path / "state.db"))
+    request_id = pending_id(guard, world)
+    receipt = guard.approvals.approve(request_id, world.carol)
+    header, payload, signature = receipt.split(".")
+    forged = f"{header}.{payload}.{('A' if signature[0] != 'A' else 'B')}{signature[1:]}"
+    conn = sqlite3.connect(tmp_path / "state.db")
+    with conn:
+        conn.execute("UPDATE approvals SET receipt = ? WHERE id = ?", (forged, request_id))
+    conn.close()
+    assert refused(guard, world) == "approval_invalid"
+    guard.close()
+
+
+def test_rejection_rewritten_as_approval_is_refused(world: World, tmp_path: Path) -> None:
+    """Flipping ``decision`` in the payload without re-signing breaks the signature."""
+    import base64
+    import json
+
+    guard = queue_guard(world, store=SQLiteStore(tmp_path / "state.db"))
+    request_id = pending_id(guard, world)
+    receipt = guard.approvals.deny(request_id, world.carol, message="no")
+    header, payload, signature = receipt.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["decision"] = "approve"
+    raw = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    conn = sqlite3.connect(tmp_path / "state.db")
+    with conn:
+        conn.execute(
+            "UPDATE approvals SET receipt = ?, status = 'approved' WHERE id = ?",
+            (f"{header}.{raw}.{signature}", request_id),
+        )
+    conn.close()
+    assert refused(guard, world) == "approval_invalid"
+    guard.close()
+
+
+def test_grant_token_is_not_a_receipt(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    plant(guard.store, request_id, world.delegation.leaf.token, world.clock.now())
+    assert refused(guard, world) == "approval_invalid"
+
+
+# -- blocking mode: timeout, channel errors, rejection ---------------------------------------------
+
+
+def test_no_answer_before_the_deadline_is_approval_timeout() -> None:
+    world = World(SystemClock())
+    guard = make_guard(
+        world, approver=QueueChannel(), approval={"channel": "queue", "timeout": 0.3}
+    )
+    fn = Recorder()
+    started = time.monotonic()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, TOOL, ARGS, fn, holder=world.bot)
+    assert info.value.reason == "approval_timeout"
+    assert time.monotonic() - started < 5
+    assert not fn.ran
+
+
+@pytest.mark.anyio
+async def test_async_wait_times_out_without_blocking_the_loop() -> None:
+    world = World(SystemClock())
+    guard = make_guard(
+        world, approver=QueueChannel(), approval={"channel": "queue", "timeout": 0.3}
+    )
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            with pytest.raises(DeniedError) as info:
+                await guard.acall(world.delegation, TOOL, ARGS, Recorder(), holder=world.bot)
+            tg.cancel_scope.cancel()
+    assert info.value.reason == "approval_timeout"
+    assert ticks > 5  # the loop kept running while the guard waited
+
+
+def test_channel_error_denies(world: World) -> None:
+    def explode(request: ApprovalRequest, book: ApprovalBook) -> None:
+        raise RuntimeError("pager is down")
+
+    guard = make_guard(world, approver=CallbackChannel(explode))
+    fn = Recorder()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, TOOL, ARGS, fn, holder=world.bot)
+    assert info.value.reason == "approval_unavailable"
+    assert "pager is down" not in str(info.value)
+    assert not fn.ran
+
+
+@pytest.mark.anyio
+async def test_async_channel_error_denies(world: World) -> None:
+    async def explode(request: ApprovalRequest, book: ApprovalBook) -> None:
+        raise RuntimeError("pager is down")
+
+    guard = make_guard(world, approver=CallbackChannel(explode))
+    with pytest.raises(DeniedError) as info:
+        await guard.acall(world.delegation, TOOL, ARGS, Recorder(), holder=world.bot)
+    assert info.value.reason == "approval_unavailable"
+
+
+def test_rejection_carries_the_approvers_message(world: World) -> None:
+    def reject(request: ApprovalRequest, book: ApprovalBook) -> None:
+        book.deny(request.id, world.carol, message="not during the freeze")
+
+    guard = make_guard(world, approver=CallbackChannel(reject))
+    fn = Recorder()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, TOOL, ARGS, fn, holder=world.bot)
+    assert info.value.reason == "approval_rejected"
+    assert "not during the freeze" in info.value.explanation
+    assert "user:carol" in info.value.explanation
+    assert not fn.ran
+
+
+def test_rejection_reaches_a_non_blocking_caller(world: World) -> None:
+    """After a rejection, resubmitting the same call learns of it instead of waiting again."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    guard.approvals.deny(request_id, world.carol, message="no way")
+    with pytest.raises(DeniedError) as info:
+        submit(guard, world)
+    assert not isinstance(info.value, ApprovalPending)
+    assert info.value.reason == "approval_rejected"
+    assert "no way" in info.value.explanation
+
+
+def test_sync_callback_approval_in_block_mode(world: World) -> None:
+    def approve(request: ApprovalRequest, book: ApprovalBook) -> None:
+        assert "db1" in request.describe(world.clock.now())
+        book.approve(request.id, world.carol)
+
+    guard = make_guard(world, approver=CallbackChannel(approve))
+    assert submit(guard, world).calls == [ARGS]
+
+
+@pytest.mark.anyio
+async def test_async_callback_approval(world: World) -> None:
+    async def approve(request: ApprovalRequest, book: ApprovalBook) -> None:
+        await anyio.lowlevel.checkpoint()
+        book.approve(request.id, world.carol)
+
+    guard = make_guard(world, approver=CallbackChannel(approve))
+    fn = Recorder()
+    await guard.acall(world.delegation, TOOL, ARGS, fn, holder=world.bot)
+    assert fn.calls == [ARGS]
+
+
+def test_approval_arriving_later_from_another_thread_unblocks_the_wait() -> None:
+    world = World(SystemClock())
+    answered = threading.Event()
+
+    def later(request: ApprovalRequest, book: ApprovalBook) -> None:
+        def answer() -> None:
+            book.approve(request.id, world.carol)
+            answered.set()
+
+        threading.Timer(0.05, answer).start()
+
+    guard = make_guard(world, approver=CallbackChannel(later), approval={"timeout": 10})
+    assert submit(guard, world).ran
+    assert answered.is_set()
+
+
+# -- edits ----------------------------------------------------------------------------------
+
+
+def refund_guard(world: World, **policy: Any) -> Guard:
+    return queue_guard(world, step_up=[{"tools": ["billing/refund"]}], **policy)
+
+
+def test_edit_runs_the_tool_with_the_edited_arguments(world: World) -> None:
+    guard = refund_guard(world)
+    request_id = pending_id(guard, world, {"amount": 900}, tool="billing/refund")
+    guard.approvals.approve(request_id, world.carol, edited_args={"amount": 90})
+    fn = submit(guard, world, {"amount": 900}, tool="billing/refund")
+    assert fn.calls == [{"amount": 90}]
+    decision = [r for r in audit_records(guard) if r["type"] == "decision"][-1]
+    assert decision["approval"]["edited"] is True
+    assert decision["args"] == {"amount": 90}
+
+
+def test_edit_out_of_scope_is_denied(world: World) -> None:
+    guard = refund_guard(world)
+    request_id = pending_id(guard, world, {"amount": 900}, tool="billing/refund")
+    guard.approvals.approve(request_id, world.carol, edited_args={"amount": 5000})
+    assert refused(guard, world, {"amount": 900}, tool="billing/refund") == "predicate_failed"
+
+
+def test_edit_hitting_a_deny_rule_is_denied(world: World) -> None:
+    guard = refund_guard(world, deny=[{"tools": ["billing/refund"], "where": {"currency": "XBT"}}])
+    request_id = pending_id(guard, world, {"amount": 900}, tool="billing/refund")
+    guard.approvals.approve(request_id, world.carol, edited_args={"amount": 9, "currency": "XBT"})
+    assert refused(guard, world, {"amount": 900}, tool="billing/refund") == "policy_denied"
+
+
+# -- reusable receipts ---------------------------------------------------------------------------
+
+
+def test_reusable_receipt_covers_identical_calls_within_the_window(world: World) -> None:
+    guard = queue_guard(world, approval={"reusable_for": "2m"})
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    assert submit(guard, world).ran
+    assert isinstance(world.clock, ManualClock)
+    world.clock.advance(60)
+    assert submit(guard, world).ran  # identical call, same receipt
+    assert pending_id(guard, world, {"target": "db2"}) != request_id  # other arguments
+    world.clock.advance(61)
+    assert pending_id(guard, world) != request_id  # window over
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    assert row.uses == 2
+
+
+def test_single_use_is_the_default(world: World) -> None:
+    guard = queue_guard(world)
+    assert guard.policy.approval.reusable_for == 0
+    request_id = pending_id(guard, world)
+    guard.approvals.approve(request_id, world.carol)
+    assert submit(guard, world).ran
+    assert pending_id(guard, world) != request_id
+
+
+# -- assurance -------------------------------------------------------------------------------------
+
+
+def answering(assurance: str, approve: bool = True) -> CallbackChannel:
+    """A channel whose human (user:carol) answers at once with the given assurance."""
+
+    def answer(request: ApprovalRequest, book: ApprovalBook) -> None:
+        book.answer(
+            request.id,
+            approver="user:carol",
+            approve=approve,
+            channel="mcp-form",
+            assurance=assurance,
+        )
+
+    return CallbackChannel(answer)
+
+
+def test_agent_assurance_is_refused_for_a_signed_rule(world: World) -> None:
+    guard = make_guard(
+        world,
+        approver=answering("agent"),
+        step_up=[{"tools": ["tickets/delete"], "min_assurance": "signed"}],
+    )
+    fn = Recorder()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "tickets/delete", {"id": 1}, fn, holder=world.bot)
+    assert info.value.reason == "approval_assurance"
+    assert not fn.ran
+
+
+def test_link_rule_approvals_need_a_signed_receipt(world: World) -> None:
+    guard = make_guard(world, approver=answering("authenticated"))
+    assert refused(guard, world) == "approval_assurance"
+
+
+def test_assurance_meeting_the_rule_is_accepted(world: World) -> None:
+    step_up = [{"tools": ["tickets/delete"], "min_assurance": "local"}]
+    guard = make_guard(world, approver=answering("agent"), step_up=step_up)
+    assert refused(guard, world, {"id": 1}, tool="tickets/delete") == "approval_assurance"
+    guard = make_guard(world, approver=answering("local"), step_up=step_up)
+    assert submit(guard, world, {"id": 1}, tool="tickets/delete").ran
+
+
+def test_low_assurance_receipt_planted_in_the_store_is_refused(world: World) -> None:
+    """A guard-signed receipt at assurance 'agent' slipped past the book still fails."""
+    guard = queue_guard(world, step_up=[{"tools": ["tickets/delete"], "min_assurance": "signed"}])
+    request_id = pending_id(guard, world, {"id": 1}, tool="tickets/delete")
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    receipt = sign_receipt(
+        guard.guard_identity,
+        approver="user:carol",
+        req=request_id,
+        call=row.call_digest,
+        assurance="agent",
+        channel="mcp-form",
+        now=world.clock.now(),
+    )
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world, {"id": 1}, tool="tickets/delete") == "approval_assurance"
+
+
+def test_channels_cannot_claim_signed_assurance(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    with pytest.raises(ValueError, match="at most 'authenticated'"):
+        guard.approvals.answer(
+            request_id, approver="user:carol", approve=True, channel="x", assurance="signed"
+        )
+
+
+# -- terminal channel -----------------------------------------------------------------------------
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_channel_refuses_without_a_tty(world: World) -> None:
+    channel = TerminalChannel("user:carol", stdin=io.StringIO("y\n"), stdout=io.StringIO())
+    guard = make_guard(world, approver=channel, step_up=[{"tools": ["tickets/delete"]}])
+    fn = Recorder()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "tickets/delete", {}, fn, holder=world.bot)
+    assert info.value.reason == "approval_unavailable"
+    assert "TTY" in info.value.explanation
+    assert not fn.ran
+
+
+def test_terminal_channel_prompts_on_a_tty(world: World) -> None:
+    out = io.StringIO()
+    channel = TerminalChannel("user:carol", stdin=FakeTTY("y\n"), stdout=out)
+    step_up = [{"tools": ["tickets/delete"], "min_assurance": "local"}]
+    guard = make_guard(world, approver=channel, step_up=step_up)
+    assert submit(guard, world, {"id": 4}, tool="tickets/delete").ran
+    assert "agent:bot" in out.getvalue()
+    assert "tickets/delete" in out.getvalue()
+
+
+def test_terminal_channel_denial_message(world: World) -> None:
+    channel = TerminalChannel("user:carol", stdin=FakeTTY("wrong ticket\n"), stdout=io.StringIO())
+    step_up = [{"tools": ["tickets/delete"], "min_assurance": "local"}]
+    guard = make_guard(world, approver=channel, step_up=step_up)
+    with pytest.raises(DeniedError) as info:
+        submit(guard, world, {"id": 4}, tool="tickets/delete")
+    assert info.value.reason == "approval_rejected"
+    assert "wrong ticket" in info.value.explanation
+
+
+def test_request_display_is_redacted(world: World) -> None:
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world, {"target": "db1", "password": "hunter2"})
+    request = guard.approvals.get(request_id)
+    assert request.args_display == {"target": "db1", "password": "[redacted]"}
+    assert "hunter2" not in request.describe()

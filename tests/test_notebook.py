@@ -1,0 +1,280 @@
+"""Notebook approval cards: a real kernel run by nbclient, plus in-process unit tests."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nbformat
+import pytest
+from guard_helpers import Recorder, make_guard, manual_world
+
+from agentguard.errors import ApprovalPending, ConfigError, DeniedError
+from agentguard.notebook import ApprovalCard, NotebookChannel, PendingApprovals, pending_html
+
+STEP_UP = [{"tools": ["tickets/comment"], "min_assurance": "local"}]
+
+SETUP = """
+import asyncio
+import sys
+print("KERNEL", sys.executable)
+from agentguard import Delegation, DeniedError, Identity
+from agentguard.errors import ApprovalPending
+from agentguard.guard import Guard
+from agentguard.notebook import NotebookChannel, PendingApprovals
+from agentguard.store.memory import MemoryStore
+from IPython.display import display
+
+org, alice, bot = (Identity.generate(i) for i in ("org:acme", "user:alice", "agent:bot"))
+delegation = Delegation.issue(
+    org, alice, ["tickets/*"], ttl="1h", on_behalf_of="user:alice", max_depth=1
+).attenuate(alice, bot, ["tickets/*"], ttl="1h")
+policy = {
+    "trusted_roots": [{"id": "org:acme", "public_key": org.principal.public_jwk()}],
+    "approvers": [{"id": "user:carol", "min_assurance": "local"}],
+    "step_up": [{"tools": ["tickets/close"], "min_assurance": "local"}],
+    "approval": {"timeout": "60s"},
+}
+shown = []
+card_shown = asyncio.Event()
+
+def show(card):
+    display(card.widget)
+    shown.append(card)
+    card_shown.set()
+
+channel = NotebookChannel("user:carol", display=show)
+guard = Guard(policy, store=MemoryStore(), approver=channel)
+closed = []
+
+def close_ticket(id):
+    closed.append(id)
+    return f"closed {id}"
+"""
+
+AWAIT_CLICK = """
+async def click_approve_when_shown():
+    await card_shown.wait()
+    shown[-1].approve_button.click()
+
+clicker = asyncio.ensure_future(click_approve_when_shown())
+result = await guard.acall(delegation, "tickets/close", {"id": 7}, close_ticket, holder=bot)
+await clicker
+assert result == "closed 7", result
+assert closed == [7], closed
+assert shown[-1].answer == "approved"
+print("ASYNC APPROVED", result)
+"""
+
+SYNC_FAILS_FAST = """
+try:
+    guard.call(delegation, "tickets/close", {"id": 8}, close_ticket, holder=bot)
+except DeniedError as exc:
+    error = exc
+assert error.reason == "approval_unavailable"
+assert "await guard.acall(...)" in error.explanation
+assert 'approval_mode="raise"' in error.explanation
+assert closed == [7] and len(shown) == 1
+print("SYNC FAILED FAST:", error.explanation)
+"""
+
+AWAIT_DENY = """
+card_shown.clear()
+
+async def click_deny_when_shown():
+    await card_shown.wait()
+    shown[-1].message.value = "not ticket 8"
+    shown[-1].deny_button.click()
+
+clicker = asyncio.ensure_future(click_deny_when_shown())
+try:
+    await guard.acall(delegation, "tickets/close", {"id": 8}, close_ticket, holder=bot)
+except DeniedError as exc:
+    denial = exc
+await clicker
+assert denial.reason == "approval_rejected", denial.reason
+assert "not ticket 8" in denial.explanation
+assert closed == [7]
+print("ASYNC DENIED")
+"""
+
+RAISE_MODE = """
+raising = Guard(policy, store=MemoryStore(), approval_mode="raise")
+NotebookChannel("user:carol", display=show).attach(raising)
+try:
+    raising.call(delegation, "tickets/close", {"id": 9}, close_ticket, holder=bot)
+except ApprovalPending as exc:
+    pending = exc
+display(PendingApprovals(raising.approvals))
+shown[-1].approve_button.click()
+assert raising.call(delegation, "tickets/close", {"id": 9}, close_ticket, holder=bot) == "closed 9"
+print("RAISE MODE RESUBMITTED", pending.request_id)
+"""
+
+
+def _kernel_outputs(cell: Any) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.extend(str(v) for v in output.get("data", {}).values())
+    return "".join(parts)
+
+
+def test_notebook_awaits_a_card_click_and_sync_call_fails_fast(tmp_path: Path) -> None:
+    """A real kernel: an awaited call waits for the (simulated) click; a sync one fails fast."""
+    from nbclient import NotebookClient
+
+    cells = [SETUP, AWAIT_CLICK, SYNC_FAILS_FAST, AWAIT_DENY, RAISE_MODE]
+    # nbformat's constructors are unannotated.
+    notebook = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    notebook.cells = [
+        nbformat.v4.new_code_cell(textwrap.dedent(c))  # type: ignore[no-untyped-call]
+        for c in cells
+    ]
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",  # the kernelspec installed in the venv runs this interpreter
+        timeout=60,
+        startup_timeout=60,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
+
+    setup, approved, failed, denied, raising = notebook.cells
+    assert f"KERNEL {sys.executable}" in _kernel_outputs(setup)  # the venv's own ipykernel
+    assert "ASYNC APPROVED closed 7" in _kernel_outputs(approved)
+    widget_views = [
+        o
+        for o in approved.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert widget_views, "the approval card was displayed as a widget"
+    assert "SYNC FAILED FAST" in _kernel_outputs(failed)
+    assert "ASYNC DENIED" in _kernel_outputs(denied)
+    out = _kernel_outputs(raising)
+    assert "RAISE MODE RESUBMITTED" in out
+    assert "tickets/close" in out  # the pending table rendered through _repr_html_
+
+
+# -- in process ---------------------------------------------------------------------------------
+
+
+class Shown:
+    """A display hook that remembers cards and signals each one."""
+
+    def __init__(self) -> None:
+        self.cards: list[ApprovalCard] = []
+        self.event = anyio.Event()
+
+    def __call__(self, card: ApprovalCard) -> None:
+        self.cards.append(card)
+        self.event.set()
+
+
+@pytest.mark.anyio
+async def test_awaited_call_waits_for_the_click_in_process() -> None:
+    world = manual_world()
+    shown = Shown()
+    guard = make_guard(
+        world, approver=NotebookChannel("user:carol", display=shown), step_up=STEP_UP
+    )
+    tool = Recorder()
+
+    async def click() -> None:
+        await shown.event.wait()
+        shown.cards[0].message.value = "looks right"
+        shown.cards[0].approve_button.click()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(click)
+            result = await guard.acall(
+                world.delegation, "tickets/comment", {"id": 1}, tool, holder=world.bot
+            )
+    assert result == "done"
+    assert tool.calls == [{"id": 1}]
+    card = shown.cards[0]
+    assert card.answer == "approved"
+    assert card.approve_button.disabled
+    assert card.deny_button.disabled
+    assert "Approved" in card.status.value
+    request = guard.approvals.get(card.request.id)
+    assert request.approver == "user:carol"
+    assert request.message == "looks right"
+
+
+def test_sync_blocking_call_fails_fast_and_closes_the_request() -> None:
+    world = manual_world()
+    shown = Shown()
+    channel = NotebookChannel("user:carol", display=shown)
+    guard = make_guard(world, approver=channel, step_up=STEP_UP)
+    tool = Recorder()
+    with pytest.raises(DeniedError) as denied:
+        guard.call(world.delegation, "tickets/comment", {"id": 1}, tool, holder=world.bot)
+    assert denied.value.reason == "approval_unavailable"
+    assert "await guard.acall(...)" in denied.value.explanation
+    assert not shown.cards
+    assert not tool.ran
+    assert guard.approvals.pending() == []  # closed: a later awaited call files a fresh one
+
+
+def test_raise_mode_shows_the_card_and_resubmission_runs() -> None:
+    world = manual_world()
+    shown = Shown()
+    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    channel = NotebookChannel("user:carol", display=shown).attach(guard)
+    assert guard.channel is channel
+    tool = Recorder()
+    with pytest.raises(ApprovalPending):
+        guard.call(world.delegation, "tickets/comment", {"id": 2}, tool, holder=world.bot)
+    assert "tickets/comment" in PendingApprovals(guard.approvals)._repr_html_()
+    shown.cards[0].approve_button.click()
+    assert guard.call(world.delegation, "tickets/comment", {"id": 2}, tool, holder=world.bot)
+    assert tool.calls == [{"id": 2}]
+    assert "No approval requests are pending" in PendingApprovals(guard.approvals)._repr_html_()
+
+
+def test_refusal_by_the_book_is_shown_on_the_card() -> None:
+    """An approver the policy does not list sees why on the card; nothing is recorded."""
+    world = manual_world()
+    shown = Shown()
+    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    NotebookChannel("user:mallory", display=shown).attach(guard)
+    with pytest.raises(ApprovalPending) as pending:
+        guard.call(world.delegation, "tickets/comment", {"id": 3}, Recorder(), holder=world.bot)
+    card = shown.cards[0]
+    card.deny_button.click()
+    assert card.answer is None
+    assert "not an approver in the policy" in card.status.value
+    assert not card.approve_button.disabled
+    assert guard.approvals.get(pending.value.request_id).status == "pending"
+    assert card._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]
+
+
+def test_card_and_table_escape_what_they_show() -> None:
+    world = manual_world()
+    shown = Shown()
+    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    NotebookChannel("user:carol", display=shown).attach(guard)
+    with pytest.raises(ApprovalPending):
+        guard.call(
+            world.delegation,
+            "tickets/comment",
+            {"text": "<script>alert(1)</script>"},
+            Recorder(),
+            holder=world.bot,
+        )
+    card_html = shown.cards[0].widget.children[0].value
+    assert "<script>" not in card_html
+    assert "&lt;script&gt;" in card_html
+    table = pending_html(guard.approvals.pending(), world.clock.now())
+    assert "<td><code>tickets/comment</code></td>" in table
+
+
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    with pytest.raises(ConfigError, match=r"agentguard\[notebook\]"):
+        NotebookChannel("user:carol")
