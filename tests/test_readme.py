@@ -1,0 +1,76 @@
+"""The README's code and commands keep working (docs cannot drift)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+AGENTGUARD = Path(sys.executable).with_name("agentguard")
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_quickstart_is_short_and_runs(tmp_path: Path) -> None:
+    """The quickstart stays under 15 lines and prints one allowed and one denied call."""
+    quickstart = _python_blocks()[0]
+    assert len(quickstart.strip().splitlines()) < 17
+    code_lines = [line for line in quickstart.splitlines() if line.strip()]
+    assert len(code_lines) < 15
+    script = tmp_path / "quickstart.py"
+    script.write_text(quickstart)
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "opened 'VPN down' for emea"
+    assert lines[1].startswith("denied by agentguard (predicate_failed, decision dec_")
+    assert not (tmp_path / ".agentguard").exists()
+
+
+def test_python_guides_run(tmp_path: Path) -> None:
+    """The quickstart followed by every other Python block of the README runs cleanly."""
+    script = tmp_path / "guides.py"
+    script.write_text("\n".join(_python_blocks()))
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "allow (allowed): every link admits tickets/open_ticket" in out.stdout
+
+
+def _cli_forms() -> list[list[str]]:
+    """Every `agentguard ...` command of the CLI reference table, as the words before options."""
+    forms: list[list[str]] = []
+    for row in re.findall(r"^\| (`agentguard .*?`) \|", README, re.M):
+        group: list[str] = []
+        for variant in re.findall(r"`([^`]*)`", row):
+            words = [w for w in variant.split() if re.fullmatch(r"[a-z][a-z-]*", w)]
+            if words and words[0] == "agentguard":
+                group = words[1:2]
+                forms.append(words[1:3])
+            elif words and group:
+                forms.append([*group, *[w for w in words if w not in group][:1]])
+    return forms
+
+
+@pytest.mark.parametrize("words", _cli_forms(), ids=" ".join)
+def test_cli_reference_commands_exist(words: list[str], tmp_path: Path) -> None:
+    """Each command form in the CLI reference answers --help."""
+    out = subprocess.run(
+        [str(AGENTGUARD), *words, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, (words, out.stderr)
+    assert "Usage" in out.stdout
