@@ -31,7 +31,8 @@ def test_public_modules_have_docstrings() -> None:
         "agentguard.verify",
     ):
         doc = importlib.import_module(module).__doc__
-        assert doc and doc.strip(), module
+        assert doc, module
+        assert doc.strip(), module
 
 
 def test_no_name_is_exported_twice() -> None:
