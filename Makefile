@@ -28,10 +28,21 @@ contracts: install
 pytest: install
 	$(BIN)/python -m pytest --cov --cov-report=term -q
 
-test: lint typecheck contracts pytest
+test: npm-deps lint typecheck contracts pytest
+
+# npm MCP servers the MCP proxy tests run, pinned in tests/adapters/mcp/npm/package.json;
+# fetched here so no timed test downloads anything. Without npm those tests skip loudly.
+NPM_TESTS := tests/adapters/mcp/npm
+.PHONY: npm-deps
+npm-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NPM_TESTS) && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: skipping $(NPM_TESTS) (the npm MCP server tests will be skipped)"; \
+	fi
 
 demo: install
-	$(BIN)/agentguard demo
+	$(BIN)/python examples/demo.py
 
 bench: install
 	$(BIN)/python benchmarks/run.py
