@@ -28,7 +28,6 @@ from agentguard.approval import (
     RECEIPT_TTL,
     ApprovalBook,
     ApprovalRequest,
-    CallbackChannel,
     Channel,
     NoChannel,
     QueueChannel,
@@ -36,7 +35,7 @@ from agentguard.approval import (
     call_digest,
 )
 from agentguard.audit import AuditLog, redact
-from agentguard.clock import Clock, SystemClock, parse_duration
+from agentguard.clock import Clock, SystemClock
 from agentguard.delegation import Delegation, ScopeSpec
 from agentguard.errors import (
     AgentGuardError,
@@ -45,10 +44,11 @@ from agentguard.errors import (
     ConfigError,
     DeniedError,
     IdentityError,
+    IssuanceError,
     StoreError,
 )
 from agentguard.keys import Identity, Keyring, Principal
-from agentguard.policy import ASSURANCE_LEVELS, Policy, load_policy
+from agentguard.policy import ASSURANCE_LEVELS, Policy, assurance_at_least, load_policy
 from agentguard.store.base import ApprovalRow, GrantRecord, Store
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
@@ -101,6 +101,9 @@ class Decision:
     shadow: bool = False
     dry_run: bool = False
     audit_seq: int | None = None
+    #: For chains that failed verification: the principals the chain *claims*
+    #: (unverified, for investigation only).
+    claimed_path: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -349,8 +352,6 @@ class Guard:
         return child
 
     def _check_issuance(self, delegation: Delegation) -> None:
-        from agentguard.errors import IssuanceError
-
         try:
             _check_limits(self.policy, delegation)
         except DeniedError as exc:
@@ -520,11 +521,9 @@ class Guard:
                 reason="approval_pending",
                 explanation=exc.explanation,
             )
-            outcome = self._finish(decision, chain, token, _safe_digest(args), args, None)
-            exc.decision_id = decision.id
-            if outcome.error is None:
-                outcome.error = exc
-            return outcome
+            # Passed as the error so that shadow mode treats it like any other
+            # refusal: what the audit record says is what happens.
+            return self._finish(decision, chain, token, _safe_digest(args), args, None, exc)
         except DeniedError as exc:
             decision = replace(
                 decision,
@@ -533,6 +532,7 @@ class Guard:
                 explanation=exc.explanation,
                 link=exc.link,
                 rule=exc.rule,
+                claimed_path=_claimed_path(delegation) if chain is None else (),
             )
             return self._finish(decision, chain, token, _safe_digest(args), args, None, exc)
         except StoreError as exc:
@@ -635,7 +635,15 @@ class Guard:
             # An edit re-runs the decision on the edited arguments.
             effective = dict(receipt.edited_args)
             match = self.verifier.authorize(chain, tool, effective)
-            self._policy_rules(chain, match, tool, effective)
+            demands = self._policy_rules(chain, match, tool, effective)
+            # The edited call's own step-up demands must be met by this receipt too.
+            for rule, level in demands:
+                if not assurance_at_least(receipt.assurance, level):
+                    raise DeniedError(
+                        f"the edited call needs assurance '{level}' ({rule}), but the "
+                        f"approval has '{receipt.assurance}'",
+                        reason="approval_assurance",
+                    )
         del digest, decision
         return effective if effective is not None else {}, {
             "request_id": answer.id,
@@ -680,6 +688,7 @@ class Guard:
             # stored; without this the denial itself would fail as an audit error.
             "args": redact(args, self.policy.redact) if digest is not None else None,
             "path": list(decision.path),
+            "claimed_path_unverified": list(decision.claimed_path) or None,
             "link_ids": list(decision.link_ids),
             "link": decision.link,
             "rule": decision.rule,
@@ -737,7 +746,10 @@ class Guard:
             wait = next(pipeline)
             while True:
                 with self._traced_wait(wait) as waiting:
-                    answer = self._wait_sync(wait)
+                    try:
+                        answer = self._wait_sync(wait)
+                    except Exception as exc:  # a store error while polling denies, audited
+                        answer = exc
                     waiting.answered(answer)
                 wait = pipeline.send(answer)
         except StopIteration as stop:
@@ -750,7 +762,10 @@ class Guard:
             wait = next(pipeline)
             while True:
                 with self._traced_wait(wait) as waiting:
-                    answer = await self._wait_async(wait)
+                    try:
+                        answer = await self._wait_async(wait)
+                    except Exception as exc:  # a store error while polling denies, audited
+                        answer = exc
                     waiting.answered(answer)
                 wait = pipeline.send(answer)
         except StopIteration as stop:
@@ -1080,6 +1095,15 @@ def _load(policy: str | Path | Mapping[str, Any] | None) -> Policy:
     return load_policy(policy)
 
 
+def _claimed_path(delegation: str | Delegation) -> tuple[str, ...]:
+    """The principals an unverifiable chain claims, when it parses at all."""
+    try:
+        parsed = delegation if isinstance(delegation, Delegation) else Delegation.parse(delegation)
+    except AgentGuardError:
+        return ()
+    return parsed.path
+
+
 def _safe_digest(args: Mapping[str, Any]) -> str | None:
     try:
         return args_digest(args)
@@ -1108,6 +1132,3 @@ def _check_limits(policy: Policy, delegation: Delegation) -> None:
         raise DeniedError("the root grant names no purpose", reason="policy_limit", link=0)
     if limits.require_sponsor and not root.on_behalf_of:
         raise DeniedError("the root grant names no sponsor", reason="policy_limit", link=0)
-
-
-_ = (AgentGuardError, IdentityError, CallbackChannel, parse_duration)
