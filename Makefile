@@ -50,5 +50,19 @@ bench: install
 hardening: install
 	AGENTGUARD_HARDENING=1 $(BIN)/python -m pytest -q -m slow tests
 
+# atheris is installed here only (not in requirements-dev.txt): it may need clang to build.
+FUZZ_TIME ?= 60
+FUZZ_HARNESSES := delegation predicate policy
+fuzz: install
+	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/python -m pip install --quiet atheris \
+	  || { echo "make fuzz: atheris could not be installed. It ships wheels for common Linux"; \
+	       echo "platforms; elsewhere it builds from source and needs clang with libFuzzer"; \
+	       echo "(see https://github.com/google/atheris#installation)."; exit 1; }
+	@for h in $(FUZZ_HARNESSES); do \
+	  echo "== fuzz/fuzz_$$h.py for $(FUZZ_TIME) s"; mkdir -p build/fuzz/$$h; \
+	  $(BIN)/python fuzz/fuzz_$$h.py -max_total_time=$(FUZZ_TIME) -artifact_prefix=build/fuzz/ \
+	    build/fuzz/$$h || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from typing import Any
 
 import jwt
@@ -87,14 +88,26 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment), parse_constant=_no_constant)
+        # One shared decoder (json.loads builds a new one per call when given
+        # parse_constant), fed text: JWS JSON is UTF-8 (RFC 7515), no sniffing.
+        value = _DECODER.decode(b64url_decode(segment).decode("utf-8"))
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise TokenFormatError(f"token {what} is not base64url JSON") from exc
     if not isinstance(value, dict):
         raise TokenFormatError(f"token {what} is not a JSON object")
     return value
+
+
+@lru_cache(maxsize=256)
+def _header(segment: str) -> dict[str, Any]:
+    # One issuer's headers repeat verbatim (alg, typ, kid): decode each once.
+    # Callers get a copy (see peek), so the cached dict is never mutated.
+    return _json_object(segment, "header")
 
 
 def peek(token: object, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -107,7 +120,7 @@ def peek(token: object, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
         TokenFormatError: the token is malformed or of another type.
     """
     parts = _segments(token, typ)
-    header = _json_object(parts[0], "header")
+    header = dict(_header(parts[0]))
     if header.get("alg") != "EdDSA":
         raise TokenFormatError("token algorithm is not EdDSA", reason="bad_algorithm")
     if header.get("typ") != typ:

@@ -95,8 +95,10 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(body, re.DOTALL)
 
 
+@lru_cache(maxsize=4096)
 def pattern_matches(pattern: str, address: str) -> bool:
     """Whether ``address`` is selected by ``pattern`` (both assumed validated)."""
+    # Cached: every call re-checks every link's rules against the same few tools.
     # Not the regex of compile_pattern: patterns come from tokens any holder signs, and a
     # backtracking regex such as '*a*a*a...b' takes exponential time (ReDoS).
     p_ns, _, p_tool = pattern.partition("/")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -181,7 +181,12 @@ def _peek_receipt(token: str) -> dict[str, Any]:
 class Channel(Protocol):
     """Where approval requests go. ``deliver`` must return quickly unless it is
     the channel's nature to ask interactively (terminal); answers come back
-    through the :class:`ApprovalBook` (possibly from another process)."""
+    through the :class:`ApprovalBook` (possibly from another process).
+
+    A channel may declare ``assurance``, the highest level its answers carry;
+    the guard then refuses at once a request that needs more, instead of
+    letting a human answer in vain until the deadline.
+    """
 
     name: str
 
@@ -207,6 +212,7 @@ class QueueChannel:
     """Requests wait in the store; humans answer with ``agentguard approvals approve|deny``."""
 
     name = "queue"
+    assurance = "signed"
 
     def __init__(self, announce: Callable[[ApprovalRequest], None] | None = None) -> None:
         self._announce = announce
@@ -259,6 +265,8 @@ class TerminalChannel:
     """Asks the person at this terminal; only when stdin is a TTY (assurance ``local``)."""
 
     name = "terminal"
+    #: The highest assurance an answer through this channel can carry.
+    assurance = "local"
 
     def __init__(self, approver: str, *, stdin: Any = None, stdout: Any = None) -> None:
         self.approver = approver
@@ -494,6 +502,8 @@ class ApprovalBook:
             raise DeniedError(
                 f"{approver_id} may not approve {request.tool}", reason="approver_not_authorized"
             )
+        if self._revoked(principals=[approver_id]):
+            raise DeniedError(f"{approver_id} is revoked", reason="approver_not_authorized")
         needed = max(
             entry.min_assurance, request.min_assurance, key=lambda lvl: ASSURANCE_LEVELS.index(lvl)
         )
@@ -515,6 +525,11 @@ class ApprovalBook:
                     f"{approver_id} acts in the requesting chain and may not approve it",
                     reason="separation_of_duties",
                 )
+
+    def _revoked(self, *, kids: Sequence[str] = (), principals: Sequence[str] = ()) -> bool:
+        """Whether an approver's key or principal is revoked (if the store records revocations)."""
+        find = getattr(self.store, "find_revoked", None)
+        return find is not None and find([], list(kids), list(principals)) is not None
 
     # -- using ----------------------------------------------------------------------
     def _approver_key(self, approver_id: str) -> Principal:
@@ -548,6 +563,8 @@ class ApprovalBook:
                 key = self.guard_identity.principal
             elif signer_id == approver_id:
                 key = self._approver_key(approver_id)
+                if self._revoked(kids=[key.kid]):
+                    raise DeniedError(f"the signing key of {approver_id} is revoked")
             else:
                 raise DeniedError("receipt signer is neither guard nor approver")
             claims = _jws.verify(row.receipt, key, TYP_APPROVAL)
@@ -575,9 +592,13 @@ class ApprovalBook:
         if chain is not None:
             self._check_chain(approver_id, chain)
         edited = claims.get("edited_args")
-        if edited is not None and (
-            not isinstance(edited, dict) or args_digest(edited) != claims.get("edited")
-        ):
+        try:  # args_digest raises ValueError on non-canonical JSON (found by tests/test_fuzz.py)
+            edited_ok = edited is None or (
+                isinstance(edited, dict) and args_digest(edited) == claims.get("edited")
+            )
+        except ValueError:
+            edited_ok = False
+        if not edited_ok:
             raise DeniedError(
                 "edited arguments do not match the receipt", reason="approval_invalid"
             )

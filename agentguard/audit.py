@@ -97,7 +97,12 @@ class AuditLog:
         except Exception as exc:  # a failed write is a reason to refuse, whatever failed
             raise StoreError(f"audit write failed: {type(exc).__name__}") from exc
         if self.checkpoint_every and entry.seq % self.checkpoint_every == 0:
-            self.checkpoint(entry, at=at)
+            try:
+                self.checkpoint(entry, at=at)
+            except StoreError:
+                raise
+            except Exception as exc:  # e.g. an unwritable side file: refuse, never crash
+                raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
         return entry
 
     def checkpoint(self, entry: AuditEntry | None = None, *, at: float) -> Checkpoint | None:

@@ -551,10 +551,10 @@ class Guard:
                     reason="policy_denied",
                     rule=index,
                 )
-        demands = [
+        demands: list[tuple[str, str]] = [
             (
                 f"link {link} rule {rule} ({chain.delegation.grants[link].scope[rule].describe()})",
-                "signed",
+                self.policy.approval.grant_rule_assurance,
             )
             for link, rule in match.approval_rules
         ]
@@ -784,8 +784,22 @@ class Guard:
             request_id=request.id,
         )
 
+    def _channel_too_weak(self, request: ApprovalRequest) -> DeniedError | None:
+        level = getattr(self.channel, "assurance", None)
+        if isinstance(level, str) and not assurance_at_least(level, request.min_assurance):
+            return DeniedError(
+                f"the {self.channel.name} channel answers at assurance '{level}', but this "
+                f"call needs '{request.min_assurance}' (configure a stronger channel, or lower "
+                "the rule's min_assurance in the policy)",
+                reason="approval_assurance",
+            )
+        return None
+
     def _wait_sync(self, wait: _Wait) -> _Answer:
         if wait.deliver:
+            weak = self._channel_too_weak(wait.request)
+            if weak is not None:
+                return weak
             try:
                 self.channel.deliver(wait.request, self.approvals)
             except Exception as exc:  # any channel failure denies (fail closed)
@@ -796,6 +810,9 @@ class Guard:
         import anyio
 
         if wait.deliver:
+            weak = self._channel_too_weak(wait.request)
+            if weak is not None:
+                return weak
             try:
                 adeliver = getattr(self.channel, "adeliver", None)
                 if adeliver is not None:

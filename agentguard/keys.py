@@ -10,6 +10,7 @@ identities under ``.agentguard/keys/``; private key files are created with mode
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
@@ -53,6 +54,10 @@ PRINCIPAL_KINDS = ("agent", "org", "service", "team", "user")
 _ID = re.compile(r"^([a-z]+):([A-Za-z0-9][A-Za-z0-9._@+-]{0,127})$")
 
 
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+_STD_TO_URL = bytes.maketrans(b"+/", b"-_")
+
+
 def b64url_encode(data: bytes) -> str:
     """Base64url without padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -66,11 +71,15 @@ def b64url_decode(text: str) -> bytes:
     """
     if not isinstance(text, str) or "=" in text or len(text) % 4 == 1:
         raise ValueError("not unpadded base64url")
+    # binascii directly: the base64 module's wrappers cost more than the decoding.
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as exc:
+        padded = text.encode("ascii") + b"=" * (-len(text) % 4)
+        raw = binascii.a2b_base64(padded.translate(_URL_TO_STD))
+    except (ValueError, binascii.Error) as exc:
         raise ValueError("not base64url") from exc
-    if b64url_encode(raw) != text:
+    # Canonical means the bytes re-encode to exactly the input: this refuses stray
+    # characters (a2b_base64 skips them), '+' and '/', and non-zero trailing bits.
+    if binascii.b2a_base64(raw, newline=False).translate(_STD_TO_URL) != padded:
         raise ValueError("not canonical base64url")
     return raw
 

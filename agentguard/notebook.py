@@ -151,6 +151,9 @@ class NotebookChannel:
         IdentityError: ``approver`` is not a principal id.
     """
 
+    #: Answers are clicks by whoever sits at this notebook.
+    assurance = "local"
+
     name = "notebook"
 
     def __init__(

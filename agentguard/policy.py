@@ -145,7 +145,9 @@ class PolicyRule(_Strict):
         """Whether the rule applies to this call."""
         if not any(pattern_matches(p, tool) for p in self.tools):
             return False
-        return self.where is None or evaluate(self.where, args)
+        # Deny and step-up rules restrict: an evaluation cut short (budget,
+        # recursion) must apply the rule, not silently skip it (fail closed).
+        return self.where is None or evaluate(self.where, args, on_error=True)
 
     def describe(self) -> str:
         """Short text for explanations."""
@@ -190,6 +192,9 @@ class ApprovalSettings(_Strict):
     terminal_approver: str | None = None
     #: Assurance an answer typed into an agent-facing client (MCP form) carries.
     agent_channel_assurance: Assurance = "agent"
+    #: Minimum assurance for approvals demanded by a grant's own rules
+    #: (``approval: true`` in a delegation); policy step-up rules name their own.
+    grant_rule_assurance: Assurance = "signed"
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -321,6 +326,8 @@ def load_policy(source: str | Path | Mapping[str, Any]) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # found by fuzz/fuzz_policy.py
+        raise ConfigError(f"{path}: policy file is not UTF-8 text") from exc
     if len(text) > 1_000_000:
         raise ConfigError(f"{path}: policy file is larger than 1 MB")
     try:

@@ -514,18 +514,25 @@ def _holds(stmt: Any, root: Any, budget: _Budget) -> bool:
     raise ValueError("malformed statement")
 
 
-def evaluate(predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET) -> bool:
+def evaluate(
+    predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET, on_error: bool = False
+) -> bool:
     """Tell whether ``args`` satisfy every statement of a canonical predicate.
 
     ``budget`` caps the statements, list elements and compared values visited.
     This function never raises: running out of budget, or any problem with a
-    predicate that was not validated, yields ``False``.
+    predicate that was not validated, yields ``on_error``. That is ``False``
+    (fail closed) for a predicate that grants; a predicate that restricts
+    (a policy deny or step-up rule) passes ``on_error=True`` so that an
+    evaluation cut short still applies the rule.
     """
     try:
         meter = _Budget(budget)
-        return isinstance(predicate, list) and all(_holds(s, args, meter) for s in predicate)
+        if not isinstance(predicate, list):
+            return on_error
+        return all(_holds(s, args, meter) for s in predicate)
     except Exception:  # fail closed: budget exhaustion, garbage predicates, recursion limits
-        return False
+        return on_error
 
 
 def _field(selector: str) -> str:

@@ -193,9 +193,9 @@ class Verifier:
                 raise
         self._check_structure(grants, now)
         self._check_revocation(grants)
-        if not isinstance(delegation, Delegation):
-            delegation = Delegation(grants)
-        return VerifiedChain(delegation, now, _SEAL)
+        # Always the grants parsed from the verified tokens: a Delegation object
+        # handed in may carry Grant objects whose fields differ from their token.
+        return VerifiedChain(Delegation(grants), now, _SEAL)
 
     def _verified_link(self, token: str, parent: Grant | None, now: float) -> Grant:
         cached = self._cache.get(token, now)

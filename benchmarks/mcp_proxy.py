@@ -3,10 +3,13 @@
 Runs ``mcp-server-time`` (from PyPI) directly and behind ``agentguard mcp proxy``
 (stdio, a trusted read-only tool, full pipeline: chain verification, scope,
 call token, replay check, SQLite audit) in one run, and reports medians and the
-ratio. FastMCP's ``create_proxy`` is measured too when the ``fastmcp`` package
-is installed (bench-only; it is not a dependency).
+ratio. FastMCP's ``create_proxy`` in front of the same server is measured too
+when a Python with the ``fastmcp`` package is given (bench-only: it is not a
+dependency of ours and pins its own ``mcp``, so keep it in a throwaway venv)::
 
-    .venv/bin/python benchmarks/mcp_proxy.py [--calls 200]
+    python3 -m venv /tmp/fastmcp-venv && /tmp/fastmcp-venv/bin/pip install fastmcp
+    .venv/bin/python benchmarks/mcp_proxy.py [--calls 200] \
+        [--fastmcp-python /tmp/fastmcp-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -62,15 +65,17 @@ def _proxy_params(state: Path) -> StdioServerParameters:
     )  # fmt: skip
 
 
-def _fastmcp_params() -> StdioServerParameters | None:
-    if importlib.util.find_spec("fastmcp") is None:
-        return None
+def _fastmcp_params(python: str | None) -> StdioServerParameters | None:
+    if python is None:
+        if importlib.util.find_spec("fastmcp") is None:
+            return None
+        python = sys.executable
+    servers = {"mcpServers": {"t": {"command": TIME_SERVER, "args": ["--local-timezone", "UTC"]}}}
     script = (
         "from fastmcp.server import create_proxy\n"
-        f"create_proxy({{'mcpServers': {{'t': {{'command': {TIME_SERVER!r}, "
-        "'args': ['--local-timezone', 'UTC']}}}}).run()\n"
+        f"create_proxy({servers!r}).run(show_banner=False)\n"
     )
-    return StdioServerParameters(command=sys.executable, args=["-c", script])
+    return StdioServerParameters(command=python, args=["-c", script])
 
 
 def _row(name: str, samples: list[float], base: float | None) -> str:
@@ -80,14 +85,14 @@ def _row(name: str, samples: list[float], base: float | None) -> str:
     return f"{name:<22}{median:10.3f}{p95:10.3f}{added}"
 
 
-async def main(calls: int) -> None:
+async def main(calls: int, fastmcp_python: str | None) -> None:
     results: dict[str, Any] = {}
     results["direct"] = await _measure(
         StdioServerParameters(command=TIME_SERVER, args=["--local-timezone", "UTC"]), calls
     )
     with tempfile.TemporaryDirectory() as tmp:
         results["agentguard proxy"] = await _measure(_proxy_params(Path(tmp)), calls)
-    fast = _fastmcp_params()
+    fast = _fastmcp_params(fastmcp_python)
     if fast is not None:
         results["fastmcp proxy"] = await _measure(fast, calls)
     base = statistics.median(results["direct"]) * 1000
@@ -99,10 +104,12 @@ async def main(calls: int) -> None:
         theirs = statistics.median(results["fastmcp proxy"]) * 1000 - base
         print(f"added latency ratio agentguard/fastmcp: {ours / theirs:.2f} (goal: < 1)")
     else:
-        print("fastmcp is not installed: FastMCP proxy comparison skipped")
+        print("fastmcp not available (see --fastmcp-python): FastMCP proxy comparison skipped")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=200)
-    anyio.run(main, parser.parse_args().calls)
+    parser.add_argument("--fastmcp-python", help="a Python that has fastmcp installed")
+    options = parser.parse_args()
+    anyio.run(main, options.calls, options.fastmcp_python)

@@ -12,16 +12,6 @@ from typing import Any
 
 import anyio
 import pytest
-from guard_helpers import (
-    Recorder,
-    World,
-    audit_records,
-    make_guard,
-    manual_world,
-    policy_doc,
-    run_python,
-    write_policy,
-)
 
 from agentguard import _jws
 from agentguard.approval import (
@@ -42,6 +32,16 @@ from agentguard.store.base import Store
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.tokens import TYP_APPROVAL, args_digest, new_jti
+from tests.guard_helpers import (
+    Recorder,
+    World,
+    audit_records,
+    make_guard,
+    manual_world,
+    policy_doc,
+    run_python,
+    write_policy,
+)
 
 TOOL = "admin/reset"
 ARGS: dict[str, Any] = {"target": "db1"}
@@ -703,9 +703,23 @@ class FakeTTY(io.StringIO):
         return True
 
 
+def test_weak_channel_is_refused_at_once(world: World) -> None:
+    """A channel that can only answer at 'local' is not even asked for a 'signed' rule."""
+    channel = TerminalChannel("user:carol", stdin=FakeTTY("y\n"), stdout=io.StringIO())
+    guard = make_guard(world, approver=channel, step_up=[{"tools": ["tickets/delete"]}])
+    fn = Recorder()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "tickets/delete", {}, fn, holder=world.bot)
+    assert info.value.reason == "approval_assurance"
+    assert not fn.ran
+    assert guard.approvals.pending()[0].tool == "tickets/delete"
+
+
 def test_terminal_channel_refuses_without_a_tty(world: World) -> None:
     channel = TerminalChannel("user:carol", stdin=io.StringIO("y\n"), stdout=io.StringIO())
-    guard = make_guard(world, approver=channel, step_up=[{"tools": ["tickets/delete"]}])
+    guard = make_guard(
+        world, approver=channel, step_up=[{"tools": ["tickets/delete"], "min_assurance": "local"}]
+    )
     fn = Recorder()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, "tickets/delete", {}, fn, holder=world.bot)

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guard_helpers import (
+
+from agentguard.clock import ManualClock
+from agentguard.errors import ConfigError, DeniedError, StoreError
+from agentguard.guard import Guard
+from agentguard.keys import Identity
+from agentguard.store.memory import MemoryStore
+from agentguard.store.sqlite import SQLiteStore
+from tests.guard_helpers import (
     PYTHON,
     START,
     Recorder,
@@ -21,13 +28,6 @@ from guard_helpers import (
     policy_doc,
     write_policy,
 )
-
-from agentguard.clock import ManualClock
-from agentguard.errors import ConfigError, DeniedError, StoreError
-from agentguard.guard import Guard
-from agentguard.keys import Identity
-from agentguard.store.memory import MemoryStore
-from agentguard.store.sqlite import SQLiteStore
 
 
 @pytest.fixture

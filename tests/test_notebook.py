@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 import nbformat
 import pytest
-from guard_helpers import Recorder, make_guard, manual_world
 
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.notebook import ApprovalCard, NotebookChannel, PendingApprovals, pending_html
+from tests.guard_helpers import Recorder, make_guard, manual_world
 
 STEP_UP = [{"tools": ["tickets/comment"], "min_assurance": "local"}]
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guard_helpers import Recorder, World, make_guard, manual_world, policy_doc
 from starlette.testclient import TestClient
 
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.guard import Guard
 from agentguard.web import TOKENS_FILE, ApproverTokens, create_app
+from tests.guard_helpers import Recorder, World, make_guard, manual_world, policy_doc
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

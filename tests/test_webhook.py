@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from guard_helpers import START, Recorder, make_guard, manual_world
 
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.webhook import (
@@ -20,6 +19,7 @@ from agentguard.webhook import (
     sign_payload,
     verify_signature,
 )
+from tests.guard_helpers import START, Recorder, make_guard, manual_world
 
 SECRET = "shared-webhook-secret"
 CANARY = "canary-password-7f3a"

@@ -24,12 +24,13 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
 
 from agentguard.addresses import pattern_matches
 from agentguard.delegation import Delegation
-from agentguard.errors import AgentGuardError, ApprovalPending, DeniedError
+from agentguard.errors import AgentGuardError, ApprovalPending, ApprovalRejected, DeniedError
 from agentguard.keys import Identity
-from agentguard.policy import PolicyRule
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
 from agentguard_mcp.upstream import ToolTraits, Upstream, tool_fingerprint, tool_traits
@@ -117,9 +118,15 @@ def _denied(exc: DeniedError) -> types.CallToolResult:
     meta: dict[str, Any] = {"reason": exc.reason}
     if exc.decision_id:
         meta["decision_id"] = exc.decision_id
-    if isinstance(exc, ApprovalPending):
+    if isinstance(exc, ApprovalPending | ApprovalRejected):
         meta["approval_request_id"] = exc.request_id
-    return _refusal(exc.short, meta)
+    text = exc.short
+    if isinstance(exc, ApprovalRejected):
+        # The approver's words are meant for the agent: it can adjust and try again.
+        meta["approver"] = exc.approver
+        if exc.decision_id:
+            text = f"{text[:-1]}, decision {exc.decision_id})"
+    return _refusal(text, meta)
 
 
 def _pending_text(request_id: str, why: str) -> types.CallToolResult:
@@ -153,6 +160,10 @@ class GuardedProxy:
         annotation_assurance: the assurance those approvals need.
         elicitation_approver: who answers approval forms in the MCP client
             (default: the delegation's ``on_behalf_of`` when it is a ``user:``).
+        forward_baggage: let the caller's W3C baggage reach upstreams. Off by
+            default: baggage is caller-controlled data an upstream should not
+            receive through us; trace context (``traceparent``/``tracestate``)
+            always crosses so the trace stays one.
     """
 
     def __init__(
@@ -166,6 +177,7 @@ class GuardedProxy:
         annotation_step_up: bool = True,
         annotation_assurance: str = "local",
         elicitation_approver: str | None = None,
+        forward_baggage: bool = False,
     ) -> None:
         self.guard = guard
         self.upstreams = list(upstreams)
@@ -175,6 +187,7 @@ class GuardedProxy:
         self.annotation_step_up = annotation_step_up
         self.annotation_assurance = annotation_assurance
         self.elicitation_approver = elicitation_approver
+        self.forward_baggage = forward_baggage
         self.tools: dict[str, ExposedTool] = {}
         self._pins: dict[str, str] = {}
         self._by_address: dict[str, ExposedTool] = {}
@@ -196,30 +209,16 @@ class GuardedProxy:
     def rebuild(self) -> None:
         """Rebuild the catalogue from the upstreams' last listings (changed tools get flagged)."""
         self._catalogue()
-        if self.annotation_step_up:
-            self._install_annotation_rules()
 
-    def _install_annotation_rules(self) -> None:
-        """Turn annotations into step-up rules: destructive tools need approval.
+    def step_up_for(self, exposed: ExposedTool) -> list[tuple[str, str]]:
+        """Approval demands this enforcement point adds for ``exposed`` (on top of the policy's).
 
-        An unannotated tool, or any tool of an untrusted upstream, counts as
-        destructive. The rules are added to the guard's policy next to the
-        organisation's own step-up rules (they can only add demands).
+        A destructive tool (by its annotations; an unannotated tool, or any tool
+        of an untrusted upstream) needs approval at ``annotation_assurance``.
         """
-        destructive = sorted(t.address for t in self.tools.values() if t.traits.destructive)
-        policy = self.guard.policy
-        kept = [r for r in policy.step_up if r.reason != _ANNOTATION_REASON]
-        if destructive:
-            kept.append(
-                PolicyRule(
-                    tools=destructive,
-                    reason=_ANNOTATION_REASON,
-                    min_assurance=self.annotation_assurance,
-                )
-            )
-        updated = policy.model_copy(update={"step_up": kept})
-        self.guard.policy = updated
-        self.guard.approvals.policy = updated
+        if self.annotation_step_up and exposed.traits.destructive:
+            return [(_ANNOTATION_REASON, self.annotation_assurance)]
+        return []
 
     def _catalogue(self) -> None:
         tools: dict[str, ExposedTool] = {}
@@ -335,10 +334,11 @@ class GuardedProxy:
                 needs = True
         return True, needs
 
-    def _policy_step_up(self, address: str) -> bool:
-        policy = getattr(self.guard, "policy", None)
-        for rule in getattr(policy, "step_up", ()) or ():
-            if rule.where is None and any(pattern_matches(p, address) for p in rule.tools):
+    def _policy_step_up(self, exposed: ExposedTool) -> bool:
+        if self.step_up_for(exposed):
+            return True
+        for rule in self.guard.policy.step_up:
+            if rule.where is None and any(pattern_matches(p, exposed.address) for p in rule.tools):
                 return True
         return False
 
@@ -361,7 +361,7 @@ class GuardedProxy:
             reachable, needs = self._reaches(chain, exposed.address)
             if not reachable:
                 continue
-            needs = needs or self._policy_step_up(exposed.address)
+            needs = needs or self._policy_step_up(exposed)
             listed.append(self._listed(exposed, needs))
         # Private to this caller: never let a client or shared cache reuse it for another.
         return types.ListToolsResult(tools=listed, ttl_ms=0, cache_scope="private")
@@ -429,16 +429,18 @@ class GuardedProxy:
         incoming = dict(ctx.meta or {})
 
         async def forward(**effective: Any) -> types.CallToolResult:
-            if not effective and args:
-                # Work around agentguard.guard returning {} instead of the
-                # original arguments after an approval without edits.
-                effective = args
             meta = self._upstream_meta(incoming, caller, exposed, effective)
+            # The SDK's client injects the current context into _meta: the SDK's
+            # server side extracted the caller's baggage into it, so clear it here.
+            token = None if self.forward_baggage else otel_context.attach(baggage.clear())
             try:
                 result = await exposed.upstream.call(exposed.tool.name, effective, meta)
             except MCPError as exc:
                 logger.warning("upstream %s failed: %s", exposed.upstream.namespace, exc.message)
                 return _refusal(f"upstream error ({exposed.upstream.namespace})")
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
             return _clean_result(result)
 
         result: types.CallToolResult = await self.guard.acall(
@@ -449,6 +451,7 @@ class GuardedProxy:
             holder=caller.holder,
             call_token=caller.call_token,
             call_id=None if ctx.request_id is None else str(ctx.request_id),
+            step_up=self.step_up_for(exposed),
         )
         return result
 
@@ -561,10 +564,19 @@ class GuardedProxy:
         if self.elicitation_approver is not None:
             return self.elicitation_approver
         try:
-            leaf = Delegation.parse(caller.delegation).leaf
+            grants = list(Delegation.parse(caller.delegation))
         except AgentGuardError:
             return None
-        sponsor = leaf.on_behalf_of
+        # The sponsor as stated by the nearest link an agent or service did not
+        # issue: an agent attenuating its own delegation could name any approver.
+        sponsor = next(
+            (
+                g.on_behalf_of
+                for g in reversed(grants)
+                if g.issuer.split(":", 1)[0] not in ("agent", "service")
+            ),
+            None,
+        )
         return sponsor if sponsor is not None and sponsor.startswith("user:") else None
 
     def _consume_state(self, nonce: str) -> bool:

@@ -108,8 +108,14 @@ class Upstream:
     async def connect(self, stack: AsyncExitStack) -> None:
         """Open the session (its lifetime is ``stack``'s) and read the tool listing."""
         # cache=None: a listing must always come from the upstream itself, so a
-        # changed definition is noticed (rug-pull defence).
-        client = Client(self._target(stack), cache=None, read_timeout_seconds=self.read_timeout)
+        # changed definition is noticed (rug-pull defence). A stdio upstream is one
+        # long-lived session, what the 2025-11-25 era is made for; the stateless
+        # era would repeat client info and capabilities in every request (about
+        # 0.3 ms per call, benchmarks/mcp_proxy.py).
+        mode = "legacy" if self.spec.command is not None else "auto"
+        client = Client(
+            self._target(stack), mode=mode, cache=None, read_timeout_seconds=self.read_timeout
+        )
         await stack.enter_async_context(client)
         self._client = client
         info = client.server_info

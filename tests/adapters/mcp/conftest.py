@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mcp_support import Setup, make_setup
+
+from tests.adapters.mcp.mcp_support import Setup, make_setup
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ import pytest
 from agentguard_mcp import META_CALL, META_DELEGATION, GuardedClient
 from anyio.abc import Process
 from mcp import Client, StdioServerParameters
-from mcp_support import Setup, notes_command, records, write_config
 
 from agentguard.delegation import Delegation
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.tokens import mint_call_token
+from tests.adapters.mcp.mcp_support import Setup, notes_command, records, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -10,9 +10,9 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_support import Setup, notes_command, proxy_params, records, write_config
 
 from agentguard.guard import Guard
+from tests.adapters.mcp.mcp_support import Setup, notes_command, proxy_params, records, write_config
 
 pytestmark = pytest.mark.anyio
 

@@ -6,9 +6,9 @@ import anyio
 import pytest
 from agentguard_mcp import META_APPROVAL, META_TOOL
 from mcp import Client
-from mcp_support import TIME_SERVER, Setup, proxy_params
 
 from agentguard.store.sqlite import SQLiteStore
+from tests.adapters.mcp.mcp_support import TIME_SERVER, Setup, proxy_params
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,67 @@
+"""The README's ready-made configurations work as written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from agentguard_mcp import load_config
+from mcp import Client, StdioServerParameters
+
+from agentguard.delegation import Delegation
+from agentguard.keys import Keyring
+from tests.adapters.mcp.mcp_support import BIN, HERE, Setup, text_of
+
+pytestmark = pytest.mark.anyio
+
+README = HERE.parents[2] / "adapters" / "mcp" / "README.md"
+PLACEHOLDER = "/home/me/project"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+async def test_mcp_servers_entry_runs_as_written(setup: Setup, tmp_path: Path) -> None:
+    """The Claude-Desktop-style entry, with its paths moved into a temporary project."""
+    entry = json.loads(_blocks("json")[-1])["mcpServers"]["time"]
+    project = tmp_path / "project"
+    home = project / ".agentguard"
+    keyring = Keyring(home / "keys")
+    org, bot = keyring.create("org:acme"), keyring.create("agent:support-bot")
+    (project / "agentguard.yaml").write_text(
+        json.dumps({"trusted_roots": [{"id": org.id, "key_file": ".agentguard/keys/org_acme.pub"}]})
+    )
+    delegation = Delegation.issue(org, bot.principal, ["time/get_current_time"], ttl="1h")
+    (project / "support-bot.delegation").write_text(delegation.serialize())
+
+    def local(arg: str) -> str:
+        arg = arg.replace(PLACEHOLDER, str(project))
+        return str(BIN / arg) if arg in ("agentguard", "mcp-server-time") else arg
+
+    params = StdioServerParameters(
+        command=local(entry["command"]), args=[local(a) for a in entry["args"]]
+    )
+    with anyio.fail_after(30):
+        async with Client(params, mode="legacy") as client:
+            assert [t.name for t in (await client.list_tools()).tools] == ["get_current_time"]
+            result = await client.call_tool("get_current_time", {"timezone": "UTC"})
+            assert not result.is_error, text_of(result)
+
+
+def test_config_example_loads(tmp_path: Path) -> None:
+    """The --config example is a valid configuration."""
+    [example] = [b for b in _blocks("yaml") if "upstreams:" in b]
+    path = tmp_path / "proxy.yaml"
+    path.write_text(example)
+    config = load_config(path)
+    assert config.namespaces == ("time", "notes", "tickets")
+    by_name: dict[str, Any] = {u.namespace: u for u in config.upstreams}
+    assert by_name["time"].trusted
+    assert by_name["notes"].agentguard
+    assert by_name["tickets"].url == "http://127.0.0.1:9000/mcp"
+    assert config.home == str(tmp_path / ".agentguard")
