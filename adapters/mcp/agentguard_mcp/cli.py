@@ -152,6 +152,7 @@ def proxy_command(
         delegation = delegation or (Path(config.delegation) if config.delegation else None)
         holder = holder or config.holder
     state = _home(home, config)
+    _configure_telemetry(stdio=http is None)
     try:
         code = anyio.run(
             _run,
@@ -166,6 +167,29 @@ def proxy_command(
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+def _configure_telemetry(*, stdio: bool) -> None:
+    """Export spans when the standard OTEL_* variables ask for it (DESIGN §8).
+
+    Over stdio, stdout is the MCP channel: a console exporter would corrupt it,
+    so only OTLP is accepted there.
+    """
+    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    if wanted in ("", "none") and not endpoint:
+        return
+    if stdio and "console" in wanted:
+        _say("OTEL_TRACES_EXPORTER=console would corrupt the stdio channel; spans not exported")
+        return
+    try:
+        from agentguard import telemetry
+
+        telemetry.configure(exporter=None if wanted else "otlp", service_name="agentguard-mcp")
+    except AgentGuardError as exc:
+        _say(f"tracing not configured: {exc}")
 
 
 async def _run(
