@@ -57,7 +57,7 @@ async def test_proxy_exports_decision_spans_over_otlp(setup: Setup, receiver: _R
         env=env,
     )
     with anyio.fail_after(30):
-        async with Client(params, mode="legacy") as client:  # type: ignore[arg-type]
+        async with Client(params, mode="legacy") as client:
             result = await client.call_tool("get_current_time", {"timezone": "UTC"})
             assert not result.is_error
     # The proxy flushes its batch processor when it exits (after the client closes).
