@@ -46,9 +46,15 @@ __all__ = [
     "Receipt",
     "TerminalChannel",
     "call_digest",
+    "receipt_lifetime",
 ]
 
 RECEIPT_TTL = 600
+
+
+def receipt_lifetime(policy: Policy) -> int:
+    """How long a receipt lives: ten minutes, or the reuse window when that is longer."""
+    return int(max(RECEIPT_TTL, policy.approval.reusable_for))
 
 
 def call_digest(tool: str, args_hash: str, leaf_link_id: str) -> str:
@@ -467,7 +473,7 @@ class ApprovalBook:
             "call": request.call_digest,
             "decision": "approve" if approve else "reject",
             "iat": int(now),
-            "exp": int(now) + RECEIPT_TTL,
+            "exp": int(now) + receipt_lifetime(self.policy),
             "jti": new_jti(),
             "channel": channel,
             "assurance": assurance,
@@ -581,8 +587,13 @@ class ApprovalBook:
             raise DeniedError("receipt is bound to another call", reason="approval_mismatch")
         if row.call_digest != expected_digest:
             raise DeniedError("approval is for another call", reason="approval_mismatch")
-        exp = claims.get("exp")
-        if not isinstance(exp, int) or now >= exp + self.policy.limits.leeway:
+        exp, iat = claims.get("exp"), claims.get("iat")
+        leeway = self.policy.limits.leeway
+        if not isinstance(exp, int) or not isinstance(iat, int) or iat > now + leeway:
+            raise DeniedError("receipt has no valid issue time", reason="approval_invalid")
+        if exp - iat > receipt_lifetime(self.policy):
+            raise DeniedError("receipt claims too long a lifetime", reason="approval_invalid")
+        if now >= exp + leeway:
             raise DeniedError("receipt has expired", reason="approval_expired")
         assurance = str(claims.get("assurance"))
         if signer_id != self.guard_identity.id:

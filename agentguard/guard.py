@@ -25,7 +25,6 @@ from typing import Any, TypeVar, overload
 
 from agentguard import tracing
 from agentguard.approval import (
-    RECEIPT_TTL,
     ApprovalBook,
     ApprovalRequest,
     Channel,
@@ -33,6 +32,7 @@ from agentguard.approval import (
     QueueChannel,
     TerminalChannel,
     call_digest,
+    receipt_lifetime,
 )
 from agentguard.audit import AuditLog, redact
 from agentguard.clock import Clock, SystemClock
@@ -431,7 +431,10 @@ class Guard:
                     row is not None
                     and row.status in ("approved", "used")
                     and row.answered_at is not None
-                    and now >= int(row.answered_at) + RECEIPT_TTL + self.policy.limits.leeway
+                    and now
+                    >= int(row.answered_at)
+                    + receipt_lifetime(self.policy)
+                    + self.policy.limits.leeway
                 ):
                     # Its receipt expired unused (or past reuse): ask again rather
                     # than refuse this exact call forever with approval_expired.
@@ -652,6 +655,7 @@ class Guard:
             "assurance": receipt.assurance,
             "message": receipt.message,
             "edited": receipt.edited_args is not None,
+            "edited_args_digest": args_digest(effective) if effective is not None else None,
         }
 
     def _finish(

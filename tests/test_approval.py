@@ -319,6 +319,46 @@ def test_expired_receipt(world: World) -> None:
     assert refused(guard, world) == "approval_expired"
 
 
+def test_receipt_issued_in_the_future_is_refused(world: World) -> None:
+    """A receipt post-dated beyond the leeway could outlive its window: refused."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    later = world.clock.now() + 3600
+    receipt = sign_receipt(world.carol, req=request_id, call=row.call_digest, now=later)
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world) == "approval_invalid"
+
+
+def test_receipt_claiming_a_long_lifetime_is_refused(world: World) -> None:
+    """An approver-signed receipt valid for a day is refused: receipts live minutes."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    now = int(world.clock.now())
+    receipt = sign_receipt(
+        world.carol, req=request_id, call=row.call_digest, now=now, exp=now + 86400
+    )
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world) == "approval_invalid"
+
+
+def test_edited_call_records_the_edited_digest(world: World) -> None:
+    """The audit record of an edited call names the digest of what actually ran."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    edited = {**ARGS, "target": "db2"}
+    guard.approvals.approve(request_id, world.carol, edited_args=edited)
+    submit(guard, world)
+    approval = next(
+        r["approval"] for r in reversed(audit_records(guard)) if r.get("approval") is not None
+    )
+    assert approval["edited"] is True
+    assert approval["edited_args_digest"] == args_digest(edited)
+
+
 def test_approval_left_unused_until_it_expires_is_asked_again(world: World) -> None:
     """A stale receipt does not block that exact call forever: a new request is filed."""
     guard = queue_guard(world)
