@@ -136,6 +136,11 @@ class ApproverTokens:
             self._write(entries)
         return True
 
+    def current_hash(self, approver: str) -> str | None:
+        """The stored hash of ``approver``'s token, or ``None`` when it has none."""
+        stored = self._read().get(approver, {}).get("sha256")
+        return stored if isinstance(stored, str) else None
+
     def approvers(self) -> list[str]:
         """Approvers that currently hold a token, sorted."""
         return sorted(self._read())
@@ -162,6 +167,9 @@ class _Session:
     expires: float
     approver: str | None = None
     flashes: list[tuple[str, str]] = field(default_factory=list)
+    #: Hash of the token the approver logged in with: revoking or reissuing it
+    #: ends the session at its next request.
+    token_hash: str | None = None
 
 
 class _Sessions:
@@ -327,9 +335,21 @@ def create_app(
     def redirect(to: str) -> Response:
         return secure(RedirectResponse(to, status_code=303))
 
+    async def live(session: _Session | None) -> _Session | None:
+        """``session`` unless its approver's token was revoked or reissued since login."""
+        if session is None or session.approver is None:
+            return session
+        try:
+            current = await run_in_threadpool(tokens.current_hash, session.approver)
+        except ConfigError:
+            current = None
+        if current is None or session.token_hash is None:
+            return None
+        return session if hmac.compare_digest(current, session.token_hash) else None
+
     async def posted(request: Request) -> tuple[_Session | None, dict[str, str]]:
         """The session and form fields of a POST whose CSRF token checks out."""
-        session = sessions.get(request.cookies.get(SESSION_COOKIE))
+        session = await live(sessions.get(request.cookies.get(SESSION_COOKIE)))
         async with request.form(max_files=0, max_fields=10, max_part_size=_MAX_FIELD) as form:
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
         sent = fields.get("csrf", "")
@@ -372,6 +392,7 @@ def create_app(
             return redirect("/login")
         sessions.drop(request.cookies.get(SESSION_COOKIE))  # a fresh id after login
         sid, fresh = sessions.new(approver)
+        fresh.token_hash = _hash_token(fields.get("token", "").strip())
         fresh.flashes.append(("ok", f"Logged in as {approver}."))
         response = redirect("/")
         set_cookie(response, sid)
@@ -387,7 +408,7 @@ def create_app(
         return response
 
     async def index(request: Request) -> Response:
-        session = sessions.get(request.cookies.get(SESSION_COOKIE))
+        session = await live(sessions.get(request.cookies.get(SESSION_COOKIE)))
         if session is None or session.approver is None:
             return redirect("/login")
         pending = await run_in_threadpool(book.pending)

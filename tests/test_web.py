@@ -264,6 +264,21 @@ def test_logout_ends_the_session(site: Site) -> None:
     assert client.get("/", follow_redirects=False).headers["location"] == "/login"
 
 
+def test_revoking_the_token_ends_live_sessions(site: Site) -> None:
+    """A session logged in with a token dies when the token is revoked or reissued."""
+    request_id = site.ask({"id": 1})
+    client = TestClient(create_app(site.guard.approvals, site.tokens))
+    csrf = login(client, site.carol_token)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    site.tokens.issue("user:carol")  # reissued: the old token, and its sessions, are gone
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    response = client.post(
+        f"/requests/{request_id}/approve", data={"csrf": csrf}, follow_redirects=False
+    )
+    assert response.status_code == 403
+    assert site.guard.approvals.get(request_id).status == "pending"
+
+
 def test_logged_out_posts_with_a_valid_csrf_go_to_login(site: Site) -> None:
     """A pre-login session has a CSRF token but no approver: answers are not accepted."""
     request_id = site.ask({"id": 1})
