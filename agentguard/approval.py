@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard import _jws
 from agentguard.addresses import pattern_matches
+from agentguard.audit import REDACTED, sets_redacted_field
 from agentguard.clock import Clock, format_duration
 from agentguard.errors import AgentGuardError, DeniedError, IdentityError, TokenFormatError
 from agentguard.keys import Identity, Keyring, Principal
@@ -481,6 +482,12 @@ class ApprovalBook:
         if message:
             claims["msg"] = message[:500]
         if edited_args is not None:
+            if sets_redacted_field(edited_args, self.policy.redact):
+                raise DeniedError(
+                    "an edit may not set a redacted field; leave it as "
+                    f"{REDACTED!r} to keep the caller's value",
+                    reason="approval_invalid",
+                )
             claims["edited"] = args_digest(edited_args)
             claims["edited_args"] = dict(edited_args)
         token = _jws.sign(claims, signer, TYP_APPROVAL)

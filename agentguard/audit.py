@@ -22,7 +22,16 @@ from agentguard.errors import AgentGuardError, DeniedError, StoreError, TokenFor
 from agentguard.keys import Identity, Principal
 from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, Store, entry_hash
 
-__all__ = ["TYP_CHECKPOINT", "AuditLog", "AuditProblem", "redact", "verify_log"]
+__all__ = [
+    "REDACTED",
+    "TYP_CHECKPOINT",
+    "AuditLog",
+    "AuditProblem",
+    "redact",
+    "restore_redacted",
+    "sets_redacted_field",
+    "verify_log",
+]
 
 TYP_CHECKPOINT = "agentguard-checkpoint+jwt"
 REDACTED = "[redacted]"
@@ -51,6 +60,55 @@ def _redact(value: Any, names: set[str], depth: int) -> Any:
     if isinstance(value, str) and len(value) > 1000:
         return value[:1000] + "...[truncated]"
     return value
+
+
+def sets_redacted_field(edited: Any, fields: Iterable[str]) -> bool:
+    """Whether an edit writes a value (other than the marker) under a redacted key."""
+    names = {f.lower() for f in fields}
+
+    def walk(value: Any, depth: int) -> bool:
+        if depth > 16:
+            return True
+        if isinstance(value, Mapping):
+            return any(
+                (str(k).lower() in names and v != REDACTED) or walk(v, depth + 1)
+                for k, v in value.items()
+            )
+        if isinstance(value, list | tuple):
+            return any(walk(v, depth + 1) for v in value)
+        return False
+
+    return walk(edited, 0)
+
+
+def restore_redacted(edited: Any, original: Any, fields: Iterable[str]) -> Any:
+    """``edited`` with every redaction marker under a redacted key replaced by the
+    caller's original value at the same place (dropped when there is none).
+
+    Approvers only ever see redacted values, so an edit keeps the marker where
+    it leaves a secret alone; the secret itself never travels through the
+    approval path or its receipt.
+    """
+    names = {f.lower() for f in fields}
+    missing = object()
+
+    def walk(value: Any, source: Any) -> Any:
+        if isinstance(value, Mapping):
+            out = {}
+            for key, item in value.items():
+                before = source.get(key, missing) if isinstance(source, Mapping) else missing
+                if str(key).lower() in names and item == REDACTED:
+                    if before is not missing:
+                        out[key] = before
+                    continue
+                out[key] = walk(item, None if before is missing else before)
+            return out
+        if isinstance(value, list):
+            items = source if isinstance(source, list) else []
+            return [walk(v, items[i] if i < len(items) else None) for i, v in enumerate(value)]
+        return value
+
+    return walk(edited, original)
 
 
 @dataclass(frozen=True)

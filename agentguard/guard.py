@@ -34,7 +34,7 @@ from agentguard.approval import (
     call_digest,
     receipt_lifetime,
 )
-from agentguard.audit import AuditLog, redact
+from agentguard.audit import AuditLog, redact, restore_redacted
 from agentguard.clock import Clock, SystemClock
 from agentguard.delegation import Delegation, ScopeSpec
 from agentguard.errors import (
@@ -482,7 +482,7 @@ class Guard:
                     answer = yield _Wait(ApprovalRequest.from_row(row), deliver=False)
                 else:
                     answer = row
-                edited, approval = self._use_answer(answer, decision, chain, tool, digest, cdigest)
+                edited, approval = self._use_answer(answer, chain, tool, args, cdigest)
                 # Without an edit the approved call runs with the arguments asked for.
                 effective = edited if approval["edited"] else args
                 decision = replace(
@@ -601,10 +601,9 @@ class Guard:
     def _use_answer(
         self,
         answer: _Answer,
-        decision: Decision,
         chain: VerifiedChain,
         tool: str,
-        digest: str,
+        args: dict[str, Any],
         cdigest: str,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         if isinstance(answer, BaseException):
@@ -636,7 +635,7 @@ class Guard:
         effective: dict[str, Any] | None = None
         if receipt.edited_args is not None:
             # An edit re-runs the decision on the edited arguments.
-            effective = dict(receipt.edited_args)
+            effective = restore_redacted(receipt.edited_args, args, self.policy.redact)
             match = self.verifier.authorize(chain, tool, effective)
             demands = self._policy_rules(chain, match, tool, effective)
             # The edited call's own step-up demands must be met by this receipt too.
@@ -647,7 +646,6 @@ class Guard:
                         f"approval has '{receipt.assurance}'",
                         reason="approval_assurance",
                     )
-        del digest, decision
         return effective if effective is not None else {}, {
             "request_id": answer.id,
             "approver": receipt.approver,

@@ -359,6 +359,36 @@ def test_edited_call_records_the_edited_digest(world: World) -> None:
     assert approval["edited_args_digest"] == args_digest(edited)
 
 
+def test_edit_keeps_redacted_values_out_of_the_approval_path(tmp_path: Path, world: World) -> None:
+    """An edit leaves a redacted field as the marker; the tool gets the caller's secret,
+    and the secret appears nowhere in the database (request, receipt, audit)."""
+    canary = "hunter2-canary-9f8e7d"
+    store = SQLiteStore(tmp_path / "state.db")
+    guard = queue_guard(world, store=store)
+    asked = {"target": "db1", "password": canary}
+    request_id = pending_id(guard, world, asked)
+    shown = guard.approvals.get(request_id).args_display
+    assert shown["password"] == "[redacted]"
+    guard.approvals.approve(request_id, world.carol, edited_args={**shown, "target": "db2"})
+    ran = submit(guard, world, asked)
+    assert ran.calls == [{"target": "db2", "password": canary}]
+    store.close()
+    for path in tmp_path.iterdir():
+        assert canary.encode() not in path.read_bytes(), path.name
+
+
+def test_edit_may_not_set_a_redacted_field(world: World) -> None:
+    """Secrets never travel through the approval path: an edit writing one is refused."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world, {"target": "db1", "password": "x"})
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.approve(
+            request_id, world.carol, edited_args={"target": "db1", "password": "chosen"}
+        )
+    assert info.value.reason == "approval_invalid"
+    assert "chosen" not in str(info.value)
+
+
 def test_approval_left_unused_until_it_expires_is_asked_again(world: World) -> None:
     """A stale receipt does not block that exact call forever: a new request is filed."""
     guard = queue_guard(world)
