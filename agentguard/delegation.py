@@ -20,7 +20,13 @@ from agentguard.errors import IssuanceError, TokenFormatError
 from agentguard.keys import Identity, Principal, validate_principal_id
 from agentguard.tokens import Grant, Rule, mint_call_token
 
-__all__ = ["DEFAULT_MAX_LINKS", "MAX_DELEGATION_BYTES", "Delegation", "ScopeSpec"]
+__all__ = [
+    "DEFAULT_MAX_LINKS",
+    "MAX_DELEGATION_BYTES",
+    "Delegation",
+    "ScopeSpec",
+    "split_delegation",
+]
 
 #: Delegation strings longer than this are refused before any parsing.
 MAX_DELEGATION_BYTES = 16384
@@ -47,6 +53,31 @@ def _rules(scope: ScopeSpec) -> tuple[Rule, ...]:
     if len(rules) > 64:
         raise IssuanceError("a grant holds at most 64 rules")
     return tuple(rules)
+
+
+def split_delegation(text: object, *, max_links: int) -> list[str]:
+    """Split a delegation string into its grants' JWS, applying the size cap and
+    the chain-length cap before any decoding.
+
+    Raises:
+        TokenFormatError: the string is not text, empty, too large or too long.
+    """
+    if not isinstance(text, str):
+        raise TokenFormatError("a delegation must be a string")
+    text = text.strip()
+    if len(text) > MAX_DELEGATION_BYTES:
+        raise TokenFormatError(
+            f"delegation is larger than {MAX_DELEGATION_BYTES} bytes", reason="oversized"
+        )
+    if not text:
+        raise TokenFormatError("delegation is empty")
+    parts = text.split("~")
+    if len(parts) > max_links:
+        raise TokenFormatError(
+            f"delegation has {len(parts)} links; at most {max_links} are allowed",
+            reason="chain_too_long",
+        )
+    return parts
 
 
 def _stamp(seconds: float) -> str:
@@ -211,21 +242,7 @@ class Delegation:
         Raises:
             TokenFormatError: the string is malformed, too large or too long.
         """
-        if not isinstance(text, str):
-            raise TokenFormatError("a delegation must be a string")
-        text = text.strip()
-        if len(text) > MAX_DELEGATION_BYTES:
-            raise TokenFormatError(
-                f"delegation is larger than {MAX_DELEGATION_BYTES} bytes", reason="oversized"
-            )
-        if not text:
-            raise TokenFormatError("delegation is empty")
-        parts = text.split("~")
-        if len(parts) > max_links:
-            raise TokenFormatError(
-                f"delegation has {len(parts)} links; at most {max_links} are allowed",
-                reason="chain_too_long",
-            )
+        parts = split_delegation(text, max_links=max_links)
         return cls([Grant.parse(part) for part in parts])
 
     # -- accessors ----------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from agentguard import _jws
 from agentguard.addresses import parse_address
 from agentguard.clock import Clock, SystemClock
-from agentguard.delegation import DEFAULT_MAX_LINKS, MAX_DELEGATION_BYTES, Delegation
+from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, TokenFormatError
 from agentguard.keys import Principal
 from agentguard.predicates import evaluate
@@ -175,7 +175,7 @@ class Verifier:
         if isinstance(delegation, Delegation):
             tokens = [g.token for g in delegation]
         else:
-            tokens = _split(delegation)
+            tokens = split_delegation(delegation, max_links=self.max_links)
         if len(tokens) > self.max_links:
             raise DeniedError(
                 f"chain has {len(tokens)} links; at most {self.max_links} are allowed",
@@ -441,20 +441,3 @@ class Verifier:
         ):
             raise DeniedError("call token was used before", reason="call_token_replayed")
         return VerifiedCall(claims, digest)
-
-
-def _split(text: object) -> list[str]:
-    """Split a delegation string with the size and shape caps, before any decoding."""
-    if not isinstance(text, str):
-        raise TokenFormatError("a delegation must be a string")
-    text = text.strip()
-    if len(text) > MAX_DELEGATION_BYTES:
-        raise TokenFormatError(
-            f"delegation is larger than {MAX_DELEGATION_BYTES} bytes", reason="oversized"
-        )
-    if not text:
-        raise TokenFormatError("delegation is empty")
-    parts = text.split("~")
-    if len(parts) > 64:
-        raise TokenFormatError("delegation has far too many links", reason="chain_too_long")
-    return parts
