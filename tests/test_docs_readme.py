@@ -47,6 +47,15 @@ def test_python_guides_run(tmp_path: Path) -> None:
     assert "allow (allowed): every link admits tickets/open_ticket" in out.stdout
 
 
+def test_mcp_client_entry_is_the_tested_one() -> None:
+    """The README's MCP client entry is the one tests/adapters/mcp/test_readme.py runs."""
+    adapter = (ROOT / "adapters" / "mcp" / "README.md").read_text(encoding="utf-8")
+    ours = [b for b in re.findall(r"```json\n(.*?)```", README, re.S) if "mcpServers" in b]
+    tested = [b for b in re.findall(r"```json\n(.*?)```", adapter, re.S) if '"agentguard"' in b]
+    assert ours
+    assert ours[0] in tested
+
+
 def _cli_forms() -> list[list[str]]:
     """Every `agentguard ...` command of the CLI reference table, as the words before options."""
     forms: list[list[str]] = []
