@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy agentguard tests examples $(wildcard adapters/*/src) $(wildcard adapters/*/agentguard_*)
+	$(BIN)/mypy agentguard tests examples benchmarks fuzz $(filter-out %.egg-info,$(wildcard adapters/*/agentguard_*))
 
 contracts: install
 	$(BIN)/lint-imports

@@ -19,6 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -55,9 +56,23 @@ from agentguard.store.sqlite import SQLiteStore
 from agentguard.tokens import args_digest, mint_call_token
 from agentguard.verify import ScopeMatch, VerifiedChain, Verifier
 
-__all__ = ["Decision", "Guard", "default_home"]
+__all__ = ["Decision", "Guard", "current_decision", "default_home"]
 
 log = logging.getLogger("agentguard")
+
+_CURRENT: ContextVar[Decision | None] = ContextVar("agentguard_current_decision", default=None)
+
+
+def current_decision() -> Decision | None:
+    """The decision that allowed the tool now running under :meth:`Guard.call`/``acall``.
+
+    Enforcement points use it inside the function they hand to the guard, e.g.
+    the MCP proxy forwards ``approval_receipt`` to agentguard-aware upstreams.
+    ``None`` outside a guarded call.
+    """
+    return _CURRENT.get()
+
+
 _T = TypeVar("_T")
 
 POLICY_FILE = "agentguard.yaml"
@@ -104,6 +119,9 @@ class Decision:
     #: For chains that failed verification: the principals the chain *claims*
     #: (unverified, for investigation only).
     claimed_path: tuple[str, ...] = ()
+    #: The approval receipt (JWS) this call used, for enforcement points that
+    #: forward it to an upstream verifier. Not included in ``as_dict``.
+    approval_receipt: str | None = field(default=None, repr=False)
 
     @property
     def allowed(self) -> bool:
@@ -489,6 +507,7 @@ class Guard:
                     decision,
                     approval_request_id=approval["request_id"],
                     approver=approval["approver"],
+                    approval_receipt=approval.get("receipt"),
                 )
             if token is None and holder is not None:
                 token = mint_call_token(
@@ -653,6 +672,7 @@ class Guard:
             "assurance": receipt.assurance,
             "message": receipt.message,
             "edited": receipt.edited_args is not None,
+            "receipt": answer.receipt,
             "edited_args_digest": args_digest(effective) if effective is not None else None,
         }
 
@@ -1020,11 +1040,14 @@ class Guard:
                 step_up=step_up,
             )
             started = time.monotonic()
+            current = _CURRENT.set(decision)
             try:
                 result = fn(**effective)
             except BaseException as exc:
                 self._complete(decision, started, exc)
                 raise
+            finally:
+                _CURRENT.reset(current)
             self._complete(decision, started, None)
             return result
 
@@ -1093,6 +1116,7 @@ class Guard:
                 step_up=step_up,
             )
             started = time.monotonic()
+            current = _CURRENT.set(decision)
             try:
                 result = fn(**effective)
                 if inspect.isawaitable(result):
@@ -1100,6 +1124,8 @@ class Guard:
             except BaseException as exc:
                 self._complete(decision, started, exc)
                 raise
+            finally:
+                _CURRENT.reset(current)
             self._complete(decision, started, None)
             return result
 

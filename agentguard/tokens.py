@@ -79,7 +79,7 @@ class Rule:
     """
 
     tool: str
-    where: list[Any] | None = None
+    where: list[Any] | Mapping[str, Any] | None = None
     approval: bool = False
 
     def __post_init__(self) -> None:
@@ -119,11 +119,16 @@ class Rule:
             raise TokenFormatError(f"{where}: 'where' must be a predicate")
         return _rule_from_claim(tool, claim.get("where"), approval, where)
 
+    @property
+    def predicate(self) -> list[Any] | None:
+        """The canonical predicate: ``where`` as compiled (always a list once built)."""
+        return self.where if isinstance(self.where, list) else None
+
     def describe(self) -> str:
         """One line for humans: ``tickets/* where business_unit == "emea" [approval]``."""
         text = self.tool
-        if self.where:
-            text += f" where {describe(self.where)}"
+        if self.predicate:
+            text += f" where {describe(self.predicate)}"
         if self.approval:
             text += " [approval]"
         return text

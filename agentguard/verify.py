@@ -320,7 +320,8 @@ class Verifier:
             admitting = [
                 i
                 for i in candidates
-                if grant.scope[i].where is None or evaluate(grant.scope[i].where or [], args)
+                if grant.scope[i].predicate is None
+                or evaluate(grant.scope[i].predicate or [], args)
             ]
             if not admitting:
                 described = "; ".join(grant.scope[i].describe() for i in candidates)

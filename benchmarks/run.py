@@ -8,7 +8,12 @@ medians and the ratios the design's targets are stated in (DESIGN §10):
 * biscuit: parse + authorize of a 4-block token with equivalent checks
   (Datalog time limit raised from its 1 ms default, which fails valid tokens
   under load);
-* raw PyJWT: decoding the same five JWS, signatures only.
+* raw PyJWT: decoding the same five JWS, signatures only;
+* a LangChain tool wrapped by ``agentguard_langchain.guard_tools`` (full guard
+  pipeline, in-memory store) against the same bare tool;
+* audit appends through :class:`AuditLog` on a SQLite file, durability
+  ``normal`` and ``full``;
+* the MCP proxy numbers need real server processes: ``benchmarks/mcp_proxy.py``.
 
 Run: ``.venv/bin/python benchmarks/run.py [--rounds N]``.
 """
@@ -17,10 +22,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -125,7 +135,7 @@ def bench_biscuit(rounds: int) -> dict[str, float]:
         )
     )
     data = token.to_base64()
-    limits = b.AuthorizerBuilder("allow if true;").limits()
+    limits = b.AuthorizerBuilder("allow if true;").limits()  # type: ignore[attr-defined]  # missing from the stubs
     limits.max_time = dt.timedelta(milliseconds=100)
 
     def run() -> None:
@@ -135,10 +145,81 @@ def bench_biscuit(rounds: int) -> dict[str, float]:
             ' allow if tool("kb/search"), right("kb/*");',
             {"now": dt.datetime.now(tz=dt.UTC)},
         )
-        builder.set_limits(limits)
+        builder.set_limits(limits)  # type: ignore[attr-defined]  # missing from the stubs
         builder.build(parsed).authorize()
 
     return {"biscuit-python parse + authorize (4 blocks)": _median_us(run, rounds)}
+
+
+def bench_langchain(rounds: int) -> dict[str, float]:
+    from agentguard_langchain import guard_tools
+    from langchain_core.tools import tool
+
+    from agentguard import Guard
+
+    delegation, org, holder = _chain()
+
+    @tool
+    def search(business_unit: str, query: str) -> str:
+        """Search the knowledge base."""
+        return f"{len(query)} hits in {business_unit}"
+
+    policy = {
+        "version": 1,
+        "trusted_roots": [{"id": org.id, "public_key": org.principal.public_jwk()}],
+    }
+    guard = Guard(policy, store=MemoryStore())
+    (guarded,) = guard_tools(
+        [search], guard=guard, delegation=delegation, holder=holder, namespace="kb"
+    )
+    assert guarded.invoke(ARGS) == search.invoke(ARGS)
+    return {
+        "LangChain tool, bare": _median_us(lambda: search.invoke(ARGS), rounds),
+        "LangChain tool, guard_tools (memory store)": _median_us(
+            lambda: guarded.invoke(ARGS), rounds
+        ),
+    }
+
+
+def bench_audit(rounds: int) -> dict[str, float]:
+    from agentguard.audit import AuditLog
+    from agentguard.store import SQLiteStore
+
+    signer = Identity.generate("service:bench-guard")
+    record: dict[str, Any] = {
+        "type": "decision",
+        "outcome": "allow",
+        "reason": "allowed",
+        "tool": TOOL,
+        "args": ARGS,
+        "path": ["org:acme", "team:ir", "agent:bot"],
+        "call_token": "x" * 600,
+    }
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for durability in ("normal", "full"):
+            store = SQLiteStore(Path(tmp) / f"{durability}.db", durability=durability)
+            log = AuditLog(store, signer)
+            n = min(rounds, 1000 if durability == "full" else rounds)
+            append = functools.partial(log.append, record, link_ids=["a", "b"], at=1.8e9)
+            rows[f"audit append, SQLite durability={durability}"] = _median_us(append, n)
+            store.close()
+    return rows
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs; {platform.python_implementation()} "
+        f"{platform.python_version()}; {platform.system()} {platform.release()}"
+    )
 
 
 def main() -> None:
@@ -146,19 +227,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     opts = parser.parse_args()
     rows = {**bench_agentguard(opts.rounds), **bench_biscuit(opts.rounds)}
+    rows.update(bench_langchain(opts.rounds))
+    rows.update(bench_audit(opts.rounds))
     biscuit = rows["biscuit-python parse + authorize (4 blocks)"]
-    print(
-        f"machine: {platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}, {platform.system()}; rounds={opts.rounds}"
-    )
-    print(f"{'benchmark':48} {'median µs':>10} {'vs biscuit':>11}")
+    bare = rows["LangChain tool, bare"]
+    # Each row's ratio is against the baseline it is meant to be read against.
+    baselines = {name: ("biscuit", biscuit) for name in list(rows)[:4]}
+    baselines["LangChain tool, guard_tools (memory store)"] = ("bare tool", bare)
+    print(f"machine: {_machine()}; rounds={opts.rounds}")
+    print(f"{'benchmark':48} {'median µs':>10} {'per second':>11} {'ratio':>8}  vs")
     for name, value in rows.items():
-        print(f"{name:48} {value:10.1f} {value / biscuit:10.2f}x")
+        base = baselines.get(name)
+        ratio = f"{value / base[1]:7.2f}x  {base[0]}" if base else f"{'':8}  -"
+        print(f"{name:48} {value:10.1f} {1e6 / value:11.0f} {ratio}")
+    print(f"{'MCP tools/call: proxy vs direct vs FastMCP':48} {'run benchmarks/mcp_proxy.py':>32}")
     cold = rows["agentguard cold (4 links + call token)"]
     warm = rows["agentguard warm (cached links, minted token)"]
+    guarded = rows["LangChain tool, guard_tools (memory store)"]
     print(
         f"targets: cold <= 1.0x biscuit -> {cold / biscuit:.2f}x; "
-        f"warm <= 0.5x biscuit -> {warm / biscuit:.2f}x"
+        f"warm <= 0.5x biscuit -> {warm / biscuit:.2f}x; "
+        f"guard_tools adds {guarded - bare:.0f} µs per LangChain tool call"
     )
 
 

@@ -207,7 +207,9 @@ def test_scope_is_the_conjunction_of_every_link(
     chain = build(link_scopes)
 
     def admits(rule: Rule) -> bool:
-        return rule.matches_tool(tool) and (rule.where is None or evaluate(rule.where, args))
+        return rule.matches_tool(tool) and (
+            rule.predicate is None or evaluate(rule.predicate, args)
+        )
 
     expected = all(any(admits(rule) for rule in scope) for scope in link_scopes)
     match = decide(chain, tool, args)

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guard_helpers import PYTHON, World, policy_doc, write_policy
 
 from agentguard.clock import SystemClock
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
-from agentguard.keys import Identity
+from tests.guard_helpers import PYTHON, World, policy_doc, write_policy
 
 THREADS = 6
 TOOL = "tickets/comment"
@@ -103,8 +102,10 @@ class Home:
     def spawn(self, job: str, *extra: str, threads: int = THREADS) -> subprocess.Popen[str]:
         """Start a contender process and wait until it is ready."""
         proc = subprocess.Popen(
-            [PYTHON, "-c", CONTENDER, str(self.home), str(self.policy), str(self.chain)]
-            + [str(self.key), job, str(threads), *extra],
+            [
+                *(PYTHON, "-c", CONTENDER, str(self.home), str(self.policy), str(self.chain)),
+                *(str(self.key), job, str(threads), *extra),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -279,11 +280,12 @@ class _Ledger:
 
 
 def _revocation_target(world: World, kind: str) -> str:
-    return {
+    targets: dict[str, str] = {
         "link": world.delegation.link_ids[0],
         "key": world.bot.kid,
         "principal": world.alice.id,
-    }[kind]
+    }
+    return targets[kind]
 
 
 def _hammer(guard: Guard, world: World, ledger: _Ledger, *, after: int = 15) -> None:

@@ -141,11 +141,6 @@ def test_store_error_while_waiting_for_approval_is_an_audited_denial(world: Worl
     assert audit_records(guard)[-1]["reason"] == "approval_unavailable"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design decision: the upstream verifier cannot see approval receipts (the proxy "
-    "does not forward them, and the upstream does not know the guard's or approvers' keys)",
-)
 def test_upstream_verifier_accepts_a_call_whose_link_demands_approval(world: World) -> None:
     """The holder calls an agentguard-aware upstream directly, skipping the proxy's step-up."""
     verify = pytest.importorskip("agentguard_mcp.verify")
@@ -160,8 +155,17 @@ def test_upstream_verifier_accepts_a_call_whose_link_demands_approval(world: Wor
         "arguments": args,
         "_meta": {proxy.META_DELEGATION: world.delegation.serialize(), proxy.META_CALL: token},
     }
-    with pytest.raises(DeniedError):
+    with pytest.raises(DeniedError) as info:
         verifier.check(params)
+    assert info.value.reason == "approval_required"
+    # Trusting an approver's key is not enough either: the call carries no receipt.
+    keyed = verify.DelegationVerifier(
+        "admin", trusted_roots=[world.org.principal], clock=world.clock,
+        approval_keys=[world.carol.principal],
+    )  # fmt: skip
+    with pytest.raises(DeniedError) as missing:
+        keyed.check(params)
+    assert missing.value.reason == "approval_required"
 
 
 def test_delegation_object_with_a_widened_grant_object_is_not_trusted(world: World) -> None:

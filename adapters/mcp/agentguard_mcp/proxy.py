@@ -27,10 +27,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 
+from agentguard import _jws
 from agentguard.addresses import pattern_matches
 from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError, ApprovalPending, ApprovalRejected, DeniedError
+from agentguard.guard import Decision, current_decision
 from agentguard.keys import Identity
+from agentguard.tokens import TYP_APPROVAL
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
 from agentguard_mcp.upstream import ToolTraits, Upstream, tool_fingerprint, tool_traits
@@ -55,7 +58,9 @@ META_CALL = "io.agentguard/call"
 META_DELEGATION = "io.agentguard/delegation"
 #: ``_meta`` key on listed tools: the tool's ``namespace/tool`` address.
 META_TOOL = "io.agentguard/tool"
-#: ``_meta`` key on listed tools: ``"required"`` when a call will need step-up approval.
+#: ``_meta`` key on listed tools: ``"required"`` when a call will need step-up approval;
+#: on a ``tools/call`` to an agentguard-aware upstream: the approval receipt the
+#: guard used for this call (proxy -> aware upstream only).
 META_APPROVAL = "io.agentguard/approval"
 #: ``_meta`` key on refusals: decision id, reason code and (when pending) request id.
 META_DECISION = "io.agentguard/decision"
@@ -430,6 +435,10 @@ class GuardedProxy:
 
         async def forward(**effective: Any) -> types.CallToolResult:
             meta = self._upstream_meta(incoming, caller, exposed, effective)
+            if exposed.upstream.spec.agentguard:
+                receipt = _forwardable_receipt(current_decision())
+                if receipt is not None:
+                    meta[META_APPROVAL] = receipt
             # The SDK's client injects the current context into _meta: the SDK's
             # server side extracted the caller's baggage into it, so clear it here.
             token = None if self.forward_baggage else otel_context.attach(baggage.clear())
@@ -620,6 +629,28 @@ class GuardedProxy:
             return await self._guarded_call(ctx, caller, exposed, dict(params.arguments or {}))
         except DeniedError as denied:
             return _denied(denied)
+
+
+def _forwardable_receipt(decision: Decision | None) -> str | None:
+    """The approval receipt the guard just used for this call, if it may go upstream.
+
+    Agentguard-aware upstreams check with
+    :class:`~agentguard_mcp.verify.DelegationVerifier` that a link demanding
+    approval got it. A receipt with an edit is not forwarded: it binds the
+    arguments first asked for, which the upstream never sees, so such a call is
+    refused by an upstream whose chain rule demands approval (the agent asks
+    again with the edited arguments).
+    """
+    receipt = decision.approval_receipt if decision is not None else None
+    if receipt is None:
+        return None
+    try:
+        _, claims = _jws.peek(receipt, TYP_APPROVAL)
+    except AgentGuardError:
+        return None
+    if claims.get("decision") != "approve" or "edited" in claims:
+        return None
+    return receipt
 
 
 def _namespace_matches(pattern: str, namespace: str) -> bool:

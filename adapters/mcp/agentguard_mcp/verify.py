@@ -1,17 +1,22 @@
 """Verifier middleware for MCP servers behind an agentguard proxy (or called directly).
 
 An agentguard-aware upstream receives, in ``tools/call`` ``_meta``, the
-caller's delegation (``io.agentguard/delegation``) and a single-use call token
-addressed to its namespace (``io.agentguard/call``). :class:`DelegationVerifier`
-checks both offline before the tool handler runs: trusted roots, every link's
-signature and window, revocations from the store it is given, the conjunctive
-scope, and the call token's binding, audience and single use (its own replay
-cache). A failed check answers an ``isError`` result; the handler never runs.
+caller's delegation (``io.agentguard/delegation``), a single-use call token
+addressed to its namespace (``io.agentguard/call``) and, when the proxy used
+one for this call, the step-up approval receipt (``io.agentguard/approval``).
+:class:`DelegationVerifier` checks them offline before the tool handler runs:
+trusted roots, every link's signature and window, revocations from the store
+it is given, the conjunctive scope, the call token's binding, audience and
+single use (its own replay cache) and, when a link's matching rule demands
+approval, the receipt (see :class:`DelegationVerifier`). A failed check
+answers an ``isError`` result; the handler never runs.
 
     server = Server("tickets", on_call_tool=...)
-    server.middleware.append(DelegationVerifier("tickets", trusted_roots=[org]))
+    server.middleware.append(
+        DelegationVerifier("tickets", trusted_roots=[org], approval_keys=[alice, guard_key])
+    )
 
-The handler can read who called through :func:`current_authority`.
+The handler can read who called (and who approved) through :func:`current_authority`.
 """
 
 from __future__ import annotations
@@ -25,16 +30,37 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
+from agentguard import _jws
+from agentguard.approval import call_digest
 from agentguard.clock import Clock
-from agentguard.errors import DeniedError
+from agentguard.errors import DeniedError, TokenFormatError
 from agentguard.keys import Principal
+from agentguard.policy import ASSURANCE_LEVELS, assurance_at_least
 from agentguard.store.base import ReplayStore, RevocationStore
+from agentguard.tokens import TYP_APPROVAL, args_digest
 from agentguard.verify import ScopeMatch, VerifiedCall, VerifiedChain, Verifier
-from agentguard_mcp.proxy import META_CALL, META_DELEGATION
+from agentguard_mcp.proxy import META_APPROVAL, META_CALL, META_DELEGATION
 
-__all__ = ["Authority", "DelegationVerifier", "current_authority"]
+__all__ = ["Authority", "DelegationVerifier", "VerifiedApproval", "current_authority"]
 
 logger = logging.getLogger("agentguard_mcp.verify")
+
+#: The highest assurance a receipt signed by someone other than its approver
+#: (a guard attesting a channel's answer) can carry: only an approver's own
+#: signature is ``signed``.
+_ATTESTED_CAP = "authenticated"
+
+
+@dataclass(frozen=True)
+class VerifiedApproval:
+    """A step-up approval receipt that passed every check of :class:`DelegationVerifier`."""
+
+    jti: str
+    approver: str
+    signer: str
+    assurance: str
+    channel: str
+    expires_at: int
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,8 @@ class Authority:
     chain: VerifiedChain
     scope: ScopeMatch
     call: VerifiedCall
+    #: The approval receipt, when a link's rule demanded approval for this call.
+    approval: VerifiedApproval | None = None
 
     @property
     def holder(self) -> str:
@@ -69,15 +97,52 @@ def current_authority() -> Authority | None:
 class DelegationVerifier:
     """Server middleware (low-level ``Server`` or ``MCPServer``) verifying forwarded authority.
 
+    **Approval.** A delegation rule marked ``approval`` means "only with a human's
+    approval", wherever the call is made. When the chain's matching rules demand
+    approval (:attr:`ScopeMatch.needs_approval`), a valid delegation and call
+    token are not enough: the holder could mint its own call token to this
+    namespace and skip the proxy's step-up. The call must then carry the
+    approval receipt the proxy used (``_meta["io.agentguard/approval"]``), and
+    the receipt must
+
+    * be a JWS of type ``agentguard-approval+jwt`` signed by a key in
+      ``approval_keys`` (matched by the ``iss`` claim and the header ``kid``):
+      approvers' own keys (assurance ``signed``) and/or the guard's key (it
+      attests answers collected by a channel, at the assurance the receipt
+      states, at most ``authenticated``). Every listed key may sign for any
+      approver: list only keys you trust to approve calls to this server;
+    * be bound to this very call: its ``call`` digest equals
+      :func:`agentguard.approval.call_digest` of ``namespace/<tool>``, the
+      digest of the arguments received and the chain's leaf link id. A receipt
+      for *edited* arguments is refused (its digest binds the original
+      arguments, which an upstream never sees; see the README);
+    * say ``decision: approve``, be unexpired (``exp``, with the leeway), have
+      at least ``min_assurance``, and name an approver who is not revoked (in
+      ``revocations``, by principal or signing key) and does not act in the
+      chain (its holder or one of its ``agent:``/``service:`` links);
+    * not have been used here before (the verifier's replay store). By default
+      a receipt is single use at this server, like a non-reusable approval at
+      the guard. With ``reusable_receipts=True`` (for a policy with
+      ``approval.reusable_for``) a receipt may come back within its validity
+      with a *fresh* call token each time: the pair (receipt, call token) is
+      what is single use.
+
+    With no ``approval_keys`` a call that needs approval is refused
+    (``approval_required``): the verifier fails closed.
+
     Args:
         namespace: this server's namespace: tools are checked as
             ``namespace/<tool>`` and call tokens must be addressed to it.
         trusted_roots: principals whose root grants are accepted.
         revocations: revocation store to consult on every call (e.g. the
             organisation's shared :class:`agentguard.store.SQLiteStore`).
-        replay: where used call-token ids are remembered (default: in memory,
-            private to this verifier).
+        replay: where used call-token and receipt ids are remembered (default:
+            in memory, private to this verifier).
         clock: time source.
+        approval_keys: principals whose approval receipts count.
+        min_assurance: the least assurance an approval must carry (default
+            ``signed``, the guard's default for approvals demanded by a grant).
+        reusable_receipts: accept a receipt again with a new call token (see above).
     """
 
     def __init__(
@@ -88,14 +153,27 @@ class DelegationVerifier:
         revocations: RevocationStore | None = None,
         replay: ReplayStore | None = None,
         clock: Clock | None = None,
+        approval_keys: Iterable[Principal] = (),
+        min_assurance: str = "signed",
+        reusable_receipts: bool = False,
     ) -> None:
+        if min_assurance not in ASSURANCE_LEVELS:
+            raise ValueError(f"min_assurance must be one of {', '.join(ASSURANCE_LEVELS)}")
         self.namespace = namespace
         self.verifier = Verifier(
             list(trusted_roots), revocations=revocations, replay=replay, clock=clock
         )
+        self.approval_keys = tuple(approval_keys)
+        self.min_assurance = min_assurance
+        self.reusable_receipts = reusable_receipts
 
     def check(self, params: Mapping[str, Any]) -> Authority:
         """Verify the authority carried by raw ``tools/call`` params.
+
+        The call token is burned only once the chain, the scope and (when
+        approval is demanded) the receipt have passed; the receipt last. A
+        receipt already used here thus refuses a call whose token is burned,
+        which is single use anyway.
 
         Raises:
             DeniedError: something is missing or does not verify.
@@ -112,10 +190,138 @@ class DelegationVerifier:
         address = f"{self.namespace}/{name}"
         chain = self.verifier.verify_chain(delegation)
         scope = self.verifier.authorize(chain, address, arguments)
+        approval = None
+        if scope.needs_approval:
+            # Check the token without burning it, then the receipt; burn both only
+            # once everything passed.
+            self.verifier.verify_call_token(
+                chain, token, tool=address, args=arguments, audience=self.namespace, consume=False
+            )
+            approval = self._check_receipt(
+                meta.get(META_APPROVAL), chain, scope, address, arguments
+            )
         call = self.verifier.verify_call_token(
             chain, token, tool=address, args=arguments, audience=self.namespace
         )
-        return Authority(chain, scope, call)
+        if approval is not None:
+            self._burn_receipt(approval, call)
+        return Authority(chain, scope, call, approval)
+
+    # -- approval receipts ------------------------------------------------------
+
+    def _check_receipt(
+        self,
+        receipt: object,
+        chain: VerifiedChain,
+        scope: ScopeMatch,
+        address: str,
+        arguments: Mapping[str, Any],
+    ) -> VerifiedApproval:
+        rules = ", ".join(f"link {link} rule {rule}" for link, rule in scope.approval_rules)
+        if not self.approval_keys:
+            raise DeniedError(
+                f"{address} needs approval ({rules}), and this server trusts no approval keys",
+                reason="approval_required",
+            )
+        if not isinstance(receipt, str):
+            raise DeniedError(
+                f"{address} needs approval ({rules}); no approval receipt in _meta",
+                reason="approval_required",
+            )
+        try:
+            header, claims = _jws.peek(receipt, TYP_APPROVAL)
+        except TokenFormatError as exc:
+            raise DeniedError(
+                f"approval receipt is malformed: {exc.explanation}", reason="approval_invalid"
+            ) from None
+        signer, approver = claims.get("iss"), claims.get("approver")
+        if not isinstance(signer, str) or not isinstance(approver, str):
+            raise DeniedError("approval receipt names no signer", reason="approval_invalid")
+        kid = header.get("kid")
+        keys = [k for k in self.approval_keys if k.id == signer and kid in (None, k.kid)]
+        if not keys:
+            raise DeniedError(
+                f"approval receipt is signed by {signer}, whose key this server does not trust",
+                reason="approval_invalid",
+            )
+        for key in keys:
+            try:
+                _jws.verify_signature(receipt, key, TYP_APPROVAL)
+            except (DeniedError, TokenFormatError):
+                continue
+            signed_by = key
+            break
+        else:
+            raise DeniedError(
+                "approval receipt signature does not verify", reason="approval_invalid"
+            )
+        if claims.get("decision") != "approve":
+            raise DeniedError("the approval receipt is a rejection", reason="approval_rejected")
+        if "edited" in claims or "edited_args" in claims:
+            raise DeniedError(
+                "approval receipt is for edited arguments; it cannot be checked here",
+                reason="approval_mismatch",
+            )
+        try:
+            expected = call_digest(address, args_digest(arguments), chain.delegation.leaf.link_id)
+        except ValueError as exc:
+            raise DeniedError(str(exc), reason="invalid_arguments") from exc
+        if claims.get("call") != expected:
+            raise DeniedError(
+                "approval receipt is bound to another call", reason="approval_mismatch"
+            )
+        now, leeway = self.verifier.clock.now(), self.verifier.leeway
+        exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
+        if not isinstance(exp, int) or now >= exp + leeway:
+            raise DeniedError("approval receipt has expired", reason="approval_expired")
+        if not isinstance(iat, int) or iat > now + leeway:
+            raise DeniedError(
+                "approval receipt was issued in the future", reason="approval_invalid"
+            )
+        if not isinstance(jti, str) or not jti:
+            raise DeniedError("approval receipt has no id", reason="approval_invalid")
+        claimed = claims.get("assurance")
+        if signer == approver:
+            assurance = "signed"
+        elif isinstance(claimed, str) and claimed in ASSURANCE_LEVELS:
+            assurance = claimed if assurance_at_least(_ATTESTED_CAP, claimed) else _ATTESTED_CAP
+        else:
+            raise DeniedError("approval receipt states no assurance", reason="approval_invalid")
+        if not assurance_at_least(assurance, self.min_assurance):
+            raise DeniedError(
+                f"the approval has assurance '{assurance}', but this server requires "
+                f"'{self.min_assurance}'",
+                reason="approval_assurance",
+            )
+        if self.verifier.revocations.find_revoked([], [signed_by.kid], [approver, signer]):
+            raise DeniedError(
+                f"the approval of {approver} is revoked", reason="approver_not_authorized"
+            )
+        acting = {p for p in chain.path if p.split(":", 1)[0] in ("agent", "service")}
+        if approver == chain.holder.id or approver in acting:
+            raise DeniedError(
+                f"{approver} acts in the requesting chain and may not approve it",
+                reason="separation_of_duties",
+            )
+        return VerifiedApproval(
+            jti=jti,
+            approver=approver,
+            signer=signer,
+            assurance=assurance,
+            channel=str(claims.get("channel")),
+            expires_at=exp,
+        )
+
+    def _burn_receipt(self, approval: VerifiedApproval, call: VerifiedCall) -> None:
+        key = f"approval/{approval.signer}/{approval.jti}"
+        if self.reusable_receipts:
+            # The call token was consumed a moment ago: this pair cannot repeat.
+            key += f"/{call.claims.issuer}/{call.claims.jti}"
+        now, leeway = self.verifier.clock.now(), self.verifier.leeway
+        if not self.verifier.replay.consume(key, approval.expires_at + leeway, now=now):
+            raise DeniedError("approval receipt was used before", reason="approval_replayed")
+
+    # -- middleware ---------------------------------------------------------------
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext

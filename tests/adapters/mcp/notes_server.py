@@ -6,9 +6,11 @@ receives is appended as one JSON line to ``--record FILE`` (name, arguments,
 ``_meta`` and, over HTTP, the request headers), so tests can assert what
 crossed the proxy. With ``--verify NAMESPACE`` it installs
 ``agentguard_mcp.verify.DelegationVerifier`` (roots from ``--root-key``,
-revocations from ``--revocations``).
+revocations from ``--revocations``, keys trusted for approval receipts from
+each ``--approval-key``, with ``--min-assurance``).
 
     python notes_server.py --record FILE [--http HOST:PORT] [--verify NS --root-key F]
+        [--approval-key F ...] [--min-assurance LEVEL]
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def build(record: Path, verifier: DelegationVerifier | None) -> Server[Any]:
             "meta": dict(ctx.meta or {}),
             "headers": dict(headers) if headers is not None else None,
             "holder": authority.holder if authority is not None else None,
+            "approver": authority.approval.approver
+            if authority is not None and authority.approval is not None
+            else None,
         }
         with record.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
@@ -89,15 +94,23 @@ async def main() -> None:
     parser.add_argument("--verify")
     parser.add_argument("--root-key")
     parser.add_argument("--revocations")
+    parser.add_argument("--approval-key", action="append", default=[])
+    parser.add_argument("--min-assurance", default="signed")
     opts = parser.parse_args()
     verifier = None
     if opts.verify:
         doc = json.loads(Path(opts.root_key).read_text())
         store = SQLiteStore(opts.revocations) if opts.revocations else None
+        approval_keys = []
+        for key_file in opts.approval_key:
+            key = json.loads(Path(key_file).read_text())
+            approval_keys.append(Principal.from_jwk(key["id"], key["jwk"]))
         verifier = DelegationVerifier(
             opts.verify,
             trusted_roots=[Principal.from_jwk(doc["id"], doc["jwk"])],
             revocations=store,
+            approval_keys=approval_keys,
+            min_assurance=opts.min_assurance,
         )
     server = build(Path(opts.record), verifier)
     if opts.http:
