@@ -137,7 +137,7 @@ class Delegation:
             scope=_rules(scope),
             issued_at=int(now),
             not_before=int(start),
-            expires_at=math.ceil(start + ttl_s),
+            expires_at=int(start) + math.ceil(ttl_s),
             max_depth=max_depth,
             purpose=purpose,
             on_behalf_of=on_behalf_of,
@@ -191,7 +191,7 @@ class Delegation:
         start = max(now, leaf.not_before) if not_before is None else not_before
         if start < leaf.not_before:
             raise IssuanceError("the child grant would start before its parent")
-        end = leaf.expires_at if ttl is None else math.ceil(start + _ttl(ttl))
+        end = leaf.expires_at if ttl is None else int(start) + math.ceil(_ttl(ttl))
         if end > leaf.expires_at:
             raise IssuanceError(
                 f"the child grant would expire at {_stamp(end)}, after its parent "

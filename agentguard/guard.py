@@ -727,7 +727,9 @@ class Guard:
         if shadow:
             record["shadow_notice"] = "SHADOW MODE: this decision was NOT enforced"
         try:
-            entry = self.audit.append(record, link_ids=decision.link_ids, at=self.clock.now())
+            # A dry run is not a use: it must not hide a stale grant from the inventory.
+            used = () if decision.dry_run else decision.link_ids
+            entry = self.audit.append(record, link_ids=used, at=self.clock.now())
         except StoreError as exc:
             failed = replace(
                 decision, outcome="deny", reason="audit_error", explanation=str(exc), shadow=False

@@ -455,7 +455,10 @@ def test_denied_call_has_no_completion_record(guard: Guard, world: World) -> Non
 
 
 def test_grant_inventory_records_last_use(guard: Guard, world: World) -> None:
+    """A real call marks every link used; a dry run does not (it would hide stale grants)."""
     guard.record(world.delegation)
+    assert all(g.last_used is None for g in guard.grants())
+    guard.check(world.delegation, "tickets/read", {}, holder=world.bot)
     assert all(g.last_used is None for g in guard.grants())
     guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
     assert {g.link_id: g.last_used for g in guard.grants()} == dict.fromkeys(
