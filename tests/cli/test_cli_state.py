@@ -40,7 +40,14 @@ def test_grants_list_statuses_and_filters(scenario: CLI) -> None:
         past.issue(org, bot, ["tickets/late"], ttl="1h", not_before=now + 3600, purpose="later")
     finally:
         past.close()
-    assert scenario("check", "sub.dlg", "tickets/read").exit_code == 0  # marks its chain used
+    assert scenario("check", "sub.dlg", "tickets/read").exit_code == 0  # a dry run: no use
+    assert all(r["last_used"] is None for r in _grants(scenario))
+    live = Guard(policy, home=scenario.home)
+    try:  # a real guarded call marks its chain used
+        chain = (scenario.root / "sub.dlg").read_text()
+        live.call(chain, "tickets/read", {}, lambda: "ok", holder=keys.identity("agent:sub"))
+    finally:
+        live.close()
 
     rows = _grants(scenario)
     assert {str(r["purpose"]): r["status"] for r in rows if r["issuer"] == "org:acme"} == {
