@@ -207,14 +207,18 @@ class _Scope:
         self._owned = True
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
-    def _close(self) -> None:
+    def _end(self, what: str) -> None:
+        """Detach the context and end an owned span; never raises (logs at debug)."""
         token, self._token = self._token, None
         try:
-            if token is not None:
-                otel_context.detach(token)
-        finally:
-            if self._owned and self.span is not None:
-                self.span.end()
+            try:
+                if token is not None:
+                    otel_context.detach(token)
+            finally:
+                if self._owned and self.span is not None:
+                    self.span.end()
+        except Exception:
+            log.debug("agentguard: could not end the %s span", what, exc_info=True)
 
 
 class ToolCall(_Scope):
@@ -279,10 +283,7 @@ class ToolCall(_Scope):
                 _fail(self.span, _error_type(exc))
         except Exception:
             log.debug("agentguard: could not mark the tool span", exc_info=True)
-        try:
-            self._close()
-        except Exception:
-            log.debug("agentguard: could not end the tool span", exc_info=True)
+        self._end("tool")
 
 
 class Authorization(_Scope):
@@ -336,10 +337,7 @@ class Authorization(_Scope):
             )
         except Exception:
             log.debug("agentguard: could not record the authorization", exc_info=True)
-        try:
-            self._close()
-        except Exception:
-            log.debug("agentguard: could not end the authorize span", exc_info=True)
+        self._end("authorize")
 
     def _spans(self) -> list[trace.Span]:
         return [s for s in (self.span, self.tool_span) if s is not None and s.is_recording()]
@@ -544,7 +542,4 @@ class ApprovalWait(_Scope):
             )
         except Exception:
             log.debug("agentguard: could not record the approval wait", exc_info=True)
-        try:
-            self._close()
-        except Exception:
-            log.debug("agentguard: could not end the approval span", exc_info=True)
+        self._end("approval")

@@ -37,6 +37,7 @@ from agentguard.approval import ApprovalBook, ApprovalRequest
 from agentguard.clock import format_duration
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import validate_principal_id
+from agentguard.tokens import args_digest
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -57,8 +58,8 @@ _MAX_FIELD = 20_000
 
 def _require_web() -> None:
     try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
+        import starlette  # noqa: F401 - imported only to check the extra is installed
+        import uvicorn  # noqa: F401 - imported only to check the extra is installed
     except ImportError as exc:
         raise ConfigError(
             "the approval web page needs the 'web' extra: pip install 'agentguard[web]'"
@@ -128,7 +129,11 @@ class ApproverTokens:
         return token
 
     def revoke(self, approver: str) -> bool:
-        """Forget ``approver``'s token; returns whether there was one."""
+        """Forget ``approver``'s token; returns whether there was one.
+
+        Raises:
+            ConfigError: the token file cannot be read.
+        """
         with self._lock:
             entries = self._read()
             if entries.pop(approver, None) is None:
@@ -137,18 +142,29 @@ class ApproverTokens:
         return True
 
     def current_hash(self, approver: str) -> str | None:
-        """The stored hash of ``approver``'s token, or ``None`` when it has none."""
+        """The stored hash of ``approver``'s token, or ``None`` when it has none.
+
+        Raises:
+            ConfigError: the token file cannot be read.
+        """
         stored = self._read().get(approver, {}).get("sha256")
         return stored if isinstance(stored, str) else None
 
     def approvers(self) -> list[str]:
-        """Approvers that currently hold a token, sorted."""
+        """Approvers that currently hold a token, sorted.
+
+        Raises:
+            ConfigError: the token file cannot be read.
+        """
         return sorted(self._read())
 
     def identify(self, token: str) -> str | None:
         """The approver a presented token belongs to, or ``None``.
 
         Every stored hash is compared in constant time.
+
+        Raises:
+            ConfigError: the token file cannot be read.
         """
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
@@ -382,8 +398,9 @@ def create_app(
         session, fields = await posted(request)
         if session is None:
             return forbidden("missing or wrong CSRF token; reload the login page")
+        presented = fields.get("token", "").strip()
         try:
-            approver = await run_in_threadpool(tokens.identify, fields.get("token", "").strip())
+            approver = await run_in_threadpool(tokens.identify, presented)
         except ConfigError:
             log.exception("agentguard web: cannot read approver tokens")
             approver = None
@@ -392,7 +409,7 @@ def create_app(
             return redirect("/login")
         sessions.drop(request.cookies.get(SESSION_COOKIE))  # a fresh id after login
         sid, fresh = sessions.new(approver)
-        fresh.token_hash = _hash_token(fields.get("token", "").strip())
+        fresh.token_hash = _hash_token(presented)
         fresh.flashes.append(("ok", f"Logged in as {approver}."))
         response = redirect("/")
         set_cookie(response, sid)
@@ -443,6 +460,13 @@ def create_app(
                 parsed = None
             if not isinstance(parsed, dict):
                 session.flashes.append(("error", "Edited arguments must be a JSON object."))
+                return redirect("/")
+            try:
+                args_digest(parsed)
+            except ValueError:  # NaN, infinities, integers beyond 2**53: typed in, not a bug
+                session.flashes.append(
+                    ("error", "Edited arguments must be canonical JSON (finite numbers only).")
+                )
                 return redirect("/")
             edited = parsed
         approver = session.approver

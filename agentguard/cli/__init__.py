@@ -43,9 +43,21 @@ __all__ = ["PLUGIN_GROUP", "app", "main", "plugin_commands"]
 PLUGIN_GROUP = "agentguard.cli"
 
 
+#: Names a plugin may not take.
 _CORE = frozenset(
-    {"init", "identity", "grant", "inspect", "check", "revoke", "policy", "grants", "audit"}
-    | {"approvals", "demo"}
+    {
+        "init",
+        "identity",
+        "grant",
+        "inspect",
+        "check",
+        "revoke",
+        "policy",
+        "grants",
+        "audit",
+        "approvals",
+        "demo",
+    }
 )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "HomeOption",
     "JsonOption",
     "PolicyOption",
+    "READ_MAX_LINKS",
     "Settings",
     "Workspace",
     "err",
@@ -61,6 +62,9 @@ EXIT_APPROVAL = 4
 
 DEFAULT_HOME = ".agentguard"
 DEFAULT_POLICY = "agentguard.yaml"
+#: Longest chain a command reads to show, explain or revoke it. Generous on
+#: purpose: the guard applies the policy's own cap and says why it refuses.
+READ_MAX_LINKS = 64
 
 HomeOption = Annotated[
     Path | None,
@@ -220,7 +224,7 @@ class Workspace:
         """--home, $AGENTGUARD_HOME, the policy's ``storage.home``, or ./.agentguard."""
         if self._home is not None:
             return self._home
-        if self.has_policy_file and self.policy_path.is_file():
+        if self.policy_path.is_file():
             configured = self.policy().storage.home
             if configured:
                 path = Path(configured)

@@ -1,11 +1,13 @@
-"""``agentguard approvals list|show|approve|deny``: the out-of-band approval queue.
+"""``agentguard approvals list|show|approve|deny|token|serve``: the out-of-band approval queue.
 
-Answers are signed with the approver's own key from the keyring (assurance
-``signed``); the guard checks the receipt again before any tool runs.
+Answers given here are signed with the approver's own key from the keyring
+(assurance ``signed``); the guard checks the receipt again before any tool runs.
+``token`` and ``serve`` run the approval web page (:mod:`agentguard.web`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -124,8 +126,8 @@ def _answer(
     request_id: str,
     approver_id: str,
     message: str | None,
-    home: Any,
-    policy: Any,
+    home: Path | None,
+    policy: Path | None,
     *,
     approve: bool,
 ) -> None:

@@ -107,6 +107,7 @@ def export(
     policy: PolicyOption = None,
 ) -> None:
     """Write every record to stdout, one JSON object a line, with its chain hashes."""
+    del format_  # jsonl is the only format so far; the option keeps room for others
     with workspace(ctx, home, policy).guard() as guard:
         after = 0
         while True:
@@ -119,7 +120,5 @@ def export(
                     doc["record"] = json.loads(entry.body)
                 except ValueError:
                     doc["body"] = entry.body  # exported as stored; 'audit verify' names it
-
                 typer.echo(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
             after = batch[-1].seq
-    del format_

@@ -16,6 +16,7 @@ from agentguard.cli._common import (
     EXIT_APPROVAL,
     EXIT_DENIED,
     EXIT_OK,
+    READ_MAX_LINKS,
     HomeOption,
     JsonOption,
     PolicyOption,
@@ -29,7 +30,7 @@ from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError
 from agentguard.guard import Decision
 from agentguard.keys import Identity, validate_principal_id
-from agentguard.tokens import mint_call_token
+from agentguard.tokens import MAX_CALL_TTL, mint_call_token
 
 __all__ = ["check_command", "exit_code", "render_decision"]
 
@@ -98,7 +99,7 @@ def check_command(
     ws = workspace(ctx, home, policy)
     with ws.guard() as guard:
         try:
-            delegation: Delegation | None = Delegation.parse(text, max_links=64)
+            delegation: Delegation | None = Delegation.parse(text, max_links=READ_MAX_LINKS)
         except AgentGuardError:
             delegation = None  # the guard refuses it and records why
         signer: Identity | None = None
@@ -119,7 +120,7 @@ def check_command(
                     tool=tool,
                     args=args,
                     now=guard.clock.now(),
-                    ttl=min(guard.policy.limits.call_token_ttl, 300),
+                    ttl=min(guard.policy.limits.call_token_ttl, MAX_CALL_TTL),
                 )
             except (AgentGuardError, ValueError):
                 token = None  # a bad tool address: the guard explains it

@@ -17,6 +17,7 @@ from rich.text import Text
 from agentguard.cli._common import fail, out
 from agentguard.cli.check import render_decision
 from agentguard.cli.inspect import chain_tree, verify_here
+from agentguard.delegation import Delegation
 from agentguard.errors import DeniedError
 from agentguard.guard import Guard
 from agentguard.keys import Identity
@@ -34,13 +35,18 @@ def _read_ticket(id: int) -> str:
 
 
 def _attempt(
-    console: Console, guard: Guard, chain: Any, holder: Identity, tool: str, args: dict[str, Any]
+    console: Console,
+    guard: Guard,
+    chain: Delegation,
+    holder: Identity,
+    tool: str,
+    args: dict[str, Any],
 ) -> None:
     """Run a guarded call of a toy tool and show what happened."""
     shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
     console.print(Text(f"{holder.id} calls {tool}({shown})", style="cyan"))
     try:
-        result = guard.call(chain, tool, args, lambda **kw: _read_ticket(**kw), holder=holder)
+        result = guard.call(chain, tool, args, _read_ticket, holder=holder)
     except DeniedError as exc:
         line = Text("  DENIED", style="bold red")
         line.append(f" ({exc.reason}): {exc.explanation}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from agentguard.cli._common import (
+    READ_MAX_LINKS,
     HomeOption,
     JsonOption,
     PolicyOption,
@@ -36,7 +37,7 @@ def effective_status(guard: Guard, record: GrantRecord, now: float) -> str:
     if status == "revoked":
         return status
     try:
-        chain = Delegation.parse(record.chain, max_links=64)
+        chain = Delegation.parse(record.chain, max_links=READ_MAX_LINKS)
     except AgentGuardError:
         return status
     principals = sorted({g.issuer for g in chain} | {g.subject for g in chain})
@@ -77,13 +78,13 @@ def list_grants(
     with ws.guard() as guard:
         now = guard.clock.now()
         for record in guard.grants():
-            status = effective_status(guard, record, now)
             if principal is not None and principal not in (
                 record.issuer,
                 record.subject,
                 record.on_behalf_of,
             ):
                 continue
+            status = effective_status(guard, record, now)
             if expiring_s is not None and not (
                 status == "active" and record.expires_at - now <= expiring_s
             ):
@@ -94,10 +95,7 @@ def list_grants(
                     continue
             rows.append((record, status))
     if json_output:
-        docs: list[dict[str, Any]] = []
-        for record, status in rows:
-            docs.append({**record.as_dict(now), "status": status})
-        print_json(docs)
+        print_json([{**record.as_dict(now), "status": status} for record, status in rows])
         return
     if not rows:
         note("no grants match")

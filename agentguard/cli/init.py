@@ -74,7 +74,7 @@ def init_command(
     key_file = os.path.relpath(keyring.public_path(org_id).resolve(), policy_path.resolve().parent)
     policy_path.write_text(policy_template(org_id, key_file), encoding="utf-8")
     loaded = load_policy(policy_path)
-    loaded.root_principals()
+    loaded.root_principals()  # fails now, not on the first call, if the key file does not load
     Guard(loaded, home=state_dir).close()
     say(f"wrote {policy_path} (trusted root {org_id}, key file {key_file})")
     say(f"state in {state_dir / STATE_FILE}")

@@ -24,8 +24,7 @@ from agentguard.cli._common import (
 )
 from agentguard.delegation import Delegation
 from agentguard.errors import DeniedError
-from agentguard.guard import Guard
-from agentguard.guard import _check_limits as check_limits
+from agentguard.guard import Guard, check_limits
 from agentguard.tokens import Grant
 
 __all__ = ["Verification", "chain_json", "chain_tree", "inspect_command", "verify_here"]

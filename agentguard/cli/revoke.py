@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from agentguard.cli._common import HomeOption, PolicyOption, fail, read_delegation, say, workspace
+from agentguard.cli._common import (
+    READ_MAX_LINKS,
+    HomeOption,
+    PolicyOption,
+    fail,
+    read_delegation,
+    say,
+    workspace,
+)
 from agentguard.delegation import Delegation
 from agentguard.keys import b64url_decode, validate_principal_id
 from agentguard.store.base import GrantRecord
@@ -74,7 +82,7 @@ def revoke_command(
     ws = workspace(ctx, home, policy)
     with ws.guard() as guard:
         if grant is not None:
-            delegation = Delegation.parse(read_delegation(grant), max_links=64)
+            delegation = Delegation.parse(read_delegation(grant), max_links=READ_MAX_LINKS)
             kind, value = "link", delegation.leaf.link_id
             what = f"link {value} ({delegation.leaf.issuer} -> {delegation.leaf.subject})"
         elif principal is not None:

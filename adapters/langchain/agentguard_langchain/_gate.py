@@ -166,7 +166,13 @@ Normalizer = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 @dataclass(frozen=True)
 class ToolGate:
-    """Puts one tool call through the guard; shared by tools and middleware."""
+    """Puts one tool call through the guard; shared by tools and middleware.
+
+    Raises:
+        ValueError: bad ``approval`` or ``namespace``, ``holder`` does not hold
+            ``delegation``, or interrupt mode with a guard that does not raise
+            :class:`agentguard.ApprovalPending`.
+    """
 
     guard: GuardAPI
     delegation: Delegation | str
@@ -179,11 +185,7 @@ class ToolGate:
             raise ValueError(f"approval must be one of {APPROVAL_MODES}, not {self.approval!r}")
         if not self.namespace or "/" in self.namespace:
             raise ValueError("namespace must be a non-empty name without '/'")
-        leaf = (
-            Delegation.parse(self.delegation)
-            if isinstance(self.delegation, str)
-            else self.delegation
-        ).leaf
+        leaf = self._parsed().leaf
         if self.holder.id != leaf.subject or self.holder.kid != leaf.subject_key.kid:
             # Fail at wiring time, not on the first call: only the leaf's key may sign calls.
             raise ValueError(
@@ -195,6 +197,11 @@ class ToolGate:
                 "approval='interrupt' needs a guard that raises ApprovalPending: "
                 "Guard(..., approval_mode='raise')"
             )
+
+    def _parsed(self) -> Delegation:
+        if isinstance(self.delegation, str):
+            return Delegation.parse(self.delegation)
+        return self.delegation
 
     def address(self, tool_name: str) -> str:
         """The tool address policies and delegations use: ``namespace/tool``."""
@@ -225,6 +232,7 @@ class ToolGate:
                     if self.approval != "interrupt":
                         raise
                     args = self._answer(self._ask(pending), pending, args, normalize)
+            # Out of review rounds: one last try, whose ApprovalPending refuses the call.
             return self._call(address, args, fn, call_id)
         except DeniedError as exc:
             raise self._explained(exc, address, args) from None
@@ -271,12 +279,7 @@ class ToolGate:
         if exc.reason != "approval_rejected" or isinstance(exc, ReviewerRejected):
             return exc
         # The guard's DeniedError does not name the request; find it by call digest.
-        delegation = (
-            Delegation.parse(self.delegation)
-            if isinstance(self.delegation, str)
-            else self.delegation
-        )
-        digest = call_digest(address, args_digest(args), delegation.leaf.link_id)
+        digest = call_digest(address, args_digest(args), self._parsed().leaf.link_id)
         for request in self.guard.approvals.all():
             if request.call_digest == digest and request.status != "pending":
                 return ReviewerRejected(

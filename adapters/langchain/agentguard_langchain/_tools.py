@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
@@ -77,7 +77,8 @@ class GuardedTool(BaseTool):
 
         Raises:
             AlreadyGuardedError: ``inner`` is already a :class:`GuardedTool`.
-            ValueError: bad ``namespace`` or ``approval``.
+            ValueError: bad ``namespace`` or ``approval``, or ``holder`` does not
+                hold ``delegation`` (see :class:`ToolGate`).
         """
         if isinstance(inner, GuardedTool):
             raise AlreadyGuardedError(
@@ -167,7 +168,11 @@ class GuardedTool(BaseTool):
         namespace: str | None = None,
         approval: ApprovalMode | None = None,
     ) -> GuardedTool:
-        """The same tool guarded for another holder (e.g. a sub-agent's delegation)."""
+        """The same tool guarded for another holder (e.g. a sub-agent's delegation).
+
+        Raises:
+            ValueError: as for the constructor.
+        """
         return GuardedTool(
             inner=self.inner,
             guard=self._gate.guard,
@@ -225,9 +230,16 @@ class GuardedTool(BaseTool):
     ) -> Any:
         """Check the call with the guard, then run the wrapped tool.
 
+        A refusal by the guard is returned (as an error ``ToolMessage`` when
+        there is a ``tool_call_id``), not raised.
+
         Raises:
             ValidationError: the arguments do not fit the tool's schema (as the
-                wrapped tool would raise).
+                wrapped tool would raise, unless ``handle_validation_error``).
+            ValueError: a string input for a tool with a JSON-schema ``args_schema``.
+            NotImplementedError: the wrapped ``StructuredTool`` has no sync function.
+            DeniedError: the arguments are not JSON values (reason
+                ``unsupported_arguments``); raised before the guard is asked.
             GraphInterrupt: interrupt mode, a human must answer first.
         """
         inner = self.inner
@@ -446,7 +458,8 @@ def guard_tools(
 
     Raises:
         AlreadyGuardedError: a tool is already guarded.
-        ValueError: bad ``namespace``/``approval`` or duplicate tool names.
+        ValueError: bad ``namespace``/``approval``, ``holder`` does not hold
+            ``delegation``, or duplicate tool names.
     """
     from langchain_core.tools import tool as make_tool
 
@@ -468,8 +481,3 @@ def guard_tools(
             )
         )
     return wrapped
-
-
-def addresses(tools: Sequence[BaseTool], namespace: str) -> list[str]:
-    """The tool addresses of ``tools`` (their own address when already guarded)."""
-    return [t.address if isinstance(t, GuardedTool) else f"{namespace}/{t.name}" for t in tools]

@@ -42,8 +42,11 @@ class GuardMiddleware(AgentMiddleware):
         namespace: str,
         approval: ApprovalMode = "block",
     ) -> None:
-        """Raises:
-        ValueError: bad ``namespace`` or ``approval``.
+        """Gate every tool call with ``guard`` for ``holder``.
+
+        Raises:
+            ValueError: bad ``namespace`` or ``approval``, or ``holder`` does not
+                hold ``delegation`` (see :class:`~agentguard_langchain.ToolGate`).
         """
         super().__init__()
         self.gate = ToolGate(guard, delegation, holder, namespace, approval)

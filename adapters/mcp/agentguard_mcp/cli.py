@@ -11,8 +11,10 @@ standard error. Exit codes follow the core CLI: 1 error, 2 usage, 3 denied.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -266,9 +268,6 @@ async def _run(
 
 def _renamed(upstream: Upstream) -> Upstream:
     """Use the upstream's own server name as its namespace (made namespace-safe)."""
-    import re
-    from dataclasses import replace
-
     raw = upstream.server_name or "upstream"
     name = re.sub(r"[^A-Za-z0-9_-]", "-", raw).strip("-_")[:32] or "upstream"
     name = re.sub(r"_{2,}", "_", name)

@@ -29,6 +29,9 @@ from agentguard_mcp.proxy import META_CALL, META_TOOL
 
 __all__ = ["GuardedClient", "call_meta"]
 
+#: Most ``tools/list`` pages read per listing: a server cannot keep us paging forever.
+_LIST_PAGE_CAP = 50
+
 
 def call_meta(
     delegation: Delegation | str,
@@ -57,6 +60,7 @@ class GuardedClient:
         url: the proxy's streamable-HTTP endpoint.
         delegation: the caller's delegation (object or string).
         holder: the holder's identity (signs the call tokens).
+        clock: time source for the call tokens (default: the system clock).
         client_kwargs: passed to :class:`mcp.Client` (``mode``, ``elicitation_callback``, ...).
     """
 
@@ -125,7 +129,7 @@ class GuardedClient:
         """The tools this delegation reaches (remembers each tool's address)."""
         tools: list[types.Tool] = []
         cursor: str | None = None
-        for _ in range(50):
+        for _ in range(_LIST_PAGE_CAP):
             page = await self.client.list_tools(cursor=cursor)
             tools.extend(page.tools)
             cursor = page.next_cursor
@@ -157,4 +161,6 @@ class GuardedClient:
             **(meta or {}),
             **call_meta(self.delegation, self.holder, address, args, clock=self.clock),
         }
+        # meta is typed RequestParamsMeta, a TypedDict with extra_items (PEP 728)
+        # that mypy cannot match a plain dict against.
         return await self.client.call_tool(name, args, meta=full)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from agentguard.errors import ConfigError
+from agentguard.policy import ASSURANCE_LEVELS
 
 __all__ = ["NAMESPACE_RE", "ProxyConfig", "UpstreamSpec", "load_config", "validate_namespace"]
 
@@ -48,7 +49,6 @@ _TOP_KEYS = {
     "annotation_assurance",
     "elicitation_approver",
 }
-_ASSURANCES = ("agent", "local", "authenticated", "signed")
 
 
 def validate_namespace(name: object) -> str:
@@ -115,8 +115,8 @@ class ProxyConfig:
     elicitation_approver: str | None = None
 
     def __post_init__(self) -> None:
-        if self.annotation_assurance not in _ASSURANCES:
-            raise ConfigError(f"annotation_assurance must be one of {', '.join(_ASSURANCES)}")
+        if self.annotation_assurance not in ASSURANCE_LEVELS:
+            raise ConfigError(f"annotation_assurance must be one of {', '.join(ASSURANCE_LEVELS)}")
         if not self.upstreams:
             raise ConfigError("the proxy needs at least one upstream")
         seen: set[str] = set()

@@ -154,5 +154,7 @@ class Upstream:
         return await self.client.call_tool(
             name,
             dict(arguments),
+            # RequestParamsMeta is a TypedDict with extra_items (PEP 728), which
+            # mypy cannot match a plain dict against.
             meta=dict(meta) if meta else None,  # type: ignore[arg-type]
         )

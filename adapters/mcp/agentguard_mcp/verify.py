@@ -39,7 +39,7 @@ from agentguard.policy import ASSURANCE_LEVELS, assurance_at_least
 from agentguard.store.base import ReplayStore, RevocationStore
 from agentguard.tokens import TYP_APPROVAL, args_digest
 from agentguard.verify import ScopeMatch, VerifiedCall, VerifiedChain, Verifier
-from agentguard_mcp.proxy import META_APPROVAL, META_CALL, META_DELEGATION
+from agentguard_mcp.proxy import META_APPROVAL, META_CALL, META_DECISION, META_DELEGATION
 
 __all__ = ["Authority", "DelegationVerifier", "VerifiedApproval", "current_authority"]
 
@@ -143,6 +143,9 @@ class DelegationVerifier:
         min_assurance: the least assurance an approval must carry (default
             ``signed``, the guard's default for approvals demanded by a grant).
         reusable_receipts: accept a receipt again with a new call token (see above).
+
+    Raises:
+        ValueError: ``min_assurance`` is not an assurance level.
     """
 
     def __init__(
@@ -335,7 +338,7 @@ class DelegationVerifier:
             return types.CallToolResult(
                 content=[types.TextContent(text=exc.short)],
                 is_error=True,
-                _meta={"io.agentguard/decision": {"reason": exc.reason}},
+                _meta={META_DECISION: {"reason": exc.reason}},
             )
         reset = _current.set(authority)
         try:
