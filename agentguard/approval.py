@@ -368,6 +368,19 @@ class ApprovalBook:
         """A short, unguessable request id."""
         return "apr_" + secrets.token_urlsafe(9)
 
+    def withdraw(self, request_id: str) -> bool:
+        """Close a pending request without an answer (its call will ask again).
+
+        Returns ``False`` when the request was no longer pending.
+        """
+        return self.store.approval_answer(
+            request_id,
+            status="closed",
+            receipt="",
+            answered_at=self.clock.now(),
+            reusable_until=None,
+        )
+
     # -- answering ----------------------------------------------------------------
     def approve(
         self,

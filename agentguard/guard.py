@@ -56,7 +56,7 @@ from agentguard.store.sqlite import SQLiteStore
 from agentguard.tokens import args_digest, mint_call_token
 from agentguard.verify import ScopeMatch, VerifiedChain, Verifier
 
-__all__ = ["Decision", "Guard", "current_decision", "default_home"]
+__all__ = ["Decision", "Guard", "check_limits", "current_decision", "default_home"]
 
 log = logging.getLogger("agentguard")
 
@@ -371,7 +371,7 @@ class Guard:
 
     def _check_issuance(self, delegation: Delegation) -> None:
         try:
-            _check_limits(self.policy, delegation)
+            check_limits(self.policy, delegation)
         except DeniedError as exc:
             raise IssuanceError(exc.explanation) from None
 
@@ -383,7 +383,7 @@ class Guard:
         """Revoke a link id, key thumbprint or principal id; effective for every later call."""
         if kind not in ("link", "key", "principal"):
             raise ValueError("kind must be link, key or principal")
-        self.store.revoke(kind, value, reason=reason, at=self.clock.now())  # type: ignore[arg-type]
+        self.store.revoke(kind, value, reason=reason, at=self.clock.now())  # type: ignore[arg-type]  # narrowed by the check above
         self.verifier.clear_cache()
 
     # -- the pipeline ------------------------------------------------------------------
@@ -421,7 +421,7 @@ class Guard:
                 raise DeniedError(str(exc), reason="invalid_arguments") from exc
             chain = self.verifier.verify_chain(delegation)
             decision = replace(decision, path=chain.path, link_ids=chain.delegation.link_ids)
-            _check_limits(self.policy, chain.delegation)
+            check_limits(self.policy, chain.delegation)
             match = self.verifier.authorize(chain, tool, args)
             demands = [*self._policy_rules(chain, match, tool, args), *step_up]
             # The call token binds exactly what the caller asked for.
@@ -1158,7 +1158,12 @@ def _safe_digest(args: Mapping[str, Any]) -> str | None:
         return None
 
 
-def _check_limits(policy: Policy, delegation: Delegation) -> None:
+def check_limits(policy: Policy, delegation: Delegation) -> None:
+    """Check a chain against the policy's limits (length, link lifetimes, purpose, sponsor).
+
+    Raises:
+        DeniedError: reason ``policy_limit``, naming the link that breaks a limit.
+    """
     limits = policy.limits
     if len(delegation) > limits.max_chain_length:
         raise DeniedError(

@@ -117,7 +117,9 @@ class ApprovalCard:
             )
         except DeniedError as exc:
             # Shown on the card; a widget callback must not raise into the kernel.
-            self.status.value = f'<span style="color:#cf222e">Not recorded: {_e(exc.explanation)}'
+            self.status.value = (
+                f'<span style="color:#cf222e">Not recorded: {_e(exc.explanation)}</span>'
+            )
             return
         self.answer = "approved" if approve else "denied"
         for button in (self.approve_button, self.deny_button):
@@ -196,13 +198,7 @@ class NotebookChannel:
             self.show(request, book)
             return
         # Close the request so a later awaited call files (and shows) a fresh one.
-        book.store.approval_answer(
-            request.id,
-            status="closed",
-            receipt="",
-            answered_at=book.clock.now(),
-            reusable_until=None,
-        )
+        book.withdraw(request.id)
         raise DeniedError(
             f"{request.tool} needs approval, and a notebook card cannot be clicked while a "
             "synchronous call blocks the cell: use `await guard.acall(...)` (the cell then "

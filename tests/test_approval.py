@@ -389,6 +389,18 @@ def test_edit_may_not_set_a_redacted_field(world: World) -> None:
     assert "chosen" not in str(info.value)
 
 
+def test_withdrawn_request_is_closed_and_the_call_asks_again(world: World) -> None:
+    """A withdrawn request cannot be answered any more; the same call files a new one."""
+    guard = queue_guard(world)
+    request_id = pending_id(guard, world)
+    assert guard.approvals.withdraw(request_id)
+    assert not guard.approvals.withdraw(request_id)
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.approve(request_id, world.carol)
+    assert info.value.reason == "approval_closed"
+    assert pending_id(guard, world) != request_id
+
+
 def test_approval_left_unused_until_it_expires_is_asked_again(world: World) -> None:
     """A stale receipt does not block that exact call forever: a new request is filed."""
     guard = queue_guard(world)
