@@ -238,8 +238,6 @@ class GuardedTool(BaseTool):
                 wrapped tool would raise, unless ``handle_validation_error``).
             ValueError: a string input for a tool with a JSON-schema ``args_schema``.
             NotImplementedError: the wrapped ``StructuredTool`` has no sync function.
-            DeniedError: the arguments are not JSON values (reason
-                ``unsupported_arguments``); raised before the guard is asked.
             GraphInterrupt: interrupt mode, a human must answer first.
         """
         inner = self.inner
@@ -252,6 +250,10 @@ class GuardedTool(BaseTool):
             if not inner.handle_validation_error:
                 raise
             return _validation_output(exc, inner, tool_call_id)
+        except DeniedError as exc:
+            # Arguments that are not JSON values: refused like any other call,
+            # returned to the model rather than raised into the graph.
+            return self._refusal(exc, tool_call_id)
 
         def execute(**effective: Any) -> Any:
             payload = _payload(effective, injected, string_key)
@@ -319,6 +321,10 @@ class GuardedTool(BaseTool):
             if not inner.handle_validation_error:
                 raise
             return _validation_output(exc, inner, tool_call_id)
+        except DeniedError as exc:
+            # Arguments that are not JSON values: refused like any other call,
+            # returned to the model rather than raised into the graph.
+            return self._refusal(exc, tool_call_id)
 
         async def execute(**effective: Any) -> Any:
             payload = _payload(effective, injected, string_key)

@@ -216,6 +216,27 @@ def test_refusals_leak_no_argument_token_or_delegation_content(
         assert "eyJ" not in text  # no JWS of any kind
 
 
+def test_non_json_arguments_are_an_error_message_not_a_crash(
+    guard: Guard, delegation: Delegation, bot: Identity
+) -> None:
+    """Arguments that are no JSON values (NaN, a Python object) are refused as messages."""
+
+    @tool
+    def measure(level: Any) -> str:
+        """Record a level."""
+        return f"recorded {level}"
+
+    (guarded,) = guard_tools(
+        [measure], guard=guard, delegation=delegation, holder=bot, namespace="shop"
+    )
+    for value in (float("nan"), object()):
+        output = guarded.invoke(call("measure", {"level": value}))
+        assert isinstance(output, ToolMessage)
+        assert output.status == "error"
+        assert str(output.content).startswith("denied by agentguard (")
+    assert "unsupported_arguments" in str(output.content)  # the object never reached the guard
+
+
 def test_a_holder_that_does_not_hold_the_delegation_is_refused_when_wiring(
     guard: Guard, delegation: Delegation
 ) -> None:
