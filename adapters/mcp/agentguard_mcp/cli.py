@@ -123,6 +123,11 @@ def proxy_command(
     """Run the gating proxy in front of one stdio server or the servers of a config file."""
     if config_file is not None and command:
         raise typer.BadParameter("give either --config or a command after '--', not both")
+    if config_file is not None and (namespace or trusted or aware or approver):
+        raise typer.BadParameter(
+            "--namespace, --trusted, --agentguard-aware and --approver describe a single "
+            "upstream; with --config, set them in the configuration file"
+        )
     try:
         config = load_config(config_file) if config_file is not None else None
     except AgentGuardError as exc:
@@ -221,12 +226,13 @@ async def _run(
         return EXIT_ERROR
     async with AsyncExitStack() as stack:
         upstreams = [Upstream(spec) for spec in config.upstreams]
-        try:
-            for upstream in upstreams:
+        for upstream in upstreams:
+            try:
                 await upstream.connect(stack)
-        except Exception as exc:
-            _say(f"cannot start an upstream server: {exc}")
-            return EXIT_ERROR
+            except Exception as exc:  # any failure to start or reach an upstream stops the proxy
+                # The exception text may carry a URL with credentials: name the type only.
+                _say(f"cannot start or reach upstream {upstream.namespace!r}: {type(exc).__name__}")
+                return EXIT_ERROR
         if infer_namespace and upstreams[0].server_name:
             upstreams[0] = _renamed(upstreams[0])
         proxy = GuardedProxy(

@@ -1,0 +1,33 @@
+"""Flags of the proxy command that would be silently ignored are refused instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from agentguard_mcp.cli import app
+from typer.testing import CliRunner
+
+
+@pytest.mark.parametrize(
+    "flag", [["--trusted"], ["--agentguard-aware"], ["--namespace", "x"], ["--approver", "user:a"]]
+)
+def test_single_upstream_flags_are_refused_with_config(tmp_path: Path, flag: list[str]) -> None:
+    """With --config, a single-upstream flag is a usage error (exit 2), not ignored."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstreams: {}\n")
+    result = CliRunner().invoke(
+        app, ["proxy", "--config", str(config), *flag], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 2
+    assert "configuration file" in result.output
+
+
+def test_unreachable_upstream_names_no_url(tmp_path: Path) -> None:
+    """An upstream that cannot be reached is named; its URL (maybe with credentials) is not."""
+    config = tmp_path / "proxy.yaml"
+    secret_url = "http://user:s3cr3t-canary@127.0.0.1:9/mcp"
+    config.write_text(f"home: {tmp_path / 'home'}\nupstreams:\n  far:\n    url: {secret_url}\n")
+    result = CliRunner().invoke(app, ["proxy", "--config", str(config), "--http", "127.0.0.1:0"])
+    assert result.exit_code != 0
+    assert "s3cr3t-canary" not in result.output
