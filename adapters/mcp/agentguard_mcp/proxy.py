@@ -48,6 +48,7 @@ __all__ = [
     "Caller",
     "ExposedTool",
     "GuardedProxy",
+    "bearer_token",
 ]
 
 logger = logging.getLogger("agentguard_mcp")
@@ -68,6 +69,10 @@ META_DECISION = "io.agentguard/decision"
 FORWARDED_META_KEYS = ("traceparent", "tracestate")
 
 _APPROVAL_INPUT = "agentguard_approval"
+#: Deepest nesting of arguments the proxy accepts. The SDK's client cannot
+#: serialise a request much deeper (pydantic stops at 255 levels, and that error
+#: kills the upstream session for every caller); no real tool needs more.
+_MAX_ARGS_DEPTH = 64
 _ANNOTATION_REASON = "MCP annotations: destructive tool"
 _STATE_TTL = 300.0
 
@@ -130,6 +135,7 @@ def _denied(exc: DeniedError) -> types.CallToolResult:
         # The approver's words are meant for the agent: it can adjust and try again.
         meta["approver"] = exc.approver
         if exc.decision_id:
+            # Its short text ends "(request ID)" without the decision: add it there.
             text = f"{text[:-1]}, decision {exc.decision_id})"
     return _refusal(text, meta)
 
@@ -195,7 +201,6 @@ class GuardedProxy:
         self.forward_baggage = forward_baggage
         self.tools: dict[str, ExposedTool] = {}
         self._pins: dict[str, str] = {}
-        self._by_address: dict[str, ExposedTool] = {}
         self.server = self._build_server()
 
     # -- lifecycle ------------------------------------------------------------
@@ -213,19 +218,6 @@ class GuardedProxy:
 
     def rebuild(self) -> None:
         """Rebuild the catalogue from the upstreams' last listings (changed tools get flagged)."""
-        self._catalogue()
-
-    def step_up_for(self, exposed: ExposedTool) -> list[tuple[str, str]]:
-        """Approval demands this enforcement point adds for ``exposed`` (on top of the policy's).
-
-        A destructive tool (by its annotations; an unannotated tool, or any tool
-        of an untrusted upstream) needs approval at ``annotation_assurance``.
-        """
-        if self.annotation_step_up and exposed.traits.destructive:
-            return [(_ANNOTATION_REASON, self.annotation_assurance)]
-        return []
-
-    def _catalogue(self) -> None:
         tools: dict[str, ExposedTool] = {}
         for upstream in self.upstreams:
             for tool in upstream.tools.values():
@@ -256,7 +248,16 @@ class GuardedProxy:
                     continue
                 tools[name] = exposed
         self.tools = tools
-        self._by_address = {t.address: t for t in tools.values()}
+
+    def step_up_for(self, exposed: ExposedTool) -> list[tuple[str, str]]:
+        """Approval demands this enforcement point adds for ``exposed`` (on top of the policy's).
+
+        A destructive tool (by its annotations; an unannotated tool, or any tool
+        of an untrusted upstream) needs approval at ``annotation_assurance``.
+        """
+        if self.annotation_step_up and exposed.traits.destructive:
+            return [(_ANNOTATION_REASON, self.annotation_assurance)]
+        return []
 
     async def refresh(self) -> None:
         """Re-read every upstream's tool listing (changed definitions get flagged)."""
@@ -297,11 +298,8 @@ class GuardedProxy:
         """The caller of this request: fixed over stdio, from the request over HTTP."""
         if self.caller is not None:
             return self.caller
-        request = ctx.request
-        headers = getattr(request, "headers", None)
-        if headers is None:
-            raise _Refusal("denied by agentguard (no_credentials)", {"reason": "no_credentials"})
-        delegation = bearer_token(headers.get("authorization"))
+        headers = getattr(ctx.request, "headers", None)
+        delegation = bearer_token(headers.get("authorization")) if headers is not None else None
         if delegation is None:
             raise _Refusal("denied by agentguard (no_credentials)", {"reason": "no_credentials"})
         token = (ctx.meta or {}).get(META_CALL)
@@ -318,15 +316,14 @@ class GuardedProxy:
 
     def reachable_namespaces(self, chain: VerifiedChain) -> set[str]:
         """The namespaces of this proxy that every link of the chain has a rule for."""
-        out = set()
-        for namespace in self.namespaces:
-            probe = f"{namespace}/"
+        return {
+            namespace
+            for namespace in self.namespaces
             if all(
                 any(_namespace_matches(rule.tool, namespace) for rule in grant.scope)
                 for grant in chain.delegation
-            ):
-                out.add(probe[:-1])
-        return out
+            )
+        }
 
     def _reaches(self, chain: VerifiedChain, address: str) -> tuple[bool, bool]:
         """Whether every link has a rule for ``address``; and whether approval is certain."""
@@ -400,6 +397,11 @@ class GuardedProxy:
             caller = self._caller(ctx)
             exposed = await self._lookup(params.name)
             args = dict(params.arguments or {})
+            if _nested_deeper(args, _MAX_ARGS_DEPTH):
+                raise _Refusal(
+                    "denied by agentguard (invalid_arguments: nested too deeply)",
+                    {"reason": "invalid_arguments"},
+                )
             if params.request_state is not None:
                 return await self._resume(ctx, params, caller, exposed, args)
             return await self._guarded_call(ctx, caller, exposed, args)
@@ -445,7 +447,10 @@ class GuardedProxy:
             try:
                 result = await exposed.upstream.call(exposed.tool.name, effective, meta)
             except MCPError as exc:
-                logger.warning("upstream %s failed: %s", exposed.upstream.namespace, exc.message)
+                # The code only: an upstream's error message may echo argument values.
+                logger.warning(
+                    "upstream %s failed (MCP error %s)", exposed.upstream.namespace, exc.code
+                )
                 return _refusal(f"upstream error ({exposed.upstream.namespace})")
             finally:
                 if token is not None:
@@ -653,6 +658,19 @@ def _forwardable_receipt(decision: Decision | None) -> str | None:
     return receipt
 
 
+def _nested_deeper(value: object, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` levels (no recursion)."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _namespace_matches(pattern: str, namespace: str) -> bool:
     """Whether a tool pattern's namespace part can select ``namespace``."""
     ns_pattern = pattern.partition("/")[0]
@@ -670,9 +688,9 @@ def bearer_token(value: str | None) -> str | None:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("agentguard-mcp")
-    except Exception:
+    except PackageNotFoundError:
         return "0"
