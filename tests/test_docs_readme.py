@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,50 @@ def test_mcp_client_entry_is_the_tested_one() -> None:
     tested = [b for b in re.findall(r"```json\n(.*?)```", adapter, re.S) if '"agentguard"' in b]
     assert ours
     assert ours[0] in tested
+
+
+def _shell_block(heading: str) -> list[str]:
+    section = README.split(heading, 1)[1]
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block is not None
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_approvals_guide_runs_as_written(tmp_path: Path) -> None:
+    """The three commands of the Approvals guide work on a fresh home, in order."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(AGENTGUARD), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    assert run("init", "--org", "org:acme").returncode == 0
+    for principal in ("user:alice", "agent:log-collector"):
+        assert run("identity", "new", principal).returncode == 0
+    granted = run(
+        "grant", "--from", "org:acme", "--to", "agent:log-collector", "--tool", "hosts/*",
+        "--approval", "hosts/*", "--ttl", "1h", "-o", "agent.dlg",
+    )  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    policy = tmp_path / "agentguard.yaml"
+    policy.write_text(
+        policy.read_text().replace(
+            "approvers: []", 'approvers:\n  - id: user:alice\n    tools: ["hosts/*"]'
+        )
+    )
+    request_id = ""
+    expected = [4, 0, 0]
+    for line, code in zip(_shell_block("### Approvals"), expected, strict=True):
+        words = shlex.split(line.replace("apr_...", request_id))
+        assert words[0] == "agentguard"
+        done = run(*words[1:])
+        assert done.returncode == code, (line, done.stdout, done.stderr)
+        found = re.search(r"apr_[A-Za-z0-9_-]+", done.stdout + done.stderr)
+        if found and not request_id:
+            request_id = found.group(0)
+    after = run("check", "agent.dlg", "hosts/quarantine", '{"host": "web-7"}')
+    assert after.returncode == 0, after.stdout
+    assert "approved by user:alice" in after.stdout
 
 
 def _cli_forms() -> list[list[str]]:
