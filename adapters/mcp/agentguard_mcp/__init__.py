@@ -19,7 +19,7 @@ from agentguard_mcp.proxy import (
     Caller,
     GuardedProxy,
 )
-from agentguard_mcp.upstream import Upstream
+from agentguard_mcp.upstream import Upstream, UpstreamUnavailable
 from agentguard_mcp.verify import DelegationVerifier, current_authority
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "ProxyConfig",
     "Upstream",
     "UpstreamSpec",
+    "UpstreamUnavailable",
     "call_meta",
     "current_authority",
     "load_config",

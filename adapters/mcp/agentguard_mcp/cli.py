@@ -10,6 +10,7 @@ standard error. Exit codes follow the core CLI: 1 error, 2 usage, 3 denied.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -48,6 +49,23 @@ def _group() -> None:
 def _say(text: str) -> None:
     sys.stderr.write(f"agentguard mcp: {text}\n")
     sys.stderr.flush()
+
+
+class _StderrLines(logging.Handler):
+    """The proxy's log records as ``agentguard mcp: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _say(self.format(record))
+        except Exception:  # a log line must never break serving
+            self.handleError(record)
+
+
+def _log_to_stderr() -> None:
+    """Show the proxy's warnings (an upstream lost, reconnected, a tool redefined) on stderr."""
+    logger = logging.getLogger("agentguard_mcp")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
 
 
 def _home(option: str | None, config: ProxyConfig | None) -> Path:
@@ -159,6 +177,7 @@ def proxy_command(
         delegation = delegation or (Path(config.delegation) if config.delegation else None)
         holder = holder or config.holder
     state = _home(home, config)
+    _log_to_stderr()
     _configure_telemetry(stdio=http is None)
     try:
         code = anyio.run(

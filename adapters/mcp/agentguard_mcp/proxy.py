@@ -4,7 +4,9 @@ For every caller it lists only the tools the caller's delegation reaches, and
 sends every ``tools/call`` through the guard: verify the chain, decide, ask for
 step-up approval through the protocol when the client can answer, audit, then
 forward rebuilt params to the upstream. A refusal is an ``isError`` result with
-a short reason and the decision id; it never echoes tokens or arguments.
+a short reason and the decision id; it never echoes tokens or arguments. So is
+a call whose upstream session died: the upstream is reconnected on the next
+listing or call to it, and its tools are checked against their pins again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +39,13 @@ from agentguard.keys import Identity
 from agentguard.tokens import TYP_APPROVAL
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
-from agentguard_mcp.upstream import ToolTraits, Upstream, tool_fingerprint, tool_traits
+from agentguard_mcp.upstream import (
+    ToolTraits,
+    Upstream,
+    UpstreamUnavailable,
+    tool_fingerprint,
+    tool_traits,
+)
 
 __all__ = [
     "FORWARDED_META_KEYS",
@@ -105,6 +114,8 @@ class ExposedTool:
     traits: ToolTraits
     fingerprint: str
     changed: bool = False
+    #: The upstream session whose listing this entry was built from.
+    generation: int = 0
 
 
 class _Refusal(Exception):
@@ -138,6 +149,18 @@ def _denied(exc: DeniedError) -> types.CallToolResult:
             # Its short text ends "(request ID)" without the decision: add it there.
             text = f"{text[:-1]}, decision {exc.decision_id})"
     return _refusal(text, meta)
+
+
+def _unavailable_text(exc: UpstreamUnavailable) -> str:
+    # The namespace only: the cause (an exception's text) may name hosts or credentials.
+    return f"upstream unavailable ({exc.namespace}); try again shortly"
+
+
+def _unavailable(exc: UpstreamUnavailable) -> types.CallToolResult:
+    meta: dict[str, Any] = {"reason": "upstream_unavailable"}
+    if exc.decision_id:
+        meta["decision_id"] = exc.decision_id
+    return _refusal(_unavailable_text(exc), meta)
 
 
 def _pending_text(request_id: str, why: str) -> types.CallToolResult:
@@ -175,6 +198,10 @@ class GuardedProxy:
             default: baggage is caller-controlled data an upstream should not
             receive through us; trace context (``traceparent``/``tracestate``)
             always crosses so the trace stays one.
+        relist_interval: a ``tools/call`` for a name not in the catalogue re-reads
+            the upstreams' listings at most once per this many seconds; other
+            unknown names are answered from the catalogue as it is.
+        monotonic: the clock (seconds) for ``relist_interval``.
     """
 
     def __init__(
@@ -189,6 +216,8 @@ class GuardedProxy:
         annotation_assurance: str = "local",
         elicitation_approver: str | None = None,
         forward_baggage: bool = False,
+        relist_interval: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.guard = guard
         self.upstreams = list(upstreams)
@@ -199,8 +228,11 @@ class GuardedProxy:
         self.annotation_assurance = annotation_assurance
         self.elicitation_approver = elicitation_approver
         self.forward_baggage = forward_baggage
+        self.relist_interval = relist_interval
+        self.monotonic = monotonic
         self.tools: dict[str, ExposedTool] = {}
         self._pins: dict[str, str] = {}
+        self._listed_at: float | None = None
         self.server = self._build_server()
 
     # -- lifecycle ------------------------------------------------------------
@@ -209,6 +241,7 @@ class GuardedProxy:
         """Connect every upstream (closed with ``stack``) and build the catalogue."""
         for upstream in self.upstreams:
             await upstream.connect(stack)
+        self._listed_at = self.monotonic()
         self.rebuild()
 
     @property
@@ -238,6 +271,7 @@ class GuardedProxy:
                     traits=tool_traits(tool, trusted=upstream.spec.trusted),
                     fingerprint=fingerprint,
                     changed=pinned != fingerprint,
+                    generation=upstream.generation,
                 )
                 if exposed.changed:
                     logger.warning(
@@ -260,10 +294,30 @@ class GuardedProxy:
         return []
 
     async def refresh(self) -> None:
-        """Re-read every upstream's tool listing (changed definitions get flagged)."""
+        """Re-read every upstream's tool listing (changed definitions get flagged).
+
+        A broken upstream is reconnected when an attempt is due; one that cannot
+        be reached keeps its last listing (its calls fail cleanly meanwhile), so
+        one upstream never takes the others' tools down with it.
+        """
+        self._listed_at = self.monotonic()
         for upstream in self.upstreams:
-            await upstream.refresh()
+            try:
+                await upstream.refresh()
+            except UpstreamUnavailable:
+                pass  # logged by the upstream; its last listing stays
+            except MCPError as exc:
+                logger.warning(
+                    "upstream %s: listing failed (MCP error %s)", upstream.namespace, exc.code
+                )
         self.rebuild()
+
+    async def _relist(self) -> None:
+        """:meth:`refresh`, unless the listings were read less than ``relist_interval`` ago."""
+        last = self._listed_at
+        if last is not None and self.monotonic() - last < self.relist_interval:
+            return
+        await self.refresh()
 
     # -- the MCP server -------------------------------------------------------
 
@@ -415,7 +469,19 @@ class GuardedProxy:
     async def _lookup(self, name: str) -> ExposedTool:
         exposed = self.tools.get(name)
         if exposed is None:
-            await self.refresh()
+            # Throttled: a stream of made-up names must not become a stream of
+            # listings at every upstream.
+            await self._relist()
+            exposed = self.tools.get(name)
+        if exposed is not None and (
+            exposed.upstream.broken or exposed.generation != exposed.upstream.generation
+        ):
+            try:
+                await exposed.upstream.recover()
+            except UpstreamUnavailable as exc:
+                raise _Refusal(_unavailable_text(exc), {"reason": "upstream_unavailable"}) from None
+            # A new session listed its tools afresh: check them against the pins.
+            self.rebuild()
             exposed = self.tools.get(name)
         if exposed is None:
             raise _Refusal("denied by agentguard (unknown_tool)", {"reason": "unknown_tool"})
@@ -445,7 +511,16 @@ class GuardedProxy:
             # server side extracted the caller's baggage into it, so clear it here.
             token = None if self.forward_baggage else otel_context.attach(baggage.clear())
             try:
+                if exposed.generation != exposed.upstream.generation:
+                    # Reconnected since the lookup: its definitions were not checked yet.
+                    raise UpstreamUnavailable(exposed.upstream.namespace)
                 result = await exposed.upstream.call(exposed.tool.name, effective, meta)
+            except UpstreamUnavailable as exc:
+                # Raised on, so the audit records the call as failed.
+                decision = current_decision()
+                raise UpstreamUnavailable(
+                    exc.namespace, decision_id=decision.id if decision is not None else None
+                ) from None
             except MCPError as exc:
                 # The code only: an upstream's error message may echo argument values.
                 logger.warning(
@@ -457,16 +532,19 @@ class GuardedProxy:
                     otel_context.detach(token)
             return _clean_result(result)
 
-        result: types.CallToolResult = await self.guard.acall(
-            caller.delegation,
-            exposed.address,
-            args,
-            forward,
-            holder=caller.holder,
-            call_token=caller.call_token,
-            call_id=None if ctx.request_id is None else str(ctx.request_id),
-            step_up=self.step_up_for(exposed),
-        )
+        try:
+            result: types.CallToolResult = await self.guard.acall(
+                caller.delegation,
+                exposed.address,
+                args,
+                forward,
+                holder=caller.holder,
+                call_token=caller.call_token,
+                call_id=None if ctx.request_id is None else str(ctx.request_id),
+                step_up=self.step_up_for(exposed),
+            )
+        except UpstreamUnavailable as exc:
+            return _unavailable(exc)
         return result
 
     def _upstream_meta(
@@ -629,7 +707,10 @@ class GuardedProxy:
             return _pending_text(
                 request_id, f"an answer in this client is not enough ({exc.reason})"
             )
-        exposed = await self._lookup(params.name)
+        try:
+            exposed = await self._lookup(params.name)
+        except _Refusal as refusal:
+            return _refusal(refusal.text, refusal.meta)
         try:
             return await self._guarded_call(ctx, caller, exposed, dict(params.arguments or {}))
         except DeniedError as denied:

@@ -1,6 +1,6 @@
 """Connections from the proxy to its upstream MCP servers, built on ``mcp.Client``.
 
-Each upstream is one long-lived client session. The proxy sends it rebuilt
+Each upstream is one long-lived client session, reopened when it dies. The proxy sends it rebuilt
 requests only: the tool's own name, the (possibly edited) arguments and an
 allow-listed ``_meta``; nothing the downstream caller sent is passed through
 as is.
@@ -10,22 +10,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx2
 import mcp_types as types
+from anyio.abc import TaskGroup
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
+from agentguard.errors import AgentGuardError
 from agentguard_mcp.config import UpstreamSpec
 
-__all__ = ["ToolTraits", "Upstream", "otel_environment", "tool_fingerprint", "tool_traits"]
+__all__ = [
+    "ToolTraits",
+    "Upstream",
+    "UpstreamUnavailable",
+    "otel_environment",
+    "tool_fingerprint",
+    "tool_traits",
+]
+
+logger = logging.getLogger("agentguard_mcp")
 
 _LIST_PAGE_CAP = 50
+#: The code some servers (the TypeScript SDK's) put in their 404 "Session not found" body.
+_SESSION_NOT_FOUND = -32001
 
 
 def otel_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -72,20 +90,79 @@ def tool_fingerprint(tool: types.Tool) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
-class Upstream:
-    """One upstream server: its spec, its live client session and its last tool listing."""
+class UpstreamUnavailable(AgentGuardError):
+    """An upstream's session died, or is not back yet: the call did not reach it (or was lost).
 
-    def __init__(self, spec: UpstreamSpec, *, read_timeout: float | None = 120.0) -> None:
+    Attributes:
+        namespace: the upstream's namespace.
+        decision_id: the decision that allowed the call, when one was made.
+    """
+
+    def __init__(self, namespace: str, *, decision_id: str | None = None) -> None:
+        super().__init__(f"upstream {namespace} is unavailable")
+        self.namespace = namespace
+        self.decision_id = decision_id
+
+
+class _Connection:
+    """One client session, entered and left by its own task (anyio scopes are task-bound)."""
+
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.error: BaseException | None = None
+        self.settled = anyio.Event()
+        self.closing = anyio.Event()
+        self.scope = anyio.CancelScope()
+
+
+class Upstream:
+    """One upstream server: its spec, its live client session and its last tool listing.
+
+    A session that dies (the process exits, the server restarts, the transport
+    fails) marks the upstream broken: calls fail at once with
+    :class:`UpstreamUnavailable` until :meth:`recover` (or :meth:`refresh`, which
+    the proxy runs before it lists or looks up tools) reconnects it. Attempts
+    are spaced out: at least ``retry_after`` seconds apart, doubling after each
+    failed attempt up to ``retry_max``, timed with ``monotonic``.
+    """
+
+    def __init__(
+        self,
+        spec: UpstreamSpec,
+        *,
+        read_timeout: float | None = 120.0,
+        connect_timeout: float = 30.0,
+        retry_after: float = 1.0,
+        retry_max: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec = spec
         self.read_timeout = read_timeout
-        self._client: Client | None = None
+        self.connect_timeout = connect_timeout
+        self.retry_after = retry_after
+        self.retry_max = retry_max
+        self.monotonic = monotonic
         self.tools: dict[str, types.Tool] = {}
         self.server_name: str | None = None
+        #: Bumped by every successful (re)connection: a catalogue built from an
+        #: older listing must not send calls to the new session unchecked.
+        self.generation = 0
+        self._connection: _Connection | None = None
+        self._task_group: TaskGroup | None = None
+        self._lock: anyio.Lock | None = None
+        self._broken = False
+        self._failures = 0
+        self._next_attempt = -math.inf
 
     @property
     def namespace(self) -> str:
         """The namespace this upstream's tools live in."""
         return self.spec.namespace
+
+    @property
+    def broken(self) -> bool:
+        """Whether the session died and has not been reconnected yet."""
+        return self._broken
 
     def _target(self, stack: AsyncExitStack) -> Any:
         spec = self.spec
@@ -106,21 +183,82 @@ class Upstream:
         return streamable_http_client(spec.url, http_client=http)
 
     async def connect(self, stack: AsyncExitStack) -> None:
-        """Open the session (its lifetime is ``stack``'s) and read the tool listing."""
+        """Open the session (its lifetime, and every reconnection's, is ``stack``'s).
+
+        Raises:
+            Exception: whatever prevented the first session (the process cannot
+                start, the server cannot be reached, the handshake failed).
+        """
+        self._lock = anyio.Lock()
+        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        # Runs before the task group exits (LIFO): each session leaves its
+        # context in its own task, cleanly.
+        stack.callback(self._close)
+        connection = await self._open()
+        if connection.client is None:
+            raise _cause(connection.error) from None
+        await self._list(connection.client)
+
+    async def _open(self) -> _Connection:
+        """Start a session in its own task; wait (bounded) until it is up or has failed."""
+        if self._task_group is None:
+            raise RuntimeError(f"upstream {self.namespace} was never connected")
+        connection = _Connection()
+        self._task_group.start_soon(self._hold, connection, name=f"upstream {self.namespace}")
+        with anyio.move_on_after(self.connect_timeout):
+            await connection.settled.wait()
+        if not connection.settled.is_set():
+            connection.error = TimeoutError("no session within the connect timeout")
+            connection.scope.cancel()
+            return connection
+        if connection.client is not None:
+            self._connection = connection
+            self.generation += 1
+            info = connection.client.server_info
+            self.server_name = info.name if info is not None else None
+        return connection
+
+    async def _hold(self, connection: _Connection) -> None:
+        """Hold one session open until it is closed or dies (a transport task failing)."""
         # cache=None: a listing must always come from the upstream itself, so a
         # changed definition is noticed (rug-pull defence). A stdio upstream is one
         # long-lived session, what the 2025-11-25 era is made for; the stateless
         # era would repeat client info and capabilities in every request (about
         # 0.3 ms per call, benchmarks/mcp_proxy.py).
         mode = "legacy" if self.spec.command is not None else "auto"
-        client = Client(
-            self._target(stack), mode=mode, cache=None, read_timeout_seconds=self.read_timeout
-        )
-        await stack.enter_async_context(client)
-        self._client = client
-        info = client.server_info
-        self.server_name = info.name if info is not None else None
-        await self.refresh()
+        with connection.scope:
+            try:
+                async with AsyncExitStack() as stack:
+                    client = Client(
+                        self._target(stack),
+                        mode=mode,
+                        cache=None,
+                        read_timeout_seconds=self.read_timeout,
+                    )
+                    await stack.enter_async_context(client)
+                    connection.client = client
+                    connection.settled.set()
+                    await connection.closing.wait()
+            except Exception as exc:  # any failure of a session ends it; never the proxy
+                connection.error = exc
+                closed = connection.closing.is_set()
+                if connection.client is not None and connection is self._connection and not closed:
+                    self._mark_broken(exc)
+            finally:
+                connection.settled.set()
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.closing.set()
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        if not self._broken:
+            logger.warning(
+                "upstream %s: session lost (%s); reconnecting on next use",
+                self.namespace,
+                _describe(exc),
+            )
+        self._broken = True
 
     @property
     def client(self) -> Client:
@@ -129,16 +267,88 @@ class Upstream:
         Raises:
             RuntimeError: the upstream is not connected.
         """
-        if self._client is None:
+        if self._connection is None or self._connection.client is None:
             raise RuntimeError(f"upstream {self.namespace} is not connected")
-        return self._client
+        return self._connection.client
+
+    def _live_client(self) -> Client:
+        if self._broken or self._connection is None or self._connection.client is None:
+            raise UpstreamUnavailable(self.namespace)
+        return self._connection.client
+
+    async def recover(self) -> bool:
+        """Reconnect a broken upstream and re-read its listing, if an attempt is due now.
+
+        Returns whether a new session was opened (``False``: it was not broken).
+
+        Raises:
+            UpstreamUnavailable: no attempt is due yet, or the attempt failed.
+        """
+        if not self._broken:
+            return False
+        if self._lock is None:
+            raise UpstreamUnavailable(self.namespace)
+        async with self._lock:
+            if not self._broken:  # another caller reconnected it meanwhile
+                return False
+            now = self.monotonic()
+            if now < self._next_attempt:
+                raise UpstreamUnavailable(self.namespace)
+            if self._connection is not None:
+                self._connection.closing.set()
+            connection = await self._open()
+            error = connection.error
+            if connection.client is not None:
+                try:
+                    await self._list(connection.client)
+                except Exception as exc:  # the new session is no better: drop it
+                    connection.closing.set()
+                    error = exc
+            if error is not None:
+                self._failures += 1
+                delay = min(self.retry_max, self.retry_after * 2.0**self._failures)
+                self._next_attempt = now + delay
+                logger.warning(
+                    "upstream %s: reconnection failed (%s); next attempt in %.0f s at the earliest",
+                    self.namespace,
+                    _describe(error),
+                    delay,
+                )
+                raise UpstreamUnavailable(self.namespace) from None
+            self._failures = 0
+            self._next_attempt = now + self.retry_after
+            self._broken = False
+            logger.warning("upstream %s: reconnected", self.namespace)
+            return True
 
     async def refresh(self) -> dict[str, types.Tool]:
-        """Fetch the complete tool listing again (bounded pagination)."""
+        """Fetch the complete tool listing again (bounded pagination).
+
+        A broken upstream is reconnected first (:meth:`recover`).
+
+        Raises:
+            UpstreamUnavailable: the session is (or just became) unusable.
+            MCPError: the upstream answered the listing with an error.
+        """
+        if self._broken:
+            await self.recover()
+            return self.tools
+        client = self._live_client()
+        try:
+            return await self._list(client)
+        except MCPError as exc:
+            if not self._session_lost(exc):
+                raise
+            self._mark_broken(exc)
+        except Exception as exc:  # a failing transport: the session is unusable
+            self._mark_broken(exc)
+        raise UpstreamUnavailable(self.namespace)
+
+    async def _list(self, client: Client) -> dict[str, types.Tool]:
         tools: dict[str, types.Tool] = {}
         cursor: str | None = None
         for _ in range(_LIST_PAGE_CAP):
-            page = await self.client.list_tools(cursor=cursor)
+            page = await client.list_tools(cursor=cursor)
             for tool in page.tools:
                 tools[tool.name] = tool
             cursor = page.next_cursor
@@ -150,11 +360,64 @@ class Upstream:
     async def call(
         self, name: str, arguments: Mapping[str, Any], meta: Mapping[str, Any]
     ) -> types.CallToolResult:
-        """Call ``name`` with rebuilt params: exactly these arguments and this ``_meta``."""
-        return await self.client.call_tool(
-            name,
-            dict(arguments),
-            # RequestParamsMeta is a TypedDict with extra_items (PEP 728), which
-            # mypy cannot match a plain dict against.
-            meta=dict(meta) if meta else None,  # type: ignore[arg-type]
+        """Call ``name`` with rebuilt params: exactly these arguments and this ``_meta``.
+
+        A broken upstream is not reconnected here: a new session may list other
+        definitions, which must be checked (:meth:`refresh`) before any call.
+
+        Raises:
+            UpstreamUnavailable: the session is broken, or died during the call
+                (which may or may not have run).
+            MCPError: the upstream answered with an error.
+        """
+        client = self._live_client()
+        try:
+            return await client.call_tool(
+                name,
+                dict(arguments),
+                # RequestParamsMeta is a TypedDict with extra_items (PEP 728), which
+                # mypy cannot match a plain dict against.
+                meta=dict(meta) if meta else None,  # type: ignore[arg-type]
+            )
+        except MCPError as exc:
+            if not self._session_lost(exc):
+                raise
+            self._mark_broken(exc)
+        except Exception as exc:  # a failing transport: the session is unusable
+            self._mark_broken(exc)
+        raise UpstreamUnavailable(self.namespace)
+
+    def _session_lost(self, exc: MCPError) -> bool:
+        """Whether an error means the session is gone (not that the upstream refused a request)."""
+        if exc.code == types.CONNECTION_CLOSED and exc.error.message == "Connection closed":
+            return True
+        # A restarted HTTP server has forgotten the session: it answers 404 (the SDK
+        # client's "Session terminated"; servers' own "Session not found" bodies),
+        # and the spec wants a new session then (2025-11-25, session management).
+        return (
+            self.spec.url is not None
+            and exc.code in (types.INVALID_REQUEST, _SESSION_NOT_FOUND)
+            and "session" in exc.error.message.lower()
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure for the log: its MCP error code or its type, never its text.
+
+    An exception's text may carry a URL with credentials, or argument values.
+    """
+    cause = _cause(exc)
+    if isinstance(cause, MCPError):
+        return (
+            "connection closed"
+            if cause.code == types.CONNECTION_CLOSED
+            else f"MCP error {cause.code}"
+        )
+    return type(cause).__name__
+
+
+def _cause(exc: BaseException | None) -> BaseException:
+    """The one failure inside (nested) single-member exception groups, for logs and callers."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if exc is not None else RuntimeError("no session")
