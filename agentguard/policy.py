@@ -50,9 +50,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _patterns(value: Sequence[str]) -> list[str]:
+def _patterns(value: Any) -> list[str]:
+    # A "before" validator sees raw YAML: anything that is not a pattern or a list
+    # of patterns must become a ValueError (pydantic does not wrap TypeError).
     if isinstance(value, str):
         value = [value]
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ValueError("expected a tool pattern or a list of tool patterns")
     out = []
     for pattern in value:
         try:

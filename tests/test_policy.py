@@ -307,3 +307,14 @@ def test_schema_accepts_a_valid_document_and_refuses_unknown_keys() -> None:
     validator = jsonschema.Draft202012Validator(policy_schema())
     assert validator.is_valid({"version": 1, "shadow": True, "limits": {"max_chain_length": 3}})
     assert not validator.is_valid({"version": 1, "bogus": 1})
+
+
+@pytest.mark.parametrize("tools", [None, 7, {"a": 1}, [1], ["ok/*", None]])
+def test_non_pattern_tools_are_a_config_error(tools: object) -> None:
+    """Found by atheris: `tools:` left empty (null) raised a bare TypeError."""
+    for section in ("approvers", "deny", "step_up"):
+        entry: dict[str, object] = {"tools": tools}
+        if section == "approvers":
+            entry["id"] = "user:carol"
+        with pytest.raises(ConfigError, match=rf"{section}\[0\]\.tools"):
+            load_policy({section: [entry]})
