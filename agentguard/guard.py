@@ -745,14 +745,22 @@ class Guard:
         del chain
         return _Outcome(decision, error, dict(args))
 
-    def _complete(self, decision: Decision, started: float, error: BaseException | None) -> None:
+    def _complete(
+        self,
+        decision: Decision,
+        started: float,
+        error: BaseException | None,
+        *,
+        tool_error: bool = False,
+    ) -> None:
+        status = "error" if error is not None else "tool_error" if tool_error else "success"
         record = {
             "type": "completion",
             "decision_id": decision.id,
             "time": self.clock.now(),
             "tool": decision.tool,
             "call_id": decision.call_id,
-            "status": "error" if error is not None else "success",
+            "status": status,
             "error_type": type(error).__name__ if error is not None else None,
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
             "enforcement_point": self.enforcement_point,
@@ -1017,8 +1025,13 @@ class Guard:
         call_token: str | None = None,
         call_id: str | None = None,
         step_up: Sequence[tuple[str, str]] = (),
+        failed: Callable[[Any], bool] | None = None,
     ) -> _T:
         """Run ``fn(**args)`` if and only if the guard allows this call.
+
+        ``failed`` tells from the result whether the tool reported an error
+        without raising (an MCP ``isError`` result, say); the completion record
+        then says ``tool_error``.
 
         Raises:
             DeniedError: the call was refused; ``fn`` did not run.
@@ -1050,7 +1063,7 @@ class Guard:
                 raise
             finally:
                 _CURRENT.reset(current)
-            self._complete(decision, started, None)
+            self._complete(decision, started, None, tool_error=_failed(failed, result))
             return result
 
     # Overloads so that type checkers infer the result of an async ``fn`` (a
@@ -1067,6 +1080,7 @@ class Guard:
         call_token: str | None = None,
         call_id: str | None = None,
         step_up: Sequence[tuple[str, str]] = (),
+        failed: Callable[[Any], bool] | None = None,
     ) -> _T: ...
 
     @overload
@@ -1081,6 +1095,7 @@ class Guard:
         call_token: str | None = None,
         call_id: str | None = None,
         step_up: Sequence[tuple[str, str]] = (),
+        failed: Callable[[Any], bool] | None = None,
     ) -> _T: ...
 
     async def acall(
@@ -1094,6 +1109,7 @@ class Guard:
         call_token: str | None = None,
         call_id: str | None = None,
         step_up: Sequence[tuple[str, str]] = (),
+        failed: Callable[[Any], bool] | None = None,
     ) -> _T:
         """Async twin of :meth:`call`; ``fn`` may be sync or async.
 
@@ -1128,7 +1144,7 @@ class Guard:
                 raise
             finally:
                 _CURRENT.reset(current)
-            self._complete(decision, started, None)
+            self._complete(decision, started, None, tool_error=_failed(failed, result))
             return result
 
     def close(self) -> None:
@@ -1140,6 +1156,17 @@ def _load(policy: str | Path | Mapping[str, Any] | None) -> Policy:
     if policy is None:
         return Policy()
     return load_policy(policy)
+
+
+def _failed(failed: Callable[[Any], bool] | None, result: Any) -> bool:
+    """Whether the caller's ``failed`` test says the tool reported an error (never raises)."""
+    if failed is None:
+        return False
+    try:
+        return bool(failed(result))
+    except Exception:  # a broken test must not turn a completed call into an exception
+        log.warning("agentguard: the 'failed' test raised; completion recorded as success")
+        return False
 
 
 def _claimed_path(delegation: str | Delegation) -> tuple[str, ...]:

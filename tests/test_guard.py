@@ -449,6 +449,34 @@ async def test_completion_record_for_async_error(guard: Guard, world: World) -> 
     assert completion["error_type"] == "ValueError"
 
 
+def test_completion_record_for_a_reported_tool_error(guard: Guard, world: World) -> None:
+    """A tool that returns an error (an MCP isError result) is audited as tool_error."""
+
+    def answer(**kwargs: Any) -> dict[str, bool]:
+        return {"is_error": True}
+
+    result = guard.call(
+        world.delegation,
+        "tickets/read",
+        {},
+        answer,
+        holder=world.bot,
+        failed=lambda r: r["is_error"],
+    )
+    assert result == {"is_error": True}
+    assert audit_records(guard)[-1]["status"] == "tool_error"
+
+
+def test_a_broken_failed_test_does_not_break_the_call(guard: Guard, world: World) -> None:
+    def boom(result: object) -> bool:
+        raise RuntimeError("bad test")
+
+    assert guard.call(
+        world.delegation, "tickets/read", {}, Recorder(), holder=world.bot, failed=boom
+    )
+    assert audit_records(guard)[-1]["status"] == "success"
+
+
 def test_denied_call_has_no_completion_record(guard: Guard, world: World) -> None:
     deny_reason(guard, world, "mail/send", {})
     assert [r["type"] for r in audit_records(guard)] == ["decision"]

@@ -542,6 +542,7 @@ class GuardedProxy:
                 call_token=caller.call_token,
                 call_id=None if ctx.request_id is None else str(ctx.request_id),
                 step_up=self.step_up_for(exposed),
+                failed=_is_error_result,
             )
         except UpstreamUnavailable as exc:
             return _unavailable(exc)
@@ -715,6 +716,11 @@ class GuardedProxy:
             return await self._guarded_call(ctx, caller, exposed, dict(params.arguments or {}))
         except DeniedError as denied:
             return _denied(denied)
+
+
+def _is_error_result(result: Any) -> bool:
+    """An upstream's ``isError`` answer is audited as a tool error, not a success."""
+    return bool(getattr(result, "is_error", False))
 
 
 def _forwardable_receipt(decision: Decision | None) -> str | None:

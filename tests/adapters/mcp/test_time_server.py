@@ -93,3 +93,19 @@ async def test_untrusted_annotations_mean_step_up(setup: Setup) -> None:
             result = await client.call_tool("get_current_time", {"timezone": "UTC"})
             assert result.is_error
             assert "approval pending, id=apr_" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_upstream_error_answer_is_audited_as_a_tool_error(setup: Setup) -> None:
+    """An allowed call the upstream answers with isError is a tool_error completion."""
+    params = _proxy(setup, [{"tool": "mcp-time/get_current_time"}], "--trusted")
+    with anyio.fail_after(30):
+        async with Client(params, mode="legacy") as client:  # type: ignore[arg-type]
+            result = await client.call_tool("get_current_time", {"timezone": "Not/AZone"})
+            assert result.is_error
+    store = SQLiteStore(setup.home / "state.db")
+    try:
+        completions = [e.body for e in store.audit_entries() if '"type":"completion"' in e.body]
+    finally:
+        store.close()
+    assert len(completions) == 1
+    assert '"status":"tool_error"' in completions[0]
