@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -30,16 +29,15 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
-import uvicorn
 import yaml
 from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.serve import http_app
+from agentguard_mcp.testing import serve_app
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
-from starlette.types import ASGIApp
 
 from agentguard.delegation import Delegation
 from agentguard.keys import Keyring
@@ -64,28 +62,6 @@ def _upstream() -> Server[Any]:
         return types.CallToolResult(content=[types.TextContent(text="found")])
 
     return Server("bench-upstream", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-@asynccontextmanager
-async def _serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` on a loopback port inside this event loop; yields its base URL."""
-    sock = socket.socket()
-    # Accepted sockets inherit this; without it Nagle's algorithm meets delayed
-    # ACKs on a pre-bound socket and every 2026-07-28 exchange waits ~40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            try:
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
 
 
 Call = Callable[[str], Awaitable[types.CallToolResult]]
@@ -147,11 +123,13 @@ async def main(calls: int, levels: list[int]) -> None:
         guard = build_guard(state, str(state / "agentguard.yaml"))
         try:
             async with AsyncExitStack() as stack:
-                base = await stack.enter_async_context(_serve(_upstream().streamable_http_app()))
+                base = await stack.enter_async_context(
+                    serve_app(_upstream().streamable_http_app(), backlog=256)
+                )
                 spec = UpstreamSpec(namespace="bench", url=f"{base}/mcp", trusted=True)
                 proxy = GuardedProxy(guard, [Upstream(spec)])
                 await proxy.start(stack)
-                front = await stack.enter_async_context(_serve(http_app(proxy)))
+                front = await stack.enter_async_context(serve_app(http_app(proxy), backlog=256))
 
                 @asynccontextmanager
                 async def direct() -> AsyncIterator[Client]:

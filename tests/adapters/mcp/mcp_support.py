@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import mcp_types as types
-import uvicorn
 import yaml
+from agentguard_mcp.testing import serve_app
 from mcp import StdioServerParameters
-from starlette.types import ASGIApp
 
 from agentguard.delegation import Delegation
 from agentguard.keys import Identity, Keyring
@@ -106,30 +102,8 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@asynccontextmanager
-async def serve_in_process(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn inside this test's event loop; yields its base URL.
-
-    The socket listens before uvicorn starts, so clients can connect at once
-    (no readiness polling).
-    """
-    sock = socket.socket()
-    # Accepted sockets inherit this: without it every HTTP exchange waits ~40 ms
-    # for a delayed ACK (Nagle).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            try:
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
+#: Serve an ASGI app on loopback inside the test's event loop (yields the base URL).
+serve_in_process = serve_app
 
 
 def text_of(result: types.CallToolResult) -> str:

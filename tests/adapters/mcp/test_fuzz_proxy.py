@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,11 +24,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx2
 import mcp_types as types
 import pytest
-import uvicorn
 from agentguard_mcp import (
     META_APPROVAL,
     META_CALL,
@@ -42,13 +39,13 @@ from agentguard_mcp import (
 )
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.serve import http_app
+from agentguard_mcp.testing import serve_app
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.shared.inbound import encode_header_value
-from starlette.types import ASGIApp
 
 from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError
@@ -148,35 +145,15 @@ class Target:
 
 
 @asynccontextmanager
-async def _serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` on a loopback port in this event loop; yields its base URL."""
-    sock = socket.socket()
-    # Inherited by accepted sockets: without it Nagle's algorithm meets delayed
-    # ACKs and every exchange waits ~40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            try:
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
-
-
-@asynccontextmanager
 async def _proxy(guard: Guard, upstream: RecordingUpstream) -> AsyncIterator[str]:
     async with AsyncExitStack() as stack:
-        base = await stack.enter_async_context(_serve(upstream.server.streamable_http_app()))
+        base = await stack.enter_async_context(
+            serve_app(upstream.server.streamable_http_app(), log_level="critical")
+        )
         spec = UpstreamSpec(namespace="notes", url=f"{base}/mcp", trusted=True)
         proxy = GuardedProxy(guard, [Upstream(spec)])
         await proxy.start(stack)
-        front = await stack.enter_async_context(_serve(http_app(proxy)))
+        front = await stack.enter_async_context(serve_app(http_app(proxy), log_level="critical"))
         yield f"{front}/mcp"
 
 
