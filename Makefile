@@ -48,8 +48,12 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/run.py
 
+# Long loops: the slow-marked tests (crash loop, 100k-call memory, proxy load) and
+# the fuzz modules, whose hypothesis profile runs 10-25x more examples here.
 hardening: install
 	AGENTGUARD_HARDENING=1 $(BIN)/python -m pytest -q -m slow tests
+	AGENTGUARD_HARDENING=1 $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_fuzz_web.py \
+		tests/adapters/mcp/test_fuzz_proxy.py
 
 # atheris is installed here only (not in requirements-dev.txt): it may need clang to build.
 FUZZ_TIME ?= 60

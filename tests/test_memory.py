@@ -23,7 +23,7 @@ from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
 from agentguard.guard import Guard
 from agentguard.keys import Identity
-from agentguard.store.base import GENESIS_HASH, AuditEntry, entry_hash
+from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, entry_hash
 from agentguard.store.memory import MemoryStore
 from agentguard.verify import Verifier
 from tests.guard_helpers import World, make_guard, manual_world
@@ -34,7 +34,8 @@ STEP = 0.05  # seconds of clock time per call: a 30 s call token outlives 600 ca
 
 
 class HeadOnlyAuditStore(MemoryStore):
-    """A memory store whose audit log keeps only its newest entry (the chain head)."""
+    """A memory store whose audit log keeps only its newest entry (the chain head)
+    and only its newest signed checkpoint: both grow by design in a real store."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,6 +53,10 @@ class HeadOnlyAuditStore(MemoryStore):
             for link in link_ids:
                 self._usage[link] = max(at, self._usage.get(link, 0.0))
             return entry
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._lock:
+            self._checkpoints = [checkpoint]
 
 
 def _calls(guard: Guard, world: World, text: str, start: int, count: int) -> None:
