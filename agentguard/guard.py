@@ -425,8 +425,12 @@ class Guard:
             match = self.verifier.authorize(chain, tool, args)
             demands = [*self._policy_rules(chain, match, tool, args), *step_up]
             # The call token binds exactly what the caller asked for.
+            presented = None
             if token is not None:
-                self.verifier.verify_call_token(chain, token, tool=tool, args=args, consume=False)
+                # Checked in full now, its nonce burned only once the call may run.
+                presented = self.verifier.verify_call_token(
+                    chain, token, tool=tool, args=args, consume=False, digest=digest
+                )
             elif holder is None:
                 raise DeniedError(
                     "no call token and no holder identity to sign one", reason="missing_call_token"
@@ -517,10 +521,12 @@ class Guard:
                     args=args,
                     now=now,
                     ttl=min(self.policy.limits.call_token_ttl, 300),
+                    digest=digest,
                 )
-                self.verifier.accept_minted(chain, token, tool=tool, args=args)
-            elif token is not None and enforce:
-                self.verifier.verify_call_token(chain, token, tool=tool, args=args, consume=True)
+                self.verifier.accept_minted(chain, token, tool=tool, args=args, digest=digest)
+            elif presented is not None and enforce:
+                # Checked above: no second signature check, only nonce and expiry remain.
+                self.verifier.consume(presented)
             if approval is not None and not self.store.approval_burn(
                 approval["request_id"], self.clock.now()
             ):

@@ -373,10 +373,12 @@ def mint_call_token(
     now: float,
     ttl: float = 30,
     audience: str | None = None,
+    digest: str | None = None,
 ) -> str:
     """Sign a single-use call token for exactly this tool and these arguments.
 
-    ``audience`` defaults to the tool's namespace.
+    ``audience`` defaults to the tool's namespace; ``digest`` is the arguments'
+    digest when the caller computed it already.
 
     Raises:
         InvalidAddressError: the tool address is malformed.
@@ -391,7 +393,7 @@ def mint_call_token(
         "iss": holder.id,
         "aud": audience or namespace,
         "tool": tool,
-        "args": args_digest(args),
+        "args": digest if digest is not None else args_digest(args),
         "prf": leaf_link_id,
         "iat": issued,
         "exp": math.ceil(now + ttl),

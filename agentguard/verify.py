@@ -350,11 +350,13 @@ class Verifier:
         args: Mapping[str, Any],
         audience: str | None = None,
         consume: bool = True,
+        digest: str | None = None,
     ) -> VerifiedCall:
         """Check a call token against the chain's holder, the tool and the arguments.
 
         With ``consume`` (the default) the token id is burned in the replay
-        store; a second presentation is refused.
+        store; a second presentation is refused. ``digest`` is the arguments'
+        digest when the caller computed it already.
 
         Raises:
             DeniedError: ``call_token_*`` reasons, ``bad_signature``,
@@ -373,7 +375,7 @@ class Verifier:
             )
         _jws.verify_signature(token, holder, TYP_CALL)
         return self._check_call_claims(
-            chain, claims, tool=tool, args=args, audience=audience, consume=consume
+            chain, claims, tool=tool, args=args, audience=audience, consume=consume, digest=digest
         )
 
     def accept_minted(
@@ -384,6 +386,7 @@ class Verifier:
         tool: str,
         args: Mapping[str, Any],
         audience: str | None = None,
+        digest: str | None = None,
     ) -> VerifiedCall:
         """Accept a call token this process minted itself with the holder's key.
 
@@ -397,7 +400,7 @@ class Verifier:
         if claims.issuer != chain.holder.id or claims.kid != chain.holder.kid:
             raise DeniedError("call token is not signed by the holder", reason="call_token_signer")
         return self._check_call_claims(
-            chain, claims, tool=tool, args=args, audience=audience, consume=True
+            chain, claims, tool=tool, args=args, audience=audience, consume=True, digest=digest
         )
 
     def _check_call_claims(
@@ -409,6 +412,7 @@ class Verifier:
         args: Mapping[str, Any],
         audience: str | None,
         consume: bool,
+        digest: str | None = None,
     ) -> VerifiedCall:
         now = self.clock.now()
         leaf = chain.delegation.leaf
@@ -423,10 +427,11 @@ class Verifier:
             raise DeniedError(
                 "call token is addressed to another audience", reason="call_token_mismatch"
             )
-        try:
-            digest = args_digest(args)
-        except ValueError as exc:
-            raise DeniedError(str(exc), reason="invalid_arguments") from exc
+        if digest is None:
+            try:
+                digest = args_digest(args)
+            except ValueError as exc:
+                raise DeniedError(str(exc), reason="invalid_arguments") from exc
         if claims.args_digest != digest:
             raise DeniedError(
                 "call token is bound to other arguments", reason="call_token_mismatch"
@@ -437,8 +442,25 @@ class Verifier:
             raise DeniedError("call token has expired", reason="call_token_expired")
         if claims.issued_at > now + self.leeway:
             raise DeniedError("call token was issued in the future", reason="call_token_expired")
-        if consume and not self.replay.consume(
+        call = VerifiedCall(claims, digest)
+        if consume:
+            self.consume(call)
+        return call
+
+    def consume(self, call: VerifiedCall) -> None:
+        """Burn a checked call token's nonce (its binding was checked already).
+
+        Expiry is checked again: time may have passed since the token was
+        checked (a human approval in between).
+
+        Raises:
+            DeniedError: ``call_token_expired`` or ``call_token_replayed``.
+        """
+        claims = call.claims
+        now = self.clock.now()
+        if now - self.leeway >= claims.expires_at:
+            raise DeniedError("call token has expired", reason="call_token_expired")
+        if not self.replay.consume(
             f"{claims.issuer}/{claims.jti}", claims.expires_at + self.leeway, now=now
         ):
             raise DeniedError("call token was used before", reason="call_token_replayed")
-        return VerifiedCall(claims, digest)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agentguard.approval import ApprovalBook, ApprovalRequest, CallbackChannel
 from agentguard.clock import ManualClock
 from agentguard.errors import ConfigError, DeniedError, StoreError
 from agentguard.guard import Guard
@@ -89,6 +90,25 @@ def test_delegation_string_is_accepted(guard: Guard, world: World) -> None:
     tool = Recorder()
     guard.call(world.delegation.serialize(), "fs/read", {"p": "/a"}, tool, holder=world.bot)
     assert tool.ran
+
+
+def test_external_token_expiring_during_the_approval_wait_is_refused(world: World) -> None:
+    """The presented token is checked once, but its expiry again just before the run."""
+    clock = world.clock
+    assert isinstance(clock, ManualClock)
+
+    def approve_slowly(request: ApprovalRequest, book: ApprovalBook) -> None:
+        book.approve(request.id, world.carol)
+        clock.advance(120)  # the human took two minutes; the token lived thirty seconds
+
+    guard = make_guard(world, approver=CallbackChannel(approve_slowly))
+    args = {"target": "db1"}
+    token = world.delegation.mint_call_token(world.bot, "admin/reset", args, clock=clock)
+    tool = Recorder()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "admin/reset", args, tool, call_token=token)
+    assert info.value.reason == "call_token_expired"
+    assert not tool.ran
 
 
 def test_external_call_token_is_accepted(guard: Guard, world: World) -> None:
