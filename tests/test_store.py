@@ -8,12 +8,14 @@ real Python processes.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,7 +261,11 @@ def _run_two(path: Path, workload: str, count: int) -> list[list[int]]:
     try:
         for child in children:
             assert child.stdout is not None
-            assert child.stdout.readline().strip() == "ready"
+            line = child.stdout.readline().strip()
+            if line != "ready":
+                child.kill()
+                _, err = child.communicate(timeout=30)
+                pytest.fail(f"a child died opening the store: {line!r}\n{err}")
         for child in children:
             assert child.stdin is not None
             child.stdin.write("go\n")
@@ -298,3 +304,50 @@ def test_two_processes_append_one_unbroken_audit_chain(tmp_path: Path) -> None:
     verify_audit_chain(entries)
     writers = [json.loads(e.body)["writer"] for e in entries]
     assert writers.count("a") == writers.count("b") == 200
+
+
+# --- many processes opening one fresh file at once ----------------------------------------------
+
+
+def _open_rounds(directory: str, rounds: int, barrier: Any, errors: Any) -> None:
+    """Child: for each round, wait for every sibling, then open the round's fresh file."""
+    for n in range(rounds):
+        barrier.wait(timeout=60)
+        try:
+            store = SQLiteStore(Path(directory) / f"round-{n}.db")
+            store.audit_append({"round": n}, at=NOW)
+            store.close()
+        except Exception as exc:  # every failure is reported to the parent
+            errors.put(f"round {n}: {type(exc).__name__}: {exc}")
+
+
+def open_concurrently(directory: Path, processes: int, rounds: int) -> list[str]:
+    """Open ``rounds`` fresh stores, each from ``processes`` processes at the same instant."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    errors = context.Queue()
+    children = [
+        context.Process(target=_open_rounds, args=(str(directory), rounds, barrier, errors))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=300)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    failures += [f"child exit code {c.exitcode}" for c in children if c.exitcode != 0]
+    return failures
+
+
+def test_many_processes_open_one_fresh_store_at_once(tmp_path: Path) -> None:
+    """8 processes open the same new file at the same instant, 50 times: none fails."""
+    failures = open_concurrently(tmp_path, processes=8, rounds=50)
+    assert failures == []
+    for n in range(50):
+        store = SQLiteStore(tmp_path / f"round-{n}.db")
+        entries = store.audit_entries()
+        store.close()
+        assert len(entries) == 8
+        verify_audit_chain(entries)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,15 @@ CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (call_digest, status);
 """
 
 _PURGE_EVERY = 512
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _is_lock_contention(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds a lock."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 class SQLiteStore:
@@ -80,10 +90,17 @@ class SQLiteStore:
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection().executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise StoreError(f"cannot initialise store {self.location}: {exc}") from exc
+        self._while_locked(self._create_schema, "initialise")
+
+    def _create_schema(self) -> None:
+        # One write transaction: several processes creating the same fresh file
+        # queue on the write lock, and the later ones find the schema in place.
         with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 db.execute(
@@ -96,24 +113,56 @@ class SQLiteStore:
                     f"understands up to version {SCHEMA_VERSION}; upgrade agentguard"
                 )
 
+    def _while_locked(self, step: Callable[[], _T], action: str) -> _T:
+        """Run ``step``, retrying while another process holds the lock it needs.
+
+        SQLite's busy handler does not wait for every lock: switching a new file
+        to WAL and recovering its index can fail at once with "database is
+        locked" while another process does the same. Those are retried with a
+        short, growing pause until the store's timeout runs out.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        pause = 0.001
+        while True:
+            try:
+                return step()
+            except (StoreError, sqlite3.OperationalError) as exc:
+                cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+                if not _is_lock_contention(cause) or time.monotonic() >= deadline:
+                    if isinstance(exc, StoreError):
+                        raise
+                    raise StoreError(f"cannot {action} store {self.location}: {exc}") from exc
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot {action} store {self.location}: {exc}") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
     # -- connections ------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"store {self.location} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            try:
-                conn = sqlite3.connect(
-                    self.path, timeout=30, isolation_level=None, check_same_thread=False
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self._sync}")
-                conn.execute("PRAGMA busy_timeout=30000")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open store {self.location}: {exc}") from exc
+            conn = self._while_locked(self._open_connection, "open")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
+        return conn
+
+    def _open_connection(self) -> sqlite3.Connection:
+        # ``timeout`` installs the busy handler before the first statement runs.
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if mode != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._sync}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextmanager
