@@ -283,7 +283,32 @@ def policy_schema() -> dict[str, Any]:
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key and sequence item."""
+    """SafeLoader that refuses duplicate mapping keys (YAML and JSON alike keep the last).
+
+    A second ``deny: []`` would otherwise silently erase the deny rules above it.
+    Keys merged in with ``<<`` may still be overridden: that is YAML's own override.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first_line.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if line is not None:
+                shown = repr(key) if len(repr(key)) <= 60 else repr(key)[:57] + "..."
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {shown} (first defined on line {line})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _lines(
