@@ -19,7 +19,7 @@ from agentguard.addresses import pattern_matches, validate_pattern
 from agentguard.clock import parse_duration
 from agentguard.errors import ConfigError, IdentityError, InvalidAddressError, PredicateError
 from agentguard.keys import Principal, validate_principal_id
-from agentguard.predicates import compile_predicate, evaluate
+from agentguard.predicates import compile_predicate, restricts
 
 __all__ = [
     "ASSURANCE_LEVELS",
@@ -123,12 +123,21 @@ def _principal(value: str) -> str:
 
 
 class PolicyRule(_Strict):
-    """A deny or step-up rule: tool patterns plus an optional argument predicate."""
+    """A deny or step-up rule: tool patterns plus an optional argument predicate.
+
+    Such a rule restricts, so it applies to every call of a matching tool unless
+    its ``where`` predicate is definitely false for the arguments: a value of
+    the wrong type (``"5000"`` for ``amount > 100``), an unusable path or a
+    missing argument all leave the rule in force. ``if_missing: skip`` makes it
+    step aside for calls that lack an argument the predicate names (for tools
+    that have no such argument). See the README's "Argument predicates" section.
+    """
 
     tools: list[str]
     where: Any = None
     reason: str | None = None
     min_assurance: Assurance = "signed"
+    if_missing: Literal["apply", "skip"] = "apply"
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -149,9 +158,8 @@ class PolicyRule(_Strict):
         """Whether the rule applies to this call."""
         if not any(pattern_matches(p, tool) for p in self.tools):
             return False
-        # Deny and step-up rules restrict: an evaluation cut short (budget,
-        # recursion) must apply the rule, not silently skip it (fail closed).
-        return self.where is None or evaluate(self.where, args, on_error=True)
+        # Deny and step-up rules restrict: "cannot tell" applies the rule.
+        return restricts(self.where, args, skip_if_missing=self.if_missing == "skip")
 
     def describe(self) -> str:
         """Short text for explanations."""

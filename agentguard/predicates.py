@@ -5,27 +5,35 @@ that must all hold. People write a friendlier object form
 (``{"business_unit": "emea", "amount": {"<=": 100}}``) that
 :func:`compile_predicate` turns into the canonical one.
 
-Evaluation is deterministic, uses no regular expressions and runs under a node
-budget. It never raises: an exhausted budget, a type mismatch or even a
-malformed predicate makes the whole predicate false.
+Evaluation is deterministic, uses no regular expressions, runs under a node
+budget and never raises. It is three-valued (:class:`Truth`): a statement is
+true, false or *unknown*. Unknown means "cannot tell": a missing argument, a
+value of another JSON type than the statement compares with (``"5000"`` under
+``> 100``, ``["prod"]`` against ``"prod"``), a path that is not an absolute
+POSIX path or holds a NUL byte, an exhausted budget. ``not``, ``and`` and
+``or`` follow Kleene's tables (``not unknown`` is unknown). A rule that
+*grants* admits only on :data:`Truth.TRUE` (:func:`admits`); a rule that
+*restricts* applies unless the answer is :data:`Truth.FALSE` (:func:`restricts`).
 
 Semantics worth knowing:
 
-* A selector that finds nothing (missing key, index out of range, indexing a
-  scalar) makes its statement false, ``!=`` included: ``!=`` holds only when the
-  field exists and differs. ``not`` is plain negation, so
-  ``["not", ["==", ".x", 1]]`` holds when ``.x`` is missing.
-* Equality is JSON equality: ``true`` never equals ``1``, ``1`` equals ``1.0``.
-* ``within`` compares lexically normalised POSIX paths segment by segment. A
-  ``..`` that climbs above the start of a path (``/..`` included) makes it false.
+* Equality is JSON equality by kind: ``true`` never equals ``1``, ``1``
+  equals ``1.0``; comparing values of different kinds (other than ``null``,
+  which is simply unequal to everything else) is unknown, so ``!=`` never
+  admits a value it cannot compare.
+* ``within`` normalises both paths lexically with POSIX rules (``.`` and
+  ``//`` collapse, ``..`` removes a segment, and ``/..`` is ``/``) and then
+  compares them segment by segment. Its base must be an absolute path.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import operator
 import string
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Final, TypeAlias
 
@@ -37,10 +45,14 @@ __all__ = [
     "MAX_NODES",
     "MAX_STRING",
     "Predicate",
+    "Truth",
+    "admits",
     "compile_predicate",
     "describe",
     "evaluate",
     "parse_selector",
+    "restricts",
+    "root_fields",
     "validate_predicate",
 ]
 
@@ -201,28 +213,23 @@ def _glob_match(pieces: tuple[str, ...], text: str) -> bool:
     return True
 
 
-def _path_segments(path: str) -> tuple[bool, list[str]] | None:
-    """Normalise a POSIX path lexically; None when empty, NUL-bearing or climbing too high."""
-    if not path or "\0" in path:
+def _path_segments(path: str) -> tuple[str, ...] | None:
+    """Normalise an absolute POSIX path lexically; None for anything else.
+
+    ``.`` and empty segments vanish, ``..`` removes the segment before it and
+    stays at the root above it (``/..`` is ``/``, as on every POSIX system).
+    Relative paths, empty strings and NUL bytes have no answer here.
+    """
+    if not path.startswith("/") or "\0" in path:
         return None
     stack: list[str] = []
     for segment in path.split("/"):
         if segment == "..":
-            if not stack:
-                return None
-            stack.pop()
+            if stack:
+                stack.pop()
         elif segment not in ("", "."):
             stack.append(segment)
-    return path.startswith("/"), stack
-
-
-def _within(value: Any, base: Any) -> bool:
-    if not isinstance(value, str) or not isinstance(base, str):
-        return False
-    target, root = _path_segments(value), _path_segments(base)
-    if target is None or root is None or target[0] != root[0]:
-        return False
-    return target[1][: len(root[1])] == root[1]
+    return tuple(stack)
 
 
 class _Checker:
@@ -283,7 +290,7 @@ class _Checker:
                 raise PredicateError(exc.detail, path=path) from None
         if op == "within" and _path_segments(copy) is None:
             raise PredicateError(
-                "'within' needs a non-empty path without NUL bytes or '..' above its start",
+                "'within' needs an absolute path (starting with '/') without NUL bytes",
                 path=path,
             )
         return copy
@@ -461,78 +468,195 @@ class _Budget:
             raise _BudgetExhausted
 
 
-def _json_equal(actual: Any, expected: Any, budget: _Budget) -> bool:
+class Truth(enum.Enum):
+    """The answer of a three-valued evaluation."""
+
+    FALSE = "false"
+    TRUE = "true"
+    UNKNOWN = "unknown"
+
+    def __invert__(self) -> Truth:
+        """Kleene negation: ``~UNKNOWN`` is ``UNKNOWN``."""
+        if self is Truth.UNKNOWN:
+            return self
+        return Truth.FALSE if self is Truth.TRUE else Truth.TRUE
+
+
+def _truth(value: bool) -> Truth:
+    return Truth.TRUE if value else Truth.FALSE
+
+
+def _all(answers: Iterable[Truth]) -> Truth:
+    """Kleene conjunction: false wins, then unknown; empty is true."""
+    result = Truth.TRUE
+    for answer in answers:
+        if answer is Truth.FALSE:
+            return answer
+        if answer is Truth.UNKNOWN:
+            result = answer
+    return result
+
+
+def _any(answers: Iterable[Truth]) -> Truth:
+    """Kleene disjunction: true wins, then unknown; empty is false."""
+    result = Truth.FALSE
+    for answer in answers:
+        if answer is Truth.TRUE:
+            return answer
+        if answer is Truth.UNKNOWN:
+            result = answer
+    return result
+
+
+def _json_kind(value: Any) -> str | None:
+    """The JSON kind of a value, or None for anything that is not plain JSON."""
+    if value is None or isinstance(value, bool | str | dict):
+        return type(value).__name__
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return "number"
+    if isinstance(value, _ARRAY):
+        return "array"
+    return None
+
+
+def _equal(actual: Any, expected: Any, budget: _Budget) -> Truth:
     budget.spend()
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
-    if _is_number(actual) and _is_number(expected):
-        return bool(actual == expected)
-    if isinstance(actual, str) and isinstance(expected, str):
-        return actual == expected
-    if actual is None or expected is None:
-        return actual is expected
-    if isinstance(actual, _ARRAY) and isinstance(expected, _ARRAY):
-        return len(actual) == len(expected) and all(
-            _json_equal(a, e, budget) for a, e in zip(actual, expected, strict=True)
-        )
-    if isinstance(actual, dict) and isinstance(expected, dict):
-        return actual.keys() == expected.keys() and all(
-            _json_equal(actual[key], expected[key], budget) for key in expected
-        )
-    return False
+    kind, wanted = _json_kind(actual), _json_kind(expected)
+    if kind is None or wanted is None:
+        return Truth.UNKNOWN
+    if kind != wanted:
+        # null is a value of its own, unequal to everything else; any other
+        # mismatch ("5000" against 5000, ["prod"] against "prod") cannot be told.
+        return Truth.FALSE if "NoneType" in (kind, wanted) else Truth.UNKNOWN
+    if kind == "array":
+        if len(actual) != len(expected):
+            return Truth.FALSE
+        return _all(_equal(a, e, budget) for a, e in zip(actual, expected, strict=True))
+    if kind == "dict":
+        if actual.keys() != expected.keys():
+            return Truth.FALSE
+        return _all(_equal(actual[key], expected[key], budget) for key in expected)
+    return _truth(bool(actual == expected))
 
 
-def _holds(stmt: Any, root: Any, budget: _Budget) -> bool:
+def _within(value: Any, base: str) -> Truth:
+    if not isinstance(value, str):
+        return Truth.UNKNOWN
+    target, root = _path_segments(value), _path_segments(base)
+    if target is None or root is None:
+        return Truth.UNKNOWN
+    return _truth(target[: len(root)] == root)
+
+
+def _judge(stmt: Any, root: Any, budget: _Budget) -> Truth:
     budget.spend()
     op = stmt[0]
     if op == "not":
-        return not _holds(stmt[1], root, budget)
-    if op in ("and", "or"):
-        combine = all if op == "and" else any
-        return combine(_holds(s, root, budget) for s in stmt[1])
+        return ~_judge(stmt[1], root, budget)
+    if op == "and":
+        return _all(_judge(s, root, budget) for s in stmt[1])
+    if op == "or":
+        return _any(_judge(s, root, budget) for s in stmt[1])
     value = _select(root, _parse_selector(stmt[1]))
     if value is _MISSING:
-        return False
+        return Truth.UNKNOWN
     target = stmt[2]
     if op in ("all", "any"):
-        combine = all if op == "all" else any
-        return isinstance(value, _ARRAY) and combine(_holds(target, v, budget) for v in value)
+        if not isinstance(value, _ARRAY):
+            return Truth.UNKNOWN
+        combine = _all if op == "all" else _any
+        return combine(_judge(target, v, budget) for v in value)
     if op == "==":
-        return _json_equal(value, target, budget)
+        return _equal(value, target, budget)
     if op == "!=":
-        return not _json_equal(value, target, budget)
+        return ~_equal(value, target, budget)
     if op in _ORDERING:
-        return _is_number(value) and _is_number(target) and bool(_ORDERING[op](value, target))
+        if not (_is_number(value) and _is_number(target)) or _json_kind(value) is None:
+            return Truth.UNKNOWN
+        return _truth(bool(_ORDERING[op](value, target)))
     if op == "like":
         pieces = _glob_pieces(target)
         budget.spend(len(pieces))
-        return isinstance(value, str) and _glob_match(pieces, value)
+        return _truth(_glob_match(pieces, value)) if isinstance(value, str) else Truth.UNKNOWN
     if op == "in" and isinstance(target, list):
-        return any(_json_equal(value, option, budget) for option in target)
-    if op == "within":
+        return _any(_equal(value, option, budget) for option in target)
+    if op == "within" and isinstance(target, str):
         return _within(value, target)
     raise ValueError("malformed statement")
 
 
-def evaluate(
-    predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET, on_error: bool = False
-) -> bool:
-    """Tell whether ``args`` satisfy every statement of a canonical predicate.
+def evaluate(predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET) -> Truth:
+    """Judge ``args`` against every statement of a canonical predicate (three-valued).
 
     ``budget`` caps the statements, list elements and compared values visited.
     This function never raises: running out of budget, or any problem with a
-    predicate that was not validated, yields ``on_error``. That is ``False``
-    (fail closed) for a predicate that grants; a predicate that restricts
-    (a policy deny or step-up rule) passes ``on_error=True`` so that an
-    evaluation cut short still applies the rule.
+    predicate that was not validated, is :data:`Truth.UNKNOWN`.
     """
     try:
         meter = _Budget(budget)
         if not isinstance(predicate, list):
-            return on_error
-        return all(_holds(s, args, meter) for s in predicate)
-    except Exception:  # fail closed: budget exhaustion, garbage predicates, recursion limits
-        return on_error
+            return Truth.UNKNOWN
+        return _all(_judge(s, args, meter) for s in predicate)
+    except Exception:  # budget exhaustion, garbage predicates, recursion limits
+        return Truth.UNKNOWN
+
+
+def admits(predicate: list[Any] | None, args: Any, *, budget: int = DEFAULT_BUDGET) -> bool:
+    """Whether a granting rule's predicate lets the call through: only on definite truth.
+
+    No predicate admits everything.
+    """
+    return predicate is None or evaluate(predicate, args, budget=budget) is Truth.TRUE
+
+
+def restricts(
+    predicate: list[Any] | None,
+    args: Any,
+    *,
+    budget: int = DEFAULT_BUDGET,
+    skip_if_missing: bool = False,
+) -> bool:
+    """Whether a restricting rule (deny, step-up, approval) applies: unless definitely false.
+
+    With ``skip_if_missing`` the rule steps aside for a call that lacks one of
+    the top-level arguments its predicate names (:func:`root_fields`); a
+    restricting rule otherwise applies to such calls.
+    """
+    if predicate is None:
+        return True
+    if skip_if_missing and isinstance(args, dict):
+        try:
+            present = all(_select(args, parts) is not _MISSING for parts in root_fields(predicate))
+        except (PredicateError, TypeError, ValueError, IndexError):
+            present = True  # a malformed predicate cannot prove anything absent
+        if not present:
+            return False
+    return evaluate(predicate, args, budget=budget) is not Truth.FALSE
+
+
+def root_fields(predicate: list[Any]) -> list[tuple[str | int, ...]]:
+    """The selectors of a canonical predicate that read the call's arguments directly.
+
+    Selectors inside ``all``/``any`` read list elements, not the arguments, and
+    are not listed.
+
+    Raises:
+        PredicateError: a selector is malformed (the predicate was not validated).
+    """
+    found: list[tuple[str | int, ...]] = []
+    pending: list[Any] = list(predicate)
+    while pending:
+        stmt = pending.pop()
+        op = stmt[0]
+        if op == "not":
+            pending.append(stmt[1])
+        elif op in ("and", "or"):
+            pending.extend(stmt[1])
+        else:
+            parts = parse_selector(stmt[1])
+            if parts and parts not in found:
+                found.append(parts)
+    return found
 
 
 def _field(selector: str) -> str:

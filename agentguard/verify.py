@@ -23,7 +23,7 @@ from agentguard.clock import Clock, SystemClock
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, TokenFormatError
 from agentguard.keys import Principal
-from agentguard.predicates import evaluate
+from agentguard.predicates import admits, restricts
 from agentguard.store.base import ReplayStore, RevocationStore
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
@@ -61,7 +61,9 @@ class ScopeMatch:
     """The outcome of the conjunctive scope check for one call.
 
     ``rules`` holds, per link, the index of the rule that admitted the call.
-    ``approval_rules`` lists ``(link, rule)`` pairs whose rule demands approval.
+    ``approval_rules`` lists ``(link, rule)`` pairs whose rule demands approval:
+    every approval rule of every link whose pattern matches the tool and whose
+    predicate is not definitely false, whichever rule admitted the call.
     """
 
     tool: str
@@ -317,12 +319,8 @@ class Verifier:
                     reason="out_of_scope",
                     link=index,
                 )
-            admitting = [
-                i
-                for i in candidates
-                if grant.scope[i].predicate is None
-                or evaluate(grant.scope[i].predicate or [], args)
-            ]
+            # A rule grants only when its predicate is definitely true.
+            admitting = [i for i in candidates if admits(grant.scope[i].predicate, args)]
             if not admitting:
                 described = "; ".join(grant.scope[i].describe() for i in candidates)
                 raise DeniedError(
@@ -332,11 +330,15 @@ class Verifier:
                     link=index,
                     rule=candidates[0],
                 )
-            # Prefer a rule that needs no approval: rules in one link are alternatives.
-            chosen = next((i for i in admitting if not grant.scope[i].approval), admitting[0])
-            matched.append(chosen)
-            if grant.scope[chosen].approval:
-                approvals.append((index, chosen))
+            matched.append(admitting[0])
+            # Approvals never disappear: an approval rule restricts, so it demands
+            # approval unless its predicate is definitely false, even when another
+            # rule of the same link admits the call without one.
+            approvals.extend(
+                (index, i)
+                for i in candidates
+                if grant.scope[i].approval and restricts(grant.scope[i].predicate, args)
+            )
         return ScopeMatch(tool, tuple(matched), tuple(approvals))
 
     # -- step 7 -----------------------------------------------------------------

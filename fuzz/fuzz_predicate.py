@@ -14,7 +14,7 @@ with atheris.instrument_imports():
     from _world import seed
 
     from agentguard.errors import AgentGuardError
-    from agentguard.predicates import compile_predicate, evaluate, validate_predicate
+    from agentguard.predicates import Truth, compile_predicate, evaluate, validate_predicate
 
 SEEDS = [
     {"predicate": [["==", ".business_unit", "emea"]], "args": {"business_unit": "emea"}},
@@ -39,8 +39,8 @@ def test_one_input(data: bytes) -> None:
         except AgentGuardError:
             continue
         result = evaluate(predicate, doc.get("args"))
-        if not isinstance(result, bool):
-            raise AssertionError("evaluate returned a non-bool")
+        if not isinstance(result, Truth):
+            raise AssertionError("evaluate returned something other than a Truth")
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from agentguard.errors import AgentGuardError, ApprovalPending
 from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.policy import load_policy
-from agentguard.predicates import compile_predicate, evaluate, validate_predicate
+from agentguard.predicates import Truth, compile_predicate, evaluate, validate_predicate
 from agentguard.store.base import ApprovalRow
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_APPROVAL, TYP_CALL, TYP_GRANT, CallClaims
@@ -346,7 +346,7 @@ def test_arbitrary_predicates_validate_and_evaluate_cleanly(spec: Any, args: Any
     for parse in (validate_predicate, compile_predicate):
         checked = clean(lambda parse=parse: parse(spec))  # type: ignore[misc]
         if checked is not None:
-            assert isinstance(evaluate(checked, args), bool)
+            assert isinstance(evaluate(checked, args), Truth)
             assert validate_predicate(checked) == checked
 
 

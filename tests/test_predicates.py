@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import posixpath
+import re
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ from agentguard.predicates import (
     MAX_DEPTH,
     MAX_NODES,
     MAX_STRING,
+    Truth,
     compile_predicate,
     describe,
     evaluate,
@@ -24,9 +27,14 @@ from agentguard.predicates import (
 )
 
 
-def holds(statement: list[Any], args: Any) -> bool:
-    """Evaluate one canonical statement after validating it, as tokens do."""
+def judge(statement: list[Any], args: Any) -> Truth:
+    """Judge one canonical statement after validating it, as tokens do."""
     return evaluate(validate_predicate([statement]), args)
+
+
+def holds(statement: list[Any], args: Any) -> bool:
+    """Whether one statement is definitely true (what a granting rule needs)."""
+    return judge(statement, args) is Truth.TRUE
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -82,14 +90,38 @@ def test_equality_on_tuples_behaves_like_lists() -> None:
     assert holds(["==", ".x", [1, 2]], {"x": (1, 2)})
 
 
-def test_not_equal_needs_the_field() -> None:
-    """``!=`` holds only when the field exists and differs."""
-    assert holds(["!=", ".x", 1], {"x": 2})
-    assert holds(["!=", ".x", 1], {"x": True})
-    assert holds(["!=", ".x", 1], {"x": "1"})
-    assert not holds(["!=", ".x", 1], {"x": 1.0})
-    assert not holds(["!=", ".x", 1], {})
-    assert not holds(["!=", ".x", 1], {"y": 2})
+def test_not_equal_is_definite_only_between_values_of_one_kind() -> None:
+    """``!=`` is true only when the field exists, has the operand's kind and differs."""
+    assert judge(["!=", ".x", 1], {"x": 2}) is Truth.TRUE
+    assert judge(["!=", ".x", 1], {"x": 1.0}) is Truth.FALSE
+    assert judge(["!=", ".x", 1], {"x": True}) is Truth.UNKNOWN
+    assert judge(["!=", ".x", 1], {"x": "1"}) is Truth.UNKNOWN
+    assert judge(["!=", ".x", 1], {}) is Truth.UNKNOWN
+    assert judge(["!=", ".x", 1], {"y": 2}) is Truth.UNKNOWN
+    assert judge(["!=", ".env", "prod"], {"env": ["prod"]}) is Truth.UNKNOWN
+    assert judge(["!=", ".x", None], {"x": 3}) is Truth.TRUE
+    assert judge(["==", ".x", None], {"x": "null"}) is Truth.FALSE
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "truth"),
+    [
+        (5000, "5000", Truth.UNKNOWN),
+        (True, "true", Truth.UNKNOWN),
+        (True, 1, Truth.UNKNOWN),
+        ("prod", ["prod"], Truth.UNKNOWN),
+        ([1, 2], [1, "2"], Truth.UNKNOWN),
+        ([1, 2], [3, "2"], Truth.FALSE),
+        ([1, 2], [1, 2, 3], Truth.FALSE),
+        ({"a": 1}, {"a": "1"}, Truth.UNKNOWN),
+        ({"a": 1}, {"b": 1}, Truth.FALSE),
+        ({"a": [1]}, {"a": [1.0]}, Truth.TRUE),
+    ],
+)
+def test_equality_across_kinds_is_unknown(expected: Any, actual: Any, truth: Truth) -> None:
+    """A value of another JSON kind than the operand cannot be told equal or unequal."""
+    assert judge(["==", ".x", expected], {"x": actual}) is truth
+    assert judge(["!=", ".x", expected], {"x": actual}) is ~truth
 
 
 @pytest.mark.parametrize(
@@ -103,19 +135,26 @@ def test_not_equal_needs_the_field() -> None:
         (">", 0, 0, False),
         (">=", 0, 0, True),
         (">=", 0, -1, False),
-        ("<", 10, True, False),
-        ("<", 10, "5", False),
-        ("<", 10, None, False),
-        ("<", 10, [5], False),
-        ("<", 10, math.nan, False),
-        (">=", 10, math.nan, False),
+        ("<", 10, True, None),
+        ("<", 10, "5", None),
+        ("<", 10, None, None),
+        ("<", 10, [5], None),
+        ("<", 10, math.nan, None),
+        (">=", 10, math.nan, None),
         ("<", 10.5, 10**400, False),
         (">", 10.5, 10**400, True),
-        ("<", 1e308, -math.inf, True),
+        ("<", 1e308, -math.inf, None),
+        (">", 100, " 5000", None),
+        (">", 100, "5e3", None),
+        (">", 100, ["5000"], None),
+        (">", 100, [5000], None),
+        (">", 100, {"v": 5000}, None),
     ],
 )
-def test_ordering(op: str, bound: float, arg: Any, expected: bool) -> None:
-    assert holds([op, ".n", bound], {"n": arg}) is expected
+def test_ordering(op: str, bound: float, arg: Any, expected: bool | None) -> None:
+    """Ordering is definite between numbers only; anything else (None here) is unknown."""
+    truth = Truth.UNKNOWN if expected is None else (Truth.TRUE if expected else Truth.FALSE)
+    assert judge([op, ".n", bound], {"n": arg}) is truth
 
 
 @pytest.mark.parametrize(
@@ -198,32 +237,40 @@ def test_in() -> None:
         ("/data/../etc/passwd", "/data", False),
         ("/data/a/../../etc", "/data", False),
         ("/data/..", "/data", False),
-        ("/../data/x", "/data", False),
+        ("/../etc/shadow", "/etc", True),
+        ("//etc/./shadow", "/etc", True),
+        ("/etc/../../etc/passwd", "/etc", True),
+        ("/../data/x", "/data", True),
         ("/etc/passwd", "/", True),
         ("/anything", "/", True),
-        ("data/x", "/data", False),
-        ("/data/x", "data", False),
-        ("data/x", "data", True),
-        ("./data/x", "data", True),
-        ("data/../../x", "data", False),
-        ("..", ".", False),
-        ("x", ".", True),
-        ("", "/data", False),
-        ("/data/x\0", "/data", False),
-        ("/data/\0/../x", "/data", False),
+        ("data/x", "/data", None),
+        ("./data/x", "/data", None),
+        ("..", "/", None),
+        ("", "/data", None),
+        ("/data/x\0", "/data", None),
+        ("/etc/shadow\0", "/etc", None),
         ("/DATA/x", "/data", False),
         ("/data/x\\..\\..\\etc", "/data", True),
     ],
 )
-def test_within(path: str, base: str, expected: bool) -> None:
-    """Path containment works on normalised whole segments and refuses tricks."""
-    assert holds(["within", ".p", base], {"p": path}) is expected
+def test_within(path: str, base: str, expected: bool | None) -> None:
+    """Containment of POSIX-normalised absolute paths by whole segments; None is unknown."""
+    truth = Truth.UNKNOWN if expected is None else (Truth.TRUE if expected else Truth.FALSE)
+    assert judge(["within", ".p", base], {"p": path}) is truth
 
 
-def test_within_needs_a_string() -> None:
-    assert not holds(["within", ".p", "/data"], {"p": ["/data"]})
-    assert not holds(["within", ".p", "/data"], {"p": None})
-    assert not holds(["within", ".p", "/data"], {})
+def test_within_of_anything_but_a_string_is_unknown() -> None:
+    """An array, null or missing path cannot be placed, so the answer is unknown."""
+    assert judge(["within", ".p", "/data"], {"p": ["/data"]}) is Truth.UNKNOWN
+    assert judge(["within", ".p", "/data"], {"p": None}) is Truth.UNKNOWN
+    assert judge(["within", ".p", "/data"], {}) is Truth.UNKNOWN
+
+
+@pytest.mark.parametrize("base", ["data", ".", "", "x/..", "/a\0"])
+def test_a_relative_within_base_is_refused(base: str) -> None:
+    """A base that is not an absolute path is refused when the predicate is compiled."""
+    with pytest.raises(PredicateError, match="absolute path"):
+        compile_predicate({"p": {"within": base}})
 
 
 # --- logic and quantifiers -------------------------------------------------------------
@@ -240,18 +287,51 @@ def test_not_and_or() -> None:
     assert not holds(["or", [["==", ".x", 1], ["==", ".y", 2]]], {"x": 0, "y": 0})
 
 
-def test_not_is_plain_negation_of_a_missing_field() -> None:
-    """A missing field makes the inner statement false, so its negation is true."""
-    assert holds(["not", ["==", ".x", 1]], {})
-    assert not holds(["not", ["!=", ".x", 1]], {"x": 2})
-    assert holds(["not", ["!=", ".x", 1]], {})
+def test_not_of_a_missing_field_stays_unknown() -> None:
+    """A missing field is unknown, and so is its negation (Kleene)."""
+    assert judge(["not", ["==", ".x", 1]], {}) is Truth.UNKNOWN
+    assert judge(["not", ["!=", ".x", 1]], {"x": 2}) is Truth.FALSE
+    assert judge(["not", ["!=", ".x", 1]], {}) is Truth.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("op", "left", "right", "truth"),
+    [
+        ("and", Truth.TRUE, Truth.UNKNOWN, Truth.UNKNOWN),
+        ("and", Truth.FALSE, Truth.UNKNOWN, Truth.FALSE),
+        ("and", Truth.TRUE, Truth.TRUE, Truth.TRUE),
+        ("or", Truth.TRUE, Truth.UNKNOWN, Truth.TRUE),
+        ("or", Truth.FALSE, Truth.UNKNOWN, Truth.UNKNOWN),
+        ("or", Truth.FALSE, Truth.FALSE, Truth.FALSE),
+    ],
+)
+def test_and_or_follow_kleene_tables(op: str, left: Truth, right: Truth, truth: Truth) -> None:
+    """and/or combine unknown as Kleene's strong three-valued logic says, in either order."""
+    statement = {Truth.TRUE: ["==", ".x", 1], Truth.FALSE: ["==", ".x", 2]}
+    statement[Truth.UNKNOWN] = ["==", ".missing", 1]
+    parts = [statement[left], statement[right]]
+    assert judge([op, parts], {"x": 1}) is truth
+    assert judge([op, parts[::-1]], {"x": 1}) is truth
+
+
+def test_quantifiers_over_non_arrays_and_empty_arrays() -> None:
+    """all/any over a non-array is unknown; over [] all is true and any false."""
+    element: list[Any] = ["==", ".", 1]
+    assert judge(["all", ".xs", element], {"xs": "1"}) is Truth.UNKNOWN
+    assert judge(["any", ".xs", element], {"xs": {"0": 1}}) is Truth.UNKNOWN
+    assert judge(["all", ".xs", element], {"xs": []}) is Truth.TRUE
+    assert judge(["any", ".xs", element], {"xs": []}) is Truth.FALSE
+    assert judge(["any", ".xs", element], {"xs": ["1", 2]}) is Truth.UNKNOWN
+    assert judge(["any", ".xs", element], {"xs": ["1", 1]}) is Truth.TRUE
+    assert judge(["all", ".xs", element], {"xs": ["1", 2]}) is Truth.FALSE
 
 
 def test_top_level_statements_are_all_required() -> None:
     predicate = compile_predicate([["==", ".a", 1], ["==", ".b", 2]])
-    assert evaluate(predicate, {"a": 1, "b": 2})
-    assert not evaluate(predicate, {"a": 1, "b": 3})
-    assert evaluate([], {"anything": True})
+    assert evaluate(predicate, {"a": 1, "b": 2}) is Truth.TRUE
+    assert evaluate(predicate, {"a": 1, "b": 3}) is Truth.FALSE
+    assert evaluate(predicate, {"a": 1}) is Truth.UNKNOWN
+    assert evaluate([], {"anything": True}) is Truth.TRUE
 
 
 def test_all_and_any() -> None:
@@ -435,9 +515,15 @@ def test_compiled_friendly_predicate_evaluates() -> None:
     predicate = compile_predicate(
         {"business_unit": "emea", "amount": {"<=": 100, ">": 0}, "path": {"within": "/srv"}}
     )
-    assert evaluate(predicate, {"business_unit": "emea", "amount": 50, "path": "/srv/a"})
-    assert not evaluate(predicate, {"business_unit": "emea", "amount": 500, "path": "/srv/a"})
-    assert not evaluate(predicate, {"business_unit": "emea", "amount": 50, "path": "/srvx"})
+    assert evaluate(predicate, {"business_unit": "emea", "amount": 50, "path": "/srv/a"}) is (
+        Truth.TRUE
+    )
+    assert evaluate(predicate, {"business_unit": "emea", "amount": 500, "path": "/srv/a"}) is (
+        Truth.FALSE
+    )
+    assert evaluate(predicate, {"business_unit": "emea", "amount": 50, "path": "/srvx"}) is (
+        Truth.FALSE
+    )
 
 
 @pytest.mark.parametrize(
@@ -451,8 +537,8 @@ def test_compiled_friendly_predicate_evaluates() -> None:
         ({"x": {"in": "ab"}}, "x.in", "'in' needs an array of values, got a string"),
         ({"x": {"like": 5}}, "x.like", "'like' needs a string, got a number"),
         ({"x": {"like": "a\\b"}}, "x.like", "must be followed by"),
-        ({"x": {"within": ""}}, "x.within", "'within' needs a non-empty path"),
-        ({"x": {"within": "/a/../.."}}, "x.within", "'within' needs"),
+        ({"x": {"within": ""}}, "x.within", "'within' needs an absolute path"),
+        ({"x": {"within": "a/b"}}, "x.within", "'within' needs"),
         ({"x": {"within": "/a\0"}}, "x.within", "'within' needs"),
         ({"x": {}}, "x", "empty condition"),
         ({"meta": {"owner": "bob"}}, "meta", "operators only"),
@@ -516,7 +602,7 @@ def test_compile_rejects_other_types() -> None:
         ([["in", ".a", [1, math.inf]]], "$[0][2][1]", "finite"),
         ([["==", ".a", {"k": [1, math.nan]}]], '$[0][2]["k"][1]', "finite"),
         ([["within", ".a", "../x"]], "$[0][2]", "'within' needs"),
-        ([["within", ".a", "/.."]], "$[0][2]", "'within' needs"),
+        ([["within", ".a", "a\0"]], "$[0][2]", "'within' needs"),
         ([["not", "x"]], "$[0][1]", "a statement is a non-empty array, got a string"),
         ([["and", ["==", ".a", 1]]], "$[0][1][0]", "a statement is a non-empty array"),
         ([["or", {}]], "$[0][1]", "expected an array of statements, got an object"),
@@ -634,23 +720,23 @@ def test_budget_stops_nested_quantifiers() -> None:
     args: Any = 1
     for _ in range(5):
         args = [args] * 10
-    assert not holds(statement, args)
-    assert evaluate(validate_predicate([statement]), args, budget=10**6) is True
+    assert judge(statement, args) is Truth.UNKNOWN
+    assert evaluate(validate_predicate([statement]), args, budget=10**6) is Truth.TRUE
 
 
 def test_explicit_budget() -> None:
     predicate = validate_predicate([["all", ".xs", ["==", ".", 1]]])
     args = {"xs": [1] * 50}
-    assert evaluate(predicate, args, budget=200)
-    assert not evaluate(predicate, args, budget=20)
-    assert not evaluate(predicate, args, budget=0)
+    assert evaluate(predicate, args, budget=200) is Truth.TRUE
+    assert evaluate(predicate, args, budget=20) is Truth.UNKNOWN
+    assert evaluate(predicate, args, budget=0) is Truth.UNKNOWN
 
 
 def test_budget_counts_deep_equality() -> None:
     value = list(range(900))
     predicate = validate_predicate([["==", ".x", value]])
-    assert evaluate(predicate, {"x": list(range(900))})
-    assert not evaluate(predicate, {"x": list(range(900))}, budget=100)
+    assert evaluate(predicate, {"x": list(range(900))}) is Truth.TRUE
+    assert evaluate(predicate, {"x": list(range(900))}, budget=100) is Truth.UNKNOWN
 
 
 def test_deeply_nested_args_do_not_raise() -> None:
@@ -685,7 +771,8 @@ def test_deeply_nested_args_do_not_raise() -> None:
     ],
 )
 def test_evaluate_never_raises_on_garbage_predicates(garbage: Any) -> None:
-    assert evaluate(garbage, {"a": "abc"}) is False
+    """A predicate that was never validated yields unknown, never an exception."""
+    assert evaluate(garbage, {"a": "abc"}) is Truth.UNKNOWN
 
 
 # --- describe --------------------------------------------------------------------------
@@ -754,7 +841,7 @@ selectors = st.sampled_from(
     [".", ".a", ".b", ".a.b", ".items", ".items[0]", ".items[-1]", '.["key with spaces"]']
 )
 globs = st.lists(st.sampled_from(["a", "b", "*", "\\*", "\\\\", "/", "-"]), max_size=6).map("".join)
-bases = st.sampled_from(["/", "/data", "/data/", "data", ".", "/data/x/.."])
+bases = st.sampled_from(["/", "/data", "/data/", "/data/x/..", "/..", "//data/./x"])
 
 
 def _leaf(op: str, selector: str, operand: Any) -> list[Any]:
@@ -793,10 +880,10 @@ def _depth(value: Any) -> int:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(canonical_predicates, json_values)
 def test_evaluate_never_raises(predicate: list[Any], args: Any) -> None:
-    """Any valid predicate over any JSON-ish arguments yields a bool, never an exception."""
-    assert evaluate(predicate, args) in (True, False)
-    assert evaluate(predicate, {"a": args, "items": [args, args]}) in (True, False)
-    assert evaluate(predicate, args, budget=5) in (True, False)
+    """Any valid predicate over any JSON-ish arguments yields a Truth, never an exception."""
+    assert isinstance(evaluate(predicate, args), Truth)
+    assert isinstance(evaluate(predicate, {"a": args, "items": [args, args]}), Truth)
+    assert isinstance(evaluate(predicate, args, budget=5), Truth)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -817,3 +904,169 @@ def test_compile_never_fails_unexpectedly(spec: Any) -> None:
     except PredicateError:
         return
     assert validate_predicate(compiled) == compiled
+
+
+# --- differential: a reference evaluator written separately from the library -------------
+
+arg_scalars = st.sampled_from(
+    [0, 1, 100, 5000, 1.5, -3, "5000", " 5000", "5e3", "prod", "prod-a", "a*b", "", True, None]
+) | st.sampled_from(
+    ["/data/x", "/data/../etc", "/../etc/shadow", "//data/./x", "data/x", "/data/x\0", "/"]
+)
+differential_args = st.dictionaries(
+    st.sampled_from(["a", "b", "items", "key with spaces"]),
+    st.recursive(
+        arg_scalars,
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(st.sampled_from(["a", "b"]), children, max_size=2)
+        ),
+        max_leaves=6,
+    ),
+    max_size=4,
+)
+
+
+def _ref_kind(value: Any) -> str | None:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "number"
+    if isinstance(value, float):
+        return "number" if math.isfinite(value) else None
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    return "object" if isinstance(value, dict) else None
+
+
+def _ref_and(results: list[bool | None]) -> bool | None:
+    return False if False in results else (None if None in results else True)
+
+
+def _ref_or(results: list[bool | None]) -> bool | None:
+    return True if True in results else (None if None in results else False)
+
+
+def _ref_equal(actual: Any, expected: Any) -> bool | None:
+    kinds = (_ref_kind(actual), _ref_kind(expected))
+    if None in kinds:
+        return None
+    if kinds[0] != kinds[1]:
+        return False if "null" in kinds else None
+    if kinds[0] == "array":
+        if len(actual) != len(expected):
+            return False
+        return _ref_and([_ref_equal(a, e) for a, e in zip(actual, expected, strict=True)])
+    if kinds[0] == "object":
+        if set(actual) != set(expected):
+            return False
+        return _ref_and([_ref_equal(actual[k], expected[k]) for k in expected])
+    return bool(actual == expected)
+
+
+def _ref_path(path: str) -> str | None:
+    if not path.startswith("/") or "\0" in path:
+        return None
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def _ref_lookup(root: Any, selector: str) -> tuple[bool, Any]:
+    value = root
+    for part in parse_selector(selector):
+        if isinstance(part, str):
+            if not isinstance(value, dict) or part not in value:
+                return False, None
+        elif not isinstance(value, list | tuple) or not -len(value) <= part < len(value):
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _ref_like(pattern: str, text: str) -> bool:
+    # fnmatch-style, but only '*' is special and '\' escapes it.
+    regex, chars = "", iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            regex += re.escape(next(chars))
+        else:
+            regex += ".*" if ch == "*" else re.escape(ch)
+    return re.fullmatch(regex, text, flags=re.DOTALL) is not None
+
+
+def reference(stmt: list[Any], root: Any) -> bool | None:
+    """Three-valued truth of one statement (None is unknown), per the README's table."""
+    op = stmt[0]
+    if op == "not":
+        inner = reference(stmt[1], root)
+        return None if inner is None else not inner
+    if op in ("and", "or"):
+        results = [reference(s, root) for s in stmt[1]]
+        return _ref_and(results) if op == "and" else _ref_or(results)
+    found, value = _ref_lookup(root, stmt[1])
+    if not found:
+        return None
+    operand = stmt[2]
+    if op in ("all", "any"):
+        if not isinstance(value, list | tuple):
+            return None
+        results = [reference(operand, v) for v in value]
+        return _ref_and(results) if op == "all" else _ref_or(results)
+    if op in ("==", "!="):
+        equal = _ref_equal(value, operand)
+        return equal if op == "==" or equal is None else not equal
+    if op == "in":
+        return _ref_or([_ref_equal(value, option) for option in operand])
+    if op in ("<", "<=", ">", ">="):
+        if _ref_kind(value) != "number":
+            return None
+        order: dict[str, bool] = {
+            "<": value < operand,
+            "<=": value <= operand,
+            ">": value > operand,
+            ">=": value >= operand,
+        }
+        return order[op]
+    if not isinstance(value, str):
+        return None
+    if op == "like":
+        return _ref_like(operand, value)
+    target, base = _ref_path(value), _ref_path(operand)
+    if target is None or base is None:
+        return None
+    return base == "/" or target == base or target.startswith(base + "/")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(canonical_predicates, differential_args)
+def test_evaluation_agrees_with_the_reference(predicate: list[Any], args: Any) -> None:
+    """The library's three-valued answer equals an independent reference evaluator's."""
+    assume(_depth(predicate) <= MAX_DEPTH)
+    expected = _ref_and([reference(s, args) for s in predicate])
+    truth = {True: Truth.TRUE, False: Truth.FALSE, None: Truth.UNKNOWN}[expected]
+    assert evaluate(predicate, args, budget=10**9) is truth
+    # A granting rule admits only on definite truth; a restricting rule steps
+    # aside only on definite falsehood.
+    assert predicates.admits(predicate, args, budget=10**9) is (expected is True)
+    assert predicates.restricts(predicate, args, budget=10**9) is (expected is not False)
+
+
+def test_restricting_rules_can_step_aside_for_a_missing_argument() -> None:
+    """``skip_if_missing`` makes a restricting rule step aside only when a named field is absent."""
+    predicate = compile_predicate({"amount": {">": 100}})
+    assert predicates.restricts(predicate, {})
+    assert not predicates.restricts(predicate, {}, skip_if_missing=True)
+    assert predicates.restricts(predicate, {"amount": "5000"}, skip_if_missing=True)
+    assert not predicates.restricts(predicate, {"amount": 5}, skip_if_missing=True)
+    assert predicates.restricts(None, {}, skip_if_missing=True)
+
+
+def test_root_fields_lists_argument_selectors_not_element_selectors() -> None:
+    """Selectors under all/any read list elements and are not arguments of the call."""
+    predicate = compile_predicate(
+        {"$or": [{"a.b": 1}, {"$not": {"c": 2}}], "items": {"all": {"name": "x"}}}
+    )
+    assert sorted(predicates.root_fields(predicate), key=str) == [("a", "b"), ("c",), ("items",)]

@@ -18,7 +18,7 @@ from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
 from agentguard.errors import DeniedError, IssuanceError
 from agentguard.keys import Identity
-from agentguard.predicates import evaluate
+from agentguard.predicates import Truth, evaluate
 from agentguard.tokens import Grant, Rule
 from agentguard.verify import ScopeMatch, Verifier
 
@@ -206,14 +206,21 @@ def test_scope_is_the_conjunction_of_every_link(
     """Allowed exactly when every link has a rule admitting the call (a simple model)."""
     chain = build(link_scopes)
 
-    def admits(rule: Rule) -> bool:
-        return rule.matches_tool(tool) and (
-            rule.predicate is None or evaluate(rule.predicate, args)
-        )
+    def verdict(rule: Rule) -> Truth:
+        if not rule.matches_tool(tool):
+            return Truth.FALSE
+        return Truth.TRUE if rule.predicate is None else evaluate(rule.predicate, args)
 
-    expected = all(any(admits(rule) for rule in scope) for scope in link_scopes)
+    expected = all(any(verdict(r) is Truth.TRUE for r in scope) for scope in link_scopes)
     match = decide(chain, tool, args)
     assert (match is not None) is expected
     if match is not None:
-        needs = any(all(r.approval for r in scope if admits(r)) for scope in link_scopes)
-        assert match.needs_approval is needs
+        # Every approval rule that is not definitely false demands approval, even
+        # when another rule of its link admits the call without one.
+        demanded = {
+            (link, index)
+            for link, scope in enumerate(link_scopes)
+            for index, rule in enumerate(scope)
+            if rule.approval and verdict(rule) is not Truth.FALSE
+        }
+        assert set(match.approval_rules) == demanded
