@@ -204,10 +204,26 @@ def thumbprint(public_raw: bytes) -> str:
 
 @dataclass(frozen=True)
 class Identity:
-    """A principal together with its private key."""
+    """A principal together with its private key.
+
+    The private key must be the one the principal's public key (its ``kid``)
+    names: an identity that signs with another key would produce call tokens
+    and approvals nobody can verify, so it cannot be constructed.
+
+    Raises:
+        IdentityError: (on construction) the private key does not match the
+            principal's public key.
+    """
 
     principal: Principal
     private_key: Ed25519PrivateKey = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if _public_bytes(self.private_key.public_key()) != self.principal._raw:
+            raise IdentityError(
+                f"the private key of {self.principal.id} does not match the public key "
+                f"its kid {self.principal.kid} names"
+            )
 
     @property
     def id(self) -> str:
@@ -256,7 +272,10 @@ class Identity:
         private = Ed25519PrivateKey.from_private_bytes(d)
         if _public_bytes(private.public_key()) != _public_bytes(public):
             raise IdentityError("private JWK's 'x' does not match its 'd'")
-        return cls(Principal(principal_id, private.public_key()), private)
+        principal = Principal(principal_id, public)
+        if "kid" in jwk and jwk["kid"] != principal.kid:
+            raise IdentityError("private JWK's 'kid' is not the thumbprint of its key")
+        return cls(principal, private)
 
     def save(self, path: Path) -> None:
         """Write the private key to ``path`` with mode 0600 (never overwrites).
@@ -401,6 +420,15 @@ class Keyring:
         identity = Identity.load(path)
         if identity.id != principal_id:
             raise IdentityError(f"key file {path} belongs to {identity.id}, not {principal_id}")
+        public = self.public_path(principal_id)
+        if public.exists():
+            doc = _read_json(public.read_bytes()[:65536], public)
+            stored = Principal.from_jwk(principal_id, doc.get("jwk", {}))
+            if stored.kid != identity.kid:
+                raise IdentityError(
+                    f"key file {path} does not hold the key {public} names "
+                    f"(kid {stored.kid}, not {identity.kid})"
+                )
         return identity
 
     def principal(self, principal_id: str) -> Principal:

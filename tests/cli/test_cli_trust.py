@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from agentguard.keys import Identity
 from tests.test_policy_duplicate_keys import DENY_ERASED
 
 from .cli_support import CLI, one_line_error
@@ -16,3 +18,14 @@ def test_policy_validate_refuses_duplicate_keys(cli: CLI) -> None:
     result = cli("policy", "validate", "dup.yaml")
     assert result.exit_code == 1
     one_line_error(result, "dup.yaml:6", "duplicate key 'deny'", "first defined on line 2")
+
+
+def test_check_refuses_a_key_file_whose_kid_names_another_key(scenario: CLI) -> None:
+    """A holder key file edited to claim another kid is refused before anything is signed."""
+    path = scenario.home / "keys" / "agent_sub.key"
+    doc = json.loads(path.read_text())
+    doc["jwk"]["kid"] = Identity.generate("agent:sub").kid
+    path.write_text(json.dumps(doc))
+    result = scenario("check", "sub.dlg", "tickets/read", '{"id": 7}', "--as", "agent:sub")
+    assert result.exit_code == 1
+    one_line_error(result, "kid")
