@@ -6,11 +6,15 @@ Patterns are case-sensitive globs where ``*`` matches any run of characters and
 ``?`` exactly one, except that a wildcard never crosses the first ``/``: in the
 namespace part it matches no ``/`` at all. ``tickets/*`` is every tool of the
 ``tickets`` namespace; ``*/read_*`` is the ``read_`` tools of every namespace.
+
+Addresses and patterns are NFC text without whitespace, control (Cc), format (Cf,
+which includes every bidi control such as U+202E) or surrogate characters.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 from agentguard.errors import InvalidAddressError
@@ -26,6 +30,22 @@ __all__ = [
 _MAX_ADDRESS = 256
 # C0, DEL and C1 controls (\x9b is a one-byte terminal escape) and any Unicode whitespace.
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# Control, format (every bidi control: U+202A-E, U+2066-9, U+200E/F, U+061C; zero-width
+# characters, tags) and surrogate code points: they make the address a human reads differ
+# from the one a pattern matches.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+
+
+def _check_unicode(text: str, what: str) -> None:
+    for char in text:
+        if unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+            raise InvalidAddressError(
+                f"{what} contains U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')}): "
+                "format, bidi or control characters are not allowed"
+            )
+    # One spelling per name: a decomposed accent must not make a second address.
+    if not unicodedata.is_normalized("NFC", text):
+        raise InvalidAddressError(f"{what} {text!r} is not in Unicode normal form NFC")
 
 
 def _check_parts(text: str, what: str) -> tuple[str, str]:
@@ -35,6 +55,8 @@ def _check_parts(text: str, what: str) -> tuple[str, str]:
         raise InvalidAddressError(f"{what} is longer than {_MAX_ADDRESS} characters")
     if _FORBIDDEN.search(text):
         raise InvalidAddressError(f"{what} {text!r} contains whitespace or control characters")
+    if not text.isascii():  # ASCII (the usual case) has no format characters and is NFC
+        _check_unicode(text, what)
     namespace, sep, tool = text.partition("/")
     if not sep or not namespace or not tool:
         raise InvalidAddressError(f"{what} {text!r} must have the form 'namespace/tool'")
@@ -151,6 +173,19 @@ def _globs_overlap(a: str, b: str) -> bool:
             elif i < n and j < m:
                 ok[i][j] = (a[i] == b[j] or "?" in (a[i], b[j])) and ok[i + 1][j + 1]
     return ok[0][0]
+
+
+def pattern_covers(broad: str, narrow: str) -> bool:
+    """Whether every address ``narrow`` selects is also selected by ``broad``.
+
+    Decided exactly when ``narrow`` is a plain address or the same pattern;
+    otherwise answered ``False`` (unproven). Used only for issuance warnings.
+    """
+    if broad == narrow:
+        return True
+    if "*" in narrow or "?" in narrow:
+        return False
+    return pattern_matches(broad, narrow)
 
 
 def patterns_overlap(a: str, b: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agentguard.addresses import patterns_overlap
+from agentguard.addresses import pattern_covers, patterns_overlap
 from agentguard.clock import Clock, SystemClock, format_duration, parse_duration
 from agentguard.errors import IssuanceError, TokenFormatError
 from agentguard.keys import Identity, Principal, validate_principal_id
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_DELEGATION_BYTES",
     "Delegation",
     "ScopeSpec",
+    "scope_warnings",
     "split_delegation",
 ]
 
@@ -53,6 +54,35 @@ def _rules(scope: ScopeSpec) -> tuple[Rule, ...]:
     if len(rules) > 64:
         raise IssuanceError("a grant holds at most 64 rules")
     return tuple(rules)
+
+
+def scope_warnings(rules: Sequence[Rule]) -> list[str]:
+    """Notes on rules of one grant that lie inside a broader rule of the same grant.
+
+    Such a rule does not do what it may look like: an approval rule inside a
+    broader free rule still demands approval (approvals never disappear), a
+    free rule inside a broader approval rule still needs that approval, and a
+    free rule inside a broader free rule adds nothing.
+    """
+    notes: list[str] = []
+    for j, narrow in enumerate(rules):
+        for i, broad in enumerate(rules):
+            if i == j or broad.predicate is not None or not pattern_covers(broad.tool, narrow.tool):
+                continue
+            if i > j and narrow == broad:
+                continue  # the same rule written twice: one note for the pair
+            inside = f"rule {j} ({narrow.describe()}) lies inside rule {i} ({broad.describe()})"
+            if narrow.approval and not broad.approval:
+                notes.append(
+                    f"{inside}: calls it selects still need approval; approvals never "
+                    "disappear behind a broader rule"
+                )
+            elif broad.approval and not narrow.approval:
+                notes.append(f"{inside}: calls it selects need approval all the same")
+            elif not narrow.approval:
+                notes.append(f"{inside}: it adds nothing")
+            break
+    return notes
 
 
 def split_delegation(text: object, *, max_links: int) -> list[str]:

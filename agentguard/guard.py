@@ -37,7 +37,7 @@ from agentguard.approval import (
 )
 from agentguard.audit import AuditLog, redact, restore_redacted
 from agentguard.clock import Clock, SystemClock
-from agentguard.delegation import Delegation, ScopeSpec
+from agentguard.delegation import Delegation, ScopeSpec, scope_warnings
 from agentguard.errors import (
     AgentGuardError,
     ApprovalPending,
@@ -374,6 +374,8 @@ class Guard:
             check_limits(self.policy, delegation)
         except DeniedError as exc:
             raise IssuanceError(exc.explanation) from None
+        for text in scope_warnings(delegation.leaf.scope):
+            log.warning("grant %s: %s", delegation.leaf.link_id[:12], text)
 
     def grants(self) -> list[GrantRecord]:
         """The grant inventory with last use and status."""

@@ -281,3 +281,26 @@ def test_parse_refuses_junk(text: str) -> None:
 def test_an_empty_delegation_object_is_refused() -> None:
     with pytest.raises(TokenFormatError):
         Delegation([])
+
+
+def test_scope_warnings_name_rules_inside_broader_rules() -> None:
+    """Issuance notes say what an overlapping rule really does; disjoint rules get none."""
+    from agentguard.delegation import scope_warnings
+    from agentguard.tokens import Rule
+
+    approval_inside = scope_warnings([Rule("hosts/*"), Rule("hosts/quarantine", approval=True)])
+    assert len(approval_inside) == 1
+    assert "rule 1 (hosts/quarantine [approval]) lies inside rule 0 (hosts/*)" in approval_inside[0]
+    assert "still need approval" in approval_inside[0]
+    free_inside = scope_warnings([Rule("admin/*", approval=True), Rule("admin/read")])
+    assert free_inside == [
+        "rule 1 (admin/read) lies inside rule 0 (admin/* [approval]): calls it selects need "
+        "approval all the same"
+    ]
+    assert "adds nothing" in scope_warnings([Rule("a/b"), Rule("a/*")])[0]
+    assert scope_warnings([Rule("a/b"), Rule("a/b")]) == [
+        "rule 1 (a/b) lies inside rule 0 (a/b): it adds nothing"
+    ]
+    # A broader rule with a predicate does not cover: it may not admit what the other does.
+    assert scope_warnings([Rule("a/*", {"x": 1}), Rule("a/b")]) == []
+    assert scope_warnings([Rule("a/*"), Rule("b/*")]) == []

@@ -22,7 +22,7 @@ from agentguard.cli._common import (
     write_private,
 )
 from agentguard.cli.inspect import verify_here
-from agentguard.delegation import Delegation
+from agentguard.delegation import Delegation, scope_warnings
 from agentguard.errors import InvalidAddressError, PredicateError
 from agentguard.keys import validate_principal_id
 from agentguard.predicates import compile_predicate
@@ -178,6 +178,8 @@ def grant_command(
             delegation = guard.attenuate(parent_chain, issuer, subject, rules, **options)
         now = guard.clock.now()
     leaf = delegation.leaf
+    for warning in scope_warnings(leaf.scope):
+        note(f"warning: {warning}")
     text = delegation.serialize()
     if output is not None:
         write_private(output, text + "\n")

@@ -1,0 +1,102 @@
+"""The trust review's reproductions through the Python API: decisions on what cannot be told.
+
+Restrictive rules (policy deny and step_up, approval rules of a grant) apply
+unless their predicate is definitely false; granting rules admit only on
+definite truth. Each case below ran the tool on the release before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.guard import Guard
+from tests.guard_helpers import Recorder, World, make_guard, manual_world
+
+STEP_UP = [{"tools": ["billing/refund"], "where": {"amount": {">": 100}}}]
+DENY = [{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}}]
+
+
+@pytest.fixture
+def world() -> World:
+    return manual_world()
+
+
+@pytest.fixture
+def guard(world: World) -> Guard:
+    return make_guard(world, step_up=STEP_UP, deny=DENY, approval={"mode": "raise"})
+
+
+@pytest.mark.parametrize("amount", ["5000", " 5000", "5e3", ["5000"], [5000], None])
+def test_step_up_applies_when_the_amount_cannot_be_compared(
+    world: World, guard: Guard, amount: Any
+) -> None:
+    """The tool does not run without approval; the decision says approval is required."""
+    args = {} if amount is None else {"amount": amount}
+    tool = Recorder()
+    with pytest.raises((ApprovalPending, DeniedError)):
+        guard.call(world.delegation, "billing/refund", args, tool, holder=world.bot)
+    assert not tool.ran
+    assert guard.check(world.delegation, "billing/refund", args, holder=world.bot).outcome in (
+        "approval_required",
+        "deny",
+    )
+
+
+def test_grant_predicates_admit_only_definite_truth(world: World, guard: Guard) -> None:
+    """`amount <= 1000` in the grant does not admit "5" (a string): denied, not approved."""
+    decision = guard.check(world.delegation, "billing/refund", {"amount": "5"}, holder=world.bot)
+    assert (decision.outcome, decision.reason) == ("deny", "predicate_failed")
+
+
+@pytest.mark.parametrize(
+    "path", ["/../etc/shadow", "/etc//shadow", ["/etc/shadow"], "/etc/shadow\x00", "etc/shadow"]
+)
+def test_within_deny_applies_to_paths_it_cannot_place_outside(
+    world: World, guard: Guard, path: Any
+) -> None:
+    """Denied with policy_denied, and the tool never runs."""
+    tool = Recorder()
+    with pytest.raises(DeniedError) as caught:
+        guard.call(world.delegation, "fs/read", {"path": path}, tool, holder=world.bot)
+    assert caught.value.reason == "policy_denied"
+    assert not tool.ran
+
+
+def test_if_missing_skip_lets_calls_without_the_field_through(world: World) -> None:
+    """An operator can say a restrictive rule does not concern calls that lack its field."""
+    deny = [{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}, "if_missing": "skip"}]
+    guard = make_guard(world, deny=deny)
+    assert guard.check(world.delegation, "fs/list", {}, holder=world.bot).outcome == "allow"
+    refused = guard.check(world.delegation, "fs/read", {"path": 7}, holder=world.bot)
+    assert refused.reason == "policy_denied"
+
+
+def test_an_approval_rule_applies_beside_a_broader_free_rule(world: World) -> None:
+    """`hosts/*` free and `hosts/quarantine` with approval in one grant: approval needed."""
+    scope: list[str | dict[str, Any]] = ["hosts/*", {"tool": "hosts/quarantine", "approval": True}]
+    delegation = world.chain(world.bot, scope=scope)
+    guard = make_guard(world)
+    decision = guard.check(delegation, "hosts/quarantine", {}, holder=world.bot)
+    assert decision.outcome == "approval_required"
+    assert guard.check(delegation, "hosts/list", {}, holder=world.bot).outcome == "allow"
+
+
+def test_free_below_a_bound_approval_above_is_written_with_not(world: World) -> None:
+    """The documented idiom: a free rule for X, an approval rule for `not X`."""
+    small = {"amount": {"<=": 100}}
+    scope: list[str | dict[str, Any]] = [
+        {"tool": "billing/refund", "where": small},
+        {"tool": "billing/refund", "where": {"$not": small}, "approval": True},
+    ]
+    delegation = world.chain(world.bot, scope=scope)
+    guard = make_guard(world)
+
+    def outcome(args: dict[str, Any]) -> str:
+        return guard.check(delegation, "billing/refund", args, holder=world.bot).outcome
+
+    assert outcome({"amount": 50}) == "allow"
+    assert outcome({"amount": 5000}) == "approval_required"
+    assert outcome({"amount": "50"}) == "deny"
