@@ -88,7 +88,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of two equal keys, other parsers the first: a signed
+    # token that repeats a key means different things to different verifiers.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey("duplicate key")
+    return obj
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 
 
 def _json_object(segment: str, what: str) -> dict[str, Any]:
@@ -96,6 +109,8 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
         # One shared decoder (json.loads builds a new one per call when given
         # parse_constant), fed text: JWS JSON is UTF-8 (RFC 7515), no sniffing.
         value = _DECODER.decode(b64url_decode(segment).decode("utf-8"))
+    except _DuplicateKey as exc:
+        raise TokenFormatError(f"token {what} repeats a JSON key (duplicate)") from exc
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise TokenFormatError(f"token {what} is not base64url JSON") from exc
     if not isinstance(value, dict):

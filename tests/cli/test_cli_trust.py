@@ -29,3 +29,21 @@ def test_check_refuses_a_key_file_whose_kid_names_another_key(scenario: CLI) -> 
     result = scenario("check", "sub.dlg", "tickets/read", '{"id": 7}', "--as", "agent:sub")
     assert result.exit_code == 1
     one_line_error(result, "kid")
+
+
+def test_grant_refuses_a_pattern_with_a_bidi_override(scenario: CLI) -> None:
+    """``--tool`` with U+202E is a usage error (exit 2) naming the code point."""
+    result = scenario(
+        "grant", "--from", "agent:bot", "--to", "agent:sub", "--tool", "tickets/\u202edaer",
+        "--ttl", "1h", "--parent", "bot.dlg", "-o", "odd.dlg",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "U+202E" in result.stderr
+    assert not Path("odd.dlg").exists()
+
+
+def test_check_refuses_an_address_with_a_format_character(scenario: CLI) -> None:
+    """A dry run for ``tickets/read`` + ZERO WIDTH SPACE is denied as an invalid tool."""
+    result = scenario("check", "sub.dlg", "tickets/read\u200b", "{}")
+    assert result.exit_code == 3
+    assert "invalid_tool" in result.stdout + result.stderr
