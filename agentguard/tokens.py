@@ -71,7 +71,12 @@ class Rule:
     """One tool rule of a scope: a tool pattern, an optional predicate, an approval flag.
 
     ``where`` accepts the friendly form (``{"amount": {"<=": 100}}``) or the
-    canonical one; it is stored canonical.
+    canonical one; it is stored canonical. The rule admits a call only when
+    the predicate is definitely true; with ``approval`` it also demands
+    approval whenever the predicate is not definitely false (a missing or
+    wrongly typed argument included), whichever rule of the grant admits the
+    call. The operators, the three-valued rules and examples are in the
+    README's "Argument predicates" section and :mod:`agentguard.predicates`.
 
     Raises:
         InvalidAddressError: the tool pattern is malformed.

@@ -127,3 +127,42 @@ def test_cli_reference_commands_exist(words: list[str], tmp_path: Path) -> None:
     )
     assert out.returncode == 0, (words, out.stderr)
     assert "Usage" in out.stdout
+
+
+def _section(heading: str) -> str:
+    return README.split(heading, 1)[1].split("\n### ", 1)[0]
+
+
+def test_predicate_examples_answer_as_written() -> None:
+    """Each line of the README's predicate example table is what evaluate() answers."""
+    import json
+
+    from agentguard.predicates import compile_predicate, evaluate
+
+    block = re.search(r"```text\n(.*?)```", _section("### Argument predicates"), re.S)
+    assert block is not None
+    rows = block.group(1).splitlines()[1:]
+    assert len(rows) >= 8
+    decoder = json.JSONDecoder()
+    for row in rows:
+        where, end = decoder.raw_decode(row)
+        args, end2 = decoder.raw_decode(row, end + len(row[end:]) - len(row[end:].lstrip()))
+        answer = row[end2:].strip()
+        assert evaluate(compile_predicate(where), args).value == answer, row
+
+
+def test_predicate_guide_idiom_behaves_as_written() -> None:
+    """The "free up to 100, approval above" scope: free, approval, and unknown is refused."""
+    from agentguard import Delegation, Guard, Identity, Rule
+
+    code = re.findall(r"```python\n(.*?)```", _section("### Argument predicates"), re.S)[0]
+    namespace: dict[str, object] = {"Rule": Rule}
+    exec(code, namespace)  # noqa: S102 - the README's own example
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    guard = Guard(trusted_roots=[org.principal])
+    grant = Delegation.issue(org, bot, namespace["scope"], ttl="1h")  # type: ignore[arg-type]
+
+    def outcome(amount: object) -> str:
+        return guard.check(grant, "billing/refund", {"amount": amount}, holder=bot).outcome
+
+    assert (outcome(50), outcome(5000), outcome("50")) == ("allow", "approval_required", "deny")

@@ -111,7 +111,12 @@ def grant_command(
         typer.Option(
             "--where",
             metavar="PATTERN=PREDICATE",
-            help="Argument predicate for one --tool pattern (JSON or YAML flow).",
+            help=(
+                "Argument predicate for one --tool pattern (JSON or YAML flow), e.g. "
+                "'billing/refund={amount: {\"<=\": 100}}'. It admits a call only when "
+                "definitely true: a missing or wrongly typed argument is refused. "
+                "Operators and rules: README, 'Argument predicates'."
+            ),
         ),
     ] = None,
     approval: Annotated[
