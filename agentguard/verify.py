@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,11 @@ from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegatio
 from agentguard.errors import DeniedError, InvalidAddressError, TokenFormatError
 from agentguard.keys import Principal
 from agentguard.predicates import admits, restricts
-from agentguard.store.base import ReplayStore, RevocationStore
+from agentguard.store.base import ReplayStore, Revocation, RevocationStore
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
 
-__all__ = ["ScopeMatch", "VerifiedCall", "VerifiedChain", "Verifier"]
+__all__ = ["ScopeMatch", "VerifiedCall", "VerifiedChain", "Verifier", "revoked_link"]
 
 _SEAL = object()
 
@@ -118,6 +118,34 @@ class _LinkCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _link_principals(grant: Grant) -> list[str]:
+    """The principals a link names: issuer, subject and sponsor (``on_behalf_of``)."""
+    named = [grant.issuer, grant.subject]
+    if grant.on_behalf_of is not None:
+        named.append(grant.on_behalf_of)
+    return named
+
+
+def revoked_link(
+    revocations: RevocationStore, grants: Sequence[Grant]
+) -> tuple[int, Revocation] | None:
+    """The first link revoked in its own right, with the revocation that hits it.
+
+    A link is revoked when its link id, its issuer's or subject's key, or its
+    issuer, subject or sponsor (``on_behalf_of``) is. Every link below it dies
+    with it, so views mark it and all its descendants revoked.
+    """
+    for index, grant in enumerate(grants):
+        hit = revocations.find_revoked(
+            [grant.link_id],
+            sorted({grant.kid, grant.subject_key.kid}),
+            sorted(set(_link_principals(grant))),
+        )
+        if hit is not None:
+            return index, hit
+    return None
 
 
 class Verifier:
@@ -274,22 +302,22 @@ class Verifier:
                 )
 
     def _check_revocation(self, grants: list[Grant]) -> None:
-        principals = {g.issuer for g in grants} | {g.subject for g in grants}
+        # One query for the whole chain on the hot path; only a hit looks link by link.
+        principals: set[str] = set()
+        for grant in grants:
+            principals.update(_link_principals(grant))
         kids = {g.kid for g in grants} | {g.subject_key.kid for g in grants}
         link_ids = [g.link_id for g in grants]
         hit = self.revocations.find_revoked(link_ids, sorted(kids), sorted(principals))
         if hit is None:
             return
-        link = next(
-            (
-                i
-                for i, g in enumerate(grants)
-                if hit.value in (g.link_id, g.issuer, g.subject, g.kid, g.subject_key.kid)
-            ),
-            None,
-        )
+        found = revoked_link(self.revocations, grants)
+        link, hit = found if found is not None else (None, hit)
+        role = ""
+        if link is not None and hit.kind == "principal" and hit.value == grants[link].on_behalf_of:
+            role = " sponsor"
         raise DeniedError(
-            f"{hit.kind} {hit.value[:16]} is revoked"
+            f"{hit.kind}{role} {hit.value[:16]} is revoked"
             + (f" (link {link})" if link is not None else ""),
             reason="revoked",
             link=link,

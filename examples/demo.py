@@ -10,7 +10,8 @@ temporary directory (no API key, no network, no service to start):
    attempt to quarantine a host crosses the MCP proxy to a real MCP server
    process and waits for step-up approval from user:alice through the queue;
 3. a CI/CD pipeline deploys only the release digest its short-lived grant names;
-4. a partner integration's sponsor grant is revoked and every descendant stops;
+4. the team sponsoring a partner integration is revoked, and every chain made
+   on its behalf stops (the team never signed a link: naming it is enough);
 5. the grant inventory shows an expired grant and a stale one.
 
 The agents are LangChain ``create_agent`` agents driven by a scripted chat
@@ -63,6 +64,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from agentguard import Delegation, DeniedError, Identity, ManualClock
+from agentguard.cli.grants import effective_status
 from agentguard.guard import Guard
 from agentguard.keys import Keyring
 from agentguard.store.memory import MemoryStore
@@ -71,6 +73,8 @@ HERE = Path(__file__).resolve().parent
 EDR_SERVER = HERE / "servers" / "edr_server.py"
 
 HOST = "web-17.emea"
+#: The internal team on whose behalf the partner integration acts (scenario 4).
+PARTNER_SPONSOR = "team:partnerships"
 GOOD_DIGEST = "sha256:9f2c4e7a1b"
 OTHER_DIGEST = "sha256:5d01b8c3e2"
 
@@ -399,7 +403,7 @@ def set_up(run: Run) -> dict[str, Delegation]:
         ["events/submit"],
         ttl="7d",
         purpose="partner event programme",
-        on_behalf_of=c.partner.id,
+        on_behalf_of=PARTNER_SPONSOR,
     )
     chains["partner_events"] = guard.attenuate(
         chains["partner"], c.partner, c.partner_events, ["events/submit"], ttl="24h"
@@ -661,10 +665,10 @@ def scenario_3(run: Run, chains: dict[str, Delegation], guard: Guard) -> None:
 
 
 def scenario_4(run: Run, chains: dict[str, Delegation], guard: Guard) -> None:
-    run.step("4. A partner's sponsor grant is revoked: every descendant stops at once")
+    run.step("4. The partner programme's sponsor is revoked: everything done for it stops")
     c = run.cast
     run.say(
-        f"{c.org.id} -> {c.partner.id} (on behalf of {c.partner.id}) -> "
+        f"{c.org.id} -> {c.partner.id} (on behalf of {PARTNER_SPONSOR}) -> "
         f"{c.partner_events.id} -> {c.enricher.id}"
     )
     holders = [(chains["partner_events"], c.partner_events), (chains["enricher"], c.enricher)]
@@ -689,15 +693,18 @@ def scenario_4(run: Run, chains: dict[str, Delegation], guard: Guard) -> None:
     with tracer.start_as_current_span("scenario 4: revoke the sponsor"):
         before = attempt()
         (run.home / "partner-events.delegation").write_text(chains["partner_events"].serialize())
-        link = chains["partner"].root.link_id
-        guard.revoke("link", link, reason="partner contract ended")
-        run.say(f"revoked link {link[:12]} ({c.org.id} -> {c.partner.id}): contract ended", "bold")
+        guard.revoke("principal", PARTNER_SPONSOR, reason="partner programme ended")
+        run.say(
+            f"revoked principal {PARTNER_SPONSOR} (it signed nothing; it is named as the "
+            "sponsor of the partner's link): programme ended",
+            "bold",
+        )
         after = attempt()
     run.outcome(
         4,
         before == [True, True] and after == [False, False],
-        "partner-events and event-enricher submitted events; after revoking the sponsor's "
-        "link both are DENIED (revoked)",
+        "partner-events and event-enricher submitted events; after revoking their sponsor "
+        f"{PARTNER_SPONSOR} both are DENIED (revoked)",
     )
 
 
@@ -736,7 +743,11 @@ def cli(args: list[str]) -> None:
 
 
 def delegation_tree(guard: Guard) -> Tree:
-    """Every recorded grant as a tree from the trusted root, with status and rules."""
+    """Every recorded grant as a tree from the trusted root, with status and rules.
+
+    A revoked link (by id, key, issuer, subject or sponsor) and everything below it
+    show ``[revoked]``.
+    """
     now = guard.clock.now()
     records = guard.grants()
     children: dict[str | None, list[Any]] = {}
@@ -745,9 +756,9 @@ def delegation_tree(guard: Guard) -> Tree:
     colour = {"active": "green", "expired": "dim", "revoked": "red", "pending": "yellow"}
     tree = Tree(Text("org:acme (trusted root)", style="bold"))
 
-    def add(node: Tree, parent: str | None) -> None:
+    def add(node: Tree, parent: str | None, parent_revoked: bool = False) -> None:
         for record in sorted(children.get(parent, []), key=lambda r: r.issued_at):
-            status = record.status(now)
+            status = "revoked" if parent_revoked else effective_status(guard, record, now)
             label = Text(record.subject, style="bold")
             label.append(f"  [{status}]", style=colour.get(status, ""))
             label.append(f"  link {record.link_id[:10]}", style="dim")
@@ -758,7 +769,7 @@ def delegation_tree(guard: Guard) -> Tree:
             branch = node.add(label)
             for rule in record.rules:
                 branch.add(Text(rule, style="cyan"))
-            add(branch, record.link_id)
+            add(branch, record.link_id, status == "revoked")
 
     add(tree, None)
     return tree

@@ -32,8 +32,8 @@ OUTCOMES = [
     "✔ scenario 2: sub-agent collected logs; ticket outside its delegation DENIED; quarantine "
     "APPROVED by user:alice and run through the MCP proxy",
     "✔ scenario 3: release sha256:9f2c4e7a1b deployed; release sha256:5d01b8c3e2 DENIED",
-    "✔ scenario 4: partner-events and event-enricher submitted events; after revoking the "
-    "sponsor's link both are DENIED (revoked)",
+    "✔ scenario 4: partner-events and event-enricher submitted events; after revoking their "
+    "sponsor team:partnerships both are DENIED (revoked)",
     "✔ scenario 5: grants list shows service:legacy-backup expired and "
     "agent:quarterly-report stale",
 ]
@@ -80,6 +80,12 @@ def test_demo_tells_every_scenario_and_leaves_nothing_behind(tmp_path: Path) -> 
     assert "proxy process: agentguard decision" in out
     assert re.search(r"audit verify: intact, \d+ records", out)
     assert re.search(r"demo finished in \d+\.\d s", out)
+    # The tree after scenario 4: the sponsored link and everything below it are revoked.
+    tree_now = done.stdout.split("The delegation tree now", 1)[1].split("Decisions", 1)[0]
+    for subject in ("org:partner-co", "service:partner-events", "agent:event-enricher"):
+        line = next(x for x in tree_now.splitlines() if subject in x)
+        assert "[revoked]" in line, line
+    assert "[revoked]" not in next(x for x in tree_now.splitlines() if "service:ci" in x)
     state = re.search(r"state in (/\S+) \(temporary", out)
     assert state is not None
     assert not Path(state.group(1)).exists()

@@ -123,6 +123,7 @@ def demo_command() -> None:
             guard.revoke("link", to_bot.leaf.link_id, reason="shift over")
             console.print(Text(f"revoked link {to_bot.leaf.link_id[:12]} ({alice.id} -> {bot.id})"))
             _attempt(console, guard, to_sub, sub, "tickets/read", {"id": 42})
+            console.print(chain_tree(to_sub, guard.clock.now(), verify_here(guard, to_sub)))
 
             _step(console, "7. The audit log is hash-chained; verify it")
             problem = guard.audit.verify()

@@ -25,6 +25,7 @@ from agentguard.errors import AgentGuardError
 from agentguard.guard import Guard
 from agentguard.keys import validate_principal_id
 from agentguard.store.base import GrantRecord
+from agentguard.verify import revoked_link
 
 __all__ = ["app", "effective_status"]
 
@@ -32,7 +33,11 @@ app = typer.Typer(help="The grant inventory: who granted what to whom, and is it
 
 
 def effective_status(guard: Guard, record: GrantRecord, now: float) -> str:
-    """``revoked`` (also through an ancestor or a key), ``expired``, ``pending``, ``active``."""
+    """``revoked`` (also through an ancestor, key or sponsor), ``expired``, ``pending``, ``active``.
+
+    A link is revoked when it or any link above it is (see
+    :func:`agentguard.verify.revoked_link`).
+    """
     status = record.status(now)
     if status == "revoked":
         return status
@@ -40,9 +45,8 @@ def effective_status(guard: Guard, record: GrantRecord, now: float) -> str:
         chain = Delegation.parse(record.chain, max_links=READ_MAX_LINKS)
     except AgentGuardError:
         return status
-    principals = sorted({g.issuer for g in chain} | {g.subject for g in chain})
-    kids = sorted({g.kid for g in chain} | {g.subject_key.kid for g in chain})
-    if guard.store.find_revoked(chain.link_ids, kids, principals) is not None:
+    # The recorded chain ends at this link: it holds the link and its ancestors only.
+    if revoked_link(guard.store, chain.grants) is not None:
         return "revoked"
     return status
 

@@ -25,32 +25,65 @@ from agentguard.cli._common import (
 from agentguard.delegation import Delegation
 from agentguard.errors import DeniedError
 from agentguard.guard import Guard, check_limits
+from agentguard.store.base import Revocation
 from agentguard.tokens import Grant
+from agentguard.verify import revoked_link
 
 __all__ = ["Verification", "chain_json", "chain_tree", "inspect_command", "verify_here"]
 
 
 @dataclass(frozen=True)
 class Verification:
-    """Whether a delegation verifies now against a guard's trusted roots, and if not why."""
+    """Whether a delegation verifies now against a guard's trusted roots, and if not why.
+
+    ``revoked_from`` is the first link revoked in its own right (by link id, key,
+    issuer, subject or sponsor); it and every link below it are revoked.
+    """
 
     ok: bool
     reason: str | None = None
     explanation: str | None = None
+    revoked_from: int | None = None
+    revoked_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
-        return {"verified": self.ok, "reason": self.reason, "explanation": self.explanation}
+        return {
+            "verified": self.ok,
+            "reason": self.reason,
+            "explanation": self.explanation,
+            "revoked_from": self.revoked_from,
+        }
+
+    def revoked(self, index: int) -> bool:
+        """Whether link ``index`` is revoked (itself or through a link above it)."""
+        return self.revoked_from is not None and index >= self.revoked_from
 
 
 def verify_here(guard: Guard, delegation: Delegation) -> Verification:
     """Verify trust, signatures, windows, depth, revocation and policy limits, now."""
+    # Looked up apart from verification: a chain refused for another reason first
+    # (expired, untrusted) must still show which of its links are revoked.
+    found = revoked_link(guard.store, delegation.grants)
+    revoked_from, revoked_by = (None, None) if found is None else (found[0], _cause(found[1]))
     try:
         chain = guard.verifier.verify_chain(delegation)
         check_limits(guard.policy, chain.delegation)
     except DeniedError as exc:
-        return Verification(False, exc.reason, exc.explanation)
-    return Verification(True)
+        return Verification(False, exc.reason, exc.explanation, revoked_from, revoked_by)
+    return Verification(True, revoked_from=revoked_from, revoked_by=revoked_by)
+
+
+def _cause(revocation: Revocation) -> str:
+    value = revocation.value if revocation.kind == "principal" else revocation.value[:12]
+    return f"{revocation.kind} {value}"
+
+
+def _revoked_state(index: int, verification: Verification) -> str:
+    first = verification.revoked_from
+    if index == first:
+        return f"revoked ({verification.revoked_by})"
+    return f"revoked (through link {first})"
 
 
 def _state(grant: Grant, now: float) -> tuple[str, str]:
@@ -77,6 +110,8 @@ def chain_tree(delegation: Delegation, now: float, verification: Verification | 
     node = root
     for index, grant in enumerate(delegation):
         state, colour = _state(grant, now)
+        if verification is not None and verification.revoked(index):
+            state, colour = _revoked_state(index, verification), "bold red"
         label = Text(f"[{index}] ", style="dim")
         label.append(f"{grant.issuer} -> {grant.subject}", style="bold")
         label.append(f"  {state}", style=colour)
@@ -105,6 +140,10 @@ def chain_json(
     """The chain as JSON (no token material)."""
     links = []
     for index, grant in enumerate(delegation):
+        if verification is not None and verification.revoked(index):
+            state = _revoked_state(index, verification)
+        else:
+            state = _state(grant, now)[0]
         links.append(
             {
                 "index": index,
@@ -116,7 +155,8 @@ def chain_json(
                 "issued_at": grant.issued_at,
                 "not_before": grant.not_before,
                 "expires_at": grant.expires_at,
-                "state": _state(grant, now)[0],
+                "state": state,
+                "revoked": verification is not None and verification.revoked(index),
                 "purpose": grant.purpose,
                 "on_behalf_of": grant.on_behalf_of,
                 "max_depth": grant.max_depth,

@@ -74,7 +74,9 @@ def revoke_command(
 ) -> None:
     """Revoke exactly one of: LINK_ID, --grant FILE, --principal ID, --key KID.
 
-    Revoking a link kills every delegation below it without touching them.
+    Revoking a link kills every delegation below it without touching them;
+    revoking a principal kills every chain it issues, holds or sponsors
+    (``on_behalf_of`` in any link).
     """
     given = [v for v in (link_id, grant, principal, key) if v is not None]
     if len(given) != 1:
@@ -87,7 +89,7 @@ def revoke_command(
             what = f"link {value} ({delegation.leaf.issuer} -> {delegation.leaf.subject})"
         elif principal is not None:
             kind, value = "principal", validate_principal_id(principal)
-            what = f"principal {value}"
+            what = f"principal {value} (also as a sponsor: on_behalf_of)"
         elif key is not None:
             if not _is_digest(key):
                 raise typer.BadParameter(

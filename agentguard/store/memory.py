@@ -100,6 +100,7 @@ class MemoryStore:
                     rec.link_id in revoked_links
                     or rec.subject in revoked_principals
                     or rec.issuer in revoked_principals
+                    or rec.on_behalf_of in revoked_principals
                 )
                 out.append(_with(rec, self._usage.get(rec.link_id), revoked))
             return out

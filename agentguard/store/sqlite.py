@@ -296,7 +296,7 @@ class SQLiteStore:
                 "g.expires_at, g.purpose, g.on_behalf_of, g.rules, g.chain, u.last_used, "
                 "EXISTS (SELECT 1 FROM revocations r WHERE (r.kind = 'link' AND "
                 "r.value = g.link_id) OR (r.kind = 'principal' AND r.value IN "
-                "(g.subject, g.issuer))) "
+                "(g.subject, g.issuer, g.on_behalf_of))) "
                 "FROM grants g LEFT JOIN link_usage u ON u.link_id = g.link_id "
                 "ORDER BY g.issued_at, g.link_id"
             ).fetchall()
