@@ -18,9 +18,13 @@ itself: only the stored, signed receipt counts.
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import unicodedata
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,19 +39,33 @@ from agentguard.store.base import ApprovalRow, ApprovalStore
 from agentguard.tokens import TYP_APPROVAL, args_digest, new_jti
 
 if TYPE_CHECKING:
+    from agentguard.tokens import Grant
     from agentguard.verify import VerifiedChain
 
 __all__ = [
+    "FOLD_NAME",
+    "FOLD_VALUE",
     "ApprovalBook",
     "ApprovalRequest",
     "CallbackChannel",
     "Channel",
+    "LinkAssertion",
     "NoChannel",
     "QueueChannel",
     "Receipt",
+    "RequestView",
+    "Shown",
+    "ShownArgument",
+    "ShownClaim",
     "TerminalChannel",
+    "approval_arguments",
     "call_digest",
+    "display_size",
+    "excluded_approvers",
+    "link_assertions",
     "receipt_lifetime",
+    "request_html",
+    "visible_text",
 ]
 
 RECEIPT_TTL = 600
@@ -61,6 +79,405 @@ def receipt_lifetime(policy: Policy) -> int:
 def call_digest(tool: str, args_hash: str, leaf_link_id: str) -> str:
     """Digest an approval binds: the tool, the canonical arguments and the leaf link."""
     return _jws.canonical_digest({"tool": tool, "args": args_hash, "link": leaf_link_id})
+
+
+def excluded_approvers(grants: Sequence[Grant], demanding_links: Iterable[int]) -> frozenset[str]:
+    """Who may not approve what the given links demanded (separation of duties).
+
+    For a demand made by a rule of link *k*, the subjects and ``on_behalf_of``
+    sponsors of links *k* to the leaf are excluded, except the issuer of link
+    *k*: a delegator may approve what it demanded of its own delegate. A policy
+    step-up counts as demanded by link 0, so everyone in the chain but the
+    root's issuer is excluded. One receipt answers every demand, so the
+    exclusions of all demanding links add up.
+    """
+    excluded: set[str] = set()
+    for k in set(demanding_links):
+        below = grants[k:]
+        people = {g.subject for g in below} | {g.on_behalf_of for g in below if g.on_behalf_of}
+        excluded |= people - {grants[k].issuer}
+    return frozenset(excluded)
+
+
+def receipt_assurance(row: ApprovalRow) -> str | None:
+    """The assurance a stored answer claims, *unverified*: only for deciding whether to ask
+    again; :meth:`ApprovalBook.verify_receipt` is what admits a receipt."""
+    if row.receipt is None:
+        return None
+    claims = _peek_receipt(row.receipt)
+    if claims.get("iss") is not None and claims.get("iss") == claims.get("approver"):
+        return "signed"
+    level = claims.get("assurance")
+    return level if isinstance(level, str) else None
+
+
+# -- what the approver sees ------------------------------------------------------------------
+#
+# Every channel (CLI, terminal, MCP form, web page, notebook card, webhook) renders
+# the same RequestView, so they show the same facts. Text is made safe to show
+# before it is shown: control, format (bidi, zero-width) and separator characters
+# become visible escapes, so an argument name or a purpose cannot forge a line or
+# reorder what the approver reads. Nothing is dropped: a long name or value is
+# folded with the count of what it hides, and the full view shows it all.
+
+#: Characters of a value (or purpose) a folded view shows before "… N more characters".
+FOLD_VALUE = 160
+#: Characters of an argument name a folded view shows.
+FOLD_NAME = 64
+#: Nesting deeper than this cannot be shown (the guard refuses such a call).
+_MAX_DEPTH = 64
+
+# Names made of these characters are shown bare; any other name is quoted as JSON.
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/-]*\Z")
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_AGENT_KINDS = ("agent", "service")
+
+
+def _unsafe(char: str) -> bool:
+    category = unicodedata.category(char)
+    return category in _UNSAFE or (category == "Zs" and char != " ")
+
+
+def _escape(char: str) -> str:
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _text_pieces(text: str) -> list[str]:
+    """``text`` as display pieces, each unsafe character one escape piece."""
+    return [_escape(c) if _unsafe(c) else c for c in text]
+
+
+def _json_pieces(value: Any) -> list[str]:
+    """``value`` as JSON in display pieces; an escape is one piece, so folding never splits it."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+    pieces: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":  # an escape json.dumps wrote: \n, \", \\ or \u001b
+            width = 6 if text[i + 1] == "u" else 2
+            pieces.append(text[i : i + width])
+            i += width
+            continue
+        pieces.append(_escape(char) if _unsafe(char) else char)
+        i += 1
+    return pieces
+
+
+def _name_pieces(name: str) -> list[str]:
+    return list(name) if _PLAIN.match(name) else _json_pieces(name)
+
+
+def visible_text(text: str) -> str:
+    """``text`` with control, format (bidi, zero-width) and separator characters escaped."""
+    return "".join(_text_pieces(text))
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A text as an approver sees it: escaped, and maybe folded (``more`` characters hidden)."""
+
+    text: str
+    more: int = 0
+
+    @property
+    def marker(self) -> str:
+        """`` … N more characters`` when folded, else empty."""
+        if not self.more:
+            return ""
+        return f" … {self.more} more character{'s' if self.more != 1 else ''}"
+
+    def __str__(self) -> str:
+        return self.text + self.marker
+
+
+def _fold(pieces: Sequence[str], width: int | None) -> Shown:
+    total = sum(len(p) for p in pieces)
+    if width is None or total <= width:
+        return Shown("".join(pieces))
+    kept: list[str] = []
+    size = 0
+    for piece in pieces:
+        if size + len(piece) > width:
+            break
+        kept.append(piece)
+        size += len(piece)
+    return Shown("".join(kept), total - size)
+
+
+@dataclass(frozen=True)
+class ShownArgument:
+    """One argument as shown: its name and its value (JSON)."""
+
+    name: Shown
+    value: Shown
+
+
+@dataclass(frozen=True)
+class LinkAssertion:
+    """What one link of the delegation states, and who stated it: the link's issuer.
+
+    A purpose or sponsor is a claim of whoever signed the link; an agent can
+    write anything into the links it issues to its sub-agents.
+    """
+
+    issuer: str
+    subject: str
+    purpose: str | None = None
+    on_behalf_of: str | None = None
+
+    @property
+    def by_agent(self) -> bool:
+        """Whether an agent or service (not an organisation, team or person) asserted it."""
+        return self.issuer.split(":", 1)[0] in _AGENT_KINDS
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form."""
+        return {
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "purpose": self.purpose,
+            "on_behalf_of": self.on_behalf_of,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> LinkAssertion | None:
+        """Read the stored form back (``None`` when it is not one)."""
+        if not isinstance(data, dict):
+            return None
+        issuer, subject = data.get("issuer"), data.get("subject")
+        purpose, sponsor = data.get("purpose"), data.get("on_behalf_of")
+        if not isinstance(issuer, str) or not isinstance(subject, str):
+            return None
+        return cls(
+            issuer=issuer,
+            subject=subject,
+            purpose=purpose if isinstance(purpose, str) else None,
+            on_behalf_of=sponsor if isinstance(sponsor, str) else None,
+        )
+
+
+def link_assertions(grants: Iterable[Grant]) -> tuple[LinkAssertion, ...]:
+    """The purpose and sponsor each link states, root first, with the link's issuer."""
+    return tuple(
+        LinkAssertion(
+            issuer=g.issuer, subject=g.subject, purpose=g.purpose, on_behalf_of=g.on_behalf_of
+        )
+        for g in grants
+    )
+
+
+def accountable_claims(links: Sequence[LinkAssertion]) -> tuple[str | None, str | None]:
+    """The sponsor and purpose stated by the nearest link no agent or service issued.
+
+    These are the request's summary fields: what an agent wrote into its own
+    sub-agents' links never stands there unmarked.
+    """
+    sponsor = next(
+        (a.on_behalf_of for a in reversed(links) if not a.by_agent and a.on_behalf_of), None
+    )
+    purpose = next((a.purpose for a in reversed(links) if not a.by_agent and a.purpose), None)
+    return sponsor, purpose
+
+
+@dataclass(frozen=True)
+class ShownClaim:
+    """One purpose or sponsor one link states, with the principal who asserted it.
+
+    ``link`` and ``asserted_by`` are ``None`` for a request filed before the
+    per-link assertions were recorded.
+    """
+
+    field: str
+    value: Shown
+    link: int | None
+    asserted_by: str | None
+    by_agent: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The transported form."""
+        return {
+            "field": self.field,
+            "value": self.value.text,
+            "more": self.value.more,
+            "link": self.link,
+            "asserted_by": self.asserted_by,
+            "by_agent": self.by_agent,
+        }
+
+
+def _asserter(claim: ShownClaim) -> str:
+    if claim.asserted_by is None:
+        return "(not recorded)"
+    return claim.asserted_by + (" (an agent)" if claim.by_agent else "")
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request as every channel shows it: escaped, folded unless ``full``."""
+
+    tool: str
+    requester: str
+    path: tuple[str, ...]
+    arguments: tuple[ShownArgument, ...]
+    claims: tuple[ShownClaim, ...]
+    rules: tuple[str, ...]
+    full: bool
+
+    @property
+    def folded(self) -> bool:
+        """Whether anything is folded (the full view then shows more)."""
+        shown = [t for a in self.arguments for t in (a.name, a.value)]
+        return any(t.more for t in [*shown, *(c.value for c in self.claims)])
+
+    def argument_lines(self) -> list[str]:
+        """``name = value``, one line per argument."""
+        return [f"{a.name} = {a.value}" for a in self.arguments]
+
+    def claim_lines(self) -> list[str]:
+        """Each stated purpose and sponsor once, with every principal who asserted it."""
+        groups: dict[tuple[str, str], list[ShownClaim]] = {}
+        for claim in self.claims:
+            groups.setdefault((claim.field, str(claim.value)), []).append(claim)
+        lines = []
+        for (field_name, value), claims in groups.items():
+            label = "on behalf of" if field_name == "on_behalf_of" else "purpose"
+            asserters = ", ".join(dict.fromkeys(_asserter(c) for c in claims))
+            lines.append(f"{label} {value} — asserted by {asserters}")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        """The transported form (webhook payloads)."""
+        return {
+            "full": self.full,
+            "arguments": [
+                {
+                    "name": str(a.name) if self.full else a.name.text,
+                    "name_more": a.name.more,
+                    "value": a.value.text,
+                    "more": a.value.more,
+                }
+                for a in self.arguments
+            ],
+            "assertions": [c.to_json() for c in self.claims],
+            "rules": list(self.rules),
+        }
+
+
+def approval_arguments(args: Mapping[str, Any], redact: Iterable[str]) -> dict[str, Any]:
+    """The arguments as an approver sees them: every field, redacted keys masked, nothing cut.
+
+    Unlike the audit log's summary, nothing is truncated or dropped here; the
+    guard bounds the whole with ``approval.display_limit`` instead.
+
+    Raises:
+        ValueError: the arguments nest too deeply to be shown.
+    """
+    names = {f.lower() for f in redact}
+
+    def walk(value: Any, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            raise ValueError("arguments nest too deeply to be shown")
+        if isinstance(value, Mapping):
+            return {
+                str(k): REDACTED if str(k).lower() in names else walk(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [walk(v, depth + 1) for v in value]
+        return value
+
+    return {str(k): REDACTED if str(k).lower() in names else walk(v, 1) for k, v in args.items()}
+
+
+def display_size(args: Mapping[str, Any], *, stop_after: int | None = None) -> int:
+    """Characters the full view of ``args`` takes (names and values, as escaped).
+
+    With ``stop_after`` the count stops early once it exceeds that bound, so an
+    oversized call costs little to refuse.
+    """
+    size = 0
+    for name, value in args.items():
+        size += len(json.dumps(value, ensure_ascii=False, default=str)) + len(name)
+        if stop_after is not None and size > stop_after:
+            return size  # escaping only lengthens: a lower bound already too large
+    size = sum(
+        sum(len(p) for p in _name_pieces(n)) + sum(len(p) for p in _json_pieces(v))
+        for n, v in args.items()
+    )
+    return size
+
+
+def _claims(request: ApprovalRequest, full: bool) -> tuple[ShownClaim, ...]:
+    width = None if full else FOLD_VALUE
+    if request.links is None:  # filed before per-link assertions were recorded
+        legacy = [("on_behalf_of", request.on_behalf_of), ("purpose", request.purpose)]
+        return tuple(
+            ShownClaim(
+                field_name,
+                _fold(_name_pieces(v) if field_name == "on_behalf_of" else _json_pieces(v), width),
+                None,
+                None,
+                False,
+            )
+            for field_name, v in legacy
+            if v
+        )
+    claims = []
+    for index, link in enumerate(request.links):
+        for field_name, value in (("on_behalf_of", link.on_behalf_of), ("purpose", link.purpose)):
+            if value:
+                pieces = (
+                    _name_pieces(value) if field_name == "on_behalf_of" else _json_pieces(value)
+                )
+                claims.append(
+                    ShownClaim(field_name, _fold(pieces, width), index, link.issuer, link.by_agent)
+                )
+    return tuple(claims)
+
+
+def request_html(request: ApprovalRequest) -> str:
+    """The arguments and per-link claims of ``request`` as an HTML fragment (every value escaped).
+
+    Folded values come with their full text in a ``<details>`` element (no script needed).
+    """
+    folded, full = request.view(), request.view(full=True)
+    rows = []
+    for short, whole in zip(folded.arguments, full.arguments, strict=True):
+        name = f"<code>{_h(short.name.text)}</code>{_h(short.name.marker)}"
+        cell = f"<code>{_h(short.value.text)}</code>{_h(short.value.marker)}"
+        if short.value.more or short.name.more:
+            cell += (
+                "<details><summary>show all</summary>"
+                '<pre style="white-space:pre-wrap;word-break:break-all">'
+                f"{_h(whole.name.text)} = {_h(whole.value.text)}</pre></details>"
+            )
+        rows.append(f'<tr><th scope="row">{name}</th><td>{cell}</td></tr>')
+    count = len(folded.arguments)
+    arguments = (
+        f'<div class="agentguard-args"><div>Arguments ({count}, redacted where the policy says):'
+        f'</div><table style="text-align:left">{"".join(rows)}</table></div>'
+        if rows
+        else '<div class="agentguard-args">No arguments.</div>'
+    )
+    claim_lines = folded.claim_lines()
+    claims = (
+        '<ul class="agentguard-claims">'
+        + "".join(f"<li>{_h(c)}</li>" for c in claim_lines)
+        + "</ul>"
+        if claim_lines
+        else '<p class="agentguard-claims">No link states a purpose or sponsor.</p>'
+    )
+    return arguments + claims
+
+
+def _h(text: str) -> str:
+    return html.escape(text, quote=True)
 
 
 @dataclass(frozen=True)
@@ -87,12 +504,25 @@ class ApprovalRequest:
     #: Trace and span (hex) of the call that filed the request, for a span link.
     trace_id: str | None = None
     span_id: str | None = None
+    #: The purpose and sponsor each link states, with its issuer; ``None`` for
+    #: a request filed before they were recorded. ``on_behalf_of`` and
+    #: ``purpose`` above are only what the nearest link no agent issued states.
+    links: tuple[LinkAssertion, ...] | None = None
+    #: Principals who may not answer (separation of duties, see
+    #: :func:`excluded_approvers`), fixed when the request was filed.
+    excluded: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: ApprovalRow) -> ApprovalRequest:
         """Rebuild a request from its stored row (status from the row)."""
         data = row.request
         receipt = _peek_receipt(row.receipt) if row.receipt else {}
+        stored = data.get("links")
+        links = (
+            tuple(a for a in map(LinkAssertion.from_json, stored) if a is not None)
+            if isinstance(stored, list)
+            else None
+        )
         return cls(
             id=row.id,
             decision_id=str(data.get("decision_id", "")),
@@ -113,6 +543,8 @@ class ApprovalRequest:
             approver=receipt.get("approver"),
             trace_id=data.get("trace_id"),
             span_id=data.get("span_id"),
+            links=links,
+            excluded=tuple(str(p) for p in data.get("excluded_approvers", ())),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -128,8 +560,12 @@ class ApprovalRequest:
             "rules": list(self.rules),
             "min_assurance": self.min_assurance,
         }
+        if self.excluded:
+            data["excluded_approvers"] = list(self.excluded)
         if self.trace_id and self.span_id:
             data["trace_id"], data["span_id"] = self.trace_id, self.span_id
+        if self.links is not None:
+            data["links"] = [link.to_json() for link in self.links]
         return data
 
     def state(self, now: float) -> str:
@@ -138,31 +574,61 @@ class ApprovalRequest:
             return "expired"
         return self.status
 
-    def describe(self, now: float | None = None) -> str:
-        """A reviewer-friendly paragraph: who wants to do what, for whom, and why it asks."""
-        sponsor = f" on behalf of {self.on_behalf_of}" if self.on_behalf_of else ""
-        lines = [
-            f"{self.requester}{sponsor} wants to call {self.tool}",
-            "  with " + (_show_args(self.args_display) or "no arguments"),
-            "  delegated by " + " -> ".join(self.path),
-        ]
-        if self.purpose:
-            lines.append(f"  purpose: {self.purpose}")
-        lines.append("  approval required by " + "; ".join(self.rules))
+    def view(self, *, full: bool = False) -> RequestView:
+        """What every channel shows: every argument and claim, escaped; folded unless ``full``."""
+        return RequestView(
+            tool=visible_text(self.tool),
+            requester=visible_text(self.requester),
+            path=tuple(visible_text(p) for p in self.path),
+            arguments=tuple(
+                ShownArgument(
+                    _fold(_name_pieces(name), None if full else FOLD_NAME),
+                    _fold(_json_pieces(value), None if full else FOLD_VALUE),
+                )
+                for name, value in self.args_display.items()
+            ),
+            claims=_claims(self, full),
+            rules=tuple(visible_text(r) for r in self.rules),
+            full=full,
+        )
+
+    def describe(self, now: float | None = None, *, full: bool = False) -> str:
+        """A reviewer-friendly text: who wants to call what with which arguments, what each
+        link claims and who asserted it, and why it asks. Folded unless ``full``."""
+        view = self.view(full=full)
+        count = len(view.arguments)
+        lines = [f"{view.requester} wants to call {view.tool}"]
+        if count:
+            lines.append(f"  with {count} argument{'s' if count != 1 else ''}:")
+            lines += ["    " + line for line in view.argument_lines()]
+        else:
+            lines.append("  with no arguments")
+        lines.append("  delegated by " + " -> ".join(view.path))
+        claims = view.claim_lines()
+        lines += ["  " + line for line in claims] or ["  no link states a purpose or sponsor"]
+        lines.append("  approval required by " + "; ".join(view.rules))
         if now is not None:
             left = self.deadline - now
             lines.append(
                 f"  answer within {format_duration(left)}" if left > 0 else "  deadline passed"
             )
+        if view.folded:
+            lines.append(
+                "  long values are folded; see them whole: "
+                f"agentguard approvals show {self.id} --full"
+            )
         return "\n".join(lines)
 
-
-def _show_args(args: Mapping[str, Any]) -> str:
-    parts = []
-    for key, value in list(args.items())[:20]:
-        text = repr(value)
-        parts.append(f"{key}={text if len(text) <= 80 else text[:77] + '...'}")
-    return ", ".join(parts)
+    def unfolded(self) -> str:
+        """The full form of whatever :meth:`describe` folds (empty when nothing is folded)."""
+        folded, full = self.view(), self.view(full=True)
+        lines = [
+            "  " + whole
+            for short, whole in zip(folded.argument_lines(), full.argument_lines(), strict=True)
+            if short != whole
+        ]
+        lines += ["  " + c for c in full.claim_lines() if c not in folded.claim_lines()]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -290,9 +756,16 @@ class TerminalChannel:
                 reason="approval_unavailable",
             )
         stdout.write("\n" + request.describe(book.clock.now()) + "\n")
-        stdout.write(f"Approve as {self.approver}? [y/N/message to deny] ")
+        folded = request.view().folded
+        choices = "y/N/f = full view/message to deny" if folded else "y/N/message to deny"
+        stdout.write(f"Approve as {self.approver}? [{choices}] ")
         stdout.flush()
         answer = (stdin.readline() or "").strip()
+        if folded and answer.lower() == "f":
+            stdout.write("\n" + request.describe(book.clock.now(), full=True) + "\n")
+            stdout.write(f"Approve as {self.approver}? [y/N/message to deny] ")
+            stdout.flush()
+            answer = (stdin.readline() or "").strip()
         approve = answer.lower() in ("y", "yes")
         book.answer(
             request.id,
@@ -478,7 +951,7 @@ class ApprovalBook:
                 reason="approval_closed",
             )
         # Refuse at once what the guard would refuse later, so humans are not misled.
-        self._check_approver(request, approver_id, assurance)
+        self._check_approver(request, approver_id, assurance, approving=approve)
         claims: dict[str, Any] = {
             "ver": 1,
             "iss": signer.id,
@@ -518,7 +991,16 @@ class ApprovalBook:
             )
         return token
 
-    def _check_approver(self, request: ApprovalRequest, approver_id: str, assurance: str) -> None:
+    def _check_approver(
+        self,
+        request: ApprovalRequest,
+        approver_id: str,
+        assurance: str,
+        *,
+        required: str | None = None,
+        excluded: Collection[str] = (),
+        approving: bool = True,
+    ) -> None:
         entry = self.policy.approver(approver_id)
         if entry is None:
             raise DeniedError(
@@ -530,8 +1012,13 @@ class ApprovalBook:
             )
         if self._revoked(principals=[approver_id]):
             raise DeniedError(f"{approver_id} is revoked", reason="approver_not_authorized")
+        # The strongest of: the approver's own floor, what the call demanded when
+        # it was filed, and what it demands now (a policy may have been tightened).
         needed = max(
-            entry.min_assurance, request.min_assurance, key=lambda lvl: ASSURANCE_LEVELS.index(lvl)
+            entry.min_assurance,
+            request.min_assurance,
+            required or "agent",
+            key=lambda lvl: ASSURANCE_LEVELS.index(lvl) if lvl in ASSURANCE_LEVELS else 99,
         )
         if not assurance_at_least(assurance, needed):
             raise DeniedError(
@@ -549,6 +1036,13 @@ class ApprovalBook:
             if approver_id == request.requester or approver_id in acting:
                 raise DeniedError(
                     f"{approver_id} acts in the requesting chain and may not approve it",
+                    reason="separation_of_duties",
+                )
+            # A rejection never grants anything: the people of the chain may say no.
+            if approving and (approver_id in request.excluded or approver_id in excluded):
+                raise DeniedError(
+                    f"{approver_id} is a subject or sponsor of the link that demanded this "
+                    "approval, or of a link below it, and may not approve it",
                     reason="separation_of_duties",
                 )
 
@@ -572,9 +1066,19 @@ class ApprovalBook:
         )
 
     def verify_receipt(
-        self, row: ApprovalRow, *, expected_digest: str, chain: VerifiedChain | None = None
+        self,
+        row: ApprovalRow,
+        *,
+        expected_digest: str,
+        chain: VerifiedChain | None = None,
+        required: str | None = None,
+        excluded: Collection[str] = (),
     ) -> Receipt:
         """Check a stored receipt completely (signature, binding, time, authority).
+
+        ``required`` is the assurance the call demands *now* and ``excluded``
+        the approvers separation of duties rules out now; both apply on top of
+        what the request recorded when it was filed.
 
         Raises:
             DeniedError: the receipt does not authorise this call.
@@ -619,7 +1123,14 @@ class ApprovalBook:
         if signer_id != self.guard_identity.id:
             assurance = "signed"
         request = ApprovalRequest.from_row(row)
-        self._check_approver(request, approver_id, assurance)
+        self._check_approver(
+            request,
+            approver_id,
+            assurance,
+            required=required,
+            excluded=excluded,
+            approving=claims.get("decision") == "approve",
+        )
         if chain is not None:
             self._check_chain(approver_id, chain)
         edited = claims.get("edited_args")

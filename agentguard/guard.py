@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, S
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 from agentguard import tracing
 from agentguard.approval import (
@@ -32,7 +32,13 @@ from agentguard.approval import (
     NoChannel,
     QueueChannel,
     TerminalChannel,
+    accountable_claims,
+    approval_arguments,
     call_digest,
+    display_size,
+    excluded_approvers,
+    link_assertions,
+    receipt_assurance,
     receipt_lifetime,
 )
 from agentguard.audit import AuditLog, redact, restore_redacted
@@ -170,6 +176,16 @@ class _Wait:
 
     request: ApprovalRequest
     deliver: bool
+
+
+class Demand(NamedTuple):
+    """One approval demand: the rule's text, its minimum assurance, and the link it
+    counts as demanded by for separation of duties (``None``: the chain's own
+    people may approve, which a policy rule may allow explicitly)."""
+
+    rule: str
+    assurance: str
+    link: int | None
 
 
 @dataclass
@@ -425,7 +441,11 @@ class Guard:
             decision = replace(decision, path=chain.path, link_ids=chain.delegation.link_ids)
             check_limits(self.policy, chain.delegation)
             match = self.verifier.authorize(chain, tool, args)
-            demands = [*self._policy_rules(chain, match, tool, args), *step_up]
+            demands = [
+                *self._policy_rules(chain, match, tool, args),
+                # An enforcement point's own step-up is the operator's, like a policy rule.
+                *(Demand(rule, level, 0) for rule, level in step_up),
+            ]
             # The call token binds exactly what the caller asked for.
             presented = None
             if token is not None:
@@ -444,13 +464,15 @@ class Guard:
                 )
             effective = args
             if demands:
-                step_up = demands
-                decision = replace(decision, approval_rules=tuple(r for r, _ in step_up))
+                decision = replace(decision, approval_rules=tuple(d.rule for d in demands))
                 min_level = max(
-                    (lvl for _, lvl in step_up), key=lambda lvl: ASSURANCE_LEVELS.index(lvl)
+                    (d.assurance for d in demands), key=lambda lvl: ASSURANCE_LEVELS.index(lvl)
                 )
+                excluded = self._excluded(chain, demands)
                 cdigest = call_digest(tool, digest, chain.delegation.leaf.link_id)
                 row = self.store.approval_open(cdigest, now)
+                if row is not None and row.status in ("approved", "used"):
+                    row = self._still_answers(row, min_level, now)
                 if (
                     row is not None
                     and row.status in ("approved", "used")
@@ -467,7 +489,11 @@ class Guard:
                 if not enforce and not (request_approval and row is None):
                     if usable and row is not None:
                         receipt = self.approvals.verify_receipt(
-                            row, expected_digest=cdigest, chain=chain
+                            row,
+                            expected_digest=cdigest,
+                            chain=chain,
+                            required=min_level,
+                            excluded=excluded,
                         )
                         decision = replace(
                             decision,
@@ -488,7 +514,9 @@ class Guard:
                         )
                     return self._finish(decision, chain, token, digest, args, None)
                 if row is None:
-                    request = self._new_request(decision, chain, tool, args, cdigest, min_level)
+                    request = self._new_request(
+                        decision, chain, tool, args, cdigest, min_level, excluded
+                    )
                     self.approvals.file(request)
                     decision = replace(decision, approval_request_id=request.id)
                     if not enforce:
@@ -506,7 +534,9 @@ class Guard:
                     answer = yield _Wait(ApprovalRequest.from_row(row), deliver=False)
                 else:
                     answer = row
-                edited, approval = self._use_answer(answer, chain, tool, args, cdigest)
+                edited, approval = self._use_answer(
+                    answer, chain, tool, args, cdigest, min_level, excluded
+                )
                 # Without an edit the approved call runs with the arguments asked for.
                 effective = edited if approval["edited"] else args
                 decision = replace(
@@ -570,10 +600,33 @@ class Guard:
             error = DeniedError(str(exc), reason="store_error", decision_id=decision.id)
             return _Outcome(decision, error, args)
 
+    def _excluded(self, chain: VerifiedChain, demands: Sequence[Demand]) -> frozenset[str]:
+        """Approvers separation of duties rules out for these demands (none when it is off)."""
+        if not self.policy.approval.separation_of_duties:
+            return frozenset()
+        links = [d.link for d in demands if d.link is not None]
+        return excluded_approvers(chain.delegation.grants, links)
+
+    def _still_answers(self, row: ApprovalRow, min_level: str, now: float) -> ApprovalRow | None:
+        """``row`` unless its answer claims less assurance than the call demands now.
+
+        Such an answer (given before the policy was tightened, or through a
+        weaker channel) is set aside, burned, and a new request is filed rather
+        than refusing this call forever. Anything else about the receipt is
+        judged by :meth:`ApprovalBook.verify_receipt`, which fails closed.
+        """
+        level = receipt_assurance(row)
+        if level is None or assurance_at_least(level, min_level):
+            return row
+        log.info("approval %s (assurance %s) is below %s: asking again", row.id, level, min_level)
+        if row.status == "approved":
+            self.store.approval_burn(row.id, now)
+        return None
+
     def _policy_rules(
         self, chain: VerifiedChain, match: ScopeMatch, tool: str, args: Mapping[str, Any]
-    ) -> list[tuple[str, str]]:
-        """Apply deny rules; return (description, min assurance) of every approval demand."""
+    ) -> list[Demand]:
+        """Apply deny rules; return every approval demand of the grants and the policy."""
         for index, rule in enumerate(self.policy.deny):
             if rule.matches(tool, args):
                 raise DeniedError(
@@ -581,17 +634,24 @@ class Guard:
                     reason="policy_denied",
                     rule=index,
                 )
-        demands: list[tuple[str, str]] = [
-            (
+        demands = [
+            Demand(
                 f"link {link} rule {rule} ({chain.delegation.grants[link].scope[rule].describe()})",
                 self.policy.approval.grant_rule_assurance,
+                link,
             )
             for link, rule in match.approval_rules
         ]
         for index, rule in enumerate(self.policy.step_up):
             if rule.matches(tool, args):
                 demands.append(
-                    (f"policy step_up rule {index} ({rule.describe()})", rule.min_assurance)
+                    Demand(
+                        f"policy step_up rule {index} ({rule.describe()})",
+                        rule.min_assurance,
+                        # A policy step-up is demanded "by link 0" unless the rule
+                        # explicitly allows the chain's own people to approve.
+                        None if rule.allow_self_approval else 0,
+                    )
                 )
         return demands
 
@@ -603,22 +663,43 @@ class Guard:
         args: Mapping[str, Any],
         cdigest: str,
         min_level: str,
+        excluded: frozenset[str],
     ) -> ApprovalRequest:
         now = self.clock.now()
-        leaf = chain.delegation.leaf
+        # The approver sees every argument and character, or the call is refused:
+        # never a part of it.
+        limit = self.policy.approval.display_limit
+        try:
+            shown = approval_arguments(args, self.policy.redact)
+            size: int | None = display_size(shown, stop_after=limit)
+        except ValueError:
+            size = None
+        if size is None or size > limit:
+            too_big = "nest too deeply" if size is None else f"take more than {limit} characters"
+            raise DeniedError(
+                f"{tool} needs approval, but its arguments {too_big} to show "
+                "(approval.display_limit); refused rather than shown in part",
+                reason="approval_display_limit",
+            )
+        links = link_assertions(chain.delegation.grants)
+        # The summary fields hold only what no agent asserted; every link's
+        # claims are in ``links``, shown with who asserted them.
+        sponsor, purpose = accountable_claims(links)
         trace_id, span_id = tracing.current_ids()
         return ApprovalRequest(
             id=ApprovalBook.new_id(),
             decision_id=decision.id,
             call_digest=cdigest,
             tool=tool,
-            args_display=redact(args, self.policy.redact),
+            args_display=shown,
             path=chain.path,
             requester=chain.holder.id,
-            on_behalf_of=leaf.on_behalf_of or chain.delegation.root.on_behalf_of,
-            purpose=leaf.purpose,
+            on_behalf_of=sponsor,
+            purpose=purpose,
+            links=links,
             rules=decision.approval_rules,
             min_assurance=min_level,
+            excluded=tuple(sorted(excluded)),
             created_at=now,
             deadline=now + self.policy.approval.timeout,
             trace_id=trace_id,
@@ -632,6 +713,8 @@ class Guard:
         tool: str,
         args: dict[str, Any],
         cdigest: str,
+        min_level: str,
+        excluded: frozenset[str],
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         if isinstance(answer, BaseException):
             if isinstance(answer, DeniedError):
@@ -641,7 +724,9 @@ class Guard:
             )
         if answer is None or answer.status == "pending":
             raise DeniedError("no approval arrived before the deadline", reason="approval_timeout")
-        receipt = self.approvals.verify_receipt(answer, expected_digest=cdigest, chain=chain)
+        receipt = self.approvals.verify_receipt(
+            answer, expected_digest=cdigest, chain=chain, required=min_level, excluded=excluded
+        )
         tracing.approval_resolved(
             answer.id,
             "rejected"
@@ -666,7 +751,12 @@ class Guard:
             match = self.verifier.authorize(chain, tool, effective)
             demands = self._policy_rules(chain, match, tool, effective)
             # The edited call's own step-up demands must be met by this receipt too.
-            for rule, level in demands:
+            if receipt.approver in self._excluded(chain, demands):
+                raise DeniedError(
+                    f"{receipt.approver} may not approve the edited call (separation of duties)",
+                    reason="separation_of_duties",
+                )
+            for rule, level, _ in demands:
                 if not assurance_at_least(receipt.assurance, level):
                     raise DeniedError(
                         f"the edited call needs assurance '{level}' ({rule}), but the "
@@ -1156,7 +1246,8 @@ class Guard:
             return result
 
     def close(self) -> None:
-        """Release the store."""
+        """Release the store (after the audit log's newest signed head is written out)."""
+        self.audit.close()
         self.store.close()
 
 

@@ -138,6 +138,9 @@ class PolicyRule(_Strict):
     reason: str | None = None
     min_assurance: Assurance = "signed"
     if_missing: Literal["apply", "skip"] = "apply"
+    #: For step_up rules: let subjects and sponsors of the chain approve (weaker
+    #: than the default, which excludes everyone in the chain but the root's issuer).
+    allow_self_approval: bool = False
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -207,6 +210,10 @@ class ApprovalSettings(_Strict):
     #: Minimum assurance for approvals demanded by a grant's own rules
     #: (``approval: true`` in a delegation); policy step-up rules name their own.
     grant_rule_assurance: Assurance = "signed"
+    #: The most characters the full view of a request's arguments may take
+    #: (names and values together, as escaped for display); a call that needs
+    #: approval and would take more is refused, never shown in part.
+    display_limit: int = Field(20_000, ge=1_000, le=1_000_000)
 
     @field_validator("timeout", mode="before")
     @classmethod
