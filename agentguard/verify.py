@@ -11,7 +11,9 @@ a stable code and whose ``explanation`` names the link and rule.
 
 from __future__ import annotations
 
+import enum
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,14 +23,23 @@ from agentguard import _jws
 from agentguard.addresses import parse_address
 from agentguard.clock import Clock, SystemClock
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
-from agentguard.errors import DeniedError, InvalidAddressError, TokenFormatError
+from agentguard.errors import DeniedError, InvalidAddressError, StoreError, TokenFormatError
 from agentguard.keys import Principal
 from agentguard.predicates import admits, restricts
-from agentguard.store.base import ReplayStore, Revocation, RevocationStore
+from agentguard.store.base import ReplayStore, Revocation, RevocationKind, RevocationStore
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
 
-__all__ = ["ScopeMatch", "VerifiedCall", "VerifiedChain", "Verifier", "revoked_link"]
+__all__ = [
+    "NO_REVOCATION_CHECK",
+    "NoRevocationCheck",
+    "RevocationCheckDisabledWarning",
+    "ScopeMatch",
+    "VerifiedCall",
+    "VerifiedChain",
+    "Verifier",
+    "revoked_link",
+]
 
 _SEAL = object()
 
@@ -120,6 +131,69 @@ class _LinkCache:
         return len(self._items)
 
 
+class NoRevocationCheck(enum.Enum):
+    """The type of :data:`NO_REVOCATION_CHECK`."""
+
+    NO_REVOCATION_CHECK = "NO_REVOCATION_CHECK"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+#: Pass as ``revocations=`` to verify WITHOUT any revocation source: revoked links,
+#: keys, principals and sponsors are then accepted. An explicit, warned opt-out for
+#: tests and offline tools; a verifier that gates real calls needs the
+#: organisation's store (e.g. :class:`agentguard.store.sqlite.SQLiteStore`).
+NO_REVOCATION_CHECK = NoRevocationCheck.NO_REVOCATION_CHECK
+
+
+class RevocationCheckDisabledWarning(UserWarning):
+    """A verifier was built with ``revocations=NO_REVOCATION_CHECK``."""
+
+
+class _NoRevocations:
+    """The revocation "store" behind :data:`NO_REVOCATION_CHECK`: nothing is ever revoked."""
+
+    def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
+        """Refuse: a revocation recorded here would be silently ignored.
+
+        Raises:
+            StoreError: always.
+        """
+        raise StoreError(
+            "this verifier was built with revocations=NO_REVOCATION_CHECK and records none"
+        )
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        """Nothing is revoked."""
+        return None
+
+    def revocations(self) -> list[Revocation]:
+        """No revocations."""
+        return []
+
+
+def _revocation_source(
+    revocations: RevocationStore | NoRevocationCheck | None,
+) -> RevocationStore:
+    if revocations is NO_REVOCATION_CHECK:
+        warnings.warn(
+            "verifier built with revocations=NO_REVOCATION_CHECK: revoked links, keys, "
+            "principals and sponsors are accepted",
+            RevocationCheckDisabledWarning,
+            stacklevel=3,
+        )
+        return _NoRevocations()
+    if revocations is None or isinstance(revocations, NoRevocationCheck):
+        raise TypeError(
+            "revocations= must be a revocation store (e.g. the organisation's SQLiteStore); "
+            "pass revocations=NO_REVOCATION_CHECK to verify without one, explicitly"
+        )
+    return revocations
+
+
 def _link_principals(grant: Grant) -> list[str]:
     """The principals a link names: issuer, subject and sponsor (``on_behalf_of``)."""
     named = [grant.issuer, grant.subject]
@@ -153,19 +227,26 @@ class Verifier:
 
     Args:
         trusted_roots: the principals whose root grants are accepted.
-        revocations: where revoked links, keys and principals are recorded.
-        replay: where used call-token ids are remembered.
+        revocations: where revoked links, keys and principals are looked up on
+            every chain: required. ``NO_REVOCATION_CHECK`` verifies without
+            any (accepting revoked chains), with a
+            :class:`RevocationCheckDisabledWarning`.
+        replay: where used call-token ids are remembered (default: in memory,
+            private to this verifier).
         clock: the time source.
         leeway: seconds of clock skew tolerated on every time check.
         max_links: the longest chain accepted.
         cache_size: how many verified link signatures to remember.
+
+    Raises:
+        TypeError: ``revocations`` is missing or ``None``.
     """
 
     def __init__(
         self,
         trusted_roots: Iterable[Principal] | Mapping[str, Principal],
         *,
-        revocations: RevocationStore | None = None,
+        revocations: RevocationStore | NoRevocationCheck,
         replay: ReplayStore | None = None,
         clock: Clock | None = None,
         leeway: float = 5.0,
@@ -174,11 +255,9 @@ class Verifier:
     ) -> None:
         roots = trusted_roots.values() if isinstance(trusted_roots, Mapping) else trusted_roots
         self._roots: dict[str, Principal] = {p.id: p for p in roots}
-        memory = MemoryStore()
-        # "is None", not "or": a store that defines __len__ is falsy while empty, and
-        # silently swapping it for a fresh MemoryStore would forget every revocation.
-        self.revocations: RevocationStore = memory if revocations is None else revocations
-        self.replay: ReplayStore = memory if replay is None else replay
+        self.revocations: RevocationStore = _revocation_source(revocations)
+        # "is None", not "or": a store that defines __len__ is falsy while empty.
+        self.replay: ReplayStore = MemoryStore() if replay is None else replay
         self.clock: Clock = clock or SystemClock()
         self.leeway = float(leeway)
         self.max_links = max_links

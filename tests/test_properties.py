@@ -19,6 +19,7 @@ from agentguard.delegation import Delegation
 from agentguard.errors import DeniedError, IssuanceError
 from agentguard.keys import Identity
 from agentguard.predicates import Truth, evaluate
+from agentguard.store.memory import MemoryStore
 from agentguard.tokens import Grant, Rule
 from agentguard.verify import ScopeMatch, Verifier
 
@@ -75,7 +76,9 @@ def principals() -> tuple[Identity, ...]:
 
 @cache
 def verifier() -> Verifier:
-    return Verifier([principals()[0].principal], clock=ManualClock(NOW), leeway=0)
+    return Verifier(
+        [principals()[0].principal], revocations=MemoryStore(), clock=ManualClock(NOW), leeway=0
+    )
 
 
 def extend(delegation: Delegation | None, scope: list[Rule]) -> Delegation:

@@ -146,7 +146,7 @@ def test_upstream_verifier_accepts_a_call_whose_link_demands_approval(world: Wor
     verify = pytest.importorskip("agentguard_mcp.verify")
     proxy = pytest.importorskip("agentguard_mcp.proxy")
     verifier = verify.DelegationVerifier(
-        "admin", trusted_roots=[world.org.principal], clock=world.clock
+        "admin", trusted_roots=[world.org.principal], revocations=MemoryStore(), clock=world.clock
     )
     args = {"target": "db1"}
     token = world.delegation.mint_call_token(world.bot, "admin/reset", args, clock=world.clock)
@@ -160,8 +160,8 @@ def test_upstream_verifier_accepts_a_call_whose_link_demands_approval(world: Wor
     assert info.value.reason == "approval_required"
     # Trusting an approver's key is not enough either: the call carries no receipt.
     keyed = verify.DelegationVerifier(
-        "admin", trusted_roots=[world.org.principal], clock=world.clock,
-        approval_keys=[world.carol.principal],
+        "admin", trusted_roots=[world.org.principal], revocations=MemoryStore(),
+        clock=world.clock, approval_keys=[world.carol.principal],
     )  # fmt: skip
     with pytest.raises(DeniedError) as missing:
         keyed.check(params)

@@ -551,7 +551,7 @@ def test_unknown_root_is_refused(
     )
     error = denial(lambda: verifier.verify_chain(chain), DeniedError, "untrusted_root")
     assert error.link == 0
-    nobody = Verifier([], clock=clock)
+    nobody = Verifier([], revocations=MemoryStore(), clock=clock)
     denial(lambda: nobody.verify_chain(chain), DeniedError, "untrusted_root")
 
 
@@ -1098,9 +1098,9 @@ def test_a_genuine_chain_longer_than_the_cap_is_refused(
     long = root
     for _ in range(8):
         long = long.attenuate(team, team, ["*/*"], clock=clock)
-    lenient = Verifier([org.principal], clock=clock, max_links=9)
+    lenient = Verifier([org.principal], revocations=store, clock=clock, max_links=9)
     lenient.verify_chain(long)
-    default = Verifier([org.principal], clock=clock)
+    default = Verifier([org.principal], revocations=store, clock=clock)
     denial(lambda: default.verify_chain(long), DeniedError, "chain_too_long")
 
 

@@ -20,7 +20,7 @@ from agentguard_mcp.proxy import (
     GuardedProxy,
 )
 from agentguard_mcp.upstream import Upstream, UpstreamUnavailable
-from agentguard_mcp.verify import DelegationVerifier, current_authority
+from agentguard_mcp.verify import NO_REVOCATION_CHECK, DelegationVerifier, current_authority
 
 __all__ = [
     "META_APPROVAL",
@@ -28,6 +28,7 @@ __all__ = [
     "META_DECISION",
     "META_DELEGATION",
     "META_TOOL",
+    "NO_REVOCATION_CHECK",
     "Caller",
     "DelegationVerifier",
     "GuardedClient",

@@ -13,7 +13,12 @@ answers an ``isError`` result; the handler never runs.
 
     server = Server("tickets", on_call_tool=...)
     server.middleware.append(
-        DelegationVerifier("tickets", trusted_roots=[org], approval_keys=[alice, guard_key])
+        DelegationVerifier(
+            "tickets",
+            trusted_roots=[org],
+            revocations=SQLiteStore("/srv/agentguard/state.db"),  # required
+            approval_keys=[alice, guard_key],
+        )
     )
 
 The handler can read who called (and who approved) through :func:`current_authority`.
@@ -38,10 +43,23 @@ from agentguard.keys import Principal
 from agentguard.policy import ASSURANCE_LEVELS, assurance_at_least
 from agentguard.store.base import ReplayStore, RevocationStore
 from agentguard.tokens import TYP_APPROVAL, args_digest
-from agentguard.verify import ScopeMatch, VerifiedCall, VerifiedChain, Verifier
+from agentguard.verify import (
+    NO_REVOCATION_CHECK,
+    NoRevocationCheck,
+    ScopeMatch,
+    VerifiedCall,
+    VerifiedChain,
+    Verifier,
+)
 from agentguard_mcp.proxy import META_APPROVAL, META_CALL, META_DECISION, META_DELEGATION
 
-__all__ = ["Authority", "DelegationVerifier", "VerifiedApproval", "current_authority"]
+__all__ = [
+    "NO_REVOCATION_CHECK",
+    "Authority",
+    "DelegationVerifier",
+    "VerifiedApproval",
+    "current_authority",
+]
 
 logger = logging.getLogger("agentguard_mcp.verify")
 
@@ -135,7 +153,9 @@ class DelegationVerifier:
             ``namespace/<tool>`` and call tokens must be addressed to it.
         trusted_roots: principals whose root grants are accepted.
         revocations: revocation store to consult on every call (e.g. the
-            organisation's shared :class:`agentguard.store.SQLiteStore`).
+            organisation's shared :class:`agentguard.store.SQLiteStore`):
+            required. ``NO_REVOCATION_CHECK`` runs without one — revoked chains
+            are then accepted — with a warning and a log line.
         replay: where used call-token and receipt ids are remembered (default:
             in memory, private to this verifier).
         clock: time source.
@@ -146,6 +166,7 @@ class DelegationVerifier:
 
     Raises:
         ValueError: ``min_assurance`` is not an assurance level.
+        TypeError: ``revocations`` is missing or ``None``.
     """
 
     def __init__(
@@ -153,7 +174,7 @@ class DelegationVerifier:
         namespace: str,
         *,
         trusted_roots: Iterable[Principal],
-        revocations: RevocationStore | None = None,
+        revocations: RevocationStore | NoRevocationCheck,
         replay: ReplayStore | None = None,
         clock: Clock | None = None,
         approval_keys: Iterable[Principal] = (),
@@ -166,6 +187,12 @@ class DelegationVerifier:
         self.verifier = Verifier(
             list(trusted_roots), revocations=revocations, replay=replay, clock=clock
         )
+        if revocations is NO_REVOCATION_CHECK:
+            logger.warning(
+                "verifier for %s does not check revocations (NO_REVOCATION_CHECK): "
+                "revoked chains are accepted",
+                namespace,
+            )
         self.approval_keys = tuple(approval_keys)
         self.min_assurance = min_assurance
         self.reusable_receipts = reusable_receipts

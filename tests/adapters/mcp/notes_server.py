@@ -39,6 +39,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from agentguard.keys import Principal
+from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 
 TOOLS = [
@@ -151,7 +152,8 @@ async def main() -> None:
     verifier = None
     if opts.verify:
         doc = json.loads(Path(opts.root_key).read_text())
-        store = SQLiteStore(opts.revocations) if opts.revocations else None
+        # Without --revocations nothing is revoked in the test: an explicit empty store.
+        store = SQLiteStore(opts.revocations) if opts.revocations else MemoryStore()
         approval_keys = []
         for key_file in opts.approval_key:
             key = json.loads(Path(key_file).read_text())

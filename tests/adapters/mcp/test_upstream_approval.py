@@ -72,6 +72,7 @@ def _verifier(world: World, *keys: Principal, **kwargs: Any) -> DelegationVerifi
     return DelegationVerifier(
         "admin",
         trusted_roots=[world.org.principal],
+        revocations=MemoryStore(),
         clock=world.clock,
         approval_keys=keys or [world.carol.principal],
         **kwargs,
@@ -143,7 +144,9 @@ def test_receipt_signed_by_an_untrusted_key_is_refused(world: World) -> None:
 
 def test_no_approval_keys_fails_closed(world: World) -> None:
     receipt = _receipt(world)
-    verifier = DelegationVerifier("admin", trusted_roots=[world.org.principal], clock=world.clock)
+    verifier = DelegationVerifier(
+        "admin", trusted_roots=[world.org.principal], revocations=MemoryStore(), clock=world.clock
+    )
     with pytest.raises(DeniedError) as info:
         verifier.check(_params(world, receipt))
     assert info.value.reason == "approval_required"
@@ -210,7 +213,9 @@ def test_guard_attested_answers_meet_only_their_assurance(world: World) -> None:
 
 def test_calls_without_an_approval_rule_need_no_receipt(world: World) -> None:
     token = world.delegation.mint_call_token(world.bot, "tickets/list", {}, clock=world.clock)
-    verifier = DelegationVerifier("tickets", trusted_roots=[world.org.principal], clock=world.clock)
+    verifier = DelegationVerifier(
+        "tickets", trusted_roots=[world.org.principal], revocations=MemoryStore(), clock=world.clock
+    )
     params = {
         "name": "list",
         "arguments": {},
@@ -329,7 +334,10 @@ async def test_receipt_found_when_the_guard_waited_for_the_answer(setup: Setup) 
     upstream: Server[Any] = Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)
     upstream.middleware.append(
         DelegationVerifier(
-            "vault", trusted_roots=[setup.org.principal], approval_keys=[setup.alice.principal]
+            "vault",
+            trusted_roots=[setup.org.principal],
+            revocations=MemoryStore(),
+            approval_keys=[setup.alice.principal],
         )
     )
 
