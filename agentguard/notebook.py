@@ -21,12 +21,11 @@ call again after the click proceeds.
 from __future__ import annotations
 
 import html
-import json
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from agentguard.approval import ApprovalBook, ApprovalRequest
+from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
 from agentguard.errors import ConfigError, DeniedError
 from agentguard.keys import validate_principal_id
@@ -52,18 +51,15 @@ def _e(value: object) -> str:
 
 
 def _request_html(request: ApprovalRequest, now: float) -> str:
-    sponsor = f" on behalf of <b>{_e(request.on_behalf_of)}</b>" if request.on_behalf_of else ""
-    args = json.dumps(request.args_display, indent=2, sort_keys=True, default=str)
+    view = request.view()
     left = request.deadline - now
     deadline = f"answer within {format_duration(left)}" if left > 0 else "deadline passed"
-    purpose = f"<br>purpose: {_e(request.purpose)}" if request.purpose else ""
     return (
         '<div style="font-family:sans-serif">'
-        f"<b>{_e(request.requester)}</b>{sponsor} wants to call "
-        f"<code>{_e(request.tool)}</code>"
-        f'<pre style="background:#f6f8fa;padding:4px">{_e(args)}</pre>'
-        f"<small>delegated by {_e(' -> '.join(request.path))}{purpose}<br>"
-        f"approval required by {_e('; '.join(request.rules))}<br>"
+        f"<b>{_e(view.requester)}</b> wants to call <code>{_e(view.tool)}</code>"
+        f"{request_html(request)}"
+        f"<small>delegated by {_e(' -> '.join(view.path))}<br>"
+        f"approval required by {_e('; '.join(view.rules))}<br>"
         f"{_e(deadline)} &middot; request {_e(request.id)}</small></div>"
     )
 

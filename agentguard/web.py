@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentguard.approval import ApprovalBook, ApprovalRequest
+from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import validate_principal_id
@@ -252,14 +252,14 @@ def _when(ts: float) -> str:
 
 def _request_html(request: ApprovalRequest, csrf: str, now: float) -> str:
     rid = _e(request.id)
+    # The edit box holds the arguments as JSON (ASCII escapes for anything else).
     args = json.dumps(request.args_display, indent=2, sort_keys=True, default=str)
+    view = request.view()
     left = request.deadline - now
     rows = [
-        ("Requester", request.requester),
-        ("On behalf of", request.on_behalf_of or "(not stated)"),
-        ("Delegation path", " \u2192 ".join(request.path)),
-        ("Purpose", request.purpose or "(not stated)"),
-        ("Required by", "; ".join(request.rules)),
+        ("Requester", view.requester),
+        ("Delegation path", " \u2192 ".join(view.path)),
+        ("Required by", "; ".join(view.rules)),
         ("Minimum assurance", request.min_assurance),
         ("Deadline", f"{_when(request.deadline)} (in {format_duration(left)})"),
     ]
@@ -267,9 +267,9 @@ def _request_html(request: ApprovalRequest, csrf: str, now: float) -> str:
     hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
     return f"""
 <section class="req" id="req-{rid}" data-request-id="{rid}">
-<h2><code class="tool">{_e(request.tool)}</code> <small>{rid}</small></h2>
+<h2><code class="tool">{_e(view.tool)}</code> <small>{rid}</small></h2>
 <dl>{details}</dl>
-<div>Arguments (redacted):</div><pre class="args">{_e(args)}</pre>
+{request_html(request)}
 <form class="approve" method="post" action="/requests/{rid}/approve">{hidden}
 <input name="message" placeholder="note (optional)" maxlength="500">
 <button type="submit">Approve</button></form>

@@ -53,13 +53,26 @@ TIMESTAMP_HEADER = "X-AgentGuard-Timestamp"
 
 
 def request_payload(request: ApprovalRequest) -> dict[str, Any]:
-    """The JSON document a webhook receives for ``request`` (redacted, no secrets)."""
+    """The JSON document a webhook receives for ``request`` (redacted, no secrets).
+
+    ``args_display`` holds every argument as data; ``display`` holds what a
+    human should be shown, as every other channel shows it: ``text`` (long
+    values folded with "… N more characters"), ``full_text`` (nothing folded),
+    the arguments one by one, and each link's purpose and sponsor with the
+    principal who asserted it (``by_agent`` when an agent or service did).
+    Show ``display`` texts as plain text; they are escaped for that already.
+    """
     return {
         "type": "agentguard.approval_request",
         "id": request.id,
         "created_at": request.created_at,
         "deadline": request.deadline,
         **request.to_json(),
+        "display": {
+            **request.view().to_json(),
+            "text": request.describe(),
+            "full_text": request.describe(full=True),
+        },
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.notebook import ApprovalCard, NotebookChannel, PendingApprovals, pending_html
+from tests.display_support import assert_shows_the_facts, shown_args, sub_agent
 from tests.guard_helpers import Recorder, make_guard, manual_world
 
 STEP_UP = [{"tools": ["tickets/comment"], "min_assurance": "local"}]
@@ -278,3 +280,19 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     with pytest.raises(ConfigError, match=r"agentguard\[notebook\]"):
         NotebookChannel("user:carol")
+
+
+def test_the_card_shows_the_same_facts() -> None:
+    """The card shows every argument, folds with the whole value in a details element,
+    escaped names and the agent's own claims marked as such."""
+    world = manual_world()
+    shown = Shown()
+    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    NotebookChannel("user:carol", display=shown).attach(guard)
+    sub, delegation = sub_agent(world)
+    with pytest.raises(ApprovalPending):
+        guard.call(delegation, "tickets/comment", shown_args(), Recorder(), holder=sub)
+    card_html = shown.cards[0].widget.children[0].value
+    text = html.unescape(card_html)
+    assert_shows_the_facts(text, text)
+    assert "<details" in card_html

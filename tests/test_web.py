@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from starlette.testclient import TestClient
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.guard import Guard
 from agentguard.web import TOKENS_FILE, ApproverTokens, create_app
+from tests.display_support import assert_shows_the_facts, shown_args, sub_agent
 from tests.guard_helpers import Recorder, World, make_guard, manual_world, policy_doc
 
 CHROMIUM = "/usr/bin/chromium"
@@ -448,3 +450,18 @@ def test_serve_runs_uvicorn_and_warns_beyond_loopback(
     assert runs[0]["host"] == host
     assert runs[0]["port"] == 9999
     assert ("plain HTTP" in caplog.text) is warns
+
+
+def test_the_page_shows_every_argument_folded_and_whole_and_who_asserted_what(site: Site) -> None:
+    """The page shows the same facts as the CLI: all arguments, folds with the whole value
+    one click away, escaped names, and the agent's own claims marked as such."""
+    sub, delegation = sub_agent(site.world)
+    with pytest.raises(ApprovalPending):
+        site.guard.call(delegation, "tickets/comment", shown_args(), Recorder(), holder=sub)
+    client = TestClient(create_app(site.guard.approvals, site.tokens))
+    login(client, site.carol_token)
+    page = client.get("/").text
+    assert "\u202e" not in page
+    text = html.unescape(page)
+    assert_shows_the_facts(text, text)
+    assert "<details" in page

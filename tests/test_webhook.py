@@ -19,6 +19,7 @@ from agentguard.webhook import (
     sign_payload,
     verify_signature,
 )
+from tests.display_support import FORGED_SHOWN, assert_shows_the_facts, shown_args, sub_agent
 from tests.guard_helpers import START, Recorder, make_guard, manual_world
 
 SECRET = "shared-webhook-secret"
@@ -259,3 +260,37 @@ def test_policy_webhook_needs_a_usable_url() -> None:
         make_guard(world, approval={"channel": "webhook"})
     with pytest.raises(ConfigError, match="webhook_url"):
         make_guard(world, approval={"channel": "webhook", "webhook_url": "file:///x"})
+
+
+def test_payload_carries_the_same_facts(receiver: Receiver) -> None:
+    """The payload holds every argument, the folded and the full text, and per-link claims."""
+    world = manual_world()
+    guard = make_guard(
+        world, approver=WebhookChannel(receiver.url), approval_mode="raise", step_up=STEP_UP
+    )
+    sub, delegation = sub_agent(world)
+    args = {**shown_args(), "password": CANARY}
+    with pytest.raises(ApprovalPending):
+        guard.call(delegation, "tickets/comment", args, Recorder(), holder=sub)
+    body = receiver.posts[0][1].decode()
+    assert CANARY not in body
+    doc = json.loads(body)
+    display = doc["display"]
+    assert_shows_the_facts(display["text"], display["full_text"])
+    assert len(doc["args_display"]) == len(args)
+    names = [a["name"] for a in display["arguments"]]
+    assert FORGED_SHOWN in names
+    script = next(a for a in display["arguments"] if a["name"] == "script")
+    assert script["more"] > 0
+    assert script["value"] + f" … {script['more']} more characters" in display["text"]
+    assert doc["links"][2] == {
+        "issuer": "agent:bot",
+        "subject": "agent:sub",
+        "purpose": "pre-approved by security",
+        "on_behalf_of": "user:ceo",
+    }
+    agent_claims = [c for c in display["assertions"] if c["by_agent"]]
+    assert {(c["field"], c["value"]) for c in agent_claims} == {
+        ("purpose", '"pre-approved by security"'),
+        ("on_behalf_of", "user:ceo"),
+    }

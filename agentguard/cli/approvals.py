@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from agentguard.approval import ApprovalRequest
+from agentguard.approval import ApprovalRequest, visible_text
 from agentguard.cli._common import (
     HomeOption,
     JsonOption,
@@ -59,6 +59,7 @@ def _as_dict(request: ApprovalRequest, now: float) -> dict[str, Any]:
         "approver": request.approver,
         "message": request.message,
         "decision_id": request.decision_id,
+        "links": None if request.links is None else [link.to_json() for link in request.links],
     }
 
 
@@ -102,23 +103,32 @@ def list_requests(
 def show(
     ctx: typer.Context,
     request_id: Annotated[str, typer.Argument(metavar="ID")],
+    full: Annotated[
+        bool, typer.Option("--full", help="Show long names and values whole, not folded.")
+    ] = False,
     json_output: JsonOption = False,
     home: HomeOption = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Show one request: who wants to call what, with which arguments, and why it asks."""
+    """Show one request: who wants to call what, with which arguments, and why it asks.
+
+    Every argument is shown (redacted where the policy says), with control and
+    bidi characters escaped; long values are folded unless ``--full``.
+    """
     with workspace(ctx, home, policy).guard() as guard:
         request = guard.approvals.get(request_id)
         now = guard.clock.now()
     if json_output:
         print_json(_as_dict(request, now))
         return
-    lines = [f"{request.id}  [{request.state(now)}]", request.describe(now)]
+    lines = [f"{request.id}  [{request.state(now)}]", request.describe(now, full=full)]
     if request.approver:
         lines.append(f"  answered by {request.approver}")
     if request.message:
-        lines.append(f"  message: {request.message}")
-    say("\n".join(lines))
+        lines.append(f"  message: {visible_text(request.message)}")
+    # Plain echo, not Rich: a full value must not be wrapped or re-flowed, and
+    # the text is escaped already.
+    typer.echo("\n".join(lines))
 
 
 def _answer(

@@ -618,6 +618,11 @@ class GuardedProxy:
         try:
             request = self.guard.approvals.get(pending.request_id)
             text = request.describe()
+            unfolded = request.unfolded()
+            if unfolded:
+                # The client may be the only place its human sees the call: give the
+                # folded values whole too, after the summary.
+                text += "\n\nFolded values in full:\n" + unfolded
         except (AgentGuardError, AttributeError, KeyError):
             pass
         schema = {
