@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agentguard.approval import ApprovalRequest, QueueChannel, TerminalChannel
+from agentguard.approval import ApprovalRequest, LinkAssertion, QueueChannel, TerminalChannel
 from agentguard.delegation import Delegation
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
@@ -243,6 +243,15 @@ def test_sub_agent_claims_are_marked_as_asserted_by_the_agent(world: World) -> N
         "purpose": "pre-approved by security",
         "on_behalf_of": "user:ceo",
     }
+
+
+def test_agents_and_services_are_marked_organisations_teams_and_people_are_not() -> None:
+    """What an agent: or service: issuer asserts is marked; other kinds of issuer are not."""
+    kinds = {
+        kind: LinkAssertion(f"{kind}:x", "agent:y", purpose="p").by_agent
+        for kind in ("agent", "service", "org", "team", "user")
+    }
+    assert kinds == {"agent": True, "service": True, "org": False, "team": False, "user": False}
 
 
 def test_an_agent_purpose_cannot_forge_lines(world: World) -> None:

@@ -296,3 +296,4 @@ def test_the_card_shows_the_same_facts() -> None:
     text = html.unescape(card_html)
     assert_shows_the_facts(text, text)
     assert "<details" in card_html
+    assert "<summary>show all</summary>" in card_html

@@ -465,3 +465,4 @@ def test_the_page_shows_every_argument_folded_and_whole_and_who_asserted_what(si
     text = html.unescape(page)
     assert_shows_the_facts(text, text)
     assert "<details" in page
+    assert "<summary>show all</summary>" in page
