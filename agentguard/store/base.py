@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -13,7 +13,9 @@ __all__ = [
     "ApprovalStore",
     "AuditEntry",
     "Checkpoint",
+    "Durability",
     "GrantRecord",
+    "HeadSigner",
     "ReplayStore",
     "Revocation",
     "RevocationKind",
@@ -143,6 +145,16 @@ class Checkpoint:
     token: str
 
 
+#: How far a store's writes survive: ``memory`` dies with the process; ``normal``
+#: survives a crash of the process but may lose the newest commits on power loss;
+#: ``full`` is on disk when a write returns.
+Durability = Literal["memory", "normal", "full"]
+
+#: Signs the head of the audit chain (sequence number, hash) and returns the token;
+#: called inside the append's transaction.
+HeadSigner = Callable[[int, str], str]
+
+
 @dataclass(frozen=True)
 class ApprovalRow:
     """A stored approval request and, once answered, its receipt.
@@ -205,6 +217,8 @@ class Store(RevocationStore, ReplayStore, ApprovalStore, Protocol):
 
     #: Where the data lives, for messages (``"memory"`` or a file path).
     location: str
+    #: Whether committed writes survive a crash (``normal``) or power loss (``full``).
+    durability: Durability
 
     def record_grant(self, record: GrantRecord) -> None:
         """Remember a grant in the issuer's inventory (idempotent by link id)."""
@@ -215,9 +229,17 @@ class Store(RevocationStore, ReplayStore, ApprovalStore, Protocol):
         ...
 
     def audit_append(
-        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+        self,
+        record: dict[str, Any],
+        *,
+        link_ids: Sequence[str] = (),
+        at: float,
+        anchor: HeadSigner | None = None,
     ) -> AuditEntry:
         """Append one record to the hash chain atomically and mark ``link_ids`` used at ``at``.
+
+        With ``anchor``, the new head (sequence number and hash) is signed by it and
+        stored as the log's signed head in the same transaction as the record.
 
         Raises:
             StoreError: the record could not be written durably.
@@ -238,6 +260,10 @@ class Store(RevocationStore, ReplayStore, ApprovalStore, Protocol):
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint, oldest first."""
+        ...
+
+    def audit_head(self) -> Checkpoint | None:
+        """The newest signed head written with an anchored append, if any."""
         ...
 
     def close(self) -> None:

@@ -13,7 +13,9 @@ from agentguard.store.base import (
     ApprovalRow,
     AuditEntry,
     Checkpoint,
+    Durability,
     GrantRecord,
+    HeadSigner,
     Revocation,
     RevocationKind,
     entry_hash,
@@ -29,6 +31,7 @@ class MemoryStore:
     """Thread-safe in-memory implementation of every store protocol."""
 
     location = "memory"
+    durability: Durability = "memory"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -39,6 +42,7 @@ class MemoryStore:
         self._usage: dict[str, float] = {}
         self._audit: list[AuditEntry] = []
         self._checkpoints: list[Checkpoint] = []
+        self._head: Checkpoint | None = None
         self._approvals: dict[str, ApprovalRow] = {}
 
     # -- revocations ----------------------------------------------------------
@@ -107,15 +111,25 @@ class MemoryStore:
 
     # -- audit ----------------------------------------------------------------------
     def audit_append(
-        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+        self,
+        record: dict[str, Any],
+        *,
+        link_ids: Sequence[str] = (),
+        at: float,
+        anchor: HeadSigner | None = None,
     ) -> AuditEntry:
-        """Append one record to the hash chain."""
+        """Append one record to the hash chain (and sign the new head with ``anchor``)."""
         with self._lock:
             prev = self._audit[-1].hash if self._audit else GENESIS_HASH
             seq = len(self._audit) + 1
             body = canonical_json({**record, "seq": seq}).decode("utf-8")
             entry = AuditEntry(seq, body, prev, entry_hash(prev, body))
+            head = (
+                None if anchor is None else Checkpoint(seq, entry.hash, at, anchor(seq, entry.hash))
+            )
             self._audit.append(entry)
+            if head is not None:
+                self._head = head
             for link in link_ids:
                 self._usage[link] = max(at, self._usage.get(link, 0.0))
             return entry
@@ -140,6 +154,11 @@ class MemoryStore:
         """Every stored checkpoint, oldest first."""
         with self._lock:
             return list(self._checkpoints)
+
+    def audit_head(self) -> Checkpoint | None:
+        """The newest signed head written with an anchored append, if any."""
+        with self._lock:
+            return self._head
 
     # -- approvals ------------------------------------------------------------------
     def approval_insert(self, row: ApprovalRow) -> None:

@@ -2,7 +2,8 @@
 
 Every write that must be atomic across processes runs in ``BEGIN IMMEDIATE``:
 a nonce is inserted once (primary key), an audit entry reads the previous hash
-and appends under the same write lock. Each thread uses its own connection.
+and appends under the same write lock, together with the signed head that
+covers it when the entry is anchored. Each thread uses its own connection.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from agentguard._jws import canonical_json
 from agentguard.errors import StoreError
@@ -24,7 +25,9 @@ from agentguard.store.base import (
     ApprovalRow,
     AuditEntry,
     Checkpoint,
+    Durability,
     GrantRecord,
+    HeadSigner,
     Revocation,
     RevocationKind,
     entry_hash,
@@ -51,6 +54,9 @@ CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, body TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     seq INTEGER NOT NULL, head TEXT NOT NULL, signed_at REAL NOT NULL, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, head TEXT NOT NULL,
+    signed_at REAL NOT NULL, token TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, created_at REAL NOT NULL, deadline REAL NOT NULL,
     status TEXT NOT NULL, call_digest TEXT NOT NULL, request TEXT NOT NULL,
@@ -82,9 +88,13 @@ class SQLiteStore:
         self.location = str(self.path)
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
+        self.durability = cast(Durability, durability)
         self._sync = durability.upper()
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Each connection with the thread that opened it: a connection whose thread
+        # has ended is closed when the next one opens (threads come and go, e.g.
+        # the audit log's side-file writer), so they cannot pile up.
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         self._consumed = 0
         self._closed = False
@@ -146,7 +156,11 @@ class SQLiteStore:
             conn = self._while_locked(self._open_connection, "open")
             self._local.conn = conn
             with self._all_lock:
-                self._all.append(conn)
+                ended = [c for thread, c in self._all if not thread.is_alive()]
+                self._all = [(t, c) for t, c in self._all if t.is_alive()]
+                self._all.append((threading.current_thread(), conn))
+            for old in ended:
+                old.close()
         return conn
 
     def _open_connection(self) -> sqlite3.Connection:
@@ -322,9 +336,19 @@ class SQLiteStore:
 
     # -- audit -----------------------------------------------------------------------------
     def audit_append(
-        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+        self,
+        record: dict[str, Any],
+        *,
+        link_ids: Sequence[str] = (),
+        at: float,
+        anchor: HeadSigner | None = None,
     ) -> AuditEntry:
-        """Append one record to the hash chain atomically (across processes)."""
+        """Append one record to the hash chain atomically (across processes).
+
+        With ``anchor`` the new head is signed and replaces the stored signed head
+        in the same transaction: a head never exists without its record, and the
+        record is not committed without its head.
+        """
 
         def run(db: sqlite3.Connection) -> AuditEntry:
             last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -341,6 +365,13 @@ class SQLiteStore:
                     "ON CONFLICT (link_id) DO UPDATE SET last_used = "
                     "max(last_used, excluded.last_used)",
                     (link, at),
+                )
+            if anchor is not None:
+                db.execute(
+                    "INSERT INTO audit_head (id, seq, head, signed_at, token) "
+                    "VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, "
+                    "head = excluded.head, signed_at = excluded.signed_at, token = excluded.token",
+                    (seq, digest, at, anchor(seq, digest)),
                 )
             return AuditEntry(seq, body, prev, digest)
 
@@ -382,6 +413,15 @@ class SQLiteStore:
             ).fetchall()
         )
         return [Checkpoint(*r) for r in rows]
+
+    def audit_head(self) -> Checkpoint | None:
+        """The newest signed head written with an anchored append, if any."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT seq, head, signed_at, token FROM audit_head WHERE id = 1"
+            ).fetchone()
+        )
+        return None if row is None else Checkpoint(*row)
 
     # -- approvals ---------------------------------------------------------------------------
     _APPROVAL_COLUMNS = (
@@ -491,6 +531,6 @@ class SQLiteStore:
         """Close every connection this object opened."""
         self._closed = True
         with self._all_lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 conn.close()
             self._all.clear()
