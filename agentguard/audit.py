@@ -1,25 +1,43 @@
 """The tamper-evident audit log (DESIGN §6).
 
 Each entry's body is RFC 8785 JSON holding its own sequence number; its hash
-covers the previous entry's hash and the body. Every ``checkpoint_every``
-entries the guard signs a checkpoint (sequence number and head hash) with its
-key; checkpoints also go to a side file next to the database so that cutting
-the tail of the log after a checkpoint is detected. :func:`verify_log` finds
-the first broken entry and says what is wrong with it.
+covers the previous entry's hash and the body, so an edited, deleted or
+reordered record breaks the chain. The end of the chain is anchored: every
+record that lets a tool run is covered by a *signed head* (sequence number and
+hash, signed with the guard's key) written in the same database transaction as
+the record, before the tool runs, and the newest signed head also replaces a
+side file next to the database. Cutting or rewriting the end of the log then
+contradicts a signature, unless the side file is rolled back as well. Every
+``checkpoint_every`` entries a signed checkpoint is also kept in the database.
+
+What a contradiction means depends on where the signature was kept: the
+database's own head and checkpoints are committed with (or after) the records
+they cover, so a log that ends before them was cut. The side file is written
+after the commit; at ``durability: full`` the records were on disk by then, so
+the same verdict holds, but at ``normal`` a power failure can lose commits the
+side file already covers, and that is reported as such (``unsynced``).
+:func:`verify_log` finds the first problem and says what is wrong.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import json
+import logging
+import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentguard import _jws
 from agentguard.errors import AgentGuardError, DeniedError, StoreError, TokenFormatError
-from agentguard.keys import Identity, Principal
+from agentguard.keys import Identity, Principal, b64url_encode
 from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, Store, entry_hash
 
 __all__ = [
@@ -27,11 +45,16 @@ __all__ = [
     "TYP_CHECKPOINT",
     "AuditLog",
     "AuditProblem",
+    "AuditReport",
+    "UnfinishedDecision",
+    "lets_tool_run",
     "redact",
     "restore_redacted",
     "sets_redacted_field",
     "verify_log",
 ]
+
+log = logging.getLogger("agentguard.audit")
 
 TYP_CHECKPOINT = "agentguard-checkpoint+jwt"
 REDACTED = "[redacted]"
@@ -111,20 +134,299 @@ def restore_redacted(edited: Any, original: Any, fields: Iterable[str]) -> Any:
     return walk(edited, original)
 
 
+#: Heads the database contradicted when a newer one was published stay in the side
+#: file as evidence; beyond this many, further ones are not added.
+MAX_KEPT_HEADS = 16
+#: A side-file writer thread with nothing to write for this long ends.
+_WRITER_IDLE_S = 5.0
+#: At durability normal the side file is rewritten at most this often; heads
+#: arriving faster are coalesced (the newest one is written).
+_WRITE_INTERVAL_S = 0.001
+#: How long closing a log waits for its side-file writer.
+_FLUSH_TIMEOUT_S = 10.0
+
+#: Problem kinds that mean the log was changed after it was written.
+TAMPERING = ("edited", "deleted", "reordered", "truncated", "rewritten", "bad_checkpoint")
+
+
+def lets_tool_run(record: Mapping[str, Any]) -> bool:
+    """Whether a record is a decision after which a tool runs: an enforced ``allow``,
+    or a shadow-mode decision (not enforced, so the tool runs anyway)."""
+    return (
+        record.get("type") == "decision"
+        and not record.get("dry_run")
+        and (record.get("outcome") == "allow" or bool(record.get("shadow")))
+    )
+
+
 @dataclass(frozen=True)
 class AuditProblem:
-    """The first thing wrong with a log: where and what."""
+    """The first thing wrong with a log: where and what.
+
+    ``kind`` is one of ``edited``, ``deleted``, ``reordered`` (the chain itself
+    is broken), ``truncated`` (the log ends before a signed head),
+    ``rewritten`` (the chain is consistent but contradicts a signed head),
+    ``bad_checkpoint`` (a signed head or checkpoint does not verify) — all of
+    which mean tampering — or ``unsynced``: the side file, written at
+    ``durability: normal``, covers records the database does not hold, which a
+    power failure can cause as well as a cut.
+    """
 
     seq: int
-    kind: str  # edited | deleted | reordered | truncated | bad_checkpoint
+    kind: str
     detail: str
+
+    @property
+    def tampering(self) -> bool:
+        """Whether the problem can only come from changing the log after it was written."""
+        return self.kind in TAMPERING
 
     def __str__(self) -> str:
         return f"record {self.seq}: {self.kind}: {self.detail}"
 
 
+@dataclass(frozen=True)
+class UnfinishedDecision:
+    """A decision that let a tool run and has no completion record: not known to have run."""
+
+    seq: int
+    decision_id: str
+    tool: str
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Everything :meth:`AuditLog.report` found."""
+
+    records: int
+    checkpoints: int
+    #: Sequence number of the newest signed head in the database (``None``: none).
+    anchored: int | None
+    #: Sequence number of the newest signed head in the side file (``None``: none).
+    side_file: int | None
+    problem: AuditProblem | None
+    #: Allowed decisions with no completion record (information, not a break).
+    not_known_to_have_run: tuple[UnfinishedDecision, ...]
+
+
+@dataclass(frozen=True)
+class _SideHead:
+    """One line of the side file: a signed head, or one kept as evidence."""
+
+    seq: int
+    head: str
+    token: str
+    kept: bool = False
+
+    def line(self) -> str:
+        doc: dict[str, Any] = {"seq": self.seq, "token": self.token}
+        if self.kept:
+            doc["kept"] = True
+        return json.dumps(doc, separators=(",", ":")) + "\n"
+
+
+class _SideFile:
+    """The side file next to the database: the newest signed head on its first line,
+    followed by heads the database contradicted when a newer one was published.
+
+    It is replaced as a whole (temporary file, then rename), under a lock file
+    shared by every process writing it; with ``durable`` the new file and its
+    directory are synced before the rename is relied on.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tmp = path.with_name(path.name + ".tmp")
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._thread_lock = threading.Lock()
+
+    def read(self) -> tuple[list[_SideHead], list[int]]:
+        """The heads in the file and the numbers of the lines that could not be read."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return [], []
+        heads, unreadable = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                _, claims = _jws.peek(doc["token"], TYP_CHECKPOINT)
+                seq, digest = claims["seq"], claims["head"]
+                if not isinstance(seq, int) or not isinstance(digest, str):
+                    raise TypeError("seq or head missing")
+                heads.append(_SideHead(seq, digest, doc["token"], bool(doc.get("kept"))))
+            except (ValueError, KeyError, TypeError, AgentGuardError):
+                unreadable.append(number)
+        return heads, unreadable
+
+    def newest(self) -> _SideHead | None:
+        """The head the file publishes (legacy files list checkpoints oldest first)."""
+        current = [h for h in self.read()[0] if not h.kept]
+        return max(current, key=lambda h: h.seq, default=None)
+
+    def publish(
+        self, head: Checkpoint, in_chain: Callable[[int, str], bool], *, durable: bool
+    ) -> None:
+        """Make ``head`` the published head unless a newer head of the same chain is.
+
+        A published head that the database no longer holds (``in_chain`` says
+        no) is kept in the file: replacing it would erase the evidence of a cut.
+        """
+        with self._locked():
+            heads, _ = self.read()
+            kept = [h for h in heads if h.kept]
+            current = max((h for h in heads if not h.kept), key=lambda h: h.seq, default=None)
+            if current is not None:
+                if (current.seq, current.head) == (head.seq, head.head):
+                    return
+                if in_chain(current.seq, current.head):
+                    if current.seq > head.seq:
+                        return  # another writer published a newer head already
+                elif len(kept) < MAX_KEPT_HEADS:
+                    kept.append(_SideHead(current.seq, current.head, current.token, kept=True))
+            lines = [_SideHead(head.seq, head.head, head.token).line(), *(h.line() for h in kept)]
+            self._replace("".join(lines).encode("utf-8"), durable=durable)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the lock
+
+    def _replace(self, data: bytes, *, durable: bool) -> None:
+        # A writer killed after creating the temporary file leaves it behind; the
+        # lock makes this the only writer now, so it is safe to remove.
+        self._tmp.unlink(missing_ok=True)
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self.path)
+        if durable:
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+
+class _Writer:
+    """Publishes heads to the side file from a background thread (``durability: normal``).
+
+    At ``normal`` the database itself does not sync a commit before it returns,
+    so the side file need not either: the newest waiting head is written at
+    most :data:`_WRITE_INTERVAL_S` after the previous write (heads arriving
+    meanwhile are coalesced), which keeps the file's cost off the append path.
+    A process killed in between leaves the side file behind the database,
+    never ahead of it. The thread ends when idle and starts again on demand.
+    """
+
+    def __init__(self, publish: Callable[[Checkpoint], None]) -> None:
+        self._publish = publish
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._pending: Checkpoint | None = None
+        self._busy = False
+        self._idle = False  # the thread waits for work (and wants a notify)
+        self._flushing = 0
+        self._next_write = 0.0
+        self._thread: threading.Thread | None = None
+        self.error: Exception | None = None
+
+    def submit(self, head: Checkpoint) -> None:
+        """Queue ``head`` for the side file (replacing an older queued one)."""
+        if os.getpid() != self._pid:  # a forked child inherits no thread
+            self._reset()
+        with self._cond:
+            if self._pending is None or head.seq > self._pending.seq:
+                self._pending = head
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="agentguard-audit-side-file", daemon=True
+                )
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify_all()
+
+    def _next(self) -> Checkpoint | None:
+        """The head to write next (``None``: idle too long, the thread ends)."""
+        with self._cond:
+            give_up = time.monotonic() + _WRITER_IDLE_S
+            while self._pending is None:
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return None
+                self._idle = True
+                self._cond.wait(remaining)
+                self._idle = False
+            while not self._flushing and (delay := self._next_write - time.monotonic()) > 0:
+                self._cond.wait(delay)
+            head, self._pending = self._pending, None
+            self._busy = True
+            return head
+
+    def _run(self) -> None:
+        while (head := self._next()) is not None:
+            failure: Exception | None = None
+            try:
+                self._publish(head)
+            except Exception as exc:  # reported by the next append, which then fails closed
+                failure = exc
+                log.error("agentguard: could not write the audit side file: %s", exc)
+            with self._cond:
+                self._busy = False
+                self._next_write = time.monotonic() + _WRITE_INTERVAL_S
+                if failure is not None:
+                    self.error = failure
+                self._cond.notify_all()
+
+    def flush(self, timeout: float = _FLUSH_TIMEOUT_S) -> None:
+        """Write the queued head now and wait for it (at most ``timeout`` seconds)."""
+        if os.getpid() != self._pid:
+            return
+        with self._cond:
+            self._flushing += 1
+            try:
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+            finally:
+                self._flushing -= 1
+
+
+_WRITERS: weakref.WeakSet[_Writer] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_writers() -> None:
+    # Daemon threads stop without warning at exit; write the heads they hold first.
+    for writer in list(_WRITERS):
+        writer.flush()
+
+
 class AuditLog:
-    """Appends decisions and completions to a store's hash chain and signs checkpoints."""
+    """Appends decisions and completions to a store's hash chain and anchors its end.
+
+    With a persistent store, every record that lets a tool run (see
+    :func:`lets_tool_run`) is covered by a head signed with ``signer`` in the
+    append's own transaction, and the newest head replaces ``side_file``: at
+    ``durability: full`` (synced) before :meth:`append` returns, at ``normal``
+    from a background thread right after. An in-memory log is not anchored:
+    it dies with the process, so there is nothing to cut.
+    """
 
     def __init__(
         self,
@@ -138,70 +440,159 @@ class AuditLog:
         self.signer = signer
         self.checkpoint_every = checkpoint_every
         self.side_file = side_file
-        self._lock = threading.Lock()
+        self.durability = store.durability
+        self._anchored = self.durability != "memory"
+        header = {"alg": "EdDSA", "kid": signer.kid, "typ": TYP_CHECKPOINT}
+        self._header = b64url_encode(json.dumps(header, separators=(",", ":")).encode("ascii"))
+        # The head's claims in sorted order; head, iat and seq are filled in per head.
+        dur, iss = json.dumps(self.durability), json.dumps(signer.id)
+        self._claims = f'{{"dur":{dur},"head":"%s","iat":%d,"iss":{iss},"seq":%d,"ver":1}}'
+        self._side = _SideFile(side_file) if side_file is not None and self._anchored else None
+        self._writer: _Writer | None = None
+        if self._side is not None and self.durability != "full":
+            self._writer = _Writer(self._publish_now)
+            _WRITERS.add(self._writer)
 
     def append(
-        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+        self,
+        record: dict[str, Any],
+        *,
+        link_ids: Sequence[str] = (),
+        at: float,
+        anchor: bool | None = None,
     ) -> AuditEntry:
-        """Append one record; a checkpoint follows every ``checkpoint_every`` entries.
+        """Append one record; sign a head over it when it lets a tool run (or ``anchor``).
+
+        A checkpoint also follows every ``checkpoint_every`` entries.
 
         Raises:
-            StoreError: the record was not written (the caller must not run the tool).
+            StoreError: the record, its signed head or (at ``durability: full``) the
+                side file was not written, or the side file could not be written
+                since the last append: the caller must not run the tool.
         """
+        if self._writer is not None and self._writer.error is not None:
+            failure, self._writer.error = self._writer.error, None
+            raise StoreError(f"audit side file could not be written: {type(failure).__name__}")
+        anchored = self._anchored and (lets_tool_run(record) if anchor is None else anchor)
+        heads: list[Checkpoint] = []
+
+        def sign(seq: int, digest: str) -> str:
+            heads.append(self._sign(seq, digest, at))
+            return heads[-1].token
+
         try:
-            entry = self.store.audit_append(record, link_ids=link_ids, at=at)
+            if anchored:
+                entry = self.store.audit_append(record, link_ids=link_ids, at=at, anchor=sign)
+            else:
+                entry = self.store.audit_append(record, link_ids=link_ids, at=at)
         except StoreError:
             raise
         except Exception as exc:  # a failed write is a reason to refuse, whatever failed
             raise StoreError(f"audit write failed: {type(exc).__name__}") from exc
-        if self.checkpoint_every and entry.seq % self.checkpoint_every == 0:
-            try:
+        try:
+            if heads:
+                self._publish(heads[-1])
+            if self.checkpoint_every and entry.seq % self.checkpoint_every == 0:
                 self.checkpoint(entry, at=at)
-            except StoreError:
-                raise
-            except Exception as exc:  # e.g. an unwritable side file: refuse, never crash
-                raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
+        except StoreError:
+            raise
+        except Exception as exc:  # e.g. an unwritable side file: refuse, never crash
+            raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
         return entry
 
     def checkpoint(self, entry: AuditEntry | None = None, *, at: float) -> Checkpoint | None:
-        """Sign and store a checkpoint at ``entry`` (default: the current head)."""
+        """Sign and store a checkpoint at ``entry`` (default: the current head) and
+        publish it to the side file."""
         if entry is None:
             tail = self.store.audit_tail(1)
             if not tail:
                 return None
             entry = tail[0]
-        token = _jws.sign(
-            {"ver": 1, "iss": self.signer.id, "seq": entry.seq, "head": entry.hash, "iat": int(at)},
-            self.signer,
-            TYP_CHECKPOINT,
-        )
-        checkpoint = Checkpoint(entry.seq, entry.hash, at, token)
-        with self._lock:
-            self.store.add_checkpoint(checkpoint)
-            if self.side_file is not None:
-                with self.side_file.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"seq": entry.seq, "token": token}) + "\n")
+        checkpoint = self._sign(entry.seq, entry.hash, at)
+        self.store.add_checkpoint(checkpoint)
+        self._publish(checkpoint)
         return checkpoint
 
+    def _sign(self, seq: int, digest: str, at: float) -> Checkpoint:
+        """A compact JWS (``typ`` :data:`TYP_CHECKPOINT`) over the head ``seq``/``digest``.
+
+        Built here rather than with PyJWT, whose encoder costs as much as the
+        signature itself: this runs inside the append's write transaction, once
+        per allowed call. The claims are integers, a hex digest and strings
+        encoded once (``self._claims``), in sorted order, so the payload is
+        their canonical JSON. ``dur`` tells the verifier whether the records
+        were on disk before the side file was written (see the module
+        docstring). Verification is the ordinary :func:`agentguard._jws.verify`.
+        """
+        if len(digest) != 64 or not digest.isalnum() or not digest.isascii():
+            raise ValueError("an audit head must be a hex SHA-256 digest")
+        text = self._claims % (digest, int(at), int(seq))
+        payload = b64url_encode(text.encode("ascii"))
+        signing_input = f"{self._header}.{payload}"
+        signature = b64url_encode(self.signer.sign(signing_input.encode("ascii")))
+        return Checkpoint(seq, digest, at, f"{signing_input}.{signature}")
+
+    def _publish(self, head: Checkpoint) -> None:
+        if self._side is None:
+            return
+        if self._writer is not None:
+            self._writer.submit(head)
+        else:
+            self._publish_now(head)
+
+    def _publish_now(self, head: Checkpoint) -> None:
+        assert self._side is not None  # noqa: S101 - only called with a side file
+        self._side.publish(head, self._in_chain, durable=self.durability == "full")
+
+    def _in_chain(self, seq: int, digest: str) -> bool:
+        found = self.store.audit_entries(after=seq - 1, limit=1)
+        return bool(found) and found[0].seq == seq and found[0].hash == digest
+
+    def flush(self) -> None:
+        """Wait until the newest signed head is in the side file."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Write what is pending to the side file (call before closing the store)."""
+        self.flush()
+        if self._writer is not None:
+            _WRITERS.discard(self._writer)
+
     def side_checkpoints(self) -> list[Checkpoint]:
-        """Checkpoints read back from the side file (skipping unreadable lines)."""
-        if self.side_file is None or not self.side_file.exists():
+        """The signed heads in the side file (unreadable lines skipped)."""
+        if self._side is None:
             return []
-        out = []
-        for line in self.side_file.read_text(encoding="utf-8").splitlines():
-            try:
-                doc = json.loads(line)
-                _, claims = _jws.peek(doc["token"], TYP_CHECKPOINT)
-                out.append(Checkpoint(int(claims["seq"]), str(claims["head"]), 0.0, doc["token"]))
-            except (ValueError, KeyError, TypeError, AgentGuardError):
-                continue
-        return out
+        return [Checkpoint(h.seq, h.head, 0.0, h.token) for h in self._side.read()[0]]
 
     def verify(self, guard_key: Principal | None = None) -> AuditProblem | None:
-        """Check the whole log; ``None`` when intact."""
-        checkpoints = [*self.store.checkpoints(), *self.side_checkpoints()]
-        return verify_log(
-            self.store.audit_entries(), checkpoints, guard_key or self.signer.principal
+        """Check the whole log; ``None`` when intact (see :meth:`report`)."""
+        return self.report(guard_key).problem
+
+    def report(self, guard_key: Principal | None = None) -> AuditReport:
+        """Check the whole log against its signed heads and checkpoints."""
+        self.flush()
+        checkpoints = self.store.checkpoints()
+        head = self.store.audit_head()
+        side, unreadable = self._side.read() if self._side is not None else ([], [])
+        signed = [(_IN_DATABASE, c) for c in checkpoints]
+        if head is not None:
+            signed.append((_DATABASE_HEAD, head))
+        signed += [(_SIDE_FILE, Checkpoint(h.seq, h.head, 0.0, h.token)) for h in side]
+        entries = self.store.audit_entries()
+        problem, unfinished = _examine(entries, signed, guard_key or self.signer.principal)
+        if problem is None and unreadable:
+            problem = AuditProblem(
+                0, "bad_checkpoint", f"line {unreadable[0]} of the side file cannot be read"
+            )
+        current = [h.seq for h in side if not h.kept]
+        return AuditReport(
+            records=len(entries),
+            checkpoints=len(checkpoints),
+            anchored=None if head is None else head.seq,
+            side_file=max(current) if current else None,
+            problem=problem,
+            not_known_to_have_run=tuple(unfinished),
         )
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
@@ -209,46 +600,115 @@ class AuditLog:
         return [json.loads(e.body) for e in self.store.audit_tail(n)]
 
 
+# Where a signature was kept decides what a contradiction means (module docstring).
+_IN_DATABASE = "a signed checkpoint"
+_DATABASE_HEAD = "the signed head in the database"
+_SIDE_FILE = "the signed head in the side file"
+
+
 def verify_log(
-    entries: Sequence[AuditEntry], checkpoints: Sequence[Checkpoint], guard_key: Principal
+    entries: Sequence[AuditEntry],
+    checkpoints: Sequence[Checkpoint],
+    guard_key: Principal,
+    *,
+    side_file: Sequence[Checkpoint] = (),
 ) -> AuditProblem | None:
-    """Find the first problem in a log and its checkpoints; ``None`` when intact."""
+    """Find the first problem in a log, the signatures kept in its database
+    (``checkpoints``, including its signed head) and those of its side file;
+    ``None`` when intact."""
+    signed = [(_IN_DATABASE, c) for c in checkpoints] + [(_SIDE_FILE, c) for c in side_file]
+    return _examine(entries, signed, guard_key)[0]
+
+
+def _examine(
+    entries: Sequence[AuditEntry],
+    signed: Sequence[tuple[str, Checkpoint]],
+    guard_key: Principal,
+) -> tuple[AuditProblem | None, list[UnfinishedDecision]]:
     prev = GENESIS_HASH
     expected = 1
     hashes: dict[int, str] = {}
+    running: dict[str, UnfinishedDecision] = {}
     for entry in entries:
         if entry.seq != expected:
-            return AuditProblem(expected, "deleted", f"missing; the next record is {entry.seq}")
+            return AuditProblem(expected, "deleted", f"missing; the next record is {entry.seq}"), []
         try:
-            body_seq = json.loads(entry.body).get("seq")
+            record = json.loads(entry.body)
         except ValueError:
-            return AuditProblem(entry.seq, "edited", "body is not valid JSON")
+            return AuditProblem(entry.seq, "edited", "body is not valid JSON"), []
+        body_seq = record.get("seq") if isinstance(record, dict) else None
         if body_seq != entry.seq:
-            return AuditProblem(
-                entry.seq, "reordered", f"body says it is record {body_seq}, found at {entry.seq}"
-            )
+            detail = f"body says it is record {body_seq}, found at {entry.seq}"
+            return AuditProblem(entry.seq, "reordered", detail), []
         if entry.prev != prev:
-            return AuditProblem(entry.seq, "edited", "link to the previous record is broken")
+            return AuditProblem(entry.seq, "edited", "link to the previous record is broken"), []
         if entry_hash(prev, entry.body) != entry.hash:
-            return AuditProblem(entry.seq, "edited", "content does not match its hash")
+            return AuditProblem(entry.seq, "edited", "content does not match its hash"), []
+        _follow(record, entry.seq, running)
         hashes[entry.seq] = entry.hash
         prev = entry.hash
         expected += 1
     last = expected - 1
-    for checkpoint in checkpoints:
-        try:
-            claims = _jws.verify(checkpoint.token, guard_key, TYP_CHECKPOINT)
-        except (DeniedError, TokenFormatError):
-            return AuditProblem(checkpoint.seq, "bad_checkpoint", "checkpoint signature is invalid")
-        seq, head = claims.get("seq"), claims.get("head")
-        if not isinstance(seq, int):
-            return AuditProblem(checkpoint.seq, "bad_checkpoint", "checkpoint has no sequence")
-        if seq > last:
+    problems = [
+        p for where, c in signed if (p := _contradiction(where, c, hashes, last, guard_key))
+    ]
+    # Tampering first (the earliest record it concerns), then possible power loss.
+    problems.sort(key=lambda p: (not p.tampering, p.seq))
+    return (problems[0] if problems else None), sorted(running.values(), key=lambda d: d.seq)
+
+
+def _follow(record: dict[str, Any], seq: int, running: dict[str, UnfinishedDecision]) -> None:
+    """Track decisions that let a tool run until their completion record appears."""
+    decision_id = record.get("decision_id")
+    if not isinstance(decision_id, str):
+        return
+    if lets_tool_run(record):
+        running[decision_id] = UnfinishedDecision(seq, decision_id, str(record.get("tool", "")))
+    elif record.get("type") == "completion":
+        running.pop(decision_id, None)
+
+
+def _contradiction(
+    where: str, checkpoint: Checkpoint, hashes: Mapping[int, str], last: int, key: Principal
+) -> AuditProblem | None:
+    """What a signed head or checkpoint says is wrong with a log ending at ``last``."""
+    try:
+        claims = _jws.verify(checkpoint.token, key, TYP_CHECKPOINT)
+    except (DeniedError, TokenFormatError):
+        return AuditProblem(checkpoint.seq, "bad_checkpoint", f"{where} has an invalid signature")
+    seq, head = claims.get("seq"), claims.get("head")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return AuditProblem(checkpoint.seq, "bad_checkpoint", f"{where} has no sequence number")
+    # The database's own signatures are committed with or after what they cover;
+    # the side file's only count as synced when the records were (durability full).
+    synced = where != _SIDE_FILE or claims.get("dur") == "full"
+    if seq > last:
+        if synced:
             return AuditProblem(
                 last + 1,
                 "truncated",
-                f"a signed checkpoint covers record {seq}, the log ends at {last}",
+                f"{where} covers record {seq}, but the log ends at record {last}: "
+                f"records {last + 1} to {seq} (at least) were cut",
             )
-        if hashes.get(seq) != head:
-            return AuditProblem(seq, "edited", "record differs from the signed checkpoint")
+        finding = f"covers record {seq}, but the log ends at record {last}"
+        return AuditProblem(last + 1, "unsynced", _unsynced(finding))
+    if hashes.get(seq) != head:
+        if synced:
+            return AuditProblem(
+                seq,
+                "rewritten",
+                f"the log contradicts {where} at record {seq}: a record at or before "
+                f"{seq} was rewritten and the hashes after it recomputed",
+            )
+        finding = f"for record {seq} does not match the log (which went on after it)"
+        return AuditProblem(seq, "unsynced", _unsynced(finding))
     return None
+
+
+def _unsynced(finding: str) -> str:
+    return (
+        f"the signed head in the side file {finding}. It was written at durability "
+        "normal, where a power failure loses the newest commits if they had not reached "
+        "the disk yet: records may have been lost that way, or cut or rewritten with the "
+        "database's signed head rolled back, which looks the same"
+    )

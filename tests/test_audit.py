@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ from agentguard.store.sqlite import SQLiteStore
 T0 = 1_800_000_000.0
 
 
-def filled_log(tmp_path: Path, n: int = 7, *, every: int = 3) -> tuple[AuditLog, Path]:
+def filled_log(
+    tmp_path: Path, n: int = 7, *, every: int = 3, durability: str = "normal"
+) -> tuple[AuditLog, Path]:
     """A SQLite-backed log with ``n`` records and a checkpoint every ``every`` records."""
     db = tmp_path / "state.db"
     log = AuditLog(
-        SQLiteStore(db),
+        SQLiteStore(db, durability=durability),
         Identity.generate("service:agentguard"),
         checkpoint_every=every,
         side_file=tmp_path / "audit-checkpoints.jsonl",
@@ -83,7 +86,7 @@ def test_edit_with_recomputed_hashes_is_caught_by_the_checkpoint(tmp_path: Path)
     conn.close()
     problem = log.verify()
     assert problem is not None
-    assert (problem.seq, problem.kind) == (4, "edited")
+    assert (problem.seq, problem.kind) == (4, "rewritten")
     assert "signed checkpoint" in problem.detail
 
 
@@ -120,7 +123,8 @@ def test_truncation_after_a_checkpoint_is_found(tmp_path: Path) -> None:
 def test_truncation_that_also_drops_stored_checkpoints_is_found_by_the_side_file(
     tmp_path: Path,
 ) -> None:
-    log, db = filled_log(tmp_path, 7, every=3)
+    """At durability full the side file's checkpoint was written after its records were synced."""
+    log, db = filled_log(tmp_path, 7, every=3, durability="full")
     tamper(db, "DELETE FROM audit WHERE seq >= 5", "DELETE FROM audit_checkpoints WHERE seq > 4")
     problem = log.verify()
     assert problem is not None
@@ -208,3 +212,311 @@ def test_redact_bounds_size_and_depth() -> None:
 def test_redact_tuples_and_scalars() -> None:
     assert redact(({"secret": 1}, 2), ["secret"]) == [{"secret": REDACTED}, 2]
     assert redact(5, ["secret"]) == 5
+
+
+# --- the end of the log is anchored (issue 12, item 4) -------------------------------------
+
+
+def anchored_log(
+    tmp_path: Path, n: int, *, durability: str = "normal", every: int = 100
+) -> tuple[AuditLog, Path]:
+    """A SQLite-backed guard log of ``n`` allowed decisions, each followed by its completion."""
+    db = tmp_path / "state.db"
+    log = AuditLog(
+        SQLiteStore(db, durability=durability),
+        Identity.generate("service:agentguard"),
+        checkpoint_every=every,
+        side_file=tmp_path / "audit-checkpoints.jsonl",
+    )
+    for i in range(1, n + 1):
+        allow(log, i)
+    return log, db
+
+
+def allow(log: AuditLog, i: int, *, complete: bool = True) -> None:
+    """Append an allowed decision ``dec_i`` (it lets a tool run) and, unless told not to,
+    its completion."""
+    log.append(
+        {"type": "decision", "decision_id": f"dec_{i}", "outcome": "allow", "tool": "tickets/read"},
+        at=T0 + i,
+    )
+    if complete:
+        log.append(
+            {"type": "completion", "decision_id": f"dec_{i}", "status": "success"}, at=T0 + i
+        )
+
+
+def reopen(log: AuditLog, tmp_path: Path, *, durability: str = "normal") -> AuditLog:
+    """The same log as a later process (``agentguard audit verify``) sees it."""
+    log.close()
+    log.store.close()
+    return AuditLog(
+        SQLiteStore(tmp_path / "state.db", durability=durability),
+        log.signer,
+        side_file=tmp_path / "audit-checkpoints.jsonl",
+    )
+
+
+def rehash(db: Path, first: int, edit: dict[str, str]) -> None:
+    """Rewrite records from ``first`` on (replacing text per ``edit``) and recompute every
+    hash after them, so that the chain itself is consistent again."""
+    from agentguard.store.base import GENESIS_HASH, entry_hash
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        rows = conn.execute("SELECT seq, body, prev FROM audit ORDER BY seq").fetchall()
+        prev = GENESIS_HASH
+        for seq, body, _ in rows:
+            if seq >= first:
+                for old, new in edit.items():
+                    body = body.replace(old, new)
+            digest = entry_hash(prev, body)
+            conn.execute(
+                "UPDATE audit SET body = ?, prev = ?, hash = ? WHERE seq = ?",
+                (body, prev, digest, seq),
+            )
+            prev = digest
+    finally:
+        conn.close()
+
+
+def power_loss(db: Path, snapshot: Path) -> None:
+    """Put back the database as it was at ``snapshot``: what a power failure leaves when the
+    newest commits were never synced (the side file written after them survived)."""
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    snapshot.replace(db)
+
+
+def snapshot_of(db: Path, to: Path) -> Path:
+    """A consistent copy of the committed database (SQLite's backup API)."""
+    src, dst = sqlite3.connect(db), sqlite3.connect(to)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return to
+
+
+def test_cutting_the_last_three_records_is_found(tmp_path: Path) -> None:
+    """DELETE FROM audit WHERE seq > max-3 after the last checkpoint: truncated."""
+    log, db = anchored_log(tmp_path, 60, every=100)  # 120 records, checkpoint at 100
+    tamper(db, "DELETE FROM audit WHERE seq > 117")
+    problem = reopen(log, tmp_path).verify()
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (118, "truncated")
+    assert "119" in problem.detail  # the newest signed head covers the last decision
+
+
+def test_rewriting_the_tail_with_recomputed_hashes_is_found(tmp_path: Path) -> None:
+    """Records after the last checkpoint edited and every hash recomputed: rewritten."""
+    log, db = anchored_log(tmp_path, 60, every=100)
+    rehash(db, 115, {'"outcome":"allow"': '"outcome":"deny"'})
+    problem = reopen(log, tmp_path).verify()
+    assert problem is not None
+    assert problem.kind == "rewritten"
+    assert problem.seq == 119
+
+
+def test_a_short_log_without_checkpoints_is_anchored_too(tmp_path: Path) -> None:
+    """Below 100 records there is no checkpoint; cutting or rewriting the end is still found."""
+    log, db = anchored_log(tmp_path, 3)
+    assert log.store.checkpoints() == []
+    log = reopen(log, tmp_path)
+    assert log.verify() is None
+    tamper(db, "DELETE FROM audit WHERE seq >= 5")
+    cut = log.verify()
+    assert cut is not None
+    assert (cut.seq, cut.kind) == (5, "truncated")
+
+    log2, db2 = anchored_log(tmp_path / "b", 3)
+    rehash(db2, 5, {"dec_3": "dec_9"})
+    rewritten = reopen(log2, tmp_path / "b").verify()
+    assert rewritten is not None
+    assert rewritten.kind == "rewritten"
+
+
+def test_a_cut_that_also_rolls_back_the_database_head_is_found_by_the_side_file(
+    tmp_path: Path,
+) -> None:
+    """The attacker cuts the tail and puts back an older signed head: the side file says more."""
+    log, db = anchored_log(tmp_path, 5, durability="full")
+    old = snapshot_of(db, tmp_path / "old.db")
+    allow(log, 6)
+    allow(log, 7)
+    log = reopen(log, tmp_path, durability="full")
+    tamper(db, "DELETE FROM audit WHERE seq > 10", "DELETE FROM audit_head")
+    tamper(db, f"ATTACH '{old}' AS old", "INSERT INTO audit_head SELECT * FROM old.audit_head")
+    problem = log.verify()
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (11, "truncated")
+    assert "side file" in problem.detail
+
+
+def test_side_file_ahead_at_normal_durability_is_reported_as_possible_power_loss(
+    tmp_path: Path,
+) -> None:
+    """At durability normal the last commits may never reach the disk: not called tampering."""
+    log, db = anchored_log(tmp_path, 5)
+    snapshot = snapshot_of(db, tmp_path / "synced.db")
+    allow(log, 6)
+    log.close()
+    log.store.close()
+    power_loss(db, snapshot)
+    log = reopen(log, tmp_path)
+    problem = log.verify()
+    assert problem is not None
+    assert problem.kind == "unsynced"
+    assert "power" in problem.detail
+    assert "truncated" not in str(problem)
+
+
+def test_side_file_ahead_at_full_durability_is_truncation(tmp_path: Path) -> None:
+    """At durability full every record was synced before its head reached the side file."""
+    log, db = anchored_log(tmp_path, 5, durability="full")
+    snapshot = snapshot_of(db, tmp_path / "old.db")
+    allow(log, 6)
+    log.close()
+    log.store.close()
+    power_loss(db, snapshot)
+    problem = reopen(log, tmp_path, durability="full").verify()
+    assert problem is not None
+    assert (problem.seq, problem.kind) == (11, "truncated")
+
+
+def test_a_cut_stays_found_after_the_guard_appends_again(tmp_path: Path) -> None:
+    """Appending after a cut does not wash the evidence out of the side file."""
+    log, db = anchored_log(tmp_path, 5, durability="full")
+    old = snapshot_of(db, tmp_path / "old.db")
+    allow(log, 6)
+    log.close()
+    log.store.close()
+    power_loss(db, old)  # the attacker puts back an older copy of the whole database
+    log = reopen(log, tmp_path, durability="full")
+    allow(log, 7)  # records 11 and 12 again, but different ones
+    allow(log, 8)
+    problem = reopen(log, tmp_path, durability="full").verify()
+    assert problem is not None
+    assert problem.kind == "rewritten"
+    assert problem.seq == 11
+
+
+def test_power_loss_stays_reported_after_the_guard_appends_again(tmp_path: Path) -> None:
+    """After a power failure at normal the lost records stay reported, as possibly lost."""
+    log, db = anchored_log(tmp_path, 5)
+    snapshot = snapshot_of(db, tmp_path / "synced.db")
+    allow(log, 6)
+    log.close()
+    log.store.close()
+    power_loss(db, snapshot)
+    log = reopen(log, tmp_path)
+    allow(log, 7)
+    problem = reopen(log, tmp_path).verify()
+    assert problem is not None
+    assert problem.kind == "unsynced"
+
+
+def test_a_decision_without_completion_is_not_known_to_have_run(tmp_path: Path) -> None:
+    """An allowed decision with no completion is information, not a break."""
+    log, db = anchored_log(tmp_path, 3)
+    allow(log, 4, complete=False)
+    allow(log, 5)
+    tamper(db, "DELETE FROM audit WHERE seq = 9")  # the last completion: no head covers it
+    report = reopen(log, tmp_path).report()
+    assert report.problem is None
+    assert [(d.seq, d.decision_id) for d in report.not_known_to_have_run] == [
+        (7, "dec_4"),
+        (8, "dec_5"),
+    ]
+
+
+def test_only_decisions_that_let_a_tool_run_move_the_signed_head(tmp_path: Path) -> None:
+    """Denials, dry runs and completions are covered by the next anchored decision."""
+    log, _ = anchored_log(tmp_path, 1)
+    log.append({"type": "decision", "outcome": "deny"}, at=T0)
+    log.append({"type": "decision", "outcome": "allow", "dry_run": True}, at=T0)
+    assert log.report().anchored == 1
+    log.append({"type": "decision", "outcome": "deny", "shadow": True}, at=T0)  # runs anyway
+    report = log.report()
+    assert report.anchored == 5
+    assert report.side_file == 5
+
+
+def test_the_side_file_holds_only_the_newest_head_at_full_durability(tmp_path: Path) -> None:
+    """At durability full the head is in the side file when append returns."""
+    anchored_log(tmp_path, 3, durability="full")
+    lines = (tmp_path / "audit-checkpoints.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["seq"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if "audit-checkpoints" in p.name) == [
+        "audit-checkpoints.jsonl",
+        "audit-checkpoints.jsonl.lock",
+    ]
+
+
+def test_a_memory_log_has_no_anchor() -> None:
+    """An in-memory log dies with the process: nothing to cut, nothing signed per record."""
+    log = AuditLog(MemoryStore(), Identity.generate("service:agentguard"))
+    log.append({"type": "decision", "outcome": "allow"}, at=T0)
+    assert log.report().anchored is None
+    assert log.verify() is None
+
+
+_APPENDER = """
+import sys
+from pathlib import Path
+from agentguard.audit import AuditLog
+from agentguard.keys import Identity
+from agentguard.store.sqlite import SQLiteStore
+
+home, key, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+store = SQLiteStore(home / "state.db")
+log = AuditLog(store, Identity.load(key), checkpoint_every=7,
+               side_file=home / "audit-checkpoints.jsonl")
+print("ready", flush=True)
+sys.stdin.readline()
+for n in range(150):
+    log.append({"type": "decision", "outcome": "allow", "decision_id": f"{name}{n}"}, at=1.8e9)
+log.close()
+store.close()
+"""
+
+
+def test_two_processes_append_one_anchored_chain(tmp_path: Path) -> None:
+    """Two processes append anchored decisions at once: one chain, verified, newest head out."""
+    import subprocess
+
+    from tests.guard_helpers import PYTHON
+
+    signer = Identity.generate("service:agentguard")
+    signer.save(tmp_path / "guard.key")
+    children = [
+        subprocess.Popen(
+            [PYTHON, "-c", _APPENDER, str(tmp_path), str(tmp_path / "guard.key"), name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    for child in children:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        log = AuditLog(store, signer, side_file=tmp_path / "audit-checkpoints.jsonl")
+        report = log.report()
+        assert report.problem is None
+        assert report.records == 300
+        assert report.anchored == report.side_file == 300
+    finally:
+        store.close()
