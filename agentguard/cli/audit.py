@@ -87,14 +87,34 @@ def verify(
     home: HomeOption = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+    """Check the hash chain and its signed heads; exit 1 naming the first problem."""
     with workspace(ctx, home, policy).guard() as guard:
-        problem = guard.audit.verify()
-        count = len(guard.store.audit_entries())
-        checkpoints = len(guard.store.checkpoints())
-    if problem is not None:
+        report = guard.audit.report()
+    problem = report.problem
+    for decision in report.not_known_to_have_run[:_SHOWN]:
+        note(
+            f"note: decision {decision.decision_id} ({decision.tool}, record {decision.seq}) "
+            "has no completion record: not known to have run"
+        )
+    if len(report.not_known_to_have_run) > _SHOWN:
+        note(f"note: {len(report.not_known_to_have_run) - _SHOWN} more such decision(s)")
+    if problem is not None and problem.tampering:
         fail(f"audit log is NOT intact: {problem}", EXIT_ERROR)
-    say(f"audit log intact: {count} record(s), {checkpoints} signed checkpoint(s)")
+    if problem is not None:
+        fail(f"audit log may have lost its newest records (not proven tampering): {problem}")
+    anchored = "no signed head yet"
+    if report.anchored is not None:
+        anchored = f"signed head at record {report.anchored}"
+    if report.side_file is not None:
+        anchored += f" (side file: record {report.side_file})"
+    say(
+        f"audit log intact: {report.records} record(s), {report.checkpoints} signed "
+        f"checkpoint(s), {anchored}"
+    )
+
+
+#: How many "not known to have run" decisions ``audit verify`` lists.
+_SHOWN = 20
 
 
 @app.command("export")
