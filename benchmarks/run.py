@@ -11,8 +11,10 @@ medians and the ratios the design's targets are stated in (DESIGN §10):
 * raw PyJWT: decoding the same five JWS, signatures only;
 * a LangChain tool wrapped by ``agentguard_langchain.guard_tools`` (full guard
   pipeline, in-memory store) against the same bare tool;
-* audit appends through :class:`AuditLog` on a SQLite file, durability
-  ``normal`` and ``full``;
+* audit appends through :class:`AuditLog` on a SQLite file with its side
+  file, as the guard writes them, durability ``normal`` and ``full``: an
+  allowed decision (its signed head is written in the same transaction and
+  then to the side file) and a completion (covered by the next head);
 * the MCP proxy numbers need real server processes: ``benchmarks/mcp_proxy.py``.
 
 Run: ``.venv/bin/python benchmarks/run.py [--rounds N]``.
@@ -181,12 +183,16 @@ def bench_langchain(rounds: int) -> dict[str, float]:
     }
 
 
+AUDIT_DECISION = "audit append, allowed decision, durability={}"
+AUDIT_COMPLETION = "audit append, completion, durability={}"
+
+
 def bench_audit(rounds: int) -> dict[str, float]:
     from agentguard.audit import AuditLog
     from agentguard.store import SQLiteStore
 
     signer = Identity.generate("service:bench-guard")
-    record: dict[str, Any] = {
+    decision: dict[str, Any] = {
         "type": "decision",
         "outcome": "allow",
         "reason": "allowed",
@@ -195,14 +201,17 @@ def bench_audit(rounds: int) -> dict[str, float]:
         "path": ["org:acme", "team:ir", "agent:bot"],
         "call_token": "x" * 600,
     }
+    completion: dict[str, Any] = {"type": "completion", "status": "success", "tool": TOOL}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for durability in ("normal", "full"):
             store = SQLiteStore(Path(tmp) / f"{durability}.db", durability=durability)
-            log = AuditLog(store, signer)
+            log = AuditLog(store, signer, side_file=Path(tmp) / f"{durability}.jsonl")
             n = min(rounds, 1000 if durability == "full" else rounds)
-            append = functools.partial(log.append, record, link_ids=["a", "b"], at=1.8e9)
-            rows[f"audit append, SQLite durability={durability}"] = _median_us(append, n)
+            for name, record in ((AUDIT_DECISION, decision), (AUDIT_COMPLETION, completion)):
+                append = functools.partial(log.append, record, link_ids=["a", "b"], at=1.8e9)
+                rows[name.format(durability)] = _median_us(append, n)
+            log.close()
             store.close()
     return rows
 
@@ -249,6 +258,14 @@ def main() -> None:
         f"warm <= 0.5x biscuit -> {warm / biscuit:.2f}x; "
         f"guard_tools adds {guarded - bare:.0f} µs per LangChain tool call"
     )
+    for durability in ("normal", "full"):
+        decision = rows[AUDIT_DECISION.format(durability)]
+        pair = decision + rows[AUDIT_COMPLETION.format(durability)]
+        print(
+            f"audit appends/s at durability {durability}: {1e6 / decision:.0f} allowed "
+            f"decisions (each with its signed head), {2e6 / pair:.0f} records in "
+            "decision + completion pairs (one guarded call each)"
+        )
 
 
 if __name__ == "__main__":
