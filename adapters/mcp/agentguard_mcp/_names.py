@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 from agentguard.addresses import parse_address
 from agentguard.errors import InvalidAddressError
 
-__all__ = ["CLIENT_NAME_RE", "client_name", "tool_address"]
+__all__ = ["CLIENT_NAME_RE", "ambiguous_namespaces", "client_name", "tool_address"]
 
 CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -26,6 +27,21 @@ def tool_address(namespace: str, tool: str) -> str | None:
     except InvalidAddressError:
         return None
     return address
+
+
+def ambiguous_namespaces(namespaces: Sequence[str]) -> tuple[str, str] | None:
+    """Two namespaces whose ``namespace__tool`` names can coincide, if any.
+
+    ``a_`` + ``b`` and ``a`` + ``_b`` are both ``a___b``: whenever one
+    namespace followed by ``__`` starts the other's, some pair of tool names
+    collides, so such a configuration is refused before any tool is listed.
+    """
+    for index, first in enumerate(namespaces):
+        for second in namespaces[index + 1 :]:
+            a, b = f"{first}__", f"{second}__"
+            if first != second and (a.startswith(b) or b.startswith(a)):
+                return first, second
+    return None
 
 
 def client_name(namespace: str, tool: str, *, prefixed: bool) -> str:

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from agentguard.errors import AgentGuardError, DeniedError
+from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import Keyring
 from agentguard_mcp.config import ProxyConfig, UpstreamSpec, load_config, validate_namespace
 from agentguard_mcp.proxy import Caller, GuardedProxy
@@ -262,7 +262,11 @@ async def _run(
             annotation_assurance=config.annotation_assurance,
             elicitation_approver=config.elicitation_approver,
         )
-        proxy.rebuild()
+        try:
+            proxy.rebuild(strict=True)
+        except ConfigError as exc:
+            _say(str(exc))
+            return EXIT_ERROR
         if caller is not None:
             try:
                 chain = proxy.verified_chain(caller.delegation)

@@ -23,7 +23,7 @@ A YAML file (``agentguard mcp proxy --config FILE``) looks like::
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,16 @@ import yaml
 
 from agentguard.errors import ConfigError
 from agentguard.policy import ASSURANCE_LEVELS
+from agentguard_mcp._names import ambiguous_namespaces
 
-__all__ = ["NAMESPACE_RE", "ProxyConfig", "UpstreamSpec", "load_config", "validate_namespace"]
+__all__ = [
+    "NAMESPACE_RE",
+    "ProxyConfig",
+    "UpstreamSpec",
+    "check_namespaces",
+    "load_config",
+    "validate_namespace",
+]
 
 #: Namespaces become the first part of tool addresses and of client-visible names.
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -63,6 +71,21 @@ def validate_namespace(name: object) -> str:
             "(starting with a letter or digit, no '__')"
         )
     return name
+
+
+def check_namespaces(namespaces: Sequence[str]) -> None:
+    """Refuse namespaces that could give two tools one client-facing name.
+
+    Raises:
+        ConfigError: naming both namespaces (e.g. ``a_`` and ``a``).
+    """
+    pair = ambiguous_namespaces(namespaces)
+    if pair is not None:
+        first, second = pair
+        raise ConfigError(
+            f"namespaces {first!r} and {second!r} can give two tools the same client-facing "
+            f"name ('{first}__' + tool and '{second}__' + tool overlap); rename one of them"
+        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,7 @@ class ProxyConfig:
             if spec.namespace in seen:
                 raise ConfigError(f"namespace {spec.namespace} is configured twice")
             seen.add(spec.namespace)
+        check_namespaces(self.namespaces)
 
     @property
     def namespaces(self) -> tuple[str, ...]:

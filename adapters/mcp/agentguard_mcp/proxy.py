@@ -33,12 +33,19 @@ from opentelemetry import context as otel_context
 from agentguard import _jws
 from agentguard.addresses import pattern_matches
 from agentguard.delegation import Delegation
-from agentguard.errors import AgentGuardError, ApprovalPending, ApprovalRejected, DeniedError
+from agentguard.errors import (
+    AgentGuardError,
+    ApprovalPending,
+    ApprovalRejected,
+    ConfigError,
+    DeniedError,
+)
 from agentguard.guard import Decision, current_decision
 from agentguard.keys import Identity
 from agentguard.tokens import TYP_APPROVAL
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
+from agentguard_mcp.config import check_namespaces
 from agentguard_mcp.upstream import (
     ToolTraits,
     Upstream,
@@ -223,6 +230,8 @@ class GuardedProxy:
         self.upstreams = list(upstreams)
         self.caller = caller
         self.prefixed = len(self.upstreams) > 1 if prefixed is None else prefixed
+        if self.prefixed:
+            check_namespaces([u.namespace for u in self.upstreams])
         self.name = name
         self.annotation_step_up = annotation_step_up
         self.annotation_assurance = annotation_assurance
@@ -231,6 +240,8 @@ class GuardedProxy:
         self.relist_interval = relist_interval
         self.monotonic = monotonic
         self.tools: dict[str, ExposedTool] = {}
+        #: Client names two or more tools map to: withdrawn, calls refused (name_collision).
+        self.collisions: dict[str, tuple[str, ...]] = {}
         self._pins: dict[str, str] = {}
         self._listed_at: float | None = None
         self.server = self._build_server()
@@ -238,20 +249,34 @@ class GuardedProxy:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self, stack: AsyncExitStack) -> None:
-        """Connect every upstream (closed with ``stack``) and build the catalogue."""
+        """Connect every upstream (closed with ``stack``) and build the catalogue.
+
+        Raises:
+            ConfigError: two tools map to one client-facing name.
+        """
         for upstream in self.upstreams:
             await upstream.connect(stack)
         self._listed_at = self.monotonic()
-        self.rebuild()
+        self.rebuild(strict=True)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
         """The namespaces this proxy serves."""
         return tuple(u.namespace for u in self.upstreams)
 
-    def rebuild(self) -> None:
-        """Rebuild the catalogue from the upstreams' last listings (changed tools get flagged)."""
+    def rebuild(self, *, strict: bool = False) -> None:
+        """Rebuild the catalogue from the upstreams' last listings (changed tools get flagged).
+
+        Client-facing names stay injective. Tools that map to one name are
+        refused at start-up (``strict``); when a later listing brings such a
+        pair in, every tool of the pair is withdrawn and its calls are refused
+        (``name_collision``), never one silently shadowing the other.
+
+        Raises:
+            ConfigError: (``strict`` only) two tools map to one client-facing name.
+        """
         tools: dict[str, ExposedTool] = {}
+        claimed: dict[str, list[str]] = {}
         for upstream in self.upstreams:
             for tool in upstream.tools.values():
                 address = tool_address(upstream.namespace, tool.name)
@@ -277,10 +302,23 @@ class GuardedProxy:
                     logger.warning(
                         "tool %s changed its definition since it was first seen", address
                     )
-                if name in tools:
-                    logger.warning("two tools map to the client name %s; keeping the first", name)
-                    continue
-                tools[name] = exposed
+                claimed.setdefault(name, []).append(address)
+                tools.setdefault(name, exposed)
+        collisions = {name: tuple(a) for name, a in claimed.items() if len(a) > 1}
+        for name, addresses in collisions.items():
+            described = " and ".join(addresses)
+            if strict:
+                raise ConfigError(
+                    f"tools {described} map to the same client name {name}; "
+                    "rename one of them or their namespaces"
+                )
+            logger.error(
+                "tools %s map to the same client name %s: both are withdrawn and refused",
+                described,
+                name,
+            )
+            del tools[name]
+        self.collisions = collisions
         self.tools = tools
 
     def step_up_for(self, exposed: ExposedTool) -> list[tuple[str, str]]:
@@ -483,6 +521,11 @@ class GuardedProxy:
             # A new session listed its tools afresh: check them against the pins.
             self.rebuild()
             exposed = self.tools.get(name)
+        if exposed is None and name in self.collisions:
+            raise _Refusal(
+                "denied by agentguard (name_collision: several tools have this name)",
+                {"reason": "name_collision"},
+            )
         if exposed is None:
             raise _Refusal("denied by agentguard (unknown_tool)", {"reason": "unknown_tool"})
         if exposed.changed:
