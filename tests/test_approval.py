@@ -671,7 +671,8 @@ def test_edit_out_of_scope_is_denied(world: World) -> None:
 
 
 def test_edit_hitting_a_deny_rule_is_denied(world: World) -> None:
-    guard = refund_guard(world, deny=[{"tools": ["billing/refund"], "where": {"currency": "XBT"}}])
+    deny = [{"tools": ["billing/refund"], "where": {"currency": "XBT"}, "if_missing": "skip"}]
+    guard = refund_guard(world, deny=deny)
     request_id = pending_id(guard, world, {"amount": 900}, tool="billing/refund")
     guard.approvals.approve(request_id, world.carol, edited_args={"amount": 9, "currency": "XBT"})
     assert refused(guard, world, {"amount": 900}, tool="billing/refund") == "policy_denied"
@@ -749,8 +750,9 @@ def test_assurance_meeting_the_rule_is_accepted(world: World) -> None:
     assert submit(guard, world, {"id": 1}, tool="tickets/delete").ran
 
 
-def test_low_assurance_receipt_planted_in_the_store_is_refused(world: World) -> None:
-    """A guard-signed receipt at assurance 'agent' slipped past the book still fails."""
+def test_low_assurance_receipt_planted_in_the_store_never_counts(world: World) -> None:
+    """A guard-signed receipt at assurance 'agent' slipped past the book is set aside (burned)
+    and a new request is filed; read through the book directly it still fails verification."""
     guard = queue_guard(world, step_up=[{"tools": ["tickets/delete"], "min_assurance": "signed"}])
     request_id = pending_id(guard, world, {"id": 1}, tool="tickets/delete")
     row = guard.store.approval_get(request_id)
@@ -765,7 +767,13 @@ def test_low_assurance_receipt_planted_in_the_store_is_refused(world: World) -> 
         now=world.clock.now(),
     )
     plant(guard.store, request_id, receipt, world.clock.now())
-    assert refused(guard, world, {"id": 1}, tool="tickets/delete") == "approval_assurance"
+    planted = guard.store.approval_get(request_id)
+    assert planted is not None
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.verify_receipt(planted, expected_digest=row.call_digest, required="signed")
+    assert info.value.reason == "approval_assurance"
+    assert pending_id(guard, world, {"id": 1}, tool="tickets/delete") != request_id
+    assert guard.store.approval_get(request_id).status == "used"  # type: ignore[union-attr]
 
 
 def test_channels_cannot_claim_signed_assurance(world: World) -> None:
@@ -836,3 +844,122 @@ def test_request_display_is_redacted(world: World) -> None:
     request = guard.approvals.get(request_id)
     assert request.args_display == {"target": "db1", "password": "[redacted]"}
     assert "hunter2" not in request.describe()
+
+
+# -- what the call demands now; separation of duties by the demanding link -----------------------
+
+
+def test_an_answer_weaker_than_the_tightened_policy_files_a_new_request(
+    world: World, tmp_path: Path
+) -> None:
+    """Answered at 'local', then the policy demands 'signed': a new request, not the old answer."""
+    store = SQLiteStore(tmp_path / "state.db")
+    loose = {"tools": ["tickets/delete"], "min_assurance": "local"}
+    first = queue_guard(world, store=store, step_up=[loose])
+    old_id = pending_id(first, world, {"id": 1}, tool="tickets/delete")
+    first.approvals.answer(
+        old_id, approver="user:carol", approve=True, channel="terminal", assurance="local"
+    )
+    # The same call (same digest) on a guard whose policy was tightened meanwhile.
+    strict = queue_guard(world, store=store, step_up=[{**loose, "min_assurance": "signed"}])
+    request_id = pending_id(strict, world, {"id": 1}, tool="tickets/delete")
+    assert request_id != old_id
+    assert strict.approvals.get(request_id).min_assurance == "signed"
+    strict.approvals.approve(request_id, world.carol)
+    assert submit(strict, world, {"id": 1}, tool="tickets/delete").ran
+    store.close()
+
+
+def test_enforcement_point_step_up_is_demanded_now_not_only_when_filed(world: World) -> None:
+    """A 'local' answer does not satisfy a call whose enforcement point asks for 'signed'."""
+    guard = queue_guard(world, step_up=[{"tools": ["tickets/delete"], "min_assurance": "local"}])
+    request_id = pending_id(guard, world, {"id": 1}, tool="tickets/delete")
+    guard.approvals.answer(
+        request_id, approver="user:carol", approve=True, channel="terminal", assurance="local"
+    )
+    fn = Recorder()
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(
+            world.delegation,
+            "tickets/delete",
+            {"id": 1},
+            fn,
+            holder=world.bot,
+            step_up=[("enforcement point", "signed")],
+        )
+    assert info.value.request_id != request_id
+    assert not fn.ran
+
+
+def _sod_world(world: World, *, on_link: int) -> tuple[Guard, Delegation]:
+    """org -> alice -> bot where link ``on_link`` puts an approval rule on ``ops/wipe``;
+    alice and carol are approvers with keys in the policy."""
+    rule = {"tool": "ops/wipe", "approval": True}
+    scopes: list[list[Any]] = [["ops/*"], ["ops/*"]]
+    scopes[on_link] = ["ops/*", rule]
+    root = Delegation.issue(
+        world.org, world.alice, scopes[0], ttl="1d", on_behalf_of="user:alice", clock=world.clock
+    )
+    chain = root.attenuate(world.alice, world.bot, scopes[1], ttl="1h", clock=world.clock)
+    approvers = [
+        *policy_doc(world)["approvers"],
+        {"id": "user:alice", "public_key": world.alice.principal.public_jwk()},
+    ]
+    return queue_guard(world, approvers=approvers), chain
+
+
+def test_self_approval_through_the_chain_is_refused(world: World) -> None:
+    """The org demanded approval on alice's own grant: alice may not approve her agent's call."""
+    guard, chain = _sod_world(world, on_link=0)
+    request_id = pending_id(guard, world, {}, tool="ops/wipe", delegation=chain)
+    assert "user:alice" in guard.approvals.get(request_id).excluded
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.approve(request_id, world.alice)
+    assert info.value.reason == "separation_of_duties"
+    # A receipt alice signed and planted in the store is refused at use as well.
+    row = guard.store.approval_get(request_id)
+    assert row is not None
+    receipt = sign_receipt(world.alice, req=request_id, call=row.call_digest, now=world.clock.now())
+    plant(guard.store, request_id, receipt, world.clock.now())
+    assert refused(guard, world, {}, tool="ops/wipe", delegation=chain) == "separation_of_duties"
+
+
+def test_a_delegator_may_approve_what_she_demanded_of_her_agent(world: World) -> None:
+    """Alice put the approval rule on her agent's link: she may approve (the common case)."""
+    guard, chain = _sod_world(world, on_link=1)
+    request_id = pending_id(guard, world, {}, tool="ops/wipe", delegation=chain)
+    guard.approvals.approve(request_id, world.alice)
+    assert submit(guard, world, {}, tool="ops/wipe", delegation=chain).ran
+
+
+def test_people_of_the_chain_may_still_say_no(world: World) -> None:
+    """A rejection grants nothing, so an excluded sponsor may reject."""
+    guard, chain = _sod_world(world, on_link=0)
+    request_id = pending_id(guard, world, {}, tool="ops/wipe", delegation=chain)
+    guard.approvals.deny(request_id, world.alice, message="not today")
+    assert refused(guard, world, {}, tool="ops/wipe", delegation=chain) == "approval_rejected"
+
+
+def test_policy_step_up_excludes_everyone_in_the_chain_but_the_root_issuer(world: World) -> None:
+    """A policy step_up counts as demanded by link 0; allow_self_approval opts out (weaker)."""
+    from agentguard.approval import excluded_approvers
+
+    grants = world.delegation.grants
+    assert excluded_approvers(grants, [0]) == {"user:alice", "agent:bot"}
+    assert excluded_approvers(grants, [1]) == {"agent:bot"}
+    approvers = [
+        *policy_doc(world)["approvers"],
+        {"id": "user:alice", "public_key": world.alice.principal.public_jwk()},
+    ]
+    rule = {"tools": ["tickets/close"]}
+    strict = queue_guard(world, approvers=approvers, step_up=[rule])
+    request_id = pending_id(strict, world, {}, tool="tickets/close")
+    with pytest.raises(DeniedError) as info:
+        strict.approvals.approve(request_id, world.alice)
+    assert info.value.reason == "separation_of_duties"
+    weaker = queue_guard(
+        world, approvers=approvers, step_up=[{**rule, "allow_self_approval": True}]
+    )
+    request_id = pending_id(weaker, world, {}, tool="tickets/close")
+    weaker.approvals.approve(request_id, world.alice)
+    assert submit(weaker, world, {}, tool="tickets/close").ran

@@ -53,6 +53,8 @@ def test_step_up_rule_skipped_by_exhausting_the_predicate_budget(world: World) -
     guard = _queue_guard(
         world,
         step_up=[{"tools": ["tickets/*"], "where": {"to": {"any": {"==": "vip"}}}}],
+        # Large enough to show all 20 001 recipients to the approver.
+        approval={"display_limit": 400_000},
     )
     fn = Recorder()
     with pytest.raises(ApprovalPending):

@@ -125,6 +125,8 @@ def _add_approvers(root: Path) -> None:
             "approvers:\n"
             "  - id: user:alice\n"
             "    tools: ['billing/*']\n"
+            "  - id: user:carol\n"
+            "    tools: ['billing/*']\n"
             "  - id: agent:bot\n",  # listed, but separation of duties still refuses it
         )
     )
@@ -155,17 +157,24 @@ def test_approval_queue_request_approve_then_allowed(scenario: CLI) -> None:
     one_line_error(agent, "separation_of_duties")
     assert scenario(*call).exit_code == 4  # still pending
 
-    scenario.ok("approvals", "approve", request_id, "--as", "user:alice", "--message", "ok")
+    # The org demanded approval on alice's own grant: alice may not approve her
+    # agent's call under it (separation of duties by the demanding link).
+    own = scenario("approvals", "approve", request_id, "--as", "user:alice")
+    assert own.exit_code == 3
+    one_line_error(own, "separation_of_duties", "user:alice is a subject or sponsor")
+
+    scenario.ok("identity", "new", "user:carol")
+    scenario.ok("approvals", "approve", request_id, "--as", "user:carol", "--message", "ok")
     allowed = scenario(*call, "--json")
     assert allowed.exit_code == 0, allowed.stdout
     doc = json.loads(allowed.stdout)
-    assert (doc["reason"], doc["approver"]) == ("approved", "user:alice")
+    assert (doc["reason"], doc["approver"]) == ("approved", "user:carol")
     assert scenario("approvals", "list", "--json").stdout.strip() == "[]"
     answered = json.loads(scenario.ok("approvals", "list", "--all", "--json").stdout)
     assert answered[0]["status"] == "approved"
-    assert answered[0]["approver"] == "user:alice"
+    assert answered[0]["approver"] == "user:carol"
     # A second answer to a closed request is refused.
-    one_line_error(scenario("approvals", "deny", request_id, "--as", "user:alice"), "not pending")
+    one_line_error(scenario("approvals", "deny", request_id, "--as", "user:carol"), "not pending")
 
 
 def test_approvals_token_for_the_web_page(scenario: CLI) -> None:

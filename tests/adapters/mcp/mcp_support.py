@@ -45,7 +45,9 @@ class Setup:
         return self.policy_file
 
     def delegation(self, scope: Sequence[Any], **kwargs: Any) -> Delegation:
-        kwargs.setdefault("on_behalf_of", self.alice.id)
+        # The agent works for a team, so alice (the approver) is not in the chain:
+        # separation of duties would refuse her approving what her own agent asks.
+        kwargs.setdefault("on_behalf_of", "team:notes")
         return Delegation.issue(self.org, self.agent.principal, scope, ttl="1h", **kwargs)
 
     def delegation_file(self, delegation: Delegation, name: str = "agent.delegation") -> Path:

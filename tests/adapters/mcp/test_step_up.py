@@ -23,6 +23,9 @@ def _proxy(setup: Setup, record: Path, **top: Any) -> Any:
         setup,
         {"notes": {"command": notes_command(record), "trusted": True}},
         delegation=str(setup.delegation_file(delegation)),
+        # The operator names who answers forms in this client: alice, who is not
+        # in the chain (the agent works for team:notes).
+        elicitation_approver=setup.alice.id,
         **{"as": setup.agent.id},
         **top,
     )
