@@ -520,3 +520,117 @@ def test_two_processes_append_one_anchored_chain(tmp_path: Path) -> None:
         assert report.anchored == report.side_file == 300
     finally:
         store.close()
+
+
+# --- what the README's "What `agentguard audit verify` detects" says -----------------------
+
+
+def _readme_table() -> dict[str, tuple[str, str]]:
+    """The README's detection table: what happened -> (cell at normal, cell at full)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### What `agentguard audit verify` detects", 1)[1]
+    table = next(block for block in section.split("\n\n") if block.startswith("|"))
+    rows = {}
+    for line in table.splitlines()[2:]:
+        what, normal, full = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[what] = (normal, full)
+    return rows
+
+
+def _scenario(name: str, tmp_path: Path, durability: str) -> list[str]:
+    """Do to a log what the README's row ``name`` says; the problem kinds verify reports."""
+    log, db = anchored_log(tmp_path, 5, durability=durability)
+    if name == "a record edited, deleted or moved":
+        kinds = []
+        for n, statement in enumerate(
+            [
+                "UPDATE audit SET body = replace(body, 'dec_2', 'dec_9') WHERE seq = 3",
+                "DELETE FROM audit WHERE seq = 3",
+                "UPDATE audit SET seq = -2 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3;"
+                " UPDATE audit SET seq = 3 WHERE seq = -2",
+            ]
+        ):
+            copy, copy_db = anchored_log(tmp_path / str(n), 5, durability=durability)
+            tamper(copy_db, *statement.split(";"))
+            problem = reopen(copy, tmp_path / str(n), durability=durability).verify()
+            kinds.append(problem.kind if problem else "not detected")
+        return kinds
+    earlier = snapshot_of(db, tmp_path / "earlier.db")
+    side = tmp_path / "audit-checkpoints.jsonl"
+    log.flush()
+    earlier_side = side.read_bytes()
+    allow(log, 6)
+    allow(log, 7)
+    log.close()
+    log.store.close()
+    if name == "the last records deleted":
+        tamper(db, "DELETE FROM audit WHERE seq > 11")
+    elif name == "the last records rewritten, hashes recomputed":
+        rehash(db, 12, {"dec_7": "dec_8"})
+    elif (
+        name == "the last records deleted and the database's signed head put back to an earlier one"
+    ):
+        tamper(db, "DELETE FROM audit WHERE seq > 10", "DELETE FROM audit_head")
+        tamper(
+            db, f"ATTACH '{earlier}' AS old", "INSERT INTO audit_head SELECT * FROM old.audit_head"
+        )
+    elif name == "a power failure lost the newest commits":
+        power_loss(db, earlier)
+    elif name == "an earlier copy of both the database and the side file put back":
+        power_loss(db, earlier)
+        side.write_bytes(earlier_side)
+    else:
+        raise AssertionError(f"no scenario for the README row {name!r}")
+    problem = reopen(log, tmp_path, durability=durability).verify()
+    return [problem.kind if problem else "not detected"]
+
+
+def test_readme_detection_table_is_what_verify_reports(tmp_path: Path) -> None:
+    """Every row of the README's audit detection table, at both durabilities, as written."""
+    rows = _readme_table()
+    assert len(rows) == 6
+    for name, cells in rows.items():
+        for durability, cell in zip(("normal", "full"), cells, strict=True):
+            if cell.startswith("—"):  # cannot happen at this durability
+                continue
+            place = tmp_path / f"{len(name)}-{durability}"
+            kinds = _scenario(name, place, durability)
+            assert " / ".join(f"`{k}`" if k != "not detected" else k for k in kinds) == cell, (
+                name,
+                durability,
+            )
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_the_signed_head_covers_an_allowed_call_before_its_tool_runs(
+    tmp_path: Path, durability: str
+) -> None:
+    """Inside the tool, the database's signed head (at full, the side file too) covers it."""
+    from tests.guard_helpers import make_guard, manual_world
+
+    world = manual_world()
+    guard = make_guard(world, home=tmp_path, storage={"durability": durability})
+    seen: list[tuple[int | None, int | None]] = []
+
+    def tool(**kwargs: Any) -> None:
+        head = guard.store.audit_head()
+        side = guard.audit.side_checkpoints() if durability == "full" else []
+        seen.append((head.seq if head else None, max((c.seq for c in side), default=None)))
+
+    text = world.delegation.serialize()
+    guard.call(text, "tickets/read", {"ticket": 1}, tool, holder=world.bot)
+    guard.call(text, "tickets/read", {"ticket": 2}, tool, holder=world.bot)
+    expected = [(1, 1), (3, 3)] if durability == "full" else [(1, None), (3, None)]
+    assert seen == expected
+    assert guard.audit.report().side_file == 3  # at normal, written right after
+    guard.close()
+
+
+def test_records_after_the_newest_signed_head_can_be_deleted_unnoticed(tmp_path: Path) -> None:
+    """A denial and a completion written after the newest head: cut without a trace."""
+    log, db = anchored_log(tmp_path, 2)
+    log.append({"type": "decision", "decision_id": "dec_x", "outcome": "deny"}, at=T0)
+    tamper(db, "DELETE FROM audit WHERE seq >= 4")
+    report = reopen(log, tmp_path).report()
+    assert report.problem is None
+    assert [d.decision_id for d in report.not_known_to_have_run] == ["dec_2"]
