@@ -183,8 +183,8 @@ def bench_langchain(rounds: int) -> dict[str, float]:
     }
 
 
-AUDIT_DECISION = "audit append, allowed decision, durability={}"
-AUDIT_COMPLETION = "audit append, completion, durability={}"
+AUDIT_DECISION = "audit append: allowed decision, {}"
+AUDIT_COMPLETION = "audit append: completion, {}"
 
 
 def bench_audit(rounds: int) -> dict[str, float]:
