@@ -23,7 +23,7 @@ from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
 from agentguard.guard import Guard
 from agentguard.keys import Identity
-from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, entry_hash
+from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, HeadSigner, entry_hash
 from agentguard.store.memory import MemoryStore
 from agentguard.verify import Verifier
 from tests.guard_helpers import World, make_guard, manual_world
@@ -42,7 +42,12 @@ class HeadOnlyAuditStore(MemoryStore):
         self.appended = 0
 
     def audit_append(
-        self, record: dict[str, Any], *, link_ids: Sequence[str] = (), at: float
+        self,
+        record: dict[str, Any],
+        *,
+        link_ids: Sequence[str] = (),
+        at: float,
+        anchor: HeadSigner | None = None,  # an in-memory log is never anchored
     ) -> AuditEntry:
         with self._lock:
             prev = self._audit[-1].hash if self._audit else GENESIS_HASH
