@@ -185,8 +185,12 @@ def test_delegation_object_with_a_widened_grant_object_is_not_trusted(world: Wor
 def test_checkpoint_write_failure_is_an_audit_error_not_a_raw_exception(
     world: World, tmp_path: Path
 ) -> None:
-    """An unwritable checkpoint side file makes the decision escape as a raw OSError."""
-    guard = make_guard(world, home=tmp_path)
+    """An unwritable side file at durability full is an audit error: the tool does not run.
+
+    (At durability normal the side file is written after the commit, off the call's
+    path; the signed head in the database still anchors the record.)
+    """
+    guard = make_guard(world, home=tmp_path, storage={"durability": "full"})
     guard.audit.checkpoint_every = 1
     side = guard.audit.side_file
     assert side is not None
