@@ -510,13 +510,17 @@ def _any(answers: Iterable[Truth]) -> Truth:
 
 def _json_kind(value: Any) -> str | None:
     """The JSON kind of a value, or None for anything that is not plain JSON."""
-    if value is None or isinstance(value, bool | str | dict):
-        return type(value).__name__
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
     if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         return "number"
+    if isinstance(value, str):
+        return "string"
     if isinstance(value, _ARRAY):
         return "array"
-    return None
+    return "object" if isinstance(value, dict) else None
 
 
 def _equal(actual: Any, expected: Any, budget: _Budget) -> Truth:
@@ -527,22 +531,27 @@ def _equal(actual: Any, expected: Any, budget: _Budget) -> Truth:
     if kind != wanted:
         # null is a value of its own, unequal to everything else; any other
         # mismatch ("5000" against 5000, ["prod"] against "prod") cannot be told.
-        return Truth.FALSE if "NoneType" in (kind, wanted) else Truth.UNKNOWN
+        return Truth.FALSE if "null" in (kind, wanted) else Truth.UNKNOWN
     if kind == "array":
         if len(actual) != len(expected):
             return Truth.FALSE
         return _all(_equal(a, e, budget) for a, e in zip(actual, expected, strict=True))
-    if kind == "dict":
+    if kind == "object":
         if actual.keys() != expected.keys():
             return Truth.FALSE
         return _all(_equal(actual[key], expected[key], budget) for key in expected)
     return _truth(bool(actual == expected))
 
 
+@lru_cache(maxsize=512)
+def _base_segments(base: str) -> tuple[str, ...] | None:
+    return _path_segments(base)
+
+
 def _within(value: Any, base: str) -> Truth:
     if not isinstance(value, str):
         return Truth.UNKNOWN
-    target, root = _path_segments(value), _path_segments(base)
+    target, root = _path_segments(value), _base_segments(base)
     if target is None or root is None:
         return Truth.UNKNOWN
     return _truth(target[: len(root)] == root)
@@ -624,14 +633,32 @@ def restricts(
     """
     if predicate is None:
         return True
-    if skip_if_missing and isinstance(args, dict):
+    if skip_if_missing:
         try:
-            present = all(_select(args, parts) is not _MISSING for parts in root_fields(predicate))
+            absent = any(_absent(args, parts) for parts in root_fields(predicate))
         except (PredicateError, TypeError, ValueError, IndexError):
-            present = True  # a malformed predicate cannot prove anything absent
-        if not present:
+            absent = False  # a malformed predicate cannot prove anything absent
+        if absent:
             return False
     return evaluate(predicate, args, budget=budget) is not Truth.FALSE
+
+
+def _absent(root: Any, parts: tuple[str | int, ...]) -> bool:
+    """Whether the selected field is provably not there: an object lacks the key, or
+    an array is too short. A value of the wrong type on the way (a string where an
+    object was expected) is not absence: it may be parsed into one further on."""
+    value = root
+    for part in parts:
+        if isinstance(part, str) and isinstance(value, dict):
+            if part not in value:
+                return True
+        elif isinstance(part, int) and isinstance(value, _ARRAY):
+            if not -len(value) <= part < len(value):
+                return True
+        else:
+            return False
+        value = value[part]
+    return False
 
 
 def root_fields(predicate: list[Any]) -> list[tuple[str | int, ...]]:

@@ -1070,3 +1070,16 @@ def test_root_fields_lists_argument_selectors_not_element_selectors() -> None:
         {"$or": [{"a.b": 1}, {"$not": {"c": 2}}], "items": {"all": {"name": "x"}}}
     )
     assert sorted(predicates.root_fields(predicate), key=str) == [("a", "b"), ("c",), ("items",)]
+
+
+def test_skip_if_missing_does_not_treat_a_wrongly_typed_container_as_absent() -> None:
+    """A JSON string where an object was expected may be parsed downstream: the rule applies."""
+    predicate = compile_predicate({"config.path": {"within": "/etc"}, "items[2]": {"==": 1}})
+    smuggled = {"config": '{"path": "/etc/shadow"}', "items": [0, 0, 1]}
+    assert predicates.restricts(predicate, smuggled, skip_if_missing=True)
+    assert predicates.restricts(predicate, {"config": {"path": "/etc/x"}, "items": "abc"},
+                                skip_if_missing=True)  # fmt: skip
+    assert not predicates.restricts(predicate, {"config": {}, "items": [0, 0, 1]},
+                                    skip_if_missing=True)  # fmt: skip
+    assert not predicates.restricts(predicate, {"config": {"path": "/etc/x"}, "items": [0]},
+                                    skip_if_missing=True)  # fmt: skip
