@@ -25,7 +25,7 @@ from agentguard.clock import Clock, SystemClock
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, StoreError, TokenFormatError
 from agentguard.keys import Principal
-from agentguard.predicates import admits, restricts
+from agentguard.predicates import Truth, admits, evaluate, restricts
 from agentguard.store.base import ReplayStore, Revocation, RevocationKind, RevocationStore
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
@@ -430,9 +430,19 @@ class Verifier:
             admitting = [i for i in candidates if admits(grant.scope[i].predicate, args)]
             if not admitting:
                 described = "; ".join(grant.scope[i].describe() for i in candidates)
+                unsure = any(
+                    evaluate(grant.scope[i].predicate or [], args) is Truth.UNKNOWN
+                    for i in candidates
+                )
+                why = (
+                    "cannot tell whether these arguments satisfy it (an argument is missing,"
+                    " of another JSON type, or not an absolute path)"
+                    if unsure
+                    else "does not admit these arguments"
+                )
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) rule "
-                    f"{candidates[0]} does not admit these arguments ({described})",
+                    f"{candidates[0]} {why} ({described})",
                     reason="predicate_failed",
                     link=index,
                     rule=candidates[0],

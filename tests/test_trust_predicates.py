@@ -100,3 +100,11 @@ def test_free_below_a_bound_approval_above_is_written_with_not(world: World) -> 
     assert outcome({"amount": 50}) == "allow"
     assert outcome({"amount": 5000}) == "approval_required"
     assert outcome({"amount": "50"}) == "deny"
+
+
+def test_a_refusal_says_when_the_guard_could_not_tell(world: World, guard: Guard) -> None:
+    """predicate_failed on a wrongly typed value explains "cannot tell", not "does not admit"."""
+    unsure = guard.check(world.delegation, "billing/refund", {"amount": "5"}, holder=world.bot)
+    assert "cannot tell whether these arguments satisfy it" in unsure.explanation
+    clear = guard.check(world.delegation, "billing/refund", {"amount": 5000}, holder=world.bot)
+    assert "does not admit these arguments" in clear.explanation
