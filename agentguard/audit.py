@@ -141,7 +141,7 @@ MAX_KEPT_HEADS = 16
 _WRITER_IDLE_S = 5.0
 #: At durability normal the side file is rewritten at most this often; heads
 #: arriving faster are coalesced (the newest one is written).
-_WRITE_INTERVAL_S = 0.001
+_WRITE_INTERVAL_S = 0.02
 #: How long closing a log waits for its side-file writer.
 _FLUSH_TIMEOUT_S = 10.0
 
@@ -243,9 +243,11 @@ class _SideFile:
     def read(self) -> tuple[list[_SideHead], list[int]]:
         """The heads in the file and the numbers of the lines that could not be read."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return [], []
+        except OSError:
+            return [], [0]  # not a readable file at all (a directory, no permission)
         heads, unreadable = [], []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -305,7 +307,9 @@ class _SideFile:
         self._tmp.unlink(missing_ok=True)
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if durable:
                 os.fsync(fd)
         finally:
@@ -343,7 +347,10 @@ class _Writer:
         self._flushing = 0
         self._next_write = 0.0
         self._thread: threading.Thread | None = None
+        #: Set when a write failed, with the head it failed to write; cleared only
+        #: by a later successful write.
         self.error: Exception | None = None
+        self._failed: Checkpoint | None = None
 
     def submit(self, head: Checkpoint) -> None:
         """Queue ``head`` for the side file (replacing an older queued one)."""
@@ -390,9 +397,18 @@ class _Writer:
             with self._cond:
                 self._busy = False
                 self._next_write = time.monotonic() + _WRITE_INTERVAL_S
-                if failure is not None:
-                    self.error = failure
+                self.error, self._failed = (failure, head) if failure is not None else (None, None)
                 self._cond.notify_all()
+
+    def retry(self) -> None:
+        """Write the head whose write failed, here and now; raise if it fails again."""
+        with self._cond:
+            head = self._failed
+        if head is not None:
+            self._publish(head)
+        with self._cond:
+            if self._failed is head:
+                self.error, self._failed = None, None
 
     def flush(self, timeout: float = _FLUSH_TIMEOUT_S) -> None:
         """Write the queued head now and wait for it (at most ``timeout`` seconds)."""
@@ -471,8 +487,14 @@ class AuditLog:
                 since the last append: the caller must not run the tool.
         """
         if self._writer is not None and self._writer.error is not None:
-            failure, self._writer.error = self._writer.error, None
-            raise StoreError(f"audit side file could not be written: {type(failure).__name__}")
+            # A failed side-file write refuses every later record until a write
+            # succeeds again: retried here, so fixing the file ends the refusals.
+            try:
+                self._writer.retry()
+            except Exception as exc:
+                raise StoreError(
+                    f"audit side file could not be written: {type(exc).__name__}"
+                ) from exc
         anchored = self._anchored and (lets_tool_run(record) if anchor is None else anchor)
         heads: list[Checkpoint] = []
 
@@ -482,6 +504,8 @@ class AuditLog:
 
         try:
             if anchored:
+                # Marked, so verify knows a signed head must cover this record.
+                record = {**record, "anchored": True}
                 entry = self.store.audit_append(record, link_ids=link_ids, at=at, anchor=sign)
             else:
                 entry = self.store.audit_append(record, link_ids=link_ids, at=at)
@@ -581,11 +605,19 @@ class AuditLog:
         signed += [(_SIDE_FILE, Checkpoint(h.seq, h.head, 0.0, h.token)) for h in side]
         entries = self.store.audit_entries()
         problem, unfinished = _examine(entries, signed, guard_key or self.signer.principal)
-        if problem is None and unreadable:
-            problem = AuditProblem(
-                0, "bad_checkpoint", f"line {unreadable[0]} of the side file cannot be read"
-            )
         current = [h.seq for h in side if not h.kept]
+        if problem is None and unreadable:
+            where = f"line {unreadable[0]} of" if unreadable[0] else "the whole of"
+            finding = f"{where} the side file cannot be read"
+            # At normal the file is not synced before it replaces the old one, so a
+            # power failure can leave it unreadable as well.
+            problem = (
+                AuditProblem(0, "bad_checkpoint", finding)
+                if self.durability == "full"
+                else AuditProblem(0, "unsynced", finding)
+            )
+        if problem is None:
+            problem = self._missing_heads(entries, head, current)
         return AuditReport(
             records=len(entries),
             checkpoints=len(checkpoints),
@@ -594,6 +626,38 @@ class AuditLog:
             problem=problem,
             not_known_to_have_run=tuple(unfinished),
         )
+
+    def _missing_heads(
+        self, entries: Sequence[AuditEntry], head: Checkpoint | None, side: Sequence[int]
+    ) -> AuditProblem | None:
+        """A signed head that should exist but does not: deleted along with a cut.
+
+        Each record marked ``anchored`` was committed together with a signed head
+        at least as new, so a missing or older head in the database is tampering.
+        At ``full`` the side file was written before the tool ran; at ``normal``
+        it may lag (a crash before the writer ran), so only ``full`` misses it.
+        """
+        # Parsed, not searched: an argument may be named "anchored" too.
+        anchored = [e.seq for e in entries if json.loads(e.body).get("anchored") is True]
+        if not anchored:
+            return None
+        newest = anchored[-1]
+        if head is None or head.seq < newest:
+            have = "no signed head" if head is None else f"a signed head for record {head.seq}"
+            return AuditProblem(
+                newest,
+                "truncated",
+                f"record {newest} was signed when written, but the database holds {have}: "
+                "the head was deleted or rolled back, and records after it may have been cut",
+            )
+        if self._side is not None and self.durability == "full" and len(anchored) > 1 and not side:
+            return AuditProblem(
+                newest,
+                "bad_checkpoint",
+                "the side file holds no signed head, although it was written before the "
+                f"tools of records up to {newest} ran: it was deleted or emptied",
+            )
+        return None
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
         """The last ``n`` records as dictionaries."""

@@ -565,6 +565,9 @@ def _scenario(name: str, tmp_path: Path, durability: str) -> list[str]:
     log.store.close()
     if name == "the last records deleted":
         tamper(db, "DELETE FROM audit WHERE seq > 11")
+    elif name == "the last records deleted, with the database's signed head and the side file":
+        tamper(db, "DELETE FROM audit WHERE seq > 11", "DELETE FROM audit_head")
+        side.unlink()
     elif name == "the last records rewritten, hashes recomputed":
         rehash(db, 12, {"dec_7": "dec_8"})
     elif (
@@ -588,7 +591,7 @@ def _scenario(name: str, tmp_path: Path, durability: str) -> list[str]:
 def test_readme_detection_table_is_what_verify_reports(tmp_path: Path) -> None:
     """Every row of the README's audit detection table, at both durabilities, as written."""
     rows = _readme_table()
-    assert len(rows) == 6
+    assert len(rows) == 7
     for name, cells in rows.items():
         for durability, cell in zip(("normal", "full"), cells, strict=True):
             if cell.startswith("—"):  # cannot happen at this durability
@@ -634,3 +637,91 @@ def test_records_after_the_newest_signed_head_can_be_deleted_unnoticed(tmp_path:
     report = reopen(log, tmp_path).report()
     assert report.problem is None
     assert [d.decision_id for d in report.not_known_to_have_run] == ["dec_2"]
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_a_cut_with_the_head_row_and_side_file_deleted_is_found(
+    tmp_path: Path, durability: str
+) -> None:
+    """Deleting the signed head and the side file along with the tail does not hide the cut."""
+    from tests.guard_helpers import make_guard, manual_world
+
+    world = manual_world()
+    guard = make_guard(world, home=tmp_path, storage={"durability": durability})
+    for ticket in range(4):
+        guard.call(world.delegation, "tickets/read", {"ticket": ticket}, lambda **_: None,
+                   holder=world.bot)  # fmt: skip
+    guard.close()
+    db = tmp_path / "state.db"
+    side = next(tmp_path.glob("*.jsonl"))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM audit WHERE seq > 4")
+        conn.execute("DELETE FROM audit_head")
+    conn.close()
+    side.unlink()
+    reopened = make_guard(world, home=tmp_path, storage={"durability": durability})
+    problem = reopened.audit.verify()
+    reopened.close()
+    assert problem is not None
+    assert problem.kind == "truncated", problem
+
+
+def test_an_argument_named_anchored_does_not_raise_a_false_alarm(tmp_path: Path) -> None:
+    """Only the log's own marker counts: a denied call's argument named "anchored" does not."""
+    from tests.guard_helpers import make_guard, manual_world
+
+    world = manual_world()
+    guard = make_guard(world, home=tmp_path)
+    guard.check(world.delegation, "nowhere/x", {"anchored": True}, holder=world.bot)
+    assert guard.audit.verify() is None
+    guard.close()
+
+
+def test_an_unreadable_side_file_is_reported_not_a_crash(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8, or a directory in its place: a finding, not a traceback."""
+    from tests.guard_helpers import make_guard, manual_world
+
+    world = manual_world()
+    guard = make_guard(world, home=tmp_path, storage={"durability": "full"})
+    guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
+    side = guard.audit.side_file
+    assert side is not None
+    side.write_bytes(b"\xff\xfe garbage\n")
+    problem = guard.audit.verify()
+    assert problem is not None
+    assert problem.kind == "bad_checkpoint"
+    side.unlink()
+    side.mkdir()
+    problem = guard.audit.verify()
+    assert problem is not None
+    assert "cannot be read" in problem.detail
+    guard.close()
+
+
+def test_a_failing_side_file_refuses_every_later_call_until_it_is_fixed(tmp_path: Path) -> None:
+    """At normal, a background write failure is not forgotten after one refusal."""
+    from agentguard.errors import DeniedError
+    from tests.guard_helpers import Recorder, make_guard, manual_world
+
+    world = manual_world()
+    guard = make_guard(world, home=tmp_path)
+    guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
+    guard.audit.flush()
+    side = guard.audit.side_file
+    assert side is not None
+    side.unlink()
+    side.mkdir()  # the next replace fails: a directory is in the way
+    guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
+    guard.audit.flush()
+    for _ in range(3):  # decisions and completions alike keep failing
+        tool = Recorder()
+        with pytest.raises(DeniedError) as info:
+            guard.call(world.delegation, "tickets/read", {}, tool, holder=world.bot)
+        assert info.value.reason == "audit_error"
+        assert not tool.ran
+    side.rmdir()
+    tool = Recorder()
+    guard.call(world.delegation, "tickets/read", {}, tool, holder=world.bot)
+    assert tool.ran
+    guard.close()
