@@ -230,11 +230,15 @@ class LinkAssertion:
     subject: str
     purpose: str | None = None
     on_behalf_of: str | None = None
+    #: An agent or service is the subject of an earlier link: whoever signed this
+    #: link may be a principal that agent made up (it can mint any ``user:`` key).
+    below_agent: bool = False
 
     @property
     def by_agent(self) -> bool:
-        """Whether an agent or service (not an organisation, team or person) asserted it."""
-        return self.issuer.split(":", 1)[0] in _AGENT_KINDS
+        """Whether an agent or service asserted it, or may have: it issued the link, or
+        the link lies below one an agent or service holds."""
+        return self.below_agent or self.issuer.split(":", 1)[0] in _AGENT_KINDS
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
@@ -243,6 +247,7 @@ class LinkAssertion:
             "subject": self.subject,
             "purpose": self.purpose,
             "on_behalf_of": self.on_behalf_of,
+            "below_agent": self.below_agent,
         }
 
     @classmethod
@@ -259,17 +264,26 @@ class LinkAssertion:
             subject=subject,
             purpose=purpose if isinstance(purpose, str) else None,
             on_behalf_of=sponsor if isinstance(sponsor, str) else None,
+            below_agent=data.get("below_agent") is True,
         )
 
 
 def link_assertions(grants: Iterable[Grant]) -> tuple[LinkAssertion, ...]:
     """The purpose and sponsor each link states, root first, with the link's issuer."""
-    return tuple(
-        LinkAssertion(
-            issuer=g.issuer, subject=g.subject, purpose=g.purpose, on_behalf_of=g.on_behalf_of
+    out: list[LinkAssertion] = []
+    below_agent = False
+    for g in grants:
+        out.append(
+            LinkAssertion(
+                issuer=g.issuer,
+                subject=g.subject,
+                purpose=g.purpose,
+                on_behalf_of=g.on_behalf_of,
+                below_agent=below_agent,
+            )
         )
-        for g in grants
-    )
+        below_agent = below_agent or g.subject.split(":", 1)[0] in _AGENT_KINDS
+    return tuple(out)
 
 
 def accountable_claims(links: Sequence[LinkAssertion]) -> tuple[str | None, str | None]:
@@ -314,7 +328,11 @@ class ShownClaim:
 def _asserter(claim: ShownClaim) -> str:
     if claim.asserted_by is None:
         return "(not recorded)"
-    return claim.asserted_by + (" (an agent)" if claim.by_agent else "")
+    if not claim.by_agent:
+        return claim.asserted_by
+    if claim.asserted_by.split(":", 1)[0] in _AGENT_KINDS:
+        return claim.asserted_by + " (an agent)"
+    return claim.asserted_by + " (below an agent in the chain: possibly the agent's own key)"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from agentguard.keys import Identity
 from agentguard.store.base import ApprovalRow
 from agentguard.store.sqlite import SQLiteStore
 from tests.display_support import EVIL, sub_agent
-from tests.guard_helpers import Recorder, World, make_guard, manual_world
+from tests.guard_helpers import SCOPE, Recorder, World, make_guard, manual_world
 
 TOOL = "admin/reset"
 FOLD = re.compile(r" … (\d+) more characters?$")
@@ -242,7 +242,41 @@ def test_sub_agent_claims_are_marked_as_asserted_by_the_agent(world: World) -> N
         "subject": "agent:sub",
         "purpose": "pre-approved by security",
         "on_behalf_of": "user:ceo",
+        "below_agent": True,
     }
+
+
+def test_a_user_an_agent_made_up_below_itself_is_marked_too(world: World) -> None:
+    """agent:bot mints user:fake's key and signs the next link as user:fake: still marked."""
+    fake = Identity.generate("user:fake")
+    sub = Identity.generate("agent:sub")
+    root = Delegation.issue(
+        world.org,
+        world.alice,
+        SCOPE,
+        ttl="1d",
+        purpose="customer support",
+        on_behalf_of="user:alice",
+        max_depth=4,
+        clock=world.clock,
+    )
+    to_bot = root.attenuate(world.alice, world.bot, SCOPE, ttl="1h", clock=world.clock)
+    via_fake = to_bot.attenuate(world.bot, fake, SCOPE, ttl="10m", clock=world.clock).attenuate(
+        fake,
+        sub,
+        SCOPE,
+        ttl="5m",
+        purpose="pre-approved by security",
+        on_behalf_of="user:ceo",
+        clock=world.clock,
+    )
+    request = filed(queue_guard(world), world, {"target": "db1"}, delegation=via_fake, holder=sub)
+    text = request.describe()
+    assert (
+        'purpose "pre-approved by security" — asserted by user:fake (below an agent in the '
+        "chain: possibly the agent's own key)"
+    ) in text
+    assert (request.on_behalf_of, request.purpose) == ("user:alice", "customer support")
 
 
 def test_agents_and_services_are_marked_organisations_teams_and_people_are_not() -> None:

@@ -288,6 +288,7 @@ def test_payload_carries_the_same_facts(receiver: Receiver) -> None:
         "subject": "agent:sub",
         "purpose": "pre-approved by security",
         "on_behalf_of": "user:ceo",
+        "below_agent": True,
     }
     agent_claims = [c for c in display["assertions"] if c["by_agent"]]
     assert {(c["field"], c["value"]) for c in agent_claims} == {
