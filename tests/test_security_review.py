@@ -223,3 +223,20 @@ def test_shadow_mode_audit_matches_what_happened_to_a_pending_call(world: World)
     record = next(r for r in reversed(audit_records(guard)) if r["type"] == "decision")
     assert record["reason"] == "approval_pending"
     assert record["enforced"] is (not fn.ran)
+
+
+def test_agent_cannot_name_the_form_approver_through_a_user_it_made_up(world: World) -> None:
+    """The bot mints user:fake, delegates to it, and signs as it naming user:carol: ignored."""
+    proxy_mod = pytest.importorskip("agentguard_mcp.proxy")
+    root = Delegation.issue(
+        world.org, world.alice, ["tickets/*"], ttl="1d", on_behalf_of="user:alice",
+        max_depth=4, clock=world.clock,
+    )  # fmt: skip
+    to_bot = root.attenuate(world.alice, world.bot, ["tickets/*"], clock=world.clock)
+    fake = Identity.generate("user:fake")
+    via_fake = to_bot.attenuate(world.bot, fake, ["tickets/*"], clock=world.clock).attenuate(
+        fake, Identity.generate("agent:sub"), ["tickets/*"], on_behalf_of="user:carol",
+        clock=world.clock,
+    )  # fmt: skip
+    proxy = proxy_mod.GuardedProxy(make_guard(world), [])
+    assert proxy._form_approver(proxy_mod.Caller(via_fake.serialize())) == "user:alice"

@@ -32,6 +32,7 @@ from opentelemetry import context as otel_context
 
 from agentguard import _jws
 from agentguard.addresses import pattern_matches
+from agentguard.approval import accountable_claims, link_assertions
 from agentguard.delegation import Delegation
 from agentguard.errors import (
     AgentGuardError,
@@ -708,16 +709,10 @@ class GuardedProxy:
             grants = list(Delegation.parse(caller.delegation))
         except AgentGuardError:
             return None
-        # The sponsor as stated by the nearest link an agent or service did not
-        # issue: an agent attenuating its own delegation could name any approver.
-        sponsor = next(
-            (
-                g.on_behalf_of
-                for g in reversed(grants)
-                if g.issuer.split(":", 1)[0] not in ("agent", "service")
-            ),
-            None,
-        )
+        # The sponsor as stated by the nearest link no agent or service asserted
+        # (nor any link below one an agent holds: it may sign as a user it made
+        # up), since an agent attenuating its own delegation could name anyone.
+        sponsor, _ = accountable_claims(link_assertions(grants))
         return sponsor if sponsor is not None and sponsor.startswith("user:") else None
 
     def _consume_state(self, nonce: str) -> bool:
