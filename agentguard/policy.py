@@ -31,6 +31,7 @@ __all__ = [
     "TrustedRoot",
     "assurance_at_least",
     "load_policy",
+    "load_strict_yaml",
     "policy_schema",
 ]
 
@@ -301,14 +302,20 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys (YAML and JSON alike keep the last).
 
     A second ``deny: []`` would otherwise silently erase the deny rules above it.
-    Keys merged in with ``<<`` may still be overridden: that is YAML's own override.
+    Merge keys (``<<``) are refused too: a merged mapping, or a key written after
+    it, silently replaces what it overlaps, which is the same hazard.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "merge keys ('<<') are not allowed in a policy: write each key once",
+                    key_node.start_mark,
+                )
             key = self.construct_object(key_node, deep=True)
             try:
                 line = first_line.get(key)
@@ -324,6 +331,27 @@ class _LineLoader(yaml.SafeLoader):
                 )
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+
+def load_strict_yaml(text: str, name: str) -> Any:
+    """Parse a configuration file's YAML (or JSON) text, refusing duplicate and merge keys.
+
+    Used for the policy and for the MCP proxy's configuration: in both, a key
+    written twice would silently replace a security setting.
+
+    Raises:
+        ConfigError: the text is not valid YAML or repeats a key; the message
+            names ``name`` and the line.
+    """
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{name}{line}: {problem}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{name}: YAML nesting is too deep") from exc
 
 
 def _lines(
@@ -374,16 +402,8 @@ def load_policy(source: str | Path | Mapping[str, Any]) -> Policy:
         raise ConfigError(f"{path}: policy file is not UTF-8 text") from exc
     if len(text) > 1_000_000:
         raise ConfigError(f"{path}: policy file is larger than 1 MB")
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}{line}: {problem}") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"{path}: YAML nesting is too deep") from exc
+    data = load_strict_yaml(text, str(path))
+    node = yaml.compose(text, Loader=_LineLoader)  # the text parsed above: for line numbers
     if data is None:
         data = {}
     lines: dict[tuple[Any, ...], int] = {}

@@ -87,11 +87,18 @@ def test_same_key_in_different_mappings_is_fine(tmp_path: Path) -> None:
     assert [r.reason for r in policy.deny] == ["one", "two"]
 
 
-def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
-    """A key that overrides one merged in with ``<<`` is YAML's override, not a duplicate."""
-    path = tmp_path / "agentguard.yaml"
-    path.write_text(
+@pytest.mark.parametrize(
+    "text",
+    [
         "deny:\n  - &base {tools: [a/x], reason: base}\n  - <<: *base\n    reason: override\n",
-        encoding="utf-8",
-    )
-    assert [r.reason for r in load_policy(path).deny] == ["base", "override"]
+        "<<: {deny: [{tools: [fs/x]}]}\ndeny: []\n",
+        "<<: [{deny: [{tools: [fs/x]}]}, {deny: []}]\n",
+        "approval:\n  <<: {timeout: 5m}\n  timeout: 1s\n",
+    ],
+)
+def test_merge_keys_are_refused(tmp_path: Path, text: str) -> None:
+    """``<<`` can silently replace what it overlaps, so a policy may not use it at all."""
+    path = tmp_path / "agentguard.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"merge keys \('<<'\) are not allowed"):
+        load_policy(path)

@@ -28,10 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agentguard.errors import ConfigError
-from agentguard.policy import ASSURANCE_LEVELS
+from agentguard.policy import ASSURANCE_LEVELS, load_strict_yaml
 from agentguard_mcp._names import ambiguous_namespaces
 
 __all__ = [
@@ -253,11 +251,13 @@ def load_config(path: str | Path) -> ProxyConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text") from exc
+    # Duplicate keys refused: a second 'trusted:' or 'annotation_step_up:' would
+    # silently decide whether destructive tools need approval.
+    data = load_strict_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping")
     try:

@@ -31,3 +31,23 @@ def test_unreachable_upstream_names_no_url(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["proxy", "--config", str(config), "--http", "127.0.0.1:0"])
     assert result.exit_code != 0
     assert "s3cr3t-canary" not in result.output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "upstreams:\n  notes: {command: [x], trusted: false, trusted: true}\n",
+        "annotation_step_up: true\nannotation_step_up: false\nupstreams: {}\n",
+        "upstreams:\n  notes: {command: [x]}\n  notes: {command: [y], trusted: true}\n",
+    ],
+)
+def test_a_config_that_repeats_a_key_is_refused(tmp_path: Path, text: str) -> None:
+    """A second 'trusted' or 'annotation_step_up' never silently wins: the file is refused."""
+    from agentguard_mcp.config import load_config
+
+    from agentguard.errors import ConfigError
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="duplicate key"):
+        load_config(path)
