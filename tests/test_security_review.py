@@ -240,3 +240,11 @@ def test_agent_cannot_name_the_form_approver_through_a_user_it_made_up(world: Wo
     )  # fmt: skip
     proxy = proxy_mod.GuardedProxy(make_guard(world), [])
     assert proxy._form_approver(proxy_mod.Caller(via_fake.serialize())) == "user:alice"
+
+
+def test_the_mcp_form_is_not_offered_for_a_request_it_cannot_show(world: World) -> None:
+    """No Approve button over a one-line stub: a request that cannot be read goes out of band."""
+    proxy_mod = pytest.importorskip("agentguard_mcp.proxy")
+    proxy = proxy_mod.GuardedProxy(make_guard(world), [])
+    pending = ApprovalPending("pending", request_id="apr_missing")
+    assert proxy._approval_form(pending) is None

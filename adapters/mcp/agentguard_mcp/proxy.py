@@ -631,7 +631,11 @@ class GuardedProxy:
         can_elicit = capabilities is not None and capabilities.elicitation is not None
         if not can_elicit:
             return _denied(pending)
-        message, schema = self._approval_form(pending)
+        form = self._approval_form(pending)
+        if form is None:
+            # The call cannot be shown whole: never offer an Approve button for it.
+            return _denied(pending)
+        message, schema = form
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             state = {
                 "rid": pending.request_id,
@@ -657,18 +661,23 @@ class GuardedProxy:
             return _denied(pending)
         return await self._answered(ctx, params, pending.request_id, answer)
 
-    def _approval_form(self, pending: ApprovalPending) -> tuple[str, dict[str, Any]]:
-        text = f"agentguard: approval {pending.request_id} is needed for this tool call."
+    def _approval_form(self, pending: ApprovalPending) -> tuple[str, dict[str, Any]] | None:
+        """The form's text and schema; ``None`` when the request cannot be shown whole."""
         try:
             request = self.guard.approvals.get(pending.request_id)
             text = request.describe()
             unfolded = request.unfolded()
-            if unfolded:
-                # The client may be the only place its human sees the call: give the
-                # folded values whole too, after the summary.
-                text += "\n\nFolded values in full:\n" + unfolded
-        except (AgentGuardError, AttributeError, KeyError):
-            pass
+        except (AgentGuardError, AttributeError, KeyError) as exc:
+            logger.warning(
+                "approval %s cannot be shown in the client (%s): out of band only",
+                pending.request_id,
+                type(exc).__name__,
+            )
+            return None
+        if unfolded:
+            # The client may be the only place its human sees the call: give the
+            # folded values whole too, after the summary.
+            text += "\n\nFolded values in full:\n" + unfolded
         schema = {
             "type": "object",
             "properties": {
