@@ -25,7 +25,7 @@ from agentguard.clock import Clock, SystemClock
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, StoreError, TokenFormatError
 from agentguard.keys import Principal
-from agentguard.predicates import Truth, admits, evaluate, restricts
+from agentguard.predicates import Truth, evaluate
 from agentguard.store.base import ReplayStore, Revocation, RevocationKind, RevocationStore
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
@@ -426,18 +426,23 @@ class Verifier:
                     reason="out_of_scope",
                     link=index,
                 )
-            # A rule grants only when its predicate is definitely true.
-            admitting = [i for i in candidates if admits(grant.scope[i].predicate, args)]
+            # One three-valued answer per rule: a rule grants only on TRUE; an approval
+            # rule restricts, so it demands approval unless FALSE, even when another
+            # rule of the same link admits the call without one (approvals never
+            # disappear).
+            truths = {
+                i: Truth.TRUE
+                if grant.scope[i].predicate is None
+                else evaluate(grant.scope[i].predicate or [], args)
+                for i in candidates
+            }
+            admitting = [i for i in candidates if truths[i] is Truth.TRUE]
             if not admitting:
                 described = "; ".join(grant.scope[i].describe() for i in candidates)
-                unsure = any(
-                    evaluate(grant.scope[i].predicate or [], args) is Truth.UNKNOWN
-                    for i in candidates
-                )
                 why = (
                     "cannot tell whether these arguments satisfy it (an argument is missing,"
                     " of another JSON type, or not an absolute path)"
-                    if unsure
+                    if Truth.UNKNOWN in truths.values()
                     else "does not admit these arguments"
                 )
                 raise DeniedError(
@@ -448,13 +453,10 @@ class Verifier:
                     rule=candidates[0],
                 )
             matched.append(admitting[0])
-            # Approvals never disappear: an approval rule restricts, so it demands
-            # approval unless its predicate is definitely false, even when another
-            # rule of the same link admits the call without one.
             approvals.extend(
                 (index, i)
                 for i in candidates
-                if grant.scope[i].approval and restricts(grant.scope[i].predicate, args)
+                if grant.scope[i].approval and truths[i] is not Truth.FALSE
             )
         return ScopeMatch(tool, tuple(matched), tuple(approvals))
 
