@@ -35,7 +35,7 @@ from agentguard.clock import Clock, format_duration
 from agentguard.errors import AgentGuardError, DeniedError, IdentityError, TokenFormatError
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import ASSURANCE_LEVELS, Policy, assurance_at_least
-from agentguard.store.base import ApprovalRow, ApprovalStore
+from agentguard.store.base import ApprovalRow, Store
 from agentguard.tokens import TYP_APPROVAL, args_digest, new_jti
 
 if TYPE_CHECKING:
@@ -804,7 +804,7 @@ class ApprovalBook:
 
     def __init__(
         self,
-        store: ApprovalStore,
+        store: Store,
         *,
         policy: Policy,
         guard_identity: Identity,
@@ -1065,9 +1065,8 @@ class ApprovalBook:
                 )
 
     def _revoked(self, *, kids: Sequence[str] = (), principals: Sequence[str] = ()) -> bool:
-        """Whether an approver's key or principal is revoked (if the store records revocations)."""
-        find = getattr(self.store, "find_revoked", None)
-        return find is not None and find([], list(kids), list(principals)) is not None
+        """Whether an approver's key or principal is revoked."""
+        return self.store.find_revoked([], list(kids), list(principals)) is not None
 
     # -- using ----------------------------------------------------------------------
     def _approver_key(self, approver_id: str) -> Principal:
