@@ -143,9 +143,7 @@ def test_every_accepted_address_is_nfc_without_control_or_format_chars(text: str
 
 
 def test_homoglyphs_are_a_documented_limit() -> None:
-    """SECURITY.md says so: a Cyrillic 'е' makes a valid address a deny pattern misses."""
-    from agentguard.addresses import parse_address, pattern_matches
-
+    """SECURITY.md says so: a Cyrillic small ie (U+0435) makes an address a pattern misses."""
     lookalike = "fs/d\u0435lete_x"
     assert parse_address(lookalike) == ("fs", "d\u0435lete_x")
     assert not pattern_matches("*/delete_*", lookalike)
