@@ -8,7 +8,12 @@ resume, but only the guard's stored, signed approval lets the call run.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import hashlib
+import inspect
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -22,7 +27,10 @@ if TYPE_CHECKING:
 __all__ = [
     "APPROVAL_MODES",
     "INTERRUPT_KIND",
+    "AlreadyRan",
     "ApprovalMode",
+    "Prepare",
+    "Prepared",
     "ReviewerRejected",
     "ToolGate",
     "approval_payload",
@@ -44,8 +52,22 @@ class _Approvals(Protocol):
     def all(self) -> list[ApprovalRequest]: ...
 
 
+class _ReplayStore(Protocol):
+    def consume(self, key: str, expires_at: float, *, now: float) -> bool: ...
+
+
+class _Clock(Protocol):
+    def now(self) -> float: ...
+
+
 class GuardAPI(Protocol):
     """What the adapter needs from :class:`agentguard.Guard`."""
+
+    @property
+    def store(self) -> _ReplayStore: ...
+
+    @property
+    def clock(self) -> _Clock: ...
 
     @property
     def approvals(self) -> _Approvals: ...
@@ -161,7 +183,25 @@ def _interrupt(payload: dict[str, Any]) -> object:
     return interrupt(payload)
 
 
-Normalizer = Callable[[Mapping[str, Any]], dict[str, Any]]
+@dataclass(frozen=True)
+class Prepared:
+    """One call ready to decide: the arguments the guard sees, and how to run exactly them.
+
+    ``args`` is the JSON view of the values the tool will receive, after every
+    validation and coercion of the tool's own schema; ``run`` runs the tool with
+    those values and nothing else.
+    """
+
+    args: dict[str, Any]
+    run: Callable[[], Any]
+
+
+#: Builds a :class:`Prepared` from raw arguments (a reviewer's edit, say).
+Prepare = Callable[[Mapping[str, Any]], Prepared]
+
+
+class _Mismatch(DeniedError):
+    default_reason = "undecided_arguments"
 
 
 @dataclass(frozen=True)
@@ -207,72 +247,140 @@ class ToolGate:
         """The tool address policies and delegations use: ``namespace/tool``."""
         return f"{self.namespace}/{tool_name}"
 
+    def same_authority(self, other: ToolGate) -> bool:
+        """Whether ``other`` decides for the same holder under the same delegation."""
+        return (
+            self.guard is other.guard
+            and self.holder.id == other.holder.id
+            and self.holder.kid == other.holder.kid
+            and self._parsed().leaf.link_id == other._parsed().leaf.link_id
+            and self.approval == other.approval
+        )
+
     def run(
         self,
-        tool_name: str,
-        args: dict[str, Any],
-        fn: Callable[..., Any],
+        address: str,
+        prepared: Prepared,
+        prepare: Prepare,
         *,
         call_id: str | None,
-        normalize: Normalizer,
+        step: str | None = None,
     ) -> Any:
-        """Run ``fn(**effective_args)`` through ``guard.call``.
+        """Run ``prepared`` through ``guard.call`` if the guard allows exactly its arguments.
+
+        ``step`` names the LangGraph task the call runs in: a call id that already
+        ran in that task is not run again when the task is re-run on resume.
 
         Raises:
             DeniedError: refused (including :class:`ReviewerRejected` and
                 :class:`agentguard.ApprovalPending` when no approval is recorded).
             GraphInterrupt: interrupt mode, first pass: the run pauses for a human.
         """
-        address = self.address(tool_name)
+        once = _Once.key(step, call_id, address)
         try:
             for _ in range(MAX_REVIEW_ROUNDS):
+                replay = _ONCE.replay(once, prepared.args)
+                if replay is not _NOTHING:
+                    return replay
                 try:
-                    return self._call(address, args, fn, call_id)
+                    return self._call(address, prepared, prepare, call_id, once)
                 except ApprovalPending as pending:
                     if self.approval != "interrupt":
                         raise
-                    args = self._answer(self._ask(pending), pending, args, normalize)
+                    prepared = self._answer(self._ask(pending), pending, prepared, prepare)
             # Out of review rounds: one last try, whose ApprovalPending refuses the call.
-            return self._call(address, args, fn, call_id)
+            return self._call(address, prepared, prepare, call_id, once)
         except DeniedError as exc:
-            raise self._explained(exc, address, args) from None
+            raise self._explained(exc, address, prepared.args) from None
 
     async def arun(
         self,
-        tool_name: str,
-        args: dict[str, Any],
-        fn: Callable[..., Awaitable[Any]],
+        address: str,
+        prepared: Prepared,
+        prepare: Prepare,
         *,
         call_id: str | None,
-        normalize: Normalizer,
+        step: str | None = None,
     ) -> Any:
-        """Async twin of :meth:`run`, through ``guard.acall``."""
-        address = self.address(tool_name)
+        """Async twin of :meth:`run`, through ``guard.acall`` (``prepared.run`` may be async)."""
+        once = _Once.key(step, call_id, address)
         try:
             for _ in range(MAX_REVIEW_ROUNDS):
+                replay = _ONCE.replay(once, prepared.args)
+                if replay is not _NOTHING:
+                    return replay
                 try:
-                    return await self._acall(address, args, fn, call_id)
+                    return await self._acall(address, prepared, prepare, call_id, once)
                 except ApprovalPending as pending:
                     if self.approval != "interrupt":
                         raise
-                    args = self._answer(self._ask(pending), pending, args, normalize)
-            return await self._acall(address, args, fn, call_id)
+                    prepared = self._answer(self._ask(pending), pending, prepared, prepare)
+            return await self._acall(address, prepared, prepare, call_id, once)
         except DeniedError as exc:
-            raise self._explained(exc, address, args) from None
+            raise self._explained(exc, address, prepared.args) from None
 
     def _call(
-        self, address: str, args: dict[str, Any], fn: Callable[..., Any], call_id: str | None
+        self,
+        address: str,
+        prepared: Prepared,
+        prepare: Prepare,
+        call_id: str | None,
+        once: str | None,
     ) -> Any:
+        def execute(**decided: Any) -> Any:
+            chosen = self._claim(prepared, prepare, decided, once)
+            result = chosen.run()
+            _ONCE.remember(once, prepared.args, result)
+            return result
+
         return self.guard.call(
-            self.delegation, address, args, fn, holder=self.holder, call_id=call_id
+            self.delegation, address, prepared.args, execute, holder=self.holder, call_id=call_id
         )
 
     async def _acall(
-        self, address: str, args: dict[str, Any], fn: Callable[..., Any], call_id: str | None
+        self,
+        address: str,
+        prepared: Prepared,
+        prepare: Prepare,
+        call_id: str | None,
+        once: str | None,
     ) -> Any:
+        async def execute(**decided: Any) -> Any:
+            chosen = self._claim(prepared, prepare, decided, once)
+            result = chosen.run()
+            if inspect.isawaitable(result):
+                result = await result
+            _ONCE.remember(once, prepared.args, result)
+            return result
+
         return await self.guard.acall(
-            self.delegation, address, args, fn, holder=self.holder, call_id=call_id
+            self.delegation, address, prepared.args, execute, holder=self.holder, call_id=call_id
         )
+
+    def _claim(
+        self, prepared: Prepared, prepare: Prepare, decided: Mapping[str, Any], once: str | None
+    ) -> Prepared:
+        """What runs: the decided call, parsed by the tool's schema, run at most once per step.
+
+        The guard hands back the arguments it decided on: those submitted, or an
+        approver's edit. An edit is parsed by the tool's schema like any call and
+        runs only if the tool receives exactly what the approver approved.
+        """
+        chosen = prepared
+        if _canonical(decided) != _canonical(prepared.args):
+            chosen = prepare(decided)
+            if _canonical(chosen.args) != _canonical(decided):
+                raise _Mismatch(
+                    "the tool's schema changes the approved arguments; they are not run"
+                )
+        if once is not None:
+            now = self.guard.clock.now()
+            if not self.guard.store.consume(f"langgraph-ran:{once}", now + _ONCE_TTL, now=now):
+                raise AlreadyRan(
+                    "this tool call already ran in an earlier attempt of the same graph step; "
+                    "it is not run again"
+                )
+        return chosen
 
     def _explained(self, exc: DeniedError, address: str, args: dict[str, Any]) -> DeniedError:
         """A queue rejection, with the reviewer's note for the model when there is one."""
@@ -294,14 +402,81 @@ class ToolGate:
 
     @staticmethod
     def _answer(
-        resume: Resume, pending: ApprovalPending, args: dict[str, Any], normalize: Normalizer
-    ) -> dict[str, Any]:
+        resume: Resume, pending: ApprovalPending, prepared: Prepared, prepare: Prepare
+    ) -> Prepared:
         if resume.action == "reject":
             raise ReviewerRejected(
                 resume.message, request_id=pending.request_id, decision_id=pending.decision_id
             )
         if resume.action == "edit" and resume.args is not None:
-            # The edited call is decided afresh; the guard only runs it with an
-            # approval bound to exactly these arguments.
-            return normalize(resume.args)
-        return args
+            # The edited call is validated by the tool's schema and decided afresh; the
+            # guard only runs it with an approval bound to exactly these arguments.
+            return prepare(resume.args)
+        return prepared
+
+
+class AlreadyRan(DeniedError):
+    """This tool call already ran in an earlier attempt of the same LangGraph step.
+
+    LangGraph re-runs a whole node when it resumes after an interrupt; the calls
+    of that node which already ran are not run again. In the same process the
+    earlier result is returned instead; elsewhere the repeat is refused.
+    """
+
+    default_reason = "already_ran"
+
+
+#: How long a graph step's call ids are remembered as spent (resumes later than this re-run).
+_ONCE_TTL = 7 * 24 * 3600.0
+_NOTHING: Any = object()
+
+
+class _Once:
+    """Results of calls that ran inside a LangGraph step, by (step, call id, tool).
+
+    Bounded and process-local: it answers a node's re-run on resume with the
+    earlier result. The store's single-use keys (see :meth:`ToolGate._claim`)
+    refuse a re-run that this process does not remember.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._results: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(step: str | None, call_id: str | None, address: str) -> str | None:
+        if not step or not call_id:
+            return None
+        raw = json.dumps([step, call_id, address], separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def replay(self, key: str | None, args: Mapping[str, Any]) -> Any:
+        if key is None:
+            return _NOTHING
+        with self._lock:
+            entry = self._results.get(key)
+        if entry is None:
+            return _NOTHING
+        if entry[0] != _canonical(args):
+            raise AlreadyRan(
+                "this tool call id already ran in this graph step with other arguments"
+            )
+        return entry[1]
+
+    def remember(self, key: str | None, args: Mapping[str, Any], result: Any) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self._results[key] = (_canonical(args), result)
+            self._results.move_to_end(key)
+            while len(self._results) > self.LIMIT:
+                self._results.popitem(last=False)
+
+
+_ONCE = _Once()
+
+
+def _canonical(args: Mapping[str, Any]) -> str:
+    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

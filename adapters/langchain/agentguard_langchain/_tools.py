@@ -12,22 +12,33 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, NamedTuple, Self, SupportsIndex
 
-from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForToolRun,
+    CallbackManagerForToolRun,
+    Callbacks,
+)
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool, StructuredTool
-from langchain_core.tools.base import ArgsSchema
+from langchain_core.tools import BaseTool, InjectedToolCallId, StructuredTool
+from langchain_core.tools.base import (
+    ArgsSchema,
+    _get_runnable_config_param,
+    _is_injected_arg_type,
+    get_all_basemodel_annotations,
+)
 from langchain_core.utils.pydantic import TypeBaseModel, get_fields
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import ConfigDict, PrivateAttr, ValidationError
 from pydantic.v1 import ValidationError as ValidationErrorV1
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from agentguard import AgentGuardError, Delegation, DeniedError, Identity
-from agentguard_langchain._gate import ApprovalMode, GuardAPI, ToolGate
+from agentguard.argschema import ArgumentSchemaError, check_arguments
+from agentguard_langchain._gate import ApprovalMode, GuardAPI, Prepare, Prepared, ToolGate
 
-__all__ = ["AlreadyGuardedError", "GuardedTool", "guard_tools", "split_arguments"]
+__all__ = ["AlreadyGuardedError", "GuardedTool", "GuardedToolList", "guard_tools"]
 
 
 class AlreadyGuardedError(AgentGuardError, TypeError):
@@ -62,6 +73,8 @@ class GuardedTool(BaseTool):
     """The wrapped tool."""
 
     _gate: ToolGate = PrivateAttr()
+    _address: str = PrivateAttr()
+    _injected_keys: frozenset[str] = PrivateAttr()
 
     def __init__(
         self,
@@ -102,13 +115,20 @@ class GuardedTool(BaseTool):
             extras=inner.extras,
         )
         self._gate = gate
+        # Fixed now: renaming the wrapper later changes what a model calls it, not
+        # which address the guard decides on.
+        self._address = gate.address(inner.name)
+        self._injected_keys = frozenset(_injected_keys(inner))
 
     # -- what LangChain and LangGraph inspect -------------------------------------
 
     @property
     def address(self) -> str:
-        """The tool address used by delegations and policy: ``namespace/name``."""
-        return self._gate.address(self.name)
+        """The tool address used by delegations and policy: ``namespace/name``.
+
+        Fixed when the tool is wrapped; renaming the wrapper does not change it.
+        """
+        return self._address
 
     @property
     def gate(self) -> ToolGate:
@@ -183,34 +203,12 @@ class GuardedTool(BaseTool):
         )
 
     # -- running ----------------------------------------------------------------------
-
-    def _run(self, *args: Any, **kwargs: Any) -> Any:
-        # Never reached: run/arun below never call _run. Kept because BaseTool requires it.
-        raise NotImplementedError("GuardedTool runs through run()/arun()")
-
-    def _split(
-        self, tool_input: str | dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-        string_key: str | None = None
-        if isinstance(tool_input, str):
-            if isinstance(self.inner.args_schema, dict):
-                raise ValueError(
-                    "String tool inputs are not allowed when using tools with JSON schema "
-                    "args_schema."
-                )
-            string_key = next(iter(self.inner.args), "input")
-            tool_input = {string_key: tool_input}
-        checked, injected = split_arguments(self.inner, tool_input)
-        return checked, injected, string_key
-
-    def _normalizer(
-        self, injected: dict[str, Any]
-    ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-        def normalize(args: Mapping[str, Any]) -> dict[str, Any]:
-            checked, _ = split_arguments(self.inner, {**injected, **args})
-            return checked
-
-        return normalize
+    #
+    # BaseTool.run/arun on this wrapper do LangChain's work once: callbacks, parsing
+    # with the wrapped tool's own _to_args_and_kwargs (its full schema: validators,
+    # aliases, model_config), error handling and ToolMessage formatting. _run/_arun
+    # then receive exactly the values the wrapped tool's function would receive; the
+    # guard decides on those, and the wrapped tool's _run/_arun runs with them.
 
     def run(
         self,
@@ -220,18 +218,16 @@ class GuardedTool(BaseTool):
         color: str | None = "green",
         callbacks: Callbacks = None,
         *,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        run_name: str | None = None,
-        run_id: Any = None,
-        config: RunnableConfig | None = None,
         tool_call_id: str | None = None,
+        injected: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Check the call with the guard, then run the wrapped tool.
+        """Validate the call with the tool's schema, decide it with the guard, run it.
 
-        A refusal by the guard is returned (as an error ``ToolMessage`` when
-        there is a ``tool_call_id``), not raised.
+        ``injected`` holds the application's values for injected parameters
+        (``InjectedToolArg``); a tool call's own arguments may not carry them,
+        since a model wrote those. A refusal by the guard is returned (as an
+        error ``ToolMessage`` when there is a ``tool_call_id``), not raised.
 
         Raises:
             ValidationError: the arguments do not fit the tool's schema (as the
@@ -244,58 +240,14 @@ class GuardedTool(BaseTool):
         if isinstance(inner, StructuredTool) and inner.func is None:
             # Fail like the wrapped tool would, before anything is decided or audited.
             raise NotImplementedError("StructuredTool does not support sync invocation.")
+        merged, refused = self._merge(tool_input, tool_call_id, injected, kwargs.get("config"))
+        context = _CALL.set(_Call(tool_call_id, refused))
         try:
-            checked, injected, string_key = self._split(tool_input)
-        except (ValidationError, ValidationErrorV1) as exc:
-            if not inner.handle_validation_error:
-                raise
-            return _validation_output(exc, inner, tool_call_id)
-        except DeniedError as exc:
-            # Arguments that are not JSON values: refused like any other call,
-            # returned to the model rather than raised into the graph.
-            return self._refusal(exc, tool_call_id)
-
-        def execute(**effective: Any) -> Any:
-            payload = _payload(effective, injected, string_key)
-            return inner.run(
-                payload,
-                verbose,
-                start_color,
-                color,
-                callbacks,
-                tags=tags,
-                metadata=metadata,
-                run_name=run_name,
-                run_id=run_id,
-                config=config,
-                tool_call_id=tool_call_id,
-                **kwargs,
+            return super().run(
+                merged, verbose, start_color, color, callbacks, tool_call_id=tool_call_id, **kwargs
             )
-
-        try:
-            return self._gate.run(
-                self.name,
-                checked,
-                execute,
-                call_id=tool_call_id,
-                normalize=self._normalizer(injected),
-            )
-        except DeniedError as exc:
-            output = self._refusal(exc, tool_call_id)
-            manager = CallbackManager.configure(
-                callbacks, self.callbacks, self.verbose or bool(verbose), tags, self.tags,
-                metadata, self.metadata,
-            )  # fmt: skip
-            run = manager.on_tool_start(
-                {"name": self.name, "description": self.description},
-                str(checked),
-                run_id=run_id,
-                name=run_name,
-                inputs=checked,
-                tool_call_id=tool_call_id,
-            )
-            run.on_tool_end(output, name=self.name)
-            return output
+        finally:
+            _CALL.reset(context)
 
     async def arun(
         self,
@@ -305,110 +257,257 @@ class GuardedTool(BaseTool):
         color: str | None = "green",
         callbacks: Callbacks = None,
         *,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        run_name: str | None = None,
-        run_id: Any = None,
-        config: RunnableConfig | None = None,
         tool_call_id: str | None = None,
+        injected: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Async twin of :meth:`run`."""
+        merged, refused = self._merge(tool_input, tool_call_id, injected, kwargs.get("config"))
+        context = _CALL.set(_Call(tool_call_id, refused))
+        try:
+            return await super().arun(
+                merged, verbose, start_color, color, callbacks, tool_call_id=tool_call_id, **kwargs
+            )
+        finally:
+            _CALL.reset(context)
+
+    def _merge(
+        self,
+        tool_input: str | dict[str, Any],
+        tool_call_id: str | None,
+        injected: Mapping[str, Any] | None,
+        config: RunnableConfig | None,
+    ) -> tuple[str | dict[str, Any], DeniedError | None]:
+        """The input with the application's injected values, or why it is refused."""
+        if not isinstance(tool_input, dict):
+            return tool_input, None
+        refused: DeniedError | None = None
+        if tool_call_id is not None:
+            # A tool call's arguments come from a model: only values LangGraph's
+            # ToolNode fills in itself may sit under injected parameter names.
+            smuggled = sorted(
+                set(tool_input) & (self._injected_keys - _graph_filled(self.inner, config))
+            )
+            if smuggled:
+                refused = _InjectedArgumentError(
+                    "the tool call carries values for injected parameters: "
+                    + ", ".join(repr(k)[:80] for k in smuggled[:5])
+                )
+        extra = dict(injected or {})
+        unknown = sorted(set(extra) - self._injected_keys)
+        if unknown:
+            raise ValueError(f"not injected parameters of {self.name!r}: {unknown}")
+        return {**tool_input, **extra}, refused
+
+    def _to_args_and_kwargs(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # Exactly the wrapped tool's parsing: its schema, its overrides.
+        return self.inner._to_args_and_kwargs(tool_input, tool_call_id)
+
+    def _run(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: CallbackManagerForToolRun | None = None,
+        **values: Any,
+    ) -> Any:
+        call = _CALL.get() or _NO_CALL
         inner = self.inner
+        extras = _extras(inner._run, config, run_manager)
         try:
-            checked, injected, string_key = self._split(tool_input)
-        except (ValidationError, ValidationErrorV1) as exc:
-            if not inner.handle_validation_error:
-                raise
-            return _validation_output(exc, inner, tool_call_id)
-        except DeniedError as exc:
-            # Arguments that are not JSON values: refused like any other call,
-            # returned to the model rather than raised into the graph.
-            return self._refusal(exc, tool_call_id)
-
-        async def execute(**effective: Any) -> Any:
-            payload = _payload(effective, injected, string_key)
-            return await inner.arun(
-                payload,
-                verbose,
-                start_color,
-                color,
-                callbacks,
-                tags=tags,
-                metadata=metadata,
-                run_name=run_name,
-                run_id=run_id,
-                config=config,
-                tool_call_id=tool_call_id,
-                **kwargs,
+            prepared = self._prepare(args, values, call, lambda a, v: inner._run(*a, **v, **extras))
+            return self._gate.run(
+                self._address,
+                prepared,
+                self._preparer(values, call, lambda a, v: inner._run(*a, **v, **extras)),
+                call_id=call.tool_call_id,
+                step=_step(config),
             )
+        except DeniedError as exc:
+            return self._refused(exc, call)
 
+    async def _arun(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+        **values: Any,
+    ) -> Any:
+        call = _CALL.get() or _NO_CALL
+        inner = self.inner
+        extras = _extras(inner._arun, config, run_manager)
         try:
+            prepared = self._prepare(
+                args, values, call, lambda a, v: inner._arun(*a, **v, **extras)
+            )
             return await self._gate.arun(
-                self.name,
-                checked,
-                execute,
-                call_id=tool_call_id,
-                normalize=self._normalizer(injected),
+                self._address,
+                prepared,
+                self._preparer(values, call, lambda a, v: inner._arun(*a, **v, **extras)),
+                call_id=call.tool_call_id,
+                step=_step(config),
             )
         except DeniedError as exc:
-            output = self._refusal(exc, tool_call_id)
-            manager = AsyncCallbackManager.configure(
-                callbacks, self.callbacks, self.verbose or bool(verbose), tags, self.tags,
-                metadata, self.metadata,
-            )  # fmt: skip
-            run = await manager.on_tool_start(
-                {"name": self.name, "description": self.description},
-                str(checked),
-                run_id=run_id,
-                name=run_name,
-                inputs=checked,
-                tool_call_id=tool_call_id,
-            )
-            await run.on_tool_end(output, name=self.name)
-            return output
+            return self._refused(exc, call)
 
-    def _refusal(self, exc: DeniedError, tool_call_id: str | None) -> Any:
+    def _prepare(
+        self,
+        args: tuple[Any, ...],
+        values: dict[str, Any],
+        call: _Call,
+        runner: Callable[[tuple[Any, ...], dict[str, Any]], Any],
+    ) -> Prepared:
+        """The decided view of validated ``args``/``values``, and a runner of exactly them."""
+        if call.refused is not None:
+            raise call.refused
+        inner = self.inner
+        if args:
+            # A string input, passed positionally as the wrapped tool would get it.
+            key = next(iter(inner.args), "input")
+            decided = _jsonable({key: args[0]})
+        else:
+            decided = _jsonable({k: v for k, v in values.items() if k not in self._injected_keys})
+            schema = inner.args_schema
+            if isinstance(schema, dict):
+                # A JSON-schema tool (MCP-derived, say) validates nothing itself.
+                try:
+                    check_arguments(schema, decided)
+                except ArgumentSchemaError as exc:
+                    raise _InvalidArgumentsError(str(exc)) from None
+        return Prepared(decided, functools.partial(runner, args, values))
+
+    def _preparer(
+        self,
+        values: dict[str, Any],
+        call: _Call,
+        runner: Callable[[tuple[Any, ...], dict[str, Any]], Any],
+    ) -> Prepare:
+        """Prepares a reviewer's edit: parsed by the tool's schema like the model's call."""
+        injected = {k: v for k, v in values.items() if k in self._injected_keys}
+
+        def prepare(edited: Mapping[str, Any]) -> Prepared:
+            smuggled = set(edited) & self._injected_keys
+            if smuggled:
+                raise _InjectedArgumentError("the edit carries values for injected parameters")
+            try:
+                args, parsed = self._to_args_and_kwargs({**edited, **injected}, call.tool_call_id)
+            except (ValidationError, ValidationErrorV1, ValueError) as exc:
+                raise _InvalidArgumentsError(
+                    f"the edited arguments do not fit the tool's schema ({type(exc).__name__})"
+                ) from None
+            return self._prepare(args, parsed, call, runner)
+
+        return prepare
+
+    def _refused(self, exc: DeniedError, call: _Call) -> Any:
         # Only the safe text: reason code and decision id, never tokens or argument values.
-        content = exc.short
-        if tool_call_id is None:
-            return content
-        return ToolMessage(content, tool_call_id=tool_call_id, name=self.name, status="error")
+        content: Any = exc.short
+        if call.tool_call_id is not None:
+            content = ToolMessage(
+                content, tool_call_id=call.tool_call_id, name=self.name, status="error"
+            )
+        if self.response_format == "content_and_artifact":
+            return content, None
+        return content
 
 
-def split_arguments(
-    tool: BaseTool, tool_input: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model arguments to check, injected values to pass through) of one call.
+class _Call(NamedTuple):
+    """What run()/arun() learnt that _run/_arun do not receive."""
 
-    The checked arguments are those of the tool's model-facing schema, validated
-    and with defaults filled in, as JSON values: a predicate sees exactly what
-    the tool will run with. Injected arguments (``InjectedState``,
-    ``InjectedToolCallId``, ``ToolRuntime``...) are never checked or digested.
+    tool_call_id: str | None
+    refused: DeniedError | None
 
-    Raises:
-        ValidationError: the arguments do not fit the tool's schema.
-        DeniedError: they are not JSON values (reason ``unsupported_arguments``).
-    """
+
+_CALL: ContextVar[_Call | None] = ContextVar("agentguard_langchain_call", default=None)
+_NO_CALL = _Call(None, None)
+
+
+class _InjectedArgumentError(DeniedError):
+    default_reason = "injected_argument"
+
+    @property
+    def short(self) -> str:
+        return (
+            "denied by agentguard (injected_argument: the call sets a parameter "
+            "that only the application may set)"
+        )
+
+
+class _InvalidArgumentsError(DeniedError):
+    default_reason = "invalid_arguments"
+
+    @property
+    def short(self) -> str:
+        return (
+            "denied by agentguard (invalid_arguments: the arguments do not fit the tool's schema)"
+        )
+
+
+def _injected_keys(tool: BaseTool) -> set[str]:
+    """Parameters of ``tool`` a model does not see: injected, or outside its model schema."""
+    keys = set(tool._injected_args_keys)
     schema = tool.tool_call_schema
-    if isinstance(schema, dict):
-        # JSON-schema tools (e.g. MCP-derived): no injection, validated by the server.
-        return _jsonable(dict(tool_input)), {}
-    visible = set(get_fields(schema))
-    given = {k: v for k, v in tool_input.items() if k in visible}
-    if issubclass(schema, BaseModel):
-        try:
-            checked = schema.model_validate(given).model_dump(mode="json")
-        except PydanticSerializationError as exc:
-            raise _ArgumentsError("the tool arguments are not JSON-serialisable") from exc
-    else:  # a pydantic.v1 model
-        checked = _jsonable(schema.parse_obj(given).dict())
-    # Synthetic fields pydantic makes for *args/**kwargs are not arguments unless given.
-    checked = {k: v for k, v in checked.items() if k in given or k not in ("args", "kwargs")}
-    full = set(get_fields(tool.get_input_schema()))
-    injected_keys = (full - visible) | set(tool._injected_args_keys)
-    injected = {k: v for k, v in tool_input.items() if k in injected_keys}
-    return checked, injected
+    if not isinstance(schema, dict):
+        full = set(get_fields(tool.get_input_schema()))
+        keys |= full - set(get_fields(schema))
+    return keys
+
+
+def _graph_filled(tool: BaseTool, config: RunnableConfig | None) -> set[str]:
+    """Injected parameters LangGraph's ToolNode overwrites, when running inside a graph.
+
+    ToolNode puts state, store and runtime into the call itself, replacing any
+    value the model gave; the tool call id is filled in by LangChain's parsing.
+    Outside a graph nothing overwrites them, so nothing is exempt but the id.
+    """
+    filled = set(_tool_call_id_keys(tool))
+    configurable = (config or {}).get("configurable") or {}
+    if not any(str(k).startswith("__pregel_") for k in configurable):
+        return filled
+    try:
+        from langgraph.prebuilt.tool_node import _get_all_injected_args
+    except ImportError:  # pragma: no cover - no langgraph, no ToolNode
+        return filled
+    found = _get_all_injected_args(tool)
+    filled |= set(found.state)
+    filled |= {k for k in (found.store, found.runtime) if k}
+    return filled
+
+
+def _tool_call_id_keys(tool: BaseTool) -> set[str]:
+    schema = tool.args_schema
+    if schema is None or isinstance(schema, dict):
+        return set()
+    return {
+        k
+        for k, v in get_all_basemodel_annotations(schema).items()
+        if _is_injected_arg_type(v, injected_type=InjectedToolCallId)
+    }
+
+
+def _extras(
+    method: Callable[..., Any],
+    config: RunnableConfig,
+    run_manager: CallbackManagerForToolRun | AsyncCallbackManagerForToolRun | None,
+) -> dict[str, Any]:
+    """The keyword arguments LangChain would add when calling ``method`` itself."""
+    extras: dict[str, Any] = {}
+    if "run_manager" in inspect.signature(method).parameters:
+        extras["run_manager"] = run_manager
+    if name := _get_runnable_config_param(method):
+        extras[name] = config
+    return extras
+
+
+def _step(config: RunnableConfig | None) -> str | None:
+    """The LangGraph task a call runs in (stable when the task re-runs on resume)."""
+    configurable = (config or {}).get("configurable") or {}
+    step = configurable.get("checkpoint_ns")
+    thread = configurable.get("thread_id")
+    if not step or not any(str(k).startswith("__pregel_") for k in configurable):
+        return None
+    return f"{thread}|{step}"
 
 
 def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
@@ -420,30 +519,54 @@ def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _payload(
-    effective: dict[str, Any], injected: dict[str, Any], string_key: str | None
-) -> str | dict[str, Any]:
-    if string_key is not None and set(effective) == {string_key} and not injected:
-        value = effective[string_key]
-        if isinstance(value, str):
-            return value
-    return {**injected, **effective}
+class GuardedToolList(list[BaseTool]):
+    """The list :func:`guard_tools` returns: joining lists refuses a repeated tool name.
 
+    LangChain keeps only the last of two tools with one name, so a tool guarded
+    for one delegation could silently stand in for another. ``+``, ``+=``,
+    ``append``, ``extend`` and ``insert`` raise ``ValueError`` on a repeated name.
+    (Unpacking into a plain list, ``[*a, *b]``, is not checked.)
+    """
 
-def _validation_output(
-    exc: ValidationError | ValidationErrorV1, inner: BaseTool, tool_call_id: str | None
-) -> Any:
-    # Same content as BaseTool.run's handling of handle_validation_error.
-    flag = inner.handle_validation_error
-    if isinstance(flag, str):
-        content = flag
-    elif callable(flag):
-        content = flag(exc)
-    else:
-        content = "Tool input validation error"
-    if tool_call_id is None:
-        return content
-    return ToolMessage(content, tool_call_id=tool_call_id, name=inner.name, status="error")
+    def __init__(self, tools: Iterable[BaseTool] = ()) -> None:
+        super().__init__()
+        self.extend(tools)
+
+    def _check(self, tools: Iterable[BaseTool]) -> list[BaseTool]:
+        incoming = list(tools)
+        seen = {t.name for t in self}
+        for tool in incoming:
+            if tool.name in seen:
+                raise ValueError(
+                    f"two tools are named {tool.name!r}; tool names must be unique "
+                    "(LangChain would keep only the last one)"
+                )
+            seen.add(tool.name)
+        return incoming
+
+    def append(self, tool: BaseTool) -> None:
+        super().extend(self._check([tool]))
+
+    def extend(self, tools: Iterable[BaseTool]) -> None:
+        super().extend(self._check(tools))
+
+    def insert(self, index: SupportsIndex, tool: BaseTool) -> None:
+        self._check([tool])
+        super().insert(index, tool)
+
+    def __iadd__(self, tools: Iterable[BaseTool]) -> Self:  # type: ignore[override]
+        self.extend(tools)
+        return self
+
+    def __add__(self, tools: list[BaseTool]) -> GuardedToolList:  # type: ignore[override]
+        joined = GuardedToolList(self)
+        joined.extend(tools)
+        return joined
+
+    def __radd__(self, tools: list[BaseTool]) -> GuardedToolList:
+        joined = GuardedToolList(tools)
+        joined.extend(self)
+        return joined
 
 
 def guard_tools(
@@ -454,7 +577,7 @@ def guard_tools(
     holder: Identity,
     namespace: str,
     approval: ApprovalMode = "block",
-) -> list[BaseTool]:
+) -> GuardedToolList:
     """Wrap every tool so each call is verified, decided, (approved,) audited.
 
     ``tools`` may hold ``BaseTool`` objects or plain functions (made tools with
@@ -469,13 +592,9 @@ def guard_tools(
     """
     from langchain_core.tools import tool as make_tool
 
-    wrapped: list[BaseTool] = []
-    seen: set[str] = set()
+    wrapped = GuardedToolList()
     for item in tools:
         base = item if isinstance(item, BaseTool) else make_tool(item)
-        if base.name in seen:
-            raise ValueError(f"two tools are named {base.name!r}; tool names must be unique")
-        seen.add(base.name)
         wrapped.append(
             GuardedTool(
                 inner=base,

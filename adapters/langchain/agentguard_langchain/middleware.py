@@ -1,36 +1,55 @@
 """``GuardMiddleware``: the agentguard gate as a ``langchain.agents`` middleware.
 
-Needs the ``agents`` extra (``langchain`` and ``langgraph``). Tools that are
-already :class:`~agentguard_langchain.GuardedTool` gate themselves and pass
-through untouched, so a call is never gated twice.
+Needs the ``agents`` extra (``langchain`` and ``langgraph``). The middleware
+does not decide on the call it is handed: it hands on the request with every
+tool swapped for a :class:`~agentguard_langchain.GuardedTool`, so the decision
+is made where the tool runs, on the arguments as the tool's own schema parsed
+them, after every other middleware's edits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import dataclasses
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ToolCallRequest
 from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool
 from langgraph.types import Command
-from pydantic import ValidationError
 
 from agentguard import Delegation, DeniedError, Identity
-from agentguard_langchain._gate import ApprovalMode, GuardAPI, Normalizer, ToolGate
-from agentguard_langchain._tools import GuardedTool, split_arguments
+from agentguard_langchain._gate import ApprovalMode, GuardAPI, ToolGate
+from agentguard_langchain._tools import GuardedTool
 
 __all__ = ["GuardMiddleware"]
 
 _Result = ToolMessage | Command[Any]
 
 
+class _UnknownTool(DeniedError):
+    default_reason = "unknown_tool"
+
+    @property
+    def short(self) -> str:
+        return (
+            "denied by agentguard (unknown_tool: no registered tool has this name; a tool "
+            "supplied at run time must be supplied by a middleware listed before GuardMiddleware)"
+        )
+
+
 class GuardMiddleware(AgentMiddleware):
     """Gate every tool call of a ``create_agent`` agent through an agentguard guard.
 
-    ``approval="interrupt"`` maps step-up onto LangGraph interrupts (the agent
-    needs a checkpointer and a ``thread_id``); the resume value is read, but
-    only the guard's stored, signed approval lets the call run. A refusal is
-    returned as an error ``ToolMessage`` the model can read.
+    Every tool that runs under this middleware runs as a
+    :class:`~agentguard_langchain.GuardedTool` for ``holder``: the guard decides on
+    the call the tool actually receives. Middleware listed *after* this one
+    (inner) may edit the call (LangChain's ``HumanInTheLoopMiddleware``, say) and
+    the edited call is what is decided; a tool such a middleware supplies itself
+    is not known here and the call is refused, so list runtime-tool middleware
+    *before* this one. ``approval="interrupt"`` maps step-up onto LangGraph
+    interrupts (the agent needs a checkpointer and a ``thread_id``).
     """
 
     def __init__(
@@ -50,89 +69,82 @@ class GuardMiddleware(AgentMiddleware):
         """
         super().__init__()
         self.gate = ToolGate(guard, delegation, holder, namespace, approval)
+        self._guarded: dict[int, tuple[BaseTool, GuardedTool]] = {}
+        self._lock = threading.Lock()
 
-    def _prepare(
-        self, request: ToolCallRequest
-    ) -> tuple[dict[str, Any], Callable[..., ToolCallRequest], Normalizer] | None:
-        """(checked arguments, request builder, normaliser), or ``None`` to pass through."""
-        tool = request.tool
-        if tool is None or isinstance(tool, GuardedTool):
-            # Unknown tools fail in ToolNode's validation; guarded tools gate themselves.
-            return None
-        args = dict(request.tool_call["args"])
-        checked, _ = split_arguments(tool, args)
+    def guarded(self, tool: BaseTool) -> GuardedTool:
+        """``tool`` as it runs under this middleware (made once per tool object).
 
-        def rebuild(**effective: Any) -> ToolCallRequest:
-            # The tool runs with exactly the arguments the guard checked (or the approved edit).
-            return request.override(tool_call={**request.tool_call, "args": effective})
+        A tool already guarded for another delegation (a parent agent's, say)
+        is rebound to this middleware's delegation, keeping its address: the
+        agent running here acts under this delegation.
+        """
+        with self._lock:
+            known = self._guarded.get(id(tool))
+            if known is not None and known[0] is tool:
+                return known[1]
+            if isinstance(tool, GuardedTool):
+                if tool.gate.same_authority(self.gate):
+                    made = tool
+                else:
+                    made = tool.rebind(
+                        delegation=self.gate.delegation,
+                        holder=self.gate.holder,
+                        namespace=tool.address.split("/", 1)[0],
+                        approval=self.gate.approval,
+                    )
+            else:
+                made = GuardedTool(
+                    inner=tool,
+                    guard=self.gate.guard,
+                    delegation=self.gate.delegation,
+                    holder=self.gate.holder,
+                    namespace=self.gate.namespace,
+                    approval=self.gate.approval,
+                )
+            self._guarded[id(tool)] = (tool, made)
+            return made
 
-        def normalize(edited: Mapping[str, Any]) -> dict[str, Any]:
-            return split_arguments(tool, edited)[0]
-
-        return checked, rebuild, normalize
+    def _guard_request(self, request: ToolCallRequest) -> ToolCallRequest:
+        if request.tool is None:
+            raise _UnknownTool("no registered tool is named in this call")
+        overrides: dict[str, Any] = {"tool": self.guarded(request.tool)}
+        runtime = request.runtime
+        tools = getattr(runtime, "tools", None)
+        if dataclasses.is_dataclass(runtime) and isinstance(tools, list):
+            # A middleware inside this one that redirects the call to another tool
+            # (a reviewer's edit, say) takes it from here: give it guarded tools.
+            guarded: list[BaseTool] = [self.guarded(t) for t in tools]
+            overrides["runtime"] = dataclasses.replace(runtime, tools=guarded)
+        return request.override(**overrides)
 
     def wrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], _Result],
     ) -> _Result:
-        """Run the tool call through ``guard.call``; refusals become error messages."""
+        """Hand the call on with guarded tools; an unknown tool is refused."""
         try:
-            prepared = self._prepare(request)
-        except ValidationError:
-            # The tool cannot run with these arguments; ToolNode reports why.
-            return handler(request)
+            guarded = self._guard_request(request)
         except DeniedError as exc:
             return _refusal(request, exc)
-        if prepared is None:
-            return handler(request)
-        checked, rebuild, normalize = prepared
-        try:
-            result: _Result = self.gate.run(
-                request.tool_call["name"],
-                checked,
-                lambda **effective: handler(rebuild(**effective)),
-                call_id=request.tool_call["id"],
-                normalize=normalize,
-            )
-        except DeniedError as exc:
-            return _refusal(request, exc)
-        return result
+        return handler(guarded)
 
     async def awrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[_Result]],
     ) -> _Result:
-        """Async twin of :meth:`wrap_tool_call`, through ``guard.acall``."""
+        """Async twin of :meth:`wrap_tool_call`."""
         try:
-            prepared = self._prepare(request)
-        except ValidationError:
-            return await handler(request)
+            guarded = self._guard_request(request)
         except DeniedError as exc:
             return _refusal(request, exc)
-        if prepared is None:
-            return await handler(request)
-        checked, rebuild, normalize = prepared
-
-        async def execute(**effective: Any) -> _Result:
-            return await handler(rebuild(**effective))
-
-        try:
-            result: _Result = await self.gate.arun(
-                request.tool_call["name"],
-                checked,
-                execute,
-                call_id=request.tool_call["id"],
-                normalize=normalize,
-            )
-        except DeniedError as exc:
-            return _refusal(request, exc)
-        return result
+        return await handler(guarded)
 
 
 def _refusal(request: ToolCallRequest, exc: DeniedError) -> ToolMessage:
-    # Only the safe text: reason code and decision id, never tokens or argument values.
+    # Only the safe text: reason code, never tokens or argument values.
     return ToolMessage(
         exc.short,
         tool_call_id=request.tool_call["id"] or "",
