@@ -151,7 +151,11 @@ def parse_resume(value: object) -> Resume:
 
 
 def approval_payload(request: ApprovalRequest, pending: ApprovalPending) -> dict[str, Any]:
-    """What the interrupt shows a reviewer: no token, arguments redacted."""
+    """What the interrupt shows a reviewer: no token, arguments redacted.
+
+    The same facts every approval channel shows: the call, each link's stated
+    purpose and sponsor with who asserted it, and who may not answer.
+    """
     return {
         "type": INTERRUPT_KIND,
         "request_id": request.id,
@@ -164,7 +168,11 @@ def approval_payload(request: ApprovalRequest, pending: ApprovalPending) -> dict
         "rules": list(request.rules),
         "min_assurance": request.min_assurance,
         "deadline": request.deadline,
+        "links": [link.to_json() for link in request.links or ()],
+        "excluded_approvers": list(request.excluded),
         "description": request.describe(),
+        # The full form of whatever the description folds (long values, long claims).
+        "unfolded": request.unfolded(),
         "how_to_answer": (
             f"approve or deny it in the queue (agentguard approvals approve {request.id}), "
             'then resume with {"type": "approve"}, {"type": "reject", "message": "..."} '

@@ -181,6 +181,15 @@ def test_interrupt_then_approve_in_the_queue(
     assert value["path"] == ["org:acme", "agent:bot"]
     assert "approval" in value["rules"][0]
     assert value["args"]["target"] == "cache"
+    (link,) = value["links"]  # what each link claims, and who asserted it
+    assert (link["issuer"], link["subject"], link["on_behalf_of"], link["purpose"]) == (
+        "org:acme",
+        "agent:bot",
+        "user:alice",
+        "customer support",
+    )
+    assert "agent:bot" in value["excluded_approvers"]
+    assert value["unfolded"] == ""  # nothing long enough to fold
     assert canary not in repr(value)  # redacted by the guard's policy
     assert RAN == []
 
