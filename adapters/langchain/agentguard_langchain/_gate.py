@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from agentguard import AgentGuardError, ApprovalPending, Delegation, DeniedError, Identity
 from agentguard.approval import call_digest
@@ -272,7 +272,7 @@ class ToolGate:
         prepare: Prepare,
         *,
         call_id: str | None,
-        step: str | None = None,
+        step: _Step | None = None,
     ) -> Any:
         """Run ``prepared`` through ``guard.call`` if the guard allows exactly its arguments.
 
@@ -284,7 +284,7 @@ class ToolGate:
                 :class:`agentguard.ApprovalPending` when no approval is recorded).
             GraphInterrupt: interrupt mode, first pass: the run pauses for a human.
         """
-        once = _Once.key(step, call_id, address)
+        once = _Once.key(step, call_id, address, self)
         try:
             for _ in range(MAX_REVIEW_ROUNDS):
                 replay = _ONCE.replay(once, prepared.args)
@@ -308,10 +308,10 @@ class ToolGate:
         prepare: Prepare,
         *,
         call_id: str | None,
-        step: str | None = None,
+        step: _Step | None = None,
     ) -> Any:
         """Async twin of :meth:`run`, through ``guard.acall`` (``prepared.run`` may be async)."""
-        once = _Once.key(step, call_id, address)
+        once = _Once.key(step, call_id, address, self)
         try:
             for _ in range(MAX_REVIEW_ROUNDS):
                 replay = _ONCE.replay(once, prepared.args)
@@ -333,7 +333,7 @@ class ToolGate:
         prepared: Prepared,
         prepare: Prepare,
         call_id: str | None,
-        once: str | None,
+        once: _OnceKey | None,
     ) -> Any:
         def execute(**decided: Any) -> Any:
             chosen = self._claim(prepared, prepare, decided, once)
@@ -351,7 +351,7 @@ class ToolGate:
         prepared: Prepared,
         prepare: Prepare,
         call_id: str | None,
-        once: str | None,
+        once: _OnceKey | None,
     ) -> Any:
         async def execute(**decided: Any) -> Any:
             chosen = self._claim(prepared, prepare, decided, once)
@@ -366,7 +366,11 @@ class ToolGate:
         )
 
     def _claim(
-        self, prepared: Prepared, prepare: Prepare, decided: Mapping[str, Any], once: str | None
+        self,
+        prepared: Prepared,
+        prepare: Prepare,
+        decided: Mapping[str, Any],
+        once: _OnceKey | None,
     ) -> Prepared:
         """What runs: the decided call, parsed by the tool's schema, run at most once per step.
 
@@ -381,9 +385,9 @@ class ToolGate:
                 raise _Mismatch(
                     "the tool's schema changes the approved arguments; they are not run"
                 )
-        if once is not None:
+        if once is not None and once.durable:
             now = self.guard.clock.now()
-            if not self.guard.store.consume(f"langgraph-ran:{once}", now + _ONCE_TTL, now=now):
+            if not self.guard.store.consume(f"langgraph-ran:{once.key}", now + _ONCE_TTL, now=now):
                 raise AlreadyRan(
                     "this tool call already ran in an earlier attempt of the same graph step; "
                     "it is not run again"
@@ -439,6 +443,18 @@ _ONCE_TTL = 7 * 24 * 3600.0
 _NOTHING: Any = object()
 
 
+class _Step(NamedTuple):
+    """The LangGraph task a call runs in; ``durable`` when a checkpointer can resume it."""
+
+    name: str
+    durable: bool
+
+
+class _OnceKey(NamedTuple):
+    key: str
+    durable: bool
+
+
 class _Once:
     """Results of calls that ran inside a LangGraph step, by (step, call id, tool).
 
@@ -454,17 +470,20 @@ class _Once:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(step: str | None, call_id: str | None, address: str) -> str | None:
-        if not step or not call_id:
+    def key(
+        step: _Step | None, call_id: str | None, address: str, gate: ToolGate
+    ) -> _OnceKey | None:
+        if step is None or not call_id:
             return None
-        raw = json.dumps([step, call_id, address], separators=(",", ":"))
-        return hashlib.sha256(raw.encode()).hexdigest()
+        who = gate._parsed().leaf.link_id
+        raw = json.dumps([step.name, call_id, address, who], separators=(",", ":"))
+        return _OnceKey(hashlib.sha256(raw.encode()).hexdigest(), step.durable)
 
-    def replay(self, key: str | None, args: Mapping[str, Any]) -> Any:
-        if key is None:
+    def replay(self, once: _OnceKey | None, args: Mapping[str, Any]) -> Any:
+        if once is None:
             return _NOTHING
         with self._lock:
-            entry = self._results.get(key)
+            entry = self._results.get(once.key)
         if entry is None:
             return _NOTHING
         if entry[0] != _canonical(args):
@@ -473,12 +492,12 @@ class _Once:
             )
         return entry[1]
 
-    def remember(self, key: str | None, args: Mapping[str, Any], result: Any) -> None:
-        if key is None:
+    def remember(self, once: _OnceKey | None, args: Mapping[str, Any], result: Any) -> None:
+        if once is None:
             return
         with self._lock:
-            self._results[key] = (_canonical(args), result)
-            self._results.move_to_end(key)
+            self._results[once.key] = (_canonical(args), result)
+            self._results.move_to_end(once.key)
             while len(self._results) > self.LIMIT:
                 self._results.popitem(last=False)
 

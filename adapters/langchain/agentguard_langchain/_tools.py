@@ -36,7 +36,14 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from agentguard import AgentGuardError, Delegation, DeniedError, Identity
 from agentguard.argschema import ArgumentSchemaError, check_arguments
-from agentguard_langchain._gate import ApprovalMode, GuardAPI, Prepare, Prepared, ToolGate
+from agentguard_langchain._gate import (
+    ApprovalMode,
+    GuardAPI,
+    Prepare,
+    Prepared,
+    ToolGate,
+    _Step,
+)
 
 __all__ = ["AlreadyGuardedError", "GuardedTool", "GuardedToolList", "guard_tools"]
 
@@ -500,14 +507,15 @@ def _extras(
     return extras
 
 
-def _step(config: RunnableConfig | None) -> str | None:
-    """The LangGraph task a call runs in (stable when the task re-runs on resume)."""
+def _step(config: RunnableConfig | None) -> _Step | None:
+    """The LangGraph task a call runs in (stable when the task re-runs on resume or retry)."""
     configurable = (config or {}).get("configurable") or {}
     step = configurable.get("checkpoint_ns")
-    thread = configurable.get("thread_id")
     if not step or not any(str(k).startswith("__pregel_") for k in configurable):
         return None
-    return f"{thread}|{step}"
+    # Only a checkpointed graph can resume elsewhere: then the store must remember too.
+    durable = configurable.get("__pregel_checkpointer") is not None
+    return _Step(f"{configurable.get('thread_id')}|{step}", durable)
 
 
 def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
