@@ -33,6 +33,7 @@ from opentelemetry import context as otel_context
 from agentguard import _jws
 from agentguard.addresses import pattern_matches
 from agentguard.approval import accountable_claims, link_assertions
+from agentguard.argschema import ArgumentSchemaError, check_arguments
 from agentguard.delegation import Delegation
 from agentguard.errors import (
     AgentGuardError,
@@ -495,9 +496,10 @@ class GuardedProxy:
                     "denied by agentguard (invalid_arguments: nested too deeply)",
                     {"reason": "invalid_arguments"},
                 )
-            if params.request_state is not None:
+            conforms = self._check_schema(caller, exposed, args)
+            if params.request_state is not None and conforms:
                 return await self._resume(ctx, params, caller, exposed, args)
-            return await self._guarded_call(ctx, caller, exposed, args)
+            return await self._guarded_call(ctx, caller, exposed, args, forward_ok=conforms)
         except _Refusal as refusal:
             return _refusal(refusal.text, refusal.meta)
         except ApprovalPending as pending:
@@ -536,16 +538,58 @@ class GuardedProxy:
             )
         return exposed
 
+    def _check_schema(self, caller: Caller, exposed: ExposedTool, args: Mapping[str, Any]) -> bool:
+        """Whether ``args`` conform to the tool's ``inputSchema`` as they are.
+
+        The guard must decide on what the upstream will act on: an upstream that
+        coerces ``"5000"`` into ``5000`` or parses a JSON string into a list
+        would otherwise run a call the guard judged on other values. A caller
+        whose delegation reaches the tool gets ``invalid_arguments`` naming the
+        argument path and the problem, never a value. For any other caller the
+        answer is ``False`` and the guard refuses the call as before (and audits
+        it): the schema of a tool it cannot reach is none of its business.
+
+        Raises:
+            _Refusal: the arguments do not conform (or the schema cannot be
+                applied) and the caller's delegation reaches the tool.
+        """
+        try:
+            check_arguments(exposed.tool.input_schema, args)
+        except ArgumentSchemaError as exc:
+            problem = exc
+        else:
+            return True
+        try:
+            reachable, _ = self._reaches(self.verified_chain(caller.delegation), exposed.address)
+        except DeniedError:
+            reachable = False
+        if not reachable:
+            return False
+        raise _Refusal(
+            f"denied by agentguard (invalid_arguments: {problem})", {"reason": "invalid_arguments"}
+        )
+
     async def _guarded_call(
         self,
         ctx: ServerRequestContext[Any, Any],
         caller: Caller,
         exposed: ExposedTool,
         args: dict[str, Any],
+        *,
+        forward_ok: bool = True,
     ) -> types.CallToolResult:
         incoming = dict(ctx.meta or {})
 
         async def forward(**effective: Any) -> types.CallToolResult:
+            if not forward_ok:
+                # Unreachable: the guard refuses a caller whose delegation does not
+                # reach the tool. Should it ever allow one, nothing goes upstream.
+                logger.error(
+                    "refused to forward arguments that fail the schema of %s", exposed.address
+                )
+                return _refusal(
+                    "denied by agentguard (invalid_arguments)", {"reason": "invalid_arguments"}
+                )
             meta = self._upstream_meta(incoming, caller, exposed, effective)
             if exposed.upstream.spec.agentguard:
                 receipt = _forwardable_receipt(current_decision())

@@ -1,7 +1,10 @@
 """A small MCP server for the proxy tests (low-level ``Server``), run as its own process.
 
 Tools: ``read_note`` (annotated read-only), ``delete_note`` (annotated
-destructive) and ``write_note`` (no annotations). Every ``tools/call`` it
+destructive) and ``write_note`` (no annotations). Their schemas declare ``id``
+(and ``text``) and allow any further argument (``additionalProperties: true``),
+so tests can hand the guard whatever arguments they are about; strict schemas
+are tested against ``bank_server.py``. Every ``tools/call`` it
 receives is appended as one JSON line to ``--record FILE`` (name, arguments,
 ``_meta`` and, over HTTP, the request headers), so tests can assert what
 crossed the proxy. With ``--verify NAMESPACE`` it installs
@@ -48,13 +51,21 @@ TOOLS = [
     types.Tool(
         name="read_note",
         description="Read a note.",
-        input_schema={"type": "object", "properties": {"id": {"type": "string"}}},
+        input_schema={
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "additionalProperties": True,
+        },
         annotations=types.ToolAnnotations(read_only_hint=True, destructive_hint=False),
     ),
     types.Tool(
         name="delete_note",
         description="Delete a note.",
-        input_schema={"type": "object", "properties": {"id": {"type": "string"}}},
+        input_schema={
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "additionalProperties": True,
+        },
         annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True),
     ),
     types.Tool(
@@ -63,6 +74,7 @@ TOOLS = [
         input_schema={
             "type": "object",
             "properties": {"id": {"type": "string"}, "text": {"type": "string"}},
+            "additionalProperties": True,
         },
     ),
 ]

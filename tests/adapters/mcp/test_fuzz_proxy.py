@@ -81,7 +81,12 @@ class RecordingUpstream:
     """An in-process upstream that records the name, arguments and ``_meta`` of every call."""
 
     def __init__(self) -> None:
-        schema = {"type": "object", "properties": {"id": {"type": "string"}}}
+        # Any further argument is allowed: these calls carry whatever the test needs.
+        schema = {
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "additionalProperties": True,
+        }
         self.tools = [
             types.Tool(name=name, input_schema=schema, annotations=SAFE) for name in ADDRESSES
         ]

@@ -44,7 +44,12 @@ class CountingUpstream:
     """An in-process upstream that counts how often each call id reached it."""
 
     def __init__(self) -> None:
-        schema = {"type": "object", "properties": {"id": {"type": "string"}}}
+        # Any further argument is allowed: these calls carry whatever the test needs.
+        schema = {
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "additionalProperties": True,
+        }
         self.tools = [
             types.Tool(name=name, input_schema=schema, annotations=SAFE)
             for name in ("lookup", "update", "purge")
