@@ -80,13 +80,13 @@ def tool_traits(tool: types.Tool, *, trusted: bool) -> ToolTraits:
 
 
 def tool_fingerprint(tool: types.Tool) -> str:
-    """Digest of everything that defines what a tool does (rug-pull detection)."""
-    shape = tool.model_dump(
-        mode="json",
-        by_alias=True,
-        exclude_none=True,
-        include={"name", "description", "input_schema", "output_schema", "annotations"},
-    )
+    """Digest of a tool's whole definition (rug-pull detection).
+
+    Every field counts (name, title, description, input and output schemas,
+    annotations, execution, icons, and any field a later protocol adds) except
+    ``_meta``, which is the server's free-form side channel, not the definition.
+    """
+    shape = tool.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"meta"})
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
