@@ -1,7 +1,7 @@
 """Tool addresses (``namespace/tool``) and the glob patterns that select them.
 
-An address splits at the first ``/``: the namespace is an MCP server name or the
-name a user gives a toolkit; the tool part may itself contain ``/`` or ``.``.
+An address splits at the first ``/``: the namespace is the one an operator gives an MCP
+server or a toolkit; the tool part may itself contain ``/`` or ``.``.
 Patterns are case-sensitive globs where ``*`` matches any run of characters and
 ``?`` exactly one, except that a wildcard never crosses the first ``/``: in the
 namespace part it matches no ``/`` at all. ``tickets/*`` is every tool of the

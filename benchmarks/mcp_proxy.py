@@ -52,14 +52,15 @@ def _proxy_params(state: Path) -> StdioServerParameters:
     org, agent = keyring.create("org:bench"), keyring.create("agent:bench")
     policy = {"trusted_roots": [{"id": org.id, "key_file": "keys/org_bench.pub"}]}
     (state / "agentguard.yaml").write_text(yaml.safe_dump(policy))
-    delegation = Delegation.issue(org, agent.principal, ["mcp-time/get_current_time"], ttl="1h")
+    delegation = Delegation.issue(org, agent.principal, ["time/get_current_time"], ttl="1h")
     (state / "agent.delegation").write_text(delegation.serialize())
     return StdioServerParameters(
         command=sys.executable,
         args=[
             "-m", "agentguard_mcp", "proxy",
             "--delegation", str(state / "agent.delegation"), "--as", agent.id,
-            "--home", str(state), "--policy", str(state / "agentguard.yaml"), "--trusted",
+            "--home", str(state), "--policy", str(state / "agentguard.yaml"),
+            "--namespace", "time", "--trusted",
             "--", TIME_SERVER, "--local-timezone", "UTC",
         ],
     )  # fmt: skip

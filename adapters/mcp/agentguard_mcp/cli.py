@@ -1,21 +1,22 @@
 """``agentguard mcp ...``: the proxy's command line (added to the core CLI by entry point).
 
-    agentguard mcp proxy --delegation FILE --as ID [--namespace NAME] [--home DIR]
+    agentguard mcp proxy --delegation FILE --as ID --namespace NAME [--home DIR]
                          [--policy FILE] -- COMMAND [ARGS...]
     agentguard mcp proxy --config FILE [--home DIR] [--http HOST:PORT]
 
-Over stdio the standard output is the MCP channel: every message goes to
-standard error. Exit codes follow the core CLI: 1 error, 2 usage, 3 denied.
+The namespace of an upstream (the ``NAME`` in ``NAME/tool`` addresses) is the
+operator's: ``--namespace`` or a key under ``upstreams:`` in the configuration
+file, never the name a server reports about itself. Over stdio the standard
+output is the MCP channel: every message goes to standard error. Exit codes
+follow the core CLI: 1 error, 2 usage, 3 denied.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,7 +115,10 @@ def proxy_command(
     ] = None,
     namespace: Annotated[
         str | None,
-        typer.Option("--namespace", help="Namespace of the upstream (default: its server name)."),
+        typer.Option(
+            "--namespace",
+            help="Namespace of the upstream: delegations name its tools NAME/tool (required).",
+        ),
     ] = None,
     config_file: Annotated[
         Path | None, typer.Option("--config", help="YAML file listing several upstreams.")
@@ -156,24 +160,28 @@ def proxy_command(
             raise typer.BadParameter("give the upstream command after '--', or --config FILE")
         if http is None and (delegation is None or holder is None):
             raise typer.BadParameter("serving stdio needs --delegation FILE and --as ID")
-        ns = namespace
-        if ns is not None:
-            try:
-                validate_namespace(ns)
-            except AgentGuardError as exc:
-                raise typer.BadParameter(str(exc), param_hint="--namespace") from exc
+        if namespace is None:
+            # Never the upstream's self-reported name: a server calling itself
+            # "time" would get the authority delegations give to time/*.
+            raise typer.BadParameter(
+                "add --namespace NAME: the namespace delegations and policy use for this "
+                "upstream's tools (NAME/tool); it is not taken from the server's own name",
+                param_hint="--namespace",
+            )
+        try:
+            validate_namespace(namespace)
+        except AgentGuardError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--namespace") from exc
         specs: tuple[UpstreamSpec, ...] = (
             UpstreamSpec(
-                namespace=ns or "upstream",
+                namespace=namespace,
                 command=tuple(command),
                 trusted=trusted,
                 agentguard=aware,
             ),
         )
         config = ProxyConfig(upstreams=specs, policy=policy, elicitation_approver=approver)
-        infer_namespace = ns is None
     else:
-        infer_namespace = False
         delegation = delegation or (Path(config.delegation) if config.delegation else None)
         holder = holder or config.holder
     state = _home(home, config)
@@ -188,7 +196,6 @@ def proxy_command(
             delegation,
             holder,
             http,
-            infer_namespace,
         )
     except KeyboardInterrupt:
         code = 0
@@ -225,7 +232,6 @@ async def _run(
     delegation_file: Path | None,
     holder_id: str | None,
     http: str | None,
-    infer_namespace: bool,
 ) -> int:
     try:
         guard = build_guard(home, policy)
@@ -252,8 +258,6 @@ async def _run(
                 # The exception text may carry a URL with credentials: name the type only.
                 _say(f"cannot start or reach upstream {upstream.namespace!r}: {type(exc).__name__}")
                 return EXIT_ERROR
-        if infer_namespace and upstreams[0].server_name:
-            upstreams[0] = _renamed(upstreams[0])
         proxy = GuardedProxy(
             guard,
             upstreams,
@@ -293,16 +297,6 @@ async def _run(
                 on_ready=lambda: _say(f"listening on http://{host}:{port}/mcp"),
             )
     return 0
-
-
-def _renamed(upstream: Upstream) -> Upstream:
-    """Use the upstream's own server name as its namespace (made namespace-safe)."""
-    raw = upstream.server_name or "upstream"
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", raw).strip("-_")[:32] or "upstream"
-    name = re.sub(r"_{2,}", "_", name)
-    spec = replace(upstream.spec, namespace=validate_namespace(name))
-    upstream.spec = spec
-    return upstream
 
 
 def main() -> None:

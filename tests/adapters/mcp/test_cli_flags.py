@@ -1,12 +1,21 @@
-"""Flags of the proxy command that would be silently ignored are refused instead."""
+"""Flags of the proxy command: none is silently ignored, and the namespace is the operator's."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from agentguard_mcp import META_TOOL
 from agentguard_mcp.cli import app
+from mcp import Client
 from typer.testing import CliRunner
+
+from tests.adapters.mcp.mcp_support import HERE, Setup, proxy_params, records, text_of
+
+BANK_SERVER = str(HERE / "bank_server.py")
 
 
 @pytest.mark.parametrize(
@@ -51,3 +60,74 @@ def test_a_config_that_repeats_a_key_is_refused(tmp_path: Path, text: str) -> No
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="duplicate key"):
         load_config(path)
+
+
+def _run_proxy(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentguard_mcp", "proxy", "--home", str(setup.home), *args],
+        stdin=subprocess.DEVNULL,  # a proxy that did start serves stdio: EOF ends it
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_single_upstream_needs_a_namespace_from_the_operator(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Without --namespace the proxy refuses to start (exit 2) and says what to add.
+
+    The upstream calls itself ``time``: taking that as its namespace would give
+    it whatever delegations grant ``time/*``. Nothing is started.
+    """
+    record = tmp_path / "calls.jsonl"
+    delegation = setup.delegation_file(setup.delegation(["time/*"]))
+    done = _run_proxy(
+        setup,
+        "--delegation", str(delegation), "--as", setup.agent.id, "--policy", str(setup.policy_file),
+        "--", sys.executable, BANK_SERVER, "--record", str(record), "--name", "time",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "add --namespace NAME" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert records(record) == []
+
+
+def test_an_upstream_calling_itself_time_does_not_get_the_time_namespace(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A delegation for ``time/*`` reaches nothing behind ``--namespace notes``: exit 3."""
+    record = tmp_path / "calls.jsonl"
+    delegation = setup.delegation_file(setup.delegation(["time/*"]))
+    done = _run_proxy(
+        setup,
+        "--delegation", str(delegation), "--as", setup.agent.id, "--policy", str(setup.policy_file),
+        "--namespace", "notes",
+        "--", sys.executable, BANK_SERVER, "--record", str(record), "--name", "time",
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "reaches none of this proxy's namespaces (notes)" in done.stderr
+
+
+@pytest.mark.anyio
+async def test_the_namespace_is_the_operators_with_a_live_client(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Behind ``--namespace bank`` the self-styled ``time`` server's tools are ``bank/...``."""
+    record = tmp_path / "calls.jsonl"
+    delegation = setup.delegation_file(setup.delegation(["bank/read_files"]))
+    params = proxy_params(
+        [
+            "proxy", "--delegation", str(delegation), "--as", setup.agent.id,
+            "--home", str(setup.home), "--policy", str(setup.policy_file),
+            "--namespace", "bank", "--trusted",
+            "--", sys.executable, BANK_SERVER, "--record", str(record), "--name", "time",
+        ]
+    )  # fmt: skip
+    with anyio.fail_after(60):
+        async with Client(params, mode="legacy") as client:
+            listed = (await client.list_tools()).tools
+            assert [(t.meta or {})[META_TOOL] for t in listed] == ["bank/read_files"]
+            result = await client.call_tool("read_files", {"paths": ["/srv/a"]})
+            assert not result.is_error, text_of(result)

@@ -31,7 +31,7 @@ def receiver() -> Iterator[_Receiver]:
 
 async def test_proxy_exports_decision_spans_over_otlp(setup: Setup, receiver: _Receiver) -> None:
     """A decision made in the proxy process reaches the OTLP receiver, tagged mcp_proxy."""
-    delegation = setup.delegation([{"tool": "mcp-time/get_current_time"}])
+    delegation = setup.delegation([{"tool": "time/get_current_time"}])
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
@@ -48,6 +48,8 @@ async def test_proxy_exports_decision_spans_over_otlp(setup: Setup, receiver: _R
             str(setup.home),
             "--policy",
             str(setup.policy_file),
+            "--namespace",
+            "time",
             "--trusted",
             "--",
             TIME_SERVER,
@@ -79,6 +81,6 @@ async def test_proxy_exports_decision_spans_over_otlp(setup: Setup, receiver: _R
                     for attr in span.attributes:
                         if attr.key == "agentguard.enforcement.point":
                             points.add(attr.value.string_value)
-    assert "agentguard.authorize mcp-time/get_current_time" in names
+    assert "agentguard.authorize time/get_current_time" in names
     assert points == {"mcp_proxy"}
     assert services == {"agentguard-mcp"}

@@ -27,6 +27,8 @@ def _proxy(setup: Setup, scope: list[object], *extra: str) -> object:
             str(setup.home),
             "--policy",
             str(setup.policy_file),
+            "--namespace",
+            "time",
             *extra,
             "--",
             TIME_SERVER,
@@ -43,7 +45,7 @@ async def test_list_is_filtered_and_calls_are_gated(setup: Setup, mode: str) -> 
         setup,
         [
             {
-                "tool": "mcp-time/get_current_time",
+                "tool": "time/get_current_time",
                 "where": {"timezone": {"in": ["UTC", "Europe/Paris"]}},
             }
         ],
@@ -53,7 +55,7 @@ async def test_list_is_filtered_and_calls_are_gated(setup: Setup, mode: str) -> 
         async with Client(params, mode=mode) as client:  # type: ignore[arg-type]
             listed = (await client.list_tools()).tools
             assert [t.name for t in listed] == ["get_current_time"]
-            assert (listed[0].meta or {})[META_TOOL] == "mcp-time/get_current_time"
+            assert (listed[0].meta or {})[META_TOOL] == "time/get_current_time"
             assert META_APPROVAL not in (listed[0].meta or {})
 
             ok = await client.call_tool("get_current_time", {"timezone": "UTC"})
@@ -83,7 +85,7 @@ async def test_list_is_filtered_and_calls_are_gated(setup: Setup, mode: str) -> 
 
 async def test_untrusted_annotations_mean_step_up(setup: Setup) -> None:
     """Without --trusted every tool counts as destructive: listed as needing approval, pending."""
-    params = _proxy(setup, ["mcp-time/*"])
+    params = _proxy(setup, ["time/*"])
     with anyio.fail_after(30):
         async with Client(params, mode="legacy") as client:  # type: ignore[arg-type]
             listed = (await client.list_tools()).tools
@@ -97,7 +99,7 @@ async def test_untrusted_annotations_mean_step_up(setup: Setup) -> None:
 
 async def test_upstream_error_answer_is_audited_as_a_tool_error(setup: Setup) -> None:
     """An allowed call the upstream answers with isError is a tool_error completion."""
-    params = _proxy(setup, [{"tool": "mcp-time/get_current_time"}], "--trusted")
+    params = _proxy(setup, [{"tool": "time/get_current_time"}], "--trusted")
     with anyio.fail_after(30):
         async with Client(params, mode="legacy") as client:  # type: ignore[arg-type]
             result = await client.call_tool("get_current_time", {"timezone": "Not/AZone"})
