@@ -72,22 +72,34 @@ def _run_proxy(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_proxy_process_refuses_ambiguous_namespaces(setup: Setup, tmp_path: Path) -> None:
-    """The report's case with real processes: ``a_`` (tool b) and ``a`` (tool _b), exit 2.
+@pytest.mark.parametrize(
+    ("first", "first_tool", "second", "second_tool"),
+    [("a_", "b", "a", "_b"), ("x_", "_y", "x", "__y")],
+    ids=["a_-b-vs-a-_b", "x_-_y-vs-x-__y"],
+)
+def test_proxy_process_refuses_ambiguous_namespaces(
+    setup: Setup, tmp_path: Path, first: str, first_tool: str, second: str, second_tool: str
+) -> None:
+    """The reports' cases with real processes: both pairs would be one name, exit 2.
 
-    Exit 2 like every other invalid configuration file; nothing is started.
+    ``x_`` + ``_y`` and ``x`` + ``__y`` are both ``x____y``; neither tool may be
+    dropped in silence. Exit 2 like every other invalid configuration file;
+    nothing is started.
     """
+    assert client_name(first, first_tool, prefixed=True) == client_name(
+        second, second_tool, prefixed=True
+    )
     config = tmp_path / "proxy.yaml"
     record = tmp_path / "calls.jsonl"
     config.write_text(
         "upstreams:\n"
-        f"  a_:\n    command: {notes_command(record, '--extra-tool', 'b')}\n"
-        f"  a:\n    command: {notes_command(record, '--extra-tool', '_b')}\n",
+        f"  {first}:\n    command: {notes_command(record, '--extra-tool', first_tool)}\n"
+        f"  {second}:\n    command: {notes_command(record, '--extra-tool', second_tool)}\n",
         encoding="utf-8",
     )
     done = _run_proxy(setup, "--config", str(config), "--http", "127.0.0.1:0")
     assert done.returncode == 2, done.stderr
-    assert "'a_' and 'a'" in done.stderr
+    assert f"'{first}' and '{second}'" in done.stderr
     assert "Traceback" not in done.stderr
 
 
