@@ -949,6 +949,26 @@ class ApprovalBook:
             assurance=assurance,
         )
 
+    def check_answerer(self, request_id: str, *, approver: str, assurance: str) -> None:
+        """Refuse now what :meth:`answer` would refuse from ``approver`` at ``assurance``.
+
+        A channel that can only ever collect answers from one approver (an MCP
+        client form) uses it to decide whether to offer the question at all:
+        a form whose approval would then be refused only misleads its reader.
+
+        Raises:
+            DeniedError: the request is not pending, or an approval by
+                ``approver`` at ``assurance`` would not be accepted (approver
+                list, assurance, separation of duties).
+        """
+        request = self.get(request_id)
+        state = request.state(self.clock.now())
+        if state != "pending":
+            raise DeniedError(
+                f"approval request {request_id} is {state}, not pending", reason="approval_closed"
+            )
+        self._check_approver(request, approver, assurance, approving=True)
+
     def _sign_answer(
         self,
         request_id: str,

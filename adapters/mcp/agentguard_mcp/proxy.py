@@ -32,7 +32,6 @@ from opentelemetry import context as otel_context
 
 from agentguard import _jws
 from agentguard.addresses import pattern_matches
-from agentguard.approval import accountable_claims, link_assertions
 from agentguard.argschema import ArgumentSchemaError, check_arguments
 from agentguard.delegation import Delegation
 from agentguard.errors import (
@@ -201,8 +200,11 @@ class GuardedProxy:
         annotation_step_up: destructive tools (by annotation; every tool of an
             untrusted upstream) need step-up approval.
         annotation_assurance: the assurance those approvals need.
-        elicitation_approver: who answers approval forms in the MCP client
-            (default: the delegation's ``on_behalf_of`` when it is a ``user:``).
+        elicitation_approver: who answers approval forms in the MCP client, as
+            the operator asserts it. Without it an answer is recorded as the
+            holder's (the client of the agent answered), at the policy's
+            ``approval.agent_channel_assurance``; forms are offered only when
+            such an answer can count.
         forward_baggage: let the caller's W3C baggage reach upstreams. Off by
             default: baggage is caller-controlled data an upstream should not
             receive through us; trace context (``traceparent``/``tracestate``)
@@ -673,7 +675,7 @@ class GuardedProxy:
         """Ask the client's human if the protocol allows; otherwise report "approval pending"."""
         capabilities = ctx.session.client_capabilities
         can_elicit = capabilities is not None and capabilities.elicitation is not None
-        if not can_elicit:
+        if not can_elicit or not self._form_can_count(ctx, pending.request_id):
             return _denied(pending)
         form = self._approval_form(pending)
         if form is None:
@@ -756,17 +758,45 @@ class GuardedProxy:
         return await self._answered(ctx, params, request_id, answer)
 
     def _form_approver(self, caller: Caller) -> str | None:
+        """Who an answer typed into the client is recorded as.
+
+        The operator's ``elicitation_approver`` when configured (an assertion
+        the operator makes about who sits at that client); otherwise the holder
+        itself, since its client is what answered. Never a sponsor or any other
+        principal named in the chain: nobody authenticated as them.
+        """
         if self.elicitation_approver is not None:
             return self.elicitation_approver
         try:
-            grants = list(Delegation.parse(caller.delegation))
+            return Delegation.parse(caller.delegation).leaf.subject
         except AgentGuardError:
             return None
-        # The sponsor as stated by the nearest link no agent or service asserted
-        # (nor any link below one an agent holds: it may sign as a user it made
-        # up), since an agent attenuating its own delegation could name anyone.
-        sponsor, _ = accountable_claims(link_assertions(grants))
-        return sponsor if sponsor is not None and sponsor.startswith("user:") else None
+
+    def _form_can_count(self, ctx: ServerRequestContext[Any, Any], request_id: str) -> bool:
+        """Whether an approval typed into the client could be accepted for this request.
+
+        If not (the answerer is not an approver for it, the channel's assurance
+        is too low, separation of duties), no form is offered: the request
+        waits for an out-of-band answer instead.
+        """
+        try:
+            approver = self._form_approver(self._caller(ctx))
+        except _Refusal:
+            return False
+        if approver is None:
+            return False
+        try:
+            self.guard.approvals.check_answerer(
+                request_id,
+                approver=approver,
+                assurance=self.guard.policy.approval.agent_channel_assurance,
+            )
+        except DeniedError as exc:
+            logger.info("no approval form for %s: %s", request_id, exc.reason)
+            return False
+        except (AgentGuardError, AttributeError):
+            return False
+        return True
 
     def _consume_state(self, nonce: str) -> bool:
         store = self.guard.store

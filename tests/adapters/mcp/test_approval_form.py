@@ -32,6 +32,7 @@ async def test_form_text_shows_every_argument_folds_and_marks_agent_claims(
         {"notes": {"command": notes_command(record), "trusted": True}},
         delegation=str(setup.delegation_file(delegation)),
         annotation_assurance="agent",
+        elicitation_approver=setup.alice.id,  # forms are offered only when an answer can count
         **{"as": sub.id},
     )
     messages: list[str] = []

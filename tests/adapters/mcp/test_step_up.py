@@ -158,3 +158,102 @@ async def test_forged_or_replayed_input_required_state_is_refused(
                     allow_input_required=True,
                 )
     assert [r["name"] for r in records(record)] == ["delete_note"]
+
+
+class Form:
+    """An elicitation callback that approves and counts how often a form was shown."""
+
+    def __init__(self) -> None:
+        self.shown = 0
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.shown += 1
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+
+def _sponsored_proxy(setup: Setup, record: Path, **top: Any) -> Any:
+    """The agent works on behalf of user:alice; no elicitation_approver is configured."""
+    delegation = setup.delegation(["notes/*"], on_behalf_of=setup.alice.id)
+    config = write_config(
+        setup,
+        {"notes": {"command": notes_command(record), "trusted": True}},
+        delegation=str(setup.delegation_file(delegation)),
+        annotation_assurance="agent",
+        **{"as": setup.agent.id},
+        **top,
+    )
+    return proxy_params(["proxy", "--config", str(config)])
+
+
+def _answers(setup: Setup) -> list[tuple[str, str | None]]:
+    guard = Guard(setup.policy_file, home=setup.home)
+    try:
+        return [(r.status, r.approver) for r in guard.approvals.all()]
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_form_answer_is_recorded_as_the_holder_never_the_sponsor(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    """Nobody authenticated as alice, the sponsor: the answer is the agent's client's.
+
+    The policy lets agent:bot answer (no separation of duties), so the form is
+    offered and the call runs, approved by agent:bot at assurance ``agent``.
+    """
+    setup.write_policy(
+        approvers=[
+            {"id": setup.alice.id, "min_assurance": "agent"},
+            {"id": setup.agent.id, "min_assurance": "agent"},
+        ],
+        approval={"separation_of_duties": False},
+    )
+    record = tmp_path / "calls.jsonl"
+    form = Form()
+    with anyio.fail_after(30):
+        async with Client(
+            _sponsored_proxy(setup, record), mode=mode, elicitation_callback=form
+        ) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+            assert not result.is_error, _text(result)
+    assert form.shown == 1
+    assert _answers(setup) == [("used", setup.agent.id)]
+    assert [r["name"] for r in records(record)] == ["delete_note"]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_no_form_is_offered_when_its_answer_could_not_count(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    """By default an agent may not approve its own call: no form, the request waits out of band.
+
+    Before, the form was shown and its answer put down to alice, the sponsor.
+    """
+    record = tmp_path / "calls.jsonl"
+    form = Form()
+    with anyio.fail_after(30):
+        async with Client(
+            _sponsored_proxy(setup, record), mode=mode, elicitation_callback=form
+        ) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+            assert result.is_error
+            assert _text(result).startswith("approval pending, id=apr_")
+    assert form.shown == 0
+    assert _answers(setup) == [("pending", None)]
+    assert records(record) == []
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_no_form_when_the_channel_assurance_is_too_low(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    """The operator names alice, but the rule needs ``local``: no form, pending for the queue."""
+    record = tmp_path / "calls.jsonl"
+    form = Form()
+    with anyio.fail_after(30):
+        async with Client(_proxy(setup, record), mode=mode, elicitation_callback=form) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+            assert _text(result).startswith("approval pending, id=apr_")
+    assert form.shown == 0
+    assert records(record) == []
