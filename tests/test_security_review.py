@@ -203,7 +203,9 @@ def test_checkpoint_write_failure_is_an_audit_error_not_a_raw_exception(
 
 
 def test_agent_cannot_name_the_elicitation_approver_by_attenuating(world: World) -> None:
-    """The agent attenuates its delegation with on_behalf_of=<an approver> to speak for them."""
+    """The agent attenuates its delegation with on_behalf_of=<an approver> to speak for them.
+
+    A form's answer is the holder's own (at ``agent`` assurance), never a sponsor's."""
     proxy_mod = pytest.importorskip("agentguard_mcp.proxy")
     sub = Identity.generate("agent:sub")
     child = world.delegation.attenuate(
@@ -211,7 +213,7 @@ def test_agent_cannot_name_the_elicitation_approver_by_attenuating(world: World)
     )
     proxy = proxy_mod.GuardedProxy(make_guard(world), [])
     approver = proxy._form_approver(proxy_mod.Caller(child.serialize()))
-    assert approver == "user:alice"
+    assert approver == "agent:sub"
 
 
 def test_shadow_mode_audit_matches_what_happened_to_a_pending_call(world: World) -> None:
@@ -239,7 +241,7 @@ def test_agent_cannot_name_the_form_approver_through_a_user_it_made_up(world: Wo
         clock=world.clock,
     )  # fmt: skip
     proxy = proxy_mod.GuardedProxy(make_guard(world), [])
-    assert proxy._form_approver(proxy_mod.Caller(via_fake.serialize())) == "user:alice"
+    assert proxy._form_approver(proxy_mod.Caller(via_fake.serialize())) == "agent:sub"
 
 
 def test_the_mcp_form_is_not_offered_for_a_request_it_cannot_show(world: World) -> None:
