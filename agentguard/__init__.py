@@ -6,6 +6,7 @@ The public API is the short list below; everything else lives in submodules
 
 from agentguard.approval import ApprovalRequest
 from agentguard.clock import Clock, ManualClock, SystemClock
+from agentguard.decision import Decision, Outcome, Reason
 from agentguard.delegation import Delegation
 from agentguard.errors import (
     AgentGuardError,
@@ -14,7 +15,7 @@ from agentguard.errors import (
     ConfigError,
     DeniedError,
 )
-from agentguard.guard import Decision, Guard
+from agentguard.guard import Guard
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import Policy, load_policy
 from agentguard.tokens import Rule
@@ -36,8 +37,10 @@ __all__ = [
     "Identity",
     "Keyring",
     "ManualClock",
+    "Outcome",
     "Policy",
     "Principal",
+    "Reason",
     "Rule",
     "SystemClock",
     "Verifier",

@@ -13,8 +13,9 @@ from functools import lru_cache
 from typing import Any
 
 import jwt
-import rfc8785
 
+from agentguard.canonical import canonical_digest, canonical_json
+from agentguard.decision import Reason
 from agentguard.errors import DeniedError, TokenFormatError
 from agentguard.keys import Identity, Principal, b64url_decode, b64url_encode
 
@@ -31,28 +32,6 @@ __all__ = [
 #: Upper bound for one compact JWS; delegation strings have their own cap.
 MAX_TOKEN_BYTES = 8192
 _ALGORITHMS = ["EdDSA"]
-
-
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 canonical JSON of ``value``.
-
-    Raises:
-        ValueError: the value is not representable in canonical JSON (NaN,
-            non-string keys, integers beyond IEEE double range, foreign types).
-    """
-    try:
-        return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"value is not canonical JSON: {type(exc).__name__}") from exc
-
-
-def canonical_digest(value: Any) -> str:
-    """Base64url SHA-256 of the RFC 8785 canonical JSON of ``value``.
-
-    Raises:
-        ValueError: see :func:`canonical_json`.
-    """
-    return b64url_encode(hashlib.sha256(canonical_json(value)).digest())
 
 
 def link_id(token: str) -> str:
@@ -137,9 +116,9 @@ def peek(token: object, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
     parts = _segments(token, typ)
     header = dict(_header(parts[0]))
     if header.get("alg") != "EdDSA":
-        raise TokenFormatError("token algorithm is not EdDSA", reason="bad_algorithm")
+        raise TokenFormatError("token algorithm is not EdDSA", reason=Reason.BAD_ALGORITHM)
     if header.get("typ") != typ:
-        raise TokenFormatError(f"token is not of type {typ}", reason="wrong_token_type")
+        raise TokenFormatError(f"token is not of type {typ}", reason=Reason.WRONG_TOKEN_TYPE)
     if "crit" in header:
         raise TokenFormatError("token has critical header parameters we do not understand")
     claims = _json_object(parts[1], "payload")
@@ -167,7 +146,7 @@ def verify_signature(token: str, key: Principal, typ: str) -> None:
     except ValueError as exc:
         raise TokenFormatError(f"{typ} signature is not base64url") from exc
     if len(raw) != 64 or not key.verify(raw, head.encode("ascii")):
-        raise DeniedError(f"{typ} signature does not verify", reason="bad_signature")
+        raise DeniedError(f"{typ} signature does not verify", reason=Reason.BAD_SIGNATURE)
 
 
 def verify(token: str, key: Principal, typ: str) -> dict[str, Any]:

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from agentguard import _jws
+from agentguard.decision import Decision
 from agentguard.errors import AgentGuardError, DeniedError, StoreError, TokenFormatError
 from agentguard.keys import Identity, Principal, b64url_encode
+from agentguard.redaction import REDACTED, redact, restore_redacted, sets_redacted_field
 from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, Store, entry_hash
 
 __all__ = [
@@ -47,6 +49,8 @@ __all__ = [
     "AuditProblem",
     "AuditReport",
     "UnfinishedDecision",
+    "completion_record",
+    "decision_record",
     "lets_tool_run",
     "redact",
     "restore_redacted",
@@ -57,83 +61,6 @@ __all__ = [
 log = logging.getLogger("agentguard.audit")
 
 TYP_CHECKPOINT = "agentguard-checkpoint+jwt"
-REDACTED = "[redacted]"
-
-
-def redact(value: Any, fields: Iterable[str], *, depth: int = 0) -> Any:
-    """A copy of ``value`` in which every mapping key named in ``fields`` is masked.
-
-    Matching is case-insensitive and applies at any depth; very deep or very
-    large structures are summarised rather than copied.
-    """
-    names = {f.lower() for f in fields}
-    return _redact(value, names, depth)
-
-
-def _redact(value: Any, names: set[str], depth: int) -> Any:
-    if depth > 16:
-        return "[too deep]"
-    if isinstance(value, Mapping):
-        return {
-            str(k): (REDACTED if str(k).lower() in names else _redact(v, names, depth + 1))
-            for k, v in list(value.items())[:200]
-        }
-    if isinstance(value, list | tuple):
-        return [_redact(v, names, depth + 1) for v in value[:200]]
-    if isinstance(value, str) and len(value) > 1000:
-        return value[:1000] + "...[truncated]"
-    return value
-
-
-def sets_redacted_field(edited: Any, fields: Iterable[str]) -> bool:
-    """Whether an edit writes a value (other than the marker) under a redacted key."""
-    names = {f.lower() for f in fields}
-
-    def walk(value: Any, depth: int) -> bool:
-        if depth > 16:
-            return True
-        if isinstance(value, Mapping):
-            return any(
-                (str(k).lower() in names and v != REDACTED) or walk(v, depth + 1)
-                for k, v in value.items()
-            )
-        if isinstance(value, list | tuple):
-            return any(walk(v, depth + 1) for v in value)
-        return False
-
-    return walk(edited, 0)
-
-
-def restore_redacted(edited: Any, original: Any, fields: Iterable[str]) -> Any:
-    """``edited`` with every redaction marker under a redacted key replaced by the
-    caller's original value at the same place (dropped when there is none).
-
-    Approvers only ever see redacted values, so an edit keeps the marker where
-    it leaves a secret alone; the secret itself never travels through the
-    approval path or its receipt.
-    """
-    names = {f.lower() for f in fields}
-    missing = object()
-
-    def walk(value: Any, source: Any) -> Any:
-        if isinstance(value, Mapping):
-            out = {}
-            for key, item in value.items():
-                before = source.get(key, missing) if isinstance(source, Mapping) else missing
-                if str(key).lower() in names and item == REDACTED:
-                    if before is not missing:
-                        out[key] = before
-                    continue
-                out[key] = walk(item, None if before is missing else before)
-            return out
-        if isinstance(value, list):
-            items = source if isinstance(source, list) else []
-            return [walk(v, items[i] if i < len(items) else None) for i, v in enumerate(value)]
-        return value
-
-    return walk(edited, original)
-
-
 #: Heads the database contradicted when a newer one was published stay in the side
 #: file as evidence; beyond this many, further ones are not added.
 MAX_KEPT_HEADS = 16
@@ -147,6 +74,79 @@ _FLUSH_TIMEOUT_S = 10.0
 
 #: Problem kinds that mean the log was changed after it was written.
 TAMPERING = ("edited", "deleted", "reordered", "truncated", "rewritten", "bad_checkpoint")
+
+
+def decision_record(
+    decision: Decision,
+    *,
+    time: float,
+    args: Mapping[str, Any],
+    digest: str | None,
+    redact_fields: Iterable[str],
+    approval: Mapping[str, Any] | None,
+    call_token: str | None,
+    enforcement_point: str,
+    trace: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The audit record of one decision (``type: decision``).
+
+    ``args`` are what runs (an approver's edit, if any), redacted; ``digest``
+    is the digest of the arguments asked for, ``None`` when they are not
+    canonical JSON (they are then not stored: the refusal must still be
+    recordable).
+    """
+    record: dict[str, Any] = {
+        "type": "decision",
+        "decision_id": decision.id,
+        "time": time,
+        "outcome": str(decision.outcome),
+        "reason": str(decision.reason),
+        "explanation": decision.explanation,
+        "tool": decision.tool,
+        "call_id": decision.call_id,
+        "args_digest": digest,
+        "args": redact(args, redact_fields) if digest is not None else None,
+        "path": list(decision.path),
+        "claimed_path_unverified": list(decision.claimed_path) or None,
+        "link_ids": list(decision.link_ids),
+        "link": decision.link,
+        "rule": decision.rule,
+        "approval_rules": list(decision.approval_rules),
+        "approval": dict(approval) if approval is not None else None,
+        "approval_request_id": decision.approval_request_id,
+        "call_token": call_token,
+        "dry_run": decision.dry_run,
+        "shadow": decision.shadow,
+        "enforced": not decision.shadow,
+        "enforcement_point": enforcement_point,
+        **trace,
+    }
+    if decision.shadow:
+        record["shadow_notice"] = "SHADOW MODE: this decision was NOT enforced"
+    return record
+
+
+def completion_record(
+    decision: Decision,
+    *,
+    time: float,
+    status: str,
+    error: BaseException | None,
+    duration_ms: float,
+    enforcement_point: str,
+) -> dict[str, Any]:
+    """The audit record of a decided call's end (``type: completion``)."""
+    return {
+        "type": "completion",
+        "decision_id": decision.id,
+        "time": time,
+        "tool": decision.tool,
+        "call_id": decision.call_id,
+        "status": status,
+        "error_type": type(error).__name__ if error is not None else None,
+        "duration_ms": round(duration_ms, 3),
+        "enforcement_point": enforcement_point,
+    }
 
 
 def lets_tool_run(record: Mapping[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from agentguard.addresses import pattern_covers, patterns_overlap
 from agentguard.clock import Clock, SystemClock, format_duration, parse_duration
+from agentguard.decision import Reason
 from agentguard.errors import IssuanceError, TokenFormatError
 from agentguard.keys import Identity, Principal, validate_principal_id
 from agentguard.tokens import Grant, Rule, mint_call_token
@@ -97,7 +98,7 @@ def split_delegation(text: object, *, max_links: int) -> list[str]:
     text = text.strip()
     if len(text) > MAX_DELEGATION_BYTES:
         raise TokenFormatError(
-            f"delegation is larger than {MAX_DELEGATION_BYTES} bytes", reason="oversized"
+            f"delegation is larger than {MAX_DELEGATION_BYTES} bytes", reason=Reason.OVERSIZED
         )
     if not text:
         raise TokenFormatError("delegation is empty")
@@ -105,7 +106,7 @@ def split_delegation(text: object, *, max_links: int) -> list[str]:
     if len(parts) > max_links:
         raise TokenFormatError(
             f"delegation has {len(parts)} links; at most {max_links} are allowed",
-            reason="chain_too_long",
+            reason=Reason.CHAIN_TOO_LONG,
         )
     return parts
 

@@ -12,6 +12,8 @@ a log the caller controls. Details for the operator go into ``explanation``
 
 from __future__ import annotations
 
+from agentguard.decision import Reason
+
 __all__ = [
     "AgentGuardError",
     "ApprovalPending",
@@ -78,7 +80,7 @@ class DeniedError(AgentGuardError):
         decision_id: the guard's decision id, once a decision was recorded.
     """
 
-    default_reason = "denied"
+    default_reason = Reason.DENIED
 
     def __init__(
         self,
@@ -107,7 +109,7 @@ class DeniedError(AgentGuardError):
 class TokenFormatError(DeniedError):
     """A token or delegation string could not be parsed (before any cryptography)."""
 
-    default_reason = "malformed_token"
+    default_reason = Reason.MALFORMED_TOKEN
 
 
 class ApprovalPending(DeniedError):
@@ -117,7 +119,7 @@ class ApprovalPending(DeniedError):
     request; submit the same call again once it is approved.
     """
 
-    default_reason = "approval_pending"
+    default_reason = Reason.APPROVAL_PENDING
 
     def __init__(
         self,
@@ -138,7 +140,7 @@ class ApprovalPending(DeniedError):
 class ApprovalRejected(DeniedError):
     """A human rejected the call; ``message`` carries their words back to the caller."""
 
-    default_reason = "approval_rejected"
+    default_reason = Reason.APPROVAL_REJECTED
 
     def __init__(
         self,

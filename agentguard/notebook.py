@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
+from agentguard.decision import Reason
 from agentguard.errors import ConfigError, DeniedError
 from agentguard.keys import validate_principal_id
 
@@ -201,7 +202,7 @@ class NotebookChannel:
             'waits for the click), or create the guard with approval_mode="raise", '
             "attach the channel with `channel.attach(guard)` and run the call again "
             "after approving",
-            reason="approval_unavailable",
+            reason=Reason.APPROVAL_UNAVAILABLE,
         )
 
     async def adeliver(self, request: ApprovalRequest, book: ApprovalBook) -> None:

@@ -10,16 +10,26 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agentguard.addresses import pattern_matches, validate_pattern
 from agentguard.clock import parse_duration
-from agentguard.errors import ConfigError, IdentityError, InvalidAddressError, PredicateError
+from agentguard.decision import Reason
+from agentguard.errors import (
+    ConfigError,
+    DeniedError,
+    IdentityError,
+    InvalidAddressError,
+    PredicateError,
+)
 from agentguard.keys import Principal, validate_principal_id
 from agentguard.predicates import compile_predicate, restricts
+
+if TYPE_CHECKING:
+    from agentguard.delegation import Delegation
 
 __all__ = [
     "ASSURANCE_LEVELS",
@@ -288,6 +298,51 @@ class Policy(_Strict):
     def approver(self, principal_id: str) -> Approver | None:
         """The approver entry for ``principal_id``, if listed."""
         return next((a for a in self.approvers if a.id == principal_id), None)
+
+    def check_limits(self, delegation: Delegation) -> None:
+        """Check a chain against the limits (length, link lifetimes, purpose, sponsor).
+
+        Raises:
+            DeniedError: reason ``policy_limit``, naming the link that breaks a limit.
+        """
+        limits = self.limits
+        if len(delegation) > limits.max_chain_length:
+            raise DeniedError(
+                f"chain has {len(delegation)} links; the policy allows {limits.max_chain_length}",
+                reason=Reason.POLICY_LIMIT,
+            )
+        for index, grant in enumerate(delegation):
+            lifetime = grant.expires_at - grant.not_before
+            cap = limits.max_root_ttl if index == 0 else limits.max_link_ttl
+            if lifetime > cap + limits.leeway:
+                raise DeniedError(
+                    f"link {index} lives {int(lifetime)} s; the policy allows {int(cap)} s",
+                    reason=Reason.POLICY_LIMIT,
+                    link=index,
+                )
+        root = delegation.root
+        if limits.require_purpose and not root.purpose:
+            raise DeniedError("the root grant names no purpose", reason=Reason.POLICY_LIMIT, link=0)
+        if limits.require_sponsor and not root.on_behalf_of:
+            raise DeniedError("the root grant names no sponsor", reason=Reason.POLICY_LIMIT, link=0)
+
+    def check_deny(self, tool: str, args: Mapping[str, Any]) -> None:
+        """Refuse the call if a deny rule applies (unless it is definitely false).
+
+        Raises:
+            DeniedError: reason ``policy_denied``, naming the rule.
+        """
+        for index, rule in enumerate(self.deny):
+            if rule.matches(tool, args):
+                raise DeniedError(
+                    f"policy deny rule {index} ({rule.describe()}) forbids {tool}",
+                    reason=Reason.POLICY_DENIED,
+                    rule=index,
+                )
+
+    def step_up_rules(self, tool: str, args: Mapping[str, Any]) -> list[tuple[int, PolicyRule]]:
+        """The ``step_up`` rules (with their indexes) that apply to this call."""
+        return [(i, rule) for i, rule in enumerate(self.step_up) if rule.matches(tool, args)]
 
 
 def policy_schema() -> dict[str, Any]:

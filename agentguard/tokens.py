@@ -15,6 +15,8 @@ from typing import Any
 
 from agentguard import _jws
 from agentguard.addresses import parse_address, pattern_matches, validate_pattern
+from agentguard.canonical import canonical_digest, canonical_json
+from agentguard.decision import Reason
 from agentguard.errors import (
     IdentityError,
     InvalidAddressError,
@@ -63,7 +65,7 @@ def args_digest(args: Mapping[str, Any]) -> str:
     """
     if not isinstance(args, Mapping):
         raise ValueError("tool arguments must be a JSON object")
-    return _jws.canonical_digest(dict(args))
+    return canonical_digest(dict(args))
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def _principal_claim(claims: Mapping[str, Any], name: str, *, optional: bool = F
 
 def _check_version(claims: Mapping[str, Any]) -> None:
     if claims.get("ver") != FORMAT_VERSION:
-        raise TokenFormatError("token format version is not supported", reason="bad_version")
+        raise TokenFormatError("token format version is not supported", reason=Reason.BAD_VERSION)
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ class Grant:
         meta = claims.get("meta")
         try:
             bad_meta = meta is not None and (
-                not isinstance(meta, dict) or len(_jws.canonical_json(meta)) > MAX_META_BYTES
+                not isinstance(meta, dict) or len(canonical_json(meta)) > MAX_META_BYTES
             )
         except ValueError:  # e.g. integers beyond 2**53: no canonical form, so refuse it
             bad_meta = True

@@ -37,7 +37,7 @@ from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.store.base import ApprovalRow
 
 if TYPE_CHECKING:
-    from agentguard.guard import Decision
+    from agentguard.decision import Decision
 
 __all__ = [
     "AGENTGUARD_APPROVAL_CHANNEL",

@@ -22,6 +22,7 @@ from typing import Any
 from agentguard import _jws
 from agentguard.addresses import parse_address
 from agentguard.clock import Clock, SystemClock
+from agentguard.decision import Reason
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, StoreError, TokenFormatError
 from agentguard.keys import Principal
@@ -288,7 +289,7 @@ class Verifier:
         if len(tokens) > self.max_links:
             raise DeniedError(
                 f"chain has {len(tokens)} links; at most {self.max_links} are allowed",
-                reason="chain_too_long",
+                reason=Reason.CHAIN_TOO_LONG,
             )
         grants: list[Grant] = []
         for index, token in enumerate(tokens):
@@ -314,7 +315,7 @@ class Verifier:
             if key is None:
                 raise DeniedError(
                     f"issued by {grant.issuer}, which is not a trusted root",
-                    reason="untrusted_root",
+                    reason=Reason.UNTRUSTED_ROOT,
                 )
         else:
             # Each link is signed by the key its parent delegated to (the parent's cnf).
@@ -322,7 +323,7 @@ class Verifier:
         if cached is not None and cached[1] == key.kid:
             return grant
         if grant.kid != key.kid:
-            raise DeniedError("not signed by the expected key", reason="bad_signature")
+            raise DeniedError("not signed by the expected key", reason=Reason.BAD_SIGNATURE)
         _jws.verify_signature(token, key, TYP_GRANT)
         self._cache.put(token, key.kid, grant)
         return grant
@@ -332,51 +333,51 @@ class Verifier:
         for index, grant in enumerate(grants):
             if index == 0:
                 if grant.parent is not None:
-                    raise DeniedError("link 0 claims a parent", reason="broken_chain", link=0)
+                    raise DeniedError("link 0 claims a parent", reason=Reason.BROKEN_CHAIN, link=0)
             else:
                 parent = grants[index - 1]
                 if grant.parent != parent.link_id:
                     raise DeniedError(
                         f"link {index} does not point at link {index - 1} (prf mismatch)",
-                        reason="broken_chain",
+                        reason=Reason.BROKEN_CHAIN,
                         link=index,
                     )
                 if grant.issuer != parent.subject:
                     raise DeniedError(
                         f"link {index} is issued by {grant.issuer}, but link {index - 1} "
                         f"was granted to {parent.subject}",
-                        reason="broken_chain",
+                        reason=Reason.BROKEN_CHAIN,
                         link=index,
                     )
                 if grant.expires_at > parent.expires_at or grant.not_before < parent.not_before:
                     raise DeniedError(
                         f"link {index} claims a wider time window than its parent",
-                        reason="widened_window",
+                        reason=Reason.WIDENED_WINDOW,
                         link=index,
                     )
                 if grant.max_depth > parent.max_depth - 1:
                     raise DeniedError(
                         f"link {index} claims max_depth {grant.max_depth}, but its parent "
                         f"allows at most {parent.max_depth - 1} below it",
-                        reason="depth_exceeded",
+                        reason=Reason.DEPTH_EXCEEDED,
                         link=index,
                     )
             if now + leeway < grant.not_before:
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) is not valid yet",
-                    reason="link_not_yet_valid",
+                    reason=Reason.LINK_NOT_YET_VALID,
                     link=index,
                 )
             if now - leeway >= grant.expires_at:
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) has expired",
-                    reason="link_expired",
+                    reason=Reason.LINK_EXPIRED,
                     link=index,
                 )
             if grant.issued_at > now + leeway:
                 raise DeniedError(
                     f"link {index} was issued in the future",
-                    reason="link_not_yet_valid",
+                    reason=Reason.LINK_NOT_YET_VALID,
                     link=index,
                 )
 
@@ -398,7 +399,7 @@ class Verifier:
         raise DeniedError(
             f"{hit.kind}{role} {hit.value[:16]} is revoked"
             + (f" (link {link})" if link is not None else ""),
-            reason="revoked",
+            reason=Reason.REVOKED,
             link=link,
         )
 
@@ -415,7 +416,7 @@ class Verifier:
         try:
             parse_address(tool)
         except InvalidAddressError as exc:
-            raise DeniedError(str(exc), reason="invalid_tool") from exc
+            raise DeniedError(str(exc), reason=Reason.INVALID_TOOL) from exc
         matched: list[int] = []
         approvals: list[tuple[int, int]] = []
         for index, grant in enumerate(chain.delegation):
@@ -423,7 +424,7 @@ class Verifier:
             if not candidates:
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) has no rule for {tool}",
-                    reason="out_of_scope",
+                    reason=Reason.OUT_OF_SCOPE,
                     link=index,
                 )
             # One three-valued answer per rule: a rule grants only on TRUE; an approval
@@ -448,7 +449,7 @@ class Verifier:
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) rule "
                     f"{candidates[0]} {why} ({described})",
-                    reason="predicate_failed",
+                    reason=Reason.PREDICATE_FAILED,
                     link=index,
                     rule=candidates[0],
                 )
@@ -492,7 +493,7 @@ class Verifier:
         if claims.issuer != holder.id or claims.kid != holder.kid:
             raise DeniedError(
                 f"call token is signed by {claims.issuer}, not the holder {holder.id}",
-                reason="call_token_signer",
+                reason=Reason.CALL_TOKEN_SIGNER,
             )
         _jws.verify_signature(token, holder, TYP_CALL)
         return self._check_call_claims(
@@ -519,7 +520,9 @@ class Verifier:
         """
         claims = CallClaims.parse(token)
         if claims.issuer != chain.holder.id or claims.kid != chain.holder.kid:
-            raise DeniedError("call token is not signed by the holder", reason="call_token_signer")
+            raise DeniedError(
+                "call token is not signed by the holder", reason=Reason.CALL_TOKEN_SIGNER
+            )
         return self._check_call_claims(
             chain, claims, tool=tool, args=args, audience=audience, consume=True, digest=digest
         )
@@ -539,30 +542,36 @@ class Verifier:
         leaf = chain.delegation.leaf
         if claims.parent != leaf.link_id:
             raise DeniedError(
-                "call token is bound to another delegation", reason="call_token_mismatch"
+                "call token is bound to another delegation", reason=Reason.CALL_TOKEN_MISMATCH
             )
         if claims.tool != tool:
-            raise DeniedError("call token is bound to another tool", reason="call_token_mismatch")
+            raise DeniedError(
+                "call token is bound to another tool", reason=Reason.CALL_TOKEN_MISMATCH
+            )
         expected_audience = audience or tool.partition("/")[0]
         if claims.audience != expected_audience:
             raise DeniedError(
-                "call token is addressed to another audience", reason="call_token_mismatch"
+                "call token is addressed to another audience", reason=Reason.CALL_TOKEN_MISMATCH
             )
         if digest is None:
             try:
                 digest = args_digest(args)
             except ValueError as exc:
-                raise DeniedError(str(exc), reason="invalid_arguments") from exc
+                raise DeniedError(str(exc), reason=Reason.INVALID_ARGUMENTS) from exc
         if claims.args_digest != digest:
             raise DeniedError(
-                "call token is bound to other arguments", reason="call_token_mismatch"
+                "call token is bound to other arguments", reason=Reason.CALL_TOKEN_MISMATCH
             )
         if claims.expires_at - claims.issued_at > 300 + self.leeway:
-            raise DeniedError("call token lives longer than 300 s", reason="call_token_lifetime")
+            raise DeniedError(
+                "call token lives longer than 300 s", reason=Reason.CALL_TOKEN_LIFETIME
+            )
         if now - self.leeway >= claims.expires_at:
-            raise DeniedError("call token has expired", reason="call_token_expired")
+            raise DeniedError("call token has expired", reason=Reason.CALL_TOKEN_EXPIRED)
         if claims.issued_at > now + self.leeway:
-            raise DeniedError("call token was issued in the future", reason="call_token_expired")
+            raise DeniedError(
+                "call token was issued in the future", reason=Reason.CALL_TOKEN_EXPIRED
+            )
         call = VerifiedCall(claims, digest)
         if consume:
             self.consume(call)
@@ -580,8 +589,8 @@ class Verifier:
         claims = call.claims
         now = self.clock.now()
         if now - self.leeway >= claims.expires_at:
-            raise DeniedError("call token has expired", reason="call_token_expired")
+            raise DeniedError("call token has expired", reason=Reason.CALL_TOKEN_EXPIRED)
         if not self.replay.consume(
             f"{claims.issuer}/{claims.jti}", claims.expires_at + self.leeway, now=now
         ):
-            raise DeniedError("call token was used before", reason="call_token_replayed")
+            raise DeniedError("call token was used before", reason=Reason.CALL_TOKEN_REPLAYED)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentguard.approval import ApprovalBook, ApprovalRequest
 from agentguard.clock import Clock
+from agentguard.decision import Reason
 from agentguard.errors import ConfigError, DeniedError
 
 if TYPE_CHECKING:
@@ -209,13 +210,13 @@ class WebhookChannel:
             log.warning("agentguard webhook to %s failed: %s", self._host, type(exc).__name__)
             raise DeniedError(
                 f"approval webhook could not be delivered ({type(exc).__name__})",
-                reason="approval_unavailable",
+                reason=Reason.APPROVAL_UNAVAILABLE,
             ) from None
         if not 200 <= status < 300:
             log.warning("agentguard webhook to %s answered HTTP %s", self._host, status)
             raise DeniedError(
                 f"approval webhook receiver answered HTTP {status}",
-                reason="approval_unavailable",
+                reason=Reason.APPROVAL_UNAVAILABLE,
             )
 
     async def adeliver(self, request: ApprovalRequest, book: ApprovalBook) -> None:

@@ -20,7 +20,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from agentguard._resolve import resolve_home
 from agentguard.clock import format_duration, parse_duration
+from agentguard.decision import Reason
 from agentguard.delegation import MAX_DELEGATION_BYTES
 from agentguard.errors import ConfigError, TokenFormatError
 from agentguard.guard import Guard
@@ -60,7 +62,6 @@ EXIT_USAGE = 2
 EXIT_DENIED = 3
 EXIT_APPROVAL = 4
 
-DEFAULT_HOME = ".agentguard"
 DEFAULT_POLICY = "agentguard.yaml"
 #: Longest chain a command reads to show, explain or revoke it. Generous on
 #: purpose: the guard applies the policy's own cap and says why it refuses.
@@ -167,7 +168,7 @@ def read_delegation(path: Path) -> str:
         with path.open("rb") as fh:
             raw = fh.read(limit + 1)
     if len(raw) > limit:
-        raise TokenFormatError(f"{path} is too large to hold a delegation", reason="oversized")
+        raise TokenFormatError(f"{path} is too large to hold a delegation", reason=Reason.OVERSIZED)
     try:
         return raw.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -222,14 +223,10 @@ class Workspace:
     @property
     def home(self) -> Path:
         """--home, $AGENTGUARD_HOME, the policy's ``storage.home``, or ./.agentguard."""
-        if self._home is not None:
-            return self._home
-        if self.policy_path.is_file():
-            configured = self.policy().storage.home
-            if configured:
-                path = Path(configured)
-                return path if path.is_absolute() else self.policy_path.parent / path
-        return Path(DEFAULT_HOME)
+        policy = self.policy() if self.policy_path.is_file() else Policy()
+        home = resolve_home(self._home, policy, only_existing_default=False)
+        assert home is not None  # noqa: S101 (only_existing_default=False always names one)
+        return home
 
     @property
     def keyring(self) -> Keyring:

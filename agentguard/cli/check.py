@@ -28,7 +28,7 @@ from agentguard.cli._common import (
 )
 from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError
-from agentguard.guard import Decision
+from agentguard.decision import Decision
 from agentguard.keys import Identity, validate_principal_id
 from agentguard.tokens import MAX_CALL_TTL, mint_call_token
 

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
-from agentguard.cli._common import DEFAULT_HOME, HomeOption, PolicyOption, fail, say, workspace
-from agentguard.guard import STATE_FILE, Guard
+from agentguard._resolve import DEFAULT_HOME, STATE_FILE
+from agentguard.cli._common import HomeOption, PolicyOption, fail, say, workspace
+from agentguard.guard import Guard
 from agentguard.keys import Keyring, validate_principal_id
 from agentguard.policy import load_policy
 

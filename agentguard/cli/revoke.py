@@ -18,7 +18,7 @@ from agentguard.cli._common import (
 )
 from agentguard.delegation import Delegation
 from agentguard.keys import b64url_decode, validate_principal_id
-from agentguard.store.base import GrantRecord
+from agentguard.store.base import GrantRecord, RevocationKind
 
 __all__ = ["revoke_command"]
 
@@ -82,6 +82,7 @@ def revoke_command(
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of LINK_ID, --grant, --principal or --key")
     ws = workspace(ctx, home, policy)
+    kind: RevocationKind
     with ws.guard() as guard:
         if grant is not None:
             delegation = Delegation.parse(read_delegation(grant), max_links=READ_MAX_LINKS)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from agentguard.delegation import Delegation
 
 __all__ = [
     "GENESIS_HASH",
@@ -84,6 +87,27 @@ class GrantRecord:
     chain: str
     last_used: float | None = None
     revoked: bool = False
+
+    @classmethod
+    def of_chain(cls, delegation: Delegation) -> list[GrantRecord]:
+        """The inventory records of every link of ``delegation``, root first."""
+        chain = delegation.serialize().split("~")
+        return [
+            cls(
+                link_id=grant.link_id,
+                parent=grant.parent,
+                issuer=grant.issuer,
+                subject=grant.subject,
+                issued_at=grant.issued_at,
+                not_before=grant.not_before,
+                expires_at=grant.expires_at,
+                purpose=grant.purpose,
+                on_behalf_of=grant.on_behalf_of,
+                rules=tuple(rule.describe() for rule in grant.scope),
+                chain="~".join(chain[: index + 1]),
+            )
+            for index, grant in enumerate(delegation)
+        ]
 
     def status(self, now: float) -> str:
         """``revoked``, ``expired``, ``pending`` (not yet valid) or ``active``."""

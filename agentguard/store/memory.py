@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from agentguard._jws import canonical_json
+from agentguard.canonical import canonical_json
 from agentguard.store.base import (
     GENESIS_HASH,
     ApprovalRow,

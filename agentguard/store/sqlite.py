@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from agentguard._jws import canonical_json
+from agentguard.canonical import canonical_json
 from agentguard.errors import StoreError
 from agentguard.store.base import (
     GENESIS_HASH,

@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-from agentguard import AgentGuardError, ApprovalPending, Delegation, DeniedError, Identity
+from agentguard import (
+    AgentGuardError,
+    ApprovalPending,
+    Delegation,
+    DeniedError,
+    Identity,
+    Reason,
+)
 from agentguard.approval import call_digest
 from agentguard.tokens import args_digest
 
@@ -105,7 +112,7 @@ class ReviewerRejected(DeniedError):
     the model, so it is shown as is).
     """
 
-    default_reason = "approval_rejected"
+    default_reason = Reason.APPROVAL_REJECTED
 
     def __init__(self, message: str | None, *, request_id: str, decision_id: str | None) -> None:
         super().__init__(
@@ -209,7 +216,7 @@ Prepare = Callable[[Mapping[str, Any]], Prepared]
 
 
 class _Mismatch(DeniedError):
-    default_reason = "undecided_arguments"
+    default_reason = Reason.UNDECIDED_ARGUMENTS
 
 
 @dataclass(frozen=True)
@@ -435,7 +442,7 @@ class AlreadyRan(DeniedError):
     earlier result is returned instead; elsewhere the repeat is refused.
     """
 
-    default_reason = "already_ran"
+    default_reason = Reason.ALREADY_RAN
 
 
 #: How long a graph step's call ids are remembered as spent (resumes later than this re-run).

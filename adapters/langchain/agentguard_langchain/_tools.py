@@ -34,7 +34,7 @@ from pydantic import ConfigDict, PrivateAttr, ValidationError
 from pydantic.v1 import ValidationError as ValidationErrorV1
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from agentguard import AgentGuardError, Delegation, DeniedError, Identity
+from agentguard import AgentGuardError, Delegation, DeniedError, Identity, Reason
 from agentguard.argschema import ArgumentSchemaError, check_arguments
 from agentguard_langchain._gate import (
     ApprovalMode,
@@ -57,7 +57,7 @@ class AlreadyGuardedError(AgentGuardError, TypeError):
 
 
 class _ArgumentsError(DeniedError):
-    default_reason = "unsupported_arguments"
+    default_reason = Reason.UNSUPPORTED_ARGUMENTS
 
     @property
     def short(self) -> str:
@@ -431,7 +431,7 @@ _NO_CALL = _Call(None, None)
 
 
 class _InjectedArgumentError(DeniedError):
-    default_reason = "injected_argument"
+    default_reason = Reason.INJECTED_ARGUMENT
 
     @property
     def short(self) -> str:
@@ -442,7 +442,7 @@ class _InjectedArgumentError(DeniedError):
 
 
 class _InvalidArgumentsError(DeniedError):
-    default_reason = "invalid_arguments"
+    default_reason = Reason.INVALID_ARGUMENTS
 
     @property
     def short(self) -> str:

@@ -19,7 +19,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.types import Command
 
-from agentguard import Delegation, DeniedError, Identity
+from agentguard import Delegation, DeniedError, Identity, Reason
 from agentguard_langchain._gate import ApprovalMode, GuardAPI, ToolGate
 from agentguard_langchain._tools import GuardedTool
 
@@ -29,7 +29,7 @@ _Result = ToolMessage | Command[Any]
 
 
 class _UnknownTool(DeniedError):
-    default_reason = "unknown_tool"
+    default_reason = Reason.UNKNOWN_TOOL
 
     @property
     def short(self) -> str:

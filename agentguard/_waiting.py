@@ -1,0 +1,164 @@
+"""Waiting for a human's answer, written once for the sync and async drivers.
+
+:func:`wait_for` is a generator of the operations a wait needs: deliver the
+request to the channel, read its row from the store, sleep. The guard's sync
+driver performs them by blocking; its async driver awaits them (store reads in
+a worker thread). An operation that fails is thrown back into the generator,
+which turns it into the answer (a refusal): it fails closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any, NamedTuple
+
+from agentguard.approval import ApprovalBook, ApprovalRequest, Channel
+from agentguard.clock import Clock
+from agentguard.decision import Reason
+from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.policy import assurance_at_least
+from agentguard.store.base import ApprovalRow, Store
+
+__all__ = ["Deliver", "Read", "Sleep", "WaitStep", "aperform", "perform", "wait_for"]
+
+#: First and longest pause between two reads of a pending request (seconds).
+FIRST_POLL = 0.02
+LONGEST_POLL = 0.25
+
+
+class Deliver(NamedTuple):
+    """Hand ``request`` to the channel (a terminal prompt, a webhook, a queue)."""
+
+    request: ApprovalRequest
+
+
+class Read(NamedTuple):
+    """Read the request's row from the store; the reply is the row (or ``None``)."""
+
+    request_id: str
+
+
+class Sleep(NamedTuple):
+    """Pause before the next read."""
+
+    seconds: float
+
+
+WaitStep = Deliver | Read | Sleep
+Answer = ApprovalRow | BaseException | None
+
+
+def wait_for(
+    request: ApprovalRequest,
+    *,
+    deliver: bool,
+    channel: Channel,
+    mode: str,
+    clock: Clock,
+) -> Generator[WaitStep, Any, Answer]:
+    """The operations of one wait; returns the answered row, ``None`` on timeout, or the
+    refusal (an exception) that stands for the answer.
+
+    In ``raise`` mode a request that is still pending returns
+    :class:`~agentguard.errors.ApprovalPending` at once instead of waiting.
+    """
+    if deliver:
+        weak = channel_too_weak(channel, request)
+        if weak is not None:
+            return weak
+        try:
+            yield Deliver(request)
+        except Exception as exc:  # any channel failure denies (fail closed)
+            return exc
+    row = yield Read(request.id)
+    if mode == "raise" and (row is None or row.status == "pending"):
+        return ApprovalPending(
+            f"approval request {request.id} for {request.tool} is pending",
+            request_id=request.id,
+        )
+    deadline = time.monotonic() + max(0.0, request.deadline - clock.now())
+    delay = FIRST_POLL
+    while row is not None and row.status == "pending":
+        if time.monotonic() >= deadline or clock.now() >= request.deadline:
+            return None
+        yield Sleep(delay)
+        delay = min(delay * 2, LONGEST_POLL)
+        row = yield Read(request.id)
+    answer: ApprovalRow | None = row
+    return answer
+
+
+def channel_too_weak(channel: Channel, request: ApprovalRequest) -> DeniedError | None:
+    """A refusal when ``channel`` answers at less assurance than ``request`` needs."""
+    level = getattr(channel, "assurance", None)
+    if isinstance(level, str) and not assurance_at_least(level, request.min_assurance):
+        return DeniedError(
+            f"the {channel.name} channel answers at assurance '{level}', but this "
+            f"call needs '{request.min_assurance}' (configure a stronger channel, or lower "
+            "the rule's min_assurance in the policy)",
+            reason=Reason.APPROVAL_ASSURANCE,
+        )
+    return None
+
+
+def perform(
+    steps: Generator[WaitStep, Any, Answer], channel: Channel, book: ApprovalBook, store: Store
+) -> Answer:
+    """Run the operations of a wait by blocking this thread."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = steps.throw(error) if error is not None else steps.send(reply)
+        except StopIteration as stop:
+            answer: Answer = stop.value
+            return answer
+        reply, error = None, None
+        try:
+            if isinstance(op, Deliver):
+                channel.deliver(op.request, book)
+            elif isinstance(op, Read):
+                reply = store.approval_get(op.request_id)
+            else:
+                time.sleep(op.seconds)
+        except Exception as exc:  # handed back to the wait, which fails closed
+            error = exc
+
+
+async def aperform(
+    steps: Generator[WaitStep, Any, Answer],
+    channel: Channel,
+    book: ApprovalBook,
+    store: Store,
+    *,
+    offload: bool,
+) -> Answer:
+    """Run the operations of a wait on an event loop (store reads in a worker thread)."""
+    import anyio
+
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = steps.throw(error) if error is not None else steps.send(reply)
+        except StopIteration as stop:
+            answer: Answer = stop.value
+            return answer
+        reply, error = None, None
+        try:
+            if isinstance(op, Deliver):
+                adeliver = getattr(channel, "adeliver", None)
+                if adeliver is not None:
+                    await adeliver(op.request, book)
+                else:
+                    await anyio.to_thread.run_sync(channel.deliver, op.request, book)
+            elif isinstance(op, Read):
+                if offload:
+                    reply = await anyio.to_thread.run_sync(store.approval_get, op.request_id)
+                else:
+                    reply = store.approval_get(op.request_id)
+            else:
+                await anyio.sleep(op.seconds)
+        except Exception as exc:  # handed back to the wait, which fails closed
+            error = exc

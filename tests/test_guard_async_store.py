@@ -1,0 +1,58 @@
+"""The async entry points keep store I/O off the event loop.
+
+A real SQLite store is locked by another connection (as a long transaction in
+another process would); the guard's call waits on it in a worker thread while
+unrelated async callers on the same loop finish. Bounded with
+``anyio.fail_after``, not a timing threshold.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from agentguard import Delegation, Guard, Identity
+from agentguard.store.memory import MemoryStore
+
+
+def _policy(org: Identity) -> dict[str, Any]:
+    return {"trusted_roots": [{"id": org.id, "public_key": org.principal.public_jwk()}]}
+
+
+@pytest.mark.anyio
+async def test_a_locked_store_does_not_stall_unrelated_async_callers(tmp_path: Path) -> None:
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    grant = Delegation.issue(org, bot, ["tickets/*"], ttl="1h")
+    locked = Guard(_policy(org), home=tmp_path / "locked")
+    free = Guard(_policy(org), store=MemoryStore())
+    locker = sqlite3.connect(tmp_path / "locked" / "state.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    finished: list[str] = []
+
+    async def blocked_call() -> None:
+        await locked.acall(grant, "tickets/read", {"id": 1}, lambda id: f"read {id}", holder=bot)
+        finished.append("blocked call")
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(blocked_call)
+            with anyio.fail_after(20):
+                for n in range(25):
+                    result = await free.acall(
+                        grant, "tickets/read", {"id": n}, lambda id: f"read {id}", holder=bot
+                    )
+                    assert result == f"read {n}"
+                    await anyio.sleep(0.02)
+                # Many unrelated calls completed while the locked store still holds it back.
+                assert finished == []
+            locker.execute("ROLLBACK")
+    finally:
+        locker.close()
+        locked.close()
+        free.close()
+    assert finished == ["blocked call"]
+    assert free.audit.verify() is None
