@@ -32,6 +32,7 @@ from agentguard import _jws
 from agentguard.addresses import pattern_matches
 from agentguard.audit import REDACTED, sets_redacted_field
 from agentguard.clock import Clock, format_duration
+from agentguard.decision import Reason
 from agentguard.errors import AgentGuardError, DeniedError, IdentityError, TokenFormatError
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import ASSURANCE_LEVELS, Policy, assurance_at_least
@@ -695,7 +696,7 @@ class NoChannel:
         """Refuse at once with reason ``approval_unavailable``."""
         raise DeniedError(
             f"{request.tool} needs approval and no approval channel is configured",
-            reason="approval_unavailable",
+            reason=Reason.APPROVAL_UNAVAILABLE,
         )
 
 
@@ -771,7 +772,7 @@ class TerminalChannel:
         if not (hasattr(stdin, "isatty") and stdin.isatty()):
             raise DeniedError(
                 "approval by terminal prompt needs an interactive terminal (stdin is not a TTY)",
-                reason="approval_unavailable",
+                reason=Reason.APPROVAL_UNAVAILABLE,
             )
         stdout.write("\n" + request.describe(book.clock.now()) + "\n")
         folded = request.view().folded
@@ -965,7 +966,8 @@ class ApprovalBook:
         state = request.state(self.clock.now())
         if state != "pending":
             raise DeniedError(
-                f"approval request {request_id} is {state}, not pending", reason="approval_closed"
+                f"approval request {request_id} is {state}, not pending",
+                reason=Reason.APPROVAL_CLOSED,
             )
         self._check_approver(request, approver, assurance, approving=True)
 
@@ -986,7 +988,7 @@ class ApprovalBook:
         if request.state(now) != "pending":
             raise DeniedError(
                 f"approval request {request_id} is {request.state(now)}, not pending",
-                reason="approval_closed",
+                reason=Reason.APPROVAL_CLOSED,
             )
         # Refuse at once what the guard would refuse later, so humans are not misled.
         self._check_approver(request, approver_id, assurance, approving=approve)
@@ -1010,7 +1012,7 @@ class ApprovalBook:
                 raise DeniedError(
                     "an edit may not set a redacted field; leave it as "
                     f"{REDACTED!r} to keep the caller's value",
-                    reason="approval_invalid",
+                    reason=Reason.APPROVAL_INVALID,
                 )
             claims["edited"] = args_digest(edited_args)
             claims["edited_args"] = dict(edited_args)
@@ -1025,7 +1027,7 @@ class ApprovalBook:
         ):
             raise DeniedError(
                 f"approval request {request_id} was answered or expired meanwhile",
-                reason="approval_closed",
+                reason=Reason.APPROVAL_CLOSED,
             )
         return token
 
@@ -1042,14 +1044,16 @@ class ApprovalBook:
         entry = self.policy.approver(approver_id)
         if entry is None:
             raise DeniedError(
-                f"{approver_id} is not an approver in the policy", reason="approver_not_authorized"
+                f"{approver_id} is not an approver in the policy",
+                reason=Reason.APPROVER_NOT_AUTHORIZED,
             )
         if not any(pattern_matches(p, request.tool) for p in entry.tools):
             raise DeniedError(
-                f"{approver_id} may not approve {request.tool}", reason="approver_not_authorized"
+                f"{approver_id} may not approve {request.tool}",
+                reason=Reason.APPROVER_NOT_AUTHORIZED,
             )
         if self._revoked(principals=[approver_id]):
-            raise DeniedError(f"{approver_id} is revoked", reason="approver_not_authorized")
+            raise DeniedError(f"{approver_id} is revoked", reason=Reason.APPROVER_NOT_AUTHORIZED)
         # The strongest of: the approver's own floor, what the call demanded when
         # it was filed, and what it demands now (a policy may have been tightened).
         needed = max(
@@ -1062,26 +1066,26 @@ class ApprovalBook:
             raise DeniedError(
                 f"an answer through this channel has assurance '{assurance}', "
                 f"but '{needed}' is required",
-                reason="approval_assurance",
+                reason=Reason.APPROVAL_ASSURANCE,
             )
         if self.policy.approval.separation_of_duties:
             if not approver_id.startswith("user:"):
                 raise DeniedError(
                     f"{approver_id} is not a human (user:) principal",
-                    reason="separation_of_duties",
+                    reason=Reason.SEPARATION_OF_DUTIES,
                 )
             acting = {p for p in request.path if p.split(":", 1)[0] in ("agent", "service")}
             if approver_id == request.requester or approver_id in acting:
                 raise DeniedError(
                     f"{approver_id} acts in the requesting chain and may not approve it",
-                    reason="separation_of_duties",
+                    reason=Reason.SEPARATION_OF_DUTIES,
                 )
             # A rejection never grants anything: the people of the chain may say no.
             if approving and (approver_id in request.excluded or approver_id in excluded):
                 raise DeniedError(
                     f"{approver_id} is a subject or sponsor of the link that demanded this "
                     "approval, or of a link below it, and may not approve it",
-                    reason="separation_of_duties",
+                    reason=Reason.SEPARATION_OF_DUTIES,
                 )
 
     def _revoked(self, *, kids: Sequence[str] = (), principals: Sequence[str] = ()) -> bool:
@@ -1099,7 +1103,7 @@ class ApprovalBook:
             except IdentityError:
                 pass
         raise DeniedError(
-            f"no public key known for approver {approver_id}", reason="approver_not_authorized"
+            f"no public key known for approver {approver_id}", reason=Reason.APPROVER_NOT_AUTHORIZED
         )
 
     def verify_receipt(
@@ -1121,7 +1125,7 @@ class ApprovalBook:
             DeniedError: the receipt does not authorise this call.
         """
         if row.receipt is None:
-            raise DeniedError("approval has no receipt", reason="approval_invalid")
+            raise DeniedError("approval has no receipt", reason=Reason.APPROVAL_INVALID)
         try:
             _, unverified = _jws.peek(row.receipt, TYP_APPROVAL)
             signer_id = str(unverified.get("iss"))
@@ -1137,25 +1141,25 @@ class ApprovalBook:
             claims = _jws.verify(row.receipt, key, TYP_APPROVAL)
         except TokenFormatError as exc:
             raise DeniedError(
-                f"receipt is malformed: {exc.explanation}", reason="approval_invalid"
+                f"receipt is malformed: {exc.explanation}", reason=Reason.APPROVAL_INVALID
             ) from None
         except DeniedError as exc:
             raise DeniedError(
-                f"receipt rejected: {exc.explanation}", reason="approval_invalid"
+                f"receipt rejected: {exc.explanation}", reason=Reason.APPROVAL_INVALID
             ) from None
         now = self.clock.now()
         if claims.get("call") != expected_digest or claims.get("req") != row.id:
-            raise DeniedError("receipt is bound to another call", reason="approval_mismatch")
+            raise DeniedError("receipt is bound to another call", reason=Reason.APPROVAL_MISMATCH)
         if row.call_digest != expected_digest:
-            raise DeniedError("approval is for another call", reason="approval_mismatch")
+            raise DeniedError("approval is for another call", reason=Reason.APPROVAL_MISMATCH)
         exp, iat = claims.get("exp"), claims.get("iat")
         leeway = self.policy.limits.leeway
         if not isinstance(exp, int) or not isinstance(iat, int) or iat > now + leeway:
-            raise DeniedError("receipt has no valid issue time", reason="approval_invalid")
+            raise DeniedError("receipt has no valid issue time", reason=Reason.APPROVAL_INVALID)
         if exp - iat > receipt_lifetime(self.policy):
-            raise DeniedError("receipt claims too long a lifetime", reason="approval_invalid")
+            raise DeniedError("receipt claims too long a lifetime", reason=Reason.APPROVAL_INVALID)
         if now >= exp + leeway:
-            raise DeniedError("receipt has expired", reason="approval_expired")
+            raise DeniedError("receipt has expired", reason=Reason.APPROVAL_EXPIRED)
         assurance = str(claims.get("assurance"))
         if signer_id != self.guard_identity.id:
             assurance = "signed"
@@ -1179,7 +1183,7 @@ class ApprovalBook:
             edited_ok = False
         if not edited_ok:
             raise DeniedError(
-                "edited arguments do not match the receipt", reason="approval_invalid"
+                "edited arguments do not match the receipt", reason=Reason.APPROVAL_INVALID
             )
         return Receipt(
             request_id=row.id,
@@ -1198,5 +1202,5 @@ class ApprovalBook:
         if approver_id in acting or approver_id == chain.holder.id:
             raise DeniedError(
                 f"{approver_id} acts in the requesting chain and may not approve it",
-                reason="separation_of_duties",
+                reason=Reason.SEPARATION_OF_DUTIES,
             )

@@ -137,6 +137,12 @@ class Reason(StrEnum):
     """What would run differs from what was decided; it does not run."""
     ALREADY_RAN = "already_ran"
     """The same call already ran in an earlier attempt of the same graph step."""
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    """The MCP proxy cannot reach the server behind it."""
+    NAME_COLLISION = "name_collision"
+    """Two upstream tools would be exposed under one name; neither is."""
+    TOOL_CHANGED = "tool_changed"
+    """An upstream tool's definition changed since it was pinned."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from agentguard.audit import redact
+from agentguard.decision import Reason
 from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.redaction import redact
 from agentguard.store.base import ApprovalRow
 
 if TYPE_CHECKING:
@@ -350,7 +351,7 @@ class Authorization(_Scope):
 def _rule_ids(rule: int | None, reason: str, approval_rules: Sequence[str]) -> list[str]:
     ids = []
     if rule is not None:
-        ids.append(f"policy deny rule {rule}" if reason == "policy_denied" else f"rule {rule}")
+        ids.append(f"policy deny rule {rule}" if reason == Reason.POLICY_DENIED else f"rule {rule}")
     # Approval rules read "link 1 rule 0 (description)": keep the identifying part.
     ids.extend(text.split(" (", 1)[0] for text in approval_rules)
     return ids

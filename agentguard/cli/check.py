@@ -26,9 +26,9 @@ from agentguard.cli._common import (
     read_delegation,
     workspace,
 )
+from agentguard.decision import Decision
 from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError
-from agentguard.decision import Decision
 from agentguard.keys import Identity, validate_principal_id
 from agentguard.tokens import MAX_CALL_TTL, mint_call_token
 

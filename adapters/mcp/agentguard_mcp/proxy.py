@@ -30,7 +30,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 
-from agentguard import _jws
+from agentguard import Reason, _jws
 from agentguard.addresses import pattern_matches
 from agentguard.argschema import ArgumentSchemaError, check_arguments
 from agentguard.delegation import Delegation
@@ -165,7 +165,7 @@ def _unavailable_text(exc: UpstreamUnavailable) -> str:
 
 
 def _unavailable(exc: UpstreamUnavailable) -> types.CallToolResult:
-    meta: dict[str, Any] = {"reason": "upstream_unavailable"}
+    meta: dict[str, Any] = {"reason": Reason.UPSTREAM_UNAVAILABLE}
     if exc.decision_id:
         meta["decision_id"] = exc.decision_id
     return _refusal(_unavailable_text(exc), meta)
@@ -174,7 +174,7 @@ def _unavailable(exc: UpstreamUnavailable) -> types.CallToolResult:
 def _pending_text(request_id: str, why: str) -> types.CallToolResult:
     return _refusal(
         f"approval pending, id={request_id} ({why}; an approver can answer out of band)",
-        {"reason": "approval_pending", "approval_request_id": request_id},
+        {"reason": Reason.APPROVAL_PENDING, "approval_request_id": request_id},
     )
 
 
@@ -397,7 +397,9 @@ class GuardedProxy:
         headers = getattr(ctx.request, "headers", None)
         delegation = bearer_token(headers.get("authorization")) if headers is not None else None
         if delegation is None:
-            raise _Refusal("denied by agentguard (no_credentials)", {"reason": "no_credentials"})
+            raise _Refusal(
+                "denied by agentguard (no_credentials)", {"reason": Reason.NO_CREDENTIALS}
+            )
         token = (ctx.meta or {}).get(META_CALL)
         return Caller(delegation, call_token=token if isinstance(token, str) else None)
 
@@ -496,7 +498,7 @@ class GuardedProxy:
             if _nested_deeper(args, _MAX_ARGS_DEPTH):
                 raise _Refusal(
                     "denied by agentguard (invalid_arguments: nested too deeply)",
-                    {"reason": "invalid_arguments"},
+                    {"reason": Reason.INVALID_ARGUMENTS},
                 )
             conforms = self._check_schema(caller, exposed, args)
             if params.request_state is not None and conforms:
@@ -522,21 +524,23 @@ class GuardedProxy:
             try:
                 await exposed.upstream.recover()
             except UpstreamUnavailable as exc:
-                raise _Refusal(_unavailable_text(exc), {"reason": "upstream_unavailable"}) from None
+                raise _Refusal(
+                    _unavailable_text(exc), {"reason": Reason.UPSTREAM_UNAVAILABLE}
+                ) from None
             # A new session listed its tools afresh: check them against the pins.
             self.rebuild()
             exposed = self.tools.get(name)
         if exposed is None and name in self.collisions:
             raise _Refusal(
                 "denied by agentguard (name_collision: several tools have this name)",
-                {"reason": "name_collision"},
+                {"reason": Reason.NAME_COLLISION},
             )
         if exposed is None:
-            raise _Refusal("denied by agentguard (unknown_tool)", {"reason": "unknown_tool"})
+            raise _Refusal("denied by agentguard (unknown_tool)", {"reason": Reason.UNKNOWN_TOOL})
         if exposed.changed:
             raise _Refusal(
                 "denied by agentguard (tool_changed: its definition changed since it was approved)",
-                {"reason": "tool_changed"},
+                {"reason": Reason.TOOL_CHANGED},
             )
         return exposed
 
@@ -568,7 +572,8 @@ class GuardedProxy:
         if not reachable:
             return False
         raise _Refusal(
-            f"denied by agentguard (invalid_arguments: {problem})", {"reason": "invalid_arguments"}
+            f"denied by agentguard (invalid_arguments: {problem})",
+            {"reason": Reason.INVALID_ARGUMENTS},
         )
 
     async def _guarded_call(
@@ -590,7 +595,7 @@ class GuardedProxy:
                     "refused to forward arguments that fail the schema of %s", exposed.address
                 )
                 return _refusal(
-                    "denied by agentguard (invalid_arguments)", {"reason": "invalid_arguments"}
+                    "denied by agentguard (invalid_arguments)", {"reason": Reason.INVALID_ARGUMENTS}
                 )
             meta = self._upstream_meta(incoming, caller, exposed, effective)
             if exposed.upstream.spec.agentguard:

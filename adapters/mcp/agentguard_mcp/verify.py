@@ -35,7 +35,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
-from agentguard import _jws
+from agentguard import Reason, _jws
 from agentguard.approval import call_digest
 from agentguard.clock import Clock
 from agentguard.errors import DeniedError, TokenFormatError
@@ -212,11 +212,11 @@ class DelegationVerifier:
         meta = meta if isinstance(meta, Mapping) else {}
         delegation, token = meta.get(META_DELEGATION), meta.get(META_CALL)
         if not isinstance(delegation, str) or not isinstance(token, str):
-            raise DeniedError("no delegation or call token in _meta", reason="no_credentials")
+            raise DeniedError("no delegation or call token in _meta", reason=Reason.NO_CREDENTIALS)
         name = params.get("name")
         arguments = params.get("arguments") or {}
         if not isinstance(name, str) or not isinstance(arguments, Mapping):
-            raise DeniedError("malformed tools/call params", reason="invalid_tool")
+            raise DeniedError("malformed tools/call params", reason=Reason.INVALID_TOOL)
         address = f"{self.namespace}/{name}"
         chain = self.verifier.verify_chain(delegation)
         scope = self.verifier.authorize(chain, address, arguments)
@@ -251,28 +251,28 @@ class DelegationVerifier:
         if not self.approval_keys:
             raise DeniedError(
                 f"{address} needs approval ({rules}), and this server trusts no approval keys",
-                reason="approval_required",
+                reason=Reason.APPROVAL_REQUIRED,
             )
         if not isinstance(receipt, str):
             raise DeniedError(
                 f"{address} needs approval ({rules}); no approval receipt in _meta",
-                reason="approval_required",
+                reason=Reason.APPROVAL_REQUIRED,
             )
         try:
             header, claims = _jws.peek(receipt, TYP_APPROVAL)
         except TokenFormatError as exc:
             raise DeniedError(
-                f"approval receipt is malformed: {exc.explanation}", reason="approval_invalid"
+                f"approval receipt is malformed: {exc.explanation}", reason=Reason.APPROVAL_INVALID
             ) from None
         signer, approver = claims.get("iss"), claims.get("approver")
         if not isinstance(signer, str) or not isinstance(approver, str):
-            raise DeniedError("approval receipt names no signer", reason="approval_invalid")
+            raise DeniedError("approval receipt names no signer", reason=Reason.APPROVAL_INVALID)
         kid = header.get("kid")
         keys = [k for k in self.approval_keys if k.id == signer and kid in (None, k.kid)]
         if not keys:
             raise DeniedError(
                 f"approval receipt is signed by {signer}, whose key this server does not trust",
-                reason="approval_invalid",
+                reason=Reason.APPROVAL_INVALID,
             )
         for key in keys:
             try:
@@ -283,55 +283,59 @@ class DelegationVerifier:
             break
         else:
             raise DeniedError(
-                "approval receipt signature does not verify", reason="approval_invalid"
+                "approval receipt signature does not verify", reason=Reason.APPROVAL_INVALID
             )
         if claims.get("decision") != "approve":
-            raise DeniedError("the approval receipt is a rejection", reason="approval_rejected")
+            raise DeniedError(
+                "the approval receipt is a rejection", reason=Reason.APPROVAL_REJECTED
+            )
         if "edited" in claims or "edited_args" in claims:
             raise DeniedError(
                 "approval receipt is for edited arguments; it cannot be checked here",
-                reason="approval_mismatch",
+                reason=Reason.APPROVAL_MISMATCH,
             )
         try:
             expected = call_digest(address, args_digest(arguments), chain.delegation.leaf.link_id)
         except ValueError as exc:
-            raise DeniedError(str(exc), reason="invalid_arguments") from exc
+            raise DeniedError(str(exc), reason=Reason.INVALID_ARGUMENTS) from exc
         if claims.get("call") != expected:
             raise DeniedError(
-                "approval receipt is bound to another call", reason="approval_mismatch"
+                "approval receipt is bound to another call", reason=Reason.APPROVAL_MISMATCH
             )
         now, leeway = self.verifier.clock.now(), self.verifier.leeway
         exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
         if not isinstance(exp, int) or now >= exp + leeway:
-            raise DeniedError("approval receipt has expired", reason="approval_expired")
+            raise DeniedError("approval receipt has expired", reason=Reason.APPROVAL_EXPIRED)
         if not isinstance(iat, int) or iat > now + leeway:
             raise DeniedError(
-                "approval receipt was issued in the future", reason="approval_invalid"
+                "approval receipt was issued in the future", reason=Reason.APPROVAL_INVALID
             )
         if not isinstance(jti, str) or not jti:
-            raise DeniedError("approval receipt has no id", reason="approval_invalid")
+            raise DeniedError("approval receipt has no id", reason=Reason.APPROVAL_INVALID)
         claimed = claims.get("assurance")
         if signer == approver:
             assurance = "signed"
         elif isinstance(claimed, str) and claimed in ASSURANCE_LEVELS:
             assurance = claimed if assurance_at_least(_ATTESTED_CAP, claimed) else _ATTESTED_CAP
         else:
-            raise DeniedError("approval receipt states no assurance", reason="approval_invalid")
+            raise DeniedError(
+                "approval receipt states no assurance", reason=Reason.APPROVAL_INVALID
+            )
         if not assurance_at_least(assurance, self.min_assurance):
             raise DeniedError(
                 f"the approval has assurance '{assurance}', but this server requires "
                 f"'{self.min_assurance}'",
-                reason="approval_assurance",
+                reason=Reason.APPROVAL_ASSURANCE,
             )
         if self.verifier.revocations.find_revoked([], [signed_by.kid], [approver, signer]):
             raise DeniedError(
-                f"the approval of {approver} is revoked", reason="approver_not_authorized"
+                f"the approval of {approver} is revoked", reason=Reason.APPROVER_NOT_AUTHORIZED
             )
         acting = {p for p in chain.path if p.split(":", 1)[0] in ("agent", "service")}
         if approver == chain.holder.id or approver in acting:
             raise DeniedError(
                 f"{approver} acts in the requesting chain and may not approve it",
-                reason="separation_of_duties",
+                reason=Reason.SEPARATION_OF_DUTIES,
             )
         return VerifiedApproval(
             jti=jti,
@@ -349,7 +353,7 @@ class DelegationVerifier:
             key += f"/{call.claims.issuer}/{call.claims.jti}"
         now, leeway = self.verifier.clock.now(), self.verifier.leeway
         if not self.verifier.replay.consume(key, approval.expires_at + leeway, now=now):
-            raise DeniedError("approval receipt was used before", reason="approval_replayed")
+            raise DeniedError("approval receipt was used before", reason=Reason.APPROVAL_REPLAYED)
 
     # -- middleware ---------------------------------------------------------------
 
