@@ -64,8 +64,10 @@ __all__ = [
     "display_size",
     "excluded_approvers",
     "link_assertions",
+    "peek_receipt",
     "receipt_lifetime",
     "request_html",
+    "verify_receipt_signature",
     "visible_text",
 ]
 
@@ -668,6 +670,25 @@ def _peek_receipt(token: str) -> dict[str, Any]:
         return _jws.peek(token, TYP_APPROVAL)[1]
     except AgentGuardError:
         return {}
+
+
+def peek_receipt(receipt: object) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of an approval receipt, *unverified* (to find its key).
+
+    Raises:
+        TokenFormatError: it is not an approval receipt.
+    """
+    return _jws.peek(receipt, TYP_APPROVAL)
+
+
+def verify_receipt_signature(receipt: str, key: Principal) -> None:
+    """Check that ``key`` signed the approval receipt (and nothing else about it).
+
+    Raises:
+        DeniedError: the signature does not verify (``bad_signature``).
+        TokenFormatError: it is not an approval receipt.
+    """
+    _jws.verify_signature(receipt, key, TYP_APPROVAL)
 
 
 class Channel(Protocol):

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, overload
 
 from agentguard import _pipeline, tracing
 from agentguard._pipeline import CallRequest, Demand, Result, Wait
-from agentguard._resolve import (
+from agentguard.resolve import (
     DEFAULT_HOME,
     channel_for,
     guard_identity_in,
@@ -47,7 +47,7 @@ from agentguard.errors import (
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import Policy, load_policy
 from agentguard.store.base import GrantRecord, RevocationKind, Store
-from agentguard.verify import Verifier
+from agentguard.verify import VerifiedChain, Verifier
 
 __all__ = ["Decision", "Demand", "Guard", "check_limits", "current_decision", "default_home"]
 
@@ -236,6 +236,33 @@ class Guard:
             raise ValueError("kind must be link, key or principal")
         self.store.revoke(kind, value, reason=reason, at=self.clock.now())
         self.verifier.clear_cache()
+
+    # -- for enforcement points ----------------------------------------------------------
+    def verify_chain(self, delegation: str | Delegation) -> VerifiedChain:
+        """Verify a presented chain now (trust, signatures, windows, revocation), no call.
+
+        Enforcement points use it to show a caller only what its chain can reach.
+
+        Raises:
+            DeniedError: the chain is not valid now.
+        """
+        return self.verifier.verify_chain(delegation)
+
+    def spend_once(self, scope: str, key: str, *, ttl: float) -> bool:
+        """Mark the single-use value ``key`` of ``scope`` spent: ``True`` the first time.
+
+        Enforcement points keep their own single-use values here (the MCP
+        proxy's sealed step-up state, a LangGraph step's calls), apart from the
+        guard's call-token nonces: ``scope`` names the kind of value.
+
+        Raises:
+            ValueError: an empty ``scope``, or one containing ``/``.
+            StoreError: the store failed (treat as "not first": fail closed).
+        """
+        if not scope or "/" in scope:
+            raise ValueError("scope must be a non-empty name without '/'")
+        now = self.clock.now()
+        return self.store.consume(f"{scope}/{key}", now + ttl, now=now)
 
     # -- drivers -------------------------------------------------------------------------
     def _decide(self, request: CallRequest) -> Result:

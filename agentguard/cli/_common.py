@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from agentguard._resolve import resolve_home
+from agentguard.resolve import resolve_home
 from agentguard.clock import format_duration, parse_duration
 from agentguard.decision import Reason
 from agentguard.delegation import MAX_DELEGATION_BYTES

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from agentguard._resolve import DEFAULT_HOME, STATE_FILE
+from agentguard.resolve import DEFAULT_HOME, STATE_FILE
 from agentguard.cli._common import HomeOption, PolicyOption, fail, say, workspace
 from agentguard.guard import Guard
 from agentguard.keys import Keyring, validate_principal_id

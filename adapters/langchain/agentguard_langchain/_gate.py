@@ -59,22 +59,10 @@ class _Approvals(Protocol):
     def all(self) -> list[ApprovalRequest]: ...
 
 
-class _ReplayStore(Protocol):
-    def consume(self, key: str, expires_at: float, *, now: float) -> bool: ...
-
-
-class _Clock(Protocol):
-    def now(self) -> float: ...
-
-
 class GuardAPI(Protocol):
     """What the adapter needs from :class:`agentguard.Guard`."""
 
-    @property
-    def store(self) -> _ReplayStore: ...
-
-    @property
-    def clock(self) -> _Clock: ...
+    def spend_once(self, scope: str, key: str, *, ttl: float) -> bool: ...
 
     @property
     def approvals(self) -> _Approvals: ...
@@ -392,13 +380,15 @@ class ToolGate:
                 raise _Mismatch(
                     "the tool's schema changes the approved arguments; they are not run"
                 )
-        if once is not None and once.durable:
-            now = self.guard.clock.now()
-            if not self.guard.store.consume(f"langgraph-ran:{once.key}", now + _ONCE_TTL, now=now):
-                raise AlreadyRan(
-                    "this tool call already ran in an earlier attempt of the same graph step; "
-                    "it is not run again"
-                )
+        if (
+            once is not None
+            and once.durable
+            and not self.guard.spend_once("langgraph-ran", once.key, ttl=_ONCE_TTL)
+        ):
+            raise AlreadyRan(
+                "this tool call already ran in an earlier attempt of the same graph step; "
+                "it is not run again"
+            )
         return chosen
 
     def _explained(self, exc: DeniedError, address: str, args: dict[str, Any]) -> DeniedError:

@@ -18,13 +18,17 @@ import os
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import typer
 
+from agentguard.approval import QueueChannel
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
+from agentguard.guard import POLICY_FILE, Guard
 from agentguard.keys import Keyring
+from agentguard.policy import Policy, load_policy
+from agentguard.resolve import resolve_home
 from agentguard_mcp.config import ProxyConfig, UpstreamSpec, load_config, validate_namespace
 from agentguard_mcp.proxy import Caller, GuardedProxy
 from agentguard_mcp.serve import serve_http, serve_stdio
@@ -69,20 +73,18 @@ def _log_to_stderr() -> None:
         logger.addHandler(_StderrLines(logging.WARNING))
 
 
-def _home(option: str | None, config: ProxyConfig | None) -> Path:
-    if option:
-        return Path(option)
-    if config is not None and config.home:
-        return Path(config.home)
-    env = os.environ.get("AGENTGUARD_HOME")
-    return Path(env) if env else Path.cwd() / ".agentguard"
+def _home(option: str | None, config: ProxyConfig | None, policy: str | None) -> Path:
+    """The state directory, resolved as every agentguard command resolves it."""
+    explicit = option or (config.home if config is not None else None)
+    source = policy or (POLICY_FILE if Path(POLICY_FILE).is_file() else None)
+    loaded = load_policy(source) if source else Policy()
+    home = resolve_home(explicit, loaded, only_existing_default=False)
+    assert home is not None  # noqa: S101 (only_existing_default=False always names one)
+    return home
 
 
-def build_guard(home: Path, policy: str | None) -> Any:
+def build_guard(home: Path, policy: str | None) -> Guard:
     """The guard the proxy decides with: state under ``home``, approvals queued out of band."""
-    from agentguard.approval import QueueChannel
-    from agentguard.guard import Guard
-
     return Guard(
         policy=policy,
         home=home,
@@ -184,7 +186,11 @@ def proxy_command(
     else:
         delegation = delegation or (Path(config.delegation) if config.delegation else None)
         holder = holder or config.holder
-    state = _home(home, config)
+    try:
+        state = _home(home, config, policy or config.policy)
+    except AgentGuardError as exc:
+        _say(str(exc))
+        raise typer.Exit(EXIT_ERROR) from None
     _log_to_stderr()
     _configure_telemetry(stdio=http is None)
     try:

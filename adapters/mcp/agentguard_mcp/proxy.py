@@ -30,8 +30,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 
-from agentguard import Reason, _jws
+from agentguard import Reason
 from agentguard.addresses import pattern_matches
+from agentguard.approval import peek_receipt
 from agentguard.argschema import ArgumentSchemaError, check_arguments
 from agentguard.delegation import Delegation
 from agentguard.errors import (
@@ -41,9 +42,8 @@ from agentguard.errors import (
     ConfigError,
     DeniedError,
 )
-from agentguard.guard import Decision, current_decision
+from agentguard.guard import Decision, Guard, current_decision
 from agentguard.keys import Identity
-from agentguard.tokens import TYP_APPROVAL
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
 from agentguard_mcp.config import check_namespaces
@@ -217,7 +217,7 @@ class GuardedProxy:
 
     def __init__(
         self,
-        guard: Any,
+        guard: Guard,
         upstreams: Sequence[Upstream],
         *,
         caller: Caller | None = None,
@@ -409,8 +409,7 @@ class GuardedProxy:
         Raises:
             DeniedError: the chain is not valid now.
         """
-        chain: VerifiedChain = self.guard.verifier.verify_chain(delegation)
-        return chain
+        return self.guard.verify_chain(delegation)
 
     def reachable_namespaces(self, chain: VerifiedChain) -> set[str]:
         """The namespaces of this proxy that every link of the chain has a rule for."""
@@ -804,10 +803,7 @@ class GuardedProxy:
         return True
 
     def _consume_state(self, nonce: str) -> bool:
-        store = self.guard.store
-        now = float(self.guard.clock.now())
-        consumed: bool = store.consume(f"mcp-state/{nonce}", now + _STATE_TTL, now=now)
-        return consumed
+        return self.guard.spend_once("mcp-state", nonce, ttl=_STATE_TTL)
 
     async def _answered(
         self,
@@ -868,7 +864,7 @@ def _forwardable_receipt(decision: Decision | None) -> str | None:
     if receipt is None:
         return None
     try:
-        _, claims = _jws.peek(receipt, TYP_APPROVAL)
+        _, claims = peek_receipt(receipt)
     except AgentGuardError:
         return None
     if claims.get("decision") != "approve" or "edited" in claims:

@@ -35,14 +35,14 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
-from agentguard import Reason, _jws
-from agentguard.approval import call_digest
+from agentguard import Reason
+from agentguard.approval import call_digest, peek_receipt, verify_receipt_signature
 from agentguard.clock import Clock
 from agentguard.errors import DeniedError, TokenFormatError
 from agentguard.keys import Principal
 from agentguard.policy import ASSURANCE_LEVELS, assurance_at_least
 from agentguard.store.base import ReplayStore, RevocationStore
-from agentguard.tokens import TYP_APPROVAL, args_digest
+from agentguard.tokens import args_digest
 from agentguard.verify import (
     NO_REVOCATION_CHECK,
     NoRevocationCheck,
@@ -259,7 +259,7 @@ class DelegationVerifier:
                 reason=Reason.APPROVAL_REQUIRED,
             )
         try:
-            header, claims = _jws.peek(receipt, TYP_APPROVAL)
+            header, claims = peek_receipt(receipt)
         except TokenFormatError as exc:
             raise DeniedError(
                 f"approval receipt is malformed: {exc.explanation}", reason=Reason.APPROVAL_INVALID
@@ -276,7 +276,7 @@ class DelegationVerifier:
             )
         for key in keys:
             try:
-                _jws.verify_signature(receipt, key, TYP_APPROVAL)
+                verify_receipt_signature(receipt, key)
             except (DeniedError, TokenFormatError):
                 continue
             signed_by = key
