@@ -24,14 +24,6 @@ from typing import Any, TypeVar, overload
 
 from agentguard import _pipeline, tracing
 from agentguard._pipeline import CallRequest, Demand, Result, Wait
-from agentguard.resolve import (
-    DEFAULT_HOME,
-    channel_for,
-    guard_identity_in,
-    open_store,
-    policy_home,
-    resolve_home,
-)
 from agentguard._waiting import WaitStep, aperform, perform, wait_for
 from agentguard.approval import ApprovalBook, Channel
 from agentguard.audit import AuditLog, completion_record
@@ -46,6 +38,14 @@ from agentguard.errors import (
 )
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import Policy, load_policy
+from agentguard.resolve import (
+    DEFAULT_HOME,
+    channel_for,
+    guard_identity_in,
+    open_store,
+    policy_home,
+    resolve_home,
+)
 from agentguard.store.base import GrantRecord, RevocationKind, Store
 from agentguard.verify import VerifiedChain, Verifier
 
@@ -358,6 +358,24 @@ class Guard:
             # the tool has run, so the loss of its completion is logged loudly.
             log.error("agentguard: could not record completion of decision %s", decision.id)
 
+    async def _acomplete(
+        self,
+        decision: Decision,
+        started: float,
+        error: BaseException | None,
+        *,
+        tool_error: bool = False,
+    ) -> None:
+        """:meth:`_complete` off the event loop (unless the store is in memory)."""
+        if self.store.durability == "memory":
+            self._complete(decision, started, error, tool_error=tool_error)
+            return
+        import anyio
+
+        await anyio.to_thread.run_sync(
+            lambda: self._complete(decision, started, error, tool_error=tool_error)
+        )
+
     # -- public API ------------------------------------------------------------------------
     def check(
         self,
@@ -481,14 +499,9 @@ class Guard:
             redact_fields=self.policy.redact,
         ):
             decision, effective = self.authorize(
-                delegation,
-                tool,
-                args,
-                holder=holder,
-                call_token=call_token,
-                call_id=call_id,
+                delegation, tool, args, holder=holder, call_token=call_token, call_id=call_id,
                 step_up=step_up,
-            )
+            )  # fmt: skip
             started = time.monotonic()
             current = _CURRENT.set(decision)
             try:
@@ -560,14 +573,9 @@ class Guard:
             redact_fields=self.policy.redact,
         ):
             decision, effective = await self.aauthorize(
-                delegation,
-                tool,
-                args,
-                holder=holder,
-                call_token=call_token,
-                call_id=call_id,
+                delegation, tool, args, holder=holder, call_token=call_token, call_id=call_id,
                 step_up=step_up,
-            )
+            )  # fmt: skip
             started = time.monotonic()
             current = _CURRENT.set(decision)
             try:
@@ -575,11 +583,11 @@ class Guard:
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as exc:
-                self._complete(decision, started, exc)
+                await self._acomplete(decision, started, exc)
                 raise
             finally:
                 _CURRENT.reset(current)
-            self._complete(decision, started, None, tool_error=_failed(failed, result))
+            await self._acomplete(decision, started, None, tool_error=_failed(failed, result))
             return result
 
     def close(self) -> None:

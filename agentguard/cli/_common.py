@@ -20,7 +20,6 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from agentguard.resolve import resolve_home
 from agentguard.clock import format_duration, parse_duration
 from agentguard.decision import Reason
 from agentguard.delegation import MAX_DELEGATION_BYTES
@@ -28,6 +27,7 @@ from agentguard.errors import ConfigError, TokenFormatError
 from agentguard.guard import Guard
 from agentguard.keys import Keyring
 from agentguard.policy import Policy, load_policy
+from agentguard.resolve import resolve_home
 from agentguard.store.memory import MemoryStore
 
 __all__ = [

@@ -11,11 +11,11 @@ from typing import Annotated
 
 import typer
 
-from agentguard.resolve import DEFAULT_HOME, STATE_FILE
 from agentguard.cli._common import HomeOption, PolicyOption, fail, say, workspace
 from agentguard.guard import Guard
 from agentguard.keys import Keyring, validate_principal_id
 from agentguard.policy import load_policy
+from agentguard.resolve import DEFAULT_HOME, STATE_FILE
 
 __all__ = ["init_command", "policy_template"]
 
