@@ -327,17 +327,8 @@ def test_a_reviewers_edit_is_what_the_guard_decides(
 # -- 4. a ToolNode re-run on resume ------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", ["sync", "async"])
-def test_calls_that_ran_before_an_interrupt_do_not_run_again_on_resume(
-    guard: Guard,
-    delegation: Delegation,
-    bot: Identity,
-    bob: Identity,
-    decisions: Decisions,
-    tool_call: Calls,
-    run: str,
-) -> None:
-    """One AI message: refund (allowed) runs, wipe interrupts; the resume re-runs the node."""
+def _batch_graph(guard: Guard, delegation: Delegation, bot: Identity) -> Any:
+    """A checkpointed graph whose one ToolNode runs refund and wipe (interrupt mode)."""
     tools = guard_tools(
         [_refund_tool(CoercingRefund), wipe],
         guard=guard,
@@ -350,7 +341,21 @@ def test_calls_that_ran_before_an_interrupt_do_not_run_again_on_resume(
     graph.add_node("tools", ToolNode(tools))
     graph.add_edge(START, "tools")
     graph.add_edge("tools", END)
-    app = graph.compile(checkpointer=InMemorySaver())
+    return graph.compile(checkpointer=InMemorySaver())
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_calls_that_ran_before_an_interrupt_do_not_run_again_on_resume(
+    guard: Guard,
+    delegation: Delegation,
+    bot: Identity,
+    bob: Identity,
+    decisions: Decisions,
+    tool_call: Calls,
+    run: str,
+) -> None:
+    """One AI message: refund (allowed) runs, wipe interrupts; the resume re-runs the node."""
+    app = _batch_graph(guard, delegation, bot)
     config: Any = {"configurable": {"thread_id": f"batch-{run}"}}
     message = tool_call(
         ("refund", {"order": "A", "amount": 50}, "r1"), ("wipe", {"target": "cache"}, "w1")
@@ -387,19 +392,7 @@ def test_a_resume_in_a_process_that_does_not_remember_the_result_refuses_the_rep
     """The store remembers that the call ran; without its result the repeat is refused."""
     from agentguard_langchain import _gate
 
-    tools = guard_tools(
-        [_refund_tool(CoercingRefund), wipe],
-        guard=guard,
-        delegation=delegation,
-        holder=bot,
-        namespace="shop",
-        approval="interrupt",
-    )
-    graph = StateGraph(MessagesState)
-    graph.add_node("tools", ToolNode(tools))
-    graph.add_edge(START, "tools")
-    graph.add_edge("tools", END)
-    app = graph.compile(checkpointer=InMemorySaver())
+    app = _batch_graph(guard, delegation, bot)
     config: Any = {"configurable": {"thread_id": "forgetful"}}
     message = tool_call(
         ("refund", {"order": "A", "amount": 50}, "r1"), ("wipe", {"target": "cache"}, "w1")
