@@ -9,6 +9,9 @@ medians and the ratios the design's targets are stated in (DESIGN §10):
   (Datalog time limit raised from its 1 ms default, which fails valid tokens
   under load);
 * raw PyJWT: decoding the same five JWS, signatures only;
+* what a user pays per call: ``Guard.call`` of an allowed call on a warm
+  3-link delegation (in-memory store, its audit records included) against
+  biscuit-python's parse + authorize of an equivalent 3-block token;
 * a LangChain tool wrapped by ``agentguard_langchain.guard_tools`` (full guard
   pipeline, in-memory store) against the same bare tool;
 * audit appends through :class:`AuditLog` on a SQLite file with its side
@@ -55,11 +58,11 @@ def _median_us(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(samples) / 1000
 
 
-def _chain() -> tuple[Delegation, Identity, Identity]:
+def _chain(links: int = 4) -> tuple[Delegation, Identity, Identity]:
+    """org -> team -> agent [-> sub-agent] -> holder: 4 links, or 3 without the sub-agent."""
     org = Identity.generate("org:acme")
     team = Identity.generate("team:incident-response")
     agent = Identity.generate("agent:support-bot")
-    sub = Identity.generate("agent:log-collector")
     holder = Identity.generate("agent:kb-reader")
     d = Delegation.issue(
         org,
@@ -70,8 +73,11 @@ def _chain() -> tuple[Delegation, Identity, Identity]:
         on_behalf_of="org:acme",
     )
     d = d.attenuate(team, agent, ["tickets/open", "kb/search"], ttl="24h")
-    d = d.attenuate(agent, sub, ["kb/search"], ttl="1h")
-    d = d.attenuate(sub, holder, [Rule("kb/search", where={"query": {"like": "*"}})], ttl="10m")
+    if links == 4:
+        sub = Identity.generate("agent:log-collector")
+        d = d.attenuate(agent, sub, ["kb/search"], ttl="1h")
+        agent = sub
+    d = d.attenuate(agent, holder, [Rule("kb/search", where={"query": {"like": "*"}})], ttl="10m")
     return d, org, holder
 
 
@@ -111,7 +117,8 @@ def bench_agentguard(rounds: int) -> dict[str, float]:
     }
 
 
-def bench_biscuit(rounds: int) -> dict[str, float]:
+def bench_biscuit(rounds: int, blocks: int = 4) -> dict[str, float]:
+    """Parse + authorize of a token whose blocks check what the links of ``_chain(blocks)`` do."""
     import biscuit_auth as b
 
     root = b.KeyPair()
@@ -128,9 +135,12 @@ def bench_biscuit(rounds: int) -> dict[str, float]:
             {"exp": far},
         )
     )
-    token = token.append(
-        b.BlockBuilder('check if tool("kb/search"); check if time($t), $t < {exp};', {"exp": far})
-    )
+    if blocks == 4:
+        token = token.append(
+            b.BlockBuilder(
+                'check if tool("kb/search"); check if time($t), $t < {exp};', {"exp": far}
+            )
+        )
     token = token.append(
         b.BlockBuilder(
             'check if tool("kb/search"), query($q); check if time($t), $t < {exp};', {"exp": far}
@@ -150,7 +160,27 @@ def bench_biscuit(rounds: int) -> dict[str, float]:
         builder.set_limits(limits)  # type: ignore[attr-defined]  # missing from the stubs
         builder.build(parsed).authorize()
 
-    return {"biscuit-python parse + authorize (4 blocks)": _median_us(run, rounds)}
+    return {f"biscuit-python parse + authorize ({blocks} blocks)": _median_us(run, rounds)}
+
+
+def bench_guard_call(rounds: int) -> dict[str, float]:
+    """What a user pays per allowed call: verify (warm), decide, mint, audit, run, audit."""
+    from agentguard import Guard
+
+    delegation, org, holder = _chain(links=3)
+    policy = {
+        "version": 1,
+        "trusted_roots": [{"id": org.id, "public_key": org.principal.public_jwk()}],
+    }
+    guard = Guard(policy, store=MemoryStore())
+
+    def search(business_unit: str, query: str) -> str:
+        return f"{len(query)} hits in {business_unit}"
+
+    def call() -> None:
+        guard.call(delegation, TOOL, ARGS, search, holder=holder)
+
+    return {GUARD_CALL: _median_us(call, rounds)}
 
 
 def bench_langchain(rounds: int) -> dict[str, float]:
@@ -183,6 +213,7 @@ def bench_langchain(rounds: int) -> dict[str, float]:
     }
 
 
+GUARD_CALL = "Guard.call, allowed, warm 3-link chain (memory)"
 AUDIT_DECISION = "audit append: allowed decision, {}"
 AUDIT_COMPLETION = "audit append: completion, {}"
 
@@ -236,12 +267,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     opts = parser.parse_args()
     rows = {**bench_agentguard(opts.rounds), **bench_biscuit(opts.rounds)}
+    rows.update(bench_guard_call(opts.rounds))
+    rows.update(bench_biscuit(opts.rounds, blocks=3))
     rows.update(bench_langchain(opts.rounds))
     rows.update(bench_audit(opts.rounds))
     biscuit = rows["biscuit-python parse + authorize (4 blocks)"]
     bare = rows["LangChain tool, bare"]
     # Each row's ratio is against the baseline it is meant to be read against.
     baselines = {name: ("biscuit", biscuit) for name in list(rows)[:4]}
+    biscuit3 = rows["biscuit-python parse + authorize (3 blocks)"]
+    baselines[GUARD_CALL] = ("biscuit 3 blocks", biscuit3)
+    baselines["biscuit-python parse + authorize (3 blocks)"] = ("biscuit 3 blocks", biscuit3)
     baselines["LangChain tool, guard_tools (memory store)"] = ("bare tool", bare)
     print(f"machine: {_machine()}; rounds={opts.rounds}")
     print(f"{'benchmark':48} {'median µs':>10} {'per second':>11} {'ratio':>8}  vs")
@@ -256,7 +292,9 @@ def main() -> None:
     print(
         f"targets: cold <= 1.0x biscuit -> {cold / biscuit:.2f}x; "
         f"warm <= 0.5x biscuit -> {warm / biscuit:.2f}x; "
-        f"guard_tools adds {guarded - bare:.0f} µs per LangChain tool call"
+        f"Guard.call <= 0.6x biscuit (3 blocks) -> {rows[GUARD_CALL] / biscuit3:.2f}x; "
+        f"guard_tools <= 2.0x the bare tool -> {guarded / bare:.2f}x "
+        f"(+{guarded - bare:.0f} µs per LangChain tool call)"
     )
     for durability in ("normal", "full"):
         decision = rows[AUDIT_DECISION.format(durability)]
