@@ -1,8 +1,17 @@
-"""Canonical JSON (RFC 8785) and its digest: what every signature and hash covers."""
+"""Canonical JSON (RFC 8785) and its digest: what every signature and hash covers.
+
+The ``rfc8785`` package is the reference; it is pure Python and dominated the
+cost of a guarded call (an audit record is canonicalised per decision and per
+completion). Values made only of the plain JSON types, in the ranges where
+Python's own JSON encoder writes exactly what RFC 8785 prescribes, are
+encoded by the standard library's C encoder instead; anything else goes to
+``rfc8785``. ``tests/test_canonical.py`` checks the two agree byte for byte.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import rfc8785
@@ -10,6 +19,46 @@ import rfc8785
 from agentguard.keys import b64url_encode
 
 __all__ = ["canonical_digest", "canonical_json"]
+
+#: RFC 8785 numbers are IEEE doubles: integers beyond this are refused.
+_INT_LIMIT = 2**53 - 1
+
+# Sorted keys, no whitespace, UTF-8 as is: for plain values this is RFC 8785.
+# Python's JSON string escapes are ECMAScript's (\b \t \n \f \r, \u00xx for the
+# other controls, lowercase hex), and so are rfc8785's.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"), check_circular=False
+)
+
+
+def _plain(value: Any) -> bool:
+    """Whether the C encoder writes ``value`` exactly as RFC 8785 does.
+
+    Exact types only (subclasses go to the reference). Object keys must be
+    ASCII: Python sorts by code point, RFC 8785 by UTF-16 code unit, and the two
+    orders differ only beyond ASCII. Integers must be IEEE-safe (the reference
+    refuses others). Floats must print without exponent and with a fraction:
+    there ``repr`` is ECMAScript's shortest round-trip form; ``1.0`` (RFC 8785:
+    ``1``), ``1e-05`` or ``1e+16`` are not.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        integer: int = value
+        return -_INT_LIMIT <= integer <= _INT_LIMIT
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not _plain(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(map(_plain, value))
+    if kind is float:
+        number: float = value
+        # NaN and the infinities fail the range test.
+        return 1e-4 <= abs(number) < 1e16 and not number.is_integer()
+    return False
 
 
 def canonical_json(value: Any) -> bytes:
@@ -19,6 +68,12 @@ def canonical_json(value: Any) -> bytes:
         ValueError: the value is not representable in canonical JSON (NaN,
             non-string keys, integers beyond IEEE double range, foreign types).
     """
+    try:
+        if _plain(value):
+            # Lone surrogates fail to encode here, as in the reference.
+            return _ENCODER.encode(value).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        pass
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:

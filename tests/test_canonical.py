@@ -1,0 +1,107 @@
+"""Canonical JSON: the fast path writes exactly what the RFC 8785 reference writes.
+
+Every digest and signature covers these bytes, so one differing byte would
+make a call token or an audit record unverifiable elsewhere.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentguard.canonical import _plain, canonical_json
+
+
+def _reference(value: Any) -> bytes | None:
+    """What ``rfc8785`` writes, or ``None`` when it refuses the value."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError):
+        return None
+
+
+def _ours(value: Any) -> bytes | None:
+    try:
+        return canonical_json(value)
+    except ValueError:
+        return None
+
+
+_texts = st.text(
+    # Every code point, lone surrogates (refused) and controls (escaped) included.
+    alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF),
+    max_size=12,
+)
+_numbers = st.one_of(
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=1e-8, max_value=1e22),
+    st.sampled_from([0.0, -0.0, 1.0, 1e-4, 9.999e-5, 1e16, 1e21, 2.0**53, 0.1, 1 / 3]),
+)
+_scalars = st.one_of(st.none(), st.booleans(), _numbers, _texts)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(_texts, inner, max_size=4),
+        st.dictionaries(st.sampled_from(["a", "b", "\U0001f600", "\ue000", "é"]), inner),
+    ),
+    max_leaves=20,
+)
+
+
+@given(_values)
+@settings(max_examples=600, deadline=None)
+def test_fast_path_matches_the_reference(value: Any) -> None:
+    """Same bytes as rfc8785 for any JSON-like value, or refused by both."""
+    assert _ours(value) == _reference(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": 1, "a": [1, 2.5, 'x\u2028\x7f\x00\x1f"\\'], "c": None, "d": True},
+        {"time": 1718000000.123456, "duration_ms": 0.0421, "n": -(2**53) + 1},
+        [0.0001, 123456789012345.6, -0.5, 1e-4 * 3],
+    ],
+)
+def test_plain_values_take_the_fast_path(value: Any) -> None:
+    """Ordinary records are encoded by the C encoder, and still match the reference."""
+    assert _plain(value)
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+class _Color(enum.StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"t": 1700000000.0},  # integer-valued float: RFC 8785 writes 1700000000
+        {"f": 1e-05},
+        {"f": 1e16},
+        {"n": 2**53},
+        {"\U0001f600": 1, "\ue000": 2},  # UTF-16 order differs from code point order
+        {1: "int key"},
+        {"e": _Color.RED},
+        {"x": float("nan")},
+    ],
+)
+def test_other_values_go_to_the_reference(value: Any) -> None:
+    """Values outside the fast path's exact domain are the reference's to encode or refuse."""
+    assert not _plain(value)
+    assert _ours(value) == _reference(value)
+
+
+def test_lone_surrogate_is_refused() -> None:
+    """A lone surrogate is not UTF-8: refused, as by the reference."""
+    with pytest.raises(ValueError, match="not canonical JSON"):
+        canonical_json({"s": "\ud800"})
+    assert _reference({"s": "\ud800"}) is None
