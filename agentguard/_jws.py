@@ -26,6 +26,7 @@ __all__ = [
     "link_id",
     "peek",
     "sign",
+    "sign_call",
     "verify",
 ]
 
@@ -47,6 +48,28 @@ def sign(claims: dict[str, Any], identity: Identity, typ: str) -> str:
         algorithm="EdDSA",
         headers={"typ": typ, "kid": identity.kid},
     )
+
+
+@lru_cache(maxsize=256)
+def _encoded_header(kid: str, typ: str) -> str:
+    # PyJWT's header for these arguments: sorted keys, no whitespace.
+    header = json.dumps({"alg": "EdDSA", "kid": kid, "typ": typ}, separators=(",", ":"))
+    return b64url_encode(header.encode("ascii"))
+
+
+def sign_call(claims: dict[str, Any], identity: Identity, typ: str) -> str:
+    """:func:`sign` without PyJWT's encoder, for the token minted on every call.
+
+    PyJWT's encoder cost as much as the signature itself. This writes the same
+    bytes PyJWT writes for the same arguments (its JSON: ASCII, no whitespace,
+    sorted header, claims in the given order; Ed25519 signatures are
+    deterministic), signed with :meth:`Identity.sign` (libsodium when
+    installed); ``tests/test_jws_sign.py`` holds the two to that.
+    """
+    payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
+    signing_input = f"{_encoded_header(identity.kid, typ)}.{b64url_encode(payload)}"
+    signature = identity.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url_encode(signature)}"
 
 
 def _segments(token: object, typ: str) -> list[str]:

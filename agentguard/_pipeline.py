@@ -47,7 +47,7 @@ from agentguard.errors import (
 from agentguard.keys import Identity
 from agentguard.policy import ASSURANCE_LEVELS, Policy, assurance_at_least
 from agentguard.store.base import ApprovalRow, Store
-from agentguard.tokens import args_digest, mint_call_token
+from agentguard.tokens import args_digest, mint_call
 from agentguard.verify import VerifiedCall, VerifiedChain, Verifier
 
 log = logging.getLogger("agentguard")
@@ -355,7 +355,7 @@ def _bind_call_token(parts: Parts, state: _State) -> None:
     """Mint (or spend) the call token, spend the approval's receipt: the call may run."""
     chain, request = state.verified, state.request
     if state.token is None and request.holder is not None:
-        state.token = mint_call_token(
+        minted = mint_call(
             request.holder,
             leaf_link_id=chain.delegation.leaf.link_id,
             tool=request.tool,
@@ -364,8 +364,9 @@ def _bind_call_token(parts: Parts, state: _State) -> None:
             ttl=min(parts.policy.limits.call_token_ttl, MINTED_TOKEN_TTL),
             digest=state.digest,
         )
+        state.token = minted.token
         parts.verifier.accept_minted(
-            chain, state.token, tool=request.tool, args=state.args, digest=state.digest
+            chain, minted, tool=request.tool, args=state.args, digest=state.digest
         )
     elif state.presented is not None and request.enforce:
         # Checked already: no second signature check, only nonce and expiry remain.

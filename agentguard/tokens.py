@@ -35,6 +35,7 @@ __all__ = [
     "Grant",
     "Rule",
     "args_digest",
+    "mint_call",
     "mint_call_token",
     "new_jti",
     "parse_call_token",
@@ -391,19 +392,64 @@ def mint_call_token(
         InvalidAddressError: the tool address is malformed.
         ValueError: the arguments are not canonical JSON, or ``ttl`` is out of range.
     """
+    return mint_call(
+        holder,
+        leaf_link_id=leaf_link_id,
+        tool=tool,
+        args=args,
+        now=now,
+        ttl=ttl,
+        audience=audience,
+        digest=digest,
+    ).token
+
+
+def mint_call(
+    holder: Identity,
+    *,
+    leaf_link_id: str,
+    tool: str,
+    args: Mapping[str, Any],
+    now: float,
+    ttl: float = 30,
+    audience: str | None = None,
+    digest: str | None = None,
+) -> CallClaims:
+    """:func:`mint_call_token`, returning the token with the claims it was signed over.
+
+    The claims are those just signed, so a guard that mints in-process does not
+    parse its own token back.
+
+    Raises:
+        InvalidAddressError: the tool address is malformed.
+        ValueError: the arguments are not canonical JSON, or ``ttl`` is out of range.
+    """
     namespace, _ = parse_address(tool)
     if not 0 < ttl <= MAX_CALL_TTL:
         raise ValueError(f"call token ttl must be within (0, {MAX_CALL_TTL}] seconds")
-    issued = math.floor(now)
-    claims = {
+    aud = audience or namespace
+    issued, expires, jti = math.floor(now), math.ceil(now + ttl), new_jti()
+    digest = digest if digest is not None else args_digest(args)
+    payload = {
         "ver": FORMAT_VERSION,
         "iss": holder.id,
-        "aud": audience or namespace,
+        "aud": aud,
         "tool": tool,
-        "args": digest if digest is not None else args_digest(args),
+        "args": digest,
         "prf": leaf_link_id,
         "iat": issued,
-        "exp": math.ceil(now + ttl),
-        "jti": new_jti(),
+        "exp": expires,
+        "jti": jti,
     }
-    return _jws.sign(claims, holder, TYP_CALL)
+    return CallClaims(
+        token=_jws.sign_call(payload, holder, TYP_CALL),
+        kid=holder.kid,
+        issuer=holder.id,
+        audience=aud,
+        tool=tool,
+        args_digest=digest,
+        parent=leaf_link_id,
+        issued_at=issued,
+        expires_at=expires,
+        jti=jti,
+    )

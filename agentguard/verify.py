@@ -503,7 +503,7 @@ class Verifier:
     def accept_minted(
         self,
         chain: VerifiedChain,
-        token: str,
+        token: str | CallClaims,
         *,
         tool: str,
         args: Mapping[str, Any],
@@ -513,12 +513,14 @@ class Verifier:
         """Accept a call token this process minted itself with the holder's key.
 
         The signature was produced here a moment ago, so it is not checked again
-        (DESIGN §3); binding, time and replay checks still run.
+        (DESIGN §3); binding, time and replay checks still run. ``token`` may be
+        the :class:`CallClaims` :func:`~agentguard.tokens.mint_call` returned
+        with it: the claims it was just signed over, so not parsed back.
 
         Raises:
             DeniedError: as :meth:`verify_call_token`.
         """
-        claims = CallClaims.parse(token)
+        claims = token if isinstance(token, CallClaims) else CallClaims.parse(token)
         if claims.issuer != chain.holder.id or claims.kid != chain.holder.kid:
             raise DeniedError(
                 "call token is not signed by the holder", reason=Reason.CALL_TOKEN_SIGNER
