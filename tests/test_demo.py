@@ -1,4 +1,5 @@
-"""examples/demo.py (``make demo``): each scenario's outcome, nothing left behind, ``--keep``."""
+"""examples/demo.py (``make demo``): each scenario's outcome, nothing left behind, ``--keep``;
+the ``agentguard_demo`` package it runs also starts with ``python -m``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "demo.py"
+EXAMPLES = ROOT / "examples"
+DEMO = EXAMPLES / "demo.py"
 BIN = Path(sys.executable).parent
 
 # Caches that interpreters and tools write anyway; the demo's own state must go elsewhere.
@@ -48,10 +50,15 @@ def _checkout_paths() -> set[Path]:
 
 
 def _run_demo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run(cwd, [sys.executable, str(DEMO), *args])
+
+
+def _run(cwd: Path, argv: list[str], **env_extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTGUARD_", "OTEL_"))}
     env["PYTHONIOENCODING"] = "utf-8"
+    env.update(env_extra)
     return subprocess.run(
-        [sys.executable, str(DEMO), *args],
+        argv,
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -127,3 +134,17 @@ def test_keep_leaves_state_the_printed_commands_can_read(tmp_path: Path) -> None
     assert listed.returncode == 0, listed.stderr
     assert "agent:quarterly-report" in listed.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def test_package_runs_as_a_module_with_the_options_of_demo_py(tmp_path: Path) -> None:
+    """``python -m agentguard_demo`` imports the whole story and offers what demo.py offers."""
+    as_module = _run(
+        tmp_path, [sys.executable, "-m", "agentguard_demo", "--help"], PYTHONPATH=str(EXAMPLES)
+    )
+    as_script = _run_demo(tmp_path, "--help")
+    assert as_module.returncode == 0, as_module.stderr
+    assert as_script.returncode == 0, as_script.stderr
+    assert as_module.stdout.startswith("usage: python -m agentguard_demo [-h] [--interactive]")
+    assert as_script.stdout.startswith("usage: demo.py [-h] [--interactive]")
+    assert as_module.stdout.split("\n", 1)[1] == as_script.stdout.split("\n", 1)[1]
+    assert list(tmp_path.iterdir()) == []
