@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from agentguard import tracing
@@ -23,9 +26,10 @@ from agentguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-__all__ = ["EXPORTERS", "configure"]
+__all__ = ["EXPORTERS", "capture_spans", "configure"]
 
 log = logging.getLogger("agentguard.telemetry")
 
@@ -131,3 +135,76 @@ def _metric_reader(name: str) -> MetricReader:
     except ImportError as exc:
         raise _otlp_missing() from exc
     return PeriodicExportingMetricReader(OTLPMetricExporter())
+
+
+# capture_spans: one processor on the global provider routes ended spans to the
+# captures open right now, since a provider cannot drop a processor once added.
+_captures: tuple[SpanProcessor, ...] = ()
+_captures_lock = threading.Lock()
+_routed: set[int] = set()  # ids of the providers the router was added to
+
+
+@contextmanager
+def capture_spans() -> Iterator[InMemorySpanExporter]:
+    """Collect in memory the spans that end inside the ``with`` block (for tests).
+
+    Yields the SDK's ``InMemorySpanExporter``: ``get_finished_spans()`` lists
+    the spans ended so far, from any thread, oldest first. The spans come
+    from the global SDK tracer provider; when the application has installed
+    none, SDK tracer and meter providers without exporters are installed
+    first, for the rest of the process (OpenTelemetry allows no second one).
+
+    Example::
+
+        with capture_spans() as spans:
+            guard.check(world.delegation, "tickets/read", {}, holder=world.bot)
+        assert [s.name for s in spans.get_finished_spans()] == ["agentguard.authorize tickets/read"]
+
+    Raises:
+        ConfigError: the OpenTelemetry SDK is not installed, or the global
+            tracer provider is not the SDK's.
+    """
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError as exc:
+        raise ConfigError(f"capturing spans needs the OpenTelemetry SDK; {_EXTRA_HINT}") from exc
+
+    global _captures
+    provider = tracing.global_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        # OpenTelemetry keeps a provider another library installed first: refuse then.
+        tracing.install_providers(TracerProvider(), MeterProvider())
+        provider = tracing.global_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            raise ConfigError(
+                "capturing spans needs the OpenTelemetry SDK's tracer provider; "
+                f"the global one is a {type(provider).__name__}"
+            )
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    with _captures_lock:
+        if id(provider) not in _routed:
+            provider.add_span_processor(_router())
+            _routed.add(id(provider))
+        _captures = (*_captures, processor)
+    try:
+        yield exporter
+    finally:
+        with _captures_lock:
+            _captures = tuple(p for p in _captures if p is not processor)
+
+
+def _router() -> SpanProcessor:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Router(SpanProcessor):
+        """Hands each ended span to the captures open at that moment."""
+
+        def on_end(self, span: ReadableSpan) -> None:
+            for capture in _captures:
+                capture.on_end(span)
+
+    return Router()

@@ -27,6 +27,8 @@ def test_public_modules_have_docstrings() -> None:
         "agentguard.policy",
         "agentguard.predicates",
         "agentguard.store",
+        "agentguard.telemetry",
+        "agentguard.testing",
         "agentguard.tokens",
         "agentguard.verify",
     ):
