@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs are published for it
+import jsonschema
 import pytest
 
 from agentguard.errors import ConfigError

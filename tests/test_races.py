@@ -23,6 +23,7 @@ import pytest
 from agentguard.clock import SystemClock
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
+from agentguard.store.base import RevocationKind
 from tests.guard_helpers import PYTHON, World, policy_doc, write_policy
 
 THREADS = 6
@@ -314,7 +315,7 @@ def _hammer(guard: Guard, world: World, ledger: _Ledger, *, after: int = 15) -> 
     [("link", "thread"), ("principal", "thread"), ("key", "process"), ("link", "process")],
 )
 def test_revocation_is_effective_for_every_call_starting_after_it(
-    shared: Home, kind: str, revoker: str
+    shared: Home, kind: RevocationKind, revoker: str
 ) -> None:
     """Workers call while a revocation lands; every call that starts after it returns is refused."""
     world = shared.world
