@@ -396,8 +396,11 @@ class Verifier:
         role = ""
         if link is not None and hit.kind == "principal" and hit.value == grants[link].on_behalf_of:
             role = " sponsor"
+        # Principal ids are shown whole (they are short and people read them); link
+        # ids and key thumbprints are shortened to the 16 characters commands show.
+        shown = hit.value if hit.kind == "principal" else hit.value[:16]
         raise DeniedError(
-            f"{hit.kind}{role} {hit.value[:16]} is revoked"
+            f"{hit.kind}{role} {shown} is revoked"
             + (f" (link {link})" if link is not None else ""),
             reason=Reason.REVOKED,
             link=link,

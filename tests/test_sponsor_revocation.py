@@ -172,3 +172,17 @@ def test_a_chain_dies_exactly_when_some_link_names_the_revoked_sponsor(
         verifier.verify_chain(chain)
     assert info.value.reason == "revoked"
     assert info.value.link == named[0]
+
+
+def test_the_refusal_names_a_revoked_sponsor_in_full() -> None:
+    """A principal id is shown whole (it used to be cut to 16 characters)."""
+    clock = ManualClock(START)
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    chain = Delegation.issue(
+        org, bot, ["tickets/*"], ttl="1h", on_behalf_of="team:partnerships", clock=clock
+    )
+    store = MemoryStore()
+    store.revoke("principal", "team:partnerships", reason="", at=clock.now())
+    verifier = Verifier([org.principal], revocations=store, replay=store, clock=clock)
+    with pytest.raises(DeniedError, match="principal sponsor team:partnerships is revoked"):
+        verifier.verify_chain(chain.serialize())
