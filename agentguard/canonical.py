@@ -49,7 +49,10 @@ def _plain(value: Any) -> bool:
         return -_INT_LIMIT <= integer <= _INT_LIMIT
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str or not key.isascii() or not _plain(item):
+            if type(key) is not str or not key.isascii():
+                return False
+            # Strings and null inline: most values are, and a call costs more than the test.
+            if type(item) is not str and item is not None and not _plain(item):
                 return False
         return True
     if kind is list or kind is tuple:
