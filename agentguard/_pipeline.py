@@ -166,6 +166,14 @@ class _State:
         return self.chain
 
     def decide(self, outcome: Outcome, reason: Reason, explanation: str, **kw: Any) -> None:
+        """Set the verdict; a verified chain's path and link ids go with it.
+
+        Every way out of the pipeline decides before it records, so the chain is
+        written into the decision here rather than by a copy of its own.
+        """
+        if self.chain is not None:
+            kw.setdefault("path", self.chain.path)
+            kw.setdefault("link_ids", self.chain.delegation.link_ids)
         self.decision = replace(
             self.decision, outcome=outcome, reason=reason, explanation=explanation, **kw
         )
@@ -228,9 +236,6 @@ def _verify(parts: Parts, state: _State) -> None:
     except ValueError as exc:
         raise DeniedError(str(exc), reason=Reason.INVALID_ARGUMENTS) from exc
     state.chain = parts.verifier.verify_chain(state.request.delegation)
-    state.decision = replace(
-        state.decision, path=state.chain.path, link_ids=state.chain.delegation.link_ids
-    )
     parts.policy.check_limits(state.chain.delegation)
 
 
