@@ -30,8 +30,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agentguard.approval import ApprovalBook, ApprovalRequest, CallbackChannel, Channel
-from agentguard.clock import ManualClock
+from agentguard.clock import Clock, ManualClock
 from agentguard.delegation import Delegation, ScopeSpec
 from agentguard.guard import Guard
 from agentguard.keys import Identity
@@ -202,6 +204,14 @@ class World:
         doc.update(overrides)
         return doc
 
+    def write_policy(self, path: Path, **overrides: Any) -> Path:
+        """Write :meth:`policy` as YAML to ``path`` (for a CLI, a proxy or another process).
+
+        Returns ``path``.
+        """
+        path.write_text(yaml.safe_dump(self.policy(**overrides), sort_keys=False), encoding="utf-8")
+        return path
+
     def guard(
         self,
         *,
@@ -210,15 +220,17 @@ class World:
         approver: Channel | None = None,
         approval_mode: str | None = None,
         enforcement_point: str = "python",
+        clock: Clock | None = None,
         **policy: Any,
     ) -> Guard:
-        """A :class:`~agentguard.guard.Guard` over :meth:`policy` on this world's clock.
+        """A :class:`~agentguard.guard.Guard` over :meth:`policy`, on this world's clock.
 
         Everything is in memory (a fresh :class:`~agentguard.store.memory.MemoryStore`)
         unless ``store`` or ``home`` is given. Without ``approver`` the policy's
         channel applies, ``none`` by default: a call that needs approval is
-        refused with ``approval_unavailable``. Other keyword arguments are
-        top-level policy keys, as in :meth:`policy`.
+        refused with ``approval_unavailable``. ``clock`` replaces the world's
+        (a :class:`~agentguard.clock.SystemClock` for tests that really wait).
+        Other keyword arguments are top-level policy keys, as in :meth:`policy`.
 
         Example::
 
@@ -233,7 +245,7 @@ class World:
             self.policy(**policy),
             home=home,
             store=store,
-            clock=self.clock,
+            clock=self.clock if clock is None else clock,
             approver=approver,
             approval_mode=approval_mode,
             enforcement_point=enforcement_point,

@@ -1,7 +1,14 @@
-"""Shared fixtures: a manual clock, five identities, a 4-link delegation and a verifier.
+"""The one fixture home of our tests, built on :mod:`agentguard.testing`.
 
-The chain is ``org:acme -> team:ir -> user:alice -> agent:bot -> agent:sub``,
-issued at the clock's start time:
+``world`` is an :class:`agentguard.testing.World`: ``org:acme``, ``user:alice``,
+``agent:bot`` holding ``world.delegation`` (``org:acme -> user:alice -> agent:bot``)
+and the approver ``user:carol``, on a manual clock at :data:`agentguard.testing.START`.
+``guard`` is ``world.guard()``: in memory, trusting ``org:acme``.
+
+The identity fixtures (``org``, ``alice``, ``bot``, ...) are the world's. ``chain``
+is a longer delegation for the verifier's tests,
+``org:acme -> team:ir -> user:alice -> agent:bot -> agent:sub``, issued at the
+clock's start time:
 
 ====  ======================  ====================================================  =========
 link  issuer -> subject       rules                                                 lifetime
@@ -15,7 +22,7 @@ link  issuer -> subject       rules                                             
                               ``billing/refund``
 ====  ======================  ====================================================  =========
 
-The root allows four further delegations, so the leaf may still delegate once.
+Its root allows four further delegations, so the leaf may still delegate once.
 """
 
 from __future__ import annotations
@@ -24,45 +31,56 @@ import pytest
 
 from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
+from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import World
 from agentguard.verify import Verifier
 
-#: Where every test's clock starts (2027-01-15T08:00:00Z).
-START = 1_800_000_000.0
+
+@pytest.fixture
+def world() -> World:
+    """Identities, ``world.delegation`` and a manual clock (see the module docstring)."""
+    return World()
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    """A clock that only moves when the test says so."""
-    return ManualClock(START)
+def guard(world: World) -> Guard:
+    """An in-memory guard trusting the world's root, with ``user:carol`` approving."""
+    return world.guard()
 
 
 @pytest.fixture
-def org() -> Identity:
+def clock(world: World) -> ManualClock:
+    """The world's clock: it only moves when the test says so."""
+    return world.clock
+
+
+@pytest.fixture
+def org(world: World) -> Identity:
     """The organisation: the trusted root."""
-    return Identity.generate("org:acme")
+    return world.org
 
 
 @pytest.fixture
-def team() -> Identity:
-    return Identity.generate("team:ir")
+def team(world: World) -> Identity:
+    return world.identity("team:ir")
 
 
 @pytest.fixture
-def alice() -> Identity:
-    return Identity.generate("user:alice")
+def alice(world: World) -> Identity:
+    return world.alice
 
 
 @pytest.fixture
-def bot() -> Identity:
-    return Identity.generate("agent:bot")
+def bot(world: World) -> Identity:
+    return world.bot
 
 
 @pytest.fixture
-def sub() -> Identity:
+def sub(world: World) -> Identity:
     """A sub-agent of ``agent:bot``."""
-    return Identity.generate("agent:sub")
+    return world.identity("agent:sub")
 
 
 @pytest.fixture

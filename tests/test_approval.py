@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -31,17 +33,8 @@ from agentguard.keys import Identity
 from agentguard.store.base import Store
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
+from agentguard.testing import RecordingTool, World, audit_records
 from agentguard.tokens import TYP_APPROVAL, args_digest, new_jti
-from tests.guard_helpers import (
-    Recorder,
-    World,
-    audit_records,
-    make_guard,
-    manual_world,
-    policy_doc,
-    run_python,
-    write_policy,
-)
 
 TOOL = "admin/reset"
 ARGS: dict[str, Any] = {"target": "db1"}
@@ -52,16 +45,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def world() -> World:
-    return manual_world()
-
-
 def queue_guard(world: World, store: Store | None = None, **policy: Any) -> Guard:
     """A non-blocking guard: approval-required calls raise ApprovalPending at once."""
     approval = {"channel": "queue", **policy.pop("approval", {})}
-    return make_guard(
-        world,
+    return world.guard(
         store=store,
         approver=QueueChannel(),
         approval_mode="raise",
@@ -77,9 +64,9 @@ def submit(
     *,
     tool: str = TOOL,
     delegation: Delegation | None = None,
-) -> Recorder:
+) -> RecordingTool:
     """Submit the call (a fresh call token each time); return the tool that may have run."""
-    fn = Recorder()
+    fn = RecordingTool()
     guard.call(delegation or world.delegation, tool, args or ARGS, fn, holder=world.bot)
     return fn
 
@@ -152,16 +139,18 @@ def test_pending_then_approved_runs_once_then_needs_a_new_approval(world: World)
 
 def test_approval_from_another_process(tmp_path: Path) -> None:
     """Pending; the approver signs in another process over the same SQLite home; resubmit runs."""
-    world = World(SystemClock())
+    world = World(clock=ManualClock(time.time()))
     home = tmp_path / "home"
-    doc = policy_doc(world, approval={"channel": "queue", "mode": "raise"})
-    policy = write_policy(tmp_path / "agentguard.yaml", doc)
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml", approval={"channel": "queue", "mode": "raise"}
+    )
     carol_key = tmp_path / "carol.key"
     world.carol.save(carol_key)
     guard = Guard(policy=policy, home=home)
     try:
         request_id = pending_id(guard, world)
-        run_python(
+        approve = subprocess.run(
+            [sys.executable, "-c",
             "import sys\n"
             "from pathlib import Path\n"
             "from agentguard.approval import ApprovalBook\n"
@@ -175,11 +164,10 @@ def test_approval_from_another_process(tmp_path: Path) -> None:
             "    guard_identity=Identity.generate('service:agentguard'), clock=SystemClock())\n"
             "book.approve(request_id, Identity.load(Path(key)), message='from afar')\n"
             "store.close()\n",
-            str(home),
-            str(policy),
-            str(carol_key),
-            request_id,
-        )
+            str(home), str(policy), str(carol_key), request_id],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert approve.returncode == 0, approve.stderr
         fn = submit(guard, world)
         assert fn.calls == [ARGS]
         assert pending_id(guard, world) != request_id
@@ -192,9 +180,9 @@ def test_approval_from_another_process(tmp_path: Path) -> None:
 async def test_acall_raises_pending_then_runs(world: World) -> None:
     guard = queue_guard(world)
     with pytest.raises(ApprovalPending) as info:
-        await guard.acall(world.delegation, TOOL, ARGS, Recorder(), holder=world.bot)
+        await guard.acall(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
     guard.approvals.approve(info.value.request_id, world.carol)
-    fn = Recorder()
+    fn = RecordingTool()
     await guard.acall(world.delegation, TOOL, ARGS, fn, holder=world.bot)
     assert fn.calls == [ARGS]
 
@@ -458,7 +446,7 @@ def test_receipt_claiming_an_approver_but_signed_by_another_key(world: World) ->
 def test_requesting_agent_cannot_approve_itself(world: World) -> None:
     """Even when the policy (wrongly) lists the agent as an approver: separation of duties."""
     approvers = [
-        *policy_doc(world)["approvers"],
+        *world.policy()["approvers"],
         {"id": "agent:bot", "public_key": world.bot.principal.public_jwk()},
     ]
     guard = queue_guard(world, approvers=approvers)
@@ -521,11 +509,11 @@ def test_grant_token_is_not_a_receipt(world: World) -> None:
 
 
 def test_no_answer_before_the_deadline_is_approval_timeout() -> None:
-    world = World(SystemClock())
-    guard = make_guard(
-        world, approver=QueueChannel(), approval={"channel": "queue", "timeout": 0.3}
+    world = World(clock=ManualClock(time.time()))
+    guard = world.guard(
+        clock=SystemClock(), approver=QueueChannel(), approval={"channel": "queue", "timeout": 0.3}
     )
-    fn = Recorder()
+    fn = RecordingTool()
     started = time.monotonic()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, TOOL, ARGS, fn, holder=world.bot)
@@ -536,9 +524,9 @@ def test_no_answer_before_the_deadline_is_approval_timeout() -> None:
 
 @pytest.mark.anyio
 async def test_async_wait_times_out_without_blocking_the_loop() -> None:
-    world = World(SystemClock())
-    guard = make_guard(
-        world, approver=QueueChannel(), approval={"channel": "queue", "timeout": 0.3}
+    world = World(clock=ManualClock(time.time()))
+    guard = world.guard(
+        clock=SystemClock(), approver=QueueChannel(), approval={"channel": "queue", "timeout": 0.3}
     )
     ticks = 0
 
@@ -552,7 +540,7 @@ async def test_async_wait_times_out_without_blocking_the_loop() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
             with pytest.raises(DeniedError) as info:
-                await guard.acall(world.delegation, TOOL, ARGS, Recorder(), holder=world.bot)
+                await guard.acall(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
             tg.cancel_scope.cancel()
     assert info.value.reason == "approval_timeout"
     assert ticks > 5  # the loop kept running while the guard waited
@@ -562,8 +550,8 @@ def test_channel_error_denies(world: World) -> None:
     def explode(request: ApprovalRequest, book: ApprovalBook) -> None:
         raise RuntimeError("pager is down")
 
-    guard = make_guard(world, approver=CallbackChannel(explode))
-    fn = Recorder()
+    guard = world.guard(approver=CallbackChannel(explode))
+    fn = RecordingTool()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, TOOL, ARGS, fn, holder=world.bot)
     assert info.value.reason == "approval_unavailable"
@@ -576,9 +564,9 @@ async def test_async_channel_error_denies(world: World) -> None:
     async def explode(request: ApprovalRequest, book: ApprovalBook) -> None:
         raise RuntimeError("pager is down")
 
-    guard = make_guard(world, approver=CallbackChannel(explode))
+    guard = world.guard(approver=CallbackChannel(explode))
     with pytest.raises(DeniedError) as info:
-        await guard.acall(world.delegation, TOOL, ARGS, Recorder(), holder=world.bot)
+        await guard.acall(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
     assert info.value.reason == "approval_unavailable"
 
 
@@ -586,8 +574,8 @@ def test_rejection_carries_the_approvers_message(world: World) -> None:
     def reject(request: ApprovalRequest, book: ApprovalBook) -> None:
         book.deny(request.id, world.carol, message="not during the freeze")
 
-    guard = make_guard(world, approver=CallbackChannel(reject))
-    fn = Recorder()
+    guard = world.guard(approver=CallbackChannel(reject))
+    fn = RecordingTool()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, TOOL, ARGS, fn, holder=world.bot)
     assert info.value.reason == "approval_rejected"
@@ -613,7 +601,7 @@ def test_sync_callback_approval_in_block_mode(world: World) -> None:
         assert "db1" in request.describe(world.clock.now())
         book.approve(request.id, world.carol)
 
-    guard = make_guard(world, approver=CallbackChannel(approve))
+    guard = world.guard(approver=CallbackChannel(approve))
     assert submit(guard, world).calls == [ARGS]
 
 
@@ -623,14 +611,14 @@ async def test_async_callback_approval(world: World) -> None:
         await anyio.lowlevel.checkpoint()
         book.approve(request.id, world.carol)
 
-    guard = make_guard(world, approver=CallbackChannel(approve))
-    fn = Recorder()
+    guard = world.guard(approver=CallbackChannel(approve))
+    fn = RecordingTool()
     await guard.acall(world.delegation, TOOL, ARGS, fn, holder=world.bot)
     assert fn.calls == [ARGS]
 
 
 def test_approval_arriving_later_from_another_thread_unblocks_the_wait() -> None:
-    world = World(SystemClock())
+    world = World(clock=ManualClock(time.time()))
     answered = threading.Event()
 
     def later(request: ApprovalRequest, book: ApprovalBook) -> None:
@@ -640,7 +628,9 @@ def test_approval_arriving_later_from_another_thread_unblocks_the_wait() -> None
 
         threading.Timer(0.05, answer).start()
 
-    guard = make_guard(world, approver=CallbackChannel(later), approval={"timeout": 10})
+    guard = world.guard(
+        clock=SystemClock(), approver=CallbackChannel(later), approval={"timeout": 10}
+    )
     assert submit(guard, world).ran
     assert answered.is_set()
 
@@ -725,12 +715,11 @@ def answering(assurance: str, approve: bool = True) -> CallbackChannel:
 
 
 def test_agent_assurance_is_refused_for_a_signed_rule(world: World) -> None:
-    guard = make_guard(
-        world,
+    guard = world.guard(
         approver=answering("agent"),
         step_up=[{"tools": ["tickets/delete"], "min_assurance": "signed"}],
     )
-    fn = Recorder()
+    fn = RecordingTool()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, "tickets/delete", {"id": 1}, fn, holder=world.bot)
     assert info.value.reason == "approval_assurance"
@@ -738,15 +727,15 @@ def test_agent_assurance_is_refused_for_a_signed_rule(world: World) -> None:
 
 
 def test_link_rule_approvals_need_a_signed_receipt(world: World) -> None:
-    guard = make_guard(world, approver=answering("authenticated"))
+    guard = world.guard(approver=answering("authenticated"))
     assert refused(guard, world) == "approval_assurance"
 
 
 def test_assurance_meeting_the_rule_is_accepted(world: World) -> None:
     step_up = [{"tools": ["tickets/delete"], "min_assurance": "local"}]
-    guard = make_guard(world, approver=answering("agent"), step_up=step_up)
+    guard = world.guard(approver=answering("agent"), step_up=step_up)
     assert refused(guard, world, {"id": 1}, tool="tickets/delete") == "approval_assurance"
-    guard = make_guard(world, approver=answering("local"), step_up=step_up)
+    guard = world.guard(approver=answering("local"), step_up=step_up)
     assert submit(guard, world, {"id": 1}, tool="tickets/delete").ran
 
 
@@ -796,8 +785,8 @@ class FakeTTY(io.StringIO):
 def test_weak_channel_is_refused_at_once(world: World) -> None:
     """A channel that can only answer at 'local' is not even asked for a 'signed' rule."""
     channel = TerminalChannel("user:carol", stdin=FakeTTY("y\n"), stdout=io.StringIO())
-    guard = make_guard(world, approver=channel, step_up=[{"tools": ["tickets/delete"]}])
-    fn = Recorder()
+    guard = world.guard(approver=channel, step_up=[{"tools": ["tickets/delete"]}])
+    fn = RecordingTool()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, "tickets/delete", {}, fn, holder=world.bot)
     assert info.value.reason == "approval_assurance"
@@ -807,10 +796,10 @@ def test_weak_channel_is_refused_at_once(world: World) -> None:
 
 def test_terminal_channel_refuses_without_a_tty(world: World) -> None:
     channel = TerminalChannel("user:carol", stdin=io.StringIO("y\n"), stdout=io.StringIO())
-    guard = make_guard(
-        world, approver=channel, step_up=[{"tools": ["tickets/delete"], "min_assurance": "local"}]
+    guard = world.guard(
+        approver=channel, step_up=[{"tools": ["tickets/delete"], "min_assurance": "local"}]
     )
-    fn = Recorder()
+    fn = RecordingTool()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, "tickets/delete", {}, fn, holder=world.bot)
     assert info.value.reason == "approval_unavailable"
@@ -822,7 +811,7 @@ def test_terminal_channel_prompts_on_a_tty(world: World) -> None:
     out = io.StringIO()
     channel = TerminalChannel("user:carol", stdin=FakeTTY("y\n"), stdout=out)
     step_up = [{"tools": ["tickets/delete"], "min_assurance": "local"}]
-    guard = make_guard(world, approver=channel, step_up=step_up)
+    guard = world.guard(approver=channel, step_up=step_up)
     assert submit(guard, world, {"id": 4}, tool="tickets/delete").ran
     assert "agent:bot" in out.getvalue()
     assert "tickets/delete" in out.getvalue()
@@ -831,7 +820,7 @@ def test_terminal_channel_prompts_on_a_tty(world: World) -> None:
 def test_terminal_channel_denial_message(world: World) -> None:
     channel = TerminalChannel("user:carol", stdin=FakeTTY("wrong ticket\n"), stdout=io.StringIO())
     step_up = [{"tools": ["tickets/delete"], "min_assurance": "local"}]
-    guard = make_guard(world, approver=channel, step_up=step_up)
+    guard = world.guard(approver=channel, step_up=step_up)
     with pytest.raises(DeniedError) as info:
         submit(guard, world, {"id": 4}, tool="tickets/delete")
     assert info.value.reason == "approval_rejected"
@@ -877,7 +866,7 @@ def test_enforcement_point_step_up_is_demanded_now_not_only_when_filed(world: Wo
     guard.approvals.answer(
         request_id, approver="user:carol", approve=True, channel="terminal", assurance="local"
     )
-    fn = Recorder()
+    fn = RecordingTool()
     with pytest.raises(ApprovalPending) as info:
         guard.call(
             world.delegation,
@@ -902,7 +891,7 @@ def _sod_world(world: World, *, on_link: int) -> tuple[Guard, Delegation]:
     )
     chain = root.attenuate(world.alice, world.bot, scopes[1], ttl="1h", clock=world.clock)
     approvers = [
-        *policy_doc(world)["approvers"],
+        *world.policy()["approvers"],
         {"id": "user:alice", "public_key": world.alice.principal.public_jwk()},
     ]
     return queue_guard(world, approvers=approvers), chain
@@ -948,7 +937,7 @@ def test_policy_step_up_excludes_everyone_in_the_chain_but_the_root_issuer(world
     assert excluded_approvers(grants, [0]) == {"user:alice", "agent:bot"}
     assert excluded_approvers(grants, [1]) == {"agent:bot"}
     approvers = [
-        *policy_doc(world)["approvers"],
+        *world.policy()["approvers"],
         {"id": "user:alice", "public_key": world.alice.principal.public_jwk()},
     ]
     rule = {"tools": ["tickets/close"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -487,13 +488,11 @@ def test_two_processes_append_one_anchored_chain(tmp_path: Path) -> None:
     """Two processes append anchored decisions at once: one chain, verified, newest head out."""
     import subprocess
 
-    from tests.guard_helpers import PYTHON
-
     signer = Identity.generate("service:agentguard")
     signer.save(tmp_path / "guard.key")
     children = [
         subprocess.Popen(
-            [PYTHON, "-c", _APPENDER, str(tmp_path), str(tmp_path / "guard.key"), name],
+            [sys.executable, "-c", _APPENDER, str(tmp_path), str(tmp_path / "guard.key"), name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -609,10 +608,10 @@ def test_the_signed_head_covers_an_allowed_call_before_its_tool_runs(
     tmp_path: Path, durability: str
 ) -> None:
     """Inside the tool, the database's signed head (at full, the side file too) covers it."""
-    from tests.guard_helpers import make_guard, manual_world
+    from agentguard.testing import World
 
-    world = manual_world()
-    guard = make_guard(world, home=tmp_path, storage={"durability": durability})
+    world = World()
+    guard = world.guard(home=tmp_path, storage={"durability": durability})
     seen: list[tuple[int | None, int | None]] = []
 
     def tool(**kwargs: Any) -> None:
@@ -644,10 +643,10 @@ def test_a_cut_with_the_head_row_and_side_file_deleted_is_found(
     tmp_path: Path, durability: str
 ) -> None:
     """Deleting the signed head and the side file along with the tail does not hide the cut."""
-    from tests.guard_helpers import make_guard, manual_world
+    from agentguard.testing import World
 
-    world = manual_world()
-    guard = make_guard(world, home=tmp_path, storage={"durability": durability})
+    world = World()
+    guard = world.guard(home=tmp_path, storage={"durability": durability})
     for ticket in range(4):
         guard.call(world.delegation, "tickets/read", {"ticket": ticket}, lambda **_: None,
                    holder=world.bot)  # fmt: skip
@@ -660,7 +659,7 @@ def test_a_cut_with_the_head_row_and_side_file_deleted_is_found(
         conn.execute("DELETE FROM audit_head")
     conn.close()
     side.unlink()
-    reopened = make_guard(world, home=tmp_path, storage={"durability": durability})
+    reopened = world.guard(home=tmp_path, storage={"durability": durability})
     problem = reopened.audit.verify()
     reopened.close()
     assert problem is not None
@@ -669,10 +668,10 @@ def test_a_cut_with_the_head_row_and_side_file_deleted_is_found(
 
 def test_an_argument_named_anchored_does_not_raise_a_false_alarm(tmp_path: Path) -> None:
     """Only the log's own marker counts: a denied call's argument named "anchored" does not."""
-    from tests.guard_helpers import make_guard, manual_world
+    from agentguard.testing import World
 
-    world = manual_world()
-    guard = make_guard(world, home=tmp_path)
+    world = World()
+    guard = world.guard(home=tmp_path)
     guard.check(world.delegation, "nowhere/x", {"anchored": True}, holder=world.bot)
     assert guard.audit.verify() is None
     guard.close()
@@ -680,10 +679,10 @@ def test_an_argument_named_anchored_does_not_raise_a_false_alarm(tmp_path: Path)
 
 def test_an_unreadable_side_file_is_reported_not_a_crash(tmp_path: Path) -> None:
     """Bytes that are not UTF-8, or a directory in its place: a finding, not a traceback."""
-    from tests.guard_helpers import make_guard, manual_world
+    from agentguard.testing import World
 
-    world = manual_world()
-    guard = make_guard(world, home=tmp_path, storage={"durability": "full"})
+    world = World()
+    guard = world.guard(home=tmp_path, storage={"durability": "full"})
     guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
     side = guard.audit.side_file
     assert side is not None
@@ -702,10 +701,10 @@ def test_an_unreadable_side_file_is_reported_not_a_crash(tmp_path: Path) -> None
 def test_a_failing_side_file_refuses_every_later_call_until_it_is_fixed(tmp_path: Path) -> None:
     """At normal, a background write failure is not forgotten after one refusal."""
     from agentguard.errors import DeniedError
-    from tests.guard_helpers import Recorder, make_guard, manual_world
+    from agentguard.testing import RecordingTool, World
 
-    world = manual_world()
-    guard = make_guard(world, home=tmp_path)
+    world = World()
+    guard = world.guard(home=tmp_path)
     guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
     guard.audit.flush()
     side = guard.audit.side_file
@@ -715,13 +714,13 @@ def test_a_failing_side_file_refuses_every_later_call_until_it_is_fixed(tmp_path
     guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
     guard.audit.flush()
     for _ in range(3):  # decisions and completions alike keep failing
-        tool = Recorder()
+        tool = RecordingTool()
         with pytest.raises(DeniedError) as info:
             guard.call(world.delegation, "tickets/read", {}, tool, holder=world.bot)
         assert info.value.reason == "audit_error"
         assert not tool.ran
     side.rmdir()
-    tool = Recorder()
+    tool = RecordingTool()
     guard.call(world.delegation, "tickets/read", {}, tool, holder=world.bot)
     assert tool.ran
     guard.close()

@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,6 @@ import pytest
 from agentguard.audit import AuditLog
 from agentguard.keys import Identity
 from agentguard.store.sqlite import SQLiteStore
-from tests.guard_helpers import PYTHON
 
 HARDENING = os.environ.get("AGENTGUARD_HARDENING") == "1"
 
@@ -59,7 +59,7 @@ def _kill_runs(tmp_path: Path, runs: int, durability: str = "normal") -> None:
     acknowledged: list[int] = []
     for run in range(runs):
         proc = subprocess.Popen(
-            [PYTHON, "-c", WRITER, str(db), str(key), str(side), durability, str(run)],
+            [sys.executable, "-c", WRITER, str(db), str(key), str(side), durability, str(run)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -35,9 +35,9 @@ from agentguard.policy import load_policy
 from agentguard.predicates import Truth, compile_predicate, evaluate, validate_predicate
 from agentguard.store.base import ApprovalRow
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import World
 from agentguard.tokens import TYP_APPROVAL, TYP_CALL, TYP_GRANT, CallClaims
 from agentguard.verify import Verifier
-from tests.guard_helpers import World, make_guard, manual_world
 
 HARDENING = os.environ.get("AGENTGUARD_HARDENING") == "1"
 FUZZ = settings(
@@ -67,10 +67,10 @@ class Corpus:
     """Real tokens to mutate, and the guard/verifier that must withstand them."""
 
     def __init__(self) -> None:
-        self.world: World = manual_world()
+        self.world: World = World()
         world = self.world
-        self.guard: Guard = make_guard(
-            world, approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
+        self.guard: Guard = world.guard(
+            approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
         )
         self.delegation = world.delegation
         self.text = world.delegation.serialize()

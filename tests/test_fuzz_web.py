@@ -28,8 +28,8 @@ from starlette.testclient import TestClient
 
 from agentguard.errors import ApprovalPending
 from agentguard.guard import Guard
+from agentguard.testing import RecordingTool, World
 from agentguard.web import ApproverTokens, create_app
-from tests.guard_helpers import Recorder, World, make_guard, manual_world, policy_doc
 
 HARDENING = os.environ.get("AGENTGUARD_HARDENING") == "1"
 FUZZ = settings(
@@ -70,7 +70,7 @@ class Page:
                 self.world.delegation,
                 "tickets/comment",
                 {"id": n},
-                Recorder(),
+                RecordingTool(),
                 holder=self.world.bot,
             )
         return pending.value.request_id
@@ -91,10 +91,9 @@ def _csrf(page_text: str) -> str:
 
 @pytest.fixture
 def page(tmp_path: Path) -> Page:
-    world = manual_world()
-    doc = policy_doc(world)
-    guard = make_guard(
-        world,
+    world = World()
+    doc = world.policy()
+    guard = world.guard(
         approval_mode="raise",
         step_up=STEP_UP,
         approvers=doc["approvers"],

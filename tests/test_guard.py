@@ -6,6 +6,8 @@ import json
 import math
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +20,7 @@ from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
-from tests.guard_helpers import (
-    PYTHON,
-    START,
-    Recorder,
-    World,
-    audit_records,
-    make_guard,
-    manual_world,
-    policy_doc,
-    write_policy,
-)
+from agentguard.testing import START, RecordingTool, World, audit_records
 
 
 @pytest.fixture
@@ -36,19 +28,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def world() -> World:
-    return manual_world()
-
-
-@pytest.fixture
-def guard(world: World) -> Guard:
-    return make_guard(world)
-
-
 def deny_reason(guard: Guard, world: World, tool: str, args: dict[str, Any], **kw: Any) -> str:
     """Call through ``guard`` expecting a denial; the tool must not run. Returns the reason."""
-    tool_fn = Recorder()
+    tool_fn = RecordingTool()
     kw.setdefault("holder", world.bot)
     with pytest.raises(DeniedError) as info:
         guard.call(kw.pop("delegation", world.delegation), tool, args, tool_fn, **kw)
@@ -60,7 +42,7 @@ def deny_reason(guard: Guard, world: World, tool: str, args: dict[str, Any], **k
 
 
 def test_allowed_call_runs_and_is_audited(guard: Guard, world: World) -> None:
-    tool = Recorder()
+    tool = RecordingTool()
     result = guard.call(world.delegation, "tickets/read", {"id": 7}, tool, holder=world.bot)
     assert result == "done"
     assert tool.calls == [{"id": 7}]
@@ -87,7 +69,7 @@ def test_check_is_a_dry_run(guard: Guard, world: World) -> None:
 
 
 def test_delegation_string_is_accepted(guard: Guard, world: World) -> None:
-    tool = Recorder()
+    tool = RecordingTool()
     guard.call(world.delegation.serialize(), "fs/read", {"p": "/a"}, tool, holder=world.bot)
     assert tool.ran
 
@@ -101,10 +83,10 @@ def test_external_token_expiring_during_the_approval_wait_is_refused(world: Worl
         book.approve(request.id, world.carol)
         clock.advance(120)  # the human took two minutes; the token lived thirty seconds
 
-    guard = make_guard(world, approver=CallbackChannel(approve_slowly))
+    guard = world.guard(approver=CallbackChannel(approve_slowly))
     args = {"target": "db1"}
     token = world.delegation.mint_call_token(world.bot, "admin/reset", args, clock=clock)
-    tool = Recorder()
+    tool = RecordingTool()
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, "admin/reset", args, tool, call_token=token)
     assert info.value.reason == "call_token_expired"
@@ -115,7 +97,7 @@ def test_external_call_token_is_accepted(guard: Guard, world: World) -> None:
     token = world.delegation.mint_call_token(
         world.bot, "tickets/read", {"id": 1}, clock=world.clock
     )
-    tool = Recorder()
+    tool = RecordingTool()
     guard.call(world.delegation, "tickets/read", {"id": 1}, tool, call_token=token)
     assert tool.ran
 
@@ -124,7 +106,7 @@ def test_external_call_token_is_accepted(guard: Guard, world: World) -> None:
 
 
 def test_untrusted_root(world: World) -> None:
-    guard = make_guard(world, trusted_roots=[])
+    guard = world.guard(trusted_roots=[])
     assert deny_reason(guard, world, "tickets/read", {}) == "untrusted_root"
 
 
@@ -144,7 +126,7 @@ def test_predicate_failed(guard: Guard, world: World) -> None:
 
 
 def test_revoked_link(guard: Guard, world: World) -> None:
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     guard.revoke("link", world.delegation.root.link_id, reason="offboarding")
     assert deny_reason(guard, world, "tickets/read", {}) == "revoked"
 
@@ -161,55 +143,55 @@ def test_link_expired(guard: Guard, world: World) -> None:
 
 
 def test_policy_deny_rule_beats_the_grant(world: World) -> None:
-    guard = make_guard(world, deny=[{"tools": ["tickets/delete"], "reason": "never"}])
+    guard = world.guard(deny=[{"tools": ["tickets/delete"], "reason": "never"}])
     assert deny_reason(guard, world, "tickets/delete", {"id": 1}) == "policy_denied"
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
 
 
 def test_policy_deny_rule_with_predicate(world: World) -> None:
-    guard = make_guard(world, deny=[{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}}])
+    guard = world.guard(deny=[{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}}])
     assert deny_reason(guard, world, "fs/read", {"path": "/etc/../etc/shadow"}) == "policy_denied"
-    guard.call(world.delegation, "fs/read", {"path": "/tmp/x"}, Recorder(), holder=world.bot)
+    guard.call(world.delegation, "fs/read", {"path": "/tmp/x"}, RecordingTool(), holder=world.bot)
 
 
 def test_deny_rule_beats_approval_required(world: World) -> None:
-    guard = make_guard(world, deny=[{"tools": ["admin/drop"]}])
+    guard = world.guard(deny=[{"tools": ["admin/drop"]}])
     assert deny_reason(guard, world, "admin/drop", {}) == "policy_denied"
 
 
 def test_out_of_scope_beats_step_up(world: World) -> None:
     """A call both out of scope and privileged is denied, not sent for approval."""
-    guard = make_guard(world, step_up=[{"tools": ["mail/*"]}])
+    guard = world.guard(step_up=[{"tools": ["mail/*"]}])
     assert deny_reason(guard, world, "mail/send", {}) == "out_of_scope"
     assert guard.store.approval_list() == []
 
 
 def test_policy_limit_link_ttl(world: World) -> None:
-    guard = make_guard(world, limits={"max_link_ttl": "30m"})
+    guard = world.guard(limits={"max_link_ttl": "30m"})
     assert deny_reason(guard, world, "tickets/read", {}) == "policy_limit"
 
 
 def test_policy_limit_root_ttl(world: World) -> None:
-    guard = make_guard(world, limits={"max_root_ttl": "12h"})
+    guard = world.guard(limits={"max_root_ttl": "12h"})
     assert deny_reason(guard, world, "tickets/read", {}) == "policy_limit"
 
 
 def test_policy_limit_chain_length(world: World) -> None:
-    guard = make_guard(world, limits={"max_chain_length": 1})
+    guard = world.guard(limits={"max_chain_length": 1})
     assert deny_reason(guard, world, "tickets/read", {}) in ("policy_limit", "chain_too_long")
 
 
 def test_policy_limit_purpose(world: World) -> None:
-    guard = make_guard(world, limits={"require_purpose": True})
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard = world.guard(limits={"require_purpose": True})
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     anonymous = world.chain(world.bot, purpose=None)
     reason = deny_reason(guard, world, "tickets/read", {}, delegation=anonymous)
     assert reason == "policy_limit"
 
 
 def test_policy_limit_sponsor(world: World) -> None:
-    guard = make_guard(world, limits={"require_sponsor": True})
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard = world.guard(limits={"require_sponsor": True})
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     unsponsored = world.chain(world.bot, sponsor=None)
     reason = deny_reason(guard, world, "tickets/read", {}, delegation=unsponsored)
     assert reason == "policy_limit"
@@ -218,7 +200,7 @@ def test_policy_limit_sponsor(world: World) -> None:
 def test_issue_refuses_grants_that_break_limits(world: World) -> None:
     from agentguard.errors import IssuanceError
 
-    guard = make_guard(world, limits={"max_root_ttl": "1h", "require_purpose": True})
+    guard = world.guard(limits={"max_root_ttl": "1h", "require_purpose": True})
     with pytest.raises(IssuanceError):
         guard.issue(world.org, world.alice, ["tickets/*"], ttl="2h", purpose="x")
     with pytest.raises(IssuanceError):
@@ -240,7 +222,7 @@ def test_external_call_token_replayed(guard: Guard, world: World) -> None:
     token = world.delegation.mint_call_token(
         world.bot, "tickets/read", {"id": 1}, clock=world.clock
     )
-    guard.call(world.delegation, "tickets/read", {"id": 1}, Recorder(), call_token=token)
+    guard.call(world.delegation, "tickets/read", {"id": 1}, RecordingTool(), call_token=token)
     reason = deny_reason(guard, world, "tickets/read", {"id": 1}, holder=None, call_token=token)
     assert reason == "call_token_replayed"
 
@@ -276,13 +258,15 @@ def test_call_token_signed_by_someone_else(guard: Guard, world: World) -> None:
 def test_dry_run_does_not_burn_an_external_call_token(guard: Guard, world: World) -> None:
     token = world.delegation.mint_call_token(world.bot, "tickets/read", {}, clock=world.clock)
     assert guard.check(world.delegation, "tickets/read", {}, call_token=token).allowed
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), call_token=token)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), call_token=token)
 
 
 def test_denial_message_leaks_no_argument_or_token(guard: Guard, world: World) -> None:
     canary = "CANARY-7f3e"
     with pytest.raises(DeniedError) as info:
-        guard.call(world.delegation, "mail/send", {"body": canary}, Recorder(), holder=world.bot)
+        guard.call(
+            world.delegation, "mail/send", {"body": canary}, RecordingTool(), holder=world.bot
+        )
     assert canary not in str(info.value)
     assert info.value.decision_id is not None
     assert info.value.decision_id in info.value.short
@@ -300,9 +284,9 @@ def test_approval_required_is_denied_by_the_default_channel(guard: Guard, world:
 
 
 def test_policy_step_up_applies_without_a_link_rule(world: World) -> None:
-    guard = make_guard(world, step_up=[{"tools": ["tickets/delete"], "min_assurance": "local"}])
+    guard = world.guard(step_up=[{"tools": ["tickets/delete"], "min_assurance": "local"}])
     assert deny_reason(guard, world, "tickets/delete", {}) == "approval_unavailable"
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
 
 
 # -- shadow mode -----------------------------------------------------------------------------
@@ -311,8 +295,8 @@ def test_policy_step_up_applies_without_a_link_rule(world: World) -> None:
 def test_shadow_mode_runs_denied_calls_and_says_so(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    guard = make_guard(world, shadow=True)
-    tool = Recorder()
+    guard = world.guard(shadow=True)
+    tool = RecordingTool()
     guard.call(world.delegation, "mail/send", {"to": "x"}, tool, holder=world.bot)
     assert tool.ran
     decision = audit_records(guard)[0]
@@ -325,8 +309,8 @@ def test_shadow_mode_runs_denied_calls_and_says_so(
 
 
 def test_shadow_mode_allowed_calls_are_enforced(world: World) -> None:
-    guard = make_guard(world, shadow=True)
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard = world.guard(shadow=True)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     decision = audit_records(guard)[0]
     assert decision["shadow"] is False
     assert decision["enforced"] is True
@@ -343,19 +327,19 @@ class AuditFails(MemoryStore):
 
 
 def test_audit_write_failure_blocks_the_call(world: World) -> None:
-    guard = make_guard(world, store=AuditFails())
+    guard = world.guard(store=AuditFails())
     assert deny_reason(guard, world, "tickets/read", {}) == "audit_error"
 
 
 def test_audit_write_failure_blocks_even_in_shadow_mode(world: World) -> None:
-    guard = make_guard(world, store=AuditFails(), shadow=True)
+    guard = world.guard(store=AuditFails(), shadow=True)
     assert deny_reason(guard, world, "mail/send", {}) == "audit_error"
 
 
 def test_closed_store_blocks_the_call(world: World, tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
-    guard = make_guard(world, store=store)
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard = world.guard(store=store)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     store.close()
     assert deny_reason(guard, world, "tickets/read", {}) == "store_error"
 
@@ -363,14 +347,14 @@ def test_closed_store_blocks_the_call(world: World, tmp_path: Path) -> None:
 def test_unopenable_store_path_is_a_store_error(world: World, tmp_path: Path) -> None:
     (tmp_path / "state.db").mkdir()  # a directory where the database file should be
     with pytest.raises(StoreError):
-        make_guard(world, home=tmp_path)
+        world.guard(home=tmp_path)
 
 
 def test_home_that_is_a_file_is_a_store_error(world: World, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create state directory"):
-        make_guard(world, home=home)
+        world.guard(home=home)
 
 
 def test_missing_policy_file_is_a_config_error(tmp_path: Path) -> None:
@@ -403,7 +387,7 @@ async def test_acall_with_an_async_tool(guard: Guard, world: World) -> None:
 
 @pytest.mark.anyio
 async def test_acall_with_a_sync_tool(guard: Guard, world: World) -> None:
-    tool = Recorder()
+    tool = RecordingTool()
     assert await guard.acall(world.delegation, "tickets/read", {}, tool, holder=world.bot) == "done"
     assert tool.ran
 
@@ -436,7 +420,9 @@ async def test_acheck(guard: Guard, world: World) -> None:
 
 
 def test_completion_record_for_success(guard: Guard, world: World) -> None:
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot, call_id="c-1")
+    guard.call(
+        world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot, call_id="c-1"
+    )
     decision, completion = audit_records(guard)
     assert completion["status"] == "success"
     assert completion["error_type"] is None
@@ -492,7 +478,7 @@ def test_a_broken_failed_test_does_not_break_the_call(guard: Guard, world: World
         raise RuntimeError("bad test")
 
     assert guard.call(
-        world.delegation, "tickets/read", {}, Recorder(), holder=world.bot, failed=boom
+        world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot, failed=boom
     )
     assert audit_records(guard)[-1]["status"] == "success"
 
@@ -508,7 +494,7 @@ def test_grant_inventory_records_last_use(guard: Guard, world: World) -> None:
     assert all(g.last_used is None for g in guard.grants())
     guard.check(world.delegation, "tickets/read", {}, holder=world.bot)
     assert all(g.last_used is None for g in guard.grants())
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     assert {g.link_id: g.last_used for g in guard.grants()} == dict.fromkeys(
         world.delegation.link_ids, START
     )
@@ -560,9 +546,9 @@ def test_bare_guard_reads_agentguard_yaml_in_cwd(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AGENTGUARD_HOME", raising=False)
-    write_policy(tmp_path / "agentguard.yaml", policy_doc(world))
+    world.write_policy(tmp_path / "agentguard.yaml")
     guard = Guard(clock=world.clock)
-    guard.call(world.delegation, "tickets/read", {}, Recorder(), holder=world.bot)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), holder=world.bot)
     assert str(tmp_path.resolve()) in guard.describe()
 
 
@@ -571,8 +557,8 @@ def test_bare_guard_reads_agentguard_yaml_in_cwd(
 
 def test_redacted_canary_never_reaches_the_database_file(world: World, tmp_path: Path) -> None:
     canary = "CANARY-s3cr3t-9d1c2b"
-    guard = make_guard(world, home=tmp_path, step_up=[{"tools": ["tickets/login"]}])
-    tool = Recorder()
+    guard = world.guard(home=tmp_path, step_up=[{"tools": ["tickets/login"]}])
+    tool = RecordingTool()
     args = {"user": "ann", "password": canary, "nested": {"API_KEY": canary}}
     guard.call(world.delegation, "tickets/create", args, tool, holder=world.bot)
     assert tool.calls == [args]
@@ -589,7 +575,7 @@ def test_redacted_canary_never_reaches_the_database_file(world: World, tmp_path:
     assert leaked() == []
     guard.close()
     assert leaked() == []
-    records = audit_records(make_guard(world, home=tmp_path))
+    records = audit_records(world.guard(home=tmp_path))
     assert records[0]["args"]["password"] == "[redacted]"
 
 
@@ -600,7 +586,7 @@ def test_newer_store_schema_is_refused_clearly(world: World, tmp_path: Path) -> 
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(StoreError, match=r"schema version 999.*upgrade agentguard"):
-        make_guard(world, home=tmp_path)
+        world.guard(home=tmp_path)
 
 
 def test_store_records_its_schema_version(tmp_path: Path) -> None:
@@ -631,11 +617,9 @@ guard.close()
 
 def test_two_processes_share_one_home(tmp_path: Path) -> None:
     """Two guards in two processes append to one audit log; it verifies and holds every record."""
-    from agentguard.clock import SystemClock
-
-    world = World(SystemClock())
+    world = World(clock=ManualClock(time.time()))
     home = tmp_path / "home"
-    policy = write_policy(tmp_path / "agentguard.yaml", policy_doc(world))
+    policy = world.write_policy(tmp_path / "agentguard.yaml")
     chain = tmp_path / "chain.txt"
     chain.write_text(world.delegation.serialize())
     key = tmp_path / "bot.key"
@@ -643,7 +627,7 @@ def test_two_processes_share_one_home(tmp_path: Path) -> None:
     n = 25
     procs = [
         subprocess.Popen(
-            [PYTHON, "-c", WORKER, str(home), str(policy), str(chain), str(key), str(n)],
+            [sys.executable, "-c", WORKER, str(home), str(policy), str(chain), str(key), str(n)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -668,6 +652,8 @@ def test_two_processes_share_one_home(tmp_path: Path) -> None:
 
 
 def test_audit_json_is_canonical(guard: Guard, world: World) -> None:
-    guard.call(world.delegation, "tickets/read", {"b": 1, "a": 2}, Recorder(), holder=world.bot)
+    guard.call(
+        world.delegation, "tickets/read", {"b": 1, "a": 2}, RecordingTool(), holder=world.bot
+    )
     body = guard.store.audit_entries()[0].body
     assert json.loads(body)["args"] == {"a": 2, "b": 1}

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from agentguard.errors import IdentityError
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import RecordingTool, World
 from agentguard.verify import Verifier
-from tests.guard_helpers import Recorder, make_guard, manual_world
 
 
 def test_identity_with_another_private_key_cannot_be_constructed() -> None:
     """``Identity(bot.principal, <another key>)`` is refused before it can sign anything."""
-    world = manual_world()
+    world = World()
     other = Ed25519PrivateKey.generate()
     with pytest.raises(IdentityError, match="does not match the public key"):
         Identity(world.bot.principal, other)
@@ -30,9 +30,9 @@ def test_identity_with_another_private_key_cannot_be_constructed() -> None:
 
 def test_guard_call_never_sees_a_mismatched_holder() -> None:
     """The reproduction: a holder that could sign unverifiable call tokens cannot be built."""
-    world = manual_world()
-    guard = make_guard(world)
-    tool = Recorder()
+    world = World()
+    guard = world.guard()
+    tool = RecordingTool()
     with pytest.raises(IdentityError):
         guard.call(
             world.delegation,
@@ -54,7 +54,7 @@ def test_guard_call_never_sees_a_mismatched_holder() -> None:
 
 def test_private_jwk_whose_kid_names_another_key_is_refused() -> None:
     """A private JWK's ``kid``, when present, must be the thumbprint of its key."""
-    world = manual_world()
+    world = World()
     jwk = {**world.bot.private_jwk(), "kid": world.alice.kid}
     with pytest.raises(IdentityError, match="kid"):
         Identity.from_private_jwk("agent:bot", jwk)

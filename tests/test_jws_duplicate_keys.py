@@ -19,9 +19,9 @@ from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
 from agentguard.errors import TokenFormatError
 from agentguard.keys import Identity, b64url_encode
+from agentguard.testing import START
 from agentguard.tokens import TYP_GRANT, mint_call_token
 from agentguard.verify import Verifier
-from tests.conftest import START
 from tests.test_verify_attacks import denial, segments
 
 

@@ -25,8 +25,8 @@ from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, HeadSigner, entry_hash
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import World
 from agentguard.verify import Verifier
-from tests.guard_helpers import World, make_guard, manual_world
 
 HARDENING = os.environ.get("AGENTGUARD_HARDENING") == "1"
 CALLS = 100_000 if HARDENING else 10_000
@@ -84,10 +84,10 @@ def _blocks() -> int:
 @pytest.mark.slow
 def test_memory_is_flat_over_many_guarded_calls() -> None:
     """CALLS guarded calls after a warm-up leave the heap where it was (within noise)."""
-    world = manual_world()
+    world = World()
     world.delegation = world.chain(world.bot, root_ttl="7d", leaf_ttl="1d")
     store = HeadOnlyAuditStore()
-    guard = make_guard(world, store=store)
+    guard = world.guard(store=store)
     text = world.delegation.serialize()
     # Warm-up: caches fill, the nonce set reaches its steady size (~ttl / STEP).
     _calls(guard, world, text, 0, 2_000)
@@ -117,7 +117,7 @@ def test_memory_is_flat_over_many_guarded_calls() -> None:
 
 def test_link_cache_is_bounded() -> None:
     """The verifier remembers at most ``cache_size`` link signatures, however many it sees."""
-    world = manual_world()
+    world = World()
     store = MemoryStore()
     verifier = Verifier(
         [world.org.principal], revocations=store, replay=store, clock=world.clock, cache_size=16
@@ -132,9 +132,9 @@ def test_link_cache_is_bounded() -> None:
 
 def test_expired_nonces_are_evicted_by_later_calls() -> None:
     """Nonces of expired call tokens leave the replay store as the clock moves on."""
-    world = manual_world()
+    world = World()
     store = MemoryStore()
-    guard = make_guard(world, store=store)
+    guard = world.guard(store=store)
     text = world.delegation.serialize()
     _calls(guard, world, text, 0, 50)
     assert store.nonce_count() == 50

@@ -14,8 +14,8 @@ import pytest
 
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.notebook import ApprovalCard, NotebookChannel, PendingApprovals, pending_html
+from agentguard.testing import RecordingTool, World
 from tests.display_support import assert_shows_the_facts, shown_args, sub_agent
-from tests.guard_helpers import Recorder, make_guard, manual_world
 
 STEP_UP = [{"tools": ["tickets/comment"], "min_assurance": "local"}]
 
@@ -178,12 +178,10 @@ class Shown:
 
 @pytest.mark.anyio
 async def test_awaited_call_waits_for_the_click_in_process() -> None:
-    world = manual_world()
+    world = World()
     shown = Shown()
-    guard = make_guard(
-        world, approver=NotebookChannel("user:carol", display=shown), step_up=STEP_UP
-    )
-    tool = Recorder()
+    guard = world.guard(approver=NotebookChannel("user:carol", display=shown), step_up=STEP_UP)
+    tool = RecordingTool()
 
     async def click() -> None:
         await shown.event.wait()
@@ -209,11 +207,11 @@ async def test_awaited_call_waits_for_the_click_in_process() -> None:
 
 
 def test_sync_blocking_call_fails_fast_and_closes_the_request() -> None:
-    world = manual_world()
+    world = World()
     shown = Shown()
     channel = NotebookChannel("user:carol", display=shown)
-    guard = make_guard(world, approver=channel, step_up=STEP_UP)
-    tool = Recorder()
+    guard = world.guard(approver=channel, step_up=STEP_UP)
+    tool = RecordingTool()
     with pytest.raises(DeniedError) as denied:
         guard.call(world.delegation, "tickets/comment", {"id": 1}, tool, holder=world.bot)
     assert denied.value.reason == "approval_unavailable"
@@ -224,12 +222,12 @@ def test_sync_blocking_call_fails_fast_and_closes_the_request() -> None:
 
 
 def test_raise_mode_shows_the_card_and_resubmission_runs() -> None:
-    world = manual_world()
+    world = World()
     shown = Shown()
-    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    guard = world.guard(approval_mode="raise", step_up=STEP_UP)
     channel = NotebookChannel("user:carol", display=shown).attach(guard)
     assert guard.channel is channel
-    tool = Recorder()
+    tool = RecordingTool()
     with pytest.raises(ApprovalPending):
         guard.call(world.delegation, "tickets/comment", {"id": 2}, tool, holder=world.bot)
     assert "tickets/comment" in PendingApprovals(guard.approvals)._repr_html_()
@@ -241,12 +239,14 @@ def test_raise_mode_shows_the_card_and_resubmission_runs() -> None:
 
 def test_refusal_by_the_book_is_shown_on_the_card() -> None:
     """An approver the policy does not list sees why on the card; nothing is recorded."""
-    world = manual_world()
+    world = World()
     shown = Shown()
-    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    guard = world.guard(approval_mode="raise", step_up=STEP_UP)
     NotebookChannel("user:mallory", display=shown).attach(guard)
     with pytest.raises(ApprovalPending) as pending:
-        guard.call(world.delegation, "tickets/comment", {"id": 3}, Recorder(), holder=world.bot)
+        guard.call(
+            world.delegation, "tickets/comment", {"id": 3}, RecordingTool(), holder=world.bot
+        )
     card = shown.cards[0]
     card.deny_button.click()
     assert card.answer is None
@@ -257,16 +257,16 @@ def test_refusal_by_the_book_is_shown_on_the_card() -> None:
 
 
 def test_card_and_table_escape_what_they_show() -> None:
-    world = manual_world()
+    world = World()
     shown = Shown()
-    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    guard = world.guard(approval_mode="raise", step_up=STEP_UP)
     NotebookChannel("user:carol", display=shown).attach(guard)
     with pytest.raises(ApprovalPending):
         guard.call(
             world.delegation,
             "tickets/comment",
             {"text": "<script>alert(1)</script>"},
-            Recorder(),
+            RecordingTool(),
             holder=world.bot,
         )
     card_html = shown.cards[0].widget.children[0].value
@@ -285,13 +285,13 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_card_shows_the_same_facts() -> None:
     """The card shows every argument, folds with the whole value in a details element,
     escaped names and the agent's own claims marked as such."""
-    world = manual_world()
+    world = World()
     shown = Shown()
-    guard = make_guard(world, approval_mode="raise", step_up=STEP_UP)
+    guard = world.guard(approval_mode="raise", step_up=STEP_UP)
     NotebookChannel("user:carol", display=shown).attach(guard)
     sub, delegation = sub_agent(world)
     with pytest.raises(ApprovalPending):
-        guard.call(delegation, "tickets/comment", shown_args(), Recorder(), holder=sub)
+        guard.call(delegation, "tickets/comment", shown_args(), RecordingTool(), holder=sub)
     card_html = shown.cards[0].widget.children[0].value
     text = html.unescape(card_html)
     assert_shows_the_facts(text, text)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from agentguard.clock import SystemClock
+from agentguard.clock import ManualClock
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
 from agentguard.store.base import RevocationKind
-from tests.guard_helpers import PYTHON, World, policy_doc, write_policy
+from agentguard.testing import World
 
 THREADS = 6
 TOOL = "tickets/comment"
@@ -104,7 +106,14 @@ class Home:
         """Start a contender process and wait until it is ready."""
         proc = subprocess.Popen(
             [
-                *(PYTHON, "-c", CONTENDER, str(self.home), str(self.policy), str(self.chain)),
+                *(
+                    sys.executable,
+                    "-c",
+                    CONTENDER,
+                    str(self.home),
+                    str(self.policy),
+                    str(self.chain),
+                ),
                 *(str(self.key), job, str(threads), *extra),
             ],
             stdin=subprocess.PIPE,
@@ -124,11 +133,9 @@ class Home:
 @pytest.fixture
 def shared(tmp_path: Path) -> Iterator[Home]:
     """A SQLite-backed home, a policy with a queue approval channel, the bot's key on disk."""
-    world = World(SystemClock())
+    world = World(clock=ManualClock(time.time()))
     home = tmp_path / "home"
-    policy = write_policy(
-        tmp_path / "agentguard.yaml", policy_doc(world, approval={"channel": "queue"})
-    )
+    policy = world.write_policy(tmp_path / "agentguard.yaml", approval={"channel": "queue"})
     chain = tmp_path / "chain.txt"
     chain.write_text(world.delegation.serialize())
     key = tmp_path / "bot.key"

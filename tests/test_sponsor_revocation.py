@@ -21,9 +21,8 @@ from agentguard.keys import Identity
 from agentguard.store.base import Store
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
+from agentguard.testing import START, RecordingTool, World
 from agentguard.verify import Verifier, revoked_link
-from tests.conftest import START
-from tests.guard_helpers import Recorder, make_guard, manual_world
 from tests.test_verify_attacks import denial
 
 
@@ -85,10 +84,10 @@ def test_revoking_another_principal_leaves_a_sponsored_chain_alone(
 
 def test_guard_does_not_run_a_tool_for_a_revoked_sponsor() -> None:
     """Through Guard.call: allowed before, denied (revoked) after ``revoke principal``."""
-    world = manual_world()
-    guard = make_guard(world)
+    world = World()
+    guard = world.guard()
     chain = world.chain(world.bot, sponsor="team:ir")
-    tool = Recorder()
+    tool = RecordingTool()
     guard.call(chain, "tickets/read", {"id": 1}, tool, holder=world.bot)
     guard.revoke("principal", "team:ir", reason="team dissolved")
     with pytest.raises(DeniedError) as info:
@@ -101,8 +100,8 @@ def test_guard_does_not_run_a_tool_for_a_revoked_sponsor() -> None:
 def test_inventory_marks_the_sponsored_grant_revoked(tmp_path: Path, kind: str) -> None:
     """Both stores: the grant made on behalf of a revoked sponsor is ``revoked`` itself."""
     store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "state.db")
-    world = manual_world()
-    guard = make_guard(world, store=store)
+    world = World()
+    guard = world.guard(store=store)
     chain = world.chain(world.bot, sponsor="team:ir")
     guard.record(chain)
     guard.revoke("principal", "team:ir")

@@ -9,9 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 import agentguard.testing
 from agentguard.approval import QueueChannel
+from agentguard.clock import SystemClock
 from agentguard.errors import (
     ApprovalPending,
     ApprovalRejected,
@@ -19,6 +21,7 @@ from agentguard.errors import (
     DeniedError,
     IdentityError,
 )
+from agentguard.guard import Guard
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.testing import (
@@ -155,6 +158,22 @@ def test_guard_keywords_are_policy_keys_or_guard_options(tmp_path: Path) -> None
     assert world.guard(store=store).store is store
     with pytest.raises(ConfigError):
         world.guard(limits={"max_chain_length": "many"})
+
+
+def test_the_guard_may_run_on_another_clock() -> None:
+    world = World()
+    wall = SystemClock()
+    assert world.guard(clock=wall).clock is wall
+
+
+def test_write_policy_is_the_policy_as_yaml(tmp_path: Path) -> None:
+    world = World()
+    path = world.write_policy(tmp_path / "agentguard.yaml", limits={"max_chain_length": 3})
+    assert yaml.safe_load(path.read_text(encoding="utf-8")) == world.policy(
+        limits={"max_chain_length": 3}
+    )
+    guard = Guard(path, store=MemoryStore(), clock=world.clock)
+    assert guard.check(world.delegation, "tickets/read", {}, holder=world.bot).allowed
 
 
 def test_without_an_approver_approval_is_unavailable() -> None:

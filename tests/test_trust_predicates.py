@@ -13,20 +13,15 @@ import pytest
 
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
-from tests.guard_helpers import Recorder, World, make_guard, manual_world
+from agentguard.testing import RecordingTool, World
 
 STEP_UP = [{"tools": ["billing/refund"], "where": {"amount": {">": 100}}}]
 DENY = [{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}}]
 
 
 @pytest.fixture
-def world() -> World:
-    return manual_world()
-
-
-@pytest.fixture
 def guard(world: World) -> Guard:
-    return make_guard(world, step_up=STEP_UP, deny=DENY, approval={"mode": "raise"})
+    return world.guard(step_up=STEP_UP, deny=DENY, approval={"mode": "raise"})
 
 
 @pytest.mark.parametrize("amount", ["5000", " 5000", "5e3", ["5000"], [5000], None])
@@ -35,7 +30,7 @@ def test_step_up_applies_when_the_amount_cannot_be_compared(
 ) -> None:
     """The tool does not run without approval; the decision says approval is required."""
     args = {} if amount is None else {"amount": amount}
-    tool = Recorder()
+    tool = RecordingTool()
     with pytest.raises((ApprovalPending, DeniedError)):
         guard.call(world.delegation, "billing/refund", args, tool, holder=world.bot)
     assert not tool.ran
@@ -58,7 +53,7 @@ def test_within_deny_applies_to_paths_it_cannot_place_outside(
     world: World, guard: Guard, path: Any
 ) -> None:
     """Denied with policy_denied, and the tool never runs."""
-    tool = Recorder()
+    tool = RecordingTool()
     with pytest.raises(DeniedError) as caught:
         guard.call(world.delegation, "fs/read", {"path": path}, tool, holder=world.bot)
     assert caught.value.reason == "policy_denied"
@@ -68,7 +63,7 @@ def test_within_deny_applies_to_paths_it_cannot_place_outside(
 def test_if_missing_skip_lets_calls_without_the_field_through(world: World) -> None:
     """An operator can say a restrictive rule does not concern calls that lack its field."""
     deny = [{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}, "if_missing": "skip"}]
-    guard = make_guard(world, deny=deny)
+    guard = world.guard(deny=deny)
     assert guard.check(world.delegation, "fs/list", {}, holder=world.bot).outcome == "allow"
     refused = guard.check(world.delegation, "fs/read", {"path": 7}, holder=world.bot)
     assert refused.reason == "policy_denied"
@@ -78,7 +73,7 @@ def test_an_approval_rule_applies_beside_a_broader_free_rule(world: World) -> No
     """`hosts/*` free and `hosts/quarantine` with approval in one grant: approval needed."""
     scope: list[str | dict[str, Any]] = ["hosts/*", {"tool": "hosts/quarantine", "approval": True}]
     delegation = world.chain(world.bot, scope=scope)
-    guard = make_guard(world)
+    guard = world.guard()
     decision = guard.check(delegation, "hosts/quarantine", {}, holder=world.bot)
     assert decision.outcome == "approval_required"
     assert guard.check(delegation, "hosts/list", {}, holder=world.bot).outcome == "allow"
@@ -92,7 +87,7 @@ def test_free_below_a_bound_approval_above_is_written_with_not(world: World) -> 
         {"tool": "billing/refund", "where": {"$not": small}, "approval": True},
     ]
     delegation = world.chain(world.bot, scope=scope)
-    guard = make_guard(world)
+    guard = world.guard()
 
     def outcome(args: dict[str, Any]) -> str:
         return guard.check(delegation, "billing/refund", args, holder=world.bot).outcome

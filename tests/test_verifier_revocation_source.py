@@ -17,8 +17,8 @@ from agentguard.delegation import Delegation
 from agentguard.errors import DeniedError, StoreError
 from agentguard.keys import Identity
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import START
 from agentguard.verify import NO_REVOCATION_CHECK, RevocationCheckDisabledWarning, Verifier
-from tests.conftest import START
 from tests.test_verify_attacks import denial
 
 

@@ -23,9 +23,9 @@ from starlette.testclient import TestClient
 
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.guard import Guard
+from agentguard.testing import RecordingTool, World
 from agentguard.web import TOKENS_FILE, ApproverTokens, create_app
 from tests.display_support import assert_shows_the_facts, shown_args, sub_agent
-from tests.guard_helpers import Recorder, World, make_guard, manual_world, policy_doc
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -50,13 +50,13 @@ class Site:
     tokens: ApproverTokens
     carol_token: str
 
-    def ask(self, args: dict[str, Any], tool: Recorder | None = None) -> str:
+    def ask(self, args: dict[str, Any], tool: RecordingTool | None = None) -> str:
         """Submit a ``tickets/comment`` call; return the id of the approval it waits for."""
         with pytest.raises(ApprovalPending) as pending:
-            self.call(args, tool or Recorder())
+            self.call(args, tool or RecordingTool())
         return pending.value.request_id
 
-    def call(self, args: dict[str, Any], tool: Recorder) -> object:
+    def call(self, args: dict[str, Any], tool: RecordingTool) -> object:
         return self.guard.call(
             self.world.delegation, "tickets/comment", args, tool, holder=self.world.bot
         )
@@ -64,11 +64,10 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    world = manual_world()
-    doc = policy_doc(world)
+    world = World()
+    doc = world.policy()
     doc["approvers"].append({"id": "agent:bot", "tools": ["*/*"], "min_assurance": "local"})
-    guard = make_guard(
-        world,
+    guard = world.guard(
         approval_mode="raise",
         step_up=STEP_UP,
         approvers=doc["approvers"],
@@ -184,7 +183,7 @@ def test_posts_without_the_csrf_token_are_refused(site: Site) -> None:
 
 
 def test_approve_deny_and_edit_reach_the_guard(site: Site) -> None:
-    approved, denied, edited = Recorder(), Recorder(), Recorder()
+    approved, denied, edited = RecordingTool(), RecordingTool(), RecordingTool()
     first = site.ask({"id": 1, "text": "a"}, approved)
     second = site.ask({"id": 2, "text": "b"}, denied)
     third = site.ask({"id": 3, "text": "c"}, edited)
@@ -365,7 +364,7 @@ def test_browser_login_approve_deny_and_guard_sees_both(
         )
     from playwright.sync_api import expect, sync_playwright
 
-    approved, denied = Recorder(), Recorder()
+    approved, denied = RecordingTool(), RecordingTool()
     first = site.ask({"id": 1, "text": "approve me"}, approved)
     second = site.ask({"id": 2, "text": "deny me"}, denied)
 
@@ -457,7 +456,7 @@ def test_the_page_shows_every_argument_folded_and_whole_and_who_asserted_what(si
     one click away, escaped names, and the agent's own claims marked as such."""
     sub, delegation = sub_agent(site.world)
     with pytest.raises(ApprovalPending):
-        site.guard.call(delegation, "tickets/comment", shown_args(), Recorder(), holder=sub)
+        site.guard.call(delegation, "tickets/comment", shown_args(), RecordingTool(), holder=sub)
     client = TestClient(create_app(site.guard.approvals, site.tokens))
     login(client, site.carol_token)
     page = client.get("/").text

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.testing import START, RecordingTool, World
 from agentguard.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -20,7 +21,6 @@ from agentguard.webhook import (
     verify_signature,
 )
 from tests.display_support import FORGED_SHOWN, assert_shows_the_facts, shown_args, sub_agent
-from tests.guard_helpers import START, Recorder, make_guard, manual_world
 
 SECRET = "shared-webhook-secret"
 CANARY = "canary-password-7f3a"
@@ -79,10 +79,10 @@ def test_delivery_posts_redacted_signed_request_and_queue_answer_lets_call_run(
     receiver: Receiver,
 ) -> None:
     """The receiver gets the redacted request, signed; an answer from the queue lets it run."""
-    world = manual_world()
+    world = World()
     channel = WebhookChannel(receiver.url, secret=SECRET, clock=world.clock)
-    guard = make_guard(world, approver=channel, approval_mode="raise", step_up=STEP_UP)
-    tool = Recorder()
+    guard = world.guard(approver=channel, approval_mode="raise", step_up=STEP_UP)
+    tool = RecordingTool()
     args = {"id": 7, "text": "refund issued", "password": CANARY}
 
     with pytest.raises(ApprovalPending) as pending:
@@ -119,15 +119,16 @@ def test_delivery_posts_redacted_signed_request_and_queue_answer_lets_call_run(
 
 
 def test_without_secret_no_signature_headers(receiver: Receiver) -> None:
-    world = manual_world()
-    guard = make_guard(
-        world,
+    world = World()
+    guard = world.guard(
         approver=WebhookChannel(receiver.url, headers={"X-Api-Key": "k"}),
         approval_mode="raise",
         step_up=STEP_UP,
     )
     with pytest.raises(ApprovalPending):
-        guard.call(world.delegation, "tickets/comment", {"id": 1}, Recorder(), holder=world.bot)
+        guard.call(
+            world.delegation, "tickets/comment", {"id": 1}, RecordingTool(), holder=world.bot
+        )
     headers, _ = receiver.posts[0]
     assert SIGNATURE_HEADER.lower() not in headers
     assert TIMESTAMP_HEADER.lower() not in headers
@@ -139,11 +140,11 @@ def test_receiver_error_or_redirect_denies(receiver: Receiver, status: int) -> N
     """A non-2xx answer (a redirect too: it would turn the POST into a GET) refuses the call."""
     receiver.status = status
     receiver.location = "http://127.0.0.1:1/elsewhere"
-    world = manual_world()
-    guard = make_guard(
-        world, approver=WebhookChannel(receiver.url), approval_mode="block", step_up=STEP_UP
+    world = World()
+    guard = world.guard(
+        approver=WebhookChannel(receiver.url), approval_mode="block", step_up=STEP_UP
     )
-    tool = Recorder()
+    tool = RecordingTool()
     with pytest.raises(DeniedError) as denied:
         guard.call(world.delegation, "tickets/comment", {"id": 1}, tool, holder=world.bot)
     assert denied.value.reason == "approval_unavailable"
@@ -159,24 +160,27 @@ def test_unreachable_receiver_denies() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    world = manual_world()
-    guard = make_guard(
-        world,
+    world = World()
+    guard = world.guard(
         approver=WebhookChannel(f"http://127.0.0.1:{port}/hook", timeout=2),
         step_up=STEP_UP,
     )
     with pytest.raises(DeniedError) as denied:
-        guard.call(world.delegation, "tickets/comment", {"id": 1}, Recorder(), holder=world.bot)
+        guard.call(
+            world.delegation, "tickets/comment", {"id": 1}, RecordingTool(), holder=world.bot
+        )
     assert denied.value.reason == "approval_unavailable"
 
 
 def test_slow_receiver_times_out_and_denies(receiver: Receiver) -> None:
     """A receiver that does not answer within the timeout refuses the call."""
     receiver.hold = threading.Event()
-    world = manual_world()
-    guard = make_guard(world, approver=WebhookChannel(receiver.url, timeout=0.3), step_up=STEP_UP)
+    world = World()
+    guard = world.guard(approver=WebhookChannel(receiver.url, timeout=0.3), step_up=STEP_UP)
     with pytest.raises(DeniedError) as denied:
-        guard.call(world.delegation, "tickets/comment", {"id": 1}, Recorder(), holder=world.bot)
+        guard.call(
+            world.delegation, "tickets/comment", {"id": 1}, RecordingTool(), holder=world.bot
+        )
     assert denied.value.reason == "approval_unavailable"
     receiver.hold.set()
 
@@ -186,9 +190,9 @@ async def test_async_delivery_does_not_block_and_queue_answer_arrives(receiver: 
     """``acall`` delivers in a worker thread and then waits for the queue answer."""
     import anyio
 
-    world = manual_world()
-    guard = make_guard(world, approver=WebhookChannel(receiver.url, secret=SECRET), step_up=STEP_UP)
-    tool = Recorder()
+    world = World()
+    guard = world.guard(approver=WebhookChannel(receiver.url, secret=SECRET), step_up=STEP_UP)
+    tool = RecordingTool()
 
     async def approve_when_posted() -> None:
         while not receiver.posts:
@@ -237,16 +241,17 @@ def test_policy_selects_the_webhook_with_the_secret_from_the_environment(
     from agentguard.webhook import SECRET_ENV
 
     monkeypatch.setenv(SECRET_ENV, SECRET)
-    world = manual_world()
-    guard = make_guard(
-        world,
+    world = World()
+    guard = world.guard(
         approval_mode="raise",
         step_up=STEP_UP,
         approval={"channel": "webhook", "webhook_url": receiver.url},
     )
     assert isinstance(guard.channel, WebhookChannel)
     with pytest.raises(ApprovalPending):
-        guard.call(world.delegation, "tickets/comment", {"id": 1}, Recorder(), holder=world.bot)
+        guard.call(
+            world.delegation, "tickets/comment", {"id": 1}, RecordingTool(), holder=world.bot
+        )
     headers, body = receiver.posts[0]
     stamp, signature = headers[TIMESTAMP_HEADER.lower()], headers[SIGNATURE_HEADER.lower()]
     assert verify_signature(SECRET, body, stamp, signature, now=float(stamp))
@@ -255,23 +260,23 @@ def test_policy_selects_the_webhook_with_the_secret_from_the_environment(
 def test_policy_webhook_needs_a_usable_url() -> None:
     from agentguard.errors import ConfigError
 
-    world = manual_world()
+    world = World()
     with pytest.raises(ConfigError, match="webhook_url"):
-        make_guard(world, approval={"channel": "webhook"})
+        world.guard(approval={"channel": "webhook"})
     with pytest.raises(ConfigError, match="webhook_url"):
-        make_guard(world, approval={"channel": "webhook", "webhook_url": "file:///x"})
+        world.guard(approval={"channel": "webhook", "webhook_url": "file:///x"})
 
 
 def test_payload_carries_the_same_facts(receiver: Receiver) -> None:
     """The payload holds every argument, the folded and the full text, and per-link claims."""
-    world = manual_world()
-    guard = make_guard(
-        world, approver=WebhookChannel(receiver.url), approval_mode="raise", step_up=STEP_UP
+    world = World()
+    guard = world.guard(
+        approver=WebhookChannel(receiver.url), approval_mode="raise", step_up=STEP_UP
     )
     sub, delegation = sub_agent(world)
     args = {**shown_args(), "password": CANARY}
     with pytest.raises(ApprovalPending):
-        guard.call(delegation, "tickets/comment", args, Recorder(), holder=sub)
+        guard.call(delegation, "tickets/comment", args, RecordingTool(), holder=sub)
     body = receiver.posts[0][1].decode()
     assert CANARY not in body
     doc = json.loads(body)
