@@ -27,10 +27,10 @@ from agentguard.approval import (
 )
 from agentguard.clock import ManualClock, SystemClock
 from agentguard.delegation import Delegation
-from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.errors import ApprovalPending, DeniedError, StoreError
 from agentguard.guard import Guard
 from agentguard.keys import Identity
-from agentguard.store.base import Store
+from agentguard.store.base import ApprovalRow, Store
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.testing import RecordingTool, World, audit_records
@@ -505,6 +505,34 @@ def test_grant_token_is_not_a_receipt(world: World) -> None:
     assert refused(guard, world) == "approval_invalid"
 
 
+def test_revoked_approver_principal_cannot_approve(world: World) -> None:
+    """Attack: an approver whose principal was revoked still has a receipt accepted."""
+    guard = queue_guard(world)
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, "admin/reset", {"t": 1}, RecordingTool(), holder=world.bot)
+    guard.approvals.approve(info.value.request_id, world.carol)
+    guard.revoke("principal", "user:carol", reason="left the company")
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as denied:
+        guard.call(world.delegation, "admin/reset", {"t": 1}, fn, holder=world.bot)
+    assert denied.value.reason == "approver_not_authorized"
+    assert not fn.ran
+
+
+def test_revoked_approver_key_cannot_approve(world: World) -> None:
+    """Attack: an approver whose signing key was revoked still has a signed receipt accepted."""
+    guard = queue_guard(world)
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, "admin/reset", {"t": 2}, RecordingTool(), holder=world.bot)
+    guard.approvals.approve(info.value.request_id, world.carol)
+    guard.revoke("key", world.carol.kid, reason="key leaked")
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as denied:
+        guard.call(world.delegation, "admin/reset", {"t": 2}, fn, holder=world.bot)
+    assert denied.value.reason == "approval_invalid"
+    assert not fn.ran
+
+
 # -- blocking mode: timeout, channel errors, rejection ---------------------------------------------
 
 
@@ -635,6 +663,29 @@ def test_approval_arriving_later_from_another_thread_unblocks_the_wait() -> None
     assert answered.is_set()
 
 
+class _FlakyApprovals(MemoryStore):
+    """Attack: a store whose approval lookups fail once a request is pending."""
+
+    def approval_get(self, request_id: str) -> ApprovalRow | None:
+        raise StoreError("approvals table is locked")
+
+
+def test_store_error_while_waiting_for_approval_is_an_audited_denial(world: World) -> None:
+    """Attack: a store failure while the driver waits escapes raw, with no audit record."""
+    guard = world.guard(
+        store=_FlakyApprovals(),
+        approver=QueueChannel(),
+        approval_mode="raise",
+        approval={"channel": "queue"},
+    )
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "admin/reset", {"t": 3}, fn, holder=world.bot)
+    assert not fn.ran
+    assert info.value.reason == "approval_unavailable"
+    assert audit_records(guard)[-1]["reason"] == "approval_unavailable"
+
+
 # -- edits ----------------------------------------------------------------------------------
 
 
@@ -666,6 +717,33 @@ def test_edit_hitting_a_deny_rule_is_denied(world: World) -> None:
     request_id = pending_id(guard, world, {"amount": 900}, tool="billing/refund")
     guard.approvals.approve(request_id, world.carol, edited_args={"amount": 9, "currency": "XBT"})
     assert refused(guard, world, {"amount": 900}, tool="billing/refund") == "policy_denied"
+
+
+def test_edit_into_a_higher_assurance_step_up_is_refused(world: World) -> None:
+    """Attack: a 'local' approver edits the call into arguments whose step-up needs 'signed'."""
+    guard = queue_guard(
+        world,
+        step_up=[
+            {"tools": ["tickets/*"], "min_assurance": "local"},
+            {"tools": ["tickets/*"], "where": {"amount": {">": 100}}, "min_assurance": "signed"},
+        ],
+    )
+    args = {"amount": 10}
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, "tickets/pay", args, RecordingTool(), holder=world.bot)
+    guard.approvals.answer(
+        info.value.request_id,
+        approver="user:carol",
+        approve=True,
+        channel="terminal",
+        assurance="local",
+        edited_args={"amount": 5000},
+    )
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as denied:
+        guard.call(world.delegation, "tickets/pay", args, fn, holder=world.bot)
+    assert denied.value.reason == "approval_assurance"
+    assert not fn.ran
 
 
 # -- reusable receipts ---------------------------------------------------------------------------

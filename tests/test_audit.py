@@ -12,10 +12,12 @@ import pytest
 
 from agentguard import _jws
 from agentguard.audit import REDACTED, TYP_CHECKPOINT, AuditLog, redact, verify_log
+from agentguard.errors import DeniedError
 from agentguard.keys import Identity
 from agentguard.store.base import Checkpoint
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
+from agentguard.testing import RecordingTool, World
 
 T0 = 1_800_000_000.0
 
@@ -608,8 +610,6 @@ def test_the_signed_head_covers_an_allowed_call_before_its_tool_runs(
     tmp_path: Path, durability: str
 ) -> None:
     """Inside the tool, the database's signed head (at full, the side file too) covers it."""
-    from agentguard.testing import World
-
     world = World()
     guard = world.guard(home=tmp_path, storage={"durability": durability})
     seen: list[tuple[int | None, int | None]] = []
@@ -643,8 +643,6 @@ def test_a_cut_with_the_head_row_and_side_file_deleted_is_found(
     tmp_path: Path, durability: str
 ) -> None:
     """Deleting the signed head and the side file along with the tail does not hide the cut."""
-    from agentguard.testing import World
-
     world = World()
     guard = world.guard(home=tmp_path, storage={"durability": durability})
     for ticket in range(4):
@@ -668,8 +666,6 @@ def test_a_cut_with_the_head_row_and_side_file_deleted_is_found(
 
 def test_an_argument_named_anchored_does_not_raise_a_false_alarm(tmp_path: Path) -> None:
     """Only the log's own marker counts: a denied call's argument named "anchored" does not."""
-    from agentguard.testing import World
-
     world = World()
     guard = world.guard(home=tmp_path)
     guard.check(world.delegation, "nowhere/x", {"anchored": True}, holder=world.bot)
@@ -679,8 +675,6 @@ def test_an_argument_named_anchored_does_not_raise_a_false_alarm(tmp_path: Path)
 
 def test_an_unreadable_side_file_is_reported_not_a_crash(tmp_path: Path) -> None:
     """Bytes that are not UTF-8, or a directory in its place: a finding, not a traceback."""
-    from agentguard.testing import World
-
     world = World()
     guard = world.guard(home=tmp_path, storage={"durability": "full"})
     guard.call(world.delegation, "tickets/read", {}, lambda **_: None, holder=world.bot)
@@ -701,7 +695,6 @@ def test_an_unreadable_side_file_is_reported_not_a_crash(tmp_path: Path) -> None
 def test_a_failing_side_file_refuses_every_later_call_until_it_is_fixed(tmp_path: Path) -> None:
     """At normal, a background write failure is not forgotten after one refusal."""
     from agentguard.errors import DeniedError
-    from agentguard.testing import RecordingTool, World
 
     world = World()
     guard = world.guard(home=tmp_path)
@@ -724,3 +717,23 @@ def test_a_failing_side_file_refuses_every_later_call_until_it_is_fixed(tmp_path
     guard.call(world.delegation, "tickets/read", {}, tool, holder=world.bot)
     assert tool.ran
     guard.close()
+
+
+def test_checkpoint_write_failure_is_an_audit_error_not_a_raw_exception(
+    world: World, tmp_path: Path
+) -> None:
+    """Attack: an unwritable side file at durability full is an audit error: the tool does not run.
+
+    (At durability normal the side file is written after the commit, off the call's
+    path; the signed head in the database still anchors the record.)
+    """
+    guard = world.guard(home=tmp_path, storage={"durability": "full"})
+    guard.audit.checkpoint_every = 1
+    side = guard.audit.side_file
+    assert side is not None
+    side.mkdir()  # opening it for appending now fails with IsADirectoryError
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "tickets/list", {}, fn, holder=world.bot)
+    assert info.value.reason == "audit_error"
+    assert not fn.ran

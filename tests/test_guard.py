@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agentguard.approval import ApprovalBook, ApprovalRequest, CallbackChannel
+from agentguard.approval import ApprovalBook, ApprovalRequest, CallbackChannel, QueueChannel
 from agentguard.clock import ManualClock
-from agentguard.errors import ConfigError, DeniedError, StoreError
+from agentguard.delegation import Delegation
+from agentguard.errors import ApprovalPending, ConfigError, DeniedError, StoreError
 from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.testing import START, RecordingTool, World, audit_records
+from agentguard.tokens import Rule
 
 
 @pytest.fixture
@@ -273,6 +277,18 @@ def test_denial_message_leaks_no_argument_or_token(guard: Guard, world: World) -
     assert world.delegation.serialize() not in str(info.value)
 
 
+def test_delegation_object_with_a_widened_grant_object_is_not_trusted(world: World) -> None:
+    """Attack: a Delegation built from a real token but an edited Grant object widens the scope."""
+    everything = (Rule.from_claim({"tool": "*/*"}, "scope[0]"),)
+    forged = Delegation([replace(grant, scope=everything) for grant in world.delegation])
+    guard = world.guard()
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as info:
+        guard.call(forged, "secrets/dump", {}, fn, holder=world.bot)
+    assert info.value.reason == "out_of_scope"
+    assert not fn.ran
+
+
 # -- approval with the default channel ---------------------------------------------------------
 
 
@@ -314,6 +330,19 @@ def test_shadow_mode_allowed_calls_are_enforced(world: World) -> None:
     decision = audit_records(guard)[0]
     assert decision["shadow"] is False
     assert decision["enforced"] is True
+
+
+def test_shadow_mode_audit_matches_what_happened_to_a_pending_call(world: World) -> None:
+    """Attack: shadow mode logs an approval-pending call as 'NOT enforced' but blocks it anyway."""
+    guard = world.guard(
+        approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}, shadow=True
+    )
+    fn = RecordingTool()
+    with contextlib.suppress(ApprovalPending):
+        guard.call(world.delegation, "admin/reset", {}, fn, holder=world.bot)
+    record = next(r for r in reversed(audit_records(guard)) if r["type"] == "decision")
+    assert record["reason"] == "approval_pending"
+    assert record["enforced"] is (not fn.ran)
 
 
 # -- fail closed -------------------------------------------------------------------------------

@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from agentguard.approval import QueueChannel
 from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
-from agentguard.testing import RecordingTool, World
+from agentguard.testing import RecordingTool, World, audit_records
 
 STEP_UP = [{"tools": ["billing/refund"], "where": {"amount": {">": 100}}}]
 DENY = [{"tools": ["fs/*"], "where": {"path": {"within": "/etc"}}}]
+# More list items than a predicate's evaluation budget: the answer is "unknown".
+RECIPIENTS = [f"ok{i}" for i in range(20_000)]
 
 
 @pytest.fixture
@@ -103,3 +106,33 @@ def test_a_refusal_says_when_the_guard_could_not_tell(world: World, guard: Guard
     assert "cannot tell whether these arguments satisfy it" in unsure.explanation
     clear = guard.check(world.delegation, "billing/refund", {"amount": 5000}, holder=world.bot)
     assert "does not admit these arguments" in clear.explanation
+
+
+def test_deny_rule_skipped_by_exhausting_the_predicate_budget(world: World) -> None:
+    """Attack: a huge argument list makes a policy deny rule's predicate run out of budget."""
+    guard = world.guard(
+        deny=[{"tools": ["tickets/*"], "where": {"to": {"any": {"==": "evil"}}}}],
+    )
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "tickets/send", {"to": [*RECIPIENTS, "evil"]}, fn,
+                   holder=world.bot)  # fmt: skip
+    assert info.value.reason == "policy_denied"
+    assert not fn.ran
+
+
+def test_step_up_rule_skipped_by_exhausting_the_predicate_budget(world: World) -> None:
+    """Attack: a huge argument list makes a policy step_up rule's predicate run out of budget."""
+    guard = world.guard(
+        approver=QueueChannel(),
+        approval_mode="raise",
+        step_up=[{"tools": ["tickets/*"], "where": {"to": {"any": {"==": "vip"}}}}],
+        # Large enough to show all 20 001 recipients to the approver.
+        approval={"channel": "queue", "display_limit": 400_000},
+    )
+    fn = RecordingTool()
+    with pytest.raises(ApprovalPending):
+        guard.call(world.delegation, "tickets/send", {"to": [*RECIPIENTS, "vip"]}, fn,
+                   holder=world.bot)  # fmt: skip
+    assert not fn.ran
+    assert audit_records(guard)[-1]["reason"] == "approval_pending"
