@@ -423,25 +423,30 @@ class Verifier:
         matched: list[int] = []
         approvals: list[tuple[int, int]] = []
         for index, grant in enumerate(chain.delegation):
-            candidates = [i for i, rule in enumerate(grant.scope) if rule.matches_tool(tool)]
-            if not candidates:
+            # One three-valued answer per rule whose pattern selects the tool: a rule
+            # grants only on TRUE; an approval rule restricts, so it demands approval
+            # unless FALSE, even when another rule of the same link admits the call
+            # without one (approvals never disappear).
+            truths: dict[int, Truth] = {}
+            admitting: int | None = None
+            for i, rule in enumerate(grant.scope):
+                if not rule.matches_tool(tool):
+                    continue
+                predicate = rule.predicate
+                truth = Truth.TRUE if predicate is None else evaluate(predicate, args)
+                truths[i] = truth
+                if truth is Truth.TRUE and admitting is None:
+                    admitting = i
+                if rule.approval and truth is not Truth.FALSE:
+                    approvals.append((index, i))
+            if not truths:
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) has no rule for {tool}",
                     reason=Reason.OUT_OF_SCOPE,
                     link=index,
                 )
-            # One three-valued answer per rule: a rule grants only on TRUE; an approval
-            # rule restricts, so it demands approval unless FALSE, even when another
-            # rule of the same link admits the call without one (approvals never
-            # disappear).
-            truths = {
-                i: Truth.TRUE
-                if grant.scope[i].predicate is None
-                else evaluate(grant.scope[i].predicate or [], args)
-                for i in candidates
-            }
-            admitting = [i for i in candidates if truths[i] is Truth.TRUE]
-            if not admitting:
+            if admitting is None:
+                candidates = list(truths)
                 described = "; ".join(grant.scope[i].describe() for i in candidates)
                 why = (
                     "cannot tell whether these arguments satisfy it (an argument is missing,"
@@ -456,12 +461,7 @@ class Verifier:
                     link=index,
                     rule=candidates[0],
                 )
-            matched.append(admitting[0])
-            approvals.extend(
-                (index, i)
-                for i in candidates
-                if grant.scope[i].approval and truths[i] is not Truth.FALSE
-            )
+            matched.append(admitting)
         return ScopeMatch(tool, tuple(matched), tuple(approvals))
 
     # -- step 7 -----------------------------------------------------------------
