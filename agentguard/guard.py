@@ -264,6 +264,17 @@ class Guard:
         now = self.clock.now()
         return self.store.consume(f"{scope}/{key}", now + ttl, now=now)
 
+    def was_spent(self, scope: str, key: str) -> bool:
+        """Whether :meth:`spend_once` spent ``key`` of ``scope`` (and it is still remembered).
+
+        Raises:
+            ValueError: as :meth:`spend_once`.
+            StoreError: the store failed (treat as "spent": fail closed).
+        """
+        if not scope or "/" in scope:
+            raise ValueError("scope must be a non-empty name without '/'")
+        return self.store.is_consumed(f"{scope}/{key}", now=self.clock.now())
+
     # -- drivers -------------------------------------------------------------------------
     def _decide(self, request: CallRequest) -> Result:
         """Run the pipeline, answering its waits by blocking this thread."""

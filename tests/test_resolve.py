@@ -67,14 +67,22 @@ def test_a_state_directory_that_cannot_be_made_is_a_store_error(tmp_path: Path) 
         open_store(blocker / "home", load_policy({}))
 
 
-def test_spend_once_is_true_once_per_scope_and_key() -> None:
-    guard = Guard(store=MemoryStore())
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_spend_once_is_true_once_per_scope_and_key(kind: str, tmp_path: Path) -> None:
+    guard = Guard(store=MemoryStore()) if kind == "memory" else Guard({}, home=tmp_path)
     try:
+        assert not guard.was_spent("mcp-state", "n1")
         assert guard.spend_once("mcp-state", "n1", ttl=60)
+        assert guard.was_spent("mcp-state", "n1")
+        assert not guard.was_spent("langgraph-ran", "n1")
         assert not guard.spend_once("mcp-state", "n1", ttl=60)
         assert guard.spend_once("langgraph-ran", "n1", ttl=60)  # another scope
+        assert guard.spend_once("short", "n3", ttl=-1)  # already expired
+        assert not guard.was_spent("short", "n3")
         for bad in ("", "a/b"):
             with pytest.raises(ValueError, match="scope"):
                 guard.spend_once(bad, "n2", ttl=60)
+            with pytest.raises(ValueError, match="scope"):
+                guard.was_spent(bad, "n2")
     finally:
         guard.close()

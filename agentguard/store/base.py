@@ -69,6 +69,10 @@ class ReplayStore(Protocol):
         """
         ...
 
+    def is_consumed(self, key: str, *, now: float) -> bool:
+        """Whether ``key`` was used and is still remembered (read only)."""
+        ...
+
 
 @dataclass(frozen=True)
 class GrantRecord:

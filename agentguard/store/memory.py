@@ -83,6 +83,12 @@ class MemoryStore:
             self._nonces[key] = expires_at
             return True
 
+    def is_consumed(self, key: str, *, now: float) -> bool:
+        """Whether ``key`` is remembered as used (and not expired)."""
+        with self._lock:
+            expires = self._nonces.get(key)
+            return expires is not None and expires > now
+
     def nonce_count(self) -> int:
         """How many single-use ids are remembered right now."""
         return len(self._nonces)

@@ -274,6 +274,15 @@ class SQLiteStore:
 
         return self._run_write(run)
 
+    def is_consumed(self, key: str, *, now: float) -> bool:
+        """Whether ``key`` is remembered as used (and not expired), in any process."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM nonces WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+        )
+        return row is not None
+
     def nonce_count(self) -> int:
         """How many single-use ids are remembered right now."""
         return int(self._read(lambda db: db.execute("SELECT count(*) FROM nonces").fetchone()[0]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ from agentguard.tokens import args_digest
 
 if TYPE_CHECKING:
     from agentguard.approval import ApprovalRequest
+
+log = logging.getLogger("agentguard_langchain")
 
 __all__ = [
     "APPROVAL_MODES",
@@ -63,6 +66,8 @@ class GuardAPI(Protocol):
     """What the adapter needs from :class:`agentguard.Guard`."""
 
     def spend_once(self, scope: str, key: str, *, ttl: float) -> bool: ...
+
+    def was_spent(self, scope: str, key: str) -> bool: ...
 
     @property
     def approvals(self) -> _Approvals: ...
@@ -197,6 +202,9 @@ class Prepared:
 
     args: dict[str, Any]
     run: Callable[[], Any]
+    #: The call as written (before parsing), to recognise a re-run of it; parsing may
+    #: not give the same values twice (a ``default_factory``, say).
+    origin: str = ""
 
 
 #: Builds a :class:`Prepared` from raw arguments (a reviewer's edit, say).
@@ -279,10 +287,10 @@ class ToolGate:
                 :class:`agentguard.ApprovalPending` when no approval is recorded).
             GraphInterrupt: interrupt mode, first pass: the run pauses for a human.
         """
-        once = _Once.key(step, call_id, address, self)
+        once = _Once.key(step, call_id, address, self, prepared.origin)
         try:
             for _ in range(MAX_REVIEW_ROUNDS):
-                replay = _ONCE.replay(once, prepared.args)
+                replay = self._replay(once)
                 if replay is not _NOTHING:
                     return replay
                 try:
@@ -306,10 +314,10 @@ class ToolGate:
         step: _Step | None = None,
     ) -> Any:
         """Async twin of :meth:`run`, through ``guard.acall`` (``prepared.run`` may be async)."""
-        once = _Once.key(step, call_id, address, self)
+        once = _Once.key(step, call_id, address, self, prepared.origin)
         try:
             for _ in range(MAX_REVIEW_ROUNDS):
-                replay = _ONCE.replay(once, prepared.args)
+                replay = self._replay(once)
                 if replay is not _NOTHING:
                     return replay
                 try:
@@ -331,9 +339,8 @@ class ToolGate:
         once: _OnceKey | None,
     ) -> Any:
         def execute(**decided: Any) -> Any:
-            chosen = self._claim(prepared, prepare, decided, once)
-            result = chosen.run()
-            _ONCE.remember(once, prepared.args, result)
+            result = self._chosen(prepared, prepare, decided).run()
+            self._ran(once, result)
             return result
 
         return self.guard.call(
@@ -349,47 +356,54 @@ class ToolGate:
         once: _OnceKey | None,
     ) -> Any:
         async def execute(**decided: Any) -> Any:
-            chosen = self._claim(prepared, prepare, decided, once)
-            result = chosen.run()
+            result = self._chosen(prepared, prepare, decided).run()
             if inspect.isawaitable(result):
                 result = await result
-            _ONCE.remember(once, prepared.args, result)
+            self._ran(once, result)
             return result
 
         return await self.guard.acall(
             self.delegation, address, prepared.args, execute, holder=self.holder, call_id=call_id
         )
 
-    def _claim(
-        self,
-        prepared: Prepared,
-        prepare: Prepare,
-        decided: Mapping[str, Any],
-        once: _OnceKey | None,
-    ) -> Prepared:
-        """What runs: the decided call, parsed by the tool's schema, run at most once per step.
+    def _chosen(self, prepared: Prepared, prepare: Prepare, decided: Mapping[str, Any]) -> Prepared:
+        """What runs: the decided call, parsed by the tool's schema.
 
         The guard hands back the arguments it decided on: those submitted, or an
         approver's edit. An edit is parsed by the tool's schema like any call and
         runs only if the tool receives exactly what the approver approved.
         """
-        chosen = prepared
-        if _canonical(decided) != _canonical(prepared.args):
-            chosen = prepare(decided)
-            if _canonical(chosen.args) != _canonical(decided):
-                raise _Mismatch(
-                    "the tool's schema changes the approved arguments; they are not run"
-                )
-        if (
-            once is not None
-            and once.durable
-            and not self.guard.spend_once("langgraph-ran", once.key, ttl=_ONCE_TTL)
-        ):
+        if _canonical(decided) == _canonical(prepared.args):
+            return prepared
+        chosen = prepare(decided)
+        if _canonical(chosen.args) != _canonical(decided):
+            raise _Mismatch("the tool's schema changes the approved arguments; they are not run")
+        return chosen
+
+    def _replay(self, once: _OnceKey | None) -> Any:
+        """The earlier result of this call in this graph step, or a refusal if it ran
+        elsewhere; :data:`_NOTHING` when it has not run. Checked before deciding, so
+        a repeat leaves no ``allow`` record."""
+        if once is None:
+            return _NOTHING
+        earlier = _ONCE.replay(once)
+        if earlier is _NOTHING and once.durable and self.guard.was_spent(_ONCE_SCOPE, once.key):
             raise AlreadyRan(
                 "this tool call already ran in an earlier attempt of the same graph step; "
                 "it is not run again"
             )
-        return chosen
+        return earlier
+
+    def _ran(self, once: _OnceKey | None, result: Any) -> None:
+        """Remember a call that completed (one that raised may be retried)."""
+        if once is None:
+            return
+        _ONCE.remember(once, result)
+        if once.durable and not self.guard.spend_once(_ONCE_SCOPE, once.key, ttl=_ONCE_TTL):
+            log.warning(
+                "agentguard: a LangGraph step's tool call ran twice at the same time "
+                "(two resumes of one checkpoint?)"
+            )
 
     def _explained(self, exc: DeniedError, address: str, args: dict[str, Any]) -> DeniedError:
         """A queue rejection, with the reviewer's note for the model when there is one."""
@@ -435,8 +449,9 @@ class AlreadyRan(DeniedError):
     default_reason = Reason.ALREADY_RAN
 
 
-#: How long a graph step's call ids are remembered as spent (resumes later than this re-run).
+#: How long a graph step's calls are remembered as done (resumes later than this re-run).
 _ONCE_TTL = 7 * 24 * 3600.0
+_ONCE_SCOPE = "langgraph-ran"
 _NOTHING: Any = object()
 
 
@@ -453,47 +468,37 @@ class _OnceKey(NamedTuple):
 
 
 class _Once:
-    """Results of calls that ran inside a LangGraph step, by (step, call id, tool).
+    """Results of calls that completed inside a LangGraph step, by (step, call, tool, holder).
 
-    Bounded and process-local: it answers a node's re-run on resume with the
-    earlier result. The store's single-use keys (see :meth:`ToolGate._claim`)
-    refuse a re-run that this process does not remember.
+    Bounded and process-local: it answers a node's re-run (on resume, or a
+    retry of the node) with the earlier result. The store remembers the same
+    keys (:meth:`ToolGate._ran`), so a re-run in another process is refused.
+    A call without an id is known by what it says.
     """
 
     LIMIT = 4096
 
     def __init__(self) -> None:
-        self._results: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._results: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
     def key(
-        step: _Step | None, call_id: str | None, address: str, gate: ToolGate
+        step: _Step | None, call_id: str | None, address: str, gate: ToolGate, origin: str
     ) -> _OnceKey | None:
-        if step is None or not call_id:
+        if step is None:
             return None
         who = gate._parsed().leaf.link_id
-        raw = json.dumps([step.name, call_id, address, who], separators=(",", ":"))
+        raw = json.dumps([step.name, call_id or None, address, who, origin], separators=(",", ":"))
         return _OnceKey(hashlib.sha256(raw.encode()).hexdigest(), step.durable)
 
-    def replay(self, once: _OnceKey | None, args: Mapping[str, Any]) -> Any:
-        if once is None:
-            return _NOTHING
+    def replay(self, once: _OnceKey) -> Any:
         with self._lock:
-            entry = self._results.get(once.key)
-        if entry is None:
-            return _NOTHING
-        if entry[0] != _canonical(args):
-            raise AlreadyRan(
-                "this tool call id already ran in this graph step with other arguments"
-            )
-        return entry[1]
+            return self._results.get(once.key, _NOTHING)
 
-    def remember(self, once: _OnceKey | None, args: Mapping[str, Any], result: Any) -> None:
-        if once is None:
-            return
+    def remember(self, once: _OnceKey, result: Any) -> None:
         with self._lock:
-            self._results[once.key] = (_canonical(args), result)
+            self._results[once.key] = result
             self._results.move_to_end(once.key)
             while len(self._results) > self.LIMIT:
                 self._results.popitem(last=False)

@@ -9,9 +9,16 @@ call goes through the guard with the model-visible arguments only.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
 import functools
 import inspect
+import json
+import pathlib
+import sys
 import typing
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any, NamedTuple, Self, SupportsIndex
@@ -31,9 +38,9 @@ from langchain_core.tools.base import (
     get_all_basemodel_annotations,
 )
 from langchain_core.utils.pydantic import TypeBaseModel, get_fields
-from pydantic import ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic.v1 import BaseModel as BaseModelV1
 from pydantic.v1 import ValidationError as ValidationErrorV1
-from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from agentguard import AgentGuardError, Delegation, DeniedError, Identity, Reason
 from agentguard.argschema import ArgumentSchemaError, check_arguments
@@ -93,11 +100,14 @@ class GuardedTool(BaseTool):
         holder: Identity,
         namespace: str,
         approval: ApprovalMode = "block",
+        _address_name: str | None = None,
     ) -> None:
         """Wrap ``inner``.
 
         Raises:
             AlreadyGuardedError: ``inner`` is already a :class:`GuardedTool`.
+            TypeError: ``inner`` overrides ``run``/``arun``/``invoke``/``ainvoke``
+                (code there would run outside what the guard decides).
             ValueError: bad ``namespace`` or ``approval``, or ``holder`` does not
                 hold ``delegation`` (see :class:`ToolGate`).
         """
@@ -106,6 +116,7 @@ class GuardedTool(BaseTool):
                 f"tool {inner.name!r} is already guarded as {inner.address!r}; "
                 "wrap its .inner or call .rebind(...) instead of guarding it twice"
             )
+        _refuse_entry_overrides(inner)
         gate = ToolGate(guard, delegation, holder, namespace, approval)
         super().__init__(
             inner=inner,
@@ -125,7 +136,7 @@ class GuardedTool(BaseTool):
         self._gate = gate
         # Fixed now: renaming the wrapper later changes what a model calls it, not
         # which address the guard decides on.
-        self._address = gate.address(inner.name)
+        self._address = gate.address(_address_name or inner.name)
         self._injected_keys = frozenset(_injected_keys(inner))
 
     # -- what LangChain and LangGraph inspect -------------------------------------
@@ -137,6 +148,11 @@ class GuardedTool(BaseTool):
         Fixed when the tool is wrapped; renaming the wrapper does not change it.
         """
         return self._address
+
+    @property
+    def injected_keys(self) -> frozenset[str]:
+        """Parameters a model may not set (injected, or outside the model's schema)."""
+        return self._injected_keys
 
     @property
     def gate(self) -> ToolGate:
@@ -195,20 +211,44 @@ class GuardedTool(BaseTool):
         holder: Identity,
         namespace: str | None = None,
         approval: ApprovalMode | None = None,
+        guard: GuardAPI | None = None,
     ) -> GuardedTool:
         """The same tool guarded for another holder (e.g. a sub-agent's delegation).
+
+        The tool keeps the name in its address (fixed when it was first wrapped);
+        ``guard`` replaces the guard that decides, when given.
 
         Raises:
             ValueError: as for the constructor.
         """
         return GuardedTool(
             inner=self.inner,
-            guard=self._gate.guard,
+            guard=guard if guard is not None else self._gate.guard,
             delegation=delegation,
             holder=holder,
             namespace=namespace or self._gate.namespace,
             approval=approval or self._gate.approval,
+            _address_name=self._address.split("/", 1)[1],
         )
+
+    # A tool call (``{"type": "tool_call", ...}``) is a model's writing even when
+    # its id is missing; invoke/ainvoke note it for run/arun.
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """:meth:`BaseTool.invoke`, noting whether ``input`` is a model's tool call."""
+        token = _TOOL_CALL.set(_is_tool_call(input))
+        try:
+            return super().invoke(input, config, **kwargs)
+        finally:
+            _TOOL_CALL.reset(token)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Async twin of :meth:`invoke`."""
+        token = _TOOL_CALL.set(_is_tool_call(input))
+        try:
+            return await super().ainvoke(input, config, **kwargs)
+        finally:
+            _TOOL_CALL.reset(token)
 
     # -- running ----------------------------------------------------------------------
     #
@@ -249,7 +289,7 @@ class GuardedTool(BaseTool):
             # Fail like the wrapped tool would, before anything is decided or audited.
             raise NotImplementedError("StructuredTool does not support sync invocation.")
         merged, refused = self._merge(tool_input, tool_call_id, injected, kwargs.get("config"))
-        context = _CALL.set(_Call(tool_call_id, refused))
+        context = _CALL.set(_Call(tool_call_id, refused, self._origin(tool_input)))
         try:
             return super().run(
                 merged, verbose, start_color, color, callbacks, tool_call_id=tool_call_id, **kwargs
@@ -271,7 +311,7 @@ class GuardedTool(BaseTool):
     ) -> Any:
         """Async twin of :meth:`run`."""
         merged, refused = self._merge(tool_input, tool_call_id, injected, kwargs.get("config"))
-        context = _CALL.set(_Call(tool_call_id, refused))
+        context = _CALL.set(_Call(tool_call_id, refused, self._origin(tool_input)))
         try:
             return await super().arun(
                 merged, verbose, start_color, color, callbacks, tool_call_id=tool_call_id, **kwargs
@@ -290,7 +330,7 @@ class GuardedTool(BaseTool):
         if not isinstance(tool_input, dict):
             return tool_input, None
         refused: DeniedError | None = None
-        if tool_call_id is not None:
+        if tool_call_id is not None or _TOOL_CALL.get():
             # A tool call's arguments come from a model: only values LangGraph's
             # ToolNode fills in itself may sit under injected parameter names.
             smuggled = sorted(
@@ -306,6 +346,13 @@ class GuardedTool(BaseTool):
         if unknown:
             raise ValueError(f"not injected parameters of {self.name!r}: {unknown}")
         return {**tool_input, **extra}, refused
+
+    def _origin(self, tool_input: str | dict[str, Any]) -> str:
+        """The call as written, without injected values: how a re-run is recognised."""
+        written: Any = tool_input
+        if isinstance(tool_input, dict):
+            written = {k: v for k, v in tool_input.items() if k not in self._injected_keys}
+        return json.dumps(written, sort_keys=True, default=repr, ensure_ascii=False)
 
     def _to_args_and_kwargs(
         self, tool_input: str | dict[str, Any], tool_call_id: str | None
@@ -370,20 +417,18 @@ class GuardedTool(BaseTool):
         if call.refused is not None:
             raise call.refused
         inner = self.inner
+        named = {k: v for k, v in values.items() if k not in self._injected_keys}
         if args:
-            # A string input, passed positionally as the wrapped tool would get it.
-            key = next(iter(inner.args), "input")
-            decided = _jsonable({key: args[0]})
-        else:
-            decided = _jsonable({k: v for k, v in values.items() if k not in self._injected_keys})
-            schema = inner.args_schema
-            if isinstance(schema, dict):
-                # A JSON-schema tool (MCP-derived, say) validates nothing itself.
-                try:
-                    check_arguments(schema, decided)
-                except ArgumentSchemaError as exc:
-                    raise _InvalidArgumentsError(str(exc)) from None
-        return Prepared(decided, functools.partial(runner, args, values))
+            named = {**_positional_names(inner, args), **named}
+        decided = decided_view(named)
+        schema = inner.args_schema
+        if isinstance(schema, dict) and not args:
+            # A JSON-schema tool (MCP-derived, say) validates nothing itself.
+            try:
+                check_arguments(schema, decided)
+            except ArgumentSchemaError as exc:
+                raise _InvalidArgumentsError(str(exc)) from None
+        return Prepared(decided, functools.partial(runner, args, values), call.origin)
 
     def _preparer(
         self,
@@ -404,7 +449,8 @@ class GuardedTool(BaseTool):
                 raise _InvalidArgumentsError(
                     f"the edited arguments do not fit the tool's schema ({type(exc).__name__})"
                 ) from None
-            return self._prepare(args, parsed, call, runner)
+            edit = call._replace(origin=json.dumps(dict(edited), sort_keys=True, default=repr))
+            return self._prepare(args, parsed, edit, runner)
 
         return prepare
 
@@ -435,10 +481,111 @@ class _Call(NamedTuple):
 
     tool_call_id: str | None
     refused: DeniedError | None
+    origin: str = ""
 
 
 _CALL: ContextVar[_Call | None] = ContextVar("agentguard_langchain_call", default=None)
 _NO_CALL = _Call(None, None)
+_TOOL_CALL: ContextVar[bool] = ContextVar("agentguard_langchain_tool_call", default=False)
+
+
+def _is_tool_call(value: object) -> bool:
+    return isinstance(value, dict) and value.get("type") == "tool_call" and "args" in value
+
+
+#: Where LangChain's own tools define run/arun/invoke/ainvoke.
+_LANGCHAIN_TOOLS = ("langchain_core.", "langchain.", "langgraph.")
+
+
+def _refuse_entry_overrides(tool: BaseTool) -> None:
+    """A tool overriding run/arun/invoke/ainvoke would run that code outside the decision."""
+    for name in ("run", "arun", "invoke", "ainvoke"):
+        owner = next(c for c in type(tool).__mro__ if name in vars(c))
+        if not owner.__module__.startswith(_LANGCHAIN_TOOLS):
+            raise TypeError(
+                f"tool {tool.name!r} overrides {name}() ({owner.__qualname__}); agentguard "
+                "runs tools through _run/_arun after deciding, so that code would be "
+                "skipped or run undecided. Move it into _run/_arun or the args_schema."
+            )
+
+
+def _positional_names(tool: BaseTool, args: tuple[Any, ...]) -> dict[str, Any]:
+    """Name positional arguments (a string input, or a tool's own parsing) for the decision.
+
+    Named by ``tool._run``'s parameters; a single value for ``*args`` takes the
+    first argument name of the tool's schema, as a string input does. Anything
+    else cannot be decided by name and is refused.
+    """
+    parameters = [
+        p
+        for p in inspect.signature(tool._run).parameters.values()
+        if p.name not in ("run_manager", "config", "callbacks")
+    ]
+    named: dict[str, Any] = {}
+    rest = list(args)
+    for parameter in parameters:
+        if not rest:
+            break
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            named[parameter.name] = rest.pop(0)
+        elif parameter.kind is parameter.VAR_POSITIONAL:
+            break
+    if len(rest) == 1 and not named:
+        named[next(iter(tool.args), "input")] = rest.pop()
+    if rest:
+        raise _ArgumentsError(
+            f"{len(rest)} positional argument(s) without a name cannot be decided"
+        )
+    return named
+
+
+def decided_view(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON values the guard decides on, read from the values the tool receives.
+
+    Model fields are read directly (every field, serializers and ``exclude``
+    ignored: what the guard sees is what the function gets); enums by value;
+    dates and times in ISO form; decimals as numbers when exact, else text; UUIDs
+    and paths as text. Anything else is refused (``unsupported_arguments``).
+    """
+    return {str(k): _view(v, 0) for k, v in values.items()}
+
+
+def _view(value: Any, depth: int) -> Any:
+    if depth > 64:
+        raise _ArgumentsError("the tool arguments nest too deeply")
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return _view(value.value, depth + 1)
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise _ArgumentsError("the tool arguments have a mapping with non-text keys")
+        return {k: _view(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_view(v, depth + 1) for v in value]
+    if isinstance(value, set | frozenset):
+        items = [_view(v, depth + 1) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, BaseModel):
+        fields = {name: getattr(value, name) for name in type(value).model_fields}
+        fields.update(value.__pydantic_extra__ or {})
+        return _view(fields, depth + 1)
+    if isinstance(value, BaseModelV1):
+        return _view(dict(value.__dict__), depth + 1)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise _ArgumentsError("the tool arguments hold a non-finite decimal")
+        if value == value.to_integral_value():
+            return int(value)
+        as_float = float(value)
+        return as_float if decimal.Decimal(repr(as_float)) == value else str(value)
+    if isinstance(value, uuid.UUID | pathlib.PurePath):
+        return str(value)
+    raise _ArgumentsError(
+        f"the tool arguments hold a {type(value).__name__}, which has no JSON form"
+    )
 
 
 class _InjectedArgumentError(DeniedError):
@@ -473,24 +620,38 @@ def _injected_keys(tool: BaseTool) -> set[str]:
 
 
 def _graph_filled(tool: BaseTool, config: RunnableConfig | None) -> set[str]:
-    """Injected parameters LangGraph's ToolNode overwrites, when running inside a graph.
+    """Injected parameters LangGraph's ToolNode has just filled in for this call.
 
-    ToolNode puts state, store and runtime into the call itself, replacing any
-    value the model gave; the tool call id is filled in by LangChain's parsing.
-    Outside a graph nothing overwrites them, so nothing is exempt but the id.
+    ToolNode drops what a model wrote under state, store and runtime parameters
+    and puts in its own values; the tool call id is filled in by LangChain's
+    parsing. Only when ToolNode itself is invoking the tool (found on the call
+    stack, not inferred from the config, which any node has) are its values
+    exempt; anywhere else nothing is exempt but the id.
     """
     filled = set(_tool_call_id_keys(tool))
-    configurable = (config or {}).get("configurable") or {}
-    if not any(str(k).startswith("__pregel_") for k in configurable):
-        return filled
     try:
-        from langgraph.prebuilt.tool_node import _get_all_injected_args
+        from langgraph.prebuilt.tool_node import ToolNode, _get_all_injected_args
     except ImportError:  # pragma: no cover - no langgraph, no ToolNode
+        return filled
+    if not _called_from(ToolNode._execute_tool_sync, ToolNode._execute_tool_async):
         return filled
     found = _get_all_injected_args(tool)
     filled |= set(found.state)
     filled |= {k for k in (found.store, found.runtime) if k}
     return filled
+
+
+def _called_from(*functions: Callable[..., Any], depth: int = 16) -> bool:
+    """Whether one of ``functions`` is among the callers (or awaiting coroutines) of this frame."""
+    codes = {getattr(f, "__code__", None) for f in functions} - {None}
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _tool_call_id_keys(tool: BaseTool) -> set[str]:
@@ -543,15 +704,6 @@ def _step(config: RunnableConfig | None) -> _Step | None:
     # Only a checkpointed graph can resume elsewhere: then the store must remember too.
     durable = configurable.get("__pregel_checkpointer") is not None
     return _Step(f"{configurable.get('thread_id')}|{step}", durable)
-
-
-def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
-    try:
-        value = to_jsonable_python(args)
-    except PydanticSerializationError as exc:
-        raise _ArgumentsError("the tool arguments are not JSON-serialisable") from exc
-    assert isinstance(value, dict)  # noqa: S101 (a dict serialises to a dict)
-    return value
 
 
 class GuardedToolList(list[BaseTool]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ToolCallRequest
@@ -39,17 +39,25 @@ class _UnknownTool(DeniedError):
         )
 
 
+class _InjectedArgument(DeniedError):
+    default_reason = Reason.INJECTED_ARGUMENT
+
+
 class GuardMiddleware(AgentMiddleware):
     """Gate every tool call of a ``create_agent`` agent through an agentguard guard.
 
-    Every tool that runs under this middleware runs as a
-    :class:`~agentguard_langchain.GuardedTool` for ``holder``: the guard decides on
-    the call the tool actually receives. Middleware listed *after* this one
-    (inner) may edit the call (LangChain's ``HumanInTheLoopMiddleware``, say) and
-    the edited call is what is decided; a tool such a middleware supplies itself
-    is not known here and the call is refused, so list runtime-tool middleware
-    *before* this one. ``approval="interrupt"`` maps step-up onto LangGraph
-    interrupts (the agent needs a checkpointer and a ``thread_id``).
+    The middleware hands each call on with its tool (and the runtime's tool
+    list) swapped for a :class:`~agentguard_langchain.GuardedTool` for
+    ``holder``, so the guard decides where the tool runs, on the call as the
+    tool's own schema parses it. List it **last** (innermost) among middleware
+    that touch tool calls. Middleware listed after it may still edit a call's
+    arguments or redirect it to another registered tool (LangChain's
+    ``HumanInTheLoopMiddleware`` does both): the edited call is what is
+    decided. But a tool object such a middleware supplies itself runs outside
+    the guard, and a call naming no registered tool is refused here. A
+    model's value for an injected parameter is refused. ``approval="interrupt"``
+    maps step-up onto LangGraph interrupts (the agent needs a checkpointer and
+    a ``thread_id``).
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class GuardMiddleware(AgentMiddleware):
                         holder=self.gate.holder,
                         namespace=tool.address.split("/", 1)[0],
                         approval=self.gate.approval,
+                        guard=self.gate.guard,
                     )
             else:
                 made = GuardedTool(
@@ -108,14 +117,19 @@ class GuardMiddleware(AgentMiddleware):
     def _guard_request(self, request: ToolCallRequest) -> ToolCallRequest:
         if request.tool is None:
             raise _UnknownTool("no registered tool is named in this call")
-        overrides: dict[str, Any] = {"tool": self.guarded(request.tool)}
+        guarded = self.guarded(request.tool)
+        written = request.tool_call.get("args")
+        if isinstance(written, Mapping) and set(written) & guarded.injected_keys:
+            # The call as the model wrote it, before ToolNode fills injected values in.
+            raise _InjectedArgument("the model's call sets an injected parameter")
+        overrides: dict[str, Any] = {"tool": guarded}
         runtime = request.runtime
         tools = getattr(runtime, "tools", None)
         if dataclasses.is_dataclass(runtime) and isinstance(tools, list):
             # A middleware inside this one that redirects the call to another tool
             # (a reviewer's edit, say) takes it from here: give it guarded tools.
-            guarded: list[BaseTool] = [self.guarded(t) for t in tools]
-            overrides["runtime"] = dataclasses.replace(runtime, tools=guarded)
+            every: list[BaseTool] = [self.guarded(t) for t in tools]
+            overrides["runtime"] = dataclasses.replace(runtime, tools=every)
         return request.override(**overrides)
 
     def wrap_tool_call(
