@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from typing import SupportsIndex
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agentguard.addresses import (
+    _wildcard_match,
     compile_pattern,
     parse_address,
     pattern_matches,
@@ -169,10 +174,66 @@ def test_namespace_wildcard_never_matches_a_slash() -> None:
     assert not compile_pattern("?/x").fullmatch("//x")
 
 
-def test_many_stars_stay_linear() -> None:
-    """Collapsed runs of ``*`` keep matching fast on adversarial input."""
-    pattern = "ns/" + "*a" * 40 + "b"
-    assert not pattern_matches(pattern, "ns/" + "a" * 200)
+class _CountedText(str):
+    """An address part that counts how often the matcher reads a character of it.
+
+    Past ``budget`` reads it raises, so a matcher that backtracks exponentially
+    fails at once instead of hanging the test run.
+    """
+
+    budget: int
+    reads: int
+
+    def __new__(cls, value: str, budget: int) -> _CountedText:
+        text = super().__new__(cls, value)
+        text.budget, text.reads = budget, 0
+        return text
+
+    def __getitem__(self, index: SupportsIndex | slice) -> str:
+        self.reads += 1
+        if self.reads > self.budget:
+            raise AssertionError(f"more than {self.budget} reads: the matcher is not O(n*m)")
+        return str.__getitem__(self, index)
+
+
+ADVERSARIAL = [
+    ("*a" * 40 + "b", "a" * 200, False),
+    ("*a" * 40 + "b", "a" * 200 + "b", True),
+    ("a*" * 50 + "c", "a" * 300, False),
+    ("*?" * 30 + "*x", "y" * 400, False),
+    ("*ab" * 25, "ab" * 24 + "a" * 200, False),
+]
+
+
+@pytest.mark.parametrize(("glob", "text", "expected"), ADVERSARIAL)
+def test_many_stars_stay_linear(glob: str, text: str, expected: bool) -> None:
+    """Adversarial globs read each address character O(len(glob)) times at most.
+
+    The bound is counted in reads, not measured in seconds: a regression to a
+    backtracking matcher fails on the budget instead of hanging.
+    """
+    counted = _CountedText(text, budget=(len(glob) + 1) * (len(text) + 1))
+    assert _wildcard_match(glob, counted) is expected
+    assert counted.reads >= len(text)  # the matcher really read the address through it
+
+
+def test_many_stars_stay_linear_through_the_public_matcher() -> None:
+    """The same inputs through ``pattern_matches`` in a child process that cannot hang us.
+
+    Whatever the matcher becomes (even a C regex that no counter sees), a
+    catastrophic case ends in ``TimeoutExpired`` and a killed child, not a stuck run.
+    """
+    code = (
+        "import sys\n"
+        "from agentguard.addresses import pattern_matches\n"
+        f"cases = {ADVERSARIAL!r}\n"
+        "print([pattern_matches('ns/' + g, 'ns/' + t) for g, t, _ in cases])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == repr([expected for _, _, expected in ADVERSARIAL])
 
 
 # --- overlap ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -22,13 +23,13 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from agentguard import _jws
 from agentguard.approval import QueueChannel
 from agentguard.delegation import Delegation
-from agentguard.errors import AgentGuardError, ApprovalPending
+from agentguard.errors import AgentGuardError, ApprovalPending, DeniedError
 from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.policy import load_policy
@@ -58,6 +59,14 @@ def clean(fn: Callable[[], _T]) -> _T | None:
         return fn()
     except AgentGuardError:
         return None
+
+
+def attempt(fn: Callable[[], _T]) -> tuple[_T | None, DeniedError | None]:
+    """Run ``fn``: its result, or the refusal it raised (any other exception escapes)."""
+    try:
+        return fn(), None
+    except DeniedError as refusal:
+        return None, refusal
 
 
 # -- fixtures built once per module: a real world with real tokens ----------------------------
@@ -233,25 +242,71 @@ def test_mutated_delegations_verify_cleanly(data: st.DataObject) -> None:
         clean(lambda: verifier.authorize(chain, TOOL, ARGS))
 
 
+#: Claims no grant does without: a root missing one is a malformed token.
+REQUIRED_GRANT_CLAIMS = frozenset(
+    {"ver", "iss", "sub", "cnf", "iat", "nbf", "exp", "jti", "scope", "max_depth"}
+)
+#: The refusals a root grant signed by the trusted key over hostile claims may earn.
+HOSTILE_ROOT_REFUSALS = frozenset(
+    {
+        "malformed_token",  # a claim is missing, mistyped or out of range
+        "bad_version",  # 'ver' is not the supported format version
+        "untrusted_root",  # 'iss' names someone other than the trusted root
+        "broken_chain",  # the children's 'prf' no longer names this root
+        "link_expired",
+        "link_not_yet_valid",
+        "oversized",
+        "widened_window",
+        "depth_exceeded",
+    }
+)
+_LONG_B64 = re.compile(r"[A-Za-z0-9_-]{40,}")
+
+
 @FUZZ
 @given(data=st.data())
-def test_signed_hostile_grants_are_handled_cleanly(data: st.DataObject) -> None:
-    """A trusted issuer's key signing random claims still yields only clean outcomes."""
+def test_signed_hostile_grants_are_refused_precisely(data: st.DataObject) -> None:
+    """A trusted issuer's key signing random claims: refused with a precise reason unless
+    the claims still make a valid grant, and then the verified root is exactly what was signed.
+    """
     c = corpus()
-    root = c.delegation.root
-    _, claims = _jws.peek(root.token, TYP_GRANT)
+    _, claims = _jws.peek(c.delegation.root.token, TYP_GRANT)
     hostile = data.draw(hostile_claims(claims, GRANT_KEYS))
     try:
         token = _jws.sign(hostile, c.world.org, TYP_GRANT)
     except (TypeError, ValueError, OverflowError):
         assume(False)
         return
-    text = "~".join([token, *c.links[1:]]) if data.draw(st.booleans()) else token
+    with_children = data.draw(st.booleans())
+    text = "~".join([token, *c.links[1:]]) if with_children else token
     verifier = c.verifier()
-    chain = clean(lambda: verifier.verify_chain(text))
-    if chain is not None:
-        args = data.draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4))
-        clean(lambda: verifier.authorize(chain, data.draw(st.sampled_from([TOOL, "a/b"])), args))
+    chain, refusal = attempt(lambda: verifier.verify_chain(text))
+    if refusal is not None:
+        event(f"refused: {refusal.reason}")
+        assert refusal.reason in HOSTILE_ROOT_REFUSALS, refusal.reason
+        assert refusal.link == 0 or (with_children and refusal.reason == "broken_chain")
+        if not hostile.keys() >= REQUIRED_GRANT_CLAIMS:
+            assert refusal.reason in ("malformed_token", "bad_version"), refusal.reason
+        for message in (str(refusal), refusal.explanation, refusal.short):
+            assert _LONG_B64.search(message) is None, message
+        return
+    assert chain is not None
+    event("accepted")
+    # Accepted: every claim a grant needs is there, the issuer is the trusted root,
+    # the window holds now, and the verified root is the very token signed.
+    assert hostile.keys() >= REQUIRED_GRANT_CLAIMS
+    assert hostile["iss"] == c.world.org.id
+    now = c.world.clock.now()
+    assert hostile["nbf"] <= now + verifier.leeway
+    assert now - verifier.leeway < hostile["exp"]
+    assert chain.delegation.root.token == token
+    # With the children attached, only the untouched root keeps their 'prf' true.
+    assert not with_children or hostile == claims
+    tool = data.draw(st.sampled_from([TOOL, "a/b"]))
+    args = data.draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+    _, denied = attempt(lambda: verifier.authorize(chain, tool, args))
+    if denied is not None:
+        assert denied.reason in ("out_of_scope", "predicate_failed", "invalid_arguments")
 
 
 # -- call tokens ---------------------------------------------------------------------------------

@@ -260,9 +260,17 @@ def test_call_token_signed_by_someone_else(guard: Guard, world: World) -> None:
 
 
 def test_dry_run_does_not_burn_an_external_call_token(guard: Guard, world: World) -> None:
+    """After any number of dry runs the token still runs its call, once."""
     token = world.delegation.mint_call_token(world.bot, "tickets/read", {}, clock=world.clock)
-    assert guard.check(world.delegation, "tickets/read", {}, call_token=token).allowed
-    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), call_token=token)
+    for _ in range(2):
+        assert guard.check(world.delegation, "tickets/read", {}, call_token=token).allowed
+    tool = RecordingTool()
+    guard.call(world.delegation, "tickets/read", {}, tool, call_token=token)
+    assert tool.calls == [{}]
+    # Single use is enforced on real calls, so the dry runs above really spent nothing.
+    assert deny_reason(guard, world, "tickets/read", {}, holder=None, call_token=token) == (
+        "call_token_replayed"
+    )
 
 
 def test_denial_message_leaks_no_argument_or_token(guard: Guard, world: World) -> None:
