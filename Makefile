@@ -26,6 +26,7 @@ typecheck: install
 contracts: install
 	$(BIN)/lint-imports
 
+# Fails when branch coverage drops below fail_under in pyproject's [tool.coverage.report].
 pytest: install
 	$(BIN)/python -m pytest --cov --cov-report=term -q
 

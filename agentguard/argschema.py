@@ -118,7 +118,7 @@ def check_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> 
         raise ArgumentSchemaError(f"arguments nest deeper than {MAX_DEPTH} levels", keyword="depth")
     try:
         error = best_match(itertools.islice(validator.iter_errors(dict(arguments)), _ERRORS_RANKED))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a schema that cannot be applied refuses (fail closed)
         raise ArgumentSchemaError(
             "the tool's schema cannot be applied (e.g. a $ref it does not define)"
         ) from None

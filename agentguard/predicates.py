@@ -606,7 +606,7 @@ def evaluate(predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET) -
         if not isinstance(predicate, list):
             return Truth.UNKNOWN
         return _all(_judge(s, args, meter) for s in predicate)
-    except Exception:  # budget exhaustion, garbage predicates, recursion limits
+    except Exception:  # noqa: BLE001 - budget, garbage predicates, recursion: all unknown
         return Truth.UNKNOWN
 
 
@@ -724,5 +724,5 @@ def describe(predicate: list[Any]) -> str:
         if len(predicate) == 1:
             return _describe(predicate[0])
         return " and ".join(_grouped(s) for s in predicate) if predicate else "true"
-    except Exception:  # a description must never break the caller's error path
+    except Exception:  # noqa: BLE001 - a description must never break the caller's error path
         return "<malformed predicate>"

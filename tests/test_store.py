@@ -317,7 +317,7 @@ def _open_rounds(directory: str, rounds: int, barrier: Any, errors: Any) -> None
             store = SQLiteStore(Path(directory) / f"round-{n}.db")
             store.audit_append({"round": n}, at=NOW)
             store.close()
-        except Exception as exc:  # every failure is reported to the parent
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent
             errors.put(f"round {n}: {type(exc).__name__}: {exc}")
 
 

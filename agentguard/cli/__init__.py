@@ -192,7 +192,7 @@ def plugin_commands(plugins: Iterable[EntryPoint] | None = None) -> list[tuple[s
             if not isinstance(plugin, typer.Typer):
                 raise TypeError(f"it is a {type(plugin).__name__}, not a typer.Typer")
             loaded.append((entry.name, typer.main.get_group(plugin)))
-        except Exception as exc:  # a broken plugin must not break the core CLI
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the core CLI
             typer.echo(
                 f"warning: skipping CLI plugin {entry.name!r} ({entry.value}): "
                 f"{type(exc).__name__}: {' '.join(str(exc).split())}",
