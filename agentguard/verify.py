@@ -580,6 +580,10 @@ class Verifier:
         call = VerifiedCall(claims, digest)
         if consume:
             self.consume(call)
+        elif self.replay.is_consumed(f"{claims.issuer}/{claims.jti}", now=now):
+            # Not spent now (a dry run, or spent once the call may run), but one
+            # that was spent already will be refused then: say so now.
+            raise DeniedError("call token was used before", reason=Reason.CALL_TOKEN_REPLAYED)
         return call
 
     def consume(self, call: VerifiedCall) -> None:

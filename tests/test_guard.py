@@ -273,6 +273,14 @@ def test_dry_run_does_not_burn_an_external_call_token(guard: Guard, world: World
     )
 
 
+def test_a_dry_run_reports_a_spent_call_token_as_replayed(guard: Guard, world: World) -> None:
+    """A dry run spends nothing, but says "deny" for a token a real call would refuse."""
+    token = world.delegation.mint_call_token(world.bot, "tickets/read", {}, clock=world.clock)
+    guard.call(world.delegation, "tickets/read", {}, RecordingTool(), call_token=token)
+    decision = guard.check(world.delegation, "tickets/read", {}, call_token=token)
+    assert (decision.outcome, decision.reason) == ("deny", "call_token_replayed")
+
+
 def test_denial_message_leaks_no_argument_or_token(guard: Guard, world: World) -> None:
     canary = "CANARY-7f3e"
     with pytest.raises(DeniedError) as info:
