@@ -69,7 +69,7 @@ def wait_for(
             return weak
         try:
             yield Deliver(request)
-        except Exception as exc:  # any channel failure denies (fail closed)
+        except Exception as exc:  # noqa: BLE001 - any channel failure denies (fail closed)
             return exc
     row = yield Read(request.id)
     if mode == "raise" and (row is None or row.status == "pending"):
@@ -122,7 +122,7 @@ def perform(
                 reply = store.approval_get(op.request_id)
             else:
                 time.sleep(op.seconds)
-        except Exception as exc:  # handed back to the wait, which fails closed
+        except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed
             error = exc
 
 
@@ -160,5 +160,5 @@ async def aperform(
                     reply = store.approval_get(op.request_id)
             else:
                 await anyio.sleep(op.seconds)
-        except Exception as exc:  # handed back to the wait, which fails closed
+        except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed
             error = exc

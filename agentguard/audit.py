@@ -391,7 +391,7 @@ class _Writer:
             failure: Exception | None = None
             try:
                 self._publish(head)
-            except Exception as exc:  # reported by the next append, which then fails closed
+            except Exception as exc:  # noqa: BLE001 - reported by the next append, which then fails closed
                 failure = exc
                 log.error("agentguard: could not write the audit side file: %s", exc)
             with self._cond:
@@ -511,7 +511,7 @@ class AuditLog:
                 entry = self.store.audit_append(record, link_ids=link_ids, at=at)
         except StoreError:
             raise
-        except Exception as exc:  # a failed write is a reason to refuse, whatever failed
+        except Exception as exc:
             raise StoreError(f"audit write failed: {type(exc).__name__}") from exc
         try:
             if heads:
@@ -520,7 +520,7 @@ class AuditLog:
                 self.checkpoint(entry, at=at)
         except StoreError:
             raise
-        except Exception as exc:  # e.g. an unwritable side file: refuse, never crash
+        except Exception as exc:
             raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
         return entry
 

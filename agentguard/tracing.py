@@ -402,7 +402,7 @@ def audit_ids() -> dict[str, str | None]:
     """``trace_id`` and ``span_id`` (hex) of the current span for the audit record."""
     try:
         ids = _hex_ids(trace.get_current_span())
-    except Exception:
+    except Exception:  # noqa: BLE001 - telemetry must never break a decision or a tool call
         ids = None
     return {"trace_id": ids[0] if ids else None, "span_id": ids[1] if ids else None}
 

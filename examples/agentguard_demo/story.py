@@ -120,7 +120,7 @@ async def agent_scenarios(run: Run, chains: dict[str, Delegation]) -> None:
                     ready["pair"] = pair
                     connected.set()
                     await finished.wait()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting scene, which reports it
                 ready["error"] = exc
                 connected.set()
 

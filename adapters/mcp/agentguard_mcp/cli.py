@@ -62,7 +62,7 @@ class _StderrLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             _say(self.format(record))
-        except Exception:  # a log line must never break serving
+        except Exception:  # noqa: BLE001 - a log line must never break serving
             self.handleError(record)
 
 
@@ -260,7 +260,7 @@ async def _run(
         for upstream in upstreams:
             try:
                 await upstream.connect(stack)
-            except Exception as exc:  # any failure to start or reach an upstream stops the proxy
+            except Exception as exc:  # noqa: BLE001 - any failure to start or reach an upstream stops the proxy
                 # The exception text may carry a URL with credentials: name the type only.
                 _say(f"cannot start or reach upstream {upstream.namespace!r}: {type(exc).__name__}")
                 return EXIT_ERROR

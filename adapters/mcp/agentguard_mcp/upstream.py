@@ -239,7 +239,7 @@ class Upstream:
                     connection.client = client
                     connection.settled.set()
                     await connection.closing.wait()
-            except Exception as exc:  # any failure of a session ends it; never the proxy
+            except Exception as exc:  # noqa: BLE001 - any failure of a session ends it; never the proxy
                 connection.error = exc
                 closed = connection.closing.is_set()
                 if connection.client is not None and connection is self._connection and not closed:
@@ -301,7 +301,7 @@ class Upstream:
             if connection.client is not None:
                 try:
                     await self._list(connection.client)
-                except Exception as exc:  # the new session is no better: drop it
+                except Exception as exc:  # noqa: BLE001 - the new session is no better: drop it
                     connection.closing.set()
                     error = exc
             if error is not None:
@@ -340,7 +340,7 @@ class Upstream:
             if not self._session_lost(exc):
                 raise
             self._mark_broken(exc)
-        except Exception as exc:  # a failing transport: the session is unusable
+        except Exception as exc:  # noqa: BLE001 - a failing transport: the session is unusable
             self._mark_broken(exc)
         raise UpstreamUnavailable(self.namespace)
 
@@ -383,7 +383,7 @@ class Upstream:
             if not self._session_lost(exc):
                 raise
             self._mark_broken(exc)
-        except Exception as exc:  # a failing transport: the session is unusable
+        except Exception as exc:  # noqa: BLE001 - a failing transport: the session is unusable
             self._mark_broken(exc)
         raise UpstreamUnavailable(self.namespace)
 
