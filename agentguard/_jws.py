@@ -50,6 +50,11 @@ def sign(claims: dict[str, Any], identity: Identity, typ: str) -> str:
     )
 
 
+#: ``json.dumps(..., separators=(",", ":"))`` as PyJWT calls it, without building an
+#: encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 @lru_cache(maxsize=256)
 def _encoded_header(kid: str, typ: str) -> str:
     # PyJWT's header for these arguments: sorted keys, no whitespace.
@@ -66,7 +71,7 @@ def sign_call(claims: dict[str, Any], identity: Identity, typ: str) -> str:
     deterministic), signed with :meth:`Identity.sign` (libsodium when
     installed); ``tests/test_jws_sign.py`` holds the two to that.
     """
-    payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
+    payload = _COMPACT.encode(claims).encode("utf-8")
     signing_input = f"{_encoded_header(identity.kid, typ)}.{b64url_encode(payload)}"
     signature = identity.sign(signing_input.encode("ascii"))
     return f"{signing_input}.{b64url_encode(signature)}"
