@@ -373,7 +373,7 @@ class ToolGate:
         approver's edit. An edit is parsed by the tool's schema like any call and
         runs only if the tool receives exactly what the approver approved.
         """
-        if _canonical(decided) == _canonical(prepared.args):
+        if _same_values(decided, prepared.args) or _canonical(decided) == _canonical(prepared.args):
             return prepared
         chosen = prepare(decided)
         if _canonical(chosen.args) != _canonical(decided):
@@ -507,5 +507,16 @@ class _Once:
 _ONCE = _Once()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical(args: Mapping[str, Any]) -> str:
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(args)
+
+
+def _same_values(decided: Mapping[str, Any], prepared: Mapping[str, Any]) -> bool:
+    """Whether the guard handed back the very values submitted (no edit): the same
+    keys holding the same objects, so necessarily the same JSON."""
+    return decided.keys() == prepared.keys() and all(
+        decided[key] is value for key, value in prepared.items()
+    )

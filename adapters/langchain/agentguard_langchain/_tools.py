@@ -289,7 +289,8 @@ class GuardedTool(BaseTool):
             # Fail like the wrapped tool would, before anything is decided or audited.
             raise NotImplementedError("StructuredTool does not support sync invocation.")
         merged, refused = self._merge(tool_input, tool_call_id, injected, kwargs.get("config"))
-        context = _CALL.set(_Call(tool_call_id, refused, self._origin(tool_input)))
+        origin = self._origin(tool_input, kwargs.get("config"))
+        context = _CALL.set(_Call(tool_call_id, refused, origin))
         try:
             return super().run(
                 merged, verbose, start_color, color, callbacks, tool_call_id=tool_call_id, **kwargs
@@ -311,7 +312,8 @@ class GuardedTool(BaseTool):
     ) -> Any:
         """Async twin of :meth:`run`."""
         merged, refused = self._merge(tool_input, tool_call_id, injected, kwargs.get("config"))
-        context = _CALL.set(_Call(tool_call_id, refused, self._origin(tool_input)))
+        origin = self._origin(tool_input, kwargs.get("config"))
+        context = _CALL.set(_Call(tool_call_id, refused, origin))
         try:
             return await super().arun(
                 merged, verbose, start_color, color, callbacks, tool_call_id=tool_call_id, **kwargs
@@ -347,8 +349,14 @@ class GuardedTool(BaseTool):
             raise ValueError(f"not injected parameters of {self.name!r}: {unknown}")
         return {**tool_input, **extra}, refused
 
-    def _origin(self, tool_input: str | dict[str, Any]) -> str:
-        """The call as written, without injected values: how a re-run is recognised."""
+    def _origin(self, tool_input: str | dict[str, Any], config: RunnableConfig | None) -> str:
+        """The call as written, without injected values: how a re-run is recognised.
+
+        Only a call inside a LangGraph step can be re-run (see :func:`_step`, which
+        _run applies to the same config); elsewhere it is never read.
+        """
+        if _step(config) is None:
+            return ""
         written: Any = tool_input
         if isinstance(tool_input, dict):
             written = {k: v for k, v in tool_input.items() if k not in self._injected_keys}
@@ -416,8 +424,8 @@ class GuardedTool(BaseTool):
         """The decided view of validated ``args``/``values``, and a runner of exactly them."""
         if call.refused is not None:
             raise call.refused
-        inner = self.inner
-        named = {k: v for k, v in values.items() if k not in self._injected_keys}
+        inner, injected_keys = self.inner, self._injected_keys  # one private-attribute lookup
+        named = {k: v for k, v in values.items() if k not in injected_keys}
         if args:
             named = {**_positional_names(inner, args), **named}
         decided = decided_view(named)
@@ -437,7 +445,8 @@ class GuardedTool(BaseTool):
         runner: Callable[[tuple[Any, ...], dict[str, Any]], Any],
     ) -> Prepare:
         """Prepares a reviewer's edit: parsed by the tool's schema like the model's call."""
-        injected = {k: v for k, v in values.items() if k in self._injected_keys}
+        injected_keys = self._injected_keys
+        injected = {k: v for k, v in values.items() if k in injected_keys}
 
         def prepare(edited: Mapping[str, Any]) -> Prepared:
             smuggled = set(edited) & self._injected_keys
