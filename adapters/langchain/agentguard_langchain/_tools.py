@@ -343,7 +343,9 @@ class GuardedTool(BaseTool):
                     "the tool call carries values for injected parameters: "
                     + ", ".join(repr(k)[:80] for k in smuggled[:5])
                 )
-        extra = dict(injected or {})
+        if not injected:
+            return dict(tool_input), refused
+        extra = dict(injected)
         unknown = sorted(set(extra) - self._injected_keys)
         if unknown:
             raise ValueError(f"not injected parameters of {self.name!r}: {unknown}")
