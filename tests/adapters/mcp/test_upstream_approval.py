@@ -30,6 +30,7 @@ from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.guard import Guard
 from agentguard.keys import Identity, Principal
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import RecordingTool, World
 from agentguard.tokens import TYP_APPROVAL
 from tests.adapters.mcp.mcp_support import (
     Setup,
@@ -40,23 +41,17 @@ from tests.adapters.mcp.mcp_support import (
     text_of,
     write_config,
 )
-from tests.guard_helpers import Recorder, World, make_guard, manual_world
 
 ARGS = {"target": "db1"}
 
 
-@pytest.fixture
-def world() -> World:
-    return manual_world()
-
-
 def _receipt(world: World, args: dict[str, Any] = ARGS) -> str:
     """A real receipt from a guard's queue for ``admin/reset`` with ``args``."""
-    guard = make_guard(
-        world, approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
+    guard = world.guard(
+        approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
     )
     with pytest.raises(ApprovalPending) as info:
-        guard.call(world.delegation, "admin/reset", args, Recorder(), holder=world.bot)
+        guard.call(world.delegation, "admin/reset", args, RecordingTool(), holder=world.bot)
     return guard.approvals.approve(info.value.request_id, world.carol)
 
 
@@ -109,7 +104,16 @@ def test_reusable_receipts_are_single_use_per_call_token(world: World) -> None:
 
 
 def test_missing_receipt_is_refused(world: World) -> None:
-    assert _reason(_verifier(world), _params(world, None)) == "approval_required"
+    """The holder calls the aware upstream directly, skipping the proxy's step-up.
+
+    Refused whether or not the upstream trusts an approver's key: the call carries no receipt.
+    """
+    params = _params(world, None)
+    no_keys = DelegationVerifier(
+        "admin", trusted_roots=[world.org.principal], revocations=MemoryStore(), clock=world.clock
+    )
+    assert _reason(no_keys, params) == "approval_required"
+    assert _reason(_verifier(world), params) == "approval_required"
 
 
 def test_receipt_for_other_arguments_is_refused(world: World) -> None:
@@ -162,11 +166,11 @@ def test_expired_receipts_are_refused(world: World) -> None:
 
 def test_receipts_for_edited_arguments_are_refused(world: World) -> None:
     """The digest binds the original arguments: neither those nor the edited ones pass."""
-    guard = make_guard(
-        world, approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
+    guard = world.guard(
+        approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
     )
     with pytest.raises(ApprovalPending) as info:
-        guard.call(world.delegation, "admin/reset", ARGS, Recorder(), holder=world.bot)
+        guard.call(world.delegation, "admin/reset", ARGS, RecordingTool(), holder=world.bot)
     edited = guard.approvals.approve(
         info.value.request_id, world.carol, edited_args={"target": "db3"}
     )
@@ -187,15 +191,14 @@ def test_approver_acting_in_the_chain_is_refused(world: World) -> None:
 def test_guard_attested_answers_meet_only_their_assurance(world: World) -> None:
     """A channel's answer signed by the guard key carries the assurance it states."""
     store = MemoryStore()
-    guard = make_guard(
-        world,
+    guard = world.guard(
         store=store,
         approver=QueueChannel(),
         approval_mode="raise",
         approval={"channel": "queue", "grant_rule_assurance": "local"},
     )
     with pytest.raises(ApprovalPending) as info:
-        guard.call(world.delegation, "admin/reset", ARGS, Recorder(), holder=world.bot)
+        guard.call(world.delegation, "admin/reset", ARGS, RecordingTool(), holder=world.bot)
     receipt = guard.approvals.answer(
         info.value.request_id,
         approver="user:carol",

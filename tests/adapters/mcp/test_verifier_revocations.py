@@ -11,8 +11,8 @@ from agentguard_mcp.verify import NO_REVOCATION_CHECK, DelegationVerifier
 
 from agentguard.errors import DeniedError
 from agentguard.store.memory import MemoryStore
+from agentguard.testing import START, World
 from agentguard.verify import RevocationCheckDisabledWarning
-from tests.guard_helpers import START, World, manual_world
 
 
 def _params(world: World) -> dict[str, Any]:
@@ -22,9 +22,8 @@ def _params(world: World) -> dict[str, Any]:
     return {"name": "read", "arguments": args, "_meta": meta}
 
 
-def test_upstream_verifier_without_revocations_cannot_be_built() -> None:
+def test_upstream_verifier_without_revocations_cannot_be_built(world: World) -> None:
     """The reproduction: built without ``revocations=`` it accepted revoked chains."""
-    world = manual_world()
     untyped: Any = DelegationVerifier
     with pytest.raises(TypeError, match="revocations"):
         untyped("tickets", trusted_roots=[world.org.principal], clock=world.clock)
@@ -32,9 +31,8 @@ def test_upstream_verifier_without_revocations_cannot_be_built() -> None:
         untyped("tickets", trusted_roots=[world.org.principal], revocations=None)
 
 
-def test_upstream_verifier_refuses_a_chain_revoked_in_its_store() -> None:
+def test_upstream_verifier_refuses_a_chain_revoked_in_its_store(world: World) -> None:
     """With the organisation's store, a revoked link is refused (reason ``revoked``)."""
-    world = manual_world()
     store = MemoryStore()
     verifier = DelegationVerifier(
         "tickets", trusted_roots=[world.org.principal], revocations=store, clock=world.clock
@@ -46,9 +44,10 @@ def test_upstream_verifier_refuses_a_chain_revoked_in_its_store() -> None:
     assert info.value.reason == "revoked"
 
 
-def test_upstream_verifier_opt_out_is_warned_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_upstream_verifier_opt_out_is_warned_and_logged(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     """``revocations=NO_REVOCATION_CHECK`` works, with a warning and a log line."""
-    world = manual_world()
     with (
         caplog.at_level(logging.WARNING, logger="agentguard_mcp.verify"),
         pytest.warns(RevocationCheckDisabledWarning),
