@@ -95,6 +95,8 @@ class Approval:
     receipt: str | None
     #: The approver's edit of the arguments (restored where redacted), if any.
     edited_args: dict[str, Any] | None = None
+    #: Its digest, computed before anything is spent.
+    edited_digest: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The ``approval`` field of the decision's audit record."""
@@ -107,7 +109,7 @@ class Approval:
             "message": self.message,
             "edited": edited is not None,
             "receipt": self.receipt,
-            "edited_args_digest": args_digest(edited) if edited is not None else None,
+            "edited_args_digest": self.edited_digest,
         }
 
 
@@ -598,6 +600,7 @@ def _use_answer(
         message=receipt.message,
         receipt=answer.receipt,
         edited_args=edited,
+        edited_digest=_digest_of_edit(edited),
     )
 
 
@@ -628,6 +631,17 @@ def _check_edit(
                 f"approval has '{assurance}'",
                 reason=Reason.APPROVAL_ASSURANCE,
             )
+
+
+def _digest_of_edit(edited: Mapping[str, Any] | None) -> str | None:
+    if edited is None:
+        return None
+    try:
+        return args_digest(edited)
+    except ValueError as exc:
+        raise DeniedError(
+            "the approved edit is not canonical JSON", reason=Reason.INVALID_ARGUMENTS
+        ) from exc
 
 
 def _claimed_path(delegation: str | Delegation) -> tuple[str, ...]:

@@ -256,11 +256,13 @@ class Guard:
         guard's call-token nonces: ``scope`` names the kind of value.
 
         Raises:
-            ValueError: an empty ``scope``, or one containing ``/``.
+            ValueError: an empty ``scope``, one containing ``/`` or ``:``, or a
+                ``ttl`` that is not positive.
             StoreError: the store failed (treat as "not first": fail closed).
         """
-        if not scope or "/" in scope:
-            raise ValueError("scope must be a non-empty name without '/'")
+        _check_scope(scope)
+        if not ttl > 0:
+            raise ValueError("ttl must be a positive number of seconds")
         now = self.clock.now()
         return self.store.consume(f"{scope}/{key}", now + ttl, now=now)
 
@@ -271,8 +273,7 @@ class Guard:
             ValueError: as :meth:`spend_once`.
             StoreError: the store failed (treat as "spent": fail closed).
         """
-        if not scope or "/" in scope:
-            raise ValueError("scope must be a non-empty name without '/'")
+        _check_scope(scope)
         return self.store.is_consumed(f"{scope}/{key}", now=self.clock.now())
 
     # -- drivers -------------------------------------------------------------------------
@@ -305,9 +306,12 @@ class Guard:
 
         async def advance(answer: _pipeline.Answer, *, first: bool = False) -> Wait | Result:
             if offload:
-                return await anyio.to_thread.run_sync(
-                    lambda: _advance(pipeline, answer, first=first)
-                )
+                # Shielded: a step that spends a token or a receipt and writes its
+                # record is not abandoned half-way by an anyio cancellation.
+                with anyio.CancelScope(shield=True):
+                    return await anyio.to_thread.run_sync(
+                        lambda: _advance(pipeline, answer, first=first)
+                    )
             return _advance(pipeline, answer, first=first)
 
         step = await advance(None, first=True)
@@ -383,9 +387,11 @@ class Guard:
             return
         import anyio
 
-        await anyio.to_thread.run_sync(
-            lambda: self._complete(decision, started, error, tool_error=tool_error)
-        )
+        # Shielded: a caller cancelled after the tool ran still gets its completion.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                lambda: self._complete(decision, started, error, tool_error=tool_error)
+            )
 
     # -- public API ------------------------------------------------------------------------
     def check(
@@ -594,7 +600,8 @@ class Guard:
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as exc:
-                await self._acomplete(decision, started, exc)
+                # Written here and now, even when the caller is being cancelled.
+                self._complete(decision, started, exc)
                 raise
             finally:
                 _CURRENT.reset(current)
@@ -622,6 +629,13 @@ def _advance(
     except StopIteration as stop:
         result: Result = stop.value
         return result
+
+
+def _check_scope(scope: str) -> None:
+    # No "/" or ":": scoped keys share the nonce table with call tokens ("issuer/jti",
+    # where every issuer id holds a ":"), so they can never meet one.
+    if not scope or "/" in scope or ":" in scope:
+        raise ValueError("scope must be a non-empty name without '/' or ':'")
 
 
 def _enforced(result: Result) -> tuple[Decision, dict[str, Any]]:

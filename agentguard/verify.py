@@ -580,7 +580,7 @@ class Verifier:
         call = VerifiedCall(claims, digest)
         if consume:
             self.consume(call)
-        elif self.replay.is_consumed(f"{claims.issuer}/{claims.jti}", now=now):
+        elif _spent(self.replay, f"{claims.issuer}/{claims.jti}", now):
             # Not spent now (a dry run, or spent once the call may run), but one
             # that was spent already will be refused then: say so now.
             raise DeniedError("call token was used before", reason=Reason.CALL_TOKEN_REPLAYED)
@@ -603,3 +603,14 @@ class Verifier:
             f"{claims.issuer}/{claims.jti}", claims.expires_at + self.leeway, now=now
         ):
             raise DeniedError("call token was used before", reason=Reason.CALL_TOKEN_REPLAYED)
+
+
+def _spent(replay: ReplayStore, key: str, now: float) -> bool:
+    """``replay.is_consumed``; a store written before it existed cannot tell: refuse."""
+    is_consumed = getattr(replay, "is_consumed", None)
+    if is_consumed is None:
+        raise StoreError(
+            "the replay store cannot tell whether a call token was used (it has no "
+            "is_consumed method; see the CHANGELOG)"
+        )
+    return bool(is_consumed(key, now=now))

@@ -56,3 +56,27 @@ async def test_a_locked_store_does_not_stall_unrelated_async_callers(tmp_path: P
         free.close()
     assert finished == ["blocked call"]
     assert free.audit.verify() is None
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_async_call_still_records_its_completion(tmp_path: Path) -> None:
+    """Cancelled while the tool runs: the completion record says so (it used to be lost)."""
+    import json
+
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    grant = Delegation.issue(org, bot, ["tickets/*"], ttl="1h")
+    guard = Guard(_policy(org), home=tmp_path)
+
+    async def slow(id: int) -> str:
+        await anyio.sleep(10)
+        return "late"
+
+    try:
+        with anyio.move_on_after(0.2):
+            await guard.acall(grant, "tickets/read", {"id": 1}, slow, holder=bot)
+        records = [json.loads(e.body) for e in guard.store.audit_tail(10)]
+    finally:
+        guard.close()
+    completion = next(r for r in records if r["type"] == "completion")
+    assert completion["status"] == "error"
+    assert "Cancelled" in completion["error_type"]

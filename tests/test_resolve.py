@@ -77,9 +77,9 @@ def test_spend_once_is_true_once_per_scope_and_key(kind: str, tmp_path: Path) ->
         assert not guard.was_spent("langgraph-ran", "n1")
         assert not guard.spend_once("mcp-state", "n1", ttl=60)
         assert guard.spend_once("langgraph-ran", "n1", ttl=60)  # another scope
-        assert guard.spend_once("short", "n3", ttl=-1)  # already expired
-        assert not guard.was_spent("short", "n3")
-        for bad in ("", "a/b"):
+        with pytest.raises(ValueError, match="ttl"):
+            guard.spend_once("short", "n3", ttl=0)
+        for bad in ("", "a/b", "agent:x"):
             with pytest.raises(ValueError, match="scope"):
                 guard.spend_once(bad, "n2", ttl=60)
             with pytest.raises(ValueError, match="scope"):
