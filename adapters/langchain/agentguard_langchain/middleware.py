@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -23,7 +24,10 @@ from agentguard import Delegation, DeniedError, Identity, Reason
 from agentguard_langchain._gate import ApprovalMode, GuardAPI, ToolGate
 from agentguard_langchain._tools import GuardedTool
 
-__all__ = ["GuardMiddleware"]
+__all__ = ["GUARDED_TOOLS_KEPT", "GuardMiddleware"]
+
+#: How many wrapped tools a middleware keeps for reuse (the least recently used go).
+GUARDED_TOOLS_KEPT = 1024
 
 _Result = ToolMessage | Command[Any]
 
@@ -77,7 +81,8 @@ class GuardMiddleware(AgentMiddleware):
         """
         super().__init__()
         self.gate = ToolGate(guard, delegation, holder, namespace, approval)
-        self._guarded: dict[int, tuple[BaseTool, GuardedTool]] = {}
+        # By tool object; bounded, as runtime-supplied tools may be new on every call.
+        self._guarded: OrderedDict[int, tuple[BaseTool, GuardedTool]] = OrderedDict()
         self._lock = threading.Lock()
 
     def guarded(self, tool: BaseTool) -> GuardedTool:
@@ -90,6 +95,7 @@ class GuardMiddleware(AgentMiddleware):
         with self._lock:
             known = self._guarded.get(id(tool))
             if known is not None and known[0] is tool:
+                self._guarded.move_to_end(id(tool))
                 return known[1]
             if isinstance(tool, GuardedTool):
                 if tool.gate.same_authority(self.gate):
@@ -112,6 +118,8 @@ class GuardMiddleware(AgentMiddleware):
                     approval=self.gate.approval,
                 )
             self._guarded[id(tool)] = (tool, made)
+            while len(self._guarded) > GUARDED_TOOLS_KEPT:
+                self._guarded.popitem(last=False)
             return made
 
     def _guard_request(self, request: ToolCallRequest) -> ToolCallRequest:

@@ -435,3 +435,24 @@ def test_a_tool_guarded_by_another_guard_is_decided_by_the_middlewares(
     assert [(r["tool"], r["outcome"]) for r in decisions(guard)] == [("shop/wipe", "deny")]
     assert decisions(lenient) == []
     lenient.close()
+
+
+def test_the_middleware_keeps_a_bounded_number_of_wrapped_tools(
+    guard: Guard, delegation: Delegation, bot: Identity
+) -> None:
+    """Tools supplied anew on every call must not pile up inside the middleware."""
+    from agentguard_langchain.middleware import GUARDED_TOOLS_KEPT
+
+    gate = GuardMiddleware(guard=guard, delegation=delegation, holder=bot, namespace="shop")
+    kept = []
+    for n in range(GUARDED_TOOLS_KEPT + 50):
+
+        @tool(f"fresh_{n}")
+        def fresh(order: str) -> str:
+            """A tool made for one call."""
+            return order
+
+        kept.append(fresh)
+        guarded = gate.guarded(fresh)
+        assert gate.guarded(fresh) is guarded  # reused while kept
+    assert len(gate._guarded) == GUARDED_TOOLS_KEPT
