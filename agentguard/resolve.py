@@ -66,6 +66,18 @@ def resolve_home(
     return default
 
 
+def default_home(start: Path | None = None) -> Path | None:
+    """The state directory a bare ``Guard()`` uses: ``$AGENTGUARD_HOME`` or ``./.agentguard``.
+
+    Returns ``None`` when neither exists (the guard then runs in memory).
+    """
+    env = os.environ.get("AGENTGUARD_HOME")
+    if env:
+        return Path(env)
+    candidate = (start or Path.cwd()) / DEFAULT_HOME
+    return candidate if candidate.is_dir() else None
+
+
 def policy_home(policy: Policy) -> Path | None:
     """The policy's ``storage.home``, relative to the policy file's directory."""
     configured = policy.storage.home
