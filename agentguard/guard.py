@@ -13,47 +13,42 @@ It fails closed: a store, audit or channel error means the tool does not run.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
-import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from agentguard import _pipeline, tracing
-from agentguard._pipeline import CallRequest, Demand, Result, Wait
-from agentguard._waiting import WaitStep, aperform, perform, wait_for
-from agentguard.approval import ApprovalBook, Channel
-from agentguard.audit import AuditLog, completion_record
+from agentguard import tracing
+from agentguard._drivers import CURRENT, Driver, assemble, check_issuance, enforced, spend_key
+from agentguard._pipeline import CallRequest, Demand
+from agentguard.approval import Channel
 from agentguard.clock import Clock, SystemClock
 from agentguard.decision import Decision
-from agentguard.delegation import Delegation, ScopeSpec, scope_warnings
-from agentguard.errors import (
-    ConfigError,
-    DeniedError,
-    IssuanceError,
-    StoreError,
-)
-from agentguard.keys import Identity, Keyring, Principal
-from agentguard.policy import Policy, load_policy
+from agentguard.delegation import Delegation, ScopeSpec
+from agentguard.errors import ConfigError
+from agentguard.keys import Identity, Principal
+from agentguard.policy import Policy
 from agentguard.resolve import (
-    DEFAULT_HOME,
+    POLICY_FILE,
     channel_for,
-    guard_identity_in,
-    open_store,
-    policy_home,
-    resolve_home,
+    default_home,
+    guard_policy,
 )
 from agentguard.store.base import GrantRecord, RevocationKind, Store
-from agentguard.verify import VerifiedChain, Verifier
+from agentguard.store.memory import MemoryStore
+from agentguard.verify import VerifiedChain
 
-__all__ = ["Decision", "Demand", "Guard", "check_limits", "current_decision", "default_home"]
+__all__ = [
+    "POLICY_FILE",
+    "Decision",
+    "Demand",
+    "Guard",
+    "check_limits",
+    "current_decision",
+    "default_home",
+]
 
 log = logging.getLogger("agentguard")
-
-_CURRENT: ContextVar[Decision | None] = ContextVar("agentguard_current_decision", default=None)
 
 
 def current_decision() -> Decision | None:
@@ -63,24 +58,10 @@ def current_decision() -> Decision | None:
     the MCP proxy forwards ``approval_receipt`` to agentguard-aware upstreams.
     ``None`` outside a guarded call.
     """
-    return _CURRENT.get()
+    return CURRENT.get()
 
 
 _T = TypeVar("_T")
-
-POLICY_FILE = "agentguard.yaml"
-
-
-def default_home(start: Path | None = None) -> Path | None:
-    """The state directory a bare ``Guard()`` uses: ``$AGENTGUARD_HOME`` or ``./.agentguard``.
-
-    Returns ``None`` when neither exists (the guard then runs in memory).
-    """
-    env = os.environ.get("AGENTGUARD_HOME")
-    if env:
-        return Path(env)
-    candidate = (start or Path.cwd()) / DEFAULT_HOME
-    return candidate if candidate.is_dir() else None
 
 
 class Guard:
@@ -121,62 +102,58 @@ class Guard:
         guard_identity: Identity | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
-        if policy is None and Path(POLICY_FILE).is_file():
-            policy = Path(POLICY_FILE)
-        self.policy = policy if isinstance(policy, Policy) else _load(policy)
-        if store is not None and home is None:
-            # A store given as is: only the policy's own storage.home names a home
-            # (for the guard's key and the audit side file).
-            home_path = policy_home(self.policy)
-        else:
-            home_path = resolve_home(home, self.policy, only_existing_default=True)
-        self.home = home_path
-        self.keyring = Keyring(home_path / "keys") if home_path is not None else None
-        self.store: Store = store if store is not None else open_store(home_path, self.policy)
-        self.guard_identity = guard_identity or guard_identity_in(self.keyring, self.policy)
-        roots = [*self.policy.root_principals(), *trusted_roots]
-        self.verifier = Verifier(
-            roots,
-            revocations=self.store,
-            replay=self.store,
-            clock=self.clock,
-            leeway=self.policy.limits.leeway,
-            max_links=self.policy.limits.max_chain_length,
-        )
-        side = home_path / "audit-checkpoints.jsonl" if home_path is not None else None
-        self.audit = AuditLog(self.store, self.guard_identity, side_file=side)
-        self.approvals = ApprovalBook(
-            self.store,
-            policy=self.policy,
-            guard_identity=self.guard_identity,
-            clock=self.clock,
-            keyring=self.keyring,
-        )
-        self.channel: Channel = approver or channel_for(self.policy)
-        self.approval_mode = approval_mode or self.policy.approval.mode
-        if self.approval_mode not in ("block", "raise"):
-            raise ConfigError("approval_mode must be 'block' or 'raise'")
-        self.enforcement_point = enforcement_point
-        self._parts = _pipeline.Parts(
-            policy=self.policy,
-            verifier=self.verifier,
-            store=self.store,
-            approvals=self.approvals,
-            audit=self.audit,
-            clock=self.clock,
+        self.policy = guard_policy(policy)
+        built = assemble(
+            self.policy,
+            self.clock,
+            home=home,
+            store=store,
+            guard_identity=guard_identity,
+            trusted_roots=trusted_roots,
             enforcement_point=enforcement_point,
         )
+        self.home, self.keyring, self.guard_identity = built.home, built.keyring, built.identity
+        parts = built.parts
+        self.store, self.verifier = parts.store, parts.verifier
+        self.audit, self.approvals = parts.audit, parts.approvals
+        mode = approval_mode or self.policy.approval.mode
+        if mode not in ("block", "raise"):
+            raise ConfigError("approval_mode must be 'block' or 'raise'")
+        self.enforcement_point = enforcement_point
+        self._driver = Driver(parts, approver or channel_for(self.policy), mode)
         log.info("agentguard guard using %s", self.describe())
 
+    @classmethod
+    def in_memory(
+        cls, policy: Policy | str | Path | Mapping[str, Any] | None = None, **options: Any
+    ) -> Guard:
+        """A guard that keeps everything in memory and reads nothing it was not given.
+
+        Unlike ``Guard()``, it never looks at ``$AGENTGUARD_HOME``, ``./.agentguard``
+        or ``./agentguard.yaml`` and ignores the policy's ``storage.home``: no key or
+        state file is read or written. ``options``: :class:`Guard`'s other keywords.
+        """
+        if "home" in options or "store" in options:
+            raise TypeError("Guard.in_memory() takes no home or store")
+        return cls(guard_policy(policy, look_around=False), store=MemoryStore(), **options)
+
+    @property
+    def channel(self) -> Channel:
+        """The approval channel requests are delivered to."""
+        return self._driver.channel
+
+    @property
+    def approval_mode(self) -> str:
+        """``block`` (wait for the answer) or ``raise`` (:class:`ApprovalPending` at once)."""
+        return self._driver.approval_mode
+
     def describe(self) -> str:
-        """Where state lives: ``memory`` or the store path (with the policy's origin)."""
-        where = (
-            "in-memory stores (nothing persists)"
-            if self.store.location == "memory"
-            else (f"state in {self.store.location}")
-        )
+        """Where state lives (home, store) and where the policy came from."""
+        home = f"home {self.home}" if self.home is not None else "no home (keys in memory)"
+        store = self.store.location
+        where = "in-memory stores (nothing persists)" if store == "memory" else f"state in {store}"
         origin = self.policy.base_dir or "embedded default policy"
-        return f"{where}; policy from {origin}"
+        return f"{home}; {where}; policy from {origin}"
 
     def __repr__(self) -> str:
         return f"<Guard {self.describe()}>"
@@ -196,7 +173,7 @@ class Guard:
             IssuanceError: the grant is malformed or breaks a policy limit.
         """
         delegation = Delegation.issue(issuer, subject, scope, clock=self.clock, **kw)
-        self._check_issuance(delegation)
+        check_issuance(self.policy, delegation)
         self.record(delegation)
         return delegation
 
@@ -214,17 +191,9 @@ class Guard:
             IssuanceError: the child would widen its parent or break a policy limit.
         """
         child = delegation.attenuate(holder, subject, scope, clock=self.clock, **kw)
-        self._check_issuance(child)
+        check_issuance(self.policy, child)
         self.record(child)
         return child
-
-    def _check_issuance(self, delegation: Delegation) -> None:
-        try:
-            self.policy.check_limits(delegation)
-        except DeniedError as exc:
-            raise IssuanceError(exc.explanation) from None
-        for text in scope_warnings(delegation.leaf.scope):
-            log.warning("grant %s: %s", delegation.leaf.link_id[:12], text)
 
     def grants(self) -> list[GrantRecord]:
         """The grant inventory with last use and status."""
@@ -260,11 +229,10 @@ class Guard:
                 ``ttl`` that is not positive.
             StoreError: the store failed (treat as "not first": fail closed).
         """
-        _check_scope(scope)
         if not ttl > 0:
             raise ValueError("ttl must be a positive number of seconds")
         now = self.clock.now()
-        return self.store.consume(f"{scope}/{key}", now + ttl, now=now)
+        return self.store.consume(spend_key(scope, key), now + ttl, now=now)
 
     def was_spent(self, scope: str, key: str) -> bool:
         """Whether :meth:`spend_once` spent ``key`` of ``scope`` (and it is still remembered).
@@ -273,125 +241,7 @@ class Guard:
             ValueError: as :meth:`spend_once`.
             StoreError: the store failed (treat as "spent": fail closed).
         """
-        _check_scope(scope)
-        return self.store.is_consumed(f"{scope}/{key}", now=self.clock.now())
-
-    # -- drivers -------------------------------------------------------------------------
-    def _decide(self, request: CallRequest) -> Result:
-        """Run the pipeline, answering its waits by blocking this thread."""
-        pipeline = _pipeline.run(self._parts, request)
-        step = _advance(pipeline, None, first=True)
-        while isinstance(step, Wait):
-            with self._traced_wait(step) as waiting:
-                try:
-                    answer = self._wait(step)
-                except Exception as exc:  # noqa: BLE001 - a store error while polling denies, audited
-                    answer = exc
-                waiting.answered(answer)
-            step = _advance(pipeline, answer)
-        tracing.decided(step.decision)
-        return step
-
-    async def _adecide(self, request: CallRequest) -> Result:
-        """Run the pipeline without blocking the event loop.
-
-        The pipeline's own work (store reads and writes, signatures) runs in a
-        worker thread unless the store is in memory; waiting for an answer
-        sleeps on the loop.
-        """
-        import anyio
-
-        pipeline = _pipeline.run(self._parts, request)
-        offload = self.store.durability != "memory"
-
-        async def advance(answer: _pipeline.Answer, *, first: bool = False) -> Wait | Result:
-            if offload:
-                # Shielded: a step that spends a token or a receipt and writes its
-                # record is not abandoned half-way by an anyio cancellation.
-                with anyio.CancelScope(shield=True):
-                    return await anyio.to_thread.run_sync(
-                        lambda: _advance(pipeline, answer, first=first)
-                    )
-            return _advance(pipeline, answer, first=first)
-
-        step = await advance(None, first=True)
-        while isinstance(step, Wait):
-            with self._traced_wait(step) as waiting:
-                try:
-                    answer = await self._await(step, offload)
-                except Exception as exc:  # noqa: BLE001 - a store error while polling denies, audited
-                    answer = exc
-                waiting.answered(answer)
-            step = await advance(answer)
-        tracing.decided(step.decision)
-        return step
-
-    def _traced_wait(self, wait: Wait) -> tracing.ApprovalWait:
-        return tracing.ApprovalWait(
-            wait.request.tool, request_id=wait.request.id, channel=self.channel.name
-        )
-
-    def _waiting(self, wait: Wait) -> Generator[WaitStep, Any, _pipeline.Answer]:
-        return wait_for(
-            wait.request,
-            deliver=wait.deliver,
-            channel=self.channel,
-            mode=self.approval_mode,
-            clock=self.clock,
-        )
-
-    def _wait(self, wait: Wait) -> _pipeline.Answer:
-        """Deliver and poll for an answer, blocking this thread."""
-        return perform(self._waiting(wait), self.channel, self.approvals, self.store)
-
-    async def _await(self, wait: Wait, offload: bool) -> _pipeline.Answer:
-        """Async twin of :meth:`_wait`: sleeps on the loop, store reads off it."""
-        steps = self._waiting(wait)
-        return await aperform(steps, self.channel, self.approvals, self.store, offload=offload)
-
-    def _complete(
-        self,
-        decision: Decision,
-        started: float,
-        error: BaseException | None,
-        *,
-        tool_error: bool = False,
-    ) -> None:
-        status = "error" if error is not None else "tool_error" if tool_error else "success"
-        record = completion_record(
-            decision,
-            time=self.clock.now(),
-            status=status,
-            error=error,
-            duration_ms=(time.monotonic() - started) * 1000,
-            enforcement_point=self.enforcement_point,
-        )
-        try:
-            self.audit.append(record, at=self.clock.now())
-        except StoreError:
-            # The decision record (the authorisation proof) is already written;
-            # the tool has run, so the loss of its completion is logged loudly.
-            log.error("agentguard: could not record completion of decision %s", decision.id)
-
-    async def _acomplete(
-        self,
-        decision: Decision,
-        started: float,
-        error: BaseException | None,
-        *,
-        tool_error: bool = False,
-    ) -> None:
-        """:meth:`_complete` off the event loop (unless the store is in memory)."""
-        if self.store.durability == "memory":
-            self._complete(decision, started, error, tool_error=tool_error)
-            return
-        import anyio
-
-        # Shielded: a caller cancelled after the tool ran still gets its completion.
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
-                lambda: self._complete(decision, started, error, tool_error=tool_error)
-            )
+        return self.store.is_consumed(spend_key(scope, key), now=self.clock.now())
 
     # -- public API ------------------------------------------------------------------------
     def check(
@@ -420,7 +270,7 @@ class Guard:
             enforce=False, request_approval=request_approval,
         )  # fmt: skip
         with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
-            return self._decide(request).decision
+            return self._driver.decide(request).decision
 
     async def acheck(
         self,
@@ -440,7 +290,7 @@ class Guard:
             enforce=False, request_approval=request_approval,
         )  # fmt: skip
         with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
-            return (await self._adecide(request)).decision
+            return (await self._driver.adecide(request)).decision
 
     def authorize(
         self,
@@ -463,9 +313,9 @@ class Guard:
         """
         request = CallRequest(delegation, tool, args or {}, holder, call_token, call_id, step_up)
         with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
-            result = self._decide(request)
+            result = self._driver.decide(request)
         # Raised outside the authorize span: a refusal is the tool span's error.
-        return _enforced(result)
+        return enforced(result)
 
     async def aauthorize(
         self,
@@ -481,8 +331,8 @@ class Guard:
         """Async twin of :meth:`authorize`."""
         request = CallRequest(delegation, tool, args or {}, holder, call_token, call_id, step_up)
         with tracing.Authorization(tool, enforcement_point=self.enforcement_point):
-            result = await self._adecide(request)
-        return _enforced(result)
+            result = await self._driver.adecide(request)
+        return enforced(result)
 
     def call(
         self,
@@ -519,17 +369,7 @@ class Guard:
                 delegation, tool, args, holder=holder, call_token=call_token, call_id=call_id,
                 step_up=step_up,
             )  # fmt: skip
-            started = time.monotonic()
-            current = _CURRENT.set(decision)
-            try:
-                result = fn(**effective)
-            except BaseException as exc:
-                self._complete(decision, started, exc)
-                raise
-            finally:
-                _CURRENT.reset(current)
-            self._complete(decision, started, None, tool_error=_failed(failed, result))
-            return result
+            return self._driver.run(decision, effective, fn, failed)
 
     # Overloads so that type checkers infer the result of an async ``fn`` (a
     # single ``Callable[..., Awaitable[_T] | _T]`` infers ``Never`` for it).
@@ -593,66 +433,12 @@ class Guard:
                 delegation, tool, args, holder=holder, call_token=call_token, call_id=call_id,
                 step_up=step_up,
             )  # fmt: skip
-            started = time.monotonic()
-            current = _CURRENT.set(decision)
-            try:
-                result = fn(**effective)
-                if inspect.isawaitable(result):
-                    result = await result
-            except BaseException as exc:
-                # Written here and now, even when the caller is being cancelled.
-                self._complete(decision, started, exc)
-                raise
-            finally:
-                _CURRENT.reset(current)
-            await self._acomplete(decision, started, None, tool_error=_failed(failed, result))
-            return result
+            return await self._driver.arun(decision, effective, fn, failed)
 
     def close(self) -> None:
         """Release the store (after the audit log's newest signed head is written out)."""
         self.audit.close()
         self.store.close()
-
-
-def _load(policy: str | Path | Mapping[str, Any] | None) -> Policy:
-    if policy is None:
-        return Policy()
-    return load_policy(policy)
-
-
-def _advance(
-    pipeline: _pipeline.Pipeline, answer: _pipeline.Answer, *, first: bool = False
-) -> Wait | Result:
-    """One step of the pipeline: the next wait, or the result (never StopIteration)."""
-    try:
-        return next(pipeline) if first else pipeline.send(answer)
-    except StopIteration as stop:
-        result: Result = stop.value
-        return result
-
-
-def _check_scope(scope: str) -> None:
-    # No "/" or ":": scoped keys share the nonce table with call tokens ("issuer/jti",
-    # where every issuer id holds a ":"), so they can never meet one.
-    if not scope or "/" in scope or ":" in scope:
-        raise ValueError("scope must be a non-empty name without '/' or ':'")
-
-
-def _enforced(result: Result) -> tuple[Decision, dict[str, Any]]:
-    if result.error is not None:
-        raise result.error
-    return result.decision, result.args
-
-
-def _failed(failed: Callable[[Any], bool] | None, result: Any) -> bool:
-    """Whether the caller's ``failed`` test says the tool reported an error (never raises)."""
-    if failed is None:
-        return False
-    try:
-        return bool(failed(result))
-    except Exception:  # noqa: BLE001 - a broken test must not turn a completed call into an exception
-        log.warning("agentguard: the 'failed' test raised; completion recorded as success")
-        return False
 
 
 def check_limits(policy: Policy, delegation: Delegation) -> None:

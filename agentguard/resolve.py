@@ -10,8 +10,9 @@ file), then ``./.agentguard``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from agentguard.approval import (
     ApprovalRequest,
@@ -22,7 +23,7 @@ from agentguard.approval import (
 )
 from agentguard.errors import ConfigError, IdentityError, StoreError
 from agentguard.keys import Identity, Keyring
-from agentguard.policy import Policy
+from agentguard.policy import Policy, Storage, load_policy
 from agentguard.store.base import Store
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
@@ -64,6 +65,33 @@ def resolve_home(
     if only_existing_default and not default.is_dir():
         return None
     return default
+
+
+#: The policy file a bare ``Guard()`` reads from the working directory.
+POLICY_FILE = "agentguard.yaml"
+
+
+def guard_policy(
+    policy: Policy | str | Path | Mapping[str, Any] | None, *, look_around: bool = True
+) -> Policy:
+    """The policy a guard runs under: as given, loaded, or ``./agentguard.yaml`` when present.
+
+    Without ``look_around`` (``Guard.in_memory``), ``None`` is the embedded
+    default and the policy's ``storage.home`` is dropped: nothing on disk is read.
+
+    Raises:
+        ConfigError: the policy cannot be loaded.
+    """
+    if policy is None and look_around and Path(POLICY_FILE).is_file():
+        policy = Path(POLICY_FILE)
+    if policy is None:
+        loaded = Policy()
+    else:
+        loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+    if look_around:
+        return loaded
+    storage = Storage(home=None, durability=loaded.storage.durability)
+    return loaded.model_copy(update={"storage": storage})
 
 
 def default_home(start: Path | None = None) -> Path | None:

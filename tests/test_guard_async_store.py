@@ -80,3 +80,73 @@ async def test_a_cancelled_async_call_still_records_its_completion(tmp_path: Pat
     completion = next(r for r in records if r["type"] == "completion")
     assert completion["status"] == "error"
     assert "Cancelled" in completion["error_type"]
+
+
+@pytest.mark.anyio
+async def test_a_natively_cancelled_decision_is_finished_and_says_the_tool_never_ran(
+    tmp_path: Path,
+) -> None:
+    """``Task.cancel()`` while a pipeline step runs in its worker thread.
+
+    The step spends the call token and writes ``allow``; the cancelled caller
+    will never run the tool. The guard waits for the step, writes a
+    ``not_run`` completion, and only then lets the cancellation go on (it used
+    to abandon the thread: an ``allow`` with no completion, "not known to have run").
+    """
+    import asyncio
+    import json
+
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    grant = Delegation.issue(org, bot, ["tickets/*"], ttl="1h")
+    guard = Guard(_policy(org), home=tmp_path)
+    ran: list[int] = []
+    locker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # the step blocks on its first write
+    try:
+        task = asyncio.ensure_future(
+            guard.acall(grant, "tickets/read", {"id": 1}, ran.append, holder=bot)
+        )
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        locker.execute("ROLLBACK")
+        with anyio.fail_after(20), pytest.raises(asyncio.CancelledError):
+            await task
+        records = [json.loads(e.body) for e in guard.store.audit_tail(10)]
+    finally:
+        locker.close()
+        guard.close()
+    assert ran == []
+    decision = next(r for r in records if r["type"] == "decision")
+    completion = next(r for r in records if r["type"] == "completion")
+    assert decision["outcome"] == "allow"
+    assert completion["decision_id"] == decision["decision_id"]
+    assert completion["status"] == "not_run"
+    assert completion["error_type"] == "CancelledError"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_call_waits_for_its_step_before_it_returns(tmp_path: Path) -> None:
+    """The cancelled caller gets control back only after the step it started is done:
+    nothing of that call is still being written behind its back."""
+    import asyncio
+
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    grant = Delegation.issue(org, bot, ["tickets/*"], ttl="1h")
+    guard = Guard(_policy(org), home=tmp_path)
+    locker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        task = asyncio.ensure_future(guard.acheck(grant, "tickets/read", {"id": 1}, holder=bot))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.sleep(0.3)
+        assert not task.done()  # still finishing its step, behind the lock
+        locker.execute("ROLLBACK")
+        with anyio.fail_after(20), pytest.raises(asyncio.CancelledError):
+            await task
+        kinds = [e.body for e in guard.store.audit_tail(10)]
+    finally:
+        locker.close()
+        guard.close()
+    assert len(kinds) == 1  # the dry run's record, and no completion for a dry run
