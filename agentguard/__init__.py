@@ -18,6 +18,8 @@ from agentguard.errors import (
 from agentguard.guard import Guard
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import Policy, load_policy
+from agentguard.store import MemoryStore, SQLiteStore
+from agentguard.store.base import Store
 from agentguard.tokens import Rule
 from agentguard.verify import Verifier
 
@@ -37,11 +39,14 @@ __all__ = [
     "Identity",
     "Keyring",
     "ManualClock",
+    "MemoryStore",
     "Outcome",
     "Policy",
     "Principal",
     "Reason",
     "Rule",
+    "SQLiteStore",
+    "Store",
     "SystemClock",
     "Verifier",
     "__version__",
