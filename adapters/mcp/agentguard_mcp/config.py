@@ -11,6 +11,8 @@ A YAML file (``agentguard mcp proxy --config FILE``) looks like::
         command: [mcp-server-time, --local-timezone, UTC]
         env: {TZ: UTC}
         trusted: true            # believe its tool annotations
+        timeout: 120             # seconds to wait for one call's answer (default 120)
+        max_result_bytes: 16777216  # refuse larger answers (default 16 MiB)
       tickets:
         url: http://127.0.0.1:9000/mcp
         headers: {X-Api-Key: ...} # the proxy's own credentials for that upstream
@@ -18,6 +20,7 @@ A YAML file (``agentguard mcp proxy --config FILE``) looks like::
     annotation_step_up: true     # destructive tools need approval (default)
     annotation_assurance: local  # ... at this assurance (default local)
     elicitation_approver: user:alice  # who answers approval forms in the MCP client
+    store_timeout: 5             # seconds a call may wait for a locked store (default 5)
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ from agentguard.policy import ASSURANCE_LEVELS, load_strict_yaml
 from agentguard_mcp._names import ambiguous_namespaces
 
 __all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_STORE_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "NAMESPACE_RE",
     "ProxyConfig",
     "UpstreamSpec",
     "check_namespaces",
+    "check_result_limit",
+    "check_timeout",
     "load_config",
     "validate_namespace",
 ]
@@ -44,7 +52,23 @@ __all__ = [
 #: Namespaces become the first part of tool addresses and of client-visible names.
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
-_UPSTREAM_KEYS = {"command", "env", "cwd", "url", "headers", "trusted", "agentguard"}
+_UPSTREAM_KEYS = {
+    "command",
+    "env",
+    "cwd",
+    "url",
+    "headers",
+    "trusted",
+    "agentguard",
+    "timeout",
+    "max_result_bytes",
+}
+#: Seconds the proxy waits for an upstream's answer to one request.
+DEFAULT_TIMEOUT = 120.0
+#: Largest upstream message (one JSON-RPC line or HTTP body) the proxy reads.
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: Seconds a call may wait for the state store (a lock held by another process).
+DEFAULT_STORE_TIMEOUT = 5.0
 _TOP_KEYS = {
     "home",
     "policy",
@@ -54,6 +78,7 @@ _TOP_KEYS = {
     "annotation_step_up",
     "annotation_assurance",
     "elicitation_approver",
+    "store_timeout",
 }
 
 
@@ -86,6 +111,32 @@ def check_namespaces(namespaces: Sequence[str]) -> None:
         )
 
 
+def check_timeout(value: object, where: str) -> float:
+    """Return ``value`` if it is a usable number of seconds (positive, at most a day).
+
+    Raises:
+        ConfigError: naming ``where``.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= 86400  # also refuses NaN
+    ):
+        raise ConfigError(f"{where} must be a number of seconds above 0 and at most 86400")
+    return float(value)
+
+
+def check_result_limit(value: object, where: str) -> int:
+    """Return ``value`` if it is a usable message size limit in bytes (1 KiB to 1 GiB).
+
+    Raises:
+        ConfigError: naming ``where``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 30:
+        raise ConfigError(f"{where} must be a whole number of bytes from 1024 to 1073741824")
+    return value
+
+
 @dataclass(frozen=True)
 class UpstreamSpec:
     """One upstream MCP server: a stdio command or a streamable-HTTP URL.
@@ -101,6 +152,10 @@ class UpstreamSpec:
             counts as destructive).
         agentguard: whether it verifies delegations itself; only such upstreams
             receive the delegation and a call token in ``_meta``.
+        timeout: seconds to wait for its answer to one request; a call that
+            gets none in time is refused (``upstream_unavailable``).
+        max_result_bytes: the largest message the proxy reads from it; a larger
+            answer is dropped unread and the call refused (``oversized``).
     """
 
     namespace: str
@@ -111,9 +166,13 @@ class UpstreamSpec:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     trusted: bool = False
     agentguard: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     def __post_init__(self) -> None:
         validate_namespace(self.namespace)
+        check_timeout(self.timeout, f"upstream {self.namespace}: timeout")
+        check_result_limit(self.max_result_bytes, f"upstream {self.namespace}: max_result_bytes")
         if (self.command is None) == (self.url is None):
             raise ConfigError(f"upstream {self.namespace}: give exactly one of command or url")
         if self.command is not None and not self.command:
@@ -134,8 +193,10 @@ class ProxyConfig:
     annotation_step_up: bool = True
     annotation_assurance: str = "local"
     elicitation_approver: str | None = None
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
 
     def __post_init__(self) -> None:
+        check_timeout(self.store_timeout, "store_timeout")
         if self.annotation_assurance not in ASSURANCE_LEVELS:
             raise ConfigError(f"annotation_assurance must be one of {', '.join(ASSURANCE_LEVELS)}")
         if not self.upstreams:
@@ -195,6 +256,10 @@ def _upstream(namespace: object, raw: object, base: Path) -> UpstreamSpec:
         headers=_str_map(raw.get("headers"), f"{where}.headers"),
         trusted=bool(raw.get("trusted", False)),
         agentguard=bool(raw.get("agentguard", False)),
+        timeout=check_timeout(raw.get("timeout", DEFAULT_TIMEOUT), f"{where}.timeout"),
+        max_result_bytes=check_result_limit(
+            raw.get("max_result_bytes", DEFAULT_MAX_RESULT_BYTES), f"{where}.max_result_bytes"
+        ),
     )
 
 
@@ -239,6 +304,9 @@ def config_from_mapping(data: Mapping[str, Any], *, base: Path | None = None) ->
         annotation_step_up=step_up,
         annotation_assurance=str(assurance),
         elicitation_approver=approver,
+        store_timeout=check_timeout(
+            data.get("store_timeout", DEFAULT_STORE_TIMEOUT), "'store_timeout'"
+        ),
     )
 
 

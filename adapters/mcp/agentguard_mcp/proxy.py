@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
@@ -338,20 +339,30 @@ class GuardedProxy:
     async def refresh(self) -> None:
         """Re-read every upstream's tool listing (changed definitions get flagged).
 
-        A broken upstream is reconnected when an attempt is due; one that cannot
-        be reached keeps its last listing (its calls fail cleanly meanwhile), so
-        one upstream never takes the others' tools down with it.
+        The upstreams are read side by side. A broken upstream is reconnected
+        when an attempt is due; one that cannot be reached keeps its last
+        listing but is left out of ``tools/list`` (its calls fail cleanly
+        meanwhile), so one upstream never takes the others' tools down with it.
         """
         self._listed_at = self.monotonic()
-        for upstream in self.upstreams:
+
+        async def one(upstream: Upstream) -> None:
             try:
                 await upstream.refresh()
             except UpstreamUnavailable:
-                pass  # logged by the upstream; its last listing stays
+                pass  # logged by the upstream; its tools are withheld meanwhile
             except MCPError as exc:
                 logger.warning(
                     "upstream %s: listing failed (MCP error %s)", upstream.namespace, exc.code
                 )
+            except Exception as exc:  # noqa: BLE001 - one upstream's fault stays its own
+                logger.error(
+                    "upstream %s: listing failed (%s)", upstream.namespace, type(exc).__name__
+                )
+
+        async with anyio.create_task_group() as tg:
+            for upstream in self.upstreams:
+                tg.start_soon(one, upstream)
         self.rebuild()
 
     async def _relist(self) -> None:
@@ -455,7 +466,8 @@ class GuardedProxy:
         await self.refresh()
         listed = []
         for exposed in self.tools.values():
-            if exposed.changed:
+            if exposed.changed or exposed.upstream.broken:
+                # A lost upstream's tools come back with its session (checked again).
                 continue
             reachable, needs = self._reaches(chain, exposed.address)
             if not reachable:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -33,7 +34,9 @@ from agentguard_mcp.config import UpstreamSpec
 __all__ = [
     "ToolTraits",
     "Upstream",
+    "UpstreamHealth",
     "UpstreamUnavailable",
+    "backoff_delay",
     "otel_environment",
     "tool_fingerprint",
     "tool_traits",
@@ -90,6 +93,53 @@ def tool_fingerprint(tool: types.Tool) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
+#: Largest exponent of the doubling: ``2.0 ** 1024`` overflows a float, and any
+#: cap is reached long before this.
+_MAX_DOUBLINGS = 62
+#: Jitter needs no secrecy, but the system source needs no seeding either.
+_JITTER_DRAW = secrets.SystemRandom().random
+
+
+def backoff_delay(
+    failures: int,
+    *,
+    first: float,
+    cap: float,
+    jitter: float = 0.0,
+    draw: Callable[[], float] = _JITTER_DRAW,
+) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: capped doubling with jitter.
+
+    ``first * 2**failures``, at most ``cap``, then shortened by up to ``jitter``
+    of itself (``draw()`` in ``[0, 1)``) so that proxies which lost an upstream
+    together do not all knock on it again in the same second. Defined for any
+    number of failures (no overflow after a long outage).
+    """
+    exponent = min(max(failures, 0), _MAX_DOUBLINGS)
+    base = min(cap, first * math.ldexp(1.0, exponent))
+    return base * (1.0 - jitter * min(max(draw(), 0.0), 1.0))
+
+
+@dataclass(frozen=True)
+class UpstreamHealth:
+    """An upstream's session as the proxy sees it now.
+
+    Attributes:
+        state: ``healthy`` (a live session), ``lost`` (the session died; the
+            next use tries to reconnect) or ``backing_off`` (reconnecting failed;
+            no attempt before ``retry_at``).
+        failures: failed reconnection attempts since the session was lost.
+        retry_at: the ``monotonic`` time of the next attempt, when backing off.
+        last_error: the last failure (an MCP error code or an exception type,
+            never its text), or ``None``.
+    """
+
+    state: str
+    failures: int = 0
+    retry_at: float | None = None
+    last_error: str | None = None
+
+
 class UpstreamUnavailable(AgentGuardError):
     """An upstream's session died, or is not back yet: the call did not reach it (or was lost).
 
@@ -122,26 +172,40 @@ class Upstream:
     fails) marks the upstream broken: calls fail at once with
     :class:`UpstreamUnavailable` until :meth:`recover` (or :meth:`refresh`, which
     the proxy runs before it lists or looks up tools) reconnects it. Attempts
-    are spaced out: at least ``retry_after`` seconds apart, doubling after each
-    failed attempt up to ``retry_max``, timed with ``monotonic``.
+    are spaced out (:func:`backoff_delay`): ``retry_after * 2**n`` seconds after
+    the n-th failed attempt in a row, at most ``retry_max``, shortened by up to
+    ``jitter`` of itself, timed with ``monotonic``. :attr:`health` says where
+    it stands.
+
+    Raises:
+        ValueError: a retry setting out of range (``retry_after`` not positive,
+            ``retry_max`` below it, ``jitter`` outside ``[0, 1]``).
     """
 
     def __init__(
         self,
         spec: UpstreamSpec,
         *,
-        read_timeout: float | None = 120.0,
+        read_timeout: float | None = None,
         connect_timeout: float = 30.0,
         retry_after: float = 1.0,
         retry_max: float = 30.0,
+        jitter: float = 0.5,
         monotonic: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = _JITTER_DRAW,
     ) -> None:
+        if not 0 < retry_after <= retry_max or not math.isfinite(retry_max):
+            raise ValueError("need 0 < retry_after <= retry_max (finite)")
+        if not 0 <= jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
         self.spec = spec
-        self.read_timeout = read_timeout
+        self.read_timeout = spec.timeout if read_timeout is None else read_timeout
         self.connect_timeout = connect_timeout
         self.retry_after = retry_after
         self.retry_max = retry_max
+        self.jitter = jitter
         self.monotonic = monotonic
+        self.draw = draw
         self.tools: dict[str, types.Tool] = {}
         self.server_name: str | None = None
         #: Bumped by every successful (re)connection: a catalogue built from an
@@ -153,6 +217,7 @@ class Upstream:
         self._broken = False
         self._failures = 0
         self._next_attempt = -math.inf
+        self._last_error: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -163,6 +228,15 @@ class Upstream:
     def broken(self) -> bool:
         """Whether the session died and has not been reconnected yet."""
         return self._broken
+
+    @property
+    def health(self) -> UpstreamHealth:
+        """The session's state: healthy, lost, or backing off until a given time."""
+        if not self._broken:
+            return UpstreamHealth("healthy", last_error=self._last_error)
+        if self._failures == 0 or self.monotonic() >= self._next_attempt:
+            return UpstreamHealth("lost", self._failures, None, self._last_error)
+        return UpstreamHealth("backing_off", self._failures, self._next_attempt, self._last_error)
 
     def _target(self, stack: AsyncExitStack) -> Any:
         spec = self.spec
@@ -253,10 +327,11 @@ class Upstream:
 
     def _mark_broken(self, exc: BaseException) -> None:
         if not self._broken:
+            self._last_error = _describe(exc)
             logger.warning(
                 "upstream %s: session lost (%s); reconnecting on next use",
                 self.namespace,
-                _describe(exc),
+                self._last_error,
             )
         self._broken = True
 
@@ -280,6 +355,8 @@ class Upstream:
         """Reconnect a broken upstream and re-read its listing, if an attempt is due now.
 
         Returns whether a new session was opened (``False``: it was not broken).
+        A failed attempt is logged once per outage (and again when its cause
+        changes), not once per attempt.
 
         Raises:
             UpstreamUnavailable: no attempt is due yet, or the attempt failed.
@@ -294,32 +371,65 @@ class Upstream:
             now = self.monotonic()
             if now < self._next_attempt:
                 raise UpstreamUnavailable(self.namespace)
-            if self._connection is not None:
-                self._connection.closing.set()
-            connection = await self._open()
-            error = connection.error
-            if connection.client is not None:
-                try:
-                    await self._list(connection.client)
-                except Exception as exc:  # noqa: BLE001 - the new session is no better: drop it
-                    connection.closing.set()
-                    error = exc
+            error = await self._attempt()
             if error is not None:
-                self._failures += 1
-                delay = min(self.retry_max, self.retry_after * 2.0**self._failures)
-                self._next_attempt = now + delay
-                logger.warning(
-                    "upstream %s: reconnection failed (%s); next attempt in %.0f s at the earliest",
-                    self.namespace,
-                    _describe(error),
-                    delay,
-                )
+                self._failed(now, error)
                 raise UpstreamUnavailable(self.namespace) from None
-            self._failures = 0
+            failures, self._failures = self._failures, 0
             self._next_attempt = now + self.retry_after
+            self._last_error = None
             self._broken = False
-            logger.warning("upstream %s: reconnected", self.namespace)
+            if failures:
+                logger.warning(
+                    "upstream %s: reconnected after %d failed attempt(s)", self.namespace, failures
+                )
+            else:
+                logger.warning("upstream %s: reconnected", self.namespace)
             return True
+
+    async def _attempt(self) -> BaseException | None:
+        """One reconnection: a new session with a complete listing, or the failure."""
+        if self._connection is not None:
+            self._connection.closing.set()
+        try:
+            connection = await self._open()
+            if connection.client is None:
+                return connection.error or RuntimeError("no session")
+            try:
+                await self._list(connection.client)
+            except Exception:  # the new session is no better: drop it
+                connection.closing.set()
+                raise
+        except Exception as exc:  # noqa: BLE001 - whatever failed, this attempt failed
+            return exc
+        return None
+
+    def _failed(self, now: float, error: BaseException) -> None:
+        """Count a failed attempt and schedule the next one (capped, jittered back-off)."""
+        self._failures += 1
+        delay = backoff_delay(
+            self._failures,
+            first=self.retry_after,
+            cap=self.retry_max,
+            jitter=self.jitter,
+            draw=self.draw,
+        )
+        self._next_attempt = now + delay
+        cause = _describe(error)
+        # Once per outage, and when the cause changes: a day-long outage must not
+        # write a line every few seconds.
+        first = self._failures == 1 or cause != self._last_error
+        level = logging.WARNING if first else logging.DEBUG
+        self._last_error = cause
+        logger.log(
+            level,
+            "upstream %s: reconnection failed (%s); its tools are withheld and calls refused "
+            "until it is back; retrying with back-off up to %.0f s (next in %.0f s)",
+            self.namespace,
+            cause,
+            self.retry_max,
+            delay,
+        )
 
     async def refresh(self) -> dict[str, types.Tool]:
         """Fetch the complete tool listing again (bounded pagination).
