@@ -8,7 +8,7 @@
   the delegation and call token the proxy forwards.
 """
 
-from agentguard_mcp.client import GuardedClient, call_meta
+from agentguard_mcp.client import GuardedClient, ListedTools, call_meta
 from agentguard_mcp.config import ProxyConfig, UpstreamSpec, load_config
 from agentguard_mcp.proxy import (
     META_APPROVAL,
@@ -19,7 +19,7 @@ from agentguard_mcp.proxy import (
     Caller,
     GuardedProxy,
 )
-from agentguard_mcp.upstream import Upstream, UpstreamUnavailable
+from agentguard_mcp.upstream import Upstream, UpstreamHealth, UpstreamUnavailable
 from agentguard_mcp.verify import NO_REVOCATION_CHECK, DelegationVerifier, current_authority
 
 __all__ = [
@@ -33,8 +33,10 @@ __all__ = [
     "DelegationVerifier",
     "GuardedClient",
     "GuardedProxy",
+    "ListedTools",
     "ProxyConfig",
     "Upstream",
+    "UpstreamHealth",
     "UpstreamSpec",
     "UpstreamUnavailable",
     "call_meta",

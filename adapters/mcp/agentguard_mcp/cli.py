@@ -19,9 +19,11 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import anyio
 import typer
+from mcp.shared.exceptions import MCPError
 
 from agentguard.approval import QueueChannel
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
@@ -30,7 +32,7 @@ from agentguard.keys import Keyring
 from agentguard.policy import Policy, load_policy
 from agentguard.resolve import resolve_home
 from agentguard_mcp.config import ProxyConfig, UpstreamSpec, load_config, validate_namespace
-from agentguard_mcp.proxy import Caller, GuardedProxy
+from agentguard_mcp.proxy import Caller, GuardedProxy, granted_namespaces
 from agentguard_mcp.serve import serve_http, serve_stdio
 from agentguard_mcp.upstream import Upstream
 
@@ -57,20 +59,31 @@ def _say(text: str) -> None:
 
 
 class _StderrLines(logging.Handler):
-    """The proxy's log records as ``agentguard mcp: ...`` lines on the current stderr."""
+    """Log records as one ``agentguard mcp: ...`` line each on the current stderr.
+
+    The message only, never a traceback: the MCP SDK logs an upstream's
+    unparsable output with the exception, whose text quotes that output.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _say(self.format(record))
+            text = record.getMessage()
+            if record.name != "agentguard_mcp":
+                text = f"{record.name}: {text}"
+            _say(text)
         except Exception:  # noqa: BLE001 - a log line must never break serving
             self.handleError(record)
 
 
 def _log_to_stderr() -> None:
-    """Show the proxy's warnings (an upstream lost, reconnected, a tool redefined) on stderr."""
-    logger = logging.getLogger("agentguard_mcp")
-    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
-        logger.addHandler(_StderrLines(logging.WARNING))
+    """Show the proxy's warnings (an upstream lost, reconnected, a tool redefined) on stderr.
+
+    The SDK's own warnings (``mcp``) go there too, one line each.
+    """
+    for name in ("agentguard_mcp", "mcp"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+            logger.addHandler(_StderrLines(logging.WARNING))
 
 
 def _home(option: str | None, config: ProxyConfig | None, policy: str | None) -> Path:
@@ -261,8 +274,7 @@ async def _run(
             try:
                 await upstream.connect(stack)
             except Exception as exc:  # noqa: BLE001 - any failure to start or reach an upstream stops the proxy
-                # The exception text may carry a URL with credentials: name the type only.
-                _say(f"cannot start or reach upstream {upstream.namespace!r}: {type(exc).__name__}")
+                _say(start_failure(upstream.spec, exc))
                 return EXIT_ERROR
         proxy = GuardedProxy(
             guard,
@@ -283,14 +295,20 @@ async def _run(
             except DeniedError as exc:
                 _say(f"the delegation is refused: {exc.short}: {exc.explanation}")
                 return EXIT_DENIED
-            if not proxy.reachable_namespaces(chain):
-                _say(
-                    "the delegation reaches none of this proxy's namespaces "
-                    f"({', '.join(proxy.namespaces)})"
-                )
-                return EXIT_DENIED
+            # The holder first: a key that does not hold the delegation is the
+            # real problem, whatever the delegation reaches.
             if caller.holder is None or chain.holder != caller.holder.principal:
                 _say(f"{holder_id} is not the holder of this delegation ({chain.holder.id})")
+                return EXIT_DENIED
+            if not proxy.reachable_namespaces(chain):
+                named = granted_namespaces(chain)
+                _say(
+                    "the delegation reaches none of this proxy's namespaces "
+                    f"({', '.join(proxy.namespaces)}); it reaches "
+                    + (", ".join(named) if named else "no namespace at all")
+                    + " (the namespace is the --namespace NAME of the upstream, or its key "
+                    "under 'upstreams:' in --config)"
+                )
                 return EXIT_DENIED
             await serve_stdio(proxy)
         else:
@@ -303,6 +321,41 @@ async def _run(
                 on_ready=lambda: _say(f"listening on http://{host}:{port}/mcp"),
             )
     return 0
+
+
+def start_failure(spec: UpstreamSpec, exc: BaseException) -> str:
+    """Why an upstream did not start, naming what the operator configured.
+
+    A command is named by its program (an argument might be a secret); a URL
+    by its scheme, host and port only (it may carry credentials). The
+    exception's own text is never shown, for the same reason.
+    """
+    cause = _innermost(exc)
+    if spec.command is not None:
+        program = spec.command[0]
+        if isinstance(cause, FileNotFoundError):
+            why = "no such program (check the command's spelling and PATH)"
+        elif isinstance(cause, PermissionError):
+            why = "not executable (permission denied)"
+        else:
+            why = f"it did not complete the MCP handshake ({_kind(cause)})"
+        return f"cannot start upstream {spec.namespace!r}: command {program!r}: {why}"
+    assert spec.url is not None  # noqa: S101 - UpstreamSpec guarantees one of the two
+    parts = urlsplit(spec.url)
+    where = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return f"cannot reach upstream {spec.namespace!r} at {where}: {_kind(cause)}"
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, MCPError):
+        return f"MCP error {exc.code}"
+    return type(exc).__name__
 
 
 def main() -> None:

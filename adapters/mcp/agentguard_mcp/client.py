@@ -1,7 +1,7 @@
 """Client side of the HTTP proxy: present a delegation and sign a call token per call.
 
     async with GuardedClient(url, delegation, holder) as client:
-        tools = await client.list_tools()
+        tools = (await client.list_tools()).tools
         result = await client.call_tool("tickets__open", {"title": "..."})
 
 The delegation goes in ``Authorization: Bearer`` on every HTTP request; each
@@ -13,9 +13,10 @@ simply calls again: the approval binds the call, not the token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import httpx2
 import mcp_types as types
@@ -23,11 +24,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from agentguard.clock import Clock
+from agentguard.decision import Reason
 from agentguard.delegation import Delegation
 from agentguard.keys import Identity
-from agentguard_mcp.proxy import META_CALL, META_TOOL
+from agentguard_mcp.proxy import META_CALL, META_DECISION, META_TOOL
 
-__all__ = ["GuardedClient", "call_meta"]
+__all__ = ["GuardedClient", "ListedTools", "call_meta"]
 
 #: Most ``tools/list`` pages read per listing: a server cannot keep us paging forever.
 _LIST_PAGE_CAP = 50
@@ -51,6 +53,47 @@ def call_meta(
         delegation = Delegation.parse(delegation)
     token = delegation.mint_call_token(holder, address, arguments, ttl=ttl, clock=clock)
     return {META_CALL: token}
+
+
+class ListedTools(types.ListToolsResult):
+    """A complete ``tools/list`` answer, as :meth:`mcp.Client.list_tools` returns it (``.tools``).
+
+    Earlier releases returned the list itself: iterating, indexing and ``len()``
+    still work on the tools for one more release, with a ``DeprecationWarning``.
+    Use ``.tools``.
+    """
+
+    def _deprecated(self) -> list[types.Tool]:
+        warnings.warn(
+            "GuardedClient.list_tools() returns a ListToolsResult like mcp.Client; "
+            "use its .tools (the list behaviour goes in the next release)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return self.tools
+
+    # Pydantic's own __iter__ yields (field, value) pairs; the old API yielded tools.
+    def __iter__(self) -> Iterator[types.Tool]:  # type: ignore[override]
+        return iter(self._deprecated())
+
+    def __len__(self) -> int:
+        return len(self._deprecated())
+
+    @overload
+    def __getitem__(self, index: int) -> types.Tool: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[types.Tool]: ...
+    def __getitem__(self, index: int | slice) -> types.Tool | list[types.Tool]:
+        return self._deprecated()[index]
+
+
+def _unknown_tool() -> types.CallToolResult:
+    """The refusal the proxy gives a name it does not know (also for one not listed here)."""
+    return types.CallToolResult(
+        content=[types.TextContent(text="denied by agentguard (unknown_tool)")],
+        is_error=True,
+        _meta={META_DECISION: {"reason": Reason.UNKNOWN_TOOL}},
+    )
 
 
 class GuardedClient:
@@ -125,8 +168,12 @@ class GuardedClient:
             raise RuntimeError("GuardedClient must be used within 'async with'")
         return self._client
 
-    async def list_tools(self) -> list[types.Tool]:
-        """The tools this delegation reaches (remembers each tool's address)."""
+    async def list_tools(self) -> ListedTools:
+        """The tools this delegation reaches, every page read (remembers each tool's address).
+
+        Returns:
+            The result ``mcp.Client.list_tools`` gives, with every page in ``.tools``.
+        """
         tools: list[types.Tool] = []
         cursor: str | None = None
         for _ in range(_LIST_PAGE_CAP):
@@ -139,7 +186,7 @@ class GuardedClient:
             address = (tool.meta or {}).get(META_TOOL)
             if isinstance(address, str):
                 self.addresses[tool.name] = address
-        return tools
+        return ListedTools(tools=tools)
 
     async def call_tool(
         self,
@@ -150,12 +197,15 @@ class GuardedClient:
     ) -> types.CallToolResult:
         """Call a tool with a freshly signed call token (added to ``meta``).
 
-        Raises:
-            KeyError: the tool was not listed for this delegation.
+        A name the proxy does not list for this delegation (after one fresh
+        listing) gets the proxy's own refusal, ``denied by agentguard
+        (unknown_tool)``, without a request.
         """
         if name not in self.addresses:
             await self.list_tools()
-        address = self.addresses[name]
+        address = self.addresses.get(name)
+        if address is None:
+            return _unknown_tool()
         args = dict(arguments or {})
         full = {
             **(meta or {}),

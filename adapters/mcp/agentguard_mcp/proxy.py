@@ -67,6 +67,7 @@ __all__ = [
     "ExposedTool",
     "GuardedProxy",
     "bearer_token",
+    "granted_namespaces",
 ]
 
 logger = logging.getLogger("agentguard_mcp")
@@ -901,6 +902,24 @@ def _namespace_matches(pattern: str, namespace: str) -> bool:
     """Whether a tool pattern's namespace part can select ``namespace``."""
     ns_pattern = pattern.partition("/")[0]
     return pattern_matches(f"{ns_pattern}/x", f"{namespace}/x")
+
+
+def granted_namespaces(chain: VerifiedChain) -> list[str]:
+    """The namespaces the chain's tool rules name, as far as every link agrees (for messages).
+
+    Taken from the holder's link, kept when every link has a rule whose
+    namespace part admits it; patterns (``ti*``) are shown as patterns.
+    """
+    grants = list(chain.delegation)
+    named = {rule.tool.partition("/")[0] for rule in grants[-1].scope}
+    return sorted(
+        ns
+        for ns in named
+        if all(
+            any(pattern_matches(f"{r.tool.partition('/')[0]}/x", f"{ns}/x") for r in g.scope)
+            for g in grants
+        )
+    )
 
 
 def bearer_token(value: str | None) -> str | None:

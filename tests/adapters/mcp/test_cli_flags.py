@@ -40,6 +40,7 @@ def test_unreachable_upstream_names_no_url(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["proxy", "--config", str(config), "--http", "127.0.0.1:0"])
     assert result.exit_code != 0
     assert "s3cr3t-canary" not in result.output
+    assert "cannot reach upstream 'far' at http://127.0.0.1:9: " in result.output
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,73 @@ def test_an_upstream_calling_itself_time_does_not_get_the_time_namespace(
         "--", sys.executable, BANK_SERVER, "--record", str(record), "--name", "time",
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
-    assert "reaches none of this proxy's namespaces (notes)" in done.stderr
+    assert "reaches none of this proxy's namespaces (notes); it reaches time " in done.stderr
+
+
+def test_a_key_holder_that_is_not_the_delegations_holder_is_told_so(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """--as with someone else's key: "not the holder", not the namespace error (exit 3)."""
+    record = tmp_path / "calls.jsonl"
+    delegation = setup.delegation_file(setup.delegation(["time/*"]))
+    done = _run_proxy(
+        setup,
+        "--delegation", str(delegation), "--as", setup.alice.id, "--policy", str(setup.policy_file),
+        "--namespace", "notes",
+        "--", sys.executable, BANK_SERVER, "--record", str(record),
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert f"{setup.alice.id} is not the holder of this delegation ({setup.agent.id})" in (
+        done.stderr
+    )
+    assert "namespaces" not in done.stderr
+
+
+def test_the_namespace_error_lists_what_the_delegation_reaches(setup: Setup) -> None:
+    """The holder's link's namespaces, as patterns where they are patterns."""
+    from agentguard_mcp.proxy import granted_namespaces
+
+    from agentguard.store.memory import MemoryStore
+    from agentguard.verify import Verifier
+
+    verifier = Verifier([setup.org.principal], revocations=MemoryStore())
+    parent = setup.delegation(["time/*", "notes/read_note", "t*/x"])
+    child = parent.attenuate(
+        setup.agent, setup.alice.principal, ["time/get_current_time", "tickets/x"]
+    )
+    assert granted_namespaces(verifier.verify_chain(parent)) == ["notes", "t*", "time"]
+    assert granted_namespaces(verifier.verify_chain(child)) == ["tickets", "time"]
+
+
+def test_a_mistyped_upstream_command_is_named(setup: Setup, tmp_path: Path) -> None:
+    """A command that does not exist: exit 1, the program named, no traceback."""
+    delegation = setup.delegation_file(setup.delegation(["time/*"]))
+    done = _run_proxy(
+        setup,
+        "--delegation", str(delegation), "--as", setup.agent.id, "--policy", str(setup.policy_file),
+        "--namespace", "time", "--", "mcp-server-tme", "--local-timezone", "UTC",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert (
+        "cannot start upstream 'time': command 'mcp-server-tme': no such program "
+        "(check the command's spelling and PATH)"
+    ) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_upstream_that_exits_before_the_handshake_is_named(setup: Setup, tmp_path: Path) -> None:
+    """A program that runs but never speaks MCP: named, with the kind of failure; not its args."""
+    delegation = setup.delegation_file(setup.delegation(["time/*"]))
+    done = _run_proxy(
+        setup,
+        "--delegation", str(delegation), "--as", setup.agent.id, "--policy", str(setup.policy_file),
+        "--namespace", "time", "--", sys.executable, "-c", "print('secret-arg-canary')",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot start upstream 'time': command {sys.executable!r}: it did not " in done.stderr
+    # Neither its arguments nor its output (the SDK logs unparsable lines with a traceback).
+    assert "secret-arg-canary" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.anyio

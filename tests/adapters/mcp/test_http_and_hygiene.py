@@ -14,7 +14,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
-from agentguard_mcp import META_CALL, META_DELEGATION, GuardedClient
+from agentguard_mcp import META_CALL, META_DECISION, META_DELEGATION, GuardedClient
 from anyio.abc import Process
 from mcp import Client, StdioServerParameters
 
@@ -22,6 +22,8 @@ from agentguard.delegation import Delegation
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.tokens import mint_call_token
 from tests.adapters.mcp.mcp_support import Setup, notes_command, records, write_config
+
+TOOLS_HINT = r"use its \.tools"
 
 pytestmark = pytest.mark.anyio
 
@@ -97,7 +99,9 @@ async def test_http_proxy_with_several_upstreams(setup: Setup, tmp_path: Path) -
     ):
         with anyio.fail_after(30):
             async with GuardedClient(url, delegation, setup.agent) as client:
-                names = sorted(t.name for t in await client.list_tools())
+                listed = await client.list_tools()
+                assert isinstance(listed, types.ListToolsResult)  # as mcp.Client returns
+                names = sorted(t.name for t in listed.tools)
                 assert names == [
                     "aware__read_note",
                     "plain__delete_note",
@@ -105,6 +109,22 @@ async def test_http_proxy_with_several_upstreams(setup: Setup, tmp_path: Path) -
                     "plain__write_note",
                     "web__read_note",
                 ]
+                # The list the old API returned still works for a release, and warns.
+                with pytest.warns(DeprecationWarning, match=TOOLS_HINT):
+                    assert sorted(t.name for t in listed) == names
+                with pytest.warns(DeprecationWarning, match=TOOLS_HINT):
+                    assert len(listed) == 5
+                with pytest.warns(DeprecationWarning, match=TOOLS_HINT):
+                    assert listed[0] is listed.tools[0]
+                with pytest.warns(DeprecationWarning, match=TOOLS_HINT):
+                    assert listed[1:] == listed.tools[1:]
+                # Unknown to the proxy, or not reached by this delegation: refused the
+                # way the proxy refuses an unknown name, not a KeyError.
+                for unlisted in ("plain__no_such_tool", "aware__write_note"):
+                    refused = await client.call_tool(unlisted, {"id": "n1"})
+                    assert refused.is_error
+                    assert _text(refused) == "denied by agentguard (unknown_tool)"
+                    assert (refused.meta or {})[META_DECISION] == {"reason": "unknown_tool"}
                 secret = {"traceparent": TRACEPARENT, "io.agentguard/secret": "CANARY", "x": "y"}
                 for name in ("plain__read_note", "aware__read_note", "web__read_note"):
                     result = await client.call_tool(name, {"id": "n1"}, meta=secret)

@@ -110,7 +110,7 @@ async def _run_load(setup: Setup, clients: int, calls: int, limit: float) -> Non
 
     async def caller(url: str, mix: list[Planned]) -> None:
         async with GuardedClient(url, delegation, setup.agent) as client:
-            listed = {t.name for t in await client.list_tools()}
+            listed = {t.name for t in (await client.list_tools()).tools}
             assert listed == {"lookup", "update"}
             # Not listed for this delegation, but a hostile caller can still ask.
             client.addresses["purge"] = "notes/purge"
