@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,54 @@ from tests.adapters.mcp.mcp_support import BIN, HERE, Setup, text_of
 pytestmark = pytest.mark.anyio
 
 README = HERE.parents[2] / "adapters" / "mcp" / "README.md"
+MAIN_README = HERE.parents[2] / "README.md"
 PLACEHOLDER = "/home/me/project"
+
+
+def _main_readme_commands() -> list[list[str]]:
+    """The shell block that opens the main README's "MCP proxy" guide, one argv per line."""
+    section = MAIN_README.read_text(encoding="utf-8").split("### MCP proxy", 1)[1]
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block is not None
+    return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["as-written", "without-trusted"])
+async def test_main_readme_proxy_command_runs_as_written(tmp_path: Path, trusted: bool) -> None:
+    """The README's setup, then its proxy command served to a real MCP client, verbatim.
+
+    Without ``--trusted`` (the README says) the call waits for approval instead.
+    """
+    *setup_lines, proxy = _main_readme_commands()
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for argv in setup_lines:
+        assert argv[0] == "agentguard"
+        done = subprocess.run(
+            [str(BIN / "agentguard"), *argv[1:]],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, (argv, done.stderr)
+    assert proxy[:3] == ["agentguard", "mcp", "proxy"]
+    assert "--trusted" in proxy
+    args = proxy[1:] if trusted else [a for a in proxy[1:] if a != "--trusted"]
+    agentguard = str(BIN / "agentguard")
+    params = StdioServerParameters(command=agentguard, args=args, env=env, cwd=tmp_path)
+    with anyio.fail_after(60):
+        async with Client(params, mode="legacy") as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            assert names == ["convert_time", "get_current_time"]
+            result = await client.call_tool("get_current_time", {"timezone": "UTC"})
+    if trusted:
+        assert not result.is_error, text_of(result)
+        assert json.loads(text_of(result))["timezone"] == "UTC"
+    else:
+        assert result.is_error
+        assert text_of(result).startswith("approval pending, id=apr_"), text_of(result)
 
 
 def _blocks(language: str) -> list[str]:
