@@ -157,8 +157,19 @@ class Driver:
         fn: Callable[..., Awaitable[_T] | _T],
         failed: Callable[[Any], bool] | None,
     ) -> _T:
-        """Async twin of :meth:`run`; ``fn`` may be sync or async."""
+        """Async twin of :meth:`run`; ``fn`` may be sync or async.
+
+        A caller cancelled while the decision was being made does not run the
+        tool: the completion says ``not_run``.
+        """
+        import anyio
+
         started = time.monotonic()
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException as exc:
+            self.complete(decision, started, exc, ran=False)
+            raise
         current = CURRENT.set(decision)
         try:
             result = fn(**args)

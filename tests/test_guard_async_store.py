@@ -150,3 +150,40 @@ async def test_a_cancelled_call_waits_for_its_step_before_it_returns(tmp_path: P
         locker.close()
         guard.close()
     assert len(kinds) == 1  # the dry run's record, and no completion for a dry run
+
+
+@pytest.mark.anyio
+async def test_a_call_cancelled_by_its_scope_while_deciding_never_runs_the_tool(
+    tmp_path: Path,
+) -> None:
+    """An anyio deadline passes while the decision waits on a locked store: the
+    step finishes (shielded), but the tool does not run and the log says so."""
+    import json
+
+    org, bot = Identity.generate("org:acme"), Identity.generate("agent:bot")
+    grant = Delegation.issue(org, bot, ["tickets/*"], ttl="1h")
+    guard = Guard(_policy(org), home=tmp_path)
+    ran: list[int] = []
+    locker = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")
+
+    async def release_later() -> None:
+        await anyio.sleep(0.6)
+        locker.execute("ROLLBACK")
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(release_later)
+                with anyio.move_on_after(0.2) as scope:
+                    await guard.acall(grant, "tickets/read", {"id": 1}, ran.append, holder=bot)
+        records = [json.loads(e.body) for e in guard.store.audit_tail(10)]
+    finally:
+        locker.close()
+        guard.close()
+    assert scope.cancelled_caught
+    assert ran == []
+    decision = next(r for r in records if r["type"] == "decision")
+    completion = next(r for r in records if r["type"] == "completion")
+    assert decision["outcome"] == "allow"
+    assert completion["status"] == "not_run"
