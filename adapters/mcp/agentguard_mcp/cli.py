@@ -1,8 +1,9 @@
 """``agentguard mcp ...``: the proxy's command line (added to the core CLI by entry point).
 
     agentguard mcp proxy --delegation FILE --as ID --namespace NAME [--home DIR]
-                         [--policy FILE] -- COMMAND [ARGS...]
-    agentguard mcp proxy --config FILE [--home DIR] [--http HOST:PORT]
+                         [--policy FILE] [--timeout S] [--max-result-bytes N]
+                         [--store-timeout S] -- COMMAND [ARGS...]
+    agentguard mcp proxy --config FILE [--home DIR] [--http HOST:PORT] [--store-timeout S]
 
 The namespace of an upstream (the ``NAME`` in ``NAME/tool`` addresses) is the
 operator's: ``--namespace`` or a key under ``upstreams:`` in the configuration
@@ -31,7 +32,17 @@ from agentguard.guard import POLICY_FILE, Guard
 from agentguard.keys import Keyring
 from agentguard.policy import Policy, load_policy
 from agentguard.resolve import resolve_home
-from agentguard_mcp.config import ProxyConfig, UpstreamSpec, load_config, validate_namespace
+from agentguard_mcp.config import (
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_TIMEOUT,
+    MAX_STORE_TIMEOUT,
+    ProxyConfig,
+    UpstreamSpec,
+    check_result_limit,
+    check_timeout,
+    load_config,
+    validate_namespace,
+)
 from agentguard_mcp.proxy import Caller, GuardedProxy, granted_namespaces
 from agentguard_mcp.serve import serve_http, serve_stdio
 from agentguard_mcp.upstream import Upstream
@@ -96,10 +107,24 @@ def _home(option: str | None, config: ProxyConfig | None, policy: str | None) ->
     return home
 
 
-def build_guard(home: Path, policy: str | None) -> Guard:
-    """The guard the proxy decides with: state under ``home``, approvals queued out of band."""
+def build_guard(home: Path, policy: str | None, *, store_timeout: float | None = None) -> Guard:
+    """The guard the proxy decides with: state under ``home``, approvals queued out of band.
+
+    ``store_timeout`` (seconds) replaces the policy's ``storage.busy_timeout``:
+    how long a call waits while another process holds a lock on the state
+    file before it is refused with ``store_error``.
+
+    Raises:
+        ConfigError: the policy or a key cannot be loaded.
+        StoreError: the store cannot be opened.
+    """
+    source = policy or (POLICY_FILE if Path(POLICY_FILE).is_file() else None)
+    loaded = load_policy(source) if source else Policy()
+    if store_timeout is not None:
+        storage = loaded.storage.model_copy(update={"busy_timeout": store_timeout})
+        loaded = loaded.model_copy(update={"storage": storage})
     return Guard(
-        policy=policy,
+        policy=loaded,
         home=home,
         approver=QueueChannel(announce=lambda r: _say(f"approval pending, id={r.id} ({r.tool})")),
         approval_mode="raise",
@@ -156,14 +181,40 @@ def proxy_command(
         str | None,
         typer.Option("--approver", help="The user who answers approval forms in the MCP client."),
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds to wait for the upstream's answer to a call "
+            f"(default {DEFAULT_TIMEOUT:g}).",
+        ),
+    ] = None,
+    max_result_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-result-bytes",
+            help="Largest answer read from the upstream, in bytes "
+            f"(default {DEFAULT_MAX_RESULT_BYTES}).",
+        ),
+    ] = None,
+    store_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--store-timeout",
+            help="Seconds a call waits for a state file another process has locked "
+            "(default: the policy's storage.busy_timeout).",
+        ),
+    ] = None,
 ) -> None:
     """Run the gating proxy in front of one stdio server or the servers of a config file."""
     if config_file is not None and command:
         raise typer.BadParameter("give either --config or a command after '--', not both")
-    if config_file is not None and (namespace or trusted or aware or approver):
+    single = (namespace, approver, timeout, max_result_bytes)
+    if config_file is not None and (trusted or aware or any(v is not None for v in single)):
         raise typer.BadParameter(
-            "--namespace, --trusted, --agentguard-aware and --approver describe a single "
-            "upstream; with --config, set them in the configuration file"
+            "--namespace, --trusted, --agentguard-aware, --approver, --timeout and "
+            "--max-result-bytes describe a single upstream; with --config, set them in the "
+            "configuration file"
         )
     try:
         config = load_config(config_file) if config_file is not None else None
@@ -185,20 +236,34 @@ def proxy_command(
             )
         try:
             validate_namespace(namespace)
+            wait = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout, "--timeout")
+            largest = check_result_limit(
+                DEFAULT_MAX_RESULT_BYTES if max_result_bytes is None else max_result_bytes,
+                "--max-result-bytes",
+            )
         except AgentGuardError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--namespace") from exc
+            raise typer.BadParameter(str(exc)) from exc
         specs: tuple[UpstreamSpec, ...] = (
             UpstreamSpec(
                 namespace=namespace,
                 command=tuple(command),
                 trusted=trusted,
                 agentguard=aware,
+                timeout=wait,
+                max_result_bytes=largest,
             ),
         )
         config = ProxyConfig(upstreams=specs, policy=policy, elicitation_approver=approver)
     else:
         delegation = delegation or (Path(config.delegation) if config.delegation else None)
         holder = holder or config.holder
+    if store_timeout is not None:
+        try:
+            check_timeout(store_timeout, "--store-timeout", maximum=MAX_STORE_TIMEOUT)
+        except AgentGuardError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    else:
+        store_timeout = config.store_timeout
     try:
         state = _home(home, config, policy or config.policy)
     except AgentGuardError as exc:
@@ -215,6 +280,7 @@ def proxy_command(
             delegation,
             holder,
             http,
+            store_timeout,
         )
     except KeyboardInterrupt:
         code = 0
@@ -251,9 +317,10 @@ async def _run(
     delegation_file: Path | None,
     holder_id: str | None,
     http: str | None,
+    store_timeout: float | None = None,
 ) -> int:
     try:
-        guard = build_guard(home, policy)
+        guard = build_guard(home, policy, store_timeout=store_timeout)
         caller = None
         if http is None:
             if delegation_file is None or holder_id is None:

@@ -20,7 +20,8 @@ A YAML file (``agentguard mcp proxy --config FILE``) looks like::
     annotation_step_up: true     # destructive tools need approval (default)
     annotation_assurance: local  # ... at this assurance (default local)
     elicitation_approver: user:alice  # who answers approval forms in the MCP client
-    store_timeout: 5             # seconds a call may wait for a locked store (default 5)
+    store_timeout: 5             # seconds a call may wait for a locked state file
+                                 # (default: the policy's storage.busy_timeout)
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from agentguard_mcp._names import ambiguous_namespaces
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
-    "DEFAULT_STORE_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "MAX_STORE_TIMEOUT",
     "NAMESPACE_RE",
     "ProxyConfig",
     "UpstreamSpec",
@@ -67,8 +68,7 @@ _UPSTREAM_KEYS = {
 DEFAULT_TIMEOUT = 120.0
 #: Largest upstream message (one JSON-RPC line or HTTP body) the proxy reads.
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
-#: Seconds a call may wait for the state store (a lock held by another process).
-DEFAULT_STORE_TIMEOUT = 5.0
+
 _TOP_KEYS = {
     "home",
     "policy",
@@ -111,8 +111,8 @@ def check_namespaces(namespaces: Sequence[str]) -> None:
         )
 
 
-def check_timeout(value: object, where: str) -> float:
-    """Return ``value`` if it is a usable number of seconds (positive, at most a day).
+def check_timeout(value: object, where: str, *, maximum: float = 86400) -> float:
+    """Return ``value`` if it is a usable number of seconds (above 0, at most ``maximum``).
 
     Raises:
         ConfigError: naming ``where``.
@@ -120,10 +120,14 @@ def check_timeout(value: object, where: str) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not 0 < value <= 86400  # also refuses NaN
+        or not 0 < value <= maximum  # also refuses NaN
     ):
-        raise ConfigError(f"{where} must be a number of seconds above 0 and at most 86400")
+        raise ConfigError(f"{where} must be a number of seconds above 0 and at most {maximum:g}")
     return float(value)
+
+
+#: The longest a call may wait for the state file (the store's own ceiling).
+MAX_STORE_TIMEOUT = 600.0
 
 
 def check_result_limit(value: object, where: str) -> int:
@@ -193,10 +197,13 @@ class ProxyConfig:
     annotation_step_up: bool = True
     annotation_assurance: str = "local"
     elicitation_approver: str | None = None
-    store_timeout: float = DEFAULT_STORE_TIMEOUT
+    #: Seconds a call may wait for the state file while another process holds
+    #: a lock (``None``: the policy's ``storage.busy_timeout``).
+    store_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        check_timeout(self.store_timeout, "store_timeout")
+        if self.store_timeout is not None:
+            check_timeout(self.store_timeout, "store_timeout", maximum=MAX_STORE_TIMEOUT)
         if self.annotation_assurance not in ASSURANCE_LEVELS:
             raise ConfigError(f"annotation_assurance must be one of {', '.join(ASSURANCE_LEVELS)}")
         if not self.upstreams:
@@ -304,8 +311,10 @@ def config_from_mapping(data: Mapping[str, Any], *, base: Path | None = None) ->
         annotation_step_up=step_up,
         annotation_assurance=str(assurance),
         elicitation_approver=approver,
-        store_timeout=check_timeout(
-            data.get("store_timeout", DEFAULT_STORE_TIMEOUT), "'store_timeout'"
+        store_timeout=(
+            None
+            if data.get("store_timeout") is None
+            else check_timeout(data["store_timeout"], "'store_timeout'", maximum=MAX_STORE_TIMEOUT)
         ),
     )
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
@@ -42,6 +42,7 @@ from agentguard.errors import (
     ApprovalRejected,
     ConfigError,
     DeniedError,
+    StoreError,
 )
 from agentguard.guard import Decision, Guard, current_decision
 from agentguard.keys import Identity
@@ -94,6 +95,10 @@ _APPROVAL_INPUT = "agentguard_approval"
 _MAX_ARGS_DEPTH = 64
 _ANNOTATION_REASON = "MCP annotations: destructive tool"
 _STATE_TTL = 300.0
+#: Worker threads for the proxy's own store reads and writes, apart from the
+#: guard's: calls stuck behind a lock must not queue up the listings.
+_STORE_THREADS = 16
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,9 @@ def _denied(exc: DeniedError) -> types.CallToolResult:
             # Its short text ends "(request ID)" without the decision: add it there.
             text = f"{text[:-1]}, decision {exc.decision_id})"
     return _refusal(text, meta)
+
+
+_STORE_ERROR_TEXT = "denied by agentguard (store_error: the state store did not answer; try again)"
 
 
 def _unavailable_text(exc: UpstreamUnavailable) -> str:
@@ -250,6 +258,7 @@ class GuardedProxy:
         self.collisions: dict[str, tuple[str, ...]] = {}
         self._pins: dict[str, str] = {}
         self._listed_at: float | None = None
+        self._store_threads: anyio.CapacityLimiter | None = None
         self.server = self._build_server()
 
     # -- lifecycle ------------------------------------------------------------
@@ -420,8 +429,30 @@ class GuardedProxy:
 
         Raises:
             DeniedError: the chain is not valid now.
+            StoreError: the revocation list could not be read.
         """
         return self.guard.verify_chain(delegation)
+
+    async def averified_chain(self, delegation: str) -> VerifiedChain:
+        """:meth:`verified_chain` off the event loop (it reads revocations from the store).
+
+        Raises:
+            DeniedError: the chain is not valid now.
+            StoreError: the revocation list could not be read (within the
+                store's timeout, when another process holds a lock).
+        """
+        return await self._off_loop(lambda: self.guard.verify_chain(delegation))
+
+    async def _off_loop(self, work: Callable[[], _T]) -> _T:
+        """Run store work in a worker thread, so a locked file never stalls other callers.
+
+        An in-memory store answers at once: no thread.
+        """
+        if self.guard.store.durability == "memory":
+            return work()
+        if self._store_threads is None:
+            self._store_threads = anyio.CapacityLimiter(_STORE_THREADS)
+        return await anyio.to_thread.run_sync(work, limiter=self._store_threads)
 
     def reachable_namespaces(self, chain: VerifiedChain) -> set[str]:
         """The namespaces of this proxy that every link of the chain has a rule for."""
@@ -460,10 +491,14 @@ class GuardedProxy:
     ) -> types.ListToolsResult:
         try:
             caller = self._caller(ctx)
-            chain = self.verified_chain(caller.delegation)
+            chain = await self.averified_chain(caller.delegation)
         except (_Refusal, DeniedError):
             # Nothing is reachable without a valid delegation.
             return types.ListToolsResult(tools=[], ttl_ms=0, cache_scope="private")
+        except StoreError as exc:
+            # Nothing can be shown as reachable without the revocation list.
+            logger.warning("tools/list refused: %s", exc)
+            raise MCPError(types.INTERNAL_ERROR, _STORE_ERROR_TEXT) from None
         await self.refresh()
         listed = []
         for exposed in self.tools.values():
@@ -504,6 +539,16 @@ class GuardedProxy:
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         try:
+            return await self._handle_call(ctx, params)
+        except StoreError as exc:
+            # Fail closed: nothing was forwarded. The operator gets the cause.
+            logger.warning("tools/call refused: %s", exc)
+            return _refusal(_STORE_ERROR_TEXT, {"reason": Reason.STORE_ERROR})
+
+    async def _handle_call(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        try:
             caller = self._caller(ctx)
             exposed = await self._lookup(params.name)
             args = dict(params.arguments or {})
@@ -512,7 +557,7 @@ class GuardedProxy:
                     "denied by agentguard (invalid_arguments: nested too deeply)",
                     {"reason": Reason.INVALID_ARGUMENTS},
                 )
-            conforms = self._check_schema(caller, exposed, args)
+            conforms = await self._check_schema(caller, exposed, args)
             if params.request_state is not None and conforms:
                 return await self._resume(ctx, params, caller, exposed, args)
             return await self._guarded_call(ctx, caller, exposed, args, forward_ok=conforms)
@@ -556,7 +601,9 @@ class GuardedProxy:
             )
         return exposed
 
-    def _check_schema(self, caller: Caller, exposed: ExposedTool, args: Mapping[str, Any]) -> bool:
+    async def _check_schema(
+        self, caller: Caller, exposed: ExposedTool, args: Mapping[str, Any]
+    ) -> bool:
         """Whether ``args`` conform to the tool's ``inputSchema`` as they are.
 
         The guard must decide on what the upstream will act on: an upstream that
@@ -578,7 +625,8 @@ class GuardedProxy:
         else:
             return True
         try:
-            reachable, _ = self._reaches(self.verified_chain(caller.delegation), exposed.address)
+            chain = await self.averified_chain(caller.delegation)
+            reachable, _ = self._reaches(chain, exposed.address)
         except DeniedError:
             reachable = False
         if not reachable:
@@ -692,9 +740,14 @@ class GuardedProxy:
         """Ask the client's human if the protocol allows; otherwise report "approval pending"."""
         capabilities = ctx.session.client_capabilities
         can_elicit = capabilities is not None and capabilities.elicitation is not None
-        if not can_elicit or not self._form_can_count(ctx, pending.request_id):
+        if not can_elicit:
             return _denied(pending)
-        form = self._approval_form(pending)
+        approver = self._answerer(ctx)
+        if approver is None or not await self._off_loop(
+            lambda: self._form_can_count(approver, pending.request_id)
+        ):
+            return _denied(pending)
+        form = await self._off_loop(lambda: self._approval_form(pending))
         if form is None:
             # The call cannot be shown whole: never offer an Approve button for it.
             return _denied(pending)
@@ -767,7 +820,7 @@ class GuardedProxy:
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState") from None
         if not isinstance(request_id, str) or not isinstance(nonce, str):
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
-        if not self._consume_state(nonce):
+        if not await self._consume_state(nonce):
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
         answer = (params.input_responses or {}).get(_APPROVAL_INPUT)
         if not isinstance(answer, types.ElicitResult):
@@ -789,19 +842,21 @@ class GuardedProxy:
         except AgentGuardError:
             return None
 
-    def _form_can_count(self, ctx: ServerRequestContext[Any, Any], request_id: str) -> bool:
+    def _answerer(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """Who an answer typed into this request's client would be recorded as, if anyone."""
+        try:
+            return self._form_approver(self._caller(ctx))
+        except _Refusal:
+            return None
+
+    def _form_can_count(self, approver: str, request_id: str) -> bool:
         """Whether an approval typed into the client could be accepted for this request.
 
         If not (the answerer is not an approver for it, the channel's assurance
         is too low, separation of duties), no form is offered: the request
-        waits for an out-of-band answer instead.
+        waits for an out-of-band answer instead. Reads the store: call it off
+        the event loop.
         """
-        try:
-            approver = self._form_approver(self._caller(ctx))
-        except _Refusal:
-            return False
-        if approver is None:
-            return False
         try:
             self.guard.approvals.check_answerer(
                 request_id,
@@ -815,8 +870,10 @@ class GuardedProxy:
             return False
         return True
 
-    def _consume_state(self, nonce: str) -> bool:
-        return self.guard.spend_once("mcp-state", nonce, ttl=_STATE_TTL)
+    async def _consume_state(self, nonce: str) -> bool:
+        return await self._off_loop(
+            lambda: self.guard.spend_once("mcp-state", nonce, ttl=_STATE_TTL)
+        )
 
     async def _answered(
         self,
@@ -835,13 +892,15 @@ class GuardedProxy:
         try:
             # The guard's key attests the answer at the assurance the policy gives
             # this channel ("agent" by default): a privileged rule still refuses it.
-            self.guard.approvals.answer(
-                request_id,
-                approver=approver,
-                approve=approved,
-                channel="mcp_elicitation",
-                assurance=self.guard.policy.approval.agent_channel_assurance,
-                message=note if isinstance(note, str) else None,
+            await self._off_loop(
+                lambda: self.guard.approvals.answer(
+                    request_id,
+                    approver=approver,
+                    approve=approved,
+                    channel="mcp_elicitation",
+                    assurance=self.guard.policy.approval.agent_channel_assurance,
+                    message=note if isinstance(note, str) else None,
+                )
             )
         except DeniedError as exc:
             logger.info("answer from the MCP client not accepted: %s", exc)

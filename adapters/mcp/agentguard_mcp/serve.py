@@ -9,6 +9,7 @@ MCP layer. The header itself never travels further than this process.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import anyio
@@ -16,10 +17,13 @@ from mcp.server.stdio import stdio_server
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentguard.errors import AgentGuardError, DeniedError
+from agentguard import Reason
+from agentguard.errors import AgentGuardError, DeniedError, StoreError
 from agentguard_mcp.proxy import GuardedProxy, bearer_token
 
 __all__ = ["DelegationGate", "http_app", "serve_http", "serve_stdio"]
+
+logger = logging.getLogger("agentguard_mcp")
 
 
 async def serve_stdio(proxy: GuardedProxy) -> None:
@@ -47,9 +51,16 @@ class DelegationGate:
             await _reject(send, 401, "no_credentials", "send the delegation as a Bearer token")
             return
         try:
-            chain = self.proxy.verified_chain(delegation)
+            chain = await self.proxy.averified_chain(delegation)
         except DeniedError as exc:
             await _reject(send, 403, exc.reason, "the delegation does not verify")
+            return
+        except StoreError as exc:
+            # Fail closed, and say it is ours: the revocation list could not be read.
+            logger.warning("HTTP request refused: %s", exc)
+            await _reject(
+                send, 503, Reason.STORE_ERROR, "the state store did not answer; try again"
+            )
             return
         except AgentGuardError:
             await _reject(send, 403, "malformed_token", "the delegation does not verify")
@@ -67,6 +78,8 @@ async def _reject(send: Send, status: int, reason: str, text: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="agentguard"'))
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -19,7 +19,15 @@ BANK_SERVER = str(HERE / "bank_server.py")
 
 
 @pytest.mark.parametrize(
-    "flag", [["--trusted"], ["--agentguard-aware"], ["--namespace", "x"], ["--approver", "user:a"]]
+    "flag",
+    [
+        ["--trusted"],
+        ["--agentguard-aware"],
+        ["--namespace", "x"],
+        ["--approver", "user:a"],
+        ["--timeout", "5"],
+        ["--max-result-bytes", "4096"],
+    ],
 )
 def test_single_upstream_flags_are_refused_with_config(tmp_path: Path, flag: list[str]) -> None:
     """With --config, a single-upstream flag is a usage error (exit 2), not ignored."""
@@ -30,6 +38,65 @@ def test_single_upstream_flags_are_refused_with_config(tmp_path: Path, flag: lis
     )
     assert result.exit_code == 2
     assert "configuration file" in result.output
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--timeout", "0"],
+        ["--timeout", "nan"],
+        ["--max-result-bytes", "10"],
+        ["--store-timeout", "0"],
+        ["--store-timeout", "601"],
+    ],
+)
+def test_limits_out_of_range_are_usage_errors(tmp_path: Path, flag: list[str]) -> None:
+    """A timeout or size limit that could not work is refused before anything starts (exit 2)."""
+    args = ["proxy", "--home", str(tmp_path), "--namespace", "x", "--http", "127.0.0.1:1"]
+    result = CliRunner().invoke(app, [*args, *flag, "--", "true"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert flag[0] in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("store_timeout: 0\nupstreams: {x: {command: [x]}}\n", "store_timeout"),
+        ("store_timeout: 700\nupstreams: {x: {command: [x]}}\n", "store_timeout"),
+        ("upstreams: {x: {command: [x], timeout: soon}}\n", "upstreams.x.timeout"),
+        ("upstreams: {x: {command: [x], timeout: true}}\n", "upstreams.x.timeout"),
+        ("upstreams: {x: {command: [x], max_result_bytes: 1.5}}\n", "max_result_bytes"),
+        ("upstreams: {x: {command: [x], max_result_bytes: 2000000000}}\n", "max_result_bytes"),
+    ],
+)
+def test_config_limits_out_of_range_are_refused(tmp_path: Path, text: str, problem: str) -> None:
+    from agentguard_mcp.config import load_config
+
+    from agentguard.errors import ConfigError
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=problem):
+        load_config(path)
+
+
+def test_config_limits_are_read(tmp_path: Path) -> None:
+    from agentguard_mcp.config import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TIMEOUT, load_config
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        "store_timeout: 2.5\nupstreams:\n  a: {command: [x], timeout: 7, max_result_bytes: 4096}\n"
+        "  b: {command: [y]}\n",
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.store_timeout == 2.5
+    a, b = config.upstreams
+    assert (a.timeout, a.max_result_bytes) == (7.0, 4096)
+    assert (b.timeout, b.max_result_bytes) == (DEFAULT_TIMEOUT, DEFAULT_MAX_RESULT_BYTES)
+    assert load_config(tmp_path / "proxy.yaml").store_timeout == 2.5
+    path.write_text("upstreams: {a: {command: [x]}}\n", encoding="utf-8")
+    assert load_config(path).store_timeout is None  # the policy's storage.busy_timeout
 
 
 def test_unreachable_upstream_names_no_url(tmp_path: Path) -> None:
