@@ -16,10 +16,10 @@ import os
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from agentguard import __version__
 from agentguard.cli import approvals, audit, grants, identity, policy
@@ -61,6 +61,21 @@ _CORE = frozenset(
 )
 
 
+def _plain_flags(command: Any) -> None:
+    """Show no value type for flags (``--json``, ``--help``) in ``command`` and below it.
+
+    Typer labels every option with its type, so a flag read ``--json <bool>``
+    as if it took a value. An empty metavar leaves the type column blank; a
+    flag's metavar is used nowhere else.
+    """
+    help_option = command.get_help_option(command.context_class(command))
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
+
+
 class _Commands(TyperGroup):
     """The root group: loads plugins lazily and turns every error into one line and a code.
 
@@ -70,10 +85,15 @@ class _Commands(TyperGroup):
 
     _plugins_loaded = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_flags(self)
+
     def _load_plugins(self) -> None:
         if not self._plugins_loaded:
             self._plugins_loaded = True
             for name, command in plugin_commands():
+                _plain_flags(command)
                 self.add_command(command, name)
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
@@ -96,6 +116,9 @@ class _Commands(TyperGroup):
             # Usage errors (click's UsageError family) exit 2 with one line.
             if getattr(exc, "exit_code", None) != EXIT_USAGE:
                 raise
+            missing_ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and missing_ctx is not None:
+                _missing_command(missing_ctx)  # (Typer vendors click, so matched by name)
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             where = getattr(getattr(exc, "ctx", None), "command_path", None) or "agentguard"
             fail(f"{message} (see '{where} --help')", EXIT_USAGE)
@@ -115,6 +138,16 @@ class _Commands(TyperGroup):
                 f"unexpected {type(exc).__name__}: {exc} (set AGENTGUARD_DEBUG=1 for details)",
                 EXIT_ERROR,
             )
+
+
+def _missing_command(ctx: Any) -> NoReturn:
+    """A group run without its subcommand: its help is out already; name what was missing."""
+    names = ", ".join(ctx.command.list_commands(ctx))
+    fail(
+        f"missing command for '{ctx.command_path}': one of {names} "
+        f"(see '{ctx.command_path} --help')",
+        EXIT_USAGE,
+    )
 
 
 app = typer.Typer(
