@@ -27,6 +27,10 @@ Its root allows four further delegations, so the leaf may still delegate once.
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
+
 import pytest
 
 from agentguard.clock import ManualClock
@@ -36,6 +40,7 @@ from agentguard.keys import Identity
 from agentguard.store.memory import MemoryStore
 from agentguard.testing import World
 from agentguard.verify import Verifier
+from tests import pg_support
 
 
 @pytest.fixture
@@ -133,3 +138,30 @@ def store() -> MemoryStore:
 def verifier(org: Identity, store: MemoryStore, clock: ManualClock) -> Verifier:
     """A verifier trusting ``org:acme``, backed by ``store`` and ``clock`` (5 s leeway)."""
     return Verifier([org.principal], revocations=store, replay=store, clock=clock, leeway=5)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg_support.Cluster]:
+    """A throwaway PostgreSQL cluster for the session (see :mod:`tests.pg_support`).
+
+    Without the server binaries or psycopg the tests that use it skip loudly on a
+    developer machine and fail in CI (``CI=true``), where they must never skip.
+    """
+    try:
+        import psycopg  # noqa: F401 - only checks that the postgres extra is installed
+
+        cluster = pg_support.start_cluster()
+    except (ImportError, pg_support.PostgresMissing) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run in CI: {exc}")
+        pytest.skip(f"PostgreSQL NOT TESTED: {exc}")
+    try:
+        yield cluster
+    finally:
+        pg_support.remove_cluster(cluster)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: pg_support.Cluster) -> str:
+    """The URL of a fresh, empty database in the session's cluster (password included)."""
+    return pg_cluster.create_database(f"t_{secrets.token_hex(6)}")

@@ -1,0 +1,726 @@
+"""PostgreSQL store: one database that several guard processes and hosts share.
+
+Needs the ``postgres`` extra (psycopg 3 and psycopg_pool). Every operation is
+one short transaction on a pooled connection, so the store may be used from
+many threads at once:
+
+* a call token's nonce or an approval receipt is spent by one ``INSERT ... ON
+  CONFLICT DO NOTHING`` or one conditional ``UPDATE``: PostgreSQL's row locks
+  let exactly one of several concurrent processes succeed;
+* an audit append locks the chain's tip row (``SELECT ... FOR UPDATE``), so
+  appends from every process form one hash chain; the record, the tip, the
+  links' last use and the signed head commit together;
+* expired nonces are purged by the database server's clock, so replicas whose
+  clocks disagree do not forget a nonce early.
+
+Every failure is a :class:`~agentguard.errors.StoreError` naming its cause
+(unreachable, authentication, missing database, newer schema); the URL's
+password never appears in a message or in :attr:`PostgresStore.location`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from agentguard.canonical import canonical_json
+from agentguard.errors import StoreError
+from agentguard.store.base import (
+    GENESIS_HASH,
+    REVOCATION_KINDS,
+    ApprovalRow,
+    AuditEntry,
+    Checkpoint,
+    Durability,
+    GrantRecord,
+    HeadSigner,
+    Revocation,
+    RevocationKind,
+    entry_hash,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "redact_url"]
+
+#: The schema version this release writes and understands.
+SCHEMA_VERSION = 1
+#: Seconds a call waits for a connection (or a statement) before it is refused.
+DEFAULT_TIMEOUT_S = 5.0
+_PURGE_EVERY = 512
+# Taken (per transaction) while the schema is created or migrated, so replicas
+# starting together do not race on CREATE TABLE.
+_SCHEMA_LOCK = 0x6167_6775_6172_6400 & 0x7FFF_FFFF_FFFF_FFFF
+_T = TypeVar("_T")
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS ag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ag_revocations (
+    kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL,
+    revoked_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, value));
+CREATE TABLE IF NOT EXISTS ag_nonces (key TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS ag_nonces_expiry ON ag_nonces (expires_at);
+CREATE TABLE IF NOT EXISTS ag_grants (
+    link_id TEXT PRIMARY KEY, parent TEXT, issuer TEXT NOT NULL, subject TEXT NOT NULL,
+    issued_at BIGINT NOT NULL, not_before BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+    purpose TEXT, on_behalf_of TEXT, rules TEXT NOT NULL, chain TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ag_link_usage (
+    link_id TEXT PRIMARY KEY, last_used DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS ag_audit (
+    seq BIGINT PRIMARY KEY, body TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ag_audit_tip (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);
+INSERT INTO ag_audit_tip (id, seq, hash) VALUES (1, 0, '{genesis}') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS ag_audit_checkpoints (
+    seq BIGINT NOT NULL, head TEXT NOT NULL, signed_at DOUBLE PRECISION NOT NULL,
+    token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ag_audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, head TEXT NOT NULL,
+    signed_at DOUBLE PRECISION NOT NULL, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ag_approvals (
+    id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL,
+    deadline DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, call_digest TEXT NOT NULL,
+    request TEXT NOT NULL, receipt TEXT, answered_at DOUBLE PRECISION,
+    reusable_until DOUBLE PRECISION, uses INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS ag_approvals_digest ON ag_approvals (call_digest, status);
+""".replace("{genesis}", GENESIS_HASH)
+
+#: Schema steps: version N is reached by running ``_MIGRATIONS[N - 1]``.
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+
+#: The tables ``agentguard db status`` counts, with the label it shows.
+COUNTED_TABLES: tuple[tuple[str, str], ...] = (
+    ("revocations", "ag_revocations"),
+    ("nonces", "ag_nonces"),
+    ("grants", "ag_grants"),
+    ("audit entries", "ag_audit"),
+    ("checkpoints", "ag_audit_checkpoints"),
+    ("approvals", "ag_approvals"),
+)
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://host:port/database`` from ``url``, without user name or password.
+
+    A URL that cannot be parsed is shown as ``postgresql://<unparseable URL>``.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port
+    except ValueError:
+        return "postgresql://<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    where = f"{host}:{port}" if port is not None else host
+    return f"postgresql://{where}{parts.path or '/'}"
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+class PostgresStore:
+    """Implementation of every store protocol over one PostgreSQL database.
+
+    Args:
+        url: a ``postgresql://user:password@host:port/database`` URL (or any
+            libpq connection string).
+        timeout: seconds a call waits to connect, for a pooled connection or for
+            a statement before it is refused with a :class:`StoreError`.
+        pool_size: the most connections this process holds open.
+        create: create the schema when the database has none (``agentguard db
+            upgrade`` does the same explicitly); with ``False`` a database
+            without the schema is refused.
+
+    Raises:
+        StoreError: the database is unreachable, refuses the credentials, does
+            not exist, has no schema (with ``create=False``) or has a schema from
+            a newer release. The message never contains the password.
+        ValueError: ``timeout`` or ``pool_size`` is out of range.
+    """
+
+    #: Committed transactions survive a crash and power loss (PostgreSQL's WAL).
+    durability: Durability = "full"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        pool_size: int = 8,
+        create: bool = True,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError("pool_size must be a positive integer")
+        self.location = redact_url(url)
+        self.timeout = float(timeout)
+        self._url = url
+        self._secret = _password(url)
+        self._closed = False
+        self._consumed = 0
+        self._count_lock = threading.Lock()
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:
+            raise StoreError(
+                "a PostgreSQL store needs the postgres extra: pip install 'agentguard[postgres]'"
+            ) from exc
+        self._psycopg = psycopg
+        # One direct connection first: its error says why (auth, unreachable, no database),
+        # where a pool would only say it timed out.
+        with self._direct() as conn:
+            version = self._read_version(conn)
+            if version is None and not create:
+                raise StoreError(
+                    f"store {self.location} has no agentguard schema; run `agentguard db upgrade`"
+                )
+            if version is None or version < SCHEMA_VERSION:
+                self._upgrade(conn)
+            elif version > SCHEMA_VERSION:
+                raise self._newer(version)
+        statement_ms = int(self.timeout * 1000)
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(f"SET statement_timeout = {statement_ms}")
+            conn.execute(f"SET lock_timeout = {statement_ms}")
+            conn.commit()
+
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=self.timeout,
+            kwargs={"connect_timeout": max(1, int(self.timeout))},
+            configure=configure,
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="agentguard",
+        )
+        try:
+            self._pool.open(wait=False)
+        except Exception as exc:  # any pool failure is a store failure
+            raise self._explain(exc, "open") from exc
+
+    # -- errors -------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return text.replace(self._url, self.location)
+
+    def _explain(self, exc: BaseException, action: str) -> StoreError:
+        """A :class:`StoreError` naming why ``exc`` happened (never the password)."""
+        psycopg = self._psycopg
+        raw = self._scrub(str(exc).strip())
+        where = f"cannot {action} store {self.location}"
+        sqlstate = getattr(exc, "sqlstate", None)
+        lowered = raw.lower()
+        if sqlstate in ("28P01", "28000") or "authentication failed" in lowered:
+            cause = "the server refused the user name or password in the storage URL"
+        elif sqlstate == "3D000" or ("database" in lowered and "does not exist" in lowered):
+            cause = "the database in the storage URL does not exist; create it first"
+        elif sqlstate in ("57014", "55P03"):
+            cause = f"the database did not answer within {self.timeout:g} s (storage timeout)"
+        elif type(exc).__name__ == "PoolTimeout" or isinstance(exc, psycopg.OperationalError):
+            cause = (
+                f"the database server is unreachable or went away (no working connection "
+                f"within {self.timeout:g} s); check that it runs and the URL's host and port"
+            )
+        else:
+            return StoreError(f"{where}: {raw}")
+        return StoreError(f"{where}: {cause} (PostgreSQL: {raw})")
+
+    def _newer(self, version: int) -> StoreError:
+        return StoreError(
+            f"store {self.location} uses store schema version {version}, but this agentguard "
+            f"understands up to version {SCHEMA_VERSION}; upgrade agentguard"
+        )
+
+    # -- connections and transactions -------------------------------------------------
+    @contextmanager
+    def _direct(self) -> Iterator[psycopg.Connection[Any]]:
+        psycopg = self._psycopg
+        try:
+            conn = psycopg.connect(self._url, connect_timeout=max(1, int(self.timeout)))
+        except psycopg.Error as exc:
+            raise self._explain(exc, "open") from exc
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise self._explain(exc, "open") from exc
+        finally:
+            conn.close()
+
+    def _read_version(self, conn: psycopg.Connection[Any]) -> int | None:
+        exists = conn.execute("SELECT to_regclass('ag_meta') IS NOT NULL").fetchone()
+        conn.commit()
+        if not exists or not exists[0]:
+            return None
+        row = conn.execute("SELECT value FROM ag_meta WHERE key = 'schema_version'").fetchone()
+        conn.commit()
+        if row is None:
+            return None
+        value = row[0]
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            return int(value)
+        raise StoreError(
+            f"store {self.location} records store schema version {value!r}, which is not a "
+            "number: the database is damaged or its ag_meta table is not agentguard's"
+        )
+
+    def _upgrade(self, conn: psycopg.Connection[Any]) -> int:
+        """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; returns the old one."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS ag_meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = conn.execute("SELECT value FROM ag_meta WHERE key = 'schema_version'").fetchone()
+            before = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+            if before > SCHEMA_VERSION:
+                raise self._newer(before)
+            for step in _MIGRATIONS[before:]:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement.encode("utf-8"))
+            conn.execute(
+                "INSERT INTO ag_meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        return before
+
+    def upgrade(self) -> int:
+        """Create or migrate the schema to this release's version (idempotent).
+
+        Returns:
+            The version found before (``0`` for an empty database).
+
+        Raises:
+            StoreError: the database is unreachable or its schema is newer.
+        """
+        with self._direct() as conn:
+            return self._upgrade(conn)
+
+    @contextmanager
+    def _tx(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection; any database error is a StoreError."""
+        if self._closed:
+            raise StoreError(f"store {self.location} is closed")
+        psycopg = self._psycopg
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except StoreError:
+            raise
+        except psycopg.Error as exc:
+            raise self._explain(exc, action) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise self._explain(exc, action) from exc
+            raise
+
+    def _run(self, action: str, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        with self._tx(action) as conn:
+            return fn(conn)
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT value FROM ag_meta WHERE key = 'schema_version'"
+            ).fetchone(),
+        )
+        return int(row[0]) if row is not None else 0
+
+    def counts(self) -> dict[str, int]:
+        """How many rows each kind of state has (for ``agentguard db status``)."""
+
+        def run(db: psycopg.Connection[Any]) -> dict[str, int]:
+            result = {}
+            for label, table in COUNTED_TABLES:
+                row = db.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - constant table names
+                result[label] = int(row[0]) if row else 0
+            return result
+
+        return self._run("read", run)
+
+    # -- revocations ------------------------------------------------------------------------
+    def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
+        """Record a revocation (idempotent); effective in every process once it returns."""
+        if kind not in REVOCATION_KINDS:
+            raise ValueError(f"unknown revocation kind {kind!r}")
+        self._run(
+            "write to",
+            lambda db: db.execute(
+                "INSERT INTO ag_revocations (kind, value, reason, revoked_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (kind, value, reason, at),
+            ),
+        )
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        """The first revocation that hits any of the given values, if any."""
+        if not (link_ids or kids or principals):
+            return None
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT kind, value, reason, revoked_at FROM ag_revocations WHERE "
+                "(kind = 'link' AND value = ANY(%s)) OR (kind = 'key' AND value = ANY(%s)) "
+                "OR (kind = 'principal' AND value = ANY(%s)) ORDER BY revoked_at LIMIT 1",
+                (list(link_ids), list(kids), list(principals)),
+            ).fetchone(),
+        )
+        return None if row is None else Revocation(row[0], row[1], row[2], row[3])
+
+    def revocations(self) -> list[Revocation]:
+        """Every revocation, oldest first."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT kind, value, reason, revoked_at FROM ag_revocations ORDER BY revoked_at"
+            ).fetchall(),
+        )
+        return [Revocation(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- replay -----------------------------------------------------------------------------
+    def consume(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Mark ``key`` used; ``True`` the first time only, across every process.
+
+        ``now`` is not used to purge: expired ids are deleted by the database
+        server's clock, which every replica shares.
+        """
+        del now
+        with self._count_lock:
+            self._consumed += 1
+            purge = self._consumed % _PURGE_EVERY == 0
+
+        def run(db: psycopg.Connection[Any]) -> bool:
+            if purge:
+                self._purge(db)
+            cur = db.execute(
+                "INSERT INTO ag_nonces (key, expires_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (key, expires_at),
+            )
+            return cur.rowcount == 1
+
+        return self._run("write to", run)
+
+    @staticmethod
+    def _purge(db: psycopg.Connection[Any]) -> None:
+        db.execute("DELETE FROM ag_nonces WHERE expires_at < extract(epoch FROM clock_timestamp())")
+
+    def purge_expired(self) -> None:
+        """Delete the single-use ids that expired by the database server's clock."""
+        self._run("write to", self._purge)
+
+    def is_consumed(self, key: str, *, now: float) -> bool:
+        """Whether ``key`` is remembered as used (and not expired at ``now``)."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT 1 FROM ag_nonces WHERE key = %s AND expires_at > %s", (key, now)
+            ).fetchone(),
+        )
+        return row is not None
+
+    def nonce_count(self) -> int:
+        """How many single-use ids are remembered right now."""
+        row = self._run("read", lambda db: db.execute("SELECT count(*) FROM ag_nonces").fetchone())
+        return int(row[0]) if row else 0
+
+    # -- inventory -------------------------------------------------------------------------
+    def record_grant(self, record: GrantRecord) -> None:
+        """Remember a grant (idempotent by link id)."""
+        self._run(
+            "write to",
+            lambda db: db.execute(
+                "INSERT INTO ag_grants (link_id, parent, issuer, subject, issued_at, "
+                "not_before, expires_at, purpose, on_behalf_of, rules, chain) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    record.link_id,
+                    record.parent,
+                    record.issuer,
+                    record.subject,
+                    record.issued_at,
+                    record.not_before,
+                    record.expires_at,
+                    record.purpose,
+                    record.on_behalf_of,
+                    json.dumps(list(record.rules)),
+                    record.chain,
+                ),
+            ),
+        )
+
+    def grant_records(self) -> list[GrantRecord]:
+        """Every recorded grant with its last use (from any process) and revocation status."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT g.link_id, g.parent, g.issuer, g.subject, g.issued_at, g.not_before, "
+                "g.expires_at, g.purpose, g.on_behalf_of, g.rules, g.chain, u.last_used, "
+                "EXISTS (SELECT 1 FROM ag_revocations r WHERE (r.kind = 'link' AND "
+                "r.value = g.link_id) OR (r.kind = 'principal' AND r.value IN "
+                "(g.subject, g.issuer, g.on_behalf_of))) "
+                "FROM ag_grants g LEFT JOIN ag_link_usage u ON u.link_id = g.link_id "
+                "ORDER BY g.issued_at, g.link_id"
+            ).fetchall(),
+        )
+        return [
+            GrantRecord(
+                link_id=r[0],
+                parent=r[1],
+                issuer=r[2],
+                subject=r[3],
+                issued_at=r[4],
+                not_before=r[5],
+                expires_at=r[6],
+                purpose=r[7],
+                on_behalf_of=r[8],
+                rules=tuple(json.loads(r[9])),
+                chain=r[10],
+                last_used=r[11],
+                revoked=bool(r[12]),
+            )
+            for r in rows
+        ]
+
+    # -- audit -------------------------------------------------------------------------------
+    def audit_append(
+        self,
+        record: dict[str, Any],
+        *,
+        link_ids: Sequence[str] = (),
+        at: float,
+        anchor: HeadSigner | None = None,
+    ) -> AuditEntry:
+        """Append one record to the one hash chain every process shares (atomic).
+
+        The chain's tip row is locked for the transaction, so concurrent appends
+        from any process are serialised; with ``anchor`` the signed head commits
+        with the record.
+
+        Raises:
+            StoreError: the record could not be written.
+        """
+
+        def run(db: psycopg.Connection[Any]) -> AuditEntry:
+            tip = db.execute(
+                "SELECT seq, hash FROM ag_audit_tip WHERE id = 1 FOR UPDATE"
+            ).fetchone()
+            if tip is None:
+                raise StoreError(f"store {self.location} has lost its audit tip row")
+            seq, prev = int(tip[0]) + 1, str(tip[1])
+            body = canonical_json({**record, "seq": seq}).decode("utf-8")
+            digest = entry_hash(prev, body)
+            db.execute(
+                "INSERT INTO ag_audit (seq, body, prev, hash) VALUES (%s, %s, %s, %s)",
+                (seq, body, prev, digest),
+            )
+            db.execute("UPDATE ag_audit_tip SET seq = %s, hash = %s WHERE id = 1", (seq, digest))
+            for link in link_ids:
+                db.execute(
+                    "INSERT INTO ag_link_usage (link_id, last_used) VALUES (%s, %s) "
+                    "ON CONFLICT (link_id) DO UPDATE SET last_used = "
+                    "GREATEST(ag_link_usage.last_used, excluded.last_used)",
+                    (link, at),
+                )
+            if anchor is not None:
+                db.execute(
+                    "INSERT INTO ag_audit_head (id, seq, head, signed_at, token) "
+                    "VALUES (1, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "seq = excluded.seq, head = excluded.head, signed_at = excluded.signed_at, "
+                    "token = excluded.token",
+                    (seq, digest, at, anchor(seq, digest)),
+                )
+            return AuditEntry(seq, body, prev, digest)
+
+        return self._run("write to", run)
+
+    def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        """Entries with ``seq > after`` in order."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT seq, body, prev, hash FROM ag_audit WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, limit),
+            ).fetchall(),
+        )
+        return [AuditEntry(*r) for r in rows]
+
+    def audit_tail(self, n: int) -> list[AuditEntry]:
+        """The last ``n`` entries in order."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT seq, body, prev, hash FROM ag_audit ORDER BY seq DESC LIMIT %s",
+                (max(n, 0),),
+            ).fetchall(),
+        )
+        return [AuditEntry(*r) for r in reversed(rows)]
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a signed checkpoint."""
+        self._run(
+            "write to",
+            lambda db: db.execute(
+                "INSERT INTO ag_audit_checkpoints (seq, head, signed_at, token) "
+                "VALUES (%s, %s, %s, %s)",
+                (checkpoint.seq, checkpoint.head, checkpoint.signed_at, checkpoint.token),
+            ),
+        )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT seq, head, signed_at, token FROM ag_audit_checkpoints ORDER BY seq"
+            ).fetchall(),
+        )
+        return [Checkpoint(*r) for r in rows]
+
+    def audit_head(self) -> Checkpoint | None:
+        """The newest signed head written with an anchored append, if any."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                "SELECT seq, head, signed_at, token FROM ag_audit_head WHERE id = 1"
+            ).fetchone(),
+        )
+        return None if row is None else Checkpoint(*row)
+
+    # -- approvals ---------------------------------------------------------------------------
+    _APPROVAL_COLUMNS = (
+        "id, created_at, deadline, status, call_digest, request, receipt, answered_at, "
+        "reusable_until, uses"
+    )
+
+    @staticmethod
+    def _approval(row: Sequence[Any]) -> ApprovalRow:
+        return ApprovalRow(
+            id=row[0],
+            created_at=row[1],
+            deadline=row[2],
+            status=row[3],
+            call_digest=row[4],
+            request=json.loads(row[5]),
+            receipt=row[6],
+            answered_at=row[7],
+            reusable_until=row[8],
+            uses=row[9],
+        )
+
+    def approval_insert(self, row: ApprovalRow) -> None:
+        """Persist a new pending request."""
+        self._run(
+            "write to",
+            lambda db: db.execute(
+                "INSERT INTO ag_approvals (id, created_at, deadline, status, call_digest, "
+                "request) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    row.id,
+                    row.created_at,
+                    row.deadline,
+                    row.status,
+                    row.call_digest,
+                    json.dumps(row.request),
+                ),
+            ),
+        )
+
+    def approval_get(self, request_id: str) -> ApprovalRow | None:
+        """One request by id."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM ag_approvals WHERE id = %s",  # noqa: S608 - constant column list
+                (request_id,),
+            ).fetchone(),
+        )
+        return None if row is None else self._approval(row)
+
+    def approval_list(self, status: str | None = None) -> list[ApprovalRow]:
+        """Requests, newest first, optionally of one status."""
+        rows = self._run(
+            "read",
+            lambda db: db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM ag_approvals "  # noqa: S608 - constant column list
+                "WHERE %s::text IS NULL OR status = %s ORDER BY created_at DESC",
+                (status, status),
+            ).fetchall(),
+        )
+        return [self._approval(r) for r in rows]
+
+    def approval_open(self, call_digest: str, now: float) -> ApprovalRow | None:
+        """The open request for this call (see :meth:`ApprovalStore.approval_open`)."""
+        row = self._run(
+            "read",
+            lambda db: db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM ag_approvals "  # noqa: S608 - constant column list
+                "WHERE call_digest = %s AND ((status = 'pending' AND deadline > %s) OR status "
+                "IN ('approved', 'rejected') OR (status = 'used' AND reusable_until > %s)) "
+                "ORDER BY created_at DESC LIMIT 1",
+                (call_digest, now, now),
+            ).fetchone(),
+        )
+        return None if row is None else self._approval(row)
+
+    def approval_answer(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        receipt: str,
+        answered_at: float,
+        reusable_until: float | None,
+    ) -> bool:
+        """Record an answer if the request is still pending and in time (atomic)."""
+        count = self._run(
+            "write to",
+            lambda db: (
+                db.execute(
+                    "UPDATE ag_approvals SET status = %s, receipt = %s, answered_at = %s, "
+                    "reusable_until = %s WHERE id = %s AND status = 'pending' AND deadline > %s",
+                    (status, receipt, answered_at, reusable_until, request_id, answered_at),
+                ).rowcount
+            ),
+        )
+        return count == 1
+
+    def approval_burn(self, request_id: str, now: float) -> bool:
+        """Use an approved receipt once (or again within its reuse window); atomic
+        across processes (the row lock makes a concurrent burn re-check the status)."""
+        count = self._run(
+            "write to",
+            lambda db: (
+                db.execute(
+                    "UPDATE ag_approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
+                    "THEN 'closed' ELSE 'used' END WHERE id = %s AND (status IN ('approved', "
+                    "'rejected') OR (status = 'used' AND reusable_until > %s))",
+                    (request_id, now),
+                ).rowcount
+            ),
+        )
+        return count == 1
+
+    def close(self) -> None:
+        """Close the connection pool; later calls are refused."""
+        self._closed = True
+        self._pool.close()
