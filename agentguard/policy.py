@@ -245,6 +245,17 @@ class Storage(_Strict):
 
     home: str | None = Field(None, description="State directory (default ./.agentguard)")
     durability: Literal["normal", "full"] = "normal"
+    busy_timeout: float = Field(
+        5.0, description="How long a call waits for another process's lock on the state file"
+    )
+
+    @field_validator("busy_timeout", mode="before")
+    @classmethod
+    def _busy_timeout(cls, value: Any) -> float:
+        seconds = 0.0 if value in (0, "0", "0s") else _duration(value)
+        if seconds > 600:
+            raise ValueError("a busy timeout above 600 seconds stalls every call behind a lock")
+        return seconds
 
 
 class Policy(_Strict):

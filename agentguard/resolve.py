@@ -129,7 +129,11 @@ def open_store(home: Path | None, policy: Policy) -> Store:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create state directory {home}: {exc.strerror or exc}") from exc
-    return SQLiteStore(home / STATE_FILE, durability=policy.storage.durability)
+    return SQLiteStore(
+        home / STATE_FILE,
+        durability=policy.storage.durability,
+        busy_timeout=policy.storage.busy_timeout,
+    )
 
 
 def channel_for(

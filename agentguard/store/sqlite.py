@@ -8,14 +8,18 @@ covers it when the entry is anchored. Each thread uses its own connection.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import resource
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from agentguard.canonical import canonical_json
 from agentguard.errors import StoreError
@@ -33,7 +37,7 @@ from agentguard.store.base import (
     entry_hash,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SCHEMA_VERSION", "SQLiteStore"]
 
 SCHEMA_VERSION = 1
 _T = TypeVar("_T")
@@ -65,29 +69,86 @@ CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (call_digest, status);
 """
 
 _PURGE_EVERY = 512
-_BUSY_TIMEOUT_S = 30.0
+#: How long a store call waits for another process's lock before it is refused.
+DEFAULT_BUSY_TIMEOUT_S = 5.0
+#: The longest busy timeout accepted (a call waits at most this long).
+MAX_BUSY_TIMEOUT_S = 600.0
+#: Below this much free space, a failed write is reported as a full disk.
+_LOW_SPACE_BYTES = 1 << 20
+
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_NOTADB = 26
+
+
+def _primary_code(exc: BaseException | None) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
 
 
 def _is_lock_contention(exc: BaseException | None) -> bool:
     """Whether ``exc`` is SQLite saying another connection holds a lock."""
     if not isinstance(exc, sqlite3.OperationalError):
         return False
+    if _primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return True
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if SQLite has not ended it already.
+
+    After some errors (a full disk, an I/O error) SQLite rolls the transaction
+    back itself; a second ``ROLLBACK`` would then fail with "no transaction is
+    active" and hide the real cause.
+    """
+    if db.in_transaction:
+        # If even this fails, the connection is unusable; the original error says why.
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class SQLiteStore:
     """Implementation of every store protocol over one SQLite file (WAL).
 
+    The store remembers which file it opened (device and inode, and an id kept
+    inside the database): once the file at its path is deleted or replaced,
+    every call is refused, because writes would go to a file nobody reads and
+    single-use ids spent in the old file would be accepted again.
+
+    Args:
+        path: the database file (created if missing).
+        durability: ``normal`` or ``full`` (see :data:`~agentguard.store.base.Durability`).
+        busy_timeout: how long, in seconds, a call waits while another process
+            holds the file's lock before it is refused.
+
     Raises:
-        StoreError: the file cannot be opened, or was written by a newer release.
+        StoreError: the file cannot be opened, is not an agentguard database, or
+            was written by a newer release (the message names the cause).
+        ValueError: ``durability`` or ``busy_timeout`` is out of range.
     """
 
-    def __init__(self, path: Path | str, *, durability: str = "normal") -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
+        if (
+            not isinstance(busy_timeout, int | float)
+            or isinstance(busy_timeout, bool)
+            or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT_S
+        ):
+            raise ValueError(f"busy_timeout must be between 0 and {MAX_BUSY_TIMEOUT_S:g} seconds")
+        #: Seconds a call waits for another process's lock.
+        self.busy_timeout = float(busy_timeout)
         self.durability = cast(Durability, durability)
         self._sync = durability.upper()
         self._local = threading.local()
@@ -98,11 +159,93 @@ class SQLiteStore:
         self._all_lock = threading.Lock()
         self._consumed = 0
         self._closed = False
+        # The file this store opened, and why it refuses every call once it is gone.
+        self._identity: tuple[int, int] | None = None
+        self.store_id = ""
+        self._lost: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot initialise store {self.location}: {exc}") from exc
-        self._while_locked(self._create_schema, "initialise")
+        self._while_locked(self._create_schema, "open")
+        self._identity = self._stat()
+
+    def _stat(self) -> tuple[int, int]:
+        """The device and inode of the file at the store's path."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._lose("was deleted")
+        except OSError as exc:
+            raise StoreError(f"store {self.location} cannot be checked: {exc}") from exc
+        return st.st_dev, st.st_ino
+
+    def _lose(self, what: str) -> NoReturn:
+        """Refuse this and every later call: the file this store opened is gone."""
+        self._lost = (
+            f"store {self.location} {what} while this process was using it: every call "
+            "is refused, because records would go to a file nobody reads and single-use "
+            "tokens spent in the old file could be accepted again. Restore the file (or "
+            "find what replaced it) and restart the process"
+        )
+        raise StoreError(self._lost)
+
+    def _explain(self, exc: BaseException, action: str) -> StoreError:
+        """A :class:`StoreError` naming the cause of ``exc`` and what to do about it."""
+        code = _primary_code(exc)
+        raw = str(exc)
+        where = f"cannot {action} store {self.location}"
+        if _is_lock_contention(exc):
+            cause = (
+                f"the database was locked for {self.busy_timeout:g} s by another process "
+                "(storage.busy_timeout); find the process holding the lock, or raise the timeout"
+            )
+        elif code == _SQLITE_FULL:
+            cause = f"the disk is full; free space on the volume holding {self.path.parent}"
+        elif code == _SQLITE_IOERR:
+            cause = self._io_cause()
+        elif code in (_SQLITE_READONLY, _SQLITE_PERM):
+            cause = (
+                "the file or its directory is read-only for this process; give it write "
+                f"access to {self.path.name}, its -wal and -shm files and their directory"
+            )
+        elif code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            cause = (
+                "the file is corrupt or not an agentguard database; restore it from a backup, "
+                "or move it aside to start with empty state"
+            )
+        elif code == _SQLITE_CANTOPEN:
+            cause = "the file cannot be opened; check that its directory exists and is accessible"
+        else:
+            return StoreError(f"{where}: {raw}")
+        return StoreError(f"{where}: {cause} (SQLite: {raw})")
+
+    def _io_cause(self) -> str:
+        """Why a write failed with an I/O error: a full disk, a file size limit, or the device.
+
+        SQLite reports a write cut short by ``RLIMIT_FSIZE`` (or some file systems'
+        quota) as a generic I/O error; the limit and the free space tell them apart.
+        """
+        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if limit != resource.RLIM_INFINITY:
+            sizes = []
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    sizes.append(os.stat(f"{self.path}{suffix}").st_size)
+                except OSError:
+                    continue
+            if sizes and max(sizes) + 65536 >= limit:
+                return (
+                    f"a write reached the process's file size limit (RLIMIT_FSIZE, {limit} "
+                    "bytes); raise the limit (ulimit -f) for this process"
+                )
+        try:
+            vfs = os.statvfs(self.path.parent)
+        except OSError:
+            vfs = None
+        if vfs is not None and vfs.f_bavail * vfs.f_frsize < _LOW_SPACE_BYTES:
+            return f"the disk is full; free space on the volume holding {self.path.parent}"
+        return "a disk I/O error; check the device and the system log"
 
     def _create_schema(self) -> None:
         # One write transaction: several processes creating the same fresh file
@@ -117,11 +260,19 @@ class SQLiteStore:
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif int(row[0]) > SCHEMA_VERSION:
+            elif _schema_number(row[0], self.path) > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} uses store schema version {row[0]}, but this agentguard "
                     f"understands up to version {SCHEMA_VERSION}; upgrade agentguard"
                 )
+            # An id of its own: a replacement file has another one, even on a reused inode.
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)",
+                (secrets.token_hex(16),),
+            )
+            (self.store_id,) = db.execute(
+                "SELECT value FROM meta WHERE key = 'store_id'"
+            ).fetchone()
 
     def _while_locked(self, step: Callable[[], _T], action: str) -> _T:
         """Run ``step``, retrying while another process holds the lock it needs.
@@ -131,7 +282,7 @@ class SQLiteStore:
         locked" while another process does the same. Those are retried with a
         short, growing pause until the store's timeout runs out.
         """
-        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        deadline = time.monotonic() + self.busy_timeout
         pause = 0.001
         while True:
             try:
@@ -141,8 +292,10 @@ class SQLiteStore:
                 if not _is_lock_contention(cause) or time.monotonic() >= deadline:
                     if isinstance(exc, StoreError):
                         raise
-                    raise StoreError(f"cannot {action} store {self.location}: {exc}") from exc
-            except (OSError, sqlite3.Error) as exc:
+                    raise self._explain(exc, action) from exc
+            except sqlite3.Error as exc:
+                raise self._explain(exc, action) from exc
+            except OSError as exc:
                 raise StoreError(f"cannot {action} store {self.location}: {exc}") from exc
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
@@ -151,9 +304,22 @@ class SQLiteStore:
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"store {self.location} is closed")
+        if self._lost is not None:
+            raise StoreError(self._lost)
+        if self._identity is not None and self._stat() != self._identity:
+            self._lose("was replaced by another file")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._while_locked(self._open_connection, "open")
+            if self.store_id:
+                try:
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+                except sqlite3.Error as exc:
+                    conn.close()
+                    raise self._explain(exc, "open") from exc
+                if row is None or row[0] != self.store_id:
+                    conn.close()
+                    self._lose("was replaced by another database")
             self._local.conn = conn
             with self._all_lock:
                 ended = [c for thread, c in self._all if not thread.is_alive()]
@@ -166,10 +332,10 @@ class SQLiteStore:
     def _open_connection(self) -> sqlite3.Connection:
         # ``timeout`` installs the busy handler before the first statement runs.
         conn = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
             if mode != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -181,41 +347,39 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; a SQLite error becomes a :class:`StoreError`
+        naming its cause, and anything raised inside rolls the transaction back."""
         db = self._connection()
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.location} is unavailable: {exc}") from exc
+            raise self._explain(exc, "write to") from exc
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        try:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
-            raise StoreError(f"store {self.location} could not commit: {exc}") from exc
+            _rollback(db)
+            raise self._explain(exc, "write to") from exc
+        except BaseException:
+            _rollback(db)
+            raise
 
     def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         try:
             return fn(self._connection())
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.location} could not be read: {exc}") from exc
+            raise self._explain(exc, "read") from exc
 
     def _run_write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        try:
-            with self._write() as db:
-                return fn(db)
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self.location} could not be written: {exc}") from exc
+        with self._write() as db:
+            return fn(db)
 
     def schema_version(self) -> int:
         """The schema version recorded in the file."""
         row = self._read(
             lambda db: db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         )
-        return int(row[0])
+        return _schema_number(row[0], self.path)
 
     # -- revocations ----------------------------------------------------------------
     def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
@@ -543,3 +707,14 @@ class SQLiteStore:
             for _, conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+def _schema_number(value: object, path: Path) -> int:
+    """The schema version stored as ``value``, or a :class:`StoreError` saying it is damaged."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise StoreError(
+        f"{path} records store schema version {value!r}, which is not a number: the file "
+        "is damaged or not an agentguard database; restore it from a backup, or move it "
+        "aside to start with empty state"
+    )

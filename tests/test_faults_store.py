@@ -1,0 +1,304 @@
+"""Store and record faults injected for real (issue 13, items 2 to 8 and the store timeout).
+
+Each test breaks a real SQLite file the way an operator's bad day would: a
+file size limit (``RLIMIT_FSIZE``) standing in for a full disk, a read-only
+file, a lock held by another process, a garbage file, a file deleted or
+replaced under a running guard, a crash between two writes, clocks stepped
+or skewed, eight processes racing on one approval. Processes are real; they
+are released together through a stdin barrier, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentguard.clock import ManualClock
+from agentguard.errors import DeniedError, StoreError
+from agentguard.store import SQLiteStore
+from agentguard.testing import RecordingTool, World
+
+TOOL = "tickets/comment"
+APPROVAL_TOOL = "admin/reset"
+ARGS: dict[str, Any] = {"ticket": 7, "text": "on it"}
+NOW = 1_800_000_000.0
+AGENTGUARD = Path(sys.executable).with_name("agentguard")
+
+
+def _child(script: str, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    """A Python child that prints ``ready`` once set up (and may wait for ``go``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"child did not start: {line!r} {err}")
+    return proc
+
+
+def _finish(proc: subprocess.Popen[str], send: str = "go\n") -> str:
+    try:
+        out, err = proc.communicate(send, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return out
+
+
+# -- 13.8 and 13.7: start-up and write failures name their cause --------------------------
+
+
+def test_a_garbage_file_is_refused_as_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"these are not the bytes of a database\n" * 100)
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(path)
+    message = str(info.value)
+    assert "not an agentguard database" in message
+    assert "restore it from a backup" in message
+
+
+def test_a_corrupt_page_after_a_valid_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)  # keep the header, wreck every page
+    path.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="corrupt or not an agentguard database"):
+        SQLiteStore(path)
+
+
+@pytest.mark.parametrize("version", ["x1", "", "1.5", "-1", "\uff11"])
+def test_a_schema_version_that_is_not_a_number_is_a_store_error(
+    tmp_path: Path, version: str
+) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    raw.close()
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(path)
+    assert "schema version" in str(info.value)
+    assert "not a number" in str(info.value)
+
+
+def test_a_schema_version_from_the_future_says_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    raw.close()
+    with pytest.raises(StoreError, match="upgrade agentguard"):
+        SQLiteStore(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "schema"])
+def test_the_cli_reports_a_broken_store_in_one_line(tmp_path: Path, damage: str) -> None:
+    """``agentguard audit verify`` over a broken state file: exit 1, the cause, no traceback."""
+    home = tmp_path / ".agentguard"
+    home.mkdir()
+    path = home / "state.db"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(4096))
+    else:
+        SQLiteStore(path).close()
+        raw = sqlite3.connect(path)
+        with raw:
+            raw.execute("UPDATE meta SET value = 'x1' WHERE key = 'schema_version'")
+        raw.close()
+    env = {**os.environ, "AGENTGUARD_HOME": str(home)}
+    env.pop("AGENTGUARD_DEBUG", None)
+    done = subprocess.run(
+        [str(AGENTGUARD), "audit", "verify"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    assert "unexpected" not in output
+    assert str(path) in output
+    assert ("not a number" if damage == "schema" else "not an agentguard database") in output
+
+
+_FILL = """
+import resource, signal, sys
+from agentguard.errors import StoreError
+from agentguard.store.sqlite import SQLiteStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+store = SQLiteStore(sys.argv[1])
+store.audit_append({"warm": 1}, at=1.8e9)
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+try:
+    for n in range(100000):
+        store.audit_append({"n": n, "pad": "x" * 4000}, at=1.8e9)
+except StoreError as exc:
+    print("ready", flush=True)
+    print(exc)
+else:
+    print("never full")
+"""
+
+
+def test_a_file_size_limit_is_named_not_a_rollback_error(tmp_path: Path) -> None:
+    """``RLIMIT_FSIZE`` makes every write past 256 KiB fail: the refusal names the limit."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FILL, str(tmp_path / "state.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "ready", proc.stdout
+    message = lines[1]
+    assert "no transaction is active" not in message
+    assert "file size limit" in message
+    assert "RLIMIT_FSIZE" in message
+    # What was committed before the limit is intact and readable.
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        entries = store.audit_entries()
+        assert entries
+        assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    finally:
+        store.close()
+
+
+_READ_ONLY = """
+import os, sys
+from agentguard.errors import StoreError
+from agentguard.store.sqlite import SQLiteStore
+if len(sys.argv) > 2:
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    store = SQLiteStore(sys.argv[1])
+    store.revoke("link", "L1", reason="r", at=1.8e9)
+except StoreError as exc:
+    print(exc)
+else:
+    print("written")
+"""
+
+
+def test_a_read_only_file_is_named_with_what_to_do() -> None:
+    """A state file the process may not write: the refusal says read-only and how to fix it.
+
+    As root, permissions do not bind, so the child drops to ``nobody`` first.
+    """
+    directory = Path(tempfile.mkdtemp())
+    try:
+        path = directory / "state.db"
+        SQLiteStore(path).close()
+        directory.chmod(0o555)
+        for file in directory.iterdir():
+            file.chmod(0o444)
+        drop = ("drop",) if os.geteuid() == 0 else ()
+        done = subprocess.run(
+            [sys.executable, "-c", _READ_ONLY, str(path), *drop],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        message = done.stdout.strip()
+        assert "read-only" in message
+        assert "write access" in message
+    finally:
+        directory.chmod(0o755)
+        shutil.rmtree(directory)
+
+
+_LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO meta (key, value) VALUES ('held', '1')")
+print("ready", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+def test_a_lock_held_by_another_process_says_how_long_it_waited(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, busy_timeout=0.25)
+    assert store.busy_timeout == 0.25
+    locker = _child(_LOCKER, str(path))
+    try:
+        with pytest.raises(StoreError) as info:
+            store.consume("k", NOW + 60, now=NOW)
+        message = str(info.value)
+        assert "locked" in message
+        assert "0.25 s" in message
+        assert "storage.busy_timeout" in message
+    finally:
+        _finish(locker, "\n")
+    assert store.consume("k", NOW + 60, now=NOW) is True  # released: works again
+    store.close()
+
+
+def test_the_busy_timeout_comes_from_the_policy(tmp_path: Path) -> None:
+    world = World(clock=ManualClock(NOW))
+    guard = world.guard(home=tmp_path / "home", storage={"busy_timeout": "2s"})
+    try:
+        assert isinstance(guard.store, SQLiteStore)
+        assert guard.store.busy_timeout == 2.0
+    finally:
+        guard.close()
+    default = world.guard(home=tmp_path / "home2")
+    try:
+        assert isinstance(default.store, SQLiteStore)
+        assert default.store.busy_timeout == 5.0
+    finally:
+        default.close()
+
+
+@pytest.mark.parametrize("bad", [-1, "forever", 7200])
+def test_a_busy_timeout_out_of_range_is_refused(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ValueError, match="busy_timeout"):
+        SQLiteStore(tmp_path / "s.db", busy_timeout=bad)
+
+
+def test_a_guard_call_under_a_held_lock_is_refused_naming_the_lock(tmp_path: Path) -> None:
+    world = World(clock=ManualClock(NOW))
+    home = tmp_path / "home"
+    guard = world.guard(home=home, storage={"busy_timeout": 0.25})
+    locker = _child(_LOCKER, str(home / "state.db"))
+    tool = RecordingTool()
+    try:
+        with pytest.raises(DeniedError) as info:
+            guard.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
+        assert info.value.reason in ("store_error", "audit_error")
+        assert "locked for 0.25 s" in info.value.explanation
+        assert not tool.ran
+    finally:
+        _finish(locker, "\n")
+        guard.close()
