@@ -12,7 +12,7 @@ A YAML file (``agentguard mcp proxy --config FILE``) looks like::
         env: {TZ: UTC}
         trusted: true            # believe its tool annotations
         timeout: 120             # seconds to wait for one call's answer (default 120)
-        max_result_bytes: 16777216  # refuse larger answers (default 16 MiB)
+        max_result_bytes: 16777216  # refuse larger answers (default 16 MiB; stdio only)
       tickets:
         url: http://127.0.0.1:9000/mcp
         headers: {X-Api-Key: ...} # the proxy's own credentials for that upstream
@@ -158,8 +158,9 @@ class UpstreamSpec:
             receive the delegation and a call token in ``_meta``.
         timeout: seconds to wait for its answer to one request; a call that
             gets none in time is refused (``upstream_unavailable``).
-        max_result_bytes: the largest message the proxy reads from it; a larger
-            answer is dropped unread and the call refused (``oversized``).
+        max_result_bytes: the largest message the proxy reads from a stdio
+            upstream; a larger answer is dropped unread and the call refused
+            (``oversized``). Not applied to URL upstreams yet.
     """
 
     namespace: str

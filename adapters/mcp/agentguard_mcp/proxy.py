@@ -52,6 +52,8 @@ from agentguard_mcp.config import check_namespaces
 from agentguard_mcp.upstream import (
     ToolTraits,
     Upstream,
+    UpstreamResultTooLarge,
+    UpstreamTimeout,
     UpstreamUnavailable,
     tool_fingerprint,
     tool_traits,
@@ -171,7 +173,23 @@ _STORE_ERROR_TEXT = "denied by agentguard (store_error: the state store did not 
 
 def _unavailable_text(exc: UpstreamUnavailable) -> str:
     # The namespace only: the cause (an exception's text) may name hosts or credentials.
+    if isinstance(exc, UpstreamTimeout):
+        return (
+            f"upstream timed out ({exc.namespace}): no answer within {exc.timeout:g} s; "
+            "the call may have run"
+        )
     return f"upstream unavailable ({exc.namespace}); try again shortly"
+
+
+def _too_large(exc: UpstreamResultTooLarge) -> types.CallToolResult:
+    meta: dict[str, Any] = {"reason": Reason.OVERSIZED}
+    if exc.decision_id:
+        meta["decision_id"] = exc.decision_id
+    return _refusal(
+        f"upstream answer too large ({exc.namespace}): over {exc.limit} bytes, "
+        "dropped unread; the call ran",
+        meta,
+    )
 
 
 def _unavailable(exc: UpstreamUnavailable) -> types.CallToolResult:
@@ -670,12 +688,10 @@ class GuardedProxy:
                     # Reconnected since the lookup: its definitions were not checked yet.
                     raise UpstreamUnavailable(exposed.upstream.namespace)
                 result = await exposed.upstream.call(exposed.tool.name, effective, meta)
-            except UpstreamUnavailable as exc:
+            except (UpstreamUnavailable, UpstreamResultTooLarge) as exc:
                 # Raised on, so the audit records the call as failed.
                 decision = current_decision()
-                raise UpstreamUnavailable(
-                    exc.namespace, decision_id=decision.id if decision is not None else None
-                ) from None
+                raise exc.for_decision(decision.id if decision is not None else None) from None
             except MCPError as exc:
                 # The code only: an upstream's error message may echo argument values.
                 logger.warning(
@@ -701,6 +717,8 @@ class GuardedProxy:
             )
         except UpstreamUnavailable as exc:
             return _unavailable(exc)
+        except UpstreamResultTooLarge as exc:
+            return _too_large(exc)
         return result
 
     def _upstream_meta(

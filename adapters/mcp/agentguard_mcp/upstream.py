@@ -29,12 +29,15 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from agentguard.errors import AgentGuardError
+from agentguard_mcp import _stdio
 from agentguard_mcp.config import UpstreamSpec
 
 __all__ = [
     "ToolTraits",
     "Upstream",
     "UpstreamHealth",
+    "UpstreamResultTooLarge",
+    "UpstreamTimeout",
     "UpstreamUnavailable",
     "backoff_delay",
     "otel_environment",
@@ -153,6 +156,47 @@ class UpstreamUnavailable(AgentGuardError):
         self.namespace = namespace
         self.decision_id = decision_id
 
+    def for_decision(self, decision_id: str | None) -> UpstreamUnavailable:
+        """The same failure, tied to the decision that allowed the call."""
+        return UpstreamUnavailable(self.namespace, decision_id=decision_id)
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream did not answer within its timeout: the call may or may not have run.
+
+    Attributes:
+        timeout: the upstream's timeout, in seconds.
+    """
+
+    def __init__(self, namespace: str, timeout: float, *, decision_id: str | None = None) -> None:
+        super().__init__(namespace, decision_id=decision_id)
+        self.args = (f"upstream {namespace} did not answer within {timeout:g} s",)
+        self.timeout = timeout
+
+    def for_decision(self, decision_id: str | None) -> UpstreamTimeout:
+        """The same failure, tied to the decision that allowed the call."""
+        return UpstreamTimeout(self.namespace, self.timeout, decision_id=decision_id)
+
+
+class UpstreamResultTooLarge(AgentGuardError):
+    """The upstream's answer was larger than its limit and was dropped unread (the call ran).
+
+    Attributes:
+        namespace: the upstream's namespace.
+        limit: the upstream's ``max_result_bytes``.
+        decision_id: the decision that allowed the call, when one was made.
+    """
+
+    def __init__(self, namespace: str, limit: int, *, decision_id: str | None = None) -> None:
+        super().__init__(f"upstream {namespace} answered with more than {limit} bytes")
+        self.namespace = namespace
+        self.limit = limit
+        self.decision_id = decision_id
+
+    def for_decision(self, decision_id: str | None) -> UpstreamResultTooLarge:
+        """The same failure, tied to the decision that allowed the call."""
+        return UpstreamResultTooLarge(self.namespace, self.limit, decision_id=decision_id)
+
 
 class _Connection:
     """One client session, entered and left by its own task (anyio scopes are task-bound)."""
@@ -199,7 +243,8 @@ class Upstream:
         if not 0 <= jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
         self.spec = spec
-        self.read_timeout = spec.timeout if read_timeout is None else read_timeout
+        #: Seconds to wait for an answer (the spec's ``timeout`` unless given here).
+        self.read_timeout: float = spec.timeout if read_timeout is None else read_timeout
         self.connect_timeout = connect_timeout
         self.retry_after = retry_after
         self.retry_max = retry_max
@@ -218,6 +263,9 @@ class Upstream:
         self._failures = 0
         self._next_attempt = -math.inf
         self._last_error: str | None = None
+        #: The error text our own stdio transport answers an oversized message
+        #: with: random, so an upstream cannot produce it.
+        self._too_large = f"agentguard: answer over the size limit ({secrets.token_hex(12)})"
 
     @property
     def namespace(self) -> str:
@@ -241,11 +289,19 @@ class Upstream:
     def _target(self, stack: AsyncExitStack) -> Any:
         spec = self.spec
         if spec.command is not None:
-            return StdioServerParameters(
+            params = StdioServerParameters(
                 command=spec.command[0],
                 args=list(spec.command[1:]),
                 env={**otel_environment(), **spec.env},
                 cwd=spec.cwd,
+            )
+            if not _stdio.available():
+                return params
+            return _stdio.limited_stdio(
+                params,
+                max_bytes=spec.max_result_bytes,
+                marker=self._too_large,
+                namespace=spec.namespace,
             )
         assert spec.url is not None  # noqa: S101 - UpstreamSpec guarantees one of the two
         # Only the proxy's own configured headers: never anything of the caller's.
@@ -307,7 +363,9 @@ class Upstream:
                         self._target(stack),
                         mode=mode,
                         cache=None,
-                        read_timeout_seconds=self.read_timeout,
+                        # The handshake and listings get the connect timeout too;
+                        # each call gets exactly the upstream's timeout (below).
+                        read_timeout_seconds=max(self.read_timeout, self.connect_timeout),
                     )
                     await stack.enter_async_context(client)
                     connection.client = client
@@ -478,6 +536,10 @@ class Upstream:
         Raises:
             UpstreamUnavailable: the session is broken, or died during the call
                 (which may or may not have run).
+            UpstreamTimeout: no answer within the upstream's timeout (the call
+                may or may not have run).
+            UpstreamResultTooLarge: the answer was over ``max_result_bytes``
+                and was dropped unread.
             MCPError: the upstream answered with an error.
         """
         client = self._live_client()
@@ -488,8 +550,18 @@ class Upstream:
                 # RequestParamsMeta is a TypedDict with extra_items (PEP 728), which
                 # mypy cannot match a plain dict against.
                 meta=dict(meta) if meta else None,  # type: ignore[arg-type]
+                read_timeout_seconds=self.read_timeout,
             )
         except MCPError as exc:
+            if exc.error.message == self._too_large:
+                raise UpstreamResultTooLarge(self.namespace, self.spec.max_result_bytes) from None
+            if exc.code == types.REQUEST_TIMEOUT and exc.error.message.endswith("timed out"):
+                logger.warning(
+                    "upstream %s: no answer to a call within %g s",
+                    self.namespace,
+                    self.read_timeout,
+                )
+                raise UpstreamTimeout(self.namespace, self.read_timeout or 0.0) from None
             if not self._session_lost(exc):
                 raise
             self._mark_broken(exc)

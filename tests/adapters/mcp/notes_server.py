@@ -19,7 +19,8 @@ with a different description (a redefinition across a restart);
 ``--legacy-only`` refuses the 2026-07-28 era (``server/discover``), so an HTTP
 client holds a 2025-11-25 session, which a restart of the server forgets.
 ``--extra-tool NAME`` (repeatable) also lists a read-only tool called NAME (the
-name-collision tests).
+name-collision tests). For the limit tests, a call with ``sleep: S`` answers
+after S seconds, one with ``size: N`` answers with N bytes of text.
 
     python notes_server.py --record FILE [--http HOST:PORT] [--verify NS --root-key F]
         [--approval-key F ...] [--min-assurance LEVEL] [--record-lists FILE]
@@ -137,7 +138,13 @@ def build(
         }
         with record.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        note = (params.arguments or {}).get("id", "?")
+        arguments = params.arguments or {}
+        if isinstance(arguments.get("sleep"), int | float):
+            await anyio.sleep(arguments["sleep"])
+        if isinstance(arguments.get("size"), int):
+            # An answer of about this many bytes (the limit tests).
+            return types.CallToolResult(content=[types.TextContent(text="x" * arguments["size"])])
+        note = arguments.get("id", "?")
         return types.CallToolResult(content=[types.TextContent(text=f"{params.name} {note} done")])
 
     server: Server[Any] = Server("notes", on_list_tools=list_tools, on_call_tool=call_tool)
