@@ -25,10 +25,11 @@ from agentguard.decision import Reason
 from agentguard.delegation import MAX_DELEGATION_BYTES
 from agentguard.errors import ConfigError, TokenFormatError
 from agentguard.guard import Guard
-from agentguard.keys import Keyring
+from agentguard.keys import Identity, Keyring
 from agentguard.policy import Policy, load_policy
-from agentguard.resolve import resolve_home
+from agentguard.resolve import STATE_FILE, resolve_home
 from agentguard.store.memory import MemoryStore
+from agentguard.store.sqlite import SQLiteStore
 
 __all__ = [
     "EXIT_APPROVAL",
@@ -260,6 +261,58 @@ class Workspace:
             guard = Guard(policy, home=self.require_home())
         else:
             guard = Guard(policy, store=MemoryStore())
+        try:
+            yield guard
+        finally:
+            guard.close()
+
+    @contextmanager
+    def read_guard(self, *, require_home: bool = True, need_key: bool = False) -> Iterator[Guard]:
+        """A guard for a read-only command: it creates no directory, key or database.
+
+        Without a state directory (and not required) everything is in memory.
+        The guard's key is loaded when it exists; a command that signs nothing
+        and checks no signed head uses a throwaway key when it does not, and one
+        that does (``need_key``) refuses, naming the missing file.
+
+        Raises:
+            ConfigError: the policy is invalid, or the state directory, its
+                database or (with ``need_key``) the guard's key is missing.
+            IdentityError: the guard's key file is unreadable or unsafe.
+            StoreError: the store cannot be opened.
+        """
+        policy = self.policy()
+        home = self.home
+        if not home.is_dir():
+            if require_home:
+                self.require_home()
+            guard = Guard(
+                policy, store=MemoryStore(), guard_identity=Identity.generate(policy.guard_id)
+            )
+        else:
+            database = home / STATE_FILE
+            if not database.is_file():
+                raise ConfigError(
+                    f"no agentguard state database at {database} (this command creates none; "
+                    "run 'agentguard init', or pass --home DIR for another state directory)"
+                )
+            keyring = Keyring(home / "keys")
+            if keyring.has_private(policy.guard_id):
+                identity = keyring.identity(policy.guard_id)
+            elif need_key:
+                raise ConfigError(
+                    f"the guard's key {keyring.private_path(policy.guard_id)} is missing "
+                    "(this command creates no key; restore the file from a backup: a new key "
+                    "cannot check the heads the old one signed)"
+                )
+            else:
+                identity = Identity.generate(policy.guard_id)  # signs nothing here
+            store = SQLiteStore(database, durability=policy.storage.durability)
+            try:
+                guard = Guard(policy, home=home, store=store, guard_identity=identity)
+            except BaseException:
+                store.close()
+                raise
         try:
             yield guard
         finally:

@@ -72,7 +72,7 @@ def list_requests(
     policy: PolicyOption = None,
 ) -> None:
     """List pending approval requests (every request with --all)."""
-    with workspace(ctx, home, policy).guard() as guard:
+    with workspace(ctx, home, policy).read_guard() as guard:
         book = guard.approvals
         requests = book.all() if all_ else book.pending()
         now = guard.clock.now()
@@ -115,7 +115,7 @@ def show(
     Every argument is shown (redacted where the policy says), with control and
     bidi characters escaped; long values are folded unless ``--full``.
     """
-    with workspace(ctx, home, policy).guard() as guard:
+    with workspace(ctx, home, policy).read_guard() as guard:
         request = guard.approvals.get(request_id)
         now = guard.clock.now()
     if json_output:

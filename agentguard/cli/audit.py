@@ -67,7 +67,7 @@ def tail(
     policy: PolicyOption = None,
 ) -> None:
     """Show the last N audit records."""
-    with workspace(ctx, home, policy).guard() as guard:
+    with workspace(ctx, home, policy).read_guard() as guard:
         records = guard.audit.tail(n)
     if json_output:
         print_json(records)
@@ -88,7 +88,7 @@ def verify(
     policy: PolicyOption = None,
 ) -> None:
     """Check the hash chain and its signed heads; exit 1 naming the first problem."""
-    with workspace(ctx, home, policy).guard() as guard:
+    with workspace(ctx, home, policy).read_guard(need_key=True) as guard:
         report = guard.audit.report()
     problem = report.problem
     for decision in report.not_known_to_have_run[:_SHOWN]:
@@ -128,7 +128,7 @@ def export(
 ) -> None:
     """Write every record to stdout, one JSON object a line, with its chain hashes."""
     del format_  # jsonl is the only format so far; the option keeps room for others
-    with workspace(ctx, home, policy).guard() as guard:
+    with workspace(ctx, home, policy).read_guard() as guard:
         after = 0
         while True:
             batch = guard.store.audit_entries(after=after, limit=1000)

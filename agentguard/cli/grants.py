@@ -79,7 +79,7 @@ def list_grants(
         validate_principal_id(principal)
     ws = workspace(ctx, home, policy)
     rows: list[tuple[GrantRecord, str]] = []
-    with ws.guard() as guard:
+    with ws.read_guard() as guard:
         now = guard.clock.now()
         for record in guard.grants():
             if principal is not None and principal not in (

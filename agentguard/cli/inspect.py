@@ -184,7 +184,7 @@ def inspect_command(
     """Show a delegation chain and whether it verifies here now (exit 3 if it does not)."""
     text = read_delegation(file)
     ws = workspace(ctx, home, policy)
-    with ws.guard(require_home=False) as guard:
+    with ws.read_guard(require_home=False) as guard:
         delegation = Delegation.parse(text, max_links=max(guard.policy.limits.max_chain_length, 8))
         verification = verify_here(guard, delegation)
         now = guard.clock.now()
