@@ -465,6 +465,9 @@ class AuditLog:
         self._claims = f'{{"dur":{dur},"head":"%s","iat":%d,"iss":{iss},"seq":%d,"ver":1}}'
         self._side = _SideFile(side_file) if side_file is not None and self._anchored else None
         self._writer: _Writer | None = None
+        # Whether the side file was checked against the database (before the first append).
+        self._side_checked = self._side is None
+        self._side_conflict: str | None = None
         if self._side is not None and self.durability != "full":
             self._writer = _Writer(self._publish_now)
             _WRITERS.add(self._writer)
@@ -486,6 +489,10 @@ class AuditLog:
                 side file was not written, or the side file could not be written
                 since the last append: the caller must not run the tool.
         """
+        if not self._side_checked:
+            self._check_side_file()
+        if self._side_conflict is not None:
+            raise StoreError(self._side_conflict)
         if self._writer is not None and self._writer.error is not None:
             # A failed side-file write refuses every later record until a write
             # succeeds again: retried here, so fixing the file ends the refusals.
@@ -523,6 +530,31 @@ class AuditLog:
         except Exception as exc:
             raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
         return entry
+
+    def _check_side_file(self) -> None:
+        """Refuse to write when the side file's signed head is not in the database.
+
+        The head was signed by this guard's key over a record the database held;
+        a database without that record is younger than the log it continues (it
+        was deleted, replaced or rolled back). Appending to it would start a
+        second history, and single-use tokens spent in the first would run again.
+        """
+        assert self._side is not None  # noqa: S101 - only called with a side file
+        newest = self._side.newest()
+        if newest is not None:
+            try:
+                _jws.verify(newest.token, self.signer.principal, TYP_CHECKPOINT)
+            except (DeniedError, TokenFormatError):
+                newest = None  # not this guard's signature: verify reports it
+        if newest is not None and not self._in_chain(newest.seq, newest.head):
+            self._side_conflict = (
+                f"the audit side file {self._side.path} holds a head signed for record "
+                f"{newest.seq}, which the database {self.store.location} does not hold: the "
+                "database was deleted, replaced or rolled back after that record was "
+                "written. Every call is refused. Restore the database from a backup; to "
+                "start a new log on purpose, move the side file aside as well"
+            )
+        self._side_checked = True
 
     def checkpoint(self, entry: AuditEntry | None = None, *, at: float) -> Checkpoint | None:
         """Sign and store a checkpoint at ``entry`` (default: the current head) and

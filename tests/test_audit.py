@@ -12,7 +12,7 @@ import pytest
 
 from agentguard import _jws
 from agentguard.audit import REDACTED, TYP_CHECKPOINT, AuditLog, redact, verify_log
-from agentguard.errors import DeniedError
+from agentguard.errors import DeniedError, StoreError
 from agentguard.keys import Identity
 from agentguard.store.base import Checkpoint
 from agentguard.store.memory import MemoryStore
@@ -388,8 +388,11 @@ def test_side_file_ahead_at_full_durability_is_truncation(tmp_path: Path) -> Non
     assert (problem.seq, problem.kind) == (11, "truncated")
 
 
-def test_a_cut_stays_found_after_the_guard_appends_again(tmp_path: Path) -> None:
-    """Appending after a cut does not wash the evidence out of the side file."""
+def test_a_guard_refuses_to_append_to_a_database_older_than_its_side_file(
+    tmp_path: Path,
+) -> None:
+    """An older copy of the database put back under the side file: nothing more is appended
+    (it would start a second history), and verify still finds the cut."""
     log, db = anchored_log(tmp_path, 5, durability="full")
     old = snapshot_of(db, tmp_path / "old.db")
     allow(log, 6)
@@ -397,16 +400,22 @@ def test_a_cut_stays_found_after_the_guard_appends_again(tmp_path: Path) -> None
     log.store.close()
     power_loss(db, old)  # the attacker puts back an older copy of the whole database
     log = reopen(log, tmp_path, durability="full")
-    allow(log, 7)  # records 11 and 12 again, but different ones
-    allow(log, 8)
+    before = len(log.store.audit_entries())
+    for attempt in (7, 8):  # refused every time, not only once
+        with pytest.raises(StoreError, match="does not hold") as info:
+            allow(log, attempt)
+        assert "Restore the database" in str(info.value)
+    assert len(log.store.audit_entries()) == before
     problem = reopen(log, tmp_path, durability="full").verify()
     assert problem is not None
-    assert problem.kind == "rewritten"
-    assert problem.seq == 11
+    assert problem.kind == "truncated"
 
 
-def test_power_loss_stays_reported_after_the_guard_appends_again(tmp_path: Path) -> None:
-    """After a power failure at normal the lost records stay reported, as possibly lost."""
+def test_after_power_loss_appends_are_refused_and_the_loss_stays_reported(
+    tmp_path: Path,
+) -> None:
+    """After a power failure at normal the side file is ahead: appends are refused
+    (fail closed) and verify reports the records as possibly lost."""
     log, db = anchored_log(tmp_path, 5)
     snapshot = snapshot_of(db, tmp_path / "synced.db")
     allow(log, 6)
@@ -414,7 +423,8 @@ def test_power_loss_stays_reported_after_the_guard_appends_again(tmp_path: Path)
     log.store.close()
     power_loss(db, snapshot)
     log = reopen(log, tmp_path)
-    allow(log, 7)
+    with pytest.raises(StoreError, match="deleted, replaced or rolled back"):
+        allow(log, 7)
     problem = reopen(log, tmp_path).verify()
     assert problem is not None
     assert problem.kind == "unsynced"

@@ -10,12 +10,14 @@ are released together through a stdin barrier, never by sleeping.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +304,100 @@ def test_a_guard_call_under_a_held_lock_is_refused_naming_the_lock(tmp_path: Pat
     finally:
         _finish(locker, "\n")
         guard.close()
+
+
+# -- 13.2: the state file deleted or replaced under a running guard -------------------------
+
+
+def _state_files(home: Path) -> list[Path]:
+    return [home / name for name in ("state.db", "state.db-wal", "state.db-shm")]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_state_file_gone_under_a_running_guard_refuses_every_call(
+    tmp_path: Path, how: str
+) -> None:
+    """The running guard refuses; a fresh guard over the new file refuses too, and the
+    call token spent before never runs again."""
+    world = World(clock=ManualClock(time.time()))
+    home = tmp_path / "home"
+    guard = world.guard(home=home)
+    token = world.delegation.mint_call_token(world.bot, TOOL, ARGS)
+    tool = RecordingTool()
+    guard.call(world.delegation, TOOL, ARGS, tool, call_token=token)
+    assert len(tool.calls) == 1
+    guard.audit.flush()
+    for path in _state_files(home):
+        path.unlink(missing_ok=True)
+    if how == "replaced":
+        SQLiteStore(home / "state.db").close()  # an empty database at the same path
+    for attempt in range(2):  # refused every time, not once
+        with pytest.raises(DeniedError) as info:
+            guard.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
+        assert info.value.reason in ("store_error", "audit_error"), attempt
+        assert "while this process was using it" in info.value.explanation
+    with pytest.raises(DeniedError):
+        guard.call(world.delegation, TOOL, ARGS, tool, call_token=token)
+    assert len(tool.calls) == 1
+    guard.close()
+    # A fresh process's guard finds a database younger than the signed head it knows.
+    fresh = world.guard(home=home)
+    try:
+        with pytest.raises(DeniedError) as info:
+            fresh.call(world.delegation, TOOL, ARGS, tool, call_token=token)
+        assert "does not hold" in info.value.explanation
+        with pytest.raises(DeniedError):
+            fresh.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
+        assert len(tool.calls) == 1
+        # ``audit verify`` does not call the new database intact.
+        problem = fresh.audit.verify()
+        assert problem is not None
+        assert problem.kind in ("truncated", "unsynced")
+    finally:
+        fresh.close()
+
+
+_RUNNING = """
+import json, sys
+from pathlib import Path
+from agentguard.delegation import Delegation
+from agentguard.errors import DeniedError
+from agentguard.guard import Guard
+from agentguard.keys import Identity
+home, policy, chain, key, tool = sys.argv[1:6]
+guard = Guard(policy=Path(policy), home=Path(home))
+delegation = Delegation.parse(Path(chain).read_text())
+holder = Identity.load(Path(key))
+ran = []
+guard.call(delegation, tool, {"n": 0}, lambda **kw: ran.append(kw), holder=holder)
+guard.audit.flush()
+print("ready", flush=True)
+sys.stdin.readline()
+outcomes = []
+for n in range(1, 4):
+    try:
+        guard.call(delegation, tool, {"n": n}, lambda **kw: ran.append(kw), holder=holder)
+        outcomes.append("ran")
+    except DeniedError as exc:
+        outcomes.append(exc.reason + ": " + exc.explanation)
+print(json.dumps({"outcomes": outcomes, "ran": len(ran)}), flush=True)
+"""
+
+
+def test_a_state_file_deleted_under_another_process_stops_that_process(tmp_path: Path) -> None:
+    world = World(clock=ManualClock(time.time()))
+    home = tmp_path / "home"
+    policy = world.write_policy(tmp_path / "agentguard.yaml")
+    chain = tmp_path / "chain.txt"
+    chain.write_text(world.delegation.serialize())
+    key = tmp_path / "bot.key"
+    world.bot.save(key)
+    proc = _child(_RUNNING, str(home), str(policy), str(chain), str(key), TOOL)
+    for path in _state_files(home):
+        path.unlink(missing_ok=True)
+    result = json.loads(_finish(proc).splitlines()[-1])
+    assert result["ran"] == 1
+    assert len(result["outcomes"]) == 3
+    for outcome in result["outcomes"]:
+        assert outcome.startswith(("store_error", "audit_error"))
+        assert "was deleted" in outcome
