@@ -111,7 +111,7 @@ class Cluster:
         """Start (or restart) the server and wait until it accepts connections."""
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB "
+            "-c full_page_writes=off -c shared_buffers=16MB "
             "-c max_connections=100"
         )
         done = self._run(
@@ -133,9 +133,9 @@ class Cluster:
             )
             raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{log}")
 
-    def stop(self) -> None:
-        """Stop the server at once (the data is thrown away)."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: disconnect clients, keep the data; ``immediate``: crash)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
 
 def start_cluster() -> Cluster:
@@ -189,5 +189,5 @@ def start_cluster() -> Cluster:
 
 def remove_cluster(cluster: Cluster) -> None:
     """Stop the cluster and delete its directory."""
-    cluster.stop()
+    cluster.stop("immediate")
     shutil.rmtree(cluster.root, ignore_errors=True)

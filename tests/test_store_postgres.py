@@ -1,0 +1,385 @@
+"""PostgresStore against a real PostgreSQL server (the session's throwaway cluster).
+
+The store contract itself runs in tests/test_store.py on every implementation;
+here: what only a database server has (its clock, its errors, its schema
+versions) and the guarantees across processes: four real processes behind a
+barrier spend each call token and each approval receipt exactly once, append
+one hash chain, and see a revocation made by another process on their next call.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from agentguard.clock import ManualClock
+from agentguard.delegation import Delegation
+from agentguard.errors import DeniedError, StoreError
+from agentguard.guard import Guard
+from agentguard.keys import Identity
+from agentguard.store.base import GENESIS_HASH, ApprovalRow, entry_hash
+from agentguard.store.postgres import SCHEMA_VERSION, PostgresStore, redact_url
+from agentguard.store.sqlite import SQLiteStore
+from agentguard.testing import START, RecordingTool, World
+from tests.pg_support import Cluster
+
+WORKERS = 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[PostgresStore]:
+    store = PostgresStore(pg_url)
+    yield store
+    store.close()
+
+
+# --- the server's clock ----------------------------------------------------------------------
+
+
+def _server_now(url: str) -> float:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def test_expired_nonces_are_purged_by_the_server_clock_not_the_callers(
+    pg: PostgresStore, pg_url: str
+) -> None:
+    """A process whose clock runs a day ahead does not make live nonces forgettable."""
+    server = _server_now(pg_url)
+    assert pg.consume("expired", server - 60, now=server)
+    assert pg.consume("live", server + 600, now=server)
+    ahead = server + 86_400  # this caller's clock is wrong by a day
+    for index in range(600):  # enough consumes to trigger the periodic purge
+        assert pg.consume(f"filler-{index}", ahead + 60, now=ahead)
+    assert pg.nonce_count() == 601  # "expired" is gone; "live" is still remembered
+    assert not pg.consume("live", server + 600, now=ahead)
+    assert not pg.consume("filler-0", ahead + 60, now=ahead)
+    pg.purge_expired()
+    assert pg.nonce_count() == 601
+
+
+# --- errors name their cause, never the password -------------------------------------------
+
+
+def test_location_has_no_user_or_password(pg_url: str, pg_cluster: Cluster) -> None:
+    store = PostgresStore(pg_url)
+    database = pg_url.rsplit("/", 1)[1]
+    assert store.location == f"postgresql://127.0.0.1:{pg_cluster.port}/{database}"
+    assert pg_cluster.password not in repr(vars(store).get("location"))
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@[::1/db",
+        "postgresql://u:p@host:notaport/db",
+        "postgresql://host/db",
+        "postgresql://u:p@[::1]:5/db",
+    ],
+)
+def test_redact_url_meets_hostile_input(url: str) -> None:
+    shown = redact_url(url)
+    assert shown.startswith("postgresql://")
+    assert ":p@" not in shown
+    assert "u:" not in shown
+
+
+def test_a_wrong_password_is_named_and_never_shown(pg_cluster: Cluster) -> None:
+    wrong = "Wr0ng-" + secrets.token_hex(8)
+    with pytest.raises(StoreError) as info:
+        PostgresStore(pg_cluster.url(password=wrong))
+    message = str(info.value)
+    assert "refused the user name or password" in message
+    assert wrong not in message
+    assert pg_cluster.password not in message
+    assert "psycopg" not in type(info.value).__module__
+
+
+def test_an_unreachable_server_is_named(pg_cluster: Cluster) -> None:
+    with socket_closed_port() as port:
+        url = f"postgresql://agentguard:{pg_cluster.password}@127.0.0.1:{port}/postgres"
+        with pytest.raises(StoreError) as info:
+            PostgresStore(url, timeout=2)
+    message = str(info.value)
+    assert "unreachable" in message
+    assert pg_cluster.password not in message
+
+
+def test_a_missing_database_is_named(pg_cluster: Cluster) -> None:
+    with pytest.raises(StoreError, match="does not exist; create it first"):
+        PostgresStore(pg_cluster.url("no_such_db"))
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(pg_url: str) -> None:
+    PostgresStore(pg_url).close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE ag_meta SET value = '999' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError) as info:
+        PostgresStore(pg_url)
+    message = str(info.value)
+    assert "999" in message
+    assert f"up to version {SCHEMA_VERSION}" in message
+    assert "upgrade agentguard" in message
+
+
+def test_without_create_an_empty_database_is_refused(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="agentguard db upgrade"):
+        PostgresStore(pg_url, create=False)
+
+
+def test_upgrade_is_idempotent_and_records_the_version(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.upgrade() == SCHEMA_VERSION  # already there: nothing to do
+    store.audit_append({"n": 1}, at=START)
+    assert store.upgrade() == SCHEMA_VERSION
+    assert store.counts()["audit entries"] == 1
+    store.close()
+
+
+def test_a_closed_store_refuses_work(pg: PostgresStore) -> None:
+    pg.close()
+    with pytest.raises(StoreError, match="closed"):
+        pg.consume("k", START + 1, now=START)
+
+
+def test_a_stopped_server_refuses_calls_with_a_store_error(pg_cluster: Cluster) -> None:
+    """Fail closed: with the server gone a consume raises StoreError (never True)."""
+    url = pg_cluster.create_database(f"t_{secrets.token_hex(6)}")
+    store = PostgresStore(url, timeout=2)
+    assert store.consume("before", START + 60, now=START)
+    pg_cluster.stop()
+    try:
+        with pytest.raises(StoreError, match="unreachable") as info:
+            store.consume("during", START + 60, now=START)
+        assert pg_cluster.password not in str(info.value)
+    finally:
+        pg_cluster.start()
+    assert not store.consume("before", START + 60, now=START)  # recovered, nothing lost
+    store.close()
+
+
+class socket_closed_port:  # noqa: N801 - used as a context manager
+    """A loopback port nothing listens on (bound, not listening, for the block)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        return int(self._sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+# --- four processes, one database --------------------------------------------------------------
+
+
+def _open(target: str) -> PostgresStore | SQLiteStore:
+    return PostgresStore(target) if target.startswith("postgresql://") else SQLiteStore(target)
+
+
+def _race(target: str, work: str, arg: Any, barrier: Any, out: Any) -> None:
+    """One worker process: open the store, wait for all, run ``work``, report."""
+    try:
+        out.put(_work(target, work, arg, barrier))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails on it
+        out.put(f"worker failed: {exc!r}")
+
+
+def _work(target: str, work: str, arg: Any, barrier: Any) -> list[Any]:
+    store = _open(target)
+    barrier.wait(timeout=60)
+    result: list[Any]
+    if work == "nonces":
+        result = [k for k in range(arg) if store.consume(f"agent:bot/{k}", 2e9, now=1.8e9)]
+    elif work == "burn":
+        result = [rid for rid in arg if store.approval_burn(rid, 1.8e9)]
+    elif work == "tokens":
+        result = []
+        guard = _guard(store, arg)
+        delegation = Delegation.parse(arg["delegation"])
+        for token in arg["tokens"]:
+            try:
+                guard.call(delegation, "tickets/read", {"id": 1}, RecordingTool(), call_token=token)
+            except DeniedError as exc:
+                if exc.reason != "call_token_replayed":
+                    raise
+            else:
+                result.append(token)
+    else:
+        result = [store.audit_append({"n": k}, at=1.8e9).seq for k in range(arg)]
+    store.close()
+    return result
+
+
+def _run_race(target: str, work: str, arg: Any) -> list[list[Any]]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(WORKERS)
+    out = context.Queue()
+    workers = [
+        context.Process(target=_race, args=(target, work, arg, barrier, out))
+        for _ in range(WORKERS)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        results = [out.get(timeout=120) for _ in workers]
+        failures = [result for result in results if isinstance(result, str)]
+        assert not failures, failures
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+        return results
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+
+
+def test_four_processes_spend_each_nonce_exactly_once(pg_url: str) -> None:
+    results = _run_race(pg_url, "nonces", 150)
+    spent = [k for result in results for k in result]
+    assert sorted(spent) == list(range(150))  # every nonce once, none twice
+    store = PostgresStore(pg_url)
+    assert store.nonce_count() == 150
+    store.close()
+
+
+def test_four_processes_burn_each_approval_receipt_exactly_once(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    ids = [f"req-{n}" for n in range(60)]
+    for rid in ids:
+        store.approval_insert(
+            ApprovalRow(rid, START, START + 3600, "pending", f"digest-{rid}", {"tool": "t"})
+        )
+        assert store.approval_answer(
+            rid, status="approved", receipt="r", answered_at=START, reusable_until=None
+        )
+    results = _run_race(pg_url, "burn", ids)
+    burned = [rid for result in results for rid in result]
+    assert sorted(burned) == sorted(ids)
+    assert {row.uses for row in store.approval_list("used")} == {1}
+    store.close()
+
+
+def test_four_processes_append_one_unbroken_audit_chain(pg_url: str) -> None:
+    results = _run_race(pg_url, "audit", 60)
+    assert sorted(seq for result in results for seq in result) == list(range(1, 241))
+    store = PostgresStore(pg_url)
+    prev = GENESIS_HASH
+    for position, entry in enumerate(store.audit_entries(), start=1):
+        assert (entry.seq, entry.prev) == (position, prev)
+        assert entry.hash == entry_hash(entry.prev, entry.body)
+        prev = entry.hash
+    store.close()
+
+
+def _world_files(tmp_path: Path) -> tuple[World, dict[str, Any]]:
+    world = World()
+    policy = world.write_policy(tmp_path / "agentguard.yaml")
+    files = {
+        "policy": str(policy),
+        "home": str(tmp_path),
+        "delegation": world.delegation.serialize(),
+        "bot": world.bot.private_jwk(),
+    }
+    return world, files
+
+
+def _guard(store: PostgresStore | SQLiteStore, files: dict[str, Any]) -> Guard:
+    home = Path(files["home"]) / f"home-{secrets.token_hex(4)}"
+    return Guard(Path(files["policy"]), home=home, store=store, clock=ManualClock(START))
+
+
+def test_four_processes_accept_each_call_token_exactly_once(pg_url: str, tmp_path: Path) -> None:
+    """The same external call tokens presented to four guards: each runs once in total."""
+    world, files = _world_files(tmp_path)
+    files["tokens"] = [
+        world.delegation.mint_call_token(world.bot, "tickets/read", {"id": 1}, clock=world.clock)
+        for _ in range(30)
+    ]
+    results = _run_race(pg_url, "tokens", files)
+    accepted = [token for result in results for token in result]
+    assert sorted(accepted) == sorted(files["tokens"])
+
+
+def _replica(target: str, files: dict[str, Any], commands: Any, out: Any) -> None:
+    """A guard process that runs commands: ``call`` (answers allow or the deny reason) or
+    ``revoke`` (answers once the revocation is committed)."""
+    store = _open(target)
+    guard = _guard(store, files)
+    delegation = Delegation.parse(files["delegation"])
+    bot = Identity.from_private_jwk("agent:bot", files["bot"])
+    out.put("ready")
+    for command in iter(commands.get, "quit"):
+        if command == "call":
+            try:
+                guard.call(delegation, "tickets/read", {"id": 1}, RecordingTool(), holder=bot)
+            except DeniedError as exc:
+                out.put(exc.reason)
+            else:
+                out.put("allow")
+        else:
+            guard.revoke("principal", "agent:bot", reason="compromised")
+            out.put("revoked")
+    store.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_a_revocation_in_one_process_stops_the_next_call_in_every_other(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Each guard checks revocations in the store on every call (its link cache only holds
+    verified signatures), so another process's revoke needs no cache invalidation."""
+    target = (
+        request.getfixturevalue("pg_url") if backend == "postgres" else str(tmp_path / "state.db")
+    )
+    _, files = _world_files(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    channels = [(context.Queue(), context.Queue()) for _ in range(WORKERS)]
+    workers = [
+        context.Process(target=_replica, args=(target, files, commands, out))
+        for commands, out in channels
+    ]
+    for worker in workers:
+        worker.start()
+
+    def ask(index: int, command: str) -> str:
+        commands, out = channels[index]
+        commands.put(command)
+        try:
+            return str(out.get(timeout=60))
+        except queue.Empty:
+            pytest.fail(f"replica {index} did not answer {command!r}")
+
+    try:
+        assert [channels[i][1].get(timeout=120) for i in range(WORKERS)] == ["ready"] * WORKERS
+        # Every replica allows the call first (and caches the chain's signatures).
+        assert [ask(i, "call") for i in range(WORKERS)] == ["allow"] * WORKERS
+        assert ask(0, "revoke") == "revoked"
+        # Every call that starts after revoke returned is refused, in every replica.
+        assert [ask(i, "call") for i in range(WORKERS)] == ["revoked"] * WORKERS
+        for commands, _ in channels:
+            commands.put("quit")
+        deadline = time.monotonic() + 60
+        for worker in workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+            assert worker.exitcode == 0
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
