@@ -24,6 +24,17 @@ Semantics worth knowing:
 * ``within`` normalises both paths lexically with POSIX rules (``.`` and
   ``//`` collapse, ``..`` removes a segment, and ``/..`` is ``/``) and then
   compares them segment by segment. Its base must be an absolute path.
+* ``==``, ``!=``, ``in`` and ``like`` take optional *modifiers*, a fourth
+  element of the statement: ``["==", ".city", "Paris", ["case", "whitespace"]]``.
+  ``whitespace`` compares after ``str.strip()`` (Unicode whitespace at either
+  end); ``case`` compares after :func:`fold`. Both sides are normalised. A
+  string argument is then compared as text; any other kind is judged as
+  without modifiers (``null`` unequal, anything else unknown). Verifiers
+  before modifiers existed refuse such a statement (wrong operand count), so
+  a token using them fails closed there.
+* ``["exists", SEL]`` is true when the selected field is present (any value,
+  ``null`` included), false when an object lacks the key or an array is too
+  short, and unknown when a value of another kind stands on the way.
 """
 
 from __future__ import annotations
@@ -33,23 +44,29 @@ import json
 import math
 import operator
 import string
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Final, TypeAlias
 
 from agentguard.errors import PredicateError
+from agentguard.redaction import REDACTED, redact
 
 __all__ = [
     "DEFAULT_BUDGET",
     "MAX_DEPTH",
     "MAX_NODES",
     "MAX_STRING",
+    "MODIFIERS",
     "Predicate",
     "Truth",
     "admits",
     "compile_predicate",
     "describe",
     "evaluate",
+    "explain",
+    "fold",
+    "narrows",
     "parse_selector",
     "restricts",
     "root_fields",
@@ -67,11 +84,20 @@ MAX_NODES: Final = 1000
 MAX_STRING: Final = 4096
 """Longest selector, string value or object key allowed in a predicate."""
 
+MODIFIERS: Final = ("case", "whitespace")
+"""Modifiers ``==``, ``!=``, ``in`` and ``like`` accept, in their canonical order."""
+
 _ORDERING: Final = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _FIELD_OPS: Final = ("==", "!=", "<", "<=", ">", ">=", "like", "in", "within")
-_FRIENDLY_OPS: Final = (*_FIELD_OPS, "not", "all", "any")
-# Operand count (excluding the operator) of each canonical operator.
-_ARITY: Final = {**dict.fromkeys((*_FIELD_OPS, "all", "any"), 2), "not": 1, "and": 1, "or": 1}
+# The operators that compare text and so accept modifiers.
+_TEXT_OPS: Final = ("==", "!=", "in", "like")
+_FRIENDLY_OPS: Final = (*_FIELD_OPS, "not", "all", "any", "exists", "ignore")
+# Operand count (excluding the operator) of each canonical operator; the text
+# operators take one more, optional: their modifiers.
+_ARITY: Final = {
+    **dict.fromkeys((*_FIELD_OPS, "all", "any"), 2),
+    **dict.fromkeys(("not", "and", "or", "exists"), 1),
+}
 _OPS_TEXT: Final = ", ".join(_FRIENDLY_OPS)
 _IDENT_START: Final = frozenset(string.ascii_letters + "_")
 _IDENT_REST: Final = _IDENT_START | frozenset(string.digits + "-")
@@ -262,20 +288,55 @@ class _Checker:
                 f"unknown operator {detail} (expected one of {', '.join(_ARITY)})",
                 path=f"{path}[0]",
             )
-        if len(stmt) != _ARITY[op] + 1:
+        modified = op in _TEXT_OPS and len(stmt) == _ARITY[op] + 2
+        if len(stmt) != _ARITY[op] + 1 and not modified:
+            extra = " and optionally an array of modifiers" if op in _TEXT_OPS else ""
             raise PredicateError(
-                f"'{op}' takes {_ARITY[op]} operand(s), got {len(stmt) - 1}", path=path
+                f"'{op}' takes {_ARITY[op]} operand(s){extra}, got {len(stmt) - 1}", path=path
             )
         if op == "not":
             return [op, self.statement(stmt[1], f"{path}[1]", depth + 1)]
         if op in ("and", "or"):
             return [op, self.statements(stmt[1], f"{path}[1]", depth + 1)]
         selector = _checked_selector(stmt[1], f"{path}[1]")
+        if op == "exists":
+            return [op, selector]
         if op in ("all", "any"):
             return [op, selector, self.statement(stmt[2], f"{path}[2]", depth + 1)]
+        if modified:
+            mods = self.modifiers(stmt[3], f"{path}[3]", depth + 1)
+            operand = self.operand(op, stmt[2], f"{path}[2]", depth + 1, text=True)
+            return [op, selector, operand, mods]
         return [op, selector, self.operand(op, stmt[2], f"{path}[2]", depth + 1)]
 
-    def operand(self, op: str, value: Any, path: str, depth: int) -> Any:
+    def modifiers(self, mods: Any, path: str, depth: int) -> list[str]:
+        """A non-empty array of distinct modifier names, in the order of :data:`MODIFIERS`."""
+        names = ", ".join(MODIFIERS)
+        if not isinstance(mods, list) or not mods:
+            raise PredicateError(f"modifiers are a non-empty array of: {names}", path=path)
+        self.enter(path, depth)
+        for i, mod in enumerate(mods):
+            self.enter(f"{path}[{i}]", 0)
+            if not isinstance(mod, str) or mod not in MODIFIERS:
+                shown = _short(mod) if isinstance(mod, str) else _kind(mod)
+                raise PredicateError(
+                    f"unknown modifier {shown} (expected one of {names})", path=f"{path}[{i}]"
+                )
+        if mods != [m for m in MODIFIERS if m in mods]:
+            raise PredicateError(f"modifiers must be distinct and in the order {names}", path=path)
+        return list(mods)
+
+    def operand(self, op: str, value: Any, path: str, depth: int, *, text: bool = False) -> Any:
+        fits = (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if op == "in"
+            else isinstance(value, str)
+        )
+        if text and not fits:
+            wanted = "an array of strings" if op == "in" else "a string"
+            raise PredicateError(
+                f"'{op}' with modifiers needs {wanted}, got {_kind(value)}", path=path
+            )
         if op in _ORDERING and not _is_number(value):
             raise PredicateError(f"'{op}' needs a number, got {_kind(value)}", path=path)
         if op in ("like", "within") and not isinstance(value, str):
@@ -399,16 +460,46 @@ class _Friendly:
                 ' an object, or a key such as "a.b" for a nested field',
                 path=path,
             )
+        mods = self.ignored(cond, path, depth)
         out: list[Any] = []
         for op, operand in cond.items():
             here = f"{path}.{op}"
+            if op == "ignore":
+                continue
             if op == "not":
                 out.append(["not", _merge(self.condition(selector, operand, here, depth + 1))])
             elif op in ("all", "any"):
                 out.append([op, selector, _merge(self.element(operand, here, depth + 1))])
+            elif op == "exists":
+                if not isinstance(operand, bool):
+                    raise PredicateError(
+                        f"'exists' needs true or false, got {_kind(operand)}", path=here
+                    )
+                out.append(["exists", selector] if operand else ["not", ["exists", selector]])
+            elif mods:
+                checked = self.checker.operand(op, operand, here, depth + 1, text=True)
+                out.append([op, selector, checked, mods])
             else:
                 out.append([op, selector, self.checker.operand(op, operand, here, depth + 1)])
         return out
+
+    def ignored(self, cond: dict[str, Any], path: str, depth: int) -> list[str]:
+        """The modifiers an ``ignore`` key gives the text operators of its object."""
+        if "ignore" not in cond:
+            return []
+        here = f"{path}.ignore"
+        spec = cond["ignore"]
+        names = [spec] if isinstance(spec, str) else spec
+        others = [op for op in cond if op != "ignore"]
+        if not others or any(op not in _TEXT_OPS for op in others):
+            raise PredicateError(
+                "'ignore' applies to ==, !=, in and like, and may stand only beside them"
+                " (write it inside 'not', 'all' or 'any')",
+                path=here,
+            )
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            names = [m for m in MODIFIERS if m in names] + [n for n in names if n not in MODIFIERS]
+        return self.checker.modifiers(names, here, depth + 1)
 
     def element(self, spec: Any, path: str, depth: int) -> list[Any]:
         """Compile the per-element part of ``all``/``any``."""
@@ -557,6 +648,69 @@ def _within(value: Any, base: str) -> Truth:
     return _truth(target[: len(root)] == root)
 
 
+def fold(text: str) -> str:
+    """Case-fold ``text`` the way the ``case`` modifier compares it: NFC, ``casefold()``, NFC.
+
+    NFC first makes canonically equivalent spellings one (``e`` followed by
+    U+0301 COMBINING ACUTE and the precomposed ``\u00e9``). ``str.casefold()``
+    is Unicode full case folding without locale tailoring: ``Straße`` and
+    ``STRASSE`` fold alike, and so do final sigma U+03C2 and U+03A3; Turkish
+    dotted capital I (U+0130) folds to ``i`` plus U+0307, not to ``i``, and
+    dotless i (U+0131) stays itself. The final NFC makes folding idempotent:
+    casefold turns ``ß`` followed by U+0301 into ``ss`` and U+0301, which NFC
+    composes into a new letter. It applies no compatibility mapping (NFKC), so
+    fullwidth A (U+FF21) stays apart from ``A``, and maps no look-alikes:
+    Cyrillic a (U+0430) is not Latin ``a``. The tables are those of the
+    running Python's :mod:`unicodedata`.
+    """
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
+
+
+def _normalised(text: str, mods: Iterable[str]) -> str:
+    """``text`` as the modifiers compare it: stripped (``whitespace``), then folded (``case``)."""
+    if "whitespace" in mods:
+        text = text.strip()
+    return fold(text) if "case" in mods else text
+
+
+@lru_cache(maxsize=1024)
+def _normalised_operand(text: str, mods: tuple[str, ...]) -> str:
+    return _normalised(text, mods)
+
+
+@lru_cache(maxsize=512)
+def _normalised_pieces(pattern: str, mods: tuple[str, ...]) -> tuple[str, ...]:
+    if "whitespace" in mods:
+        pattern = pattern.strip()
+    pieces = _glob_pieces(pattern)
+    return tuple(fold(p) for p in pieces) if "case" in mods else pieces
+
+
+def _judge_text(op: str, value: Any, target: Any, mods: tuple[str, ...], budget: _Budget) -> Truth:
+    """A text operator with modifiers: strings compare normalised, other kinds as usual."""
+    if op == "like":
+        pieces = _normalised_pieces(target, mods)
+        budget.spend(len(pieces))
+        if not isinstance(value, str):
+            return Truth.UNKNOWN
+        return _truth(_glob_match(pieces, _normalised(value, mods)))
+    options = target if op == "in" else [target]
+    if not isinstance(value, str):
+        # null is unequal to a string; any other kind cannot be told.
+        answer = _any(_equal(value, option, budget) for option in options)
+    else:
+        budget.spend(len(options))
+        text = _normalised(value, mods)
+        answer = _truth(any(text == _normalised_operand(o, mods) for o in options))
+    return ~answer if op == "!=" else answer
+
+
+def _exists(root: Any, parts: tuple[str | int, ...]) -> Truth:
+    if _absent(root, parts):
+        return Truth.FALSE
+    return Truth.UNKNOWN if _select(root, parts) is _MISSING else Truth.TRUE
+
+
 def _judge(stmt: Any, root: Any, budget: _Budget) -> Truth:
     budget.spend()
     op = stmt[0]
@@ -566,10 +720,14 @@ def _judge(stmt: Any, root: Any, budget: _Budget) -> Truth:
         return _all(_judge(s, root, budget) for s in stmt[1])
     if op == "or":
         return _any(_judge(s, root, budget) for s in stmt[1])
+    if op == "exists":
+        return _exists(root, _parse_selector(stmt[1]))
     value = _select(root, _parse_selector(stmt[1]))
     if value is _MISSING:
         return Truth.UNKNOWN
     target = stmt[2]
+    if len(stmt) == 4 and op in _TEXT_OPS:
+        return _judge_text(op, value, target, tuple(stmt[3]), budget)
     if op in ("all", "any"):
         if not isinstance(value, _ARRAY):
             return Truth.UNKNOWN
@@ -665,7 +823,8 @@ def root_fields(predicate: list[Any]) -> list[tuple[str | int, ...]]:
     """The selectors of a canonical predicate that read the call's arguments directly.
 
     Selectors inside ``all``/``any`` read list elements, not the arguments, and
-    are not listed.
+    are not listed; nor are those of ``exists``, whose answer for a missing
+    argument is a definite false.
 
     Raises:
         PredicateError: a selector is malformed (the predicate was not validated).
@@ -679,7 +838,7 @@ def root_fields(predicate: list[Any]) -> list[tuple[str | int, ...]]:
             pending.append(stmt[1])
         elif op in ("and", "or"):
             pending.extend(stmt[1])
-        else:
+        elif op != "exists":
             parts = parse_selector(stmt[1])
             if parts and parts not in found:
                 found.append(parts)
@@ -704,14 +863,27 @@ def _grouped(stmt: Any) -> str:
 def _describe(stmt: Any) -> str:
     op = stmt[0]
     if op == "not":
-        return f"not {_grouped(stmt[1])}"
+        inner = stmt[1]
+        if inner[0] == "exists":
+            return f"{_field(inner[1])} is absent"
+        return f"not {_grouped(inner)}"
     if op in ("and", "or"):
         if not stmt[1]:
             return "true" if op == "and" else "false"
         return f" {op} ".join(_grouped(s) for s in stmt[1])
     if op in ("all", "any"):
         return f"{op} of {_field(stmt[1])} ({_describe(stmt[2])})"
-    return f"{_field(stmt[1])} {op} {_literal(stmt[2])}"
+    if op == "exists":
+        return f"{_field(stmt[1])} exists"
+    return f"{_field(stmt[1])} {_operation(stmt)}"
+
+
+def _operation(stmt: Any) -> str:
+    """The operator, operand and modifiers of a field statement: ``== "x" (ignoring case)``."""
+    text = f"{stmt[0]} {_literal(stmt[2])}"
+    if len(stmt) == 4:
+        text += f" (ignoring {', '.join(stmt[3])})"
+    return text
 
 
 def describe(predicate: list[Any]) -> str:
@@ -726,3 +898,210 @@ def describe(predicate: list[Any]) -> str:
         return " and ".join(_grouped(s) for s in predicate) if predicate else "true"
     except Exception:  # noqa: BLE001 - a description must never break the caller's error path
         return "<malformed predicate>"
+
+
+# -- narrowing ----------------------------------------------------------------------------
+
+
+def narrows(child: list[Any], parent: list[Any]) -> bool:
+    """Whether ``child`` provably admits nothing that ``parent`` does not: every call it
+    judges true, ``parent`` judges true as well.
+
+    A sound, incomplete check over canonical predicates: ``False`` means "not
+    shown", never "wider". It recognises the same statement; a conjunction
+    whose part narrows; pins (``==``, ``in``) whose values the parent's statement
+    on the same field admits, where the pin's modifiers are among the parent's
+    (an exact pin narrows a case-insensitive pin of the same folded value; a
+    case-insensitive pin never narrows an exact one); numeric bounds; ``within``
+    under a base inside the parent's; and any comparison of a field under
+    ``exists`` of that field or a field on its way. Evaluation stays
+    conjunctive whatever this says: a child's rule never widens its parent's.
+    """
+    try:
+        return all(_implied(child, goal) for goal in parent)
+    except Exception:  # noqa: BLE001 - not shown is the safe answer for garbage
+        return False
+
+
+def _implied(facts: list[Any], goal: Any) -> bool:
+    """Whether the conjunction ``facts`` makes ``goal`` true."""
+    if goal[0] == "and":
+        return all(_implied(facts, g) for g in goal[1])
+    if goal[0] == "or" and any(_implied(facts, g) for g in goal[1]):
+        return True
+    for fact in facts:
+        if fact[0] == "and" and _implied(fact[1], goal):
+            return True
+        if fact[0] == "or" and fact[1] and all(_implied([f], goal) for f in fact[1]):
+            return True
+        if _same(fact, goal) or _fact_implies(fact, goal):
+            return True
+    return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Compared as JSON text: in Python 1 == True and 1 == 1.0, which here differ.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _fact_implies(fact: Any, goal: Any) -> bool:
+    op, gop = fact[0], goal[0]
+    if op in ("not", "and", "or") or gop in ("not", "and", "or"):
+        return False
+    where, gwhere = _parse_selector(fact[1]), _parse_selector(goal[1])
+    if gop == "exists":
+        # Any field statement that is true has read its field, so the field is there.
+        return gwhere == where[: len(gwhere)]
+    if where != gwhere:
+        return False
+    if op in ("==", "in"):
+        mods = tuple(fact[3]) if len(fact) == 4 else ()
+        pins = [fact[2]] if op == "==" else fact[2]
+        return bool(pins) and all(_pin_implies(pin, mods, goal) for pin in pins)
+    if op in _ORDERING and gop in _ORDERING:
+        return _bound_implies(op, fact[2], gop, goal[2])
+    if op == gop == "within":
+        inner, outer = _path_segments(fact[2]), _path_segments(goal[2])
+        return inner is not None and outer is not None and inner[: len(outer)] == outer
+    return False
+
+
+def _pin_implies(pin: Any, mods: tuple[str, ...], goal: Any) -> bool:
+    """Whether every value the pin admits satisfies ``goal`` (on the same field)."""
+    if mods:
+        # The pin admits every string that normalises like it; the goal can only be
+        # judged on the normalised text when it normalises at least as much, since
+        # stripping and folding commute.
+        goal_mods = tuple(goal[3]) if len(goal) == 4 and goal[0] in _TEXT_OPS else ()
+        if not isinstance(pin, str) or not set(mods) <= set(goal_mods):
+            return False
+    # The pin admits only values JSON-equal to it (or normalising alike): the goal
+    # judges all of them as it judges the pin.
+    return evaluate([[goal[0], ".", *goal[2:]]], pin) is Truth.TRUE
+
+
+_UPPER: Final = ("<", "<=")
+
+
+def _bound_implies(op: str, bound: Any, gop: str, gbound: Any) -> bool:
+    if (op in _UPPER) != (gop in _UPPER):
+        return False
+    if op in _UPPER:
+        return bool(bound < gbound or (bound == gbound and (op == "<" or gop == "<=")))
+    return bool(bound > gbound or (bound == gbound and (op == ">" or gop == ">=")))
+
+
+# -- why a predicate does not hold ----------------------------------------------------------
+
+
+def explain(predicate: list[Any], args: Any, *, redact_fields: Iterable[str] = ()) -> str:
+    """Say which argument keeps ``predicate`` from being true, for the operator.
+
+    Names the argument, its value as the audit record would show it (any
+    argument whose name, or the name of a field on its way, is in
+    ``redact_fields`` shows as ``[redacted]``, case-insensitively; nested
+    secret fields are masked; control, format and line-separator characters
+    are escaped; long values are cut) and the statement that failed, e.g.
+    ``amount = 5000 fails <= 100``. Never raises; an empty string when the
+    predicate is true or cannot be explained. Not for the model: it carries
+    argument values.
+    """
+    try:
+        names = frozenset(f.lower() for f in redact_fields)
+        lines = _why(predicate, args, (), names, _Budget(DEFAULT_BUDGET))
+        return "; ".join(dict.fromkeys(lines))
+    except Exception:  # noqa: BLE001 - an explanation must never break the caller's error path
+        return ""
+
+
+def _why(
+    stmts: list[Any], root: Any, at: tuple[str | int, ...], names: frozenset[str], meter: _Budget
+) -> list[str]:
+    out: list[str] = []
+    for stmt in stmts:
+        if _judge(stmt, root, meter) is not Truth.TRUE:
+            out.extend(_why_one(stmt, root, at, names, meter))
+    return out
+
+
+def _why_one(
+    stmt: Any, root: Any, at: tuple[str | int, ...], names: frozenset[str], meter: _Budget
+) -> list[str]:
+    op = stmt[0]
+    if op == "and":
+        return _why(stmt[1], root, at, names, meter)
+    if op in ("or", "not"):
+        read = _reads([stmt], root, at, names)
+        return [f"{read or 'the arguments'}: fails {_describe(stmt)}"]
+    where = _parse_selector(stmt[1])
+    here = at + where
+    value = _select(root, where)
+    if op == "exists":
+        state = "cannot be reached" if value is _MISSING else "is present"
+        state = "is missing" if _absent(root, where) else state
+        return [f"{_arg(here)} {state}: fails exists"]
+    if value is _MISSING:
+        return [f"{_arg(here)} is missing: fails {_operation_text(stmt)}"]
+    if op == "all" and isinstance(value, _ARRAY):
+        for index, item in enumerate(value):
+            if _judge(stmt[2], item, meter) is not Truth.TRUE:
+                return _why_one(stmt[2], item, (*here, index), names, meter)
+    shown = f"{_arg(here)} = {_shown(value, here, names)}"
+    if _judge(stmt, root, meter) is Truth.UNKNOWN:
+        return [
+            f"{shown} ({_kind(value)}): cannot tell whether it satisfies {_operation_text(stmt)}"
+        ]
+    return [f"{shown} fails {_operation_text(stmt)}"]
+
+
+def _reads(stmts: list[Any], root: Any, at: tuple[str | int, ...], names: frozenset[str]) -> str:
+    """The top-level fields a compound statement reads, with their values."""
+    fields: dict[tuple[str | int, ...], str] = {}
+    pending = list(stmts)
+    while pending and len(fields) < 3:
+        stmt = pending.pop(0)
+        if stmt[0] == "not":
+            pending.append(stmt[1])
+        elif stmt[0] in ("and", "or"):
+            pending.extend(stmt[1])
+        else:
+            where = _parse_selector(stmt[1])
+            value = _select(root, where)
+            shown = "missing" if value is _MISSING else _shown(value, at + where, names)
+            fields.setdefault(at + where, f"{_arg(at + where)} = {shown}")
+    return ", ".join(fields.values())
+
+
+def _operation_text(stmt: Any) -> str:
+    op = stmt[0]
+    if op in ("all", "any"):
+        return f"{op} ({_describe(stmt[2])})"
+    return "exists" if op == "exists" else _operation(stmt)
+
+
+def _arg(parts: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part and set(part) <= _IDENT_REST and part[0] in _IDENT_START:
+            text += f".{part}" if text else part
+        else:
+            text += f"[{_escaped(json.dumps(part, ensure_ascii=False))}]"
+    return f"argument {text or '(the arguments)'}"
+
+
+def _shown(value: Any, parts: tuple[str | int, ...], names: frozenset[str]) -> str:
+    if any(isinstance(p, str) and p.lower() in names for p in parts):
+        return REDACTED
+    text = json.dumps(redact(value, names), ensure_ascii=False, default=repr)
+    text = _escaped(text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _escaped(text: str) -> str:
+    """Control, format (bidi) and line-separator characters as escapes: one line, no tricks."""
+    return "".join(
+        f"\\u{ord(ch):04x}" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in text
+    )
