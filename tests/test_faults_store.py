@@ -25,7 +25,7 @@ import pytest
 
 from agentguard.clock import ManualClock
 from agentguard.errors import DeniedError, StoreError
-from agentguard.store import SQLiteStore
+from agentguard.store import MemoryStore, SQLiteStore
 from agentguard.testing import RecordingTool, World
 
 TOOL = "tickets/comment"
@@ -401,3 +401,77 @@ def test_a_state_file_deleted_under_another_process_stops_that_process(tmp_path:
     for outcome in result["outcomes"]:
         assert outcome.startswith(("store_error", "audit_error"))
         assert "was deleted" in outcome
+
+
+# -- 13.6: no clock step undoes replay protection ------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_clock_stepped_forward_then_back_cannot_replay_a_spent_token(
+    tmp_path: Path, kind: str
+) -> None:
+    """+1 h, 512 calls (a purge), clock back: the spent token is refused as expired."""
+    clock = ManualClock(time.time())
+    world = World(clock=clock)
+    if kind == "memory":
+        guard = world.guard(store=MemoryStore())
+    else:
+        guard = world.guard(home=tmp_path / "home")
+    token = world.delegation.mint_call_token(world.bot, TOOL, ARGS)
+    tool = RecordingTool()
+    try:
+        guard.call(world.delegation, TOOL, ARGS, tool, call_token=token)
+        clock.advance(3600)
+        for n in range(512):
+            guard.call(world.delegation, TOOL, {"n": n}, tool, holder=world.bot)
+        clock.advance(-3600)
+        with pytest.raises(DeniedError) as info:
+            guard.call(world.delegation, TOOL, ARGS, tool, call_token=token)
+        assert info.value.reason == "call_token_expired"
+        assert "watermark" in info.value.explanation
+        assert len(tool.calls) == 513
+        # Tokens minted now, after the step back, are refused too (fail closed) ...
+        with pytest.raises(DeniedError, match="watermark"):
+            guard.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
+        # ... until the clock passes the watermark again.
+        clock.advance(3600 + 1)
+        guard.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
+    finally:
+        guard.close()
+
+
+def test_two_stores_with_skewed_clocks_share_one_watermark(tmp_path: Path) -> None:
+    """A store whose clock runs an hour ahead purges; the other cannot replay what it spent."""
+    path = tmp_path / "state.db"
+    right, ahead = SQLiteStore(path), SQLiteStore(path)
+    try:
+        assert right.nonce_watermark() is None
+        assert right.consume("agent:bot/spent", NOW + 30, now=NOW) is True
+        for n in range(512):  # the 512th consume purges, by the skewed clock
+            ahead.consume(f"agent:bot/{n}", NOW + 3600 + 30, now=NOW + 3600)
+        assert right.nonce_watermark() == NOW + 3600
+        with pytest.raises(DeniedError) as info:
+            right.consume("agent:bot/spent", NOW + 30, now=NOW + 1)
+        assert info.value.reason == "call_token_expired"
+        # A key never seen before but expiring before the watermark: refused the same way.
+        with pytest.raises(DeniedError, match="watermark"):
+            right.consume("agent:bot/new", NOW + 60, now=NOW + 1)
+        assert right.consume("agent:bot/later", NOW + 3600 + 60, now=NOW + 1) is True
+    finally:
+        right.close()
+        ahead.close()
+
+
+def test_a_damaged_watermark_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("INSERT INTO meta (key, value) VALUES ('nonce_watermark', 'soon')")
+    raw.close()
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(StoreError, match="damaged nonce watermark"):
+            store.consume("k", NOW + 30, now=NOW)
+    finally:
+        store.close()

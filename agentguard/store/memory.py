@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,6 +21,7 @@ from agentguard.store.base import (
     RevocationKind,
     entry_hash,
 )
+from agentguard.store.sqlite import _expired
 
 __all__ = ["MemoryStore"]
 
@@ -38,6 +40,7 @@ class MemoryStore:
         self._revoked: dict[tuple[str, str], Revocation] = {}
         self._nonces: dict[str, float] = {}
         self._next_purge = 0.0
+        self._watermark = -math.inf
         self._grants: dict[str, GrantRecord] = {}
         self._usage: dict[str, float] = {}
         self._audit: list[AuditEntry] = []
@@ -71,11 +74,20 @@ class MemoryStore:
 
     # -- replay ------------------------------------------------------------------
     def consume(self, key: str, expires_at: float, *, now: float) -> bool:
-        """Mark ``key`` used; ``True`` the first time only."""
+        """Mark ``key`` used; ``True`` the first time only.
+
+        Raises:
+            DeniedError: ``call_token_expired``: ``expires_at`` is at or before the
+                time up to which spent ids were purged (see :class:`SQLiteStore`).
+        """
         with self._lock:
             if now >= self._next_purge or len(self._nonces) >= MAX_NONCES:
                 self._nonces = {k: exp for k, exp in self._nonces.items() if exp > now}
                 self._next_purge = now + 10
+                # Forgotten ids expire at or before this, whatever a clock says later.
+                self._watermark = max(self._watermark, now)
+            if expires_at <= self._watermark:
+                raise _expired(expires_at)
             if key in self._nonces:
                 return False
             if len(self._nonces) >= MAX_NONCES:

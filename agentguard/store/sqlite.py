@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import secrets
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
 from agentguard.canonical import canonical_json
-from agentguard.errors import StoreError
+from agentguard.decision import Reason
+from agentguard.errors import DeniedError, StoreError
 from agentguard.store.base import (
     GENESIS_HASH,
     REVOCATION_KINDS,
@@ -424,19 +426,58 @@ class SQLiteStore:
 
     # -- replay -----------------------------------------------------------------------
     def consume(self, key: str, expires_at: float, *, now: float) -> bool:
-        """Mark ``key`` used; ``True`` the first time only (across processes)."""
+        """Mark ``key`` used; ``True`` the first time only (across processes).
+
+        Expired ids are purged now and then by the caller's clock, which may be
+        wrong. The purge leaves a watermark in the file: an id expiring at or
+        before it may have been forgotten, so it is refused as expired whatever
+        the caller's clock says; stepping a clock back cannot bring it back.
+
+        Raises:
+            DeniedError: ``call_token_expired``: ``expires_at`` is at or before
+                the purge watermark.
+            StoreError: the store cannot be written.
+        """
         self._consumed += 1
         purge = self._consumed % _PURGE_EVERY == 0
 
-        def run(db: sqlite3.Connection) -> bool:
+        def run(db: sqlite3.Connection) -> bool | None:
             if purge:
-                db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+                db.execute("DELETE FROM nonces WHERE expires_at <= ?", (now,))
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('nonce_watermark', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = "
+                    "max(CAST(value AS REAL), CAST(excluded.value AS REAL))",
+                    (now,),
+                )
+            if expires_at <= self._watermark(db):
+                return None
             cur = db.execute(
                 "INSERT OR IGNORE INTO nonces (key, expires_at) VALUES (?, ?)", (key, expires_at)
             )
             return cur.rowcount == 1
 
-        return self._run_write(run)
+        fresh = self._run_write(run)
+        if fresh is None:
+            raise _expired(expires_at)
+        return fresh
+
+    def _watermark(self, db: sqlite3.Connection) -> float:
+        row = db.execute("SELECT value FROM meta WHERE key = 'nonce_watermark'").fetchone()
+        if row is None:
+            return -math.inf
+        try:
+            return float(row[0])
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"store {self.location} holds a damaged nonce watermark {row[0]!r}; restore "
+                "the file from a backup"
+            ) from exc
+
+    def nonce_watermark(self) -> float | None:
+        """Ids expiring at or before this time are refused as expired (``None``: no purge yet)."""
+        mark = self._read(self._watermark)
+        return None if mark == -math.inf else mark
 
     def is_consumed(self, key: str, *, now: float) -> bool:
         """Whether ``key`` is remembered as used (and not expired), in any process."""
@@ -717,4 +758,13 @@ def _schema_number(value: object, path: Path) -> int:
         f"{path} records store schema version {value!r}, which is not a number: the file "
         "is damaged or not an agentguard database; restore it from a backup, or move it "
         "aside to start with empty state"
+    )
+
+
+def _expired(expires_at: float) -> DeniedError:
+    return DeniedError(
+        f"call token expired at {expires_at:.0f}, at or before the time up to which this "
+        "store has forgotten spent tokens (its purge watermark); a clock that was stepped "
+        "back cannot make it valid again",
+        reason=Reason.CALL_TOKEN_EXPIRED,
     )
