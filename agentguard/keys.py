@@ -49,8 +49,12 @@ __all__ = [
     "Principal",
     "b64url_decode",
     "b64url_encode",
+    "read_trusted_file",
     "validate_principal_id",
 ]
+
+#: The most bytes a key file may hold (a JWK is a few hundred).
+KEY_FILE_LIMIT = 65536
 
 PRINCIPAL_KINDS = ("agent", "org", "service", "team", "user")
 _ID = re.compile(r"^([a-z]+):([A-Za-z0-9][A-Za-z0-9._@+-]{0,127})$")
@@ -108,6 +112,71 @@ def validate_principal_id(principal_id: object) -> str:
             "(e.g. 'user:alice', 'agent:support-bot')"
         )
     return principal_id
+
+
+def read_trusted_file(path: Path, *, limit: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a trusted file (policy, key, delegation), read with a bound.
+
+    Only a regular file is read, and its size is checked on the opened file
+    before anything is read: a FIFO, a device (``/dev/zero``) or a file larger
+    than ``limit`` is refused at once, never waited on or loaded whole. At
+    most ``limit + 1`` bytes are read, so a file that grows meanwhile is
+    refused too. The FIFO is opened non-blocking, so a missing writer cannot
+    make the open hang.
+
+    Raises:
+        OSError: the file cannot be opened or read (with ``follow_symlinks``
+            false, also when it is a symbolic link).
+        ValueError: it is not a regular file, or holds more than ``limit`` bytes;
+            the message names the file.
+    """
+    fd = _open_trusted(path, follow_symlinks=follow_symlinks)
+    try:
+        return _read_bounded(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
+def _open_trusted(path: Path, *, follow_symlinks: bool) -> int:
+    # Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    return os.open(path, flags)
+
+
+def _read_bounded(fd: int, path: Path, limit: int) -> bytes:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    if info.st_size > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = os.read(fd, remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    raw = b"".join(chunks)
+    if len(raw) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return raw
+
+
+def _read_key_file(path: Path) -> bytes:
+    """A public key file's bytes (see :func:`read_trusted_file`).
+
+    Raises:
+        IdentityError: it cannot be read, is not a regular file or is too large.
+    """
+    try:
+        return read_trusted_file(path, limit=KEY_FILE_LIMIT)
+    except OSError as exc:
+        raise IdentityError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise IdentityError(f"refusing key file: {exc}") from exc
 
 
 def _public_bytes(key: Ed25519PublicKey) -> bytes:
@@ -322,17 +391,23 @@ class Identity:
                 group or others.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = _open_trusted(path, follow_symlinks=False)
         except OSError as exc:
             raise IdentityError(f"cannot open key file {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as fh:
-            mode = os.fstat(fh.fileno()).st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise IdentityError(
                     f"refusing private key file {path}: it is accessible by group or others "
                     f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
                 )
-            raw = fh.read(65536)
+            raw = _read_bounded(fd, path, KEY_FILE_LIMIT)
+        except OSError as exc:
+            raise IdentityError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise IdentityError(f"refusing private key file: {exc}") from exc
+        finally:
+            os.close(fd)
         doc = _read_json(raw, path)
         return cls.from_private_jwk(validate_principal_id(doc.get("id")), doc.get("jwk", {}))
 
@@ -435,7 +510,7 @@ class Keyring:
             raise IdentityError(f"key file {path} belongs to {identity.id}, not {principal_id}")
         public = self.public_path(principal_id)
         if public.exists():
-            doc = _read_json(public.read_bytes()[:65536], public)
+            doc = _read_json(_read_key_file(public), public)
             stored = Principal.from_jwk(principal_id, doc.get("jwk", {}))
             if stored.kid != identity.kid:
                 raise IdentityError(
@@ -452,7 +527,7 @@ class Keyring:
         """
         path = self.public_path(principal_id)
         if path.exists():
-            doc = _read_json(path.read_bytes()[:65536], path)
+            doc = _read_json(_read_key_file(path), path)
             if doc.get("id") != principal_id:
                 raise IdentityError(f"key file {path} belongs to another principal")
             return Principal.from_jwk(principal_id, doc.get("jwk", {}))
@@ -476,7 +551,7 @@ class Keyring:
             if path.suffix not in (".key", ".pub"):
                 continue
             try:
-                doc = _read_json(path.read_bytes()[:65536], path)
+                doc = _read_json(_read_key_file(path), path)
                 principal_id = validate_principal_id(doc.get("id"))
             except IdentityError:
                 continue

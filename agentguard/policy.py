@@ -25,7 +25,7 @@ from agentguard.errors import (
     InvalidAddressError,
     PredicateError,
 )
-from agentguard.keys import Principal, validate_principal_id
+from agentguard.keys import KEY_FILE_LIMIT, Principal, read_trusted_file, validate_principal_id
 from agentguard.predicates import compile_predicate, restricts
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ __all__ = [
 
 ASSURANCE_LEVELS = ("agent", "local", "authenticated", "signed")
 Assurance = Literal["agent", "local", "authenticated", "signed"]
+#: The most bytes a policy file may hold.
+POLICY_FILE_LIMIT = 1_000_000
 DEFAULT_REDACT = ("password", "secret", "token", "api_key", "authorization", "credential")
 
 
@@ -248,6 +250,11 @@ class Storage(_Strict):
     busy_timeout: float = Field(
         5.0, description="How long a call waits for another process's lock on the state file"
     )
+    url: str | None = Field(
+        None,
+        description="A postgresql:// URL of a database several guards share (${VAR} expanded; "
+        "$AGENTGUARD_DATABASE_URL overrides it)",
+    )
 
     @field_validator("busy_timeout", mode="before")
     @classmethod
@@ -297,7 +304,7 @@ class Policy(_Strict):
                 path = Path(root.key_file or "")
                 if not path.is_absolute() and self.base_dir:
                     path = Path(self.base_dir) / path
-                doc = json.loads(path.read_text())
+                doc = json.loads(read_trusted_file(path, limit=KEY_FILE_LIMIT))
                 jwk = doc.get("jwk", doc) if isinstance(doc, dict) else {}
                 out.append(Principal.from_jwk(root.id, jwk))
             except FileNotFoundError as exc:
@@ -461,13 +468,13 @@ def load_policy(source: str | Path | Mapping[str, Any]) -> Policy:
         return _validate(dict(source), "policy", {})
     path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_trusted_file(path, limit=POLICY_FILE_LIMIT).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:  # found by fuzz/fuzz_policy.py
         raise ConfigError(f"{path}: policy file is not UTF-8 text") from exc
-    if len(text) > 1_000_000:
-        raise ConfigError(f"{path}: policy file is larger than 1 MB")
+    except ValueError as exc:  # a FIFO, a device, or over the limit: refused before reading
+        raise ConfigError(f"cannot read policy: {exc}") from exc
     data = load_strict_yaml(text, str(path))
     node = yaml.compose(text, Loader=_LineLoader)  # the text parsed above: for line numbers
     if data is None:

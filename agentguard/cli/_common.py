@@ -25,7 +25,7 @@ from agentguard.decision import Reason
 from agentguard.delegation import MAX_DELEGATION_BYTES
 from agentguard.errors import ConfigError, TokenFormatError
 from agentguard.guard import Guard
-from agentguard.keys import Identity, Keyring
+from agentguard.keys import Identity, Keyring, read_trusted_file
 from agentguard.policy import Policy, load_policy
 from agentguard.resolve import STATE_FILE, resolve_home
 from agentguard.store.memory import MemoryStore
@@ -166,8 +166,10 @@ def read_delegation(path: Path) -> str:
     if str(path) == "-":
         raw = sys.stdin.buffer.read(limit + 1) if hasattr(sys.stdin, "buffer") else b""
     else:
-        with path.open("rb") as fh:
-            raw = fh.read(limit + 1)
+        try:
+            raw = read_trusted_file(path, limit=limit)
+        except ValueError as exc:  # a FIFO, a device, or far too large: refused unread
+            raise TokenFormatError(f"cannot read a delegation: {exc}") from None
     if len(raw) > limit:
         raise TokenFormatError(f"{path} is too large to hold a delegation", reason=Reason.OVERSIZED)
     try:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from agentguard.cli._common import HomeOption, fail, note, out, say, workspace
 from agentguard.errors import IdentityError
-from agentguard.keys import Principal, validate_principal_id
+from agentguard.keys import KEY_FILE_LIMIT, Principal, read_trusted_file, validate_principal_id
 
 __all__ = ["app"]
 
@@ -75,7 +75,10 @@ def export(
 
 
 def _read_public(path: Path, principal_id: str) -> Principal:
-    raw = path.read_bytes()[:65536]
+    try:
+        raw = read_trusted_file(path, limit=KEY_FILE_LIMIT)
+    except ValueError as exc:  # a FIFO, a device, or too large: refused unread
+        raise IdentityError(f"refusing key file: {exc}") from None
     try:
         doc: Any = json.loads(raw)
     except ValueError:
