@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from agentguard import tracing
@@ -35,7 +35,7 @@ from agentguard.approval import (
 )
 from agentguard.audit import AuditLog, decision_record, restore_redacted
 from agentguard.clock import Clock
-from agentguard.decision import Decision, Outcome, Reason
+from agentguard.decision import Decision, Outcome, Reason, with_audit_seq
 from agentguard.delegation import Delegation
 from agentguard.errors import (
     AgentGuardError,
@@ -149,12 +149,27 @@ class Parts:
 
 @dataclass
 class _State:
-    """One call on its way through the pipeline."""
+    """One call on its way through the pipeline.
+
+    The verdict is kept in plain fields and turned into a :class:`Decision`
+    once, when it is recorded (:meth:`decision`): a frozen dataclass rebuilt by
+    every step cost more than the step.
+    """
 
     request: CallRequest
-    decision: Decision
+    id: str
     args: dict[str, Any]
     now: float
+    outcome: Outcome = Outcome.DENY
+    reason: Reason = Reason.DENIED
+    explanation: str = ""
+    link: int | None = None
+    rule: int | None = None
+    claimed_path: tuple[str, ...] = ()
+    approval_rules: tuple[str, ...] = ()
+    approval_request_id: str | None = None
+    approver: str | None = None
+    approval_receipt: str | None = None
     digest: str | None = None
     chain: VerifiedChain | None = None
     token: str | None = None
@@ -167,17 +182,47 @@ class _State:
         assert self.chain is not None  # noqa: S101 (steps after _verify only)
         return self.chain
 
-    def decide(self, outcome: Outcome, reason: Reason, explanation: str, **kw: Any) -> None:
-        """Set the verdict; a verified chain's path and link ids go with it.
+    def decide(
+        self,
+        outcome: Outcome,
+        reason: Reason,
+        explanation: str,
+        *,
+        approval_request_id: str | None = None,
+        approver: str | None = None,
+    ) -> None:
+        """Set the verdict (and the approval it names, when given)."""
+        self.outcome, self.reason, self.explanation = outcome, reason, explanation
+        if approval_request_id is not None:
+            self.approval_request_id = approval_request_id
+        if approver is not None:
+            self.approver = approver
+
+    def decision(self, *, shadow: bool = False) -> Decision:
+        """The verdict as a :class:`Decision`; a verified chain's path and link ids go with it.
 
         Every way out of the pipeline decides before it records, so the chain is
         written into the decision here rather than by a copy of its own.
         """
-        if self.chain is not None:
-            kw.setdefault("path", self.chain.path)
-            kw.setdefault("link_ids", self.chain.delegation.link_ids)
-        self.decision = replace(
-            self.decision, outcome=outcome, reason=reason, explanation=explanation, **kw
+        chain = self.chain
+        return Decision(
+            id=self.id,
+            outcome=self.outcome,
+            reason=self.reason,
+            explanation=self.explanation,
+            tool=self.request.tool,
+            path=chain.path if chain is not None else (),
+            link_ids=chain.delegation.link_ids if chain is not None else (),
+            link=self.link,
+            rule=self.rule,
+            approval_rules=self.approval_rules,
+            approval_request_id=self.approval_request_id,
+            approver=self.approver,
+            call_id=self.request.call_id,
+            shadow=shadow,
+            dry_run=not self.request.enforce,
+            claimed_path=self.claimed_path,
+            approval_receipt=self.approval_receipt,
         )
 
 
@@ -185,15 +230,7 @@ def run(parts: Parts, request: CallRequest) -> Pipeline:
     """Decide ``request``; the generator the guard's drivers run."""
     state = _State(
         request=request,
-        decision=Decision(
-            id="dec_" + secrets.token_urlsafe(12),
-            outcome=Outcome.DENY,
-            reason=Reason.DENIED,
-            explanation="",
-            tool=request.tool,
-            call_id=request.call_id,
-            dry_run=not request.enforce,
-        ),
+        id="dec_" + secrets.token_urlsafe(12),
         args=dict(request.args) if isinstance(request.args, Mapping) else {},
         now=parts.clock.now(),
     )
@@ -217,15 +254,15 @@ def run(parts: Parts, request: CallRequest) -> Pipeline:
             Outcome.DENY,
             exc.reason,  # type: ignore[arg-type]  # a Reason code, possibly an adapter's own
             exc.explanation,
-            link=exc.link,
-            rule=exc.rule,
-            claimed_path=_claimed_path(request.delegation) if state.chain is None else (),
         )
+        state.link, state.rule = exc.link, exc.rule
+        if state.chain is None:
+            state.claimed_path = _claimed_path(request.delegation)
         return _record(parts, state, exc)
     except StoreError as exc:
         state.decide(Outcome.DENY, Reason.STORE_ERROR, str(exc))
-        error = DeniedError(str(exc), reason=Reason.STORE_ERROR, decision_id=state.decision.id)
-        return Result(state.decision, error, state.args)
+        error = DeniedError(str(exc), reason=Reason.STORE_ERROR, decision_id=state.id)
+        return Result(state.decision(), error, state.args)
 
 
 # -- the steps ----------------------------------------------------------------------------
@@ -253,9 +290,7 @@ def _authorize(parts: Parts, state: _State) -> None:
         *(Demand(rule, level, 0) for rule, level in state.request.step_up),
     ]
     if state.demands:
-        state.decision = replace(
-            state.decision, approval_rules=tuple(d.rule for d in state.demands)
-        )
+        state.approval_rules = tuple(d.rule for d in state.demands)
 
 
 def _bind_caller(parts: Parts, state: _State) -> None:
@@ -300,20 +335,17 @@ def _settle_approval(parts: Parts, state: _State) -> Generator[Wait, Answer, boo
     if row is None:
         request = new_request(parts, state, cdigest, min_level, excluded)
         parts.approvals.file(request)
-        state.decision = replace(state.decision, approval_request_id=request.id)
+        state.approval_request_id = request.id
         answer = yield Wait(request, deliver=True)
     elif row.status == "pending":
-        state.decision = replace(state.decision, approval_request_id=row.id)
+        state.approval_request_id = row.id
         answer = yield Wait(ApprovalRequest.from_row(row), deliver=False)
     else:
         answer = row
     state.approval = _use_answer(parts, state, answer, cdigest, min_level, excluded)
-    state.decision = replace(
-        state.decision,
-        approval_request_id=state.approval.request_id,
-        approver=state.approval.approver,
-        approval_receipt=state.approval.receipt,
-    )
+    state.approval_request_id = state.approval.request_id
+    state.approver = state.approval.approver
+    state.approval_receipt = state.approval.receipt
     return False
 
 
@@ -326,7 +358,7 @@ def _settle_dry_run(
     excluded: frozenset[str],
 ) -> bool:
     """A dry run reports what would happen; it spends nothing (it may file a request)."""
-    rules = "; ".join(state.decision.approval_rules)
+    rules = "; ".join(state.approval_rules)
     if row is None and state.request.request_approval:
         request = new_request(parts, state, cdigest, min_level, excluded)
         parts.approvals.file(request)
@@ -361,7 +393,11 @@ def _settle_dry_run(
 def _bind_call_token(parts: Parts, state: _State) -> None:
     """Mint (or spend) the call token, spend the approval's receipt: the call may run."""
     chain, request = state.verified, state.request
-    if state.token is None and request.holder is not None:
+    if not request.enforce:
+        # A dry run mints and spends nothing single-use: _bind_caller checked the
+        # holder (or the presented token, and that it was not spent).
+        pass
+    elif state.token is None and request.holder is not None:
         minted = mint_call(
             request.holder,
             leaf_link_id=chain.delegation.leaf.link_id,
@@ -375,7 +411,7 @@ def _bind_call_token(parts: Parts, state: _State) -> None:
         parts.verifier.accept_minted(
             chain, minted, tool=request.tool, args=state.args, digest=state.digest
         )
-    elif state.presented is not None and request.enforce:
+    elif state.presented is not None:
         # Checked already: no second signature check, only nonce and expiry remain.
         parts.verifier.consume(state.presented)
     approval = state.approval
@@ -395,10 +431,10 @@ def _bind_call_token(parts: Parts, state: _State) -> None:
 
 def _record(parts: Parts, state: _State, error: DeniedError | None = None) -> Result:
     """Write the decision's audit record; what it says is what happens."""
-    decision = state.decision
-    shadow = parts.policy.shadow and decision.outcome != Outcome.ALLOW and not decision.dry_run
+    dry_run = not state.request.enforce
+    shadow = parts.policy.shadow and state.outcome != Outcome.ALLOW and not dry_run
+    decision = state.decision(shadow=shadow)
     if shadow:
-        decision = replace(decision, shadow=True)
         log.warning(
             "SHADOW MODE: %s would be %s (%s) but runs anyway [decision %s]",
             decision.tool,
@@ -425,22 +461,15 @@ def _record(parts: Parts, state: _State, error: DeniedError | None = None) -> Re
     )
     try:
         # A dry run is not a use: it must not hide a stale grant from the inventory.
-        used = () if decision.dry_run else decision.link_ids
+        used = () if dry_run else decision.link_ids
         entry = parts.audit.append(record, link_ids=used, at=parts.clock.now())
     except StoreError as exc:
-        failed = replace(
-            decision,
-            outcome=Outcome.DENY,
-            reason=Reason.AUDIT_ERROR,
-            explanation=str(exc),
-            shadow=False,
-        )
+        state.decide(Outcome.DENY, Reason.AUDIT_ERROR, str(exc))
         refusal = DeniedError(str(exc), reason=Reason.AUDIT_ERROR, decision_id=decision.id)
-        return Result(failed, refusal, {})
-    decision = replace(decision, audit_seq=entry.seq)
+        return Result(state.decision(), refusal, {})
     if error is not None:
         error.decision_id = decision.id
-    return Result(decision, None if shadow else error, dict(effective))
+    return Result(with_audit_seq(decision, entry.seq), None if shadow else error, dict(effective))
 
 
 # -- approval helpers ---------------------------------------------------------------------
@@ -534,7 +563,7 @@ def new_request(
     trace_id, span_id = tracing.current_ids()
     return ApprovalRequest(
         id=ApprovalBook.new_id(),
-        decision_id=state.decision.id,
+        decision_id=state.id,
         call_digest=cdigest,
         tool=tool,
         args_display=shown,
@@ -543,7 +572,7 @@ def new_request(
         on_behalf_of=sponsor,
         purpose=purpose,
         links=links,
-        rules=state.decision.approval_rules,
+        rules=state.approval_rules,
         min_assurance=min_level,
         excluded=tuple(sorted(excluded)),
         created_at=now,

@@ -119,6 +119,8 @@ class Reason(StrEnum):
     """The arguments are too large to show an approver in full."""
     APPROVER_NOT_AUTHORIZED = "approver_not_authorized"
     """The answer comes from someone who may not approve this call."""
+    NO_APPROVER = "no_approver"
+    """Nobody in the policy could approve this call: it is refused without waiting."""
     SEPARATION_OF_DUTIES = "separation_of_duties"
     """The answer comes from someone in the chain below the demanding link."""
     # -- the guard itself -------------------------------------------------------------
@@ -214,3 +216,16 @@ class Decision:
             f"{html.escape(self.explanation)}<br>{html.escape(' -> '.join(self.path))} "
             f"&middot; decision {html.escape(self.id)}</small></div>"
         )
+
+
+def with_audit_seq(decision: Decision, seq: int) -> Decision:
+    """``dataclasses.replace(decision, audit_seq=seq)``, without its per-field work.
+
+    Runs once per decision on the guard's hot path. :class:`Decision` has no
+    ``__post_init__`` and no slots: a copy of the instance dictionary is the
+    whole object (``tests/test_decision_copy.py`` holds the two equal).
+    """
+    copy = object.__new__(type(decision))
+    copy.__dict__.update(decision.__dict__)
+    copy.__dict__["audit_seq"] = seq
+    return copy
