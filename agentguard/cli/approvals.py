@@ -29,7 +29,10 @@ from agentguard.cli._common import (
 )
 from agentguard.keys import validate_principal_id
 
-__all__ = ["app"]
+__all__ = ["SERVE_PORT", "app"]
+
+#: The approval page's default port: apart from the MCP proxy's ``--http`` examples (8765).
+SERVE_PORT = 8780
 
 app = typer.Typer(help="List, show, approve and deny step-up approval requests.")
 
@@ -204,13 +207,14 @@ def token(
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = SERVE_PORT,
     home: HomeOption = None,
     policy: PolicyOption = None,
 ) -> None:
     """Serve the approval web page (the 'web' extra) until interrupted."""
     from agentguard import web
 
+    web._require_web()  # before anything is said as if serving
     ws = workspace(ctx, home, policy)
     with ws.guard() as guard:
         note(f"approval page on http://{host}:{port}/ (Ctrl-C to stop)")

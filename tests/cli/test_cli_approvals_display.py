@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+from agentguard.cli.approvals import SERVE_PORT
 from tests.display_support import EVIL, LONG, assert_shows_the_facts, shown_args
 
 from .cli_support import CLI, grant
@@ -47,3 +51,36 @@ def test_show_lists_every_argument_and_full_shows_folded_values(scenario: CLI) -
         "agent:bot",
     ]
     assert doc["links"][2]["purpose"] == "pre-approved by security"
+
+
+_WITHOUT_WEB = """
+import sys
+sys.modules["starlette"] = None  # as if the 'web' extra were not installed
+sys.modules["uvicorn"] = None
+from agentguard.cli import main
+sys.argv = ["agentguard", "approvals", "serve"]
+main()
+"""
+
+
+def test_serve_without_the_web_extra_fails_before_announcing_a_url(cli: CLI) -> None:
+    """Without the web extra: one error line naming the extra, and no URL printed as if serving."""
+    cli.ok("init", "--org", "org:acme")
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_WEB], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "http://" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: the approval web page needs the 'web' extra: pip install 'agentguard[web]'"
+    ]
+
+
+def test_serve_default_port_is_not_the_mcp_proxy_example_port(cli: CLI) -> None:
+    """The MCP README's --http examples use 8765; the approval page defaults to another port."""
+    mcp_readme = (Path(__file__).resolve().parents[2] / "adapters/mcp/README.md").read_text()
+    example_ports = set(re.findall(r"--http \S*?:(\d+)", mcp_readme))
+    assert "8765" in example_ports
+    shown = cli.ok("approvals", "serve", "--help").stdout
+    assert f"[default: {SERVE_PORT}]" in " ".join(shown.split())
+    assert str(SERVE_PORT) not in example_ports
