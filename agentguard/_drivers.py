@@ -300,6 +300,7 @@ def assemble(
         clock=clock,
         leeway=policy.limits.leeway,
         max_links=policy.limits.max_chain_length,
+        redact=policy.redact,
     )
     side = chosen / "audit-checkpoints.jsonl" if chosen is not None else None
     approvals = ApprovalBook(

@@ -37,7 +37,13 @@ from jsonschema.protocols import Validator
 
 from agentguard.errors import AgentGuardError
 
-__all__ = ["MAX_DEPTH", "MAX_SCHEMA_CHARS", "ArgumentSchemaError", "check_arguments"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_SCHEMA_CHARS",
+    "ArgumentSchemaError",
+    "check_arguments",
+    "fill_defaults",
+]
 
 #: Largest schema (characters of its canonical JSON) that is applied; larger is refused.
 MAX_SCHEMA_CHARS = 256 * 1024
@@ -124,6 +130,42 @@ def check_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> 
         ) from None
     if error is not None:
         raise _explained(error)
+
+
+def fill_defaults(
+    schema: Mapping[str, Any], arguments: Mapping[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The arguments with every omitted top-level argument the schema gives a default
+    for filled in, and the names filled (sorted).
+
+    Only the schema's own ``properties`` are read (not ``$ref``, ``allOf`` and
+    the like, nor nested objects): a guard then judges, and the tool receives,
+    the values the schema says an omitted argument takes, rather than whatever
+    the tool would pick. A default that is not plain JSON is not filled. Check
+    the result with :func:`check_arguments`, as any other arguments.
+
+    Raises:
+        ArgumentSchemaError: ``schema`` or ``arguments`` is not an object.
+    """
+    if not isinstance(schema, Mapping):
+        raise ArgumentSchemaError("the tool's schema is not a JSON object")
+    if not isinstance(arguments, Mapping):
+        raise ArgumentSchemaError("arguments must be an object", keyword="type")
+    filled = dict(arguments)
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return filled, ()
+    names: list[str] = []
+    for name, spec in properties.items():
+        if name in filled or not isinstance(spec, Mapping) or "default" not in spec:
+            continue
+        try:
+            default = json.loads(json.dumps(spec["default"], allow_nan=False))
+        except (TypeError, ValueError, RecursionError):
+            continue
+        filled[name] = default
+        names.append(name)
+    return filled, tuple(sorted(names))
 
 
 def _compiled(schema: Mapping[str, Any]) -> Validator:

@@ -994,7 +994,7 @@ def _bound_implies(op: str, bound: Any, gop: str, gbound: Any) -> bool:
 # -- why a predicate does not hold ----------------------------------------------------------
 
 
-def explain(predicate: list[Any], args: Any, *, redact_fields: Iterable[str] = ()) -> str:
+def explain(predicate: list[Any], args: Any, *, redact_fields: Iterable[str] | None = ()) -> str:
     """Say which argument keeps ``predicate`` from being true, for the operator.
 
     Names the argument, its value as the audit record would show it (any
@@ -1002,12 +1002,13 @@ def explain(predicate: list[Any], args: Any, *, redact_fields: Iterable[str] = (
     ``redact_fields`` shows as ``[redacted]``, case-insensitively; nested
     secret fields are masked; control, format and line-separator characters
     are escaped; long values are cut) and the statement that failed, e.g.
-    ``amount = 5000 fails <= 100``. Never raises; an empty string when the
+    ``argument amount = 5000 fails <= 100``. With ``redact_fields=None`` no
+    value is shown at all (``[not shown]``). Never raises; an empty string when the
     predicate is true or cannot be explained. Not for the model: it carries
     argument values.
     """
     try:
-        names = frozenset(f.lower() for f in redact_fields)
+        names = None if redact_fields is None else frozenset(f.lower() for f in redact_fields)
         lines = _why(predicate, args, (), names, _Budget(DEFAULT_BUDGET))
         return "; ".join(dict.fromkeys(lines))
     except Exception:  # noqa: BLE001 - an explanation must never break the caller's error path
@@ -1015,7 +1016,11 @@ def explain(predicate: list[Any], args: Any, *, redact_fields: Iterable[str] = (
 
 
 def _why(
-    stmts: list[Any], root: Any, at: tuple[str | int, ...], names: frozenset[str], meter: _Budget
+    stmts: list[Any],
+    root: Any,
+    at: tuple[str | int, ...],
+    names: frozenset[str] | None,
+    meter: _Budget,
 ) -> list[str]:
     out: list[str] = []
     for stmt in stmts:
@@ -1025,7 +1030,7 @@ def _why(
 
 
 def _why_one(
-    stmt: Any, root: Any, at: tuple[str | int, ...], names: frozenset[str], meter: _Budget
+    stmt: Any, root: Any, at: tuple[str | int, ...], names: frozenset[str] | None, meter: _Budget
 ) -> list[str]:
     op = stmt[0]
     if op == "and":
@@ -1054,7 +1059,9 @@ def _why_one(
     return [f"{shown} fails {_operation_text(stmt)}"]
 
 
-def _reads(stmts: list[Any], root: Any, at: tuple[str | int, ...], names: frozenset[str]) -> str:
+def _reads(
+    stmts: list[Any], root: Any, at: tuple[str | int, ...], names: frozenset[str] | None
+) -> str:
     """The top-level fields a compound statement reads, with their values."""
     fields: dict[tuple[str | int, ...], str] = {}
     pending = list(stmts)
@@ -1091,7 +1098,9 @@ def _arg(parts: tuple[str | int, ...]) -> str:
     return f"argument {text or '(the arguments)'}"
 
 
-def _shown(value: Any, parts: tuple[str | int, ...], names: frozenset[str]) -> str:
+def _shown(value: Any, parts: tuple[str | int, ...], names: frozenset[str] | None) -> str:
+    if names is None:
+        return "[not shown]"
     if any(isinstance(p, str) and p.lower() in names for p in parts):
         return REDACTED
     text = json.dumps(redact(value, names), ensure_ascii=False, default=repr)

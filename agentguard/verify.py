@@ -26,7 +26,7 @@ from agentguard.decision import Reason
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, StoreError, TokenFormatError
 from agentguard.keys import Principal
-from agentguard.predicates import Truth, evaluate
+from agentguard.predicates import Truth, evaluate, explain
 from agentguard.store.base import ReplayStore, Revocation, RevocationKind, RevocationStore
 from agentguard.store.memory import MemoryStore
 from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_digest
@@ -238,6 +238,10 @@ class Verifier:
         leeway: seconds of clock skew tolerated on every time check.
         max_links: the longest chain accepted.
         cache_size: how many verified link signatures to remember.
+        redact: with a list of argument names (the policy's ``redact``), a
+            refused predicate's explanation shows the failing argument's value,
+            masked where a name on its way is listed (case-insensitive); by
+            default (``None``) it names the argument and the operator only.
 
     Raises:
         TypeError: ``revocations`` is missing or ``None``.
@@ -253,7 +257,9 @@ class Verifier:
         leeway: float = 5.0,
         max_links: int = DEFAULT_MAX_LINKS,
         cache_size: int = 4096,
+        redact: Iterable[str] | None = None,
     ) -> None:
+        self.redact: tuple[str, ...] | None = None if redact is None else tuple(redact)
         roots = trusted_roots.values() if isinstance(trusted_roots, Mapping) else trusted_roots
         self._roots: dict[str, Principal] = {p.id: p for p in roots}
         self.revocations: RevocationStore = _revocation_source(revocations)
@@ -448,6 +454,13 @@ class Verifier:
             if admitting is None:
                 candidates = list(truths)
                 described = "; ".join(grant.scope[i].describe() for i in candidates)
+                # Which argument failed, as the audit record shows it (redacted); the
+                # model only ever sees the reason code (DeniedError.short).
+                failed = "; ".join(
+                    filter(
+                        None, (self._why_not(grant.scope[i].predicate, args) for i in candidates)
+                    )
+                )
                 why = (
                     "cannot tell whether these arguments satisfy it (an argument is missing,"
                     " of another JSON type, or not an absolute path)"
@@ -456,13 +469,16 @@ class Verifier:
                 )
                 raise DeniedError(
                     f"link {index} ({grant.issuer} -> {grant.subject}) rule "
-                    f"{candidates[0]} {why} ({described})",
+                    f"{candidates[0]} {why} ({described})" + (f": {failed}" if failed else ""),
                     reason=Reason.PREDICATE_FAILED,
                     link=index,
                     rule=candidates[0],
                 )
             matched.append(admitting)
         return ScopeMatch(tool, tuple(matched), tuple(approvals))
+
+    def _why_not(self, predicate: list[Any] | None, args: Mapping[str, Any]) -> str:
+        return "" if predicate is None else explain(predicate, args, redact_fields=self.redact)
 
     # -- step 7 -----------------------------------------------------------------
 
