@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from agentguard.addresses import pattern_matches, validate_pattern
 from agentguard.clock import parse_duration
@@ -79,6 +87,38 @@ def _patterns(value: Any) -> list[str]:
     if not out:
         raise ValueError("list at least one tool pattern")
     return out
+
+
+#: What ``parse_duration`` accepts as text: 1 to 9 digits and an optional unit.
+_DURATION_TEXT = r"^\s*(?=[0-9]{1,9}\s*[smhdw]?\s*$)0*[1-9][0-9]*\s*[smhdw]?\s*$"
+
+#: A duration in the policy file: seconds, or text such as ``90s``, ``15m``, ``24h``, ``7d``.
+Duration = Annotated[
+    float,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": _DURATION_TEXT},
+            ],
+            "description": "Seconds, or a number with a unit s, m, h, d or w (e.g. 15m, 7d)",
+        }
+    ),
+]
+#: A duration that may also be zero (``leeway``, ``reusable_for``).
+DurationOrZero = Annotated[
+    float,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION_TEXT},
+                {"enum": ["0", "0s"]},
+            ],
+            "description": "Seconds (0 for none), or a number with a unit s, m, h, d or w",
+        }
+    ),
+]
 
 
 def _duration(value: Any) -> float:
@@ -186,13 +226,13 @@ class PolicyRule(_Strict):
 class Limits(_Strict):
     """Bounds every chain must respect."""
 
-    max_root_ttl: float = Field(7 * 86400, description="Longest lifetime of a root grant")
-    max_link_ttl: float = Field(86400, description="Longest lifetime of any other link")
+    max_root_ttl: Duration = Field(7 * 86400, description="Longest lifetime of a root grant")
+    max_link_ttl: Duration = Field(86400, description="Longest lifetime of any other link")
     max_chain_length: int = Field(5, ge=1, le=16)
     require_purpose: bool = False
     require_sponsor: bool = False
-    call_token_ttl: float = Field(30, description="Lifetime of call tokens the guard mints")
-    leeway: float = Field(5, description="Clock skew tolerated on time checks, in seconds")
+    call_token_ttl: Duration = Field(30, description="Lifetime of call tokens the guard mints")
+    leeway: DurationOrZero = Field(5, description="Clock skew tolerated on time checks, in seconds")
 
     @field_validator("max_root_ttl", "max_link_ttl", "call_token_ttl", mode="before")
     @classmethod
@@ -212,9 +252,9 @@ class ApprovalSettings(_Strict):
     """How step-up approvals are requested and answered."""
 
     channel: Literal["none", "queue", "terminal", "web", "webhook", "callback"] = "none"
-    timeout: float = 300
+    timeout: Duration = 300
     mode: Literal["block", "raise"] = "block"
-    reusable_for: float = 0
+    reusable_for: DurationOrZero = 0
     separation_of_duties: bool = True
     webhook_url: str | None = None
     terminal_approver: str | None = None
