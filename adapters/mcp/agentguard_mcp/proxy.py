@@ -153,6 +153,9 @@ def _refusal(text: str, meta: Mapping[str, Any] | None = None) -> types.CallTool
 
 
 def _denied(exc: DeniedError) -> types.CallToolResult:
+    if exc.reason == Reason.STORE_ERROR:
+        # The caller gets the code; the operator needs the store's own words.
+        logger.warning("tools/call refused: %s", exc.explanation)
     meta: dict[str, Any] = {"reason": exc.reason}
     if exc.decision_id:
         meta["decision_id"] = exc.decision_id

@@ -103,6 +103,7 @@ async def test_over_a_thousand_failed_reconnects_keep_backing_off(
                 assert health.state == "backing_off"
                 assert health.last_error is not None
                 assert health.retry_at is not None
+                assert flaky.retry_max == 30  # the README's "at most 30 s apart"
                 wait = health.retry_at - ticks.now
                 assert flaky.retry_max * (1 - flaky.jitter) <= wait <= flaky.retry_max
 

@@ -94,6 +94,7 @@ def test_config_limits_are_read(tmp_path: Path) -> None:
     a, b = config.upstreams
     assert (a.timeout, a.max_result_bytes) == (7.0, 4096)
     assert (b.timeout, b.max_result_bytes) == (DEFAULT_TIMEOUT, DEFAULT_MAX_RESULT_BYTES)
+    assert (DEFAULT_TIMEOUT, DEFAULT_MAX_RESULT_BYTES) == (120, 16 * 1024 * 1024)  # as README says
     assert load_config(tmp_path / "proxy.yaml").store_timeout == 2.5
     path.write_text("upstreams: {a: {command: [x]}}\n", encoding="utf-8")
     assert load_config(path).store_timeout is None  # the policy's storage.busy_timeout

@@ -67,7 +67,7 @@ def _completions(setup: Setup) -> list[tuple[str, str | None]]:
 
 
 async def test_an_answer_over_the_limit_is_refused_and_never_held(
-    setup: Setup, tmp_path: Path
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """20 MB against a 1 MiB limit: refused as oversized, proxy memory a few MiB at most."""
     record = tmp_path / "calls.jsonl"
@@ -97,6 +97,12 @@ async def test_an_answer_over_the_limit_is_refused_and_never_held(
             print(f"peak growth for a {BIG}-byte answer: {growth} bytes ({growth / LIMIT:.1f}x)")
             assert growth < 4 * LIMIT
 
+            # The line's size: the 20 MB text and its JSON-RPC envelope.
+            assert any(
+                m.startswith("upstream notes: an answer of ")
+                and m.endswith(f" bytes is over the {LIMIT}-byte limit; dropped unread")
+                for m in caplog.messages
+            )
             # The same session goes on: the dropped answer named its request.
             after = await client.call_tool("read_note", {"id": "n2"})
             assert text_of(after) == "read_note n2 done"
@@ -108,7 +114,9 @@ async def test_an_answer_over_the_limit_is_refused_and_never_held(
     ]
 
 
-async def test_an_answer_later_than_the_timeout_is_refused(setup: Setup, tmp_path: Path) -> None:
+async def test_an_answer_later_than_the_timeout_is_refused(
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A call the upstream answers after its timeout: refused, audited as failed; next call fine."""
     record = tmp_path / "calls.jsonl"
     with anyio.fail_after(60):
@@ -119,6 +127,7 @@ async def test_an_answer_later_than_the_timeout_is_refused(setup: Setup, tmp_pat
             assert text_of(slow) == (
                 "upstream timed out (notes): no answer within 0.5 s; the call may have run"
             )
+            assert "upstream notes: no answer to a call within 0.5 s" in caplog.messages
             fine = await client.call_tool("read_note", {"id": "n2"})
             assert text_of(fine) == "read_note n2 done"
     assert [s for s, _ in _completions(setup)] == ["error", "success"]

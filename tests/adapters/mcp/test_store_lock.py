@@ -90,7 +90,7 @@ async def test_a_write_lock_refuses_only_the_calls_that_need_it(
     url = f"http://127.0.0.1:{port}/mcp"
     delegation = setup.delegation(["notes/*"])
     async with (
-        _process(_proxy_argv(setup, record, port, "8"), "listening on", stderr=True),
+        _process(_proxy_argv(setup, record, port, "8"), "listening on", stderr=True) as proxy,
         GuardedClient(url, delegation, setup.agent) as first,
         GuardedClient(url, delegation, setup.agent) as second,
     ):
@@ -120,6 +120,13 @@ async def test_a_write_lock_refuses_only_the_calls_that_need_it(
             # Refused while the lock is still held (the block has not exited).
             assert refused.is_error
             assert _reason(refused) == "store_error", text_of(refused)
+            # The operator reads the store's own explanation on the proxy's stderr.
+            assert proxy.stderr is not None
+            seen = b""
+            with anyio.fail_after(20):
+                while b"tools/call refused: " not in seen:
+                    seen += await proxy.stderr.receive()
+            assert b"locked" in seen.split(b"tools/call refused: ", 1)[1]
         with anyio.fail_after(30):
             after = await first.call_tool("read_note", {"id": "n2"})
             assert not after.is_error, text_of(after)
