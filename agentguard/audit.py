@@ -525,11 +525,39 @@ class AuditLog:
                 self._publish(heads[-1])
             if self.checkpoint_every and entry.seq % self.checkpoint_every == 0:
                 self.checkpoint(entry, at=at)
-        except StoreError:
-            raise
         except Exception as exc:
+            # The record is committed, but the caller is refused: say so in the log.
+            self._not_run(record, at)
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
         return entry
+
+    def _not_run(self, record: Mapping[str, Any], at: float) -> None:
+        """After a committed decision whose aftermath failed, record that its tool did not run.
+
+        Best effort: when even this cannot be written (a full disk), the decision
+        stays without a completion and verifies as not known to have run.
+        """
+        if not lets_tool_run(record):
+            return
+        try:
+            self.store.audit_append(
+                {
+                    "type": "completion",
+                    "decision_id": record.get("decision_id"),
+                    "time": at,
+                    "tool": record.get("tool"),
+                    "call_id": record.get("call_id"),
+                    "status": "not_run",
+                    "error_type": "StoreError",
+                    "duration_ms": 0.0,
+                    "enforcement_point": record.get("enforcement_point"),
+                },
+                at=at,
+            )
+        except Exception as exc:  # noqa: BLE001 - the caller is refused either way
+            log.error("agentguard: could not record that a refused tool did not run: %s", exc)
 
     def _check_side_file(self) -> None:
         """Refuse to write when the side file's signed head is not in the database.

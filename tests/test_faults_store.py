@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
+from agentguard.audit import AuditLog
 from agentguard.clock import ManualClock
 from agentguard.errors import DeniedError, StoreError
+from agentguard.keys import Identity
 from agentguard.store import MemoryStore, SQLiteStore
 from agentguard.testing import RecordingTool, World
 
@@ -121,18 +123,28 @@ def test_a_schema_version_from_the_future_says_upgrade(tmp_path: Path) -> None:
 def test_the_cli_reports_a_broken_store_in_one_line(tmp_path: Path, damage: str) -> None:
     """``agentguard audit verify`` over a broken state file: exit 1, the cause, no traceback."""
     home = tmp_path / ".agentguard"
-    home.mkdir()
     path = home / "state.db"
+    env = {**os.environ, "AGENTGUARD_HOME": str(home)}
+    env.pop("AGENTGUARD_DEBUG", None)
+    init = subprocess.run(
+        [str(AGENTGUARD), "init", "--org", "org:acme"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert init.returncode == 0, init.stderr
+    SQLiteStore(path).close()
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
     if damage == "garbage":
         path.write_bytes(os.urandom(4096))
     else:
-        SQLiteStore(path).close()
         raw = sqlite3.connect(path)
         with raw:
             raw.execute("UPDATE meta SET value = 'x1' WHERE key = 'schema_version'")
         raw.close()
-    env = {**os.environ, "AGENTGUARD_HOME": str(home)}
-    env.pop("AGENTGUARD_DEBUG", None)
     done = subprocess.run(
         [str(AGENTGUARD), "audit", "verify"],
         cwd=tmp_path,
@@ -475,3 +487,59 @@ def test_a_damaged_watermark_is_a_store_error(tmp_path: Path) -> None:
             store.consume("k", NOW + 30, now=NOW)
     finally:
         store.close()
+
+
+# -- 13.3: a checkpoint that fails after its record committed ------------------------------
+
+
+def _failing_checkpoint_log(tmp_path: Path, *, completions_fail: bool) -> tuple[AuditLog, Path]:
+    """A log whose next checkpoint write fails inside SQLite (a trigger raises)."""
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    log = AuditLog(store, Identity.generate("service:guard"), checkpoint_every=2)
+    log.append({"type": "decision", "outcome": "deny", "decision_id": "d1"}, at=NOW)
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute(
+            "CREATE TRIGGER no_checkpoints BEFORE INSERT ON audit_checkpoints "
+            "BEGIN SELECT RAISE(FAIL, 'injected checkpoint failure'); END"
+        )
+        if completions_fail:
+            raw.execute(
+                "CREATE TRIGGER no_completions BEFORE INSERT ON audit "
+                "WHEN NEW.body LIKE '%not_run%' "
+                "BEGIN SELECT RAISE(FAIL, 'injected: no room left'); END"
+            )
+    raw.close()
+    return log, path
+
+
+def test_a_failed_checkpoint_refuses_and_records_that_the_tool_did_not_run(
+    tmp_path: Path,
+) -> None:
+    log, _ = _failing_checkpoint_log(tmp_path, completions_fail=False)
+    allow = {"type": "decision", "outcome": "allow", "decision_id": "d2", "tool": TOOL}
+    with pytest.raises(StoreError):
+        log.append(allow, at=NOW)
+    records = log.tail(5)
+    assert [(r["type"], r["decision_id"]) for r in records] == [
+        ("decision", "d1"),
+        ("decision", "d2"),
+        ("completion", "d2"),
+    ]
+    assert records[-1]["status"] == "not_run"
+    report = log.report()
+    assert report.problem is None
+    assert report.not_known_to_have_run == ()
+    log.store.close()
+
+
+def test_with_no_room_to_say_more_the_decision_is_not_known_to_have_run(tmp_path: Path) -> None:
+    log, _ = _failing_checkpoint_log(tmp_path, completions_fail=True)
+    allow = {"type": "decision", "outcome": "allow", "decision_id": "d2", "tool": TOOL}
+    with pytest.raises(StoreError):
+        log.append(allow, at=NOW)
+    report = log.report()
+    assert report.problem is None
+    assert [d.decision_id for d in report.not_known_to_have_run] == ["d2"]
+    log.store.close()
