@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 
-from agentguard.canonical import canonical_digest, canonical_json
+from agentguard.canonical import canonical_digest, canonical_json, compiled_encoder
 from agentguard.decision import Reason
 from agentguard.errors import DeniedError, TokenFormatError
 from agentguard.keys import Identity, Principal, b64url_decode, b64url_encode
@@ -51,8 +51,8 @@ def sign(claims: dict[str, Any], identity: Identity, typ: str) -> str:
 
 
 #: ``json.dumps(..., separators=(",", ":"))`` as PyJWT calls it, without building an
-#: encoder per call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+#: encoder per call (no cycle check: the claims are a flat dict built by the caller).
+_COMPACT = compiled_encoder(json.JSONEncoder(separators=(",", ":"), check_circular=False))
 
 
 @lru_cache(maxsize=256)
@@ -71,7 +71,7 @@ def sign_call(claims: dict[str, Any], identity: Identity, typ: str) -> str:
     deterministic), signed with :meth:`Identity.sign` (libsodium when
     installed); ``tests/test_jws_sign.py`` holds the two to that.
     """
-    payload = _COMPACT.encode(claims).encode("utf-8")
+    payload = _COMPACT(claims).encode("utf-8")
     signing_input = f"{_encoded_header(identity.kid, typ)}.{b64url_encode(payload)}"
     signature = identity.sign(signing_input.encode("ascii"))
     return f"{signing_input}.{b64url_encode(signature)}"

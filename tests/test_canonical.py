@@ -7,6 +7,7 @@ make a call token or an audit record unverifiable elsewhere.
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentguard.canonical import _plain, canonical_json
+from agentguard.canonical import _plain, canonical_json, compiled_encoder
 
 
 def _reference(value: Any) -> bytes | None:
@@ -105,3 +106,52 @@ def test_lone_surrogate_is_refused() -> None:
     with pytest.raises(ValueError, match="not canonical JSON"):
         canonical_json({"s": "\ud800"})
     assert _reference({"s": "\ud800"}) is None
+
+
+# -- compiled_encoder: the C encoder built once writes what JSONEncoder.encode writes ----
+
+
+@given(_values)
+@settings(max_examples=300, deadline=None)
+def test_compiled_encoder_writes_what_the_encoder_writes(value: Any) -> None:
+    for options in (
+        {"ensure_ascii": False, "sort_keys": True, "separators": (",", ":")},
+        {"separators": (",", ":")},  # PyJWT's json.dumps, as _jws signs call tokens
+    ):
+        encoder = json.JSONEncoder(check_circular=False, **options)
+        try:
+            expected: str | type[BaseException] = encoder.encode(value)
+        except (ValueError, TypeError, RecursionError) as exc:
+            expected = type(exc)
+        try:
+            got: str | type[BaseException] = compiled_encoder(encoder)(value)
+        except (ValueError, TypeError, RecursionError) as exc:
+            got = type(exc)
+        assert got == expected
+
+
+def test_compiled_encoder_falls_back_where_it_cannot_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    circular = json.JSONEncoder()  # checks for cycles: keeps its own encode
+    assert compiled_encoder(circular) == circular.encode
+    indented = json.JSONEncoder(indent=2, check_circular=False)
+    assert compiled_encoder(indented) == indented.encode
+    plain = json.JSONEncoder(check_circular=False)
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)  # no C accelerator
+    assert compiled_encoder(plain) == plain.encode
+
+    def other_signature(*args: Any) -> Any:
+        raise TypeError("takes 10 arguments")
+
+    monkeypatch.setattr(json.encoder, "c_make_encoder", other_signature)
+    assert compiled_encoder(plain) == plain.encode
+
+
+def test_compiled_encoder_refuses_what_the_encoder_refuses() -> None:
+    encode = compiled_encoder(json.JSONEncoder(allow_nan=False, check_circular=False))
+    with pytest.raises(ValueError, match="Out of range float"):
+        encode({"x": float("nan")})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode({"x": object()})
+    assert encode('a\u2028"b') == json.dumps('a\u2028"b')
