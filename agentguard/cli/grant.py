@@ -31,6 +31,10 @@ from agentguard.tokens import Rule
 __all__ = ["build_rules", "grant_command", "parse_predicate"]
 
 
+#: Where --where errors send the reader: the predicate reference.
+_REFERENCE = " (operators and rules: README, 'Argument predicates')"
+
+
 def parse_predicate(text: str) -> Any:
     """A predicate written as JSON or YAML flow (``{amount: {"<=": 100}}``).
 
@@ -45,7 +49,8 @@ def parse_predicate(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise typer.BadParameter(
-            f"cannot parse predicate {text[:60]!r} as JSON or YAML", param_hint="--where"
+            f"cannot parse predicate {text[:60]!r} as JSON or YAML{_REFERENCE}",
+            param_hint="--where",
         ) from None
     return value
 
@@ -77,7 +82,9 @@ def build_rules(tools: list[str], wheres: list[str], approvals: list[str]) -> li
         try:
             predicates[pattern] = compile_predicate(parse_predicate(text))
         except PredicateError as exc:
-            raise typer.BadParameter(f"{pattern}: {exc}", param_hint="--where") from None
+            raise typer.BadParameter(
+                f"{pattern}: {exc}{_REFERENCE}", param_hint="--where"
+            ) from None
     for pattern in approvals:
         if pattern not in tools:
             raise typer.BadParameter(
