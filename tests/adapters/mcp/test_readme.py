@@ -115,6 +115,9 @@ def test_config_example_loads(tmp_path: Path) -> None:
     assert config.namespaces == ("time", "notes", "tickets")
     by_name: dict[str, Any] = {u.namespace: u for u in config.upstreams}
     assert by_name["time"].trusted
+    assert by_name["time"].timeout == 30
+    assert by_name["notes"].max_result_bytes == 1 << 20
+    assert config.store_timeout == 3
     assert by_name["notes"].agentguard
     assert by_name["tickets"].url == "http://127.0.0.1:9000/mcp"
     assert config.home == str(tmp_path / ".agentguard")
