@@ -26,6 +26,7 @@ from agentguard.keys import Identity, Keyring
 from agentguard.policy import Policy, Storage, load_policy
 from agentguard.store.base import Store
 from agentguard.store.memory import MemoryStore
+from agentguard.store.postgres import DEFAULT_TIMEOUT_S, PostgresStore, database_url
 from agentguard.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -120,9 +121,16 @@ def policy_home(policy: Policy) -> Path | None:
 def open_store(home: Path | None, policy: Policy) -> Store:
     """The store under ``home`` (created if needed), or an in-memory one without a home.
 
+    With a database URL (``$AGENTGUARD_DATABASE_URL`` or ``storage.url``) the
+    state lives in that PostgreSQL database instead, shared by every guard using it.
+
     Raises:
         StoreError: the directory cannot be created or the database opened.
+        ConfigError: ``storage.url`` names an unset variable or is not a URL.
     """
+    url = database_url(policy.storage.url)
+    if url is not None:
+        return PostgresStore(url, timeout=policy.storage.busy_timeout or DEFAULT_TIMEOUT_S)
     if home is None:
         return MemoryStore()
     try:

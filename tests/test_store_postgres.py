@@ -9,8 +9,10 @@ one hash chain, and see a revocation made by another process on their next call.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import queue
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -22,11 +24,17 @@ import pytest
 
 from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
-from agentguard.errors import DeniedError, StoreError
+from agentguard.errors import ConfigError, DeniedError, StoreError
 from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store.base import GENESIS_HASH, ApprovalRow, entry_hash
-from agentguard.store.postgres import SCHEMA_VERSION, PostgresStore, redact_url
+from agentguard.store.postgres import (
+    DATABASE_URL_ENV,
+    SCHEMA_VERSION,
+    PostgresStore,
+    database_url,
+    redact_url,
+)
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.testing import START, RecordingTool, World
 from tests.pg_support import Cluster
@@ -67,6 +75,33 @@ def test_expired_nonces_are_purged_by_the_server_clock_not_the_callers(
     assert not pg.consume("filler-0", ahead + 60, now=ahead)
     pg.purge_expired()
     assert pg.nonce_count() == 601
+
+
+def test_a_purge_leaves_a_watermark_no_callers_clock_undoes(pg: PostgresStore, pg_url: str) -> None:
+    """An id expiring at or before the last purge (server time) is refused as expired."""
+    assert pg.nonce_watermark() is None
+    server = _server_now(pg_url)
+    assert pg.consume("old", server - 5, now=server - 10)
+    pg.purge_expired()
+    mark = pg.nonce_watermark()
+    assert mark is not None
+    assert mark >= server
+    for caller_now in (server - 3600, server, server + 3600):  # whatever the caller believes
+        with pytest.raises(DeniedError) as info:
+            pg.consume("old", server - 5, now=caller_now)
+        assert info.value.reason == "call_token_expired"
+    assert pg.consume("new", mark + 60, now=server)
+    assert not pg.consume("new", mark + 60, now=server)  # above the mark: a replay, not expiry
+
+
+def test_a_checkpoint_token_commits_with_its_entry(pg: PostgresStore) -> None:
+    def every_second(seq: int, head: str) -> str | None:
+        return f"tok-{seq}-{head[:8]}" if seq % 2 == 0 else None
+
+    entries = [pg.audit_append({"n": n}, at=START, checkpoint=every_second) for n in range(4)]
+    assert [(c.seq, c.head, c.token) for c in pg.checkpoints()] == [
+        (e.seq, e.hash, f"tok-{e.seq}-{e.hash[:8]}") for e in entries if e.seq % 2 == 0
+    ]
 
 
 # --- errors name their cause, never the password -------------------------------------------
@@ -383,3 +418,79 @@ def test_a_revocation_in_one_process_stops_the_next_call_in_every_other(
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
+
+
+# --- configuration: storage.url, ${VAR}, AGENTGUARD_DATABASE_URL ---------------------------------
+
+
+def test_database_url_expands_variables_and_the_environment_overrides_it() -> None:
+    env = {"PGPASS": "s3cret", "PGHOST": "db.internal"}
+    configured = "postgresql://guard:${PGPASS}@${PGHOST}:5432/agentguard"
+    assert database_url(configured, env) == "postgresql://guard:s3cret@db.internal:5432/agentguard"
+    assert database_url(None, env) is None
+    assert database_url("", env) is None
+    override = {**env, DATABASE_URL_ENV: "postgresql://other/db"}
+    assert database_url(configured, override) == "postgresql://other/db"
+    assert database_url(None, override) == "postgresql://other/db"
+
+
+@pytest.mark.parametrize(
+    ("configured", "message"),
+    [
+        ("postgresql://u:${MISSING}@h/db", "environment variable MISSING is not set"),
+        ("postgresql://u:${1BAD}@h/db", "is not a variable name"),
+        ("postgresql://u:${}@h/db", "is not a variable name"),
+        ("postgresql://u:${PGPASS@h/db", "without its closing"),
+        ("postgresql://u:${PGPASS}${@h/db", "without its closing"),
+        ("mysql://u:${PGPASS}@h/db", "must be a postgresql:// URL"),
+        ("${PGPASS}", "must be a postgresql:// URL"),
+    ],
+)
+def test_a_bad_storage_url_is_a_config_error_that_never_shows_a_value(
+    configured: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        database_url(configured, {"PGPASS": "s3cret"})
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_guard_with_storage_url_keeps_its_state_in_postgres_without_showing_the_password(
+    pg_url: str,
+    pg_cluster: Cluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    monkeypatch.setenv("TEST_PG_PASSWORD", pg_cluster.password)
+    configured = pg_url.replace(pg_cluster.password, "${TEST_PG_PASSWORD}")
+    world = World()
+    policy = world.write_policy(tmp_path / "agentguard.yaml", storage={"url": configured})
+    guard = Guard(policy, home=tmp_path / "home", clock=world.clock)
+    assert isinstance(guard.store, PostgresStore)
+    guard.call(world.delegation, "tickets/read", {"id": 1}, RecordingTool(), holder=world.bot)
+    shown = [guard.describe(), guard.store.location, repr(guard.store), caplog.text]
+    shown.append("".join(capsys.readouterr()))
+    assert all(pg_cluster.password not in text for text in shown)
+    assert guard.store.location in guard.describe()
+    guard.store.close()
+    # Another store on the same database (as another replica would) sees the call's records.
+    other = PostgresStore(pg_url)
+    assert any('"tickets/read"' in entry.body for entry in other.audit_entries())
+    other.close()
+
+
+def test_agentguard_database_url_overrides_the_policy(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World()
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml", storage={"url": "postgresql://nobody@127.0.0.1:1/none"}
+    )
+    monkeypatch.setenv(DATABASE_URL_ENV, pg_url)
+    guard = Guard(policy, clock=world.clock)
+    assert isinstance(guard.store, PostgresStore)
+    assert guard.store.location == redact_url(pg_url)
+    guard.store.close()

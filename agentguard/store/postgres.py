@@ -21,14 +21,17 @@ password never appears in a message or in :attr:`PostgresStore.location`.
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from agentguard.canonical import canonical_json
-from agentguard.errors import StoreError
+from agentguard.decision import Reason
+from agentguard.errors import ConfigError, DeniedError, StoreError
 from agentguard.store.base import (
     GENESIS_HASH,
     REVOCATION_KINDS,
@@ -47,7 +50,10 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "redact_url"]
+__all__ = ["DATABASE_URL_ENV", "SCHEMA_VERSION", "PostgresStore", "database_url", "redact_url"]
+
+#: The environment variable whose URL overrides ``storage.url``.
+DATABASE_URL_ENV = "AGENTGUARD_DATABASE_URL"
 
 #: The schema version this release writes and understands.
 SCHEMA_VERSION = 1
@@ -66,6 +72,8 @@ CREATE TABLE IF NOT EXISTS ag_revocations (
     revoked_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, value));
 CREATE TABLE IF NOT EXISTS ag_nonces (key TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS ag_nonces_expiry ON ag_nonces (expires_at);
+CREATE TABLE IF NOT EXISTS ag_nonce_watermark (
+    id INTEGER PRIMARY KEY CHECK (id = 1), mark DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS ag_grants (
     link_id TEXT PRIMARY KEY, parent TEXT, issuer TEXT NOT NULL, subject TEXT NOT NULL,
     issued_at BIGINT NOT NULL, not_before BIGINT NOT NULL, expires_at BIGINT NOT NULL,
@@ -120,6 +128,49 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     where = f"{host}:{port}" if port is not None else host
     return f"postgresql://{where}{parts.path or '/'}"
+
+
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def database_url(configured: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The database URL in force: ``$AGENTGUARD_DATABASE_URL``, else ``configured`` expanded.
+
+    ``${NAME}`` in ``configured`` (the policy's ``storage.url``) is replaced by the
+    environment variable ``NAME``, so a password can stay out of the policy file.
+    ``None`` (no URL anywhere) means the SQLite or in-memory store as before.
+
+    Raises:
+        ConfigError: a ``${...}`` names no valid variable or an unset one (the
+            message names the variable, never a value), or the URL is not a
+            ``postgresql://`` or ``postgres://`` URL.
+    """
+    env = os.environ if environ is None else environ
+    override = env.get(DATABASE_URL_ENV)
+    if override:
+        url = override
+        source = DATABASE_URL_ENV
+    elif configured:
+        source = "storage.url"
+
+        def expand(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not _NAME.fullmatch(name):
+                raise ConfigError(f"storage.url: ${{{name}}} is not a variable name")
+            value = env.get(name)
+            if value is None:
+                raise ConfigError(f"storage.url: environment variable {name} is not set")
+            return value
+
+        if "${" in _VARIABLE.sub("", configured):
+            raise ConfigError("storage.url: a ${ without its closing }")
+        url = _VARIABLE.sub(expand, configured)
+    else:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{source} must be a postgresql:// URL")
+    return url
 
 
 def _password(url: str) -> str | None:
@@ -402,27 +453,68 @@ class PostgresStore:
         """Mark ``key`` used; ``True`` the first time only, across every process.
 
         ``now`` is not used to purge: expired ids are deleted by the database
-        server's clock, which every replica shares.
+        server's clock, which every replica shares. A purge leaves a watermark
+        (the server's time): an id expiring at or before it may have been
+        forgotten, so it is refused as expired whatever any caller's clock says.
+
+        Raises:
+            DeniedError: ``call_token_expired``: ``expires_at`` is at or before
+                the purge watermark.
+            StoreError: the database cannot be written.
         """
         del now
         with self._count_lock:
             self._consumed += 1
             purge = self._consumed % _PURGE_EVERY == 0
 
-        def run(db: psycopg.Connection[Any]) -> bool:
+        def run(db: psycopg.Connection[Any]) -> bool | None:
             if purge:
                 self._purge(db)
+            # One statement in the common case: inserted only above the watermark.
             cur = db.execute(
-                "INSERT INTO ag_nonces (key, expires_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (key, expires_at),
+                "INSERT INTO ag_nonces (key, expires_at) SELECT %s, %s WHERE %s > COALESCE("
+                "(SELECT mark FROM ag_nonce_watermark WHERE id = 1), '-infinity'::float8) "
+                "ON CONFLICT DO NOTHING",
+                (key, expires_at, expires_at),
             )
-            return cur.rowcount == 1
+            if cur.rowcount == 1:
+                return True
+            mark = self._watermark(db)
+            return None if mark is not None and expires_at <= mark else False
 
-        return self._run("write to", run)
+        fresh = self._run("write to", run)
+        if fresh is None:
+            raise DeniedError(
+                f"call token expired at {expires_at:.0f}, at or before the time up to which "
+                "this store has forgotten spent tokens (its purge watermark, by the database "
+                "server's clock)",
+                reason=Reason.CALL_TOKEN_EXPIRED,
+            )
+        return fresh
+
+    @staticmethod
+    def _watermark(db: psycopg.Connection[Any]) -> float | None:
+        row = db.execute("SELECT mark FROM ag_nonce_watermark WHERE id = 1").fetchone()
+        return None if row is None else float(row[0])
 
     @staticmethod
     def _purge(db: psycopg.Connection[Any]) -> None:
-        db.execute("DELETE FROM ag_nonces WHERE expires_at < extract(epoch FROM clock_timestamp())")
+        row = db.execute(
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t), "
+            "gone AS (DELETE FROM ag_nonces WHERE expires_at <= (SELECT t FROM now)) "
+            "SELECT t FROM now"
+        ).fetchone()
+        if row is None:  # pragma: no cover - the CTE always yields one row
+            raise StoreError("the database did not report its clock")
+        db.execute(
+            "INSERT INTO ag_nonce_watermark (id, mark) VALUES (1, %s) ON CONFLICT (id) "
+            "DO UPDATE SET mark = GREATEST(ag_nonce_watermark.mark, excluded.mark)",
+            (row[0],),
+        )
+
+    def nonce_watermark(self) -> float | None:
+        """Ids expiring at or before this time are refused as expired (``None``: no purge yet)."""
+        return self._run("read", self._watermark)
 
     def purge_expired(self) -> None:
         """Delete the single-use ids that expired by the database server's clock."""
@@ -509,12 +601,13 @@ class PostgresStore:
         link_ids: Sequence[str] = (),
         at: float,
         anchor: HeadSigner | None = None,
+        checkpoint: Callable[[int, str], str | None] | None = None,
     ) -> AuditEntry:
         """Append one record to the one hash chain every process shares (atomic).
 
         The chain's tip row is locked for the transaction, so concurrent appends
         from any process are serialised; with ``anchor`` the signed head commits
-        with the record.
+        with the record, and so does a token ``checkpoint`` returns (as a checkpoint).
 
         Raises:
             StoreError: the record could not be written.
@@ -548,6 +641,13 @@ class PostgresStore:
                     "seq = excluded.seq, head = excluded.head, signed_at = excluded.signed_at, "
                     "token = excluded.token",
                     (seq, digest, at, anchor(seq, digest)),
+                )
+            token = checkpoint(seq, digest) if checkpoint is not None else None
+            if token is not None:
+                db.execute(
+                    "INSERT INTO ag_audit_checkpoints (seq, head, signed_at, token) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (seq, digest, at, token),
                 )
             return AuditEntry(seq, body, prev, digest)
 
