@@ -507,3 +507,15 @@ def test_a_pin_of_the_argument_narrows_whatever_admits_it(
     simple = all(s[0] not in ("and", "or", "not") and s[1] == ".a" for s in parent)
     if "a" in args and simple and evaluate(parent, args) is Truth.TRUE:
         assert narrows([["==", ".a", args["a"]]], parent)
+
+
+def test_the_readme_example() -> None:
+    """README, "Argument predicates": the `ignore` example and what folding leaves apart."""
+    where = {"to": {"==": "bob@corp.example", "ignore": ["case", "whitespace"]}}
+    assert judge(where, {"to": " Bob@Corp.Example"}) is Truth.TRUE
+    assert judge(where, {"to": "bob@corp.example.evil.example"}) is Truth.FALSE
+    assert judge(case_pin("Straße"), {"name": "STRASSE"}) is Truth.TRUE
+    assert fold("\u03c2") == fold("\u03c3") == fold("\u03a3")  # both sigmas, one letter
+    assert judge(case_pin("i"), {"name": "\u0130"}) is Truth.FALSE
+    assert judge(case_pin("A"), {"name": "\uff21"}) is Truth.FALSE
+    assert judge(case_pin("o"), {"name": "\u043e"}) is Truth.FALSE  # Cyrillic o, U+043E
