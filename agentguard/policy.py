@@ -7,6 +7,7 @@ for YAML, its line: ``agentguard.yaml:12: limits.max_link_ttl: invalid duration`
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "Approver",
     "Limits",
     "Policy",
+    "PolicyError",
     "PolicyRule",
     "TrustedRoot",
     "assurance_at_least",
@@ -526,6 +528,55 @@ def load_policy(source: str | Path | Mapping[str, Any]) -> Policy:
     return policy.model_copy(update={"base_dir": str(path.resolve().parent)})
 
 
+class PolicyError(ConfigError):
+    """A policy that does not validate, with every problem found.
+
+    ``problems`` lists each as ``file:line: key.path: message`` (without a line
+    for a mapping); the message joins them.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The policy model that holds the key at ``loc`` (for "did you mean")."""
+    model: type[BaseModel] = Policy
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list: the same model as the list's
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        found = _model_in(field.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: Sequence[Any]) -> str:
+    """``unknown key``, with the closest known key of the same mapping when one is close."""
+    model = _model_at(loc)
+    key = loc[-1] if loc else None
+    if model is None or not isinstance(key, str):
+        return "unknown key"
+    known = [name for name in model.model_fields if name != "base_dir"]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"unknown key (did you mean '{close[0]}'?)" if close else "unknown key"
+
+
 def _validate(data: Any, name: str, lines: dict[tuple[Any, ...], int]) -> Policy:
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: the policy must be a mapping of keys to values")
@@ -533,16 +584,18 @@ def _validate(data: Any, name: str, lines: dict[tuple[Any, ...], int]) -> Policy
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = tuple(error["loc"])
-        line = None
-        for cut in range(len(loc), -1, -1):
-            line = lines.get(loc[:cut])
-            if line is not None:
-                break
-        where = f"{name}:{line}" if line is not None else name
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: {_loc_text(loc)}: {message}{more}") from None
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            line = None
+            for cut in range(len(loc), -1, -1):
+                line = lines.get(loc[:cut])
+                if line is not None:
+                    break
+            where = f"{name}:{line}" if line is not None else name
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = _unknown_key(loc)
+            problems.append((line or 0, f"{where}: {_loc_text(loc)}: {message}"))
+        # In file order, so an editor can walk them top to bottom.
+        raise PolicyError([text for _, text in sorted(problems, key=lambda p: p[0])]) from None

@@ -11,7 +11,7 @@ import pytest
 
 from agentguard.errors import ConfigError
 from agentguard.keys import Identity
-from agentguard.policy import Policy, load_policy, policy_schema
+from agentguard.policy import Policy, PolicyError, load_policy, policy_schema
 
 TEMPLATE = """\
 # agentguard policy: who is trusted, who approves, what is forbidden.
@@ -224,9 +224,31 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert re.match(rf"^{re.escape(str(tmp_path / 'agentguard.yaml'))}:\d+: ", message), message
 
 
-def test_several_problems_are_counted(tmp_path: Path) -> None:
+def test_every_problem_is_named_with_its_line(tmp_path: Path) -> None:
+    """All three problems, in file order, each with file:line (the error is a PolicyError)."""
     message = config_error(tmp_path, "shadow: maybe\nbogus: 1\nlimits: {max_hops: 1}\n")
-    assert "more problems" in message
+    name = str(tmp_path / "agentguard.yaml")
+    with pytest.raises(PolicyError) as info:
+        load_text(tmp_path, "shadow: maybe\nbogus: 1\nlimits: {max_hops: 1}\n")
+    assert [p.split(": ")[0] for p in info.value.problems] == [
+        f"{name}:1",
+        f"{name}:2",
+        f"{name}:3",
+    ]
+    assert message == "; ".join(info.value.problems)
+    assert "limits.max_hops: unknown key" in message
+
+
+def test_unknown_keys_get_the_closest_known_key(tmp_path: Path) -> None:
+    """approver -> approvers, min_asurance -> min_assurance (in a list item), none for nonsense."""
+    text = "approver: []\ndeny:\n  - tools: [a/b]\n    min_asurance: local\nqqqq: 1\n"
+    with pytest.raises(PolicyError) as info:
+        load_text(tmp_path, text)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        "approver: unknown key (did you mean 'approvers'?)",
+        "deny[0].min_asurance: unknown key (did you mean 'min_assurance'?)",
+        "qqqq: unknown key",
+    ]
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:

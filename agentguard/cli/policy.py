@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from agentguard.cli._common import PolicyOption, print_json, say, workspace
-from agentguard.policy import load_policy, policy_schema
+from agentguard.cli._common import PolicyOption, fail, print_json, say, workspace
+from agentguard.policy import PolicyError, load_policy, policy_schema
 
 __all__ = ["app"]
 
@@ -24,9 +24,19 @@ def validate(
     ] = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Check a policy file, including that every trusted root's key loads."""
+    """Check a policy file, including that every trusted root's key loads.
+
+    Every problem is listed on stderr as FILE:LINE: key.path: message, with the
+    closest known key for an unknown one.
+    """
     path = file or workspace(ctx, policy=policy).policy_path
-    loaded = load_policy(path)
+    try:
+        loaded = load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            typer.echo(problem, err=True)
+        count = len(exc.problems)
+        fail(f"{path} is not a valid policy: {count} problem{'s' if count != 1 else ''}")
     roots = loaded.root_principals()
     say(
         f"{path}: valid ({len(roots)} trusted root(s), {len(loaded.approvers)} approver(s), "

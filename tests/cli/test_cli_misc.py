@@ -133,3 +133,30 @@ def test_plugins_are_added_under_their_entry_point_name(
     assert "warning: skipping CLI plugin 'broken'" in result.stderr
     assert cli("identity", "list").exit_code == 0  # the core still works
     assert app is agentguard.cli.app
+
+
+def test_policy_validate_lists_every_problem_with_its_line(cli: CLI) -> None:
+    """Each problem on its own line with file:line, the nearest known key for a misspelt one."""
+    Path("bad.yaml").write_text(
+        "version: 1\n"
+        "approver:\n"
+        "  - id: user:alice\n"
+        "limits:\n"
+        "  max_link_tl: 1h\n"
+        "  max_chain_length: 0\n"
+        "step_up:\n"
+        "  - tools: [billing/refund]\n"
+        "    wher: {amount: {'>': 100}}\n"
+        "zzz: 1\n"
+    )
+    result = cli("policy", "validate", "bad.yaml")
+    assert result.exit_code == 1
+    one_line_error(result, "bad.yaml", "5 problems")
+    problems = [line for line in result.stderr.splitlines() if not line.startswith("error:")]
+    assert problems == [
+        "bad.yaml:2: approver: unknown key (did you mean 'approvers'?)",
+        "bad.yaml:5: limits.max_link_tl: unknown key (did you mean 'max_link_ttl'?)",
+        "bad.yaml:6: limits.max_chain_length: Input should be greater than or equal to 1",
+        "bad.yaml:9: step_up[0].wher: unknown key (did you mean 'where'?)",
+        "bad.yaml:10: zzz: unknown key",
+    ]
