@@ -579,7 +579,7 @@ class AuditLog:
                 f"the audit side file {self._side.path} holds a head signed for record "
                 f"{newest.seq}, which the database {self.store.location} does not hold: the "
                 "database was deleted, replaced or rolled back after that record was "
-                "written. Every call is refused. Restore the database from a backup; to "
+                "written; every call is refused; restore the database from a backup; to "
                 "start a new log on purpose, move the side file aside as well"
             )
         self._side_checked = True

@@ -404,7 +404,7 @@ def test_a_guard_refuses_to_append_to_a_database_older_than_its_side_file(
     for attempt in (7, 8):  # refused every time, not only once
         with pytest.raises(StoreError, match="does not hold") as info:
             allow(log, attempt)
-        assert "Restore the database" in str(info.value)
+        assert "restore the database from a backup" in str(info.value)
     assert len(log.store.audit_entries()) == before
     problem = reopen(log, tmp_path, durability="full").verify()
     assert problem is not None

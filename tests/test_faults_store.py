@@ -348,6 +348,7 @@ def test_a_state_file_gone_under_a_running_guard_refuses_every_call(
             guard.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
         assert info.value.reason in ("store_error", "audit_error"), attempt
         assert "while this process was using it" in info.value.explanation
+        assert "restore the file" in info.value.explanation
     with pytest.raises(DeniedError):
         guard.call(world.delegation, TOOL, ARGS, tool, call_token=token)
     assert len(tool.calls) == 1
@@ -365,8 +366,21 @@ def test_a_state_file_gone_under_a_running_guard_refuses_every_call(
         problem = fresh.audit.verify()
         assert problem is not None
         assert problem.kind in ("truncated", "unsynced")
+        assert "restore the database from a backup" in info.value.explanation
     finally:
         fresh.close()
+    env = {**os.environ, "AGENTGUARD_HOME": str(home)}
+    done = subprocess.run(
+        [str(AGENTGUARD), "audit", "verify"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "intact" not in done.stdout
+    assert "unsynced" in done.stdout + done.stderr or "truncated" in done.stdout + done.stderr
 
 
 _RUNNING = """

@@ -187,7 +187,7 @@ class SQLiteStore:
         self._lost = (
             f"store {self.location} {what} while this process was using it: every call "
             "is refused, because records would go to a file nobody reads and single-use "
-            "tokens spent in the old file could be accepted again. Restore the file (or "
+            "tokens spent in the old file could be accepted again; restore the file (or "
             "find what replaced it) and restart the process"
         )
         raise StoreError(self._lost)
