@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from agentguard.addresses import pattern_covers, patterns_overlap
 from agentguard.cli._common import (
     EXIT_DENIED,
     HomeOption,
@@ -25,10 +26,10 @@ from agentguard.cli.inspect import verify_here
 from agentguard.delegation import Delegation, scope_warnings
 from agentguard.errors import InvalidAddressError, PredicateError
 from agentguard.keys import validate_principal_id
-from agentguard.predicates import compile_predicate
+from agentguard.predicates import compile_predicate, narrows
 from agentguard.tokens import Rule
 
-__all__ = ["build_rules", "grant_command", "parse_predicate"]
+__all__ = ["build_rules", "grant_command", "parse_predicate", "wider_than_parent"]
 
 
 #: Where --where errors send the reader: the predicate reference.
@@ -53,6 +54,63 @@ def parse_predicate(text: str) -> Any:
             param_hint="--where",
         ) from None
     return value
+
+
+def _part_covers(broad: str, narrow: str) -> bool:
+    """Whether every name the glob ``narrow`` matches is matched by ``broad`` (sound, partial)."""
+    if broad == narrow or broad == "*":
+        return True
+    plain = "*" not in broad[:-1] and "?" not in broad
+    return plain and broad.endswith("*") and narrow.startswith(broad[:-1])
+
+
+def _covers(broad: str, narrow: str) -> bool:
+    if pattern_covers(broad, narrow):
+        return True
+    b_ns, _, b_tool = broad.partition("/")
+    n_ns, _, n_tool = narrow.partition("/")
+    return _part_covers(b_ns, n_ns) and _part_covers(b_tool, n_tool)
+
+
+def _inside(rule: Rule, parent: Rule) -> bool:
+    """Whether ``rule`` provably admits no call ``parent`` does not."""
+    if not _covers(parent.tool, rule.tool):
+        return False
+    if parent.where is None:
+        return True
+    return rule.where is not None and narrows(list(rule.where), list(parent.where))
+
+
+def wider_than_parent(parent: Delegation, rules: list[Rule]) -> list[str]:
+    """Warnings for child rules that reach beyond every rule of the parent link.
+
+    Scope is conjunctive, so such a rule is never wider in effect; but it reads
+    wider than it is. Each warning names the rule and its effective scope: the
+    part of each parent rule it overlaps.
+    """
+    leaf = parent.leaf
+    warnings = []
+    for index, rule in enumerate(rules):
+        if any(_inside(rule, p) for p in leaf.scope):
+            continue
+        parts = []
+        for p_index, p in enumerate(leaf.scope):
+            if not patterns_overlap(rule.tool, p.tool):
+                continue
+            if _covers(p.tool, rule.tool):
+                tools = rule.tool
+            elif _covers(rule.tool, p.tool):
+                tools = p.tool
+            else:
+                tools = f"what both {rule.tool} and {p.tool} name"
+            extra = f" as parent rule {p_index} ({p.describe()}) allows" if p.where else ""
+            parts.append(tools + extra)
+        warnings.append(
+            f"rule {index} ({rule.describe()}) reaches beyond every rule of the parent link "
+            f"({', '.join(p.describe() for p in leaf.scope)}); scope is conjunctive, so its "
+            f"effective scope is only: {'; '.join(parts)}"
+        )
+    return warnings
 
 
 def build_rules(tools: list[str], wheres: list[str], approvals: list[str]) -> list[Rule]:
@@ -188,6 +246,8 @@ def grant_command(
                     )
                 note(f"warning: the parent delegation's root is not trusted in {ws.policy_path}")
             delegation = guard.attenuate(parent_chain, issuer, subject, rules, **options)
+            for warning in wider_than_parent(parent_chain, rules):
+                note(f"warning: {warning}")
         now = guard.clock.now()
     leaf = delegation.leaf
     for warning in scope_warnings(leaf.scope):

@@ -230,3 +230,40 @@ def test_revoke_by_link_prefix_principal_and_key(scenario: CLI) -> None:
     one_line_error(scenario("revoke"), "exactly one")
     one_line_error(scenario("revoke", "abc"), "LINK_ID")
     one_line_error(scenario("revoke", "--principal", "nobody"), "invalid principal id")
+
+
+def test_a_child_rule_wider_than_its_parent_is_warned_with_its_effective_scope(cli: CLI) -> None:
+    """'edr/*' under a parent allowing edr/a and edr/b: a warning naming what is left of it.
+
+    Rules inside a parent rule (a plain tool under a glob, a prefix glob under a
+    broader one, a tighter bound under a bound) draw no warning.
+    """
+    cli.ok("init", "--org", "org:acme")
+    for principal in ("user:alice", "agent:bot"):
+        cli.ok("identity", "new", principal)
+    grant(
+        cli,
+        "--from", "org:acme", "--to", "user:alice", "--tool", "edr/isolate", "--tool", "edr/scan",
+        "--tool", "tickets/*", "--tool", "billing/refund",
+        "--where", 'billing/refund={"amount": {"<=": 100}}', "--ttl", "2d",
+        out="alice.dlg",
+    )  # fmt: skip
+    wide = grant(
+        cli,
+        "--from", "user:alice", "--to", "agent:bot", "--tool", "edr/*", "--tool", "billing/refund",
+        "--ttl", "1h", out="wide.dlg", parent="alice.dlg",
+    )  # fmt: skip
+    warnings = [line for line in wide.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, wide.stderr
+    assert "rule 0 (edr/*) reaches beyond every rule of the parent link" in warnings[0]
+    assert warnings[0].endswith("effective scope is only: edr/isolate; edr/scan")
+    assert "rule 1 (billing/refund) reaches beyond" in warnings[1]
+    assert "billing/refund where amount <= 100" in warnings[1].rsplit("only:", 1)[1]
+    narrow = grant(
+        cli,
+        "--from", "user:alice", "--to", "agent:bot", "--tool", "edr/scan",
+        "--tool", "tickets/read*", "--tool", "billing/refund",
+        "--where", 'billing/refund={"amount": {"<=": 50}}', "--ttl", "1h",
+        out="narrow.dlg", parent="alice.dlg",
+    )  # fmt: skip
+    assert "warning" not in narrow.stderr
