@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup, TyperOption
 
 from agentguard import __version__
-from agentguard.cli import approvals, audit, grants, identity, policy
+from agentguard.cli import approvals, audit, db, grants, identity, policy
 from agentguard.cli._common import (
     EXIT_DENIED,
     EXIT_ERROR,
@@ -57,6 +57,7 @@ _CORE = frozenset(
         "audit",
         "approvals",
         "demo",
+        "db",
     }
 )
 
@@ -207,6 +208,7 @@ app.add_typer(grants.app, name="grants", no_args_is_help=True)
 app.add_typer(audit.app, name="audit", no_args_is_help=True)
 app.add_typer(approvals.app, name="approvals", no_args_is_help=True)
 app.command("demo")(demo_command)
+app.add_typer(db.app, name="db", no_args_is_help=True)
 
 
 def plugin_commands(plugins: Iterable[EntryPoint] | None = None) -> list[tuple[str, Any]]:

@@ -238,10 +238,12 @@ class PostgresStore:
                 raise StoreError(
                     f"store {self.location} has no agentguard schema; run `agentguard db upgrade`"
                 )
+            if version is not None and version > SCHEMA_VERSION:
+                raise self._newer(version)
+            #: The schema version found when the store was opened (0: none).
+            self.found_version = version or 0
             if version is None or version < SCHEMA_VERSION:
                 self._upgrade(conn)
-            elif version > SCHEMA_VERSION:
-                raise self._newer(version)
         statement_ms = int(self.timeout * 1000)
 
         def configure(conn: psycopg.Connection[Any]) -> None:
