@@ -31,6 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "UnfinishedDecision",
     "completion_record",
     "decision_record",
+    "defaults_filled",
     "lets_tool_run",
     "redact",
     "restore_redacted",
@@ -74,6 +76,26 @@ _FLUSH_TIMEOUT_S = 10.0
 
 #: Problem kinds that mean the log was changed after it was written.
 TAMPERING = ("edited", "deleted", "reordered", "truncated", "rewritten", "bad_checkpoint")
+
+
+#: Arguments an adapter filled in from the tool's schema defaults (see defaults_filled).
+_DEFAULTS_FILLED: ContextVar[tuple[str, ...]] = ContextVar("agentguard_defaults_filled", default=())
+
+
+@contextlib.contextmanager
+def defaults_filled(names: Iterable[str]) -> Iterator[None]:
+    """Say, for the decisions made inside, which omitted arguments an enforcement point
+    filled in from the tool's schema defaults: their records carry ``defaults_filled``.
+
+    The guard judged those values (they are part of the arguments and their
+    digest); the record names them so an investigator can tell them from
+    values the caller sent.
+    """
+    token = _DEFAULTS_FILLED.set(tuple(sorted(names)))
+    try:
+        yield
+    finally:
+        _DEFAULTS_FILLED.reset(token)
 
 
 def decision_record(
@@ -121,6 +143,8 @@ def decision_record(
         "enforcement_point": enforcement_point,
         **trace,
     }
+    if filled := _DEFAULTS_FILLED.get():
+        record["defaults_filled"] = list(filled)
     if decision.shadow:
         record["shadow_notice"] = "SHADOW MODE: this decision was NOT enforced"
     return record

@@ -34,7 +34,8 @@ from opentelemetry import context as otel_context
 from agentguard import Reason
 from agentguard.addresses import pattern_matches
 from agentguard.approval import peek_receipt
-from agentguard.argschema import ArgumentSchemaError, check_arguments
+from agentguard.argschema import ArgumentSchemaError, check_arguments, fill_defaults
+from agentguard.audit import defaults_filled
 from agentguard.delegation import Delegation
 from agentguard.errors import (
     AgentGuardError,
@@ -578,10 +579,17 @@ class GuardedProxy:
                     "denied by agentguard (invalid_arguments: nested too deeply)",
                     {"reason": Reason.INVALID_ARGUMENTS},
                 )
-            conforms = await self._check_schema(caller, exposed, args)
-            if params.request_state is not None and conforms:
-                return await self._resume(ctx, params, caller, exposed, args)
-            return await self._guarded_call(ctx, caller, exposed, args, forward_ok=conforms)
+            # The guard judges, and the upstream receives, the schema's defaults for
+            # omitted arguments: not whatever default the server would pick itself.
+            try:
+                args, filled = fill_defaults(exposed.tool.input_schema, args)
+            except ArgumentSchemaError:
+                filled = ()  # the schema check below refuses such a schema
+            with defaults_filled(filled):
+                conforms = await self._check_schema(caller, exposed, args)
+                if params.request_state is not None and conforms:
+                    return await self._resume(ctx, params, caller, exposed, args)
+                return await self._guarded_call(ctx, caller, exposed, args, forward_ok=conforms)
         except _Refusal as refusal:
             return _refusal(refusal.text, refusal.meta)
         except ApprovalPending as pending:
