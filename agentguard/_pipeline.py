@@ -333,10 +333,11 @@ def _settle_approval(parts: Parts, state: _State) -> Generator[Wait, Answer, boo
     if not state.request.enforce:
         return _settle_dry_run(parts, state, row, cdigest, min_level, excluded)
     if row is None:
-        request = new_request(parts, state, cdigest, min_level, excluded)
-        parts.approvals.file(request)
+        fresh = new_request(parts, state, cdigest, min_level, excluded)
+        # A racing call may have filed one first: join it (it is delivered already).
+        request = parts.approvals.file(fresh)
         state.approval_request_id = request.id
-        answer = yield Wait(request, deliver=True)
+        answer = yield Wait(request, deliver=request.id == fresh.id)
     elif row.status == "pending":
         state.approval_request_id = row.id
         answer = yield Wait(ApprovalRequest.from_row(row), deliver=False)
@@ -360,8 +361,7 @@ def _settle_dry_run(
     """A dry run reports what would happen; it spends nothing (it may file a request)."""
     rules = "; ".join(state.approval_rules)
     if row is None and state.request.request_approval:
-        request = new_request(parts, state, cdigest, min_level, excluded)
-        parts.approvals.file(request)
+        request = parts.approvals.file(new_request(parts, state, cdigest, min_level, excluded))
         state.decide(
             Outcome.APPROVAL_REQUIRED,
             Reason.APPROVAL_REQUIRED,

@@ -863,18 +863,26 @@ class ApprovalBook:
 
     # -- filing -----------------------------------------------------------------
     def file(self, request: ApprovalRequest) -> ApprovalRequest:
-        """Persist a new pending request."""
-        self.store.approval_insert(
-            ApprovalRow(
-                id=request.id,
-                created_at=request.created_at,
-                deadline=request.deadline,
-                status="pending",
-                call_digest=request.call_digest,
-                request=request.to_json(),
-            )
+        """Persist a new pending request, or join the one pending for the same call.
+
+        Returns the request that is pending: ``request``, or the one a racing call
+        filed first (a store with ``approval_file`` decides atomically; others
+        file every request).
+        """
+        row = ApprovalRow(
+            id=request.id,
+            created_at=request.created_at,
+            deadline=request.deadline,
+            status="pending",
+            call_digest=request.call_digest,
+            request=request.to_json(),
         )
-        return request
+        file_once = getattr(self.store, "approval_file", None)
+        if file_once is None:
+            self.store.approval_insert(row)
+            return request
+        stored: ApprovalRow = file_once(row)
+        return request if stored.id == request.id else ApprovalRequest.from_row(stored)
 
     @staticmethod
     def new_id() -> str:

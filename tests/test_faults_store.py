@@ -26,6 +26,7 @@ import pytest
 from agentguard.audit import AuditLog
 from agentguard.clock import ManualClock
 from agentguard.errors import DeniedError, StoreError
+from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store import MemoryStore, SQLiteStore
 from agentguard.testing import RecordingTool, World
@@ -557,3 +558,64 @@ def test_with_no_room_to_say_more_the_decision_is_not_known_to_have_run(tmp_path
     assert report.problem is None
     assert [d.decision_id for d in report.not_known_to_have_run] == ["d2"]
     log.store.close()
+
+
+# -- 13.5: racing processes file one approval request -------------------------------------
+
+_APPROVAL_RACER = """
+import json, sys
+from pathlib import Path
+from agentguard.approval import QueueChannel
+from agentguard.delegation import Delegation
+from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.guard import Guard
+from agentguard.keys import Identity
+home, policy, chain, key, tool, rounds = sys.argv[1:7]
+guard = Guard(policy=Path(policy), home=Path(home), approver=QueueChannel(),
+              approval_mode="raise")
+delegation = Delegation.parse(Path(chain).read_text())
+holder = Identity.load(Path(key))
+print("ready", flush=True)
+sys.stdin.readline()
+ids = []
+for _ in range(int(rounds)):
+    try:
+        guard.call(delegation, tool, {"ticket": 7}, lambda **kw: None, holder=holder)
+        ids.append("ran")
+    except ApprovalPending as exc:
+        ids.append(exc.request_id)
+    except DeniedError as exc:
+        ids.append(exc.reason)
+guard.close()
+print(json.dumps(ids), flush=True)
+"""
+
+
+def test_eight_processes_racing_on_one_approval_file_one_request(tmp_path: Path) -> None:
+    world = World(clock=ManualClock(time.time()))
+    home = tmp_path / "home"
+    policy = world.write_policy(tmp_path / "agentguard.yaml", approval={"channel": "queue"})
+    chain = tmp_path / "chain.txt"
+    chain.write_text(world.delegation.serialize())
+    key = tmp_path / "bot.key"
+    world.bot.save(key)
+    Guard(policy=policy, home=home).close()  # the home exists before the race
+    racers = [
+        _child(_APPROVAL_RACER, str(home), str(policy), str(chain), str(key), APPROVAL_TOOL, "6")
+        for _ in range(8)
+    ]
+    for proc in racers:  # released together: each waits for "go" on stdin
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    ids: list[str] = []
+    for proc in racers:
+        ids += json.loads(_finish(proc, "").splitlines()[-1])
+    assert len(ids) == 48
+    assert len(set(ids)) == 1, sorted(set(ids))
+    assert ids[0].startswith("apr_")
+    store = SQLiteStore(home / "state.db")
+    try:
+        assert [row.id for row in store.approval_list("pending")] == [ids[0]]
+    finally:
+        store.close()

@@ -184,6 +184,19 @@ class MemoryStore:
         with self._lock:
             self._approvals[row.id] = row
 
+    def approval_file(self, row: ApprovalRow) -> ApprovalRow:
+        """Persist ``row``, unless a request for the same call is pending still: then that one."""
+        with self._lock:
+            for other in sorted(self._approvals.values(), key=lambda r: (r.created_at, r.id)):
+                if (
+                    other.call_digest == row.call_digest
+                    and other.status == "pending"
+                    and other.deadline > row.created_at
+                ):
+                    return other
+            self._approvals[row.id] = row
+            return row
+
     def approval_get(self, request_id: str) -> ApprovalRow | None:
         """One request by id."""
         return self._approvals.get(request_id)

@@ -675,6 +675,38 @@ class SQLiteStore:
             )
         )
 
+    def approval_file(self, row: ApprovalRow) -> ApprovalRow:
+        """Persist ``row`` as a new pending request, unless one for the same call is
+        pending still (at ``row.created_at``): then that one, and nothing is written.
+
+        One write transaction, so racing processes file one request and join it.
+        """
+
+        def run(db: sqlite3.Connection) -> ApprovalRow:
+            found = db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM approvals "  # noqa: S608 - constant column list
+                "WHERE call_digest = ? AND status = 'pending' AND deadline > ? "
+                "ORDER BY created_at, id LIMIT 1",
+                (row.call_digest, row.created_at),
+            ).fetchone()
+            if found is not None:
+                return self._approval(found)
+            db.execute(
+                "INSERT INTO approvals (id, created_at, deadline, status, call_digest, request) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row.id,
+                    row.created_at,
+                    row.deadline,
+                    row.status,
+                    row.call_digest,
+                    json.dumps(row.request),
+                ),
+            )
+            return row
+
+        return self._run_write(run)
+
     def approval_get(self, request_id: str) -> ApprovalRow | None:
         """One request by id."""
         row = self._read(
