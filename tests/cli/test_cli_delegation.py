@@ -7,6 +7,8 @@ import re
 import stat
 from pathlib import Path
 
+import pytest
+
 from agentguard.policy import load_policy
 
 from .cli_support import CLI, grant, one_line_error
@@ -267,3 +269,50 @@ def test_a_child_rule_wider_than_its_parent_is_warned_with_its_effective_scope(c
         out="narrow.dlg", parent="alice.dlg",
     )  # fmt: skip
     assert "warning" not in narrow.stderr
+
+
+@pytest.mark.parametrize(
+    "revoke", [("--grant", "bot.dlg"), ("--principal", "agent:bot")], ids=["link", "principal"]
+)
+def test_every_view_marks_a_revoked_link_and_everything_below_it(
+    scenario: CLI, revoke: tuple[str, str]
+) -> None:
+    """inspect (tree and JSON), grants list and the demo's delegation tree agree (issue 18 #2).
+
+    After bot.dlg's link (or its subject) is revoked, the sub-agent's link below
+    it reads revoked in every view, never "valid"; alice's link above stays active.
+    """
+    from rich.console import Console
+
+    from agentguard.guard import Guard
+    from agentguard.policy import load_policy
+    from examples.agentguard_demo.rendering import delegation_tree
+
+    scenario.ok("revoke", *revoke)
+    tree = scenario("inspect", "sub.dlg")
+    assert tree.exit_code == 3
+    lines = tree.stdout.splitlines()
+    links = {i: next(x for x in lines if f"[{i}] " in x) for i in range(3)}
+    for index in (1, 2):
+        assert "revoked" in links[index], links[index]
+        assert "valid" not in links[index], links[index]
+    assert "valid, expires" in links[0]
+    doc = json.loads(scenario("inspect", "sub.dlg", "--json").stdout)
+    assert [link["revoked"] for link in doc["links"]] == [False, True, True]
+    rows = json.loads(scenario.ok("grants", "list", "--json").stdout)
+    assert {r["subject"]: r["status"] for r in rows} == {
+        "user:alice": "active",
+        "agent:bot": "revoked",
+        "agent:sub": "revoked",
+    }
+    guard = Guard(load_policy(scenario.root / "agentguard.yaml"), home=scenario.home)
+    try:
+        console = Console(record=True, width=200)
+        console.print(delegation_tree(guard))
+    finally:
+        guard.close()
+    rendered = console.export_text().splitlines()
+    assert "[active]" in next(x for x in rendered if "user:alice" in x and "link" in x)
+    for subject in ("agent:bot", "agent:sub"):
+        line = next(x for x in rendered if f"{subject}  [" in x)
+        assert "[revoked]" in line, line
