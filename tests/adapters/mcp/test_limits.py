@@ -7,6 +7,7 @@ call is measured with tracemalloc (the proxy runs in this process).
 from __future__ import annotations
 
 import json
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,9 +17,10 @@ import anyio
 import mcp_types as types
 import pytest
 from agentguard_mcp import META_DECISION, Caller, GuardedProxy, Upstream, UpstreamSpec
-from agentguard_mcp._stdio import Dropped, split_lines
+from agentguard_mcp._stdio import Dropped, limited_stdio, split_lines
 from agentguard_mcp.cli import build_guard
-from mcp import Client
+from mcp import Client, StdioServerParameters
+from mcp.shared.message import SessionMessage
 
 from tests.adapters.mcp.mcp_support import Setup, notes_command, records, text_of
 
@@ -179,3 +181,52 @@ async def test_a_dropped_line_names_its_request_only_from_the_outermost_object(
     assert isinstance(dropped, Dropped)
     assert dropped.size == len(line)
     assert dropped.request_id() == expected
+
+
+_WRITER = """
+import sys
+for line in sys.argv[1:]:
+    sys.stdout.write(line + "\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("order", ["id-first", "id-last"])
+async def test_the_transport_answers_a_dropped_reply_with_the_marker(order: str) -> None:
+    """A real process writes an oversized reply: its request gets the marker error."""
+    body = '"result":{"t":"' + "x" * 5000 + '"}'
+    line = (
+        '{"jsonrpc":"2.0","id":4,' + body + "}"
+        if order == "id-first"
+        else "{" + body + ',"jsonrpc":"2.0","id":4}'
+    )
+    params = StdioServerParameters(command=sys.executable, args=["-c", _WRITER, "not json", line])
+    with anyio.fail_after(30):
+        async with limited_stdio(params, max_bytes=1024, marker="M-1", namespace="t") as (
+            incoming,
+            _,
+        ):
+            garbage = await incoming.receive()
+            assert isinstance(garbage, ValueError)  # passed on as the SDK does
+            reply = await incoming.receive()
+            assert isinstance(reply, SessionMessage)
+            assert isinstance(reply.message, types.JSONRPCError)
+            assert (reply.message.id, reply.message.error.message) == (4, "M-1")
+
+
+async def test_a_dropped_message_that_names_no_request_ends_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An oversized notification (no id) cannot be answered: the session ends, logged."""
+    line = '{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"' + "x" * 5000
+    line += '"}}'
+    params = StdioServerParameters(command=sys.executable, args=["-c", _WRITER, line])
+    with anyio.fail_after(30):
+        async with limited_stdio(params, max_bytes=1024, marker="M-2", namespace="t") as (
+            incoming,
+            _,
+        ):
+            with pytest.raises(anyio.EndOfStream):
+                await incoming.receive()
+    assert any("answered no request it names; the session is ended" in m for m in caplog.messages)
