@@ -619,3 +619,25 @@ def test_eight_processes_racing_on_one_approval_file_one_request(tmp_path: Path)
         assert [row.id for row in store.approval_list("pending")] == [ids[0]]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_filing_joins_a_pending_request_until_its_deadline(tmp_path: Path, kind: str) -> None:
+    from agentguard.store.base import ApprovalRow
+
+    store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "s.db")
+
+    def row(request_id: str, at: float) -> ApprovalRow:
+        return ApprovalRow(request_id, at, at + 60, "pending", "digest", {"id": request_id})
+
+    try:
+        assert store.approval_file(row("apr_a", NOW)).id == "apr_a"
+        assert store.approval_file(row("apr_b", NOW + 1)).id == "apr_a"
+        assert store.approval_get("apr_b") is None
+        # Past the first one's deadline, a new request is filed.
+        assert store.approval_file(row("apr_c", NOW + 61)).id == "apr_c"
+        # Another call is never joined to this one.
+        other = ApprovalRow("apr_d", NOW + 2, NOW + 62, "pending", "other", {})
+        assert store.approval_file(other).id == "apr_d"
+    finally:
+        store.close()
