@@ -619,6 +619,17 @@ def test_eight_processes_racing_on_one_approval_file_one_request(tmp_path: Path)
         assert [row.id for row in store.approval_list("pending")] == [ids[0]]
     finally:
         store.close()
+    listed = subprocess.run(
+        [str(AGENTGUARD), "approvals", "list"],
+        cwd=tmp_path,
+        env={**os.environ, "AGENTGUARD_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("apr_") == 1
+    assert ids[0] in listed.stdout
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
