@@ -43,7 +43,8 @@ from pydantic.v1 import BaseModel as BaseModelV1
 from pydantic.v1 import ValidationError as ValidationErrorV1
 
 from agentguard import AgentGuardError, Delegation, DeniedError, Identity, Reason
-from agentguard.argschema import ArgumentSchemaError, check_arguments
+from agentguard.argschema import ArgumentSchemaError, check_arguments, fill_defaults
+from agentguard.audit import defaults_filled
 from agentguard_langchain._gate import (
     ApprovalMode,
     GuardAPI,
@@ -380,15 +381,19 @@ class GuardedTool(BaseTool):
         call = _CALL.get() or _NO_CALL
         inner = self.inner
         extras = _extras(inner._run, config, run_manager)
+        values, filled = _schema_defaults(inner, args, values)
         try:
-            prepared = self._prepare(args, values, call, lambda a, v: inner._run(*a, **v, **extras))
-            return self._gate.run(
-                self._address,
-                prepared,
-                self._preparer(values, call, lambda a, v: inner._run(*a, **v, **extras)),
-                call_id=call.tool_call_id,
-                step=_step(config),
-            )
+            with defaults_filled(filled):
+                prepared = self._prepare(
+                    args, values, call, lambda a, v: inner._run(*a, **v, **extras)
+                )
+                return self._gate.run(
+                    self._address,
+                    prepared,
+                    self._preparer(values, call, lambda a, v: inner._run(*a, **v, **extras)),
+                    call_id=call.tool_call_id,
+                    step=_step(config),
+                )
         except DeniedError as exc:
             return self._refused(exc, call)
 
@@ -402,17 +407,19 @@ class GuardedTool(BaseTool):
         call = _CALL.get() or _NO_CALL
         inner = self.inner
         extras = _extras(inner._arun, config, run_manager)
+        values, filled = _schema_defaults(inner, args, values)
         try:
-            prepared = self._prepare(
-                args, values, call, lambda a, v: inner._arun(*a, **v, **extras)
-            )
-            return await self._gate.arun(
-                self._address,
-                prepared,
-                self._preparer(values, call, lambda a, v: inner._arun(*a, **v, **extras)),
-                call_id=call.tool_call_id,
-                step=_step(config),
-            )
+            with defaults_filled(filled):
+                prepared = self._prepare(
+                    args, values, call, lambda a, v: inner._arun(*a, **v, **extras)
+                )
+                return await self._gate.arun(
+                    self._address,
+                    prepared,
+                    self._preparer(values, call, lambda a, v: inner._arun(*a, **v, **extras)),
+                    call_id=call.tool_call_id,
+                    step=_step(config),
+                )
         except DeniedError as exc:
             return self._refused(exc, call)
 
@@ -518,6 +525,24 @@ def _refuse_entry_overrides(tool: BaseTool) -> None:
                 "runs tools through _run/_arun after deciding, so that code would be "
                 "skipped or run undecided. Move it into _run/_arun or the args_schema."
             )
+
+
+def _schema_defaults(
+    tool: BaseTool, args: tuple[Any, ...], values: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A JSON-schema tool's omitted arguments at their schema defaults, and their names.
+
+    The guard judges those values and the tool receives exactly them. (A
+    pydantic ``args_schema`` fills its defaults itself, before the guard sees
+    the values.)
+    """
+    schema = tool.args_schema
+    if not isinstance(schema, dict) or args:
+        return values, ()
+    try:
+        return fill_defaults(schema, values)
+    except ArgumentSchemaError:
+        return values, ()  # the schema check refuses it
 
 
 def _positional_names(tool: BaseTool, args: tuple[Any, ...]) -> dict[str, Any]:
