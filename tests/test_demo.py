@@ -110,10 +110,14 @@ def test_keep_leaves_state_the_printed_commands_can_read(tmp_path: Path) -> None
     ]
     verify = next(c for c in commands if c.startswith("agentguard audit verify"))
     assert str(kept) in verify
-    argv = shlex.split(verify, comments=True)
+    # As printed: after '. .venv/bin/activate', the command verbatim in a shell.
+    assert "run '. .venv/bin/activate' first, or write .venv/bin/agentguard" in _flat(done.stdout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTGUARD_", "OTEL_"))}
+    env["PATH"] = "/usr/bin:/bin"  # no agentguard on PATH until activated
     checked = subprocess.run(
-        [str(BIN / argv[0]), *argv[1:]],
+        ["/bin/sh", "-c", f". {shlex.quote(str(BIN / 'activate'))} && {verify}"],
         cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,

@@ -210,6 +210,14 @@ def explore(console: Console, home: Path | None, policy_name: str) -> None:
         )
     else:
         console.print(Text(f"Explore further (state kept in {home}):"))
+    # make demo installs agentguard into .venv/ and puts nothing on PATH.
+    console.print(
+        Text(
+            "  (the agentguard command is in .venv/bin/: run '. .venv/bin/activate' first, "
+            "or write .venv/bin/agentguard)",
+            style="dim",
+        )
+    )
     for line, why in lines:
         text = Text("  " + line, style="cyan") + Text(f"  # {why}", style="dim")
         console.print(text, soft_wrap=True)
