@@ -9,6 +9,7 @@ from typing import Any
 from agentguard_langchain import guard_tools
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import StructuredTool
+from pydantic import BaseModel
 
 from agentguard.testing import World, audit_records
 
@@ -70,3 +71,31 @@ def test_the_model_sees_a_short_value_free_refusal(world: World) -> None:
     assert 'argument priority = "urgent" fails == "normal"' in record["explanation"]
     assert "mallory" not in record["explanation"]
     assert "defaults_filled" not in record
+
+
+class _Mail(BaseModel):
+    to: str
+    priority: str = "normal"
+
+
+def test_a_pydantic_schema_fills_its_defaults_before_the_guard_judges(world: World) -> None:
+    """LangChain's own parsing fills `priority`; the guard judges and the tool gets it."""
+    seen: list[dict[str, Any]] = []
+
+    def send(to: str, priority: str = "other") -> str:
+        seen.append({"to": to, "priority": priority})
+        return "sent"
+
+    tool = StructuredTool.from_function(
+        func=send, name="send", description="Send mail.", args_schema=_Mail
+    )
+    guard = world.guard()
+    (guarded,) = guard_tools(
+        [tool], guard=guard, delegation=world.chain(world.bot, scope=SCOPE),
+        holder=world.bot, namespace="mail",
+    )  # fmt: skip
+    call = {"type": "tool_call", "id": "c3", "name": "send", "args": {"to": "bob@corp.example"}}
+    assert guarded.invoke(call).content == "sent"
+    assert seen == [{"to": "bob@corp.example", "priority": "normal"}]
+    record = [r for r in audit_records(guard) if r.get("type") == "decision"][-1]
+    assert record["args"] == {"to": "bob@corp.example", "priority": "normal"}
