@@ -494,3 +494,109 @@ def test_agentguard_database_url_overrides_the_policy(
     assert isinstance(guard.store, PostgresStore)
     assert guard.store.location == redact_url(pg_url)
     guard.store.close()
+
+
+# --- the rest of the contract, side by side with SQLite ----------------------------------------
+
+
+def _approval_script(store: PostgresStore | SQLiteStore) -> list[Any]:
+    """One approval life cycle; the same calls must give the same answers on every store."""
+    seen: list[Any] = []
+    for rid, created in (("a", START), ("b", START + 1), ("c", START + 2)):
+        store.approval_insert(ApprovalRow(rid, created, created + 60, "pending", "d1", {"r": rid}))
+    seen.append(store.approval_get("a"))
+    seen.append(store.approval_get("missing"))
+    seen.append([row.id for row in store.approval_list()])
+    seen.append(store.approval_open("d1", START + 10))
+    seen.append(store.approval_answer("a", status="approved", receipt="R", answered_at=START + 5,
+                                      reusable_until=START + 30))  # fmt: skip
+    seen.append(store.approval_answer("a", status="rejected", receipt="X", answered_at=START + 6,
+                                      reusable_until=None))  # fmt: skip
+    seen.append(
+        store.approval_answer(
+            "b", status="approved", receipt="R", answered_at=START + 99, reusable_until=None
+        )
+    )  # fmt: skip  (past its deadline)
+    seen.append(store.approval_answer("c", status="rejected", receipt="N", answered_at=START + 7,
+                                      reusable_until=None))  # fmt: skip
+    seen.append([row.id for row in store.approval_list("approved")])
+    seen.append(store.approval_burn("a", START + 10))  # used
+    seen.append(store.approval_burn("a", START + 20))  # again, within the reuse window
+    seen.append(store.approval_burn("a", START + 31))  # window over
+    seen.append(store.approval_burn("c", START + 10))  # a rejection is delivered once
+    seen.append(store.approval_burn("c", START + 11))
+    seen.append(store.approval_burn("b", START + 11))  # never answered
+    seen.append(store.approval_get("a"))
+    seen.append(store.approval_get("c"))
+    seen.append(store.approval_open("d1", START + 200))
+    return seen
+
+
+def test_approvals_behave_as_on_sqlite(pg: PostgresStore, tmp_path: Path) -> None:
+    sqlite = SQLiteStore(tmp_path / "s.db")
+    expected = _approval_script(sqlite)
+    sqlite.close()
+    assert _approval_script(pg) == expected
+    assert expected[9:15] == [True, True, False, True, False, False]
+
+
+def test_an_audit_head_is_signed_in_the_append(pg: PostgresStore) -> None:
+    assert pg.audit_head() is None
+    pg.audit_append({"n": 1}, at=START, anchor=lambda seq, head: f"signed-{seq}")
+    second = pg.audit_append({"n": 2}, at=START + 1, anchor=lambda seq, head: f"signed-{seq}")
+    head = pg.audit_head()
+    assert head is not None
+    assert (head.seq, head.head, head.signed_at, head.token) == (
+        2,
+        second.hash,
+        START + 1,
+        "signed-2",
+    )
+
+
+def test_a_failing_head_signer_leaves_no_record(pg: PostgresStore) -> None:
+    def broken(seq: int, head: str) -> str:
+        raise StoreError("signer unavailable")
+
+    with pytest.raises(StoreError, match="signer unavailable"):
+        pg.audit_append({"n": 1}, at=START, anchor=broken)
+    assert pg.audit_entries() == []
+    assert pg.audit_append({"n": 2}, at=START).seq == 1  # the chain did not move
+
+
+def test_a_held_lock_refuses_the_call_within_the_timeout(pg_url: str) -> None:
+    """Another session holding the chain's tip: the append is refused, not hung."""
+    store = PostgresStore(pg_url, timeout=1)
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("SELECT 1 FROM ag_audit_tip WHERE id = 1 FOR UPDATE")
+        with pytest.raises(StoreError, match=r"did not answer within 1 s"):
+            store.audit_append({"n": 1}, at=START)
+        holder.rollback()
+    assert store.audit_append({"n": 1}, at=START).seq == 1
+    store.close()
+
+
+def test_a_damaged_schema_version_is_named(pg_url: str) -> None:
+    PostgresStore(pg_url).close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE ag_meta SET value = 'one' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="'one', which is not a number"):
+        PostgresStore(pg_url)
+
+
+def test_a_dropped_table_is_a_store_error_naming_postgres_message(
+    pg: PostgresStore, pg_url: str
+) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("DROP TABLE ag_revocations")
+    with pytest.raises(StoreError, match='relation "ag_revocations" does not exist'):
+        pg.revocations()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "pool_size"),
+    [(0, 1), (-1, 1), (True, 1), (float("nan"), 1), ("5", 1), (1, 0), (1, True), (1, 1.5)],
+)
+def test_bad_timeouts_and_pool_sizes_are_refused(timeout: Any, pool_size: Any) -> None:
+    with pytest.raises(ValueError, match=r"timeout|pool_size"):
+        PostgresStore("postgresql://127.0.0.1:1/x", timeout=timeout, pool_size=pool_size)
