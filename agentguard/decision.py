@@ -152,8 +152,10 @@ class Decision:
     """What the guard decided about one call, and why.
 
     ``outcome`` is an :class:`Outcome`; ``reason`` a :class:`Reason` code;
-    ``explanation`` operator text naming the link and rule (never token or
-    argument content).
+    ``explanation`` operator text naming the link and rule (never token
+    content; a refused predicate names the failing argument with its value
+    redacted as the policy's ``redact`` says). Show a model only the reason
+    code and decision id.
     """
 
     id: str
