@@ -112,3 +112,19 @@ def test_db_with_a_wrong_password_names_it_without_showing_it(
     assert run.returncode == 1
     assert "refused the user name or password" in run.stderr
     assert wrong not in run.stdout + run.stderr
+
+
+def test_agentguard_revoke_writes_to_the_shared_database(
+    pg_url: str, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    """A revocation from the CLI on one machine is in the database every guard reads."""
+    assert agentguard(tmp_path, "init", "--org", "org:acme", url=pg_url).returncode == 0
+    run = agentguard(tmp_path, "revoke", "--principal", "agent:bot", "--reason", "lost", url=pg_url)
+    assert run.returncode == 0, run.stderr
+    assert pg_cluster.password not in run.stdout + run.stderr
+    store = PostgresStore(pg_url)
+    assert [(r.kind, r.value, r.reason) for r in store.revocations()] == [
+        ("principal", "agent:bot", "lost")
+    ]
+    store.close()
+    assert not (tmp_path / ".agentguard" / "state.db").exists()
