@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import subprocess
@@ -34,6 +36,92 @@ def test_quickstart_is_short_and_runs(tmp_path: Path) -> None:
     assert lines[0] == "opened 'VPN down' for emea"
     assert lines[1].startswith("denied by agentguard (predicate_failed, decision dec_")
     assert not (tmp_path / ".agentguard").exists()
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AGENTGUARD_", "OTEL_"))}
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_quickstart_writes_nothing_and_its_log_is_read_in_process(tmp_path: Path) -> None:
+    """Run where a state directory and policy exist: nothing there changes, and the
+    quickstart's audit line prints the refusal's explanation, as the README says."""
+    init = subprocess.run(
+        [str(AGENTGUARD), "init", "--org", "org:acme"],
+        cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    before = _files(tmp_path)
+    blocks = _python_blocks()
+    script = tmp_path / "quickstart.py"
+    script.write_text(blocks[0] + blocks[1])
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    script.unlink()
+    assert _files(tmp_path) == before
+    explanation = out.stdout.splitlines()[2]
+    shown = blocks[1].split("# ", 1)[1].strip().removesuffix("...")
+    assert explanation.startswith(shown), (explanation, shown)
+
+
+def test_a_guard_with_a_state_directory_is_read_by_audit_tail(tmp_path: Path) -> None:
+    """After 'agentguard init', Guard() there writes .agentguard/state.db; audit tail shows it."""
+    env = _clean_env()
+    init = subprocess.run(
+        [str(AGENTGUARD), "init", "--org", "org:acme"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    script = tmp_path / "on_disk.py"
+    script.write_text(
+        "from agentguard import Delegation, Guard, Identity, Rule\n"
+        "from agentguard.keys import Keyring\n"
+        "org = Keyring(__import__('pathlib').Path('.agentguard/keys')).identity('org:acme')\n"
+        "bot = Identity.generate('agent:support-bot')\n"
+        "guard = Guard()\n"
+        "grant = Delegation.issue(org, bot, [Rule('tickets/open_ticket')], ttl='1h')\n"
+        "print(guard.check(grant, 'tickets/close', {}, holder=bot).id)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / ".agentguard" / "state.db").is_file()
+    tail = subprocess.run(
+        [str(AGENTGUARD), "audit", "tail", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert tail.returncode == 0, tail.stderr
+    assert ran.stdout.strip() in {r["decision_id"] for r in json.loads(tail.stdout)}
+
+
+def test_activating_the_venv_puts_agentguard_on_path(tmp_path: Path) -> None:
+    """'. .venv/bin/activate' makes 'agentguard' the one in .venv/bin/, as the README says."""
+    assert "`. .venv/bin/activate`\nputs `agentguard` on your PATH" in README
+    env = {**_clean_env(), "PATH": "/usr/bin:/bin"}
+    bare = subprocess.run(
+        ["/bin/sh", "-c", "command -v agentguard"], env=env, capture_output=True, text=True
+    )
+    assert bare.returncode != 0  # not there before
+    found = subprocess.run(
+        ["/bin/sh", "-c", f". {shlex.quote(str(AGENTGUARD.with_name('activate')))} && "
+         "command -v agentguard && agentguard --version"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[0] == str(AGENTGUARD)
+    assert found.stdout.splitlines()[1].startswith("agentguard ")
 
 
 def test_python_guides_run(tmp_path: Path) -> None:
