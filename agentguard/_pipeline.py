@@ -414,11 +414,8 @@ def _bind_call_token(parts: Parts, state: _State) -> None:
     elif state.presented is not None:
         # Checked already: no second signature check, only nonce and expiry remain.
         parts.verifier.consume(state.presented)
+    # The approval's receipt is used in the decision record's own transaction (_record).
     approval = state.approval
-    if approval is not None and not parts.store.approval_burn(
-        approval.request_id, parts.clock.now()
-    ):
-        raise DeniedError("approval receipt was used already", reason=Reason.APPROVAL_REPLAYED)
     if approval is not None:
         state.decide(
             Outcome.ALLOW,
@@ -462,7 +459,9 @@ def _record(parts: Parts, state: _State, error: DeniedError | None = None) -> Re
     try:
         # A dry run is not a use: it must not hide a stale grant from the inventory.
         used = () if dry_run else decision.link_ids
-        entry = parts.audit.append(record, link_ids=used, at=parts.clock.now())
+        # An allowed call's receipt is used up with its record, or neither happens.
+        burn = approval.request_id if approval is not None and error is None else None
+        entry = parts.audit.append(record, link_ids=used, at=parts.clock.now(), burn=burn)
     except StoreError as exc:
         state.decide(Outcome.DENY, Reason.AUDIT_ERROR, str(exc))
         refusal = DeniedError(str(exc), reason=Reason.AUDIT_ERROR, decision_id=decision.id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import inspect
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agentguard import _jws
-from agentguard.decision import Decision
+from agentguard.decision import Decision, Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError, TokenFormatError
 from agentguard.keys import Identity, Principal, b64url_encode
 from agentguard.redaction import REDACTED, redact, restore_redacted, sets_redacted_field
@@ -491,6 +492,12 @@ class AuditLog:
         self._writer: _Writer | None = None
         # Whether the side file was checked against the database (before the first append).
         self._side_checked = self._side is None
+        # Whether the store uses a receipt in the record's transaction (``burn``).
+        try:
+            params = inspect.signature(store.audit_append).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        self._burns_with_append = "burn" in params
         self._side_conflict: str | None = None
         if self._side is not None and self.durability != "full":
             self._writer = _Writer(self._publish_now)
@@ -503,8 +510,12 @@ class AuditLog:
         link_ids: Sequence[str] = (),
         at: float,
         anchor: bool | None = None,
+        burn: str | None = None,
     ) -> AuditEntry:
         """Append one record; sign a head over it when it lets a tool run (or ``anchor``).
+
+        With ``burn``, that approval request's receipt is used in the record's own
+        transaction (when the store can; otherwise just before it).
 
         A checkpoint also follows every ``checkpoint_every`` entries.
 
@@ -512,6 +523,8 @@ class AuditLog:
             StoreError: the record, its signed head or (at ``durability: full``) the
                 side file was not written, or the side file could not be written
                 since the last append: the caller must not run the tool.
+            DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
+                already (the record was not written).
         """
         if not self._side_checked:
             self._check_side_file()
@@ -533,14 +546,24 @@ class AuditLog:
             heads.append(self._sign(seq, digest, at))
             return heads[-1].token
 
+        extra: dict[str, Any] = {}
+        if burn is not None:
+            if self._burns_with_append:
+                extra["burn"] = (burn, at)
+            elif not self.store.approval_burn(burn, at):
+                raise DeniedError(
+                    "approval receipt was used already", reason=Reason.APPROVAL_REPLAYED
+                )
         try:
             if anchored:
                 # Marked, so verify knows a signed head must cover this record.
                 record = {**record, "anchored": True}
-                entry = self.store.audit_append(record, link_ids=link_ids, at=at, anchor=sign)
+                entry = self.store.audit_append(
+                    record, link_ids=link_ids, at=at, anchor=sign, **extra
+                )
             else:
-                entry = self.store.audit_append(record, link_ids=link_ids, at=at)
-        except StoreError:
+                entry = self.store.audit_append(record, link_ids=link_ids, at=at, **extra)
+        except (StoreError, DeniedError):
             raise
         except Exception as exc:
             raise StoreError(f"audit write failed: {type(exc).__name__}") from exc

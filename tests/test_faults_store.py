@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from agentguard.approval import QueueChannel
 from agentguard.audit import AuditLog
 from agentguard.clock import ManualClock
-from agentguard.errors import DeniedError, StoreError
+from agentguard.errors import ApprovalPending, DeniedError, StoreError
 from agentguard.guard import Guard
 from agentguard.keys import Identity
 from agentguard.store import MemoryStore, SQLiteStore
@@ -650,5 +651,76 @@ def test_filing_joins_a_pending_request_until_its_deadline(tmp_path: Path, kind:
         # Another call is never joined to this one.
         other = ApprovalRow("apr_d", NOW + 2, NOW + 62, "pending", "other", {})
         assert store.approval_file(other).id == "apr_d"
+    finally:
+        store.close()
+
+
+# -- 13.4: a crash between burning a receipt and recording the decision --------------------
+
+_CRASHER = """
+import os, sys
+from pathlib import Path
+from agentguard import audit
+from agentguard.approval import QueueChannel
+from agentguard.delegation import Delegation
+from agentguard.guard import Guard
+from agentguard.keys import Identity
+home, policy, chain, key, tool, where = sys.argv[1:7]
+guard = Guard(policy=Path(policy), home=Path(home), approver=QueueChannel(),
+              approval_mode="raise")
+delegation = Delegation.parse(Path(chain).read_text())
+holder = Identity.load(Path(key))
+
+def crash(*args, **kwargs):
+    os._exit(9)
+
+# "sign": inside the decision's transaction (the head is signed before it commits);
+# "publish": right after it committed.
+target = "_sign" if where == "sign" else "_publish"
+setattr(audit.AuditLog, target, crash)
+print("ready", flush=True)
+sys.stdin.readline()
+guard.call(delegation, tool, {"ticket": 7}, lambda **kw: None, holder=holder)
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["sign", "publish"])
+def test_a_crash_burns_the_receipt_and_records_the_decision_together_or_neither(
+    tmp_path: Path, where: str
+) -> None:
+    world = World(clock=ManualClock(time.time()))
+    home = tmp_path / "home"
+    policy = world.write_policy(tmp_path / "agentguard.yaml", approval={"channel": "queue"})
+    chain = tmp_path / "chain.txt"
+    chain.write_text(world.delegation.serialize())
+    key = tmp_path / "bot.key"
+    world.bot.save(key)
+    guard = Guard(policy=policy, home=home, approver=QueueChannel(), approval_mode="raise")
+    try:
+        with pytest.raises(ApprovalPending) as info:
+            guard.call(
+                world.delegation, APPROVAL_TOOL, {"ticket": 7}, RecordingTool(), holder=world.bot
+            )
+        request_id = info.value.request_id
+        guard.approvals.approve(request_id, world.carol)
+    finally:
+        guard.close()
+    proc = _child(_CRASHER, str(home), str(policy), str(chain), str(key), APPROVAL_TOOL, where)
+    out, _ = proc.communicate("go\n", timeout=120)
+    assert proc.returncode == 9, out
+    store = SQLiteStore(home / "state.db")
+    try:
+        row = store.approval_get(request_id)
+        assert row is not None
+        allowed = [
+            json.loads(e.body)
+            for e in store.audit_entries()
+            if json.loads(e.body).get("approval_request_id") == request_id
+            and json.loads(e.body).get("outcome") == "allow"
+        ]
+        burned = row.status == "used"
+        assert burned == bool(allowed), (row.status, allowed)
+        assert burned == (where == "publish")
     finally:
         store.close()

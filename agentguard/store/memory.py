@@ -21,7 +21,7 @@ from agentguard.store.base import (
     RevocationKind,
     entry_hash,
 )
-from agentguard.store.sqlite import _expired
+from agentguard.store.sqlite import _expired, _replayed
 
 __all__ = ["MemoryStore"]
 
@@ -135,9 +135,17 @@ class MemoryStore:
         link_ids: Sequence[str] = (),
         at: float,
         anchor: HeadSigner | None = None,
+        burn: tuple[str, float] | None = None,
     ) -> AuditEntry:
-        """Append one record to the hash chain (and sign the new head with ``anchor``)."""
+        """Append one record to the hash chain (and sign the new head with ``anchor``);
+        with ``burn`` (request id, now), use that approval's receipt with it.
+
+        Raises:
+            DeniedError: ``approval_replayed``: the receipt was used already.
+        """
         with self._lock:
+            if burn is not None and not self._burn(*burn):
+                raise _replayed()
             prev = self._audit[-1].hash if self._audit else GENESIS_HASH
             seq = len(self._audit) + 1
             body = canonical_json({**record, "seq": seq}).decode("utf-8")
@@ -241,17 +249,21 @@ class MemoryStore:
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window)."""
         with self._lock:
-            row = self._approvals.get(request_id)
-            if row is not None and row.status == "rejected":
-                # A rejection is delivered once; the next attempt files a new request.
-                self._approvals[request_id] = replace(row, status="closed")
-                return True
-            if row is None or row.status not in ("approved", "used"):
-                return False
-            if row.uses and not (row.reusable_until and now < row.reusable_until):
-                return False
-            self._approvals[request_id] = replace(row, status="used", uses=row.uses + 1)
+            return self._burn(request_id, now)
+
+    def _burn(self, request_id: str, now: float) -> bool:
+        """Burn with the lock held (see :meth:`approval_burn`)."""
+        row = self._approvals.get(request_id)
+        if row is not None and row.status == "rejected":
+            # A rejection is delivered once; the next attempt files a new request.
+            self._approvals[request_id] = replace(row, status="closed")
             return True
+        if row is None or row.status not in ("approved", "used"):
+            return False
+        if row.uses and not (row.reusable_until and now < row.reusable_until):
+            return False
+        self._approvals[request_id] = replace(row, status="used", uses=row.uses + 1)
+        return True
 
     def close(self) -> None:
         """Nothing to release."""

@@ -556,15 +556,25 @@ class SQLiteStore:
         link_ids: Sequence[str] = (),
         at: float,
         anchor: HeadSigner | None = None,
+        burn: tuple[str, float] | None = None,
     ) -> AuditEntry:
         """Append one record to the hash chain atomically (across processes).
 
         With ``anchor`` the new head is signed and replaces the stored signed head
         in the same transaction: a head never exists without its record, and the
-        record is not committed without its head.
+        record is not committed without its head. With ``burn`` (request id, now)
+        the approval's receipt is used in that transaction too: a receipt is
+        never used up without the decision that used it.
+
+        Raises:
+            DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
+                already (nothing is written).
+            StoreError: the record could not be written.
         """
 
         def run(db: sqlite3.Connection) -> AuditEntry:
+            if burn is not None and self._burn(db, *burn).rowcount != 1:
+                raise _replayed()
             last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
             body = canonical_json({**record, "seq": seq}).decode("utf-8")
@@ -762,16 +772,18 @@ class SQLiteStore:
 
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window); atomic."""
-        cur = self._run_write(
-            lambda db: db.execute(
-                # A rejection is delivered once (closed); an approval is used.
-                "UPDATE approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
-                "THEN 'closed' ELSE 'used' END WHERE id = ? AND (status IN ('approved', "
-                "'rejected') OR (status = 'used' AND reusable_until > ?))",
-                (request_id, now),
-            )
-        )
+        cur = self._run_write(lambda db: self._burn(db, request_id, now))
         return bool(cur.rowcount == 1)
+
+    @staticmethod
+    def _burn(db: sqlite3.Connection, request_id: str, now: float) -> sqlite3.Cursor:
+        return db.execute(
+            # A rejection is delivered once (closed); an approval is used.
+            "UPDATE approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
+            "THEN 'closed' ELSE 'used' END WHERE id = ? AND (status IN ('approved', "
+            "'rejected') OR (status = 'used' AND reusable_until > ?))",
+            (request_id, now),
+        )
 
     def close(self) -> None:
         """Close every connection this object opened."""
@@ -800,3 +812,7 @@ def _expired(expires_at: float) -> DeniedError:
         "back cannot make it valid again",
         reason=Reason.CALL_TOKEN_EXPIRED,
     )
+
+
+def _replayed() -> DeniedError:
+    return DeniedError("approval receipt was used already", reason=Reason.APPROVAL_REPLAYED)
