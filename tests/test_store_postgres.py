@@ -26,7 +26,7 @@ from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
 from agentguard.errors import ConfigError, DeniedError, StoreError
 from agentguard.guard import Guard
-from agentguard.keys import Identity
+from agentguard.keys import Identity, Keyring
 from agentguard.store.base import GENESIS_HASH, ApprovalRow, entry_hash
 from agentguard.store.postgres import (
     DATABASE_URL_ENV,
@@ -475,6 +475,8 @@ def test_a_guard_with_storage_url_keeps_its_state_in_postgres_without_showing_th
     shown.append("".join(capsys.readouterr()))
     assert all(pg_cluster.password not in text for text in shown)
     assert guard.store.location in guard.describe()
+    # The guard's own key stays in the process's state directory, not in the database.
+    assert Keyring(tmp_path / "home" / "keys").has_private(guard.policy.guard_id)
     guard.store.close()
     # Another store on the same database (as another replica would) sees the call's records.
     other = PostgresStore(pg_url)
@@ -487,12 +489,14 @@ def test_agentguard_database_url_overrides_the_policy(
 ) -> None:
     world = World()
     policy = world.write_policy(
-        tmp_path / "agentguard.yaml", storage={"url": "postgresql://nobody@127.0.0.1:1/none"}
+        tmp_path / "agentguard.yaml",
+        storage={"url": "postgresql://nobody@127.0.0.1:1/none", "busy_timeout": "2s"},
     )
     monkeypatch.setenv(DATABASE_URL_ENV, pg_url)
     guard = Guard(policy, clock=world.clock)
     assert isinstance(guard.store, PostgresStore)
     assert guard.store.location == redact_url(pg_url)
+    assert guard.store.timeout == 2.0  # storage.busy_timeout bounds every wait
     guard.store.close()
 
 
