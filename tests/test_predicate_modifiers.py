@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentguard.clock import ManualClock
+from agentguard.delegation import Delegation
 from agentguard.errors import PredicateError
 from agentguard.keys import Principal
 from agentguard.predicates import (
@@ -27,6 +28,7 @@ from agentguard.predicates import (
     root_fields,
     validate_predicate,
 )
+from agentguard.testing import World
 from agentguard.tokens import Rule
 from agentguard.verify import NO_REVOCATION_CHECK, Verifier
 from tests import predicates_b172834 as before
@@ -519,3 +521,19 @@ def test_the_readme_example() -> None:
     assert judge(case_pin("i"), {"name": "\u0130"}) is Truth.FALSE
     assert judge(case_pin("A"), {"name": "\uff21"}) is Truth.FALSE
     assert judge(case_pin("o"), {"name": "\u043e"}) is Truth.FALSE  # Cyrillic o, U+043E
+
+
+def test_a_chain_applies_both_links_whatever_narrows_says(world: World) -> None:
+    """Parent case-insensitive, child exact: only the exact value passes. Parent exact,
+    child case-insensitive: the parent still refuses the variant (scope is conjunctive)."""
+    loose: list[Any] = [
+        {"tool": "travel/book", "where": {"city": {"==": "paris", "ignore": "case"}}}
+    ]
+    exact: list[Any] = [{"tool": "travel/book", "where": {"city": "Paris"}}]
+    guard = world.guard()
+    for parent, child, passes in ((loose, exact, ["Paris"]), (exact, loose, ["Paris"])):
+        root = Delegation.issue(world.org, world.alice, parent, ttl="1h", clock=world.clock)
+        chain = root.attenuate(world.alice, world.bot, child, clock=world.clock)
+        for city in ("Paris", "PARIS", "paris"):
+            decision = guard.check(chain, "travel/book", {"city": city}, holder=world.bot)
+            assert decision.allowed is (city in passes), (parent, child, city)
