@@ -724,3 +724,11 @@ def test_a_crash_burns_the_receipt_and_records_the_decision_together_or_neither(
         assert burned == (where == "publish")
     finally:
         store.close()
+    if not burned:  # the approval is still there: the call can be made again, and runs
+        again = Guard(policy=policy, home=home, approver=QueueChannel(), approval_mode="raise")
+        tool = RecordingTool()
+        try:
+            again.call(world.delegation, APPROVAL_TOOL, {"ticket": 7}, tool, holder=world.bot)
+        finally:
+            again.close()
+        assert tool.ran
