@@ -243,6 +243,13 @@ def _work(target: str, work: str, arg: Any, barrier: Any) -> list[Any]:
         result = [k for k in range(arg) if store.consume(f"agent:bot/{k}", 2e9, now=1.8e9)]
     elif work == "burn":
         result = [rid for rid in arg if store.approval_burn(rid, 1.8e9)]
+    elif work == "file":
+        result = [
+            store.approval_file(
+                ApprovalRow(secrets.token_hex(6), START, START + 60, "pending", digest, {})
+            ).id
+            for digest in arg
+        ]
     elif work == "tokens":
         result = []
         guard = _guard(store, arg)
@@ -604,3 +611,30 @@ def test_a_dropped_table_is_a_store_error_naming_postgres_message(
 def test_bad_timeouts_and_pool_sizes_are_refused(timeout: Any, pool_size: Any) -> None:
     with pytest.raises(ValueError, match=r"timeout|pool_size"):
         PostgresStore("postgresql://127.0.0.1:1/x", timeout=timeout, pool_size=pool_size)
+
+
+def test_four_processes_file_one_approval_request_for_one_call(pg_url: str) -> None:
+    """Racing calls needing the same approval file one request and all join it."""
+    digests = [f"digest-{n}" for n in range(30)]
+    results = _run_race(pg_url, "file", digests)
+    assert all(result == results[0] for result in results)  # every racer joined one request
+    store = PostgresStore(pg_url)
+    assert sorted(row.id for row in store.approval_list()) == sorted(results[0])
+    later = ApprovalRow("after", START + 100, START + 160, "pending", "digest-0", {})
+    assert store.approval_file(later).id == "after"  # the first one's deadline has passed
+    store.close()
+
+
+def test_a_receipt_burned_with_its_record_is_used_once(pg: PostgresStore) -> None:
+    pg.approval_insert(ApprovalRow("r1", START, START + 60, "pending", "d", {}))
+    assert pg.approval_answer(
+        "r1", status="approved", receipt="R", answered_at=START + 1, reusable_until=None
+    )
+    entry = pg.audit_append({"n": 1}, at=START + 2, burn=("r1", START + 2))
+    row = pg.approval_get("r1")
+    assert row is not None
+    assert (row.status, row.uses) == ("used", 1)
+    with pytest.raises(DeniedError) as info:
+        pg.audit_append({"n": 2}, at=START + 3, burn=("r1", START + 3))
+    assert info.value.reason == "approval_replayed"
+    assert pg.audit_entries() == [entry]  # the refused record was not written

@@ -604,18 +604,29 @@ class PostgresStore:
         at: float,
         anchor: HeadSigner | None = None,
         checkpoint: Callable[[int, str], str | None] | None = None,
+        burn: tuple[str, float] | None = None,
     ) -> AuditEntry:
         """Append one record to the one hash chain every process shares (atomic).
 
         The chain's tip row is locked for the transaction, so concurrent appends
         from any process are serialised; with ``anchor`` the signed head commits
         with the record, and so does a token ``checkpoint`` returns (as a checkpoint).
+        With ``burn`` (request id, now) that approval's receipt is used in the
+        same transaction: never used up without the record that used it.
+
+        Raises:
+            DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
+                already (nothing is written).
 
         Raises:
             StoreError: the record could not be written.
         """
 
         def run(db: psycopg.Connection[Any]) -> AuditEntry:
+            if burn is not None and self._burn(db, *burn) != 1:
+                raise DeniedError(
+                    "approval receipt was used already", reason=Reason.APPROVAL_REPLAYED
+                )
             tip = db.execute(
                 "SELECT seq, hash FROM ag_audit_tip WHERE id = 1 FOR UPDATE"
             ).fetchone()
@@ -747,6 +758,40 @@ class PostgresStore:
             ),
         )
 
+    def approval_file(self, row: ApprovalRow) -> ApprovalRow:
+        """Persist ``row`` as a new pending request, unless one for the same call is
+        pending still (at ``row.created_at``): then that one, and nothing is written.
+
+        A transaction-scoped advisory lock on the call's digest makes racing
+        processes file one request and join it.
+        """
+
+        def run(db: psycopg.Connection[Any]) -> ApprovalRow:
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (row.call_digest,))
+            found = db.execute(
+                f"SELECT {self._APPROVAL_COLUMNS} FROM ag_approvals "  # noqa: S608 - constant column list
+                "WHERE call_digest = %s AND status = 'pending' AND deadline > %s "
+                "ORDER BY created_at, id LIMIT 1",
+                (row.call_digest, row.created_at),
+            ).fetchone()
+            if found is not None:
+                return self._approval(found)
+            db.execute(
+                "INSERT INTO ag_approvals (id, created_at, deadline, status, call_digest, "
+                "request) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    row.id,
+                    row.created_at,
+                    row.deadline,
+                    row.status,
+                    row.call_digest,
+                    json.dumps(row.request),
+                ),
+            )
+            return row
+
+        return self._run("write to", run)
+
     def approval_get(self, request_id: str) -> ApprovalRow | None:
         """One request by id."""
         row = self._run(
@@ -809,18 +854,17 @@ class PostgresStore:
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window); atomic
         across processes (the row lock makes a concurrent burn re-check the status)."""
-        count = self._run(
-            "write to",
-            lambda db: (
-                db.execute(
-                    "UPDATE ag_approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
-                    "THEN 'closed' ELSE 'used' END WHERE id = %s AND (status IN ('approved', "
-                    "'rejected') OR (status = 'used' AND reusable_until > %s))",
-                    (request_id, now),
-                ).rowcount
-            ),
-        )
-        return count == 1
+        return self._run("write to", lambda db: self._burn(db, request_id, now)) == 1
+
+    @staticmethod
+    def _burn(db: psycopg.Connection[Any], request_id: str, now: float) -> int:
+        # A rejection is delivered once (closed); an approval is used.
+        return db.execute(
+            "UPDATE ag_approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
+            "THEN 'closed' ELSE 'used' END WHERE id = %s AND (status IN ('approved', "
+            "'rejected') OR (status = 'used' AND reusable_until > %s))",
+            (request_id, now),
+        ).rowcount
 
     def close(self) -> None:
         """Close the connection pool; later calls are refused."""
