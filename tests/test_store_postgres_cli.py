@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
+from typer.testing import CliRunner
 
+from agentguard.cli import app
 from agentguard.store.postgres import DATABASE_URL_ENV, SCHEMA_VERSION, PostgresStore
 from agentguard.testing import START
 from tests.pg_support import Cluster
@@ -128,3 +131,27 @@ def test_agentguard_revoke_writes_to_the_shared_database(
     ]
     store.close()
     assert not (tmp_path / ".agentguard" / "state.db").exists()
+
+
+def test_db_commands_in_process(
+    pg_url: str, pg_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same commands through Typer's runner (so the suite's coverage sees them)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AGENTGUARD_POLICY", raising=False)
+    monkeypatch.setenv(DATABASE_URL_ENV, pg_url)
+    runner = CliRunner()
+    created = runner.invoke(app, ["db", "upgrade"])
+    assert created.exit_code == 0, created.output
+    assert "schema created" in created.output
+    same = runner.invoke(app, ["db", "upgrade"])
+    assert "nothing to do" in same.output
+    shown = runner.invoke(app, ["db", "status"])
+    assert shown.exit_code == 0, shown.output
+    assert f"schema version: {SCHEMA_VERSION}" in shown.output
+    assert "approvals: 0" in shown.output
+    for result in (created, same, shown):
+        assert pg_cluster.password not in result.output
+    monkeypatch.delenv(DATABASE_URL_ENV)
+    missing = runner.invoke(app, ["db", "upgrade"])
+    assert missing.exit_code == 1
