@@ -24,7 +24,7 @@ import pytest
 
 from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
-from agentguard.errors import ConfigError, DeniedError, StoreError
+from agentguard.errors import ApprovalPending, ConfigError, DeniedError, StoreError
 from agentguard.guard import Guard
 from agentguard.keys import Identity, Keyring
 from agentguard.store.base import GENESIS_HASH, ApprovalRow, entry_hash
@@ -638,3 +638,84 @@ def test_a_receipt_burned_with_its_record_is_used_once(pg: PostgresStore) -> Non
         pg.audit_append({"n": 2}, at=START + 3, burn=("r1", START + 3))
     assert info.value.reason == "approval_replayed"
     assert pg.audit_entries() == [entry]  # the refused record was not written
+
+
+def _approval_replica(url: str, files: dict[str, Any], commands: Any, out: Any) -> None:
+    """A guard process (approval channel ``queue``, non-blocking) running commands:
+    ``call`` answers ``ran``, ``pending <id>`` or the deny reason; ``approve <id>``
+    signs the approval as ``user:carol`` through this process's approval book."""
+    try:
+        store = PostgresStore(url)
+        guard = Guard(
+            Path(files["policy"]),
+            home=Path(files["home"]) / f"home-{secrets.token_hex(4)}",
+            store=store,
+            clock=ManualClock(START),
+            approval_mode="raise",
+        )
+        delegation = Delegation.parse(files["delegation"])
+        bot = Identity.from_private_jwk("agent:bot", files["bot"])
+        carol = Identity.from_private_jwk("user:carol", files["carol"])
+        for command in iter(commands.get, "quit"):
+            if command == "call":
+                tool = RecordingTool()
+                try:
+                    guard.call(delegation, "admin/reset", {"target": "db1"}, tool, holder=bot)
+                except ApprovalPending as exc:
+                    out.put(f"pending {exc.request_id}")
+                except DeniedError as exc:
+                    out.put(str(exc.reason))
+                else:
+                    out.put("ran" if tool.ran else "not run")
+            else:
+                guard.approvals.approve(command.split()[1], carol)
+                out.put("approved")
+        store.close()
+    except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails on it
+        out.put(f"replica failed: {exc!r}")
+
+
+def test_an_approval_filed_on_one_replica_is_answered_on_another_and_used_on_a_third(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Three guard processes on one database: A files, B approves, C runs the call once."""
+    world = World()
+    policy = world.write_policy(tmp_path / "agentguard.yaml", approval={"channel": "queue"})
+    files = {
+        "policy": str(policy),
+        "home": str(tmp_path),
+        "delegation": world.delegation.serialize(),
+        "bot": world.bot.private_jwk(),
+        "carol": world.carol.private_jwk(),
+    }
+    context = multiprocessing.get_context("spawn")
+    channels = [(context.Queue(), context.Queue()) for _ in range(3)]
+    workers = [
+        context.Process(target=_approval_replica, args=(pg_url, files, commands, out))
+        for commands, out in channels
+    ]
+    for worker in workers:
+        worker.start()
+
+    def ask(index: int, command: str) -> str:
+        commands, out = channels[index]
+        commands.put(command)
+        return str(out.get(timeout=120))
+
+    try:
+        filed = ask(0, "call")
+        assert filed.startswith("pending apr_"), filed
+        request_id = filed.split()[1]
+        assert ask(1, "call") == filed  # B joins the request A filed
+        assert ask(1, f"approve {request_id}") == "approved"
+        assert ask(2, "call") == "ran"  # C uses the receipt
+        assert ask(0, "call").startswith("pending ")  # used once: A must ask again
+        for commands, _ in channels:
+            commands.put("quit")
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
