@@ -498,6 +498,7 @@ class AuditLog:
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         self._burns_with_append = "burn" in params
+        self._checkpoints_with_append = "checkpoint" in params
         self._side_conflict: str | None = None
         if self._side is not None and self.durability != "full":
             self._writer = _Writer(self._publish_now)
@@ -546,7 +547,16 @@ class AuditLog:
             heads.append(self._sign(seq, digest, at))
             return heads[-1].token
 
+        def checkpoint(seq: int, digest: str) -> str | None:
+            if not self.checkpoint_every or seq % self.checkpoint_every:
+                return None
+            heads.append(self._sign(seq, digest, at))
+            return heads[-1].token
+
         extra: dict[str, Any] = {}
+        if self._checkpoints_with_append:
+            # A checkpoint due at this record commits with it, or neither does.
+            extra["checkpoint"] = checkpoint
         if burn is not None:
             if self._burns_with_append:
                 extra["burn"] = (burn, at)
@@ -570,14 +580,20 @@ class AuditLog:
         try:
             if heads:
                 self._publish(heads[-1])
-            if self.checkpoint_every and entry.seq % self.checkpoint_every == 0:
+            if (
+                not self._checkpoints_with_append
+                and self.checkpoint_every
+                and entry.seq % self.checkpoint_every == 0
+            ):
                 self.checkpoint(entry, at=at)
         except Exception as exc:
             # The record is committed, but the caller is refused: say so in the log.
             self._not_run(record, at)
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"audit checkpoint failed: {type(exc).__name__}") from exc
+            raise StoreError(
+                f"audit checkpoint or side file could not be written: {type(exc).__name__}"
+            ) from exc
         return entry
 
     def _not_run(self, record: Mapping[str, Any], at: float) -> None:

@@ -508,7 +508,7 @@ def test_a_damaged_watermark_is_a_store_error(tmp_path: Path) -> None:
 # -- 13.3: a checkpoint that fails after its record committed ------------------------------
 
 
-def _failing_checkpoint_log(tmp_path: Path, *, completions_fail: bool) -> tuple[AuditLog, Path]:
+def _failing_checkpoint_log(tmp_path: Path) -> AuditLog:
     """A log whose next checkpoint write fails inside SQLite (a trigger raises)."""
     path = tmp_path / "state.db"
     store = SQLiteStore(path)
@@ -520,22 +520,51 @@ def _failing_checkpoint_log(tmp_path: Path, *, completions_fail: bool) -> tuple[
             "CREATE TRIGGER no_checkpoints BEFORE INSERT ON audit_checkpoints "
             "BEGIN SELECT RAISE(FAIL, 'injected checkpoint failure'); END"
         )
-        if completions_fail:
+    raw.close()
+    return log
+
+
+def test_a_failed_checkpoint_leaves_no_record_behind(tmp_path: Path) -> None:
+    """The record and its checkpoint are one transaction: the caller is refused and the
+    log holds no allowed decision that did not run."""
+    log = _failing_checkpoint_log(tmp_path)
+    allow = {"type": "decision", "outcome": "allow", "decision_id": "d2", "tool": TOOL}
+    with pytest.raises(StoreError, match="injected checkpoint failure"):
+        log.append(allow, at=NOW)
+    assert [r["decision_id"] for r in log.tail(5)] == ["d1"]
+    assert log.store.checkpoints() == []
+    report = log.report()
+    assert report.problem is None
+    assert report.not_known_to_have_run == ()
+    log.store.close()
+
+
+def _side_file_fails(tmp_path: Path, *, completions_fail: bool) -> AuditLog:
+    """A ``durability: full`` log whose side file cannot be written after a commit."""
+    path = tmp_path / "state.db"
+    side = tmp_path / "audit-checkpoints.jsonl"
+    store = SQLiteStore(path, durability="full")
+    log = AuditLog(store, Identity.generate("service:guard"), side_file=side)
+    log.append({"type": "decision", "outcome": "deny", "decision_id": "d1"}, at=NOW)
+    side.mkdir()  # a directory where the side file goes: replacing it fails
+    if completions_fail:
+        raw = sqlite3.connect(path)
+        with raw:
             raw.execute(
                 "CREATE TRIGGER no_completions BEFORE INSERT ON audit "
                 "WHEN NEW.body LIKE '%not_run%' "
                 "BEGIN SELECT RAISE(FAIL, 'injected: no room left'); END"
             )
-    raw.close()
-    return log, path
+        raw.close()
+    return log
 
 
-def test_a_failed_checkpoint_refuses_and_records_that_the_tool_did_not_run(
+def test_a_side_file_failure_after_the_commit_records_that_the_tool_did_not_run(
     tmp_path: Path,
 ) -> None:
-    log, _ = _failing_checkpoint_log(tmp_path, completions_fail=False)
+    log = _side_file_fails(tmp_path, completions_fail=False)
     allow = {"type": "decision", "outcome": "allow", "decision_id": "d2", "tool": TOOL}
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="side file"):
         log.append(allow, at=NOW)
     records = log.tail(5)
     assert [(r["type"], r["decision_id"]) for r in records] == [
@@ -544,20 +573,16 @@ def test_a_failed_checkpoint_refuses_and_records_that_the_tool_did_not_run(
         ("completion", "d2"),
     ]
     assert records[-1]["status"] == "not_run"
-    report = log.report()
-    assert report.problem is None
-    assert report.not_known_to_have_run == ()
+    assert log.report().not_known_to_have_run == ()
     log.store.close()
 
 
 def test_with_no_room_to_say_more_the_decision_is_not_known_to_have_run(tmp_path: Path) -> None:
-    log, _ = _failing_checkpoint_log(tmp_path, completions_fail=True)
+    log = _side_file_fails(tmp_path, completions_fail=True)
     allow = {"type": "decision", "outcome": "allow", "decision_id": "d2", "tool": TOOL}
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="side file"):
         log.append(allow, at=NOW)
-    report = log.report()
-    assert report.problem is None
-    assert [d.decision_id for d in report.not_known_to_have_run] == ["d2"]
+    assert [d.decision_id for d in log.report().not_known_to_have_run] == ["d2"]
     log.store.close()
 
 

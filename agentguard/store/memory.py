@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -136,6 +136,7 @@ class MemoryStore:
         at: float,
         anchor: HeadSigner | None = None,
         burn: tuple[str, float] | None = None,
+        checkpoint: Callable[[int, str], str | None] | None = None,
     ) -> AuditEntry:
         """Append one record to the hash chain (and sign the new head with ``anchor``);
         with ``burn`` (request id, now), use that approval's receipt with it.
@@ -153,9 +154,12 @@ class MemoryStore:
             head = (
                 None if anchor is None else Checkpoint(seq, entry.hash, at, anchor(seq, entry.hash))
             )
+            token = checkpoint(seq, entry.hash) if checkpoint is not None else None
             self._audit.append(entry)
             if head is not None:
                 self._head = head
+            if token is not None:
+                self._checkpoints.append(Checkpoint(seq, entry.hash, at, token))
             for link in link_ids:
                 self._usage[link] = max(at, self._usage.get(link, 0.0))
             return entry

@@ -557,6 +557,7 @@ class SQLiteStore:
         at: float,
         anchor: HeadSigner | None = None,
         burn: tuple[str, float] | None = None,
+        checkpoint: Callable[[int, str], str | None] | None = None,
     ) -> AuditEntry:
         """Append one record to the hash chain atomically (across processes).
 
@@ -564,7 +565,9 @@ class SQLiteStore:
         in the same transaction: a head never exists without its record, and the
         record is not committed without its head. With ``burn`` (request id, now)
         the approval's receipt is used in that transaction too: a receipt is
-        never used up without the decision that used it.
+        never used up without the decision that used it. A token ``checkpoint``
+        returns for the new head is stored as a signed checkpoint in that
+        transaction as well (``None``: no checkpoint is due there).
 
         Raises:
             DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
@@ -596,6 +599,13 @@ class SQLiteStore:
                     "VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, "
                     "head = excluded.head, signed_at = excluded.signed_at, token = excluded.token",
                     (seq, digest, at, anchor(seq, digest)),
+                )
+            token = checkpoint(seq, digest) if checkpoint is not None else None
+            if token is not None:
+                db.execute(
+                    "INSERT INTO audit_checkpoints (seq, head, signed_at, token) "
+                    "VALUES (?, ?, ?, ?)",
+                    (seq, digest, at, token),
                 )
             return AuditEntry(seq, body, prev, digest)
 
