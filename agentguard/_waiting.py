@@ -9,6 +9,7 @@ which turns it into the answer (a refusal): it fails closed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Generator
 from typing import Any, NamedTuple
@@ -20,7 +21,9 @@ from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.policy import assurance_at_least
 from agentguard.store.base import ApprovalRow, Store
 
-__all__ = ["Deliver", "Read", "Sleep", "WaitStep", "aperform", "perform", "wait_for"]
+__all__ = ["Deliver", "Read", "Sleep", "WaitStep", "Who", "aperform", "perform", "wait_for"]
+
+log = logging.getLogger("agentguard")
 
 #: First and longest pause between two reads of a pending request (seconds).
 FIRST_POLL = 0.02
@@ -39,13 +42,19 @@ class Read(NamedTuple):
     request_id: str
 
 
+class Who(NamedTuple):
+    """Ask who could approve ``request``; the reply is a list of approver ids."""
+
+    request: ApprovalRequest
+
+
 class Sleep(NamedTuple):
     """Pause before the next read."""
 
     seconds: float
 
 
-WaitStep = Deliver | Read | Sleep
+WaitStep = Deliver | Read | Who | Sleep
 Answer = ApprovalRow | BaseException | None
 
 
@@ -63,6 +72,19 @@ def wait_for(
     In ``raise`` mode a request that is still pending returns
     :class:`~agentguard.errors.ApprovalPending` at once instead of waiting.
     """
+    approvers: list[str] = []
+    if channel.name != "none":  # NoChannel refuses on delivery, as approval_unavailable
+        try:
+            approvers = yield Who(request)
+        except Exception as exc:  # noqa: BLE001 - cannot tell who may answer: refuse
+            return exc
+        if not approvers:
+            return DeniedError(
+                f"nobody in the policy may approve {request.tool} for this chain; add an "
+                "approver for it under 'approvers:' in agentguard.yaml (a human outside the "
+                "chain when separation_of_duties is on)",
+                reason=Reason.NO_APPROVER,
+            )
     if deliver:
         weak = channel_too_weak(channel, request)
         if weak is not None:
@@ -72,11 +94,15 @@ def wait_for(
         except Exception as exc:  # noqa: BLE001 - any channel failure denies (fail closed)
             return exc
     row = yield Read(request.id)
+    how = how_to_answer(request, approvers)
     if mode == "raise" and (row is None or row.status == "pending"):
         return ApprovalPending(
-            f"approval request {request.id} for {request.tool} is pending",
+            f"approval request {request.id} for {request.tool} is pending; {how}",
             request_id=request.id,
         )
+    if row is not None and row.status == "pending":
+        left = max(0.0, request.deadline - clock.now())
+        log.warning("agentguard: waiting up to %s for approval; %s", _span(left), how)
     deadline = time.monotonic() + max(0.0, request.deadline - clock.now())
     delay = FIRST_POLL
     while row is not None and row.status == "pending":
@@ -87,6 +113,26 @@ def wait_for(
         row = yield Read(request.id)
     answer: ApprovalRow | None = row
     return answer
+
+
+def how_to_answer(request: ApprovalRequest, approvers: list[str]) -> str:
+    """One line for the waiting caller: the request, who can answer it and how."""
+    who = ", ".join(approvers[:5]) + (
+        f" and {len(approvers) - 5} more" if len(approvers) > 5 else ""
+    )
+    return (
+        f"request {request.id} ({request.tool}, needs '{request.min_assurance}' assurance) "
+        f"can be answered by {who or 'an approver'}: "
+        f"`agentguard approvals approve {request.id} --as ID`, or on the approval page "
+        "(`agentguard approvals serve`)"
+    )
+
+
+def _span(seconds: float) -> str:
+    whole = int(seconds)
+    if whole >= 60:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole}s" if whole >= 10 else f"{seconds:.1f}s"
 
 
 def channel_too_weak(channel: Channel, request: ApprovalRequest) -> DeniedError | None:
@@ -120,6 +166,8 @@ def perform(
                 channel.deliver(op.request, book)
             elif isinstance(op, Read):
                 reply = store.approval_get(op.request_id)
+            elif isinstance(op, Who):
+                reply = book.who_may_approve(op.request)
             else:
                 time.sleep(op.seconds)
         except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed
@@ -158,6 +206,11 @@ async def aperform(
                     reply = await anyio.to_thread.run_sync(store.approval_get, op.request_id)
                 else:
                     reply = store.approval_get(op.request_id)
+            elif isinstance(op, Who):
+                if offload:
+                    reply = await anyio.to_thread.run_sync(book.who_may_approve, op.request)
+                else:
+                    reply = book.who_may_approve(op.request)
             else:
                 await anyio.sleep(op.seconds)
         except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed

@@ -1000,6 +1000,24 @@ class ApprovalBook:
             )
         self._check_approver(request, approver, assurance, approving=True)
 
+    def who_may_approve(self, request: ApprovalRequest) -> list[str]:
+        """The policy's approvers who could approve ``request`` through a channel of
+        enough assurance: approver list and tools, revocation, separation of duties.
+
+        Used to tell a waiting caller who can answer; an empty list means nobody can.
+
+        Raises:
+            StoreError: the revocation or approval state cannot be read (cannot tell).
+        """
+        able = []
+        for entry in self.policy.approvers:
+            try:
+                self._check_approver(request, entry.id, "signed", approving=True)
+            except DeniedError:
+                continue
+            able.append(entry.id)
+        return able
+
     def _sign_answer(
         self,
         request_id: str,

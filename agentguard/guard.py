@@ -142,6 +142,10 @@ class Guard:
         """The approval channel requests are delivered to."""
         return self._driver.channel
 
+    @channel.setter
+    def channel(self, channel: Channel) -> None:
+        self._driver.channel = channel
+
     @property
     def approval_mode(self) -> str:
         """``block`` (wait for the answer) or ``raise`` (:class:`ApprovalPending` at once)."""
@@ -442,9 +446,5 @@ class Guard:
 
 
 def check_limits(policy: Policy, delegation: Delegation) -> None:
-    """Check a chain against the policy's limits; see :meth:`Policy.check_limits`.
-
-    Raises:
-        DeniedError: reason ``policy_limit``, naming the link that breaks a limit.
-    """
+    """:meth:`Policy.check_limits` (``DeniedError``, reason ``policy_limit``, names the link)."""
     policy.check_limits(delegation)

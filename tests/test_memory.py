@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -48,13 +48,20 @@ class HeadOnlyAuditStore(MemoryStore):
         link_ids: Sequence[str] = (),
         at: float,
         anchor: HeadSigner | None = None,  # an in-memory log is never anchored
+        burn: tuple[str, float] | None = None,
+        checkpoint: Callable[[int, str], str | None] | None = None,
     ) -> AuditEntry:
         with self._lock:
+            if burn is not None and not self._burn(*burn):
+                raise AssertionError("approval receipt replayed in a memory soak")
             prev = self._audit[-1].hash if self._audit else GENESIS_HASH
             self.appended += 1
             body = _jws.canonical_json({**record, "seq": self.appended}).decode("utf-8")
             entry = AuditEntry(self.appended, body, prev, entry_hash(prev, body))
             self._audit = [entry]
+            token = checkpoint(entry.seq, entry.hash) if checkpoint is not None else None
+            if token is not None:
+                self._checkpoints = [Checkpoint(entry.seq, entry.hash, at, token)]
             for link in link_ids:
                 self._usage[link] = max(at, self._usage.get(link, 0.0))
             return entry

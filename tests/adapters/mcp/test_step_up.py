@@ -229,7 +229,14 @@ async def test_no_form_is_offered_when_its_answer_could_not_count(
     """By default an agent may not approve its own call: no form, the request waits out of band.
 
     Before, the form was shown and its answer put down to alice, the sponsor.
+    bob, outside the chain, is the approver who can answer out of band.
     """
+    setup.write_policy(
+        approvers=[
+            {"id": setup.alice.id, "min_assurance": "agent"},
+            {"id": "user:bob", "min_assurance": "agent"},
+        ]
+    )
     record = tmp_path / "calls.jsonl"
     form = Form()
     with anyio.fail_after(30):
@@ -241,6 +248,25 @@ async def test_no_form_is_offered_when_its_answer_could_not_count(
             assert _text(result).startswith("approval pending, id=apr_")
     assert form.shown == 0
     assert _answers(setup) == [("pending", None)]
+    assert records(record) == []
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_call_nobody_may_approve_is_refused_at_once(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    """alice, the only approver, sponsors the chain (separation of duties): nobody
+    can approve, so the call is refused with ``no_approver`` instead of waiting."""
+    record = tmp_path / "calls.jsonl"
+    form = Form()
+    with anyio.fail_after(30):
+        async with Client(
+            _sponsored_proxy(setup, record), mode=mode, elicitation_callback=form
+        ) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+            assert result.is_error
+            assert "no_approver" in _text(result)
+    assert form.shown == 0
     assert records(record) == []
 
 
