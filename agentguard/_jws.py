@@ -70,7 +70,12 @@ def sign_call(claims: dict[str, Any], identity: Identity, typ: str) -> str:
     sorted header, claims in the given order; Ed25519 signatures are
     deterministic), signed with :meth:`Identity.sign` (libsodium when
     installed); ``tests/test_jws_sign.py`` holds the two to that.
+
+    Raises:
+        TypeError: ``iss`` is present and not a string (as PyJWT refuses it).
     """
+    if "iss" in claims and not isinstance(claims["iss"], str):
+        raise TypeError("Issuer (iss) must be a string.")
     payload = _COMPACT(claims).encode("utf-8")
     signing_input = f"{_encoded_header(identity.kid, typ)}.{b64url_encode(payload)}"
     signature = identity.sign(signing_input.encode("ascii"))

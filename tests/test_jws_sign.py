@@ -33,7 +33,22 @@ def test_sign_call_writes_what_pyjwt_writes(typ: str) -> None:
 @settings(max_examples=100, deadline=None)
 def test_sign_call_matches_pyjwt_on_any_claims(claims: dict[str, Any]) -> None:
     """Non-ASCII text and any key order included: PyJWT's JSON, byte for byte."""
+    if "iss" in claims and not isinstance(claims["iss"], str):
+        with pytest.raises(TypeError):
+            _jws.sign(claims, HOLDER, TYP_CALL)
+        with pytest.raises(TypeError):
+            _jws.sign_call(claims, HOLDER, TYP_CALL)
+        return
     assert _jws.sign_call(claims, HOLDER, TYP_CALL) == _jws.sign(claims, HOLDER, TYP_CALL)
+
+
+@pytest.mark.parametrize("iss", [0, None, True, ["agent:x"]])
+def test_a_non_string_issuer_is_refused_by_both_encoders(iss: object) -> None:
+    claims = {"ver": 1, "iss": iss, "tool": "kb/search", "iat": 1, "exp": 2, "jti": "x"}
+    with pytest.raises(TypeError, match="Issuer"):
+        _jws.sign_call(claims, HOLDER, TYP_CALL)
+    with pytest.raises(TypeError, match="Issuer"):
+        _jws.sign(claims, HOLDER, TYP_CALL)
 
 
 def test_minted_claims_are_what_the_token_says() -> None:
