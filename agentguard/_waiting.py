@@ -21,7 +21,18 @@ from agentguard.errors import ApprovalPending, DeniedError
 from agentguard.policy import assurance_at_least
 from agentguard.store.base import ApprovalRow, Store
 
-__all__ = ["Deliver", "Read", "Sleep", "WaitStep", "Who", "aperform", "perform", "wait_for"]
+__all__ = [
+    "Deliver",
+    "Read",
+    "Sleep",
+    "WaitStep",
+    "Who",
+    "aperform",
+    "how_to_answer",
+    "no_approver_text",
+    "perform",
+    "wait_for",
+]
 
 log = logging.getLogger("agentguard")
 
@@ -79,12 +90,7 @@ def wait_for(
         except Exception as exc:  # noqa: BLE001 - cannot tell who may answer: refuse
             return exc
         if not approvers:
-            return DeniedError(
-                f"nobody in the policy may approve {request.tool} for this chain; add an "
-                "approver for it under 'approvers:' in agentguard.yaml (a human outside the "
-                "chain when separation_of_duties is on)",
-                reason=Reason.NO_APPROVER,
-            )
+            return DeniedError(no_approver_text(request), reason=Reason.NO_APPROVER)
     if deliver:
         weak = channel_too_weak(channel, request)
         if weak is not None:
@@ -113,6 +119,18 @@ def wait_for(
         row = yield Read(request.id)
     answer: ApprovalRow | None = row
     return answer
+
+
+def no_approver_text(request: ApprovalRequest) -> str:
+    """What to add when nobody may approve ``request``: an entry that would cover it."""
+    namespace = request.tool.split("/", 1)[0]
+    return (
+        f"nobody in the policy may approve {request.tool} for this chain; add a person "
+        "(a user: principal outside the chain when separation_of_duties is on) under "
+        f"'approvers:' in agentguard.yaml, e.g. `- {{id: user:NAME, tools: [\"{namespace}/*\"], "
+        f"min_assurance: {request.min_assurance}}}` (`agentguard init --approver user:NAME` "
+        "writes one in a new setup)"
+    )
 
 
 def how_to_answer(request: ApprovalRequest, approvers: list[str]) -> str:
