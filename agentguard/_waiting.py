@@ -24,11 +24,11 @@ from agentguard.store.base import ApprovalRow, Store
 __all__ = [
     "Deliver",
     "Read",
+    "Remind",
     "Sleep",
     "WaitStep",
     "Who",
     "aperform",
-    "how_to_answer",
     "no_approver_text",
     "perform",
     "wait_for",
@@ -47,6 +47,13 @@ class Deliver(NamedTuple):
     request: ApprovalRequest
 
 
+class Remind(NamedTuple):
+    """Show ``request`` again on a channel that can (a notebook card): the call joined a
+    request that is pending already, so nothing new was delivered."""
+
+    request: ApprovalRequest
+
+
 class Read(NamedTuple):
     """Read the request's row from the store; the reply is the row (or ``None``)."""
 
@@ -54,7 +61,8 @@ class Read(NamedTuple):
 
 
 class Who(NamedTuple):
-    """Ask who could approve ``request``; the reply is a list of approver ids."""
+    """Ask who could approve ``request``; the reply is the list of approver ids and the
+    line that tells a waiting caller who can answer and how."""
 
     request: ApprovalRequest
 
@@ -65,7 +73,7 @@ class Sleep(NamedTuple):
     seconds: float
 
 
-WaitStep = Deliver | Read | Who | Sleep
+WaitStep = Deliver | Remind | Read | Who | Sleep
 Answer = ApprovalRow | BaseException | None
 
 
@@ -84,9 +92,10 @@ def wait_for(
     :class:`~agentguard.errors.ApprovalPending` at once instead of waiting.
     """
     approvers: list[str] = []
+    how = f"request {request.id} ({request.tool})"
     if channel.name != "none":  # NoChannel refuses on delivery, as approval_unavailable
         try:
-            approvers = yield Who(request)
+            approvers, how = yield Who(request)
         except Exception as exc:  # noqa: BLE001 - cannot tell who may answer: refuse
             return exc
         if not approvers:
@@ -99,8 +108,12 @@ def wait_for(
             yield Deliver(request)
         except Exception as exc:  # noqa: BLE001 - any channel failure denies (fail closed)
             return exc
+    elif _can_remind(channel):
+        try:
+            yield Remind(request)
+        except Exception as exc:  # noqa: BLE001 - any channel failure denies (fail closed)
+            return exc
     row = yield Read(request.id)
-    how = how_to_answer(request, approvers)
     if mode == "raise" and (row is None or row.status == "pending"):
         return ApprovalPending(
             f"approval request {request.id} for {request.tool} is pending; {how}",
@@ -133,17 +146,13 @@ def no_approver_text(request: ApprovalRequest) -> str:
     )
 
 
-def how_to_answer(request: ApprovalRequest, approvers: list[str]) -> str:
-    """One line for the waiting caller: the request, who can answer it and how."""
-    who = ", ".join(approvers[:5]) + (
-        f" and {len(approvers) - 5} more" if len(approvers) > 5 else ""
-    )
-    return (
-        f"request {request.id} ({request.tool}, needs '{request.min_assurance}' assurance) "
-        f"can be answered by {who or 'an approver'}: "
-        f"`agentguard approvals approve {request.id} --as ID`, or on the approval page "
-        "(`agentguard approvals serve`)"
-    )
+def _who_and_how(book: ApprovalBook, request: ApprovalRequest) -> tuple[list[str], str]:
+    approvers = book.who_may_approve(request)
+    return approvers, book.how_to_answer(request, approvers)
+
+
+def _can_remind(channel: Channel) -> bool:
+    return callable(getattr(channel, "remind", None)) or callable(getattr(channel, "aremind", None))
 
 
 def _span(seconds: float) -> str:
@@ -182,10 +191,14 @@ def perform(
         try:
             if isinstance(op, Deliver):
                 channel.deliver(op.request, book)
+            elif isinstance(op, Remind):
+                remind = getattr(channel, "remind", None)
+                if remind is not None:
+                    remind(op.request, book)
             elif isinstance(op, Read):
                 reply = store.approval_get(op.request_id)
             elif isinstance(op, Who):
-                reply = book.who_may_approve(op.request)
+                reply = _who_and_how(book, op.request)
             else:
                 time.sleep(op.seconds)
         except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed
@@ -219,6 +232,13 @@ async def aperform(
                     await adeliver(op.request, book)
                 else:
                     await anyio.to_thread.run_sync(channel.deliver, op.request, book)
+            elif isinstance(op, Remind):
+                aremind = getattr(channel, "aremind", None)
+                remind = getattr(channel, "remind", None)
+                if aremind is not None:
+                    await aremind(op.request, book)
+                elif remind is not None:
+                    await anyio.to_thread.run_sync(remind, op.request, book)
             elif isinstance(op, Read):
                 if offload:
                     reply = await anyio.to_thread.run_sync(store.approval_get, op.request_id)
@@ -226,9 +246,9 @@ async def aperform(
                     reply = store.approval_get(op.request_id)
             elif isinstance(op, Who):
                 if offload:
-                    reply = await anyio.to_thread.run_sync(book.who_may_approve, op.request)
+                    reply = await anyio.to_thread.run_sync(_who_and_how, book, op.request)
                 else:
-                    reply = book.who_may_approve(op.request)
+                    reply = _who_and_how(book, op.request)
             else:
                 await anyio.sleep(op.seconds)
         except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed

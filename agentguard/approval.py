@@ -59,11 +59,13 @@ __all__ = [
     "ShownArgument",
     "ShownClaim",
     "TerminalChannel",
+    "answer_routes",
     "approval_arguments",
     "call_digest",
     "display_size",
     "excluded_approvers",
     "link_assertions",
+    "name_list",
     "peek_receipt",
     "receipt_lifetime",
     "request_html",
@@ -691,6 +693,33 @@ def verify_receipt_signature(receipt: str, key: Principal) -> None:
     _jws.verify_signature(receipt, key, TYP_APPROVAL)
 
 
+#: How a human answers at each assurance level, strongest first (``{id}``: the request).
+_ROUTES = (
+    ("signed", "`agentguard approvals approve {id} --as ID` (the approver's own key)"),
+    ("authenticated", "the approval page (`agentguard approvals serve`) or a webhook"),
+    ("local", "a terminal prompt or a notebook card"),
+    ("agent", "a form in the agent's own MCP client"),
+)
+
+
+def answer_routes(request: ApprovalRequest, *, level: str | None = None) -> str:
+    """The ways of answering whose answer counts for ``request`` (at ``level``, default
+    the request's own minimum): each channel of at least that assurance."""
+    needed = level or request.min_assurance
+    routes = [
+        text.format(id=request.id) for lvl, text in _ROUTES if assurance_at_least(lvl, needed)
+    ]
+    if not routes:  # a level this version does not know: nothing can be promised
+        return f"no channel known to carry assurance {visible_text(needed)!r}"
+    return f"{', or '.join(routes)} ('{needed}' assurance or more)"
+
+
+def name_list(ids: Sequence[str]) -> str:
+    """Up to five ids, then how many more."""
+    shown = ", ".join(ids[:5])
+    return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
 class Channel(Protocol):
     """Where approval requests go. ``deliver`` must return quickly unless it is
     the channel's nature to ask interactively (terminal); answers come back
@@ -795,6 +824,8 @@ class TerminalChannel:
                 "approval by terminal prompt needs an interactive terminal (stdin is not a TTY)",
                 reason=Reason.APPROVAL_UNAVAILABLE,
             )
+        # Never ask a question whose "yes" would be refused: say what would count instead.
+        book.check_answerer(request.id, approver=self.approver, assurance=self.assurance)
         stdout.write("\n" + request.describe(book.clock.now()) + "\n")
         folded = request.view().folded
         choices = "y/N/f = full view/message to deny" if folded else "y/N/message to deny"
@@ -979,17 +1010,22 @@ class ApprovalBook:
             assurance=assurance,
         )
 
-    def check_answerer(self, request_id: str, *, approver: str, assurance: str) -> None:
+    def check_answerer(
+        self, request_id: str, *, approver: str, assurance: str, approving: bool = True
+    ) -> None:
         """Refuse now what :meth:`answer` would refuse from ``approver`` at ``assurance``.
 
         A channel that can only ever collect answers from one approver (an MCP
-        client form) uses it to decide whether to offer the question at all:
-        a form whose approval would then be refused only misleads its reader.
+        client form, a terminal, a notebook card) uses it to decide whether to
+        offer the question at all: a form whose approval would then be refused
+        only misleads its reader. The refusal says what would count instead
+        (:meth:`what_would_count`).
 
         Raises:
-            DeniedError: the request is not pending, or an approval by
-                ``approver`` at ``assurance`` would not be accepted (approver
-                list, assurance, separation of duties).
+            DeniedError: the request is not pending, or an approval (a denial
+                when ``approving`` is false) by ``approver`` at ``assurance``
+                would not be accepted (approver list, assurance, separation of
+                duties).
         """
         request = self.get(request_id)
         state = request.state(self.clock.now())
@@ -998,7 +1034,56 @@ class ApprovalBook:
                 f"approval request {request_id} is {state}, not pending",
                 reason=Reason.APPROVAL_CLOSED,
             )
-        self._check_approver(request, approver, assurance, approving=True)
+        try:
+            self._check_approver(request, approver, assurance, approving=approving)
+        except DeniedError as exc:
+            raise DeniedError(
+                f"{exc.explanation}; {self.what_would_count(request)}", reason=exc.reason
+            ) from None
+
+    def what_would_count(self, request: ApprovalRequest) -> str:
+        """Who could answer ``request`` and through which channels, for a refusal text.
+
+        Raises:
+            StoreError: revocations cannot be read (cannot tell who may answer).
+        """
+        who = self.who_may_approve(request)
+        if not who:
+            return "nobody in the policy may approve it (add an approver under 'approvers:')"
+        return self.ways_to_answer(request, who, verb="can approve it")
+
+    def ways_to_answer(
+        self, request: ApprovalRequest, approvers: Sequence[str], *, verb: str = "can answer"
+    ) -> str:
+        """``approvers`` (who may approve ``request``) and the channels through which each
+        one's answer counts: the request's assurance, or the approver's own higher floor.
+        Reads only the policy."""
+        by_level: dict[str, list[str]] = {}
+        for approver_id in approvers:
+            entry = self.policy.approver(approver_id)
+            floor = entry.min_assurance if entry is not None else request.min_assurance
+            level = (
+                floor if assurance_at_least(floor, request.min_assurance) else request.min_assurance
+            )
+            by_level.setdefault(level, []).append(approver_id)
+        if not by_level:
+            return f"an approver {verb} through {answer_routes(request)}"
+        return "; ".join(
+            f"{name_list(ids)} {verb} through {answer_routes(request, level=level)}"
+            for level, ids in by_level.items()
+        )
+
+    def how_to_answer(self, request: ApprovalRequest, approvers: Sequence[str]) -> str:
+        """One line for whoever waits on ``request``: the request, who can answer it and how.
+
+        Only the ways of answering whose answer would count are named (the approval
+        page is not offered for a ``signed`` rule). ``approvers`` is
+        :meth:`who_may_approve`'s answer. Reads only the policy.
+        """
+        return (
+            f"request {request.id} ({request.tool}, needs '{request.min_assurance}' "
+            f"assurance): {self.ways_to_answer(request, approvers)}"
+        )
 
     def who_may_approve(self, request: ApprovalRequest) -> list[str]:
         """The policy's approvers who could approve ``request`` through a channel of

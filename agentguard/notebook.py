@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
 from agentguard.decision import Reason
-from agentguard.errors import ConfigError, DeniedError
+from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import validate_principal_id
 
 if TYPE_CHECKING:
     from agentguard.guard import Guard
 
-__all__ = ["ApprovalCard", "NotebookChannel", "PendingApprovals", "pending_html"]
+__all__ = ["CARD_ASSURANCE", "ApprovalCard", "NotebookChannel", "PendingApprovals", "pending_html"]
 
 
 def _widgets() -> Any:
@@ -65,6 +65,32 @@ def _request_html(request: ApprovalRequest, now: float) -> str:
     )
 
 
+#: The assurance a click on a card carries: a human at this machine, identity unproven.
+CARD_ASSURANCE = "local"
+
+
+def _would_count(
+    book: ApprovalBook, request: ApprovalRequest, approver: str, *, approve: bool
+) -> str | None:
+    """``None`` when ``approver``'s click would be recorded, else why not (and what would)."""
+    try:
+        book.check_answerer(
+            request.id, approver=approver, assurance=CARD_ASSURANCE, approving=approve
+        )
+    except DeniedError as exc:
+        return exc.explanation
+    except AgentGuardError as exc:  # cannot tell (the store did not answer): offer nothing
+        return f"cannot tell whether this answer would count ({type(exc).__name__})"
+    return None
+
+
+def _who_and_how(book: ApprovalBook, request: ApprovalRequest) -> str:
+    try:
+        return book.how_to_answer(request, book.who_may_approve(request))
+    except AgentGuardError:  # cannot tell who may answer: say how, not who
+        return book.how_to_answer(request, [])
+
+
 class ApprovalCard:
     """One request as an ipywidgets card; clicking a button records the answer.
 
@@ -72,6 +98,10 @@ class ApprovalCard:
     (useful in tests). ``answer`` becomes ``"approved"`` or ``"denied"`` once
     the book accepted it; a refusal by the book (approver not authorised,
     separation of duties, request closed) is shown on the card.
+
+    A button whose answer would not count (the approver may not approve this
+    call, or only at a higher assurance than a card carries) is disabled from
+    the start, and the card says why and who can answer instead.
     """
 
     def __init__(self, request: ApprovalRequest, book: ApprovalBook, approver: str) -> None:
@@ -80,6 +110,11 @@ class ApprovalCard:
         self.approver = approver
         self.answer: str | None = None
         self._book = book
+        #: Why an approval (a denial) from this card would not count; ``None`` when it would.
+        self.approve_refused = _would_count(book, request, approver, approve=True)
+        self.deny_refused = _would_count(book, request, approver, approve=False)
+        #: Who can answer and how, as a waiting call logs it.
+        self.how_to_answer = _who_and_how(book, request)
         self.message = widgets.Textarea(
             placeholder="Message (optional; sent back to the caller with a denial)",
             layout=widgets.Layout(width="100%"),
@@ -88,7 +123,10 @@ class ApprovalCard:
             description="Approve", button_style="success", icon="check"
         )
         self.deny_button = widgets.Button(description="Deny", button_style="danger", icon="times")
-        self.status = widgets.HTML(value=f"<small>answering as {_e(approver)}</small>")
+        self.approve_button.disabled = self.approve_refused is not None
+        self.deny_button.disabled = self.deny_refused is not None
+        self.message.disabled = self.approve_button.disabled and self.deny_button.disabled
+        self.status = widgets.HTML(value=self._status_html())
         self.approve_button.on_click(lambda _button: self._answer(approve=True))
         self.deny_button.on_click(lambda _button: self._answer(approve=False))
         self.widget = widgets.VBox(
@@ -97,9 +135,20 @@ class ApprovalCard:
                 self.message,
                 widgets.HBox([self.approve_button, self.deny_button]),
                 self.status,
+                widgets.HTML(value=f"<small>{_e(self.how_to_answer)}</small>"),
             ],
             layout=widgets.Layout(border="1px solid #d0d7de", padding="8px", margin="4px 0"),
         )
+
+    def _status_html(self) -> str:
+        text = f"<small>answering as {_e(self.approver)}</small>"
+        if self.approve_refused is not None:
+            # The approval would be refused: say so before anyone clicks, not after.
+            text += (
+                '<br><span style="color:#9a6700">Your approval from this card would not '
+                f"count: {_e(self.approve_refused)}</span>"
+            )
+        return text
 
     def _answer(self, *, approve: bool) -> None:
         message = str(self.message.value).strip() or None
@@ -109,7 +158,7 @@ class ApprovalCard:
                 approver=self.approver,
                 approve=approve,
                 channel="notebook",
-                assurance="local",
+                assurance=CARD_ASSURANCE,
                 message=message,
             )
         except DeniedError as exc:
@@ -208,6 +257,38 @@ class NotebookChannel:
     async def adeliver(self, request: ApprovalRequest, book: ApprovalBook) -> None:
         """Show the card and return; the awaiting guard polls the store for the click."""
         self.show(request, book)
+
+    def remind(self, request: ApprovalRequest, book: ApprovalBook) -> None:
+        """Show the card of a request that is still pending again (a re-run cell).
+
+        The card shown before is shown again while it is unanswered; a request
+        this channel never showed (filed by another process) gets a new card.
+
+        Raises:
+            DeniedError: reason ``approval_unavailable`` for a synchronous call
+                that would block (a blocked cell never sees a click).
+        """
+        guard = self._guard() if self._guard is not None else None
+        if guard is None or guard.approval_mode != "raise":
+            raise DeniedError(
+                f"{request.tool} waits for approval request {request.id}, and a notebook card "
+                "cannot be clicked while a synchronous call blocks the cell: use "
+                '`await guard.acall(...)`, or approval_mode="raise" with '
+                "`channel.attach(guard)`",
+                reason=Reason.APPROVAL_UNAVAILABLE,
+            )
+        self._show_again(request, book)
+
+    async def aremind(self, request: ApprovalRequest, book: ApprovalBook) -> None:
+        """Show the card of a request that is still pending again; the guard then waits."""
+        self._show_again(request, book)
+
+    def _show_again(self, request: ApprovalRequest, book: ApprovalBook) -> None:
+        card = self.cards.get(request.id)
+        if card is None or card.answer is not None:
+            self.show(request, book)
+        else:
+            self._display(card)
 
 
 class PendingApprovals:

@@ -237,8 +237,9 @@ def test_raise_mode_shows_the_card_and_resubmission_runs() -> None:
     assert "No approval requests are pending" in PendingApprovals(guard.approvals)._repr_html_()
 
 
-def test_refusal_by_the_book_is_shown_on_the_card() -> None:
-    """An approver the policy does not list sees why on the card; nothing is recorded."""
+def test_a_card_whose_answer_would_not_count_offers_no_button_and_says_who_can() -> None:
+    """An approver the policy does not list gets no live button; the card says why and
+    who can answer instead; a click anyway (a widget API call) records nothing."""
     world = World()
     shown = Shown()
     guard = world.guard(approval_mode="raise", step_up=STEP_UP)
@@ -248,10 +249,14 @@ def test_refusal_by_the_book_is_shown_on_the_card() -> None:
             world.delegation, "tickets/comment", {"id": 3}, RecordingTool(), holder=world.bot
         )
     card = shown.cards[0]
+    assert card.approve_button.disabled
+    assert card.deny_button.disabled
+    assert "would not count" in card.status.value
+    assert "not an approver in the policy" in card.status.value
+    assert "user:carol can approve it" in html.unescape(card.status.value)
     card.deny_button.click()
     assert card.answer is None
-    assert "not an approver in the policy" in card.status.value
-    assert not card.approve_button.disabled
+    assert "Not recorded" in card.status.value
     assert guard.approvals.get(pending.value.request_id).status == "pending"
     assert card._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]
 

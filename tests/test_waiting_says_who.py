@@ -44,7 +44,22 @@ def test_a_pending_request_says_who_can_answer_and_how() -> None:
     rid = info.value.request_id
     assert world.carol.id in text
     assert f"agentguard approvals approve {rid} --as ID" in text
+    # The rule demands 'signed': the page's answers would not count, so it is not offered.
+    assert "approvals serve" not in text
+
+
+def test_the_page_is_offered_where_its_answer_counts() -> None:
+    world = World()
+    guard = world.guard(
+        approver=QueueChannel(),
+        approval_mode="raise",
+        approval={"channel": "queue", "grant_rule_assurance": "authenticated"},
+    )
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
+    text = str(info.value)
     assert "agentguard approvals serve" in text
+    assert "terminal" not in text  # 'local' answers would not count either
 
 
 def test_a_blocking_wait_logs_one_line_naming_the_request_and_the_approver(

@@ -147,6 +147,11 @@ def _answer(
     validate_principal_id(approver_id)
     ws = workspace(ctx, home, policy)
     with ws.guard() as guard:
+        # Up front, before the key is even looked for: an answer that would not count is
+        # refused with who could give one instead (and how).
+        guard.approvals.check_answerer(
+            request_id, approver=approver_id, assurance="signed", approving=approve
+        )
         approver = ws.keyring.identity(approver_id)
         if approve:
             guard.approvals.approve(request_id, approver, message=message)
