@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -117,6 +118,22 @@ print("RAISE MODE RESUBMITTED", pending.request_id)
 """
 
 
+# Run twice, as a person re-runs a cell: the second run shows the pending card again.
+RERUN_PENDING = """
+try:
+    raising.call(delegation, "tickets/close", {"id": 10}, close_ticket, holder=bot)
+except ApprovalPending as exc:
+    print("PENDING", exc.request_id)
+"""
+
+RERUN_APPROVED = """
+shown[-1].approve_button.click()
+done = raising.call(delegation, "tickets/close", {"id": 10}, close_ticket, holder=bot)
+assert done == "closed 10", done
+print("RERUN APPROVED")
+"""
+
+
 def _kernel_outputs(cell: Any) -> str:
     parts = []
     for output in cell.get("outputs", []):
@@ -129,7 +146,16 @@ def test_notebook_awaits_a_card_click_and_sync_call_fails_fast(tmp_path: Path) -
     """A real kernel: an awaited call waits for the (simulated) click; a sync one fails fast."""
     from nbclient import NotebookClient
 
-    cells = [SETUP, AWAIT_CLICK, SYNC_FAILS_FAST, AWAIT_DENY, RAISE_MODE]
+    cells = [
+        SETUP,
+        AWAIT_CLICK,
+        SYNC_FAILS_FAST,
+        AWAIT_DENY,
+        RAISE_MODE,
+        RERUN_PENDING,
+        RERUN_PENDING,
+        RERUN_APPROVED,
+    ]
     # nbformat's constructors are unannotated.
     notebook = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
     notebook.cells = [
@@ -145,7 +171,7 @@ def test_notebook_awaits_a_card_click_and_sync_call_fails_fast(tmp_path: Path) -
     )
     client.execute()
 
-    setup, approved, failed, denied, raising = notebook.cells
+    setup, approved, failed, denied, raising, pending, rerun, rerun_approved = notebook.cells
     assert f"KERNEL {sys.executable}" in _kernel_outputs(setup)  # the venv's own ipykernel
     assert "ASYNC APPROVED closed 7" in _kernel_outputs(approved)
     widget_views = [
@@ -159,6 +185,17 @@ def test_notebook_awaits_a_card_click_and_sync_call_fails_fast(tmp_path: Path) -
     out = _kernel_outputs(raising)
     assert "RAISE MODE RESUBMITTED" in out
     assert "tickets/close" in out  # the pending table rendered through _repr_html_
+    # The re-run cell joins the same pending request and shows its card again.
+    first, again = (re.search(r"PENDING (apr_\S+)", _kernel_outputs(c)) for c in (pending, rerun))
+    assert first is not None
+    assert again is not None
+    assert first.group(1) == again.group(1)
+    for cell in (pending, rerun):
+        assert any(
+            "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+            for o in cell.get("outputs", [])
+        ), "the card is displayed in this run of the cell"
+    assert "RERUN APPROVED" in _kernel_outputs(rerun_approved)
 
 
 # -- in process ---------------------------------------------------------------------------------
