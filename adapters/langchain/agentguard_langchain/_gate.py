@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
@@ -43,6 +43,7 @@ __all__ = [
     "Prepared",
     "ReviewerRejected",
     "ToolGate",
+    "WaitingForApproval",
     "approval_payload",
     "parse_resume",
 ]
@@ -61,6 +62,15 @@ class _Approvals(Protocol):
 
     def all(self) -> list[ApprovalRequest]: ...
 
+    def who_may_approve(self, request: ApprovalRequest) -> list[str]: ...
+
+    def how_to_answer(self, request: ApprovalRequest, approvers: Sequence[str]) -> str: ...
+
+
+class _Channel(Protocol):
+    @property
+    def name(self) -> str: ...
+
 
 class GuardAPI(Protocol):
     """What the adapter needs from :class:`agentguard.Guard`."""
@@ -74,6 +84,9 @@ class GuardAPI(Protocol):
 
     @property
     def approval_mode(self) -> str: ...
+
+    @property
+    def channel(self) -> _Channel: ...
 
     def call(
         self,
@@ -150,12 +163,24 @@ def parse_resume(value: object) -> Resume:
     return Resume("reject", message=message)
 
 
-def approval_payload(request: ApprovalRequest, pending: ApprovalPending) -> dict[str, Any]:
+#: How a reviewer resumes the interrupted run once the request is answered.
+RESUME_HOW = (
+    'then resume with {"type": "approve"}, {"type": "reject", "message": "..."} '
+    'or {"type": "edit", "args": {...}}'
+)
+
+
+def approval_payload(
+    request: ApprovalRequest, pending: ApprovalPending, how: str | None = None
+) -> dict[str, Any]:
     """What the interrupt shows a reviewer: no token, arguments redacted.
 
     The same facts every approval channel shows: the call, each link's stated
     purpose and sponsor with who asserted it, and who may not answer.
+    ``how`` is the guard's line saying who can answer the request and through
+    which channels (:meth:`agentguard.approval.ApprovalBook.how_to_answer`).
     """
+    how = how or f"approve or deny it in the queue (agentguard approvals approve {request.id})"
     return {
         "type": INTERRUPT_KIND,
         "request_id": request.id,
@@ -173,11 +198,7 @@ def approval_payload(request: ApprovalRequest, pending: ApprovalPending) -> dict
         "description": request.describe(),
         # The full form of whatever the description folds (long values, long claims).
         "unfolded": request.unfolded(),
-        "how_to_answer": (
-            f"approve or deny it in the queue (agentguard approvals approve {request.id}), "
-            'then resume with {"type": "approve"}, {"type": "reject", "message": "..."} '
-            'or {"type": "edit", "args": {...}}'
-        ),
+        "how_to_answer": f"{how}; {RESUME_HOW}",
     }
 
 
@@ -222,7 +243,8 @@ class ToolGate:
     Raises:
         ValueError: bad ``approval`` or ``namespace``, ``holder`` does not hold
             ``delegation``, or interrupt mode with a guard that does not raise
-            :class:`agentguard.ApprovalPending`.
+            :class:`agentguard.ApprovalPending` or has no approval channel
+            (the message says what to pass).
     """
 
     guard: GuardAPI
@@ -242,12 +264,24 @@ class ToolGate:
             raise ValueError(
                 f"{self.holder.id} does not hold this delegation (its holder is {leaf.subject})"
             )
-        if self.approval == "interrupt" and self.guard.approval_mode != "raise":
-            # A blocking guard would wait inside the graph instead of interrupting it.
-            raise ValueError(
-                "approval='interrupt' needs a guard that raises ApprovalPending: "
-                "Guard(..., approval_mode='raise')"
-            )
+        if self.approval == "interrupt":
+            self._check_interruptible()
+
+    def _check_interruptible(self) -> None:
+        """An interrupt needs a guard that raises ApprovalPending (a blocking one would wait
+        inside the graph) and keeps the request for an answer given elsewhere (with no
+        channel, every approval-needing call is refused): say so once, with what to pass."""
+        mode, channel = self.guard.approval_mode, self.guard.channel.name
+        if mode == "raise" and channel != "none":
+            return
+        raise ValueError(
+            "approval='interrupt' needs a guard that raises ApprovalPending and keeps the "
+            "request in its queue until a person answers it: "
+            "Guard(..., approval_mode='raise', approver=QueueChannel()) "
+            "(from agentguard.approval import QueueChannel), or "
+            "approval: {mode: raise, channel: queue} in the policy; "
+            f"this guard has approval_mode={mode!r} and channel {channel!r}"
+        )
 
     def _parsed(self) -> Delegation:
         if isinstance(self.delegation, str):
@@ -406,7 +440,11 @@ class ToolGate:
             )
 
     def _explained(self, exc: DeniedError, address: str, args: dict[str, Any]) -> DeniedError:
-        """A queue rejection, with the reviewer's note for the model when there is one."""
+        """A queue rejection, with the reviewer's note for the model when there is one; a
+        pending approval, with who can answer it and how."""
+        if isinstance(exc, ApprovalPending) and not isinstance(exc, WaitingForApproval):
+            how = self._how(exc.request_id)
+            return exc if how is None else WaitingForApproval(exc, how)
         if exc.reason != "approval_rejected" or isinstance(exc, ReviewerRejected):
             return exc
         # The guard's DeniedError does not name the request; find it by call digest.
@@ -418,10 +456,20 @@ class ToolGate:
                 )
         return exc
 
+    def _how(self, request_id: str) -> str | None:
+        """The guard's who-can-answer-and-how line for a request; ``None`` if unknown."""
+        book = self.guard.approvals
+        try:
+            request = book.get(request_id)
+            return book.how_to_answer(request, book.who_may_approve(request))
+        except AgentGuardError:  # cannot tell: the refusal stands as it is
+            return None
+
     def _ask(self, pending: ApprovalPending) -> Resume:
         request = self.guard.approvals.get(pending.request_id)
+        payload = approval_payload(request, pending, self._how(pending.request_id))
         # First pass: raises GraphInterrupt. On resume: returns the human's answer.
-        return parse_resume(_interrupt(approval_payload(request, pending)))
+        return parse_resume(_interrupt(payload))
 
     @staticmethod
     def _answer(
@@ -436,6 +484,27 @@ class ToolGate:
             # guard only runs it with an approval bound to exactly these arguments.
             return prepare(resume.args)
         return prepared
+
+
+class WaitingForApproval(ApprovalPending):
+    """:class:`agentguard.ApprovalPending` as a model is told of it: the request, who can
+    answer it and how, and to call again. Names no argument value."""
+
+    def __init__(self, pending: ApprovalPending, how: str) -> None:
+        super().__init__(
+            pending.explanation,
+            request_id=pending.request_id,
+            decision_id=pending.decision_id,
+            reason=pending.reason,
+        )
+        self.how = how
+
+    @property
+    def short(self) -> str:
+        return (
+            f"approval pending, id={self.request_id}: {self.how}; "
+            "call the tool again once it is approved"
+        )
 
 
 class AlreadyRan(DeniedError):

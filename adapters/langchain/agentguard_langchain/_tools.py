@@ -109,8 +109,9 @@ class GuardedTool(BaseTool):
             AlreadyGuardedError: ``inner`` is already a :class:`GuardedTool`.
             TypeError: ``inner`` overrides ``run``/``arun``/``invoke``/``ainvoke``
                 (code there would run outside what the guard decides).
-            ValueError: bad ``namespace`` or ``approval``, or ``holder`` does not
-                hold ``delegation`` (see :class:`ToolGate`).
+            ValueError: bad ``namespace`` or ``approval``, ``holder`` does not
+                hold ``delegation``, or interrupt mode on a guard that cannot
+                interrupt (see :class:`ToolGate`).
         """
         if isinstance(inner, GuardedTool):
             raise AlreadyGuardedError(

@@ -306,7 +306,8 @@ def test_content_and_artifact_and_approval_pending(
     pending = tools["wipe"].invoke(call("wipe", {"target": "cache"}))
     assert pending.status == "error"
     (request,) = guard.approvals.pending()
-    assert pending.content == f"approval pending, id={request.id}"
+    assert pending.content.startswith(f"approval pending, id={request.id}: ")
+    assert "user:bob can answer" in pending.content  # who, and how (tests/.../*interrupt*)
     guard.approvals.approve(request.id, bob)
     done = tools["wipe"].invoke(call("wipe", {"target": "cache"}, "call-2"))
     assert (done.content, done.artifact, done.status) == (
