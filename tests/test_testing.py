@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -261,14 +262,17 @@ def test_capture_spans_without_the_sdk_names_the_extra(monkeypatch: pytest.Monke
         pass  # pragma: no cover - never entered
 
 
-def _fresh_python(code: str) -> subprocess.CompletedProcess[str]:
+def _fresh_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new interpreter, in an empty directory and without the OTEL_* and
+    AGENTGUARD_* variables other tests or the developer's shell may have set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENTGUARD_"))}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, cwd=cwd, env=env,
     )  # fmt: skip
 
 
-def test_capture_spans_installs_an_sdk_provider_when_none_is_set() -> None:
+def test_capture_spans_installs_an_sdk_provider_when_none_is_set(tmp_path: Path) -> None:
     """In a fresh interpreter (OpenTelemetry's global provider can be set only once)."""
     proc = _fresh_python(
         """
@@ -280,13 +284,14 @@ def test_capture_spans_installs_an_sdk_provider_when_none_is_set() -> None:
             world.guard().check(world.delegation, "tickets/read", {}, holder=world.bot)
         assert isinstance(trace.get_tracer_provider(), TracerProvider)
         print([s.name for s in spans.get_finished_spans()])
-        """
+        """,
+        tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['agentguard.authorize tickets/read']"
 
 
-def test_capture_spans_refuses_a_foreign_tracer_provider() -> None:
+def test_capture_spans_refuses_a_foreign_tracer_provider(tmp_path: Path) -> None:
     proc = _fresh_python(
         """
         from opentelemetry import trace
@@ -298,7 +303,8 @@ def test_capture_spans_refuses_a_foreign_tracer_provider() -> None:
                 pass
         except ConfigError as exc:
             print(exc)
-        """
+        """,
+        tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "the global one is a NoOpTracerProvider" in proc.stdout
