@@ -350,6 +350,7 @@ async def _run(
             annotation_step_up=config.annotation_step_up,
             annotation_assurance=config.annotation_assurance,
             elicitation_approver=config.elicitation_approver,
+            approval_page=config.approval_page,
         )
         try:
             proxy.rebuild(strict=True)

@@ -20,6 +20,8 @@ A YAML file (``agentguard mcp proxy --config FILE``) looks like::
     annotation_step_up: true     # destructive tools need approval (default)
     annotation_assurance: local  # ... at this assurance (default local)
     elicitation_approver: user:alice  # who answers approval forms in the MCP client
+    approval_page: http://127.0.0.1:8780/  # where 'agentguard approvals serve' listens:
+                                 # named to callers (URL-mode elicitation) when its answers count
     store_timeout: 5             # seconds a call may wait for a locked state file
                                  # (default: the policy's storage.busy_timeout)
 """
@@ -78,8 +80,32 @@ _TOP_KEYS = {
     "annotation_step_up",
     "annotation_assurance",
     "elicitation_approver",
+    "approval_page",
     "store_timeout",
 }
+
+#: The longest approval page address accepted.
+MAX_PAGE_URL = 2048
+# http(s), a host (no user:password@), nothing but printable ASCII and no whitespace.
+_PAGE_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?:/[\x21-\x7e]*)?")
+
+
+def check_page_url(value: object) -> str:
+    """Return ``value`` if it can be shown to callers as the approval page's address.
+
+    Raises:
+        ConfigError: not an http(s) address of printable ASCII without credentials.
+    """
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_PAGE_URL
+        or _PAGE_URL.fullmatch(value) is None
+    ):
+        raise ConfigError(
+            "'approval_page' must be an http:// or https:// address such as "
+            "http://127.0.0.1:8780/ (printable ASCII, no user or password)"
+        )
+    return value
 
 
 def validate_namespace(name: object) -> str:
@@ -198,6 +224,8 @@ class ProxyConfig:
     annotation_step_up: bool = True
     annotation_assurance: str = "local"
     elicitation_approver: str | None = None
+    #: The approval page's address, named to callers whose request it can answer.
+    approval_page: str | None = None
     #: Seconds a call may wait for the state file while another process holds
     #: a lock (``None``: the policy's ``storage.busy_timeout``).
     store_timeout: float | None = None
@@ -312,6 +340,9 @@ def config_from_mapping(data: Mapping[str, Any], *, base: Path | None = None) ->
         annotation_step_up=step_up,
         annotation_assurance=str(assurance),
         elicitation_approver=approver,
+        approval_page=(
+            None if data.get("approval_page") is None else check_page_url(data["approval_page"])
+        ),
         store_timeout=(
             None
             if data.get("store_timeout") is None

@@ -47,9 +47,10 @@ from agentguard.errors import (
 )
 from agentguard.guard import Decision, Guard, current_decision
 from agentguard.keys import Identity
+from agentguard.policy import assurance_at_least
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
-from agentguard_mcp.config import check_namespaces
+from agentguard_mcp.config import check_namespaces, check_page_url
 from agentguard_mcp.upstream import (
     ToolTraits,
     Upstream,
@@ -210,6 +211,31 @@ def _pending_text(request_id: str, why: str) -> types.CallToolResult:
     )
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where a pending request can be answered: who and how, and the page if it counts."""
+
+    how: str | None
+    page: str | None
+
+
+def _pending_where(pending: ApprovalPending, where: _Where) -> types.CallToolResult:
+    """The "approval pending, id=…" result, with who can answer and how; no argument value."""
+    meta: dict[str, Any] = {
+        "reason": pending.reason,
+        "approval_request_id": pending.request_id,
+    }
+    if pending.decision_id:
+        meta["decision_id"] = pending.decision_id
+    text = pending.short
+    if where.how is not None:
+        text += f": {where.how}"
+    if where.page is not None:
+        meta["approval_page"] = where.page
+        text += f"; approval page: {where.page}"
+    return _refusal(text + "; call again once it is approved", meta)
+
+
 def _clean_result(result: types.CallToolResult) -> types.CallToolResult:
     """Rebuild the upstream's result: content and structured content only, no upstream ``_meta``."""
     return types.CallToolResult(
@@ -237,6 +263,10 @@ class GuardedProxy:
             holder's (the client of the agent answered), at the policy's
             ``approval.agent_channel_assurance``; forms are offered only when
             such an answer can count.
+        approval_page: the approval page's address (``agentguard approvals
+            serve``). A caller whose request the page can answer (its answers,
+            at ``authenticated``, would count) is told it, and a client that
+            supports URL-mode elicitation is offered it (never as a form).
         forward_baggage: let the caller's W3C baggage reach upstreams. Off by
             default: baggage is caller-controlled data an upstream should not
             receive through us; trace context (``traceparent``/``tracestate``)
@@ -258,6 +288,7 @@ class GuardedProxy:
         annotation_step_up: bool = True,
         annotation_assurance: str = "local",
         elicitation_approver: str | None = None,
+        approval_page: str | None = None,
         forward_baggage: bool = False,
         relist_interval: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
@@ -272,6 +303,7 @@ class GuardedProxy:
         self.annotation_step_up = annotation_step_up
         self.annotation_assurance = annotation_assurance
         self.elicitation_approver = elicitation_approver
+        self.approval_page = None if approval_page is None else check_page_url(approval_page)
         self.forward_baggage = forward_baggage
         self.relist_interval = relist_interval
         self.monotonic = monotonic
@@ -770,16 +802,16 @@ class GuardedProxy:
         capabilities = ctx.session.client_capabilities
         can_elicit = capabilities is not None and capabilities.elicitation is not None
         if not can_elicit:
-            return _denied(pending)
+            return await self._out_of_band(ctx, pending)
         approver = self._answerer(ctx)
         if approver is None or not await self._off_loop(
             lambda: self._form_can_count(approver, pending.request_id)
         ):
-            return _denied(pending)
+            return await self._out_of_band(ctx, pending)
         form = await self._off_loop(lambda: self._approval_form(pending))
         if form is None:
             # The call cannot be shown whole: never offer an Approve button for it.
-            return _denied(pending)
+            return await self._out_of_band(ctx, pending)
         message, schema = form
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             state = {
@@ -797,14 +829,72 @@ class GuardedProxy:
                 request_state=json.dumps(state),
             )
         if not ctx.session.can_send_request:
-            return _denied(pending)
+            return await self._out_of_band(ctx, pending)
         try:
             answer = await ctx.session.elicit_form(
                 message, schema, related_request_id=ctx.request_id
             )
         except MCPError:
-            return _denied(pending)
+            return await self._out_of_band(ctx, pending)
         return await self._answered(ctx, params, pending.request_id, answer)
+
+    async def _out_of_band(
+        self, ctx: ServerRequestContext[Any, Any], pending: ApprovalPending
+    ) -> types.CallToolResult:
+        """No form here can count: say where the request can be answered instead.
+
+        When the approval page's answers would count and the client supports
+        URL-mode elicitation (legacy era, with a back-channel), its human is
+        sent to the page; whatever they reply, the call stays pending until an
+        approval is recorded, and the agent calls again.
+        """
+        where = await self._off_loop(lambda: self._where(pending.request_id))
+        if where.page is not None and self._can_elicit_url(ctx):
+            try:
+                await ctx.session.elicit_url(
+                    f"Approval request {pending.request_id} waits for an approver on the "
+                    "approval page; the agent calls the tool again once it is approved.",
+                    where.page,
+                    pending.request_id,
+                    related_request_id=ctx.request_id,
+                )
+            except MCPError as exc:  # declined to open it, or no answer: still pending
+                logger.info("URL elicitation for %s not taken: %s", pending.request_id, exc)
+        return _pending_where(pending, where)
+
+    @staticmethod
+    def _can_elicit_url(ctx: ServerRequestContext[Any, Any]) -> bool:
+        capabilities = ctx.session.client_capabilities
+        elicitation = capabilities.elicitation if capabilities is not None else None
+        return (
+            elicitation is not None
+            and elicitation.url is not None
+            and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+            and ctx.session.can_send_request
+        )
+
+    def _where(self, request_id: str) -> _Where:
+        """Who can answer ``request_id`` and how; the page when an answer there would count.
+        Reads the store: call it off the event loop."""
+        book = self.guard.approvals
+        try:
+            request = book.get(request_id)
+            who = book.who_may_approve(request)
+        except AgentGuardError as exc:  # cannot tell: the bare "approval pending" stands
+            logger.info("cannot tell who may answer %s: %s", request_id, type(exc).__name__)
+            return _Where(None, None)
+        page = None
+        if self.approval_page is not None and assurance_at_least(
+            "authenticated", request.min_assurance
+        ):
+            for approver in who:
+                try:
+                    book.check_answerer(request_id, approver=approver, assurance="authenticated")
+                except AgentGuardError:
+                    continue
+                page = self.approval_page
+                break
+        return _Where(book.how_to_answer(request, who), page)
 
     def _approval_form(self, pending: ApprovalPending) -> tuple[str, dict[str, Any]] | None:
         """The form's text and schema; ``None`` when the request cannot be shown whole."""

@@ -1,0 +1,167 @@
+"""When no form in the client can count, the caller learns where to approve instead.
+
+A real proxy process and a real upstream: the pending result names the request,
+who can answer it and the ways whose answer would count; the approval page's
+address when one is configured and its answers would count, offered to a
+client that supports it as a URL-mode elicitation (never a form).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from agentguard_mcp.config import config_from_mapping
+from mcp import Client
+
+from agentguard.errors import ConfigError
+from tests.adapters.mcp.mcp_support import Setup, notes_command, proxy_params, records, write_config
+
+pytestmark = pytest.mark.anyio
+
+PAGE = "http://127.0.0.1:8780/"
+
+
+class Elicitations:
+    """An elicitation callback that records what it was offered and declines it."""
+
+    def __init__(self) -> None:
+        self.forms: list[types.ElicitRequestFormParams] = []
+        self.urls: list[types.ElicitRequestURLParams] = []
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        if isinstance(params, types.ElicitRequestURLParams):
+            self.urls.append(params)
+            return types.ElicitResult(action="accept")
+        assert isinstance(params, types.ElicitRequestFormParams)
+        self.forms.append(params)
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+
+def _proxy(setup: Setup, record: Path, **top: Any) -> Any:
+    """Alice approves at 'agent' or more; forms would be hers, but the rule needs more."""
+    config = write_config(
+        setup,
+        {"notes": {"command": notes_command(record), "trusted": True}},
+        delegation=str(setup.delegation_file(setup.delegation(["notes/*"]))),
+        elicitation_approver=setup.alice.id,
+        **{"as": setup.agent.id},
+        **top,
+    )
+    return proxy_params(["proxy", "--config", str(config)])
+
+
+def _text(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
+
+def _request_id(result: types.CallToolResult) -> str:
+    request_id = (result.meta or {})["io.agentguard/decision"]["approval_request_id"]
+    assert isinstance(request_id, str)
+    return request_id
+
+
+async def test_no_form_and_the_page_offered_by_url_where_its_answer_counts(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The rule needs 'local': a form ('agent') would not count, the page ('authenticated')
+    would. The legacy client is sent to the page by URL-mode elicitation; nothing runs."""
+    record = tmp_path / "calls.jsonl"
+    offered = Elicitations()
+    params = _proxy(setup, record, approval_page=PAGE, annotation_assurance="local")
+    with anyio.fail_after(30):
+        async with Client(params, mode="legacy", elicitation_callback=offered) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+    assert result.is_error
+    request_id = _request_id(result)
+    text = _text(result)
+    assert text.startswith(f"approval pending, id={request_id}")
+    assert "user:alice" in text
+    assert f"agentguard approvals approve {request_id} --as ID" in text
+    assert f"approval page: {PAGE}" in text
+    assert "MCP client" not in text  # a form here would not count: not named as a way
+    assert offered.forms == []
+    (url,) = offered.urls
+    assert url.url == PAGE
+    assert url.elicitation_id == request_id
+    assert request_id in url.message
+    assert records(record) == []
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_signed_rule_names_the_cli_only_and_sends_no_url(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    record = tmp_path / "calls.jsonl"
+    offered = Elicitations()
+    params = _proxy(setup, record, approval_page=PAGE, annotation_assurance="signed")
+    with anyio.fail_after(30):
+        async with Client(params, mode=mode, elicitation_callback=offered) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+    text = _text(result)
+    assert f"agentguard approvals approve {_request_id(result)} --as ID" in text
+    assert PAGE not in text  # the page's answers would not count
+    assert "approval page" not in text
+    assert offered.forms == []
+    assert offered.urls == []
+    assert records(record) == []
+
+
+async def test_a_client_without_elicitation_still_gets_the_page(
+    setup: Setup, tmp_path: Path
+) -> None:
+    record = tmp_path / "calls.jsonl"
+    params = _proxy(setup, record, approval_page=PAGE, annotation_assurance="authenticated")
+    with anyio.fail_after(30):
+        async with Client(params, mode="auto") as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+    text = _text(result)
+    assert text.startswith(f"approval pending, id={_request_id(result)}")
+    assert f"approval page: {PAGE}" in text
+    assert (result.meta or {})["io.agentguard/decision"]["approval_page"] == PAGE
+    assert records(record) == []
+
+
+async def test_without_a_page_the_pending_result_still_says_who_and_how(
+    setup: Setup, tmp_path: Path
+) -> None:
+    record = tmp_path / "calls.jsonl"
+    offered = Elicitations()
+    params = _proxy(setup, record, annotation_assurance="local")
+    with anyio.fail_after(30):
+        async with Client(params, mode="legacy", elicitation_callback=offered) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+    text = _text(result)
+    assert "user:alice" in text
+    assert "agentguard approvals serve" in text  # the page counts, its address is unknown
+    assert offered.urls == []
+    assert offered.forms == []
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "http://user:secret@127.0.0.1:8780/",
+        "http://127.0.0.1:8780/\nSet-Cookie: x",
+        "http://127.0.0.1:8780/\u202e",
+        "https://",
+        7,
+        "http://" + "a" * 3000,
+    ],
+)
+def test_a_hostile_approval_page_address_is_refused(page: object, tmp_path: Path) -> None:
+    data = {"upstreams": {"notes": {"command": ["true"]}}, "approval_page": page}
+    with pytest.raises(ConfigError, match="approval_page"):
+        config_from_mapping(data, base=tmp_path)
+
+
+def test_an_approval_page_address_is_kept_as_given(tmp_path: Path) -> None:
+    data = {"upstreams": {"notes": {"command": ["true"]}}, "approval_page": PAGE}
+    assert config_from_mapping(data, base=tmp_path).approval_page == PAGE
