@@ -18,6 +18,7 @@ from agentguard_mcp.config import config_from_mapping
 from mcp import Client
 
 from agentguard.errors import ConfigError
+from agentguard.guard import Guard
 from tests.adapters.mcp.mcp_support import Setup, notes_command, proxy_params, records, write_config
 
 pytestmark = pytest.mark.anyio
@@ -77,6 +78,19 @@ async def test_no_form_and_the_page_offered_by_url_where_its_answer_counts(
     with anyio.fail_after(30):
         async with Client(params, mode="legacy", elicitation_callback=offered) as client:
             result = await client.call_tool("delete_note", {"id": "n1"})
+            assert records(record) == []  # opening the page approved nothing
+            # Alice approves on the page (what it records, from another process).
+            page = Guard(setup.policy_file, home=setup.home)
+            try:
+                page.approvals.answer(
+                    _request_id(result), approver=setup.alice.id, approve=True,
+                    channel="web", assurance="authenticated",
+                )  # fmt: skip
+            finally:
+                page.close()
+            again = await client.call_tool("delete_note", {"id": "n1"})
+            assert not again.is_error, _text(again)
+    assert [r["name"] for r in records(record)] == ["delete_note"]
     assert result.is_error
     request_id = _request_id(result)
     text = _text(result)
@@ -90,7 +104,6 @@ async def test_no_form_and_the_page_offered_by_url_where_its_answer_counts(
     assert url.url == PAGE
     assert url.elicitation_id == request_id
     assert request_id in url.message
-    assert records(record) == []
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
