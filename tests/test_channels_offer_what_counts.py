@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import io
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ import pytest
 
 from agentguard.approval import QueueChannel, TerminalChannel, answer_routes
 from agentguard.clock import ManualClock
-from agentguard.errors import ApprovalPending, DeniedError
+from agentguard.errors import ApprovalPending, DeniedError, StoreError
 from agentguard.guard import Guard
 from agentguard.notebook import ApprovalCard, NotebookChannel
+from agentguard.store.base import Revocation
+from agentguard.store.memory import MemoryStore
 from agentguard.testing import RecordingTool, World
 
 from .cli.cli_support import CLI, one_line_error
@@ -288,3 +291,33 @@ async def test_an_awaited_call_joining_a_pending_request_shows_the_card_and_wait
             await guard.acall(world.delegation, TOOL, {"id": 1}, tool, holder=world.bot)
     assert [card.request.id for card in shown.cards] == [filed.approval_request_id]
     assert tool.calls == [{"id": 1}]
+
+
+class RevocationsUnreadable(MemoryStore):
+    """A store whose revocation list cannot be read once ``broken`` is set."""
+
+    broken = False
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        if self.broken and principals:
+            raise StoreError("revocations cannot be read (injected)")
+        return super().find_revoked(link_ids, kids, principals)
+
+
+def test_a_card_that_cannot_tell_whether_an_answer_counts_offers_nothing() -> None:
+    """Fail closed: when the store cannot say whether the approver is revoked, no button."""
+    world = World()
+    store = RevocationsUnreadable()
+    guard, _ = _raising_notebook(world, store=store)
+    with pytest.raises(ApprovalPending) as pending:
+        guard.call(world.delegation, TOOL, {"id": 1}, RecordingTool(), holder=world.bot)
+    store.broken = True
+    card = ApprovalCard(
+        guard.approvals.get(pending.value.request_id), guard.approvals, "user:carol"
+    )
+    assert card.approve_button.disabled
+    assert card.deny_button.disabled
+    assert "cannot tell" in (card.approve_refused or "")
+    assert "request " in card.how_to_answer  # still says how, without naming who
