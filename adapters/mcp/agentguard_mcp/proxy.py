@@ -1027,13 +1027,33 @@ class GuardedProxy:
                 request_id, f"an answer in this client is not enough ({exc.reason})"
             )
         try:
-            exposed = await self._lookup(params.name)
-        except _Refusal as refusal:
-            return _refusal(refusal.text, refusal.meta)
-        try:
-            return await self._guarded_call(ctx, caller, exposed, dict(params.arguments or {}))
+            return await self._call_again(ctx, params)
         except DeniedError as denied:
             return _denied(denied)
+
+    async def _call_again(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        """The call once more after an answer, prepared as the first time: omitted
+        arguments at their schema defaults (the call the request was filed for, so
+        the approval finds it) and the schema checked.
+
+        Raises:
+            DeniedError: refused (:class:`ApprovalPending` while still unanswered).
+        """
+        try:
+            caller = self._caller(ctx)
+            exposed = await self._lookup(params.name)
+            args = dict(params.arguments or {})
+            try:
+                args, filled = fill_defaults(exposed.tool.input_schema, args)
+            except ArgumentSchemaError:
+                filled = ()  # the schema check below refuses such a schema
+            with defaults_filled(filled):
+                conforms = await self._check_schema(caller, exposed, args)
+                return await self._guarded_call(ctx, caller, exposed, args, forward_ok=conforms)
+        except _Refusal as refusal:
+            return _refusal(refusal.text, refusal.meta)
 
 
 def _is_error_result(result: Any) -> bool:
