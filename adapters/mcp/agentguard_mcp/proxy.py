@@ -802,16 +802,16 @@ class GuardedProxy:
         capabilities = ctx.session.client_capabilities
         can_elicit = capabilities is not None and capabilities.elicitation is not None
         if not can_elicit:
-            return await self._out_of_band(ctx, pending)
+            return await self._out_of_band(ctx, params, pending)
         approver = self._answerer(ctx)
         if approver is None or not await self._off_loop(
             lambda: self._form_can_count(approver, pending.request_id)
         ):
-            return await self._out_of_band(ctx, pending)
+            return await self._out_of_band(ctx, params, pending)
         form = await self._off_loop(lambda: self._approval_form(pending))
         if form is None:
             # The call cannot be shown whole: never offer an Approve button for it.
-            return await self._out_of_band(ctx, pending)
+            return await self._out_of_band(ctx, params, pending)
         message, schema = form
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             state = {
@@ -829,49 +829,71 @@ class GuardedProxy:
                 request_state=json.dumps(state),
             )
         if not ctx.session.can_send_request:
-            return await self._out_of_band(ctx, pending)
+            return await self._out_of_band(ctx, params, pending)
         try:
             answer = await ctx.session.elicit_form(
                 message, schema, related_request_id=ctx.request_id
             )
         except MCPError:
-            return await self._out_of_band(ctx, pending)
+            return await self._out_of_band(ctx, params, pending)
         return await self._answered(ctx, params, pending.request_id, answer)
 
     async def _out_of_band(
-        self, ctx: ServerRequestContext[Any, Any], pending: ApprovalPending
-    ) -> types.CallToolResult:
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.CallToolRequestParams,
+        pending: ApprovalPending,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """No form here can count: say where the request can be answered instead.
 
         When the approval page's answers would count and the client supports
-        URL-mode elicitation (legacy era, with a back-channel), its human is
-        sent to the page; whatever they reply, the call stays pending until an
-        approval is recorded, and the agent calls again.
+        URL-mode elicitation, its human is sent to the page (a 2025-11-25
+        elicitation, or a 2026-07-28 input request). Opening it records nothing:
+        once the client replies "accept" the call is tried again, and runs only
+        if an approval was recorded meanwhile; otherwise it is still pending.
         """
         where = await self._off_loop(lambda: self._where(pending.request_id))
-        if where.page is not None and self._can_elicit_url(ctx):
-            try:
-                await ctx.session.elicit_url(
-                    f"Approval request {pending.request_id} waits for an approver on the "
-                    "approval page; the agent calls the tool again once it is approved.",
-                    where.page,
-                    pending.request_id,
-                    related_request_id=ctx.request_id,
-                )
-            except MCPError as exc:  # declined to open it, or no answer: still pending
-                logger.info("URL elicitation for %s not taken: %s", pending.request_id, exc)
-        return _pending_where(pending, where)
+        if where.page is None or not self._can_elicit_url(ctx):
+            return _pending_where(pending, where)
+        message = (
+            f"Approval request {pending.request_id} waits for an approver on the approval "
+            "page. Approve it there, then accept here to try the call again."
+        )
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            state = {"rid": pending.request_id, "nonce": secrets.token_urlsafe(16), "kind": "url"}
+            return types.InputRequiredResult(
+                input_requests={
+                    _APPROVAL_INPUT: types.ElicitRequest(
+                        params=types.ElicitRequestURLParams(
+                            message=message, url=where.page, elicitation_id=pending.request_id
+                        )
+                    )
+                },
+                request_state=json.dumps(state),
+            )
+        if not ctx.session.can_send_request:
+            return _pending_where(pending, where)
+        try:
+            answer = await ctx.session.elicit_url(
+                message, where.page, pending.request_id, related_request_id=ctx.request_id
+            )
+        except MCPError as exc:  # no answer from the client: still pending
+            logger.info("URL elicitation for %s not taken: %s", pending.request_id, exc)
+            return _pending_where(pending, where)
+        if answer.action != "accept":
+            return _pending_where(pending, where)
+        try:
+            return await self._call_again(ctx, params)
+        except ApprovalPending as still:
+            return _pending_where(still, where)
+        except DeniedError as denied:
+            return _denied(denied)
 
     @staticmethod
     def _can_elicit_url(ctx: ServerRequestContext[Any, Any]) -> bool:
         capabilities = ctx.session.client_capabilities
         elicitation = capabilities.elicitation if capabilities is not None else None
-        return (
-            elicitation is not None
-            and elicitation.url is not None
-            and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
-            and ctx.session.can_send_request
-        )
+        return elicitation is not None and elicitation.url is not None
 
     def _where(self, request_id: str) -> _Where:
         """Who can answer ``request_id`` and how; the page when an answer there would count.
@@ -935,12 +957,22 @@ class GuardedProxy:
         try:
             state = json.loads(params.request_state or "")
             request_id, nonce = state["rid"], state["nonce"]
-        except (ValueError, KeyError, TypeError):
+            kind = state.get("kind", "form")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState") from None
         if not isinstance(request_id, str) or not isinstance(nonce, str):
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
         if not await self._consume_state(nonce):
             raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
+        if kind == "url":
+            # Back from the approval page: nothing is recorded from the client's
+            # reply; the call runs only if an approval was recorded meanwhile.
+            try:
+                return await self._guarded_call(ctx, caller, exposed, args)
+            except ApprovalPending as still:
+                waiting = still.request_id
+                where = await self._off_loop(lambda: self._where(waiting))
+                return _pending_where(still, where)
         answer = (params.input_responses or {}).get(_APPROVAL_INPUT)
         if not isinstance(answer, types.ElicitResult):
             answer = types.ElicitResult(action="cancel")

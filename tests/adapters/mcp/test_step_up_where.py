@@ -8,6 +8,7 @@ client that supports it as a URL-mode elicitation (never a form).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,63 @@ def test_a_hostile_approval_page_address_is_refused(page: object, tmp_path: Path
 def test_an_approval_page_address_is_kept_as_given(tmp_path: Path) -> None:
     data = {"upstreams": {"notes": {"command": ["true"]}}, "approval_page": PAGE}
     assert config_from_mapping(data, base=tmp_path).approval_page == PAGE
+
+
+class ApproveOnThePage(Elicitations):
+    """Sent to the page, alice approves there (what the page records), then the client
+    replies "accept": the same tools/call then runs."""
+
+    def __init__(self, setup: Setup, *, approve: bool = True) -> None:
+        super().__init__()
+        self.setup = setup
+        self.approve = approve
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        answer = await super().__call__(context, params)
+        if isinstance(params, types.ElicitRequestURLParams) and self.approve:
+            # The 2026-07-28 era carries no elicitation id: the message names the request.
+            named = re.search(r"apr_[A-Za-z0-9_-]+", params.message)
+            assert named is not None
+            page = Guard(self.setup.policy_file, home=self.setup.home)
+            try:
+                page.approvals.answer(
+                    named.group(0), approver=self.setup.alice.id, approve=True,
+                    channel="web", assurance="authenticated",
+                )  # fmt: skip
+            finally:
+                page.close()
+        return answer
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_approved_on_the_page_while_the_url_is_open_the_call_runs(
+    setup: Setup, tmp_path: Path, mode: str
+) -> None:
+    record = tmp_path / "calls.jsonl"
+    offered = ApproveOnThePage(setup)
+    params = _proxy(setup, record, approval_page=PAGE, annotation_assurance="local")
+    with anyio.fail_after(30):
+        async with Client(params, mode=mode, elicitation_callback=offered) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+    assert not result.is_error, _text(result)
+    assert _text(result) == "delete_note n1 done"
+    assert len(offered.urls) == 1
+    assert offered.forms == []
+    assert [r["name"] for r in records(record)] == ["delete_note"]
+
+
+async def test_a_modern_client_back_from_the_page_without_an_approval_is_still_pending(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The reply to a URL request records nothing: "accept" alone runs nothing."""
+    record = tmp_path / "calls.jsonl"
+    offered = ApproveOnThePage(setup, approve=False)
+    params = _proxy(setup, record, approval_page=PAGE, annotation_assurance="local")
+    with anyio.fail_after(30):
+        async with Client(params, mode="2026-07-28", elicitation_callback=offered) as client:
+            result = await client.call_tool("delete_note", {"id": "n1"})
+    assert result.is_error
+    assert _text(result).startswith(f"approval pending, id={_request_id(result)}")
+    assert f"approval page: {PAGE}" in _text(result)
+    assert len(offered.urls) == 1
+    assert records(record) == []
