@@ -30,6 +30,7 @@ from agentguard.approval import (
     display_size,
     excluded_approvers,
     link_assertions,
+    no_approver_text,
     receipt_assurance,
     receipt_lifetime,
 )
@@ -361,7 +362,12 @@ def _settle_dry_run(
     """A dry run reports what would happen; it spends nothing (it may file a request)."""
     rules = "; ".join(state.approval_rules)
     if row is None and state.request.request_approval:
-        request = parts.approvals.file(new_request(parts, state, cdigest, min_level, excluded))
+        fresh = new_request(parts, state, cdigest, min_level, excluded)
+        if not parts.approvals.who_may_approve(fresh):
+            # Filing it would leave a request nobody can answer (as a real call is refused).
+            state.decide(Outcome.DENY, Reason.NO_APPROVER, no_approver_text(fresh))
+            return True
+        request = parts.approvals.file(fresh)
         state.decide(
             Outcome.APPROVAL_REQUIRED,
             Reason.APPROVAL_REQUIRED,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Generator
 from typing import Any, NamedTuple
 
-from agentguard.approval import ApprovalBook, ApprovalRequest, Channel
+from agentguard.approval import ApprovalBook, ApprovalRequest, Channel, no_approver_text
 from agentguard.clock import Clock
 from agentguard.decision import Reason
 from agentguard.errors import ApprovalPending, DeniedError
@@ -29,7 +29,6 @@ __all__ = [
     "WaitStep",
     "Who",
     "aperform",
-    "no_approver_text",
     "perform",
     "wait_for",
 ]
@@ -132,18 +131,6 @@ def wait_for(
         row = yield Read(request.id)
     answer: ApprovalRow | None = row
     return answer
-
-
-def no_approver_text(request: ApprovalRequest) -> str:
-    """What to add when nobody may approve ``request``: an entry that would cover it."""
-    namespace = request.tool.split("/", 1)[0]
-    return (
-        f"nobody in the policy may approve {request.tool} for this chain; add a person "
-        "(a user: principal outside the chain when separation_of_duties is on) under "
-        f"'approvers:' in agentguard.yaml, e.g. `- {{id: user:NAME, tools: [\"{namespace}/*\"], "
-        f"min_assurance: {request.min_assurance}}}` (`agentguard init --approver user:NAME` "
-        "writes one in a new setup)"
-    )
 
 
 def _who_and_how(book: ApprovalBook, request: ApprovalRequest) -> tuple[list[str], str]:

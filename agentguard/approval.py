@@ -66,6 +66,7 @@ __all__ = [
     "excluded_approvers",
     "link_assertions",
     "name_list",
+    "no_approver_text",
     "peek_receipt",
     "receipt_lifetime",
     "request_html",
@@ -712,6 +713,18 @@ def answer_routes(request: ApprovalRequest, *, level: str | None = None) -> str:
     if not routes:  # a level this version does not know: nothing can be promised
         return f"no channel known to carry assurance {visible_text(needed)!r}"
     return f"{', or '.join(routes)} ('{needed}' assurance or more)"
+
+
+def no_approver_text(request: ApprovalRequest) -> str:
+    """What to add when nobody may approve ``request``: an entry that would cover it."""
+    namespace = request.tool.split("/", 1)[0]
+    return (
+        f"nobody in the policy may approve {request.tool} for this chain; add a person "
+        "(a user: principal outside the chain when separation_of_duties is on) under "
+        f"'approvers:' in agentguard.yaml, e.g. `- {{id: user:NAME, tools: [\"{namespace}/*\"], "
+        f"min_assurance: {request.min_assurance}}}` (`agentguard init --approver user:NAME` "
+        "writes one in a new setup)"
+    )
 
 
 def name_list(ids: Sequence[str]) -> str:

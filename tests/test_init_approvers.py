@@ -153,3 +153,20 @@ def test_init_refuses_an_approver_that_is_not_a_person_and_writes_nothing(
     assert result.exit_code != 0
     one_line_error(result, says)
     assert not (cli.root / "agentguard.yaml").exists()
+
+
+def test_check_request_approval_files_nothing_nobody_may_answer(cli: CLI) -> None:
+    """`check --request-approval` on the init policy without approvers: refused at once
+    (exit 3, no_approver, saying what to add); no request waits in the queue."""
+    cli.ok("init", "--org", "org:acme")
+    _privileged_agent(cli)
+    done = cli("check", "bot.dlg", TOOL, '{"target": "db1"}', "--request-approval")
+    assert done.exit_code == 3, done.stdout + done.stderr
+    assert "no_approver" in done.stdout
+    assert "agentguard init --approver" in done.stdout
+    assert cli("approvals", "list", "--json").stdout.strip() == "[]"
+    # With an approver the same command files the request (exit 4).
+    cli.ok("init", "--org", "org:acme", "--force", "--approver", "user:alice")
+    filed = cli("check", "bot.dlg", TOOL, '{"target": "db1"}', "--request-approval")
+    assert filed.exit_code == 4, filed.stdout + filed.stderr
+    assert "approval request apr_" in filed.stdout

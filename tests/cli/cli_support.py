@@ -40,6 +40,15 @@ def one_line_error(result: Result, *fragments: str) -> str:
     return errors[0]
 
 
+def add_approver(cli: CLI, principal_id: str) -> None:
+    """List ``principal_id`` as an approver of every tool in the policy ``init`` wrote
+    (without approvers, a request is refused at once with ``no_approver``)."""
+    path = cli.root / "agentguard.yaml"
+    text = path.read_text()
+    assert "approvers: []" in text
+    path.write_text(text.replace("approvers: []", f"approvers:\n  - id: {principal_id}", 1))
+
+
 def grant(cli: CLI, *args: str, out: str, parent: str | None = None) -> Result:
     """``agentguard grant ... -o out`` (with ``--parent``), insisting on success."""
     extra: Sequence[str] = ("--parent", parent) if parent else ()

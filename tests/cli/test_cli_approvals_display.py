@@ -11,7 +11,7 @@ from pathlib import Path
 from agentguard.cli.approvals import SERVE_PORT
 from tests.display_support import EVIL, LONG, assert_shows_the_facts, shown_args
 
-from .cli_support import CLI, grant
+from .cli_support import CLI, add_approver, grant
 
 
 def test_show_lists_every_argument_and_full_shows_folded_values(scenario: CLI) -> None:
@@ -24,6 +24,7 @@ def test_show_lists_every_argument_and_full_shows_folded_values(scenario: CLI) -
         out="sub2.dlg", parent="bot.dlg",
     )  # fmt: skip
     args = {"amount": 40, **shown_args(), "password": "canary-" + "p" * 300}
+    add_approver(scenario, "user:carol")  # someone who may answer it
     filed = scenario(
         "check", "sub2.dlg", "billing/refund", json.dumps(args), "--as", "agent:sub",
         "--request-approval",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli_support import CLI, one_line_error
+from .cli_support import CLI, add_approver, one_line_error
 
 Snapshot = dict[str, tuple[int, int]]
 
@@ -41,6 +41,7 @@ def _read_only(request_id: str) -> list[tuple[str, ...]]:
 def used(scenario: CLI) -> str:
     """The scenario home with audit records and one approval request; returns its id."""
     assert scenario("check", "sub.dlg", "tickets/read").exit_code == 0
+    add_approver(scenario, "user:carol")  # someone who may answer it
     asked = scenario("check", "bot.dlg", "billing/refund", '{"amount": 5}', "--request-approval")
     assert asked.exit_code == 4, asked.stderr
     found = re.search(r"apr_[A-Za-z0-9_-]+", asked.stdout + asked.stderr)

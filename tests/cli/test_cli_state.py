@@ -134,6 +134,8 @@ def _add_approvers(root: Path) -> None:
 
 def test_approval_queue_request_approve_then_allowed(scenario: CLI) -> None:
     call = ("check", "bot.dlg", "billing/refund", '{"amount": 40}')
+    _add_approvers(scenario.root)  # without approvers the request is refused: no_approver
+    scenario.ok("policy", "validate")
     filed = scenario(*call, "--request-approval")
     assert filed.exit_code == 4
     match = re.search(r"approval request (apr_[A-Za-z0-9_-]+)", filed.stdout)
@@ -150,8 +152,6 @@ def test_approval_queue_request_approve_then_allowed(scenario: CLI) -> None:
     assert unlisted.exit_code == 3
     one_line_error(unlisted, "user:bob is not an approver")
 
-    _add_approvers(scenario.root)
-    scenario.ok("policy", "validate")
     agent = scenario("approvals", "approve", request_id, "--as", "agent:bot")
     assert agent.exit_code == 3
     one_line_error(agent, "separation_of_duties")
