@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from agentguard import _pipeline, tracing
 from agentguard._pipeline import CallRequest, Parts, Result, Wait
-from agentguard._waiting import WaitStep, aperform, perform, wait_for
+from agentguard._waiting import WaitStep, aperform, can_wake, perform, wait_for
 from agentguard.approval import ApprovalBook, Channel
 from agentguard.audit import AuditLog, completion_record
 from agentguard.clock import Clock
@@ -127,6 +127,7 @@ class Driver:
             channel=self.channel,
             mode=self.approval_mode,
             clock=self.parts.clock,
+            wakeable=can_wake(self.parts.store),
         )
 
     # -- running ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
     "WaitStep",
     "Who",
     "aperform",
+    "can_wake",
     "perform",
     "wait_for",
 ]
@@ -38,6 +39,9 @@ log = logging.getLogger("agentguard")
 #: First and longest pause between two reads of a pending request (seconds).
 FIRST_POLL = 0.02
 LONGEST_POLL = 0.25
+#: Longest wait between two reads on a store that wakes its waiters when a request is
+#: answered from any process (PostgreSQL's LISTEN/NOTIFY): a safety net, not a poll.
+WOKEN_POLL = 5.0
 
 
 class Deliver(NamedTuple):
@@ -67,9 +71,11 @@ class Who(NamedTuple):
 
 
 class Sleep(NamedTuple):
-    """Pause before the next read."""
+    """Pause before the next read; with ``request_id``, a store that can be woken by the
+    request's answer (``approval_wait``) is waited on instead, for at most ``seconds``."""
 
     seconds: float
+    request_id: str | None = None
 
 
 WaitStep = Deliver | Remind | Read | Who | Sleep
@@ -83,12 +89,15 @@ def wait_for(
     channel: Channel,
     mode: str,
     clock: Clock,
+    wakeable: bool = False,
 ) -> Generator[WaitStep, Any, Answer]:
     """The operations of one wait; returns the answered row, ``None`` on timeout, or the
     refusal (an exception) that stands for the answer.
 
     In ``raise`` mode a request that is still pending returns
-    :class:`~agentguard.errors.ApprovalPending` at once instead of waiting.
+    :class:`~agentguard.errors.ApprovalPending` at once instead of waiting. With
+    ``wakeable`` (the store has ``approval_wait``) each pause waits for the answer's
+    notification, up to :data:`WOKEN_POLL`, instead of polling.
     """
     approvers: list[str] = []
     how = f"request {request.id} ({request.tool})"
@@ -124,10 +133,14 @@ def wait_for(
     deadline = time.monotonic() + max(0.0, request.deadline - clock.now())
     delay = FIRST_POLL
     while row is not None and row.status == "pending":
-        if time.monotonic() >= deadline or clock.now() >= request.deadline:
+        now = time.monotonic()
+        if now >= deadline or clock.now() >= request.deadline:
             return None
-        yield Sleep(delay)
-        delay = min(delay * 2, LONGEST_POLL)
+        if wakeable:
+            yield Sleep(min(WOKEN_POLL, deadline - now), request.id)
+        else:
+            yield Sleep(delay)
+            delay = min(delay * 2, LONGEST_POLL)
         row = yield Read(request.id)
     answer: ApprovalRow | None = row
     return answer
@@ -187,7 +200,11 @@ def perform(
             elif isinstance(op, Who):
                 reply = _who_and_how(book, op.request)
             else:
-                time.sleep(op.seconds)
+                wake = _waker(store, op)
+                if wake is not None:
+                    wake(op.request_id, op.seconds)
+                else:
+                    time.sleep(op.seconds)
         except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed
             error = exc
 
@@ -237,6 +254,25 @@ async def aperform(
                 else:
                     reply = _who_and_how(book, op.request)
             else:
-                await anyio.sleep(op.seconds)
+                wake = _waker(store, op)
+                if wake is None:
+                    await anyio.sleep(op.seconds)
+                else:
+                    # A cancelled caller does not wait for the thread (which ends by itself).
+                    await anyio.to_thread.run_sync(
+                        wake, op.request_id, op.seconds, abandon_on_cancel=True
+                    )
         except Exception as exc:  # noqa: BLE001 - handed back to the wait, which fails closed
             error = exc
+
+
+def can_wake(store: Store) -> bool:
+    """Whether ``store`` can block until a request is answered (``approval_wait``)."""
+    return callable(getattr(store, "approval_wait", None))
+
+
+def _waker(store: Store, op: Sleep) -> Any:
+    """The store's ``approval_wait`` when ``op`` may use it, else ``None``."""
+    if op.request_id is None or not can_wake(store):
+        return None
+    return store.approval_wait  # type: ignore[attr-defined]

@@ -21,9 +21,11 @@ password never appears in a message or in :attr:`PostgresStore.location`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,10 +62,15 @@ SCHEMA_VERSION = 1
 #: Seconds a call waits for a connection (or a statement) before it is refused.
 DEFAULT_TIMEOUT_S = 5.0
 _PURGE_EVERY = 512
+#: The NOTIFY channel on which an answered approval request's id is announced.
+APPROVAL_CHANNEL = "agentguard_approval"
+# How often the listener thread looks up from its connection (to notice close()).
+_LISTEN_TICK = 0.5
 # Taken (per transaction) while the schema is created or migrated, so replicas
 # starting together do not race on CREATE TABLE.
 _SCHEMA_LOCK = 0x6167_6775_6172_6400 & 0x7FFF_FFFF_FFFF_FFFF
 _T = TypeVar("_T")
+log = logging.getLogger("agentguard")
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS ag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -222,6 +229,12 @@ class PostgresStore:
         self._closed = False
         self._consumed = 0
         self._count_lock = threading.Lock()
+        #: How many answer notifications this process's listener has received.
+        self.notifications = 0
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters_lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._listen_ready = threading.Event()
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
@@ -839,17 +852,103 @@ class PostgresStore:
         reusable_until: float | None,
     ) -> bool:
         """Record an answer if the request is still pending and in time (atomic)."""
-        count = self._run(
-            "write to",
-            lambda db: (
-                db.execute(
-                    "UPDATE ag_approvals SET status = %s, receipt = %s, answered_at = %s, "
-                    "reusable_until = %s WHERE id = %s AND status = 'pending' AND deadline > %s",
-                    (status, receipt, answered_at, reusable_until, request_id, answered_at),
-                ).rowcount
-            ),
-        )
-        return count == 1
+
+        def run(db: psycopg.Connection[Any]) -> int:
+            count = db.execute(
+                "UPDATE ag_approvals SET status = %s, receipt = %s, answered_at = %s, "
+                "reusable_until = %s WHERE id = %s AND status = 'pending' AND deadline > %s",
+                (status, receipt, answered_at, reusable_until, request_id, answered_at),
+            ).rowcount
+            if count == 1:
+                # Delivered to every listening process when this transaction commits.
+                db.execute("SELECT pg_notify(%s, %s)", (APPROVAL_CHANNEL, request_id))
+            return int(count)
+
+        return self._run("write to", run) == 1
+
+    def approval_wait(self, request_id: str, timeout: float) -> bool:
+        """Block until an answer to ``request_id`` is committed by any process, or ``timeout``.
+
+        The store keeps one connection listening (``LISTEN``) for answers (opened on
+        the first wait); :meth:`approval_answer` notifies it in the answer's
+        transaction. Returns ``True`` when woken by an answer (or when the
+        request is no longer pending), ``False`` after ``timeout`` or when the
+        listener cannot tell (the database is unreachable): the caller reads the
+        row either way, so a lost notification only delays it to the next read.
+        Never raises.
+        """
+        limit = max(0.0, float(timeout))
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters.setdefault(request_id, set()).add(event)
+        try:
+            if not self._listening(limit):
+                event.wait(limit)  # no listener: a plain pause, the next read decides
+                return False
+            # Listening before this read: an answer committed after it is notified.
+            try:
+                row = self._run(
+                    "read",
+                    lambda db: db.execute(
+                        "SELECT status FROM ag_approvals WHERE id = %s", (request_id,)
+                    ).fetchone(),
+                )
+            except StoreError:
+                return False
+            if row is None or row[0] != "pending":
+                return True
+            return event.wait(limit)
+        finally:
+            with self._waiters_lock:
+                events = self._waiters.get(request_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._waiters[request_id]
+
+    def _listening(self, limit: float) -> bool:
+        """Start the listener thread if needed; whether it is listening (waits up to ``limit``)."""
+        with self._waiters_lock:
+            if self._closed:
+                return False
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(
+                    target=self._listen, name="agentguard-pg-listen", daemon=True
+                )
+                self._listener.start()
+        return self._listen_ready.wait(min(limit, self.timeout))
+
+    def _listen(self) -> None:
+        """The listener thread: LISTEN, wake the waiters of each notified request, and
+        reconnect after a failure (waking every waiter, who then reads the row)."""
+        psycopg = self._psycopg
+        while not self._closed:
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                ) as conn:
+                    conn.execute(f"LISTEN {APPROVAL_CHANNEL}")
+                    self._listen_ready.set()
+                    while not self._closed:
+                        for note in conn.notifies(timeout=_LISTEN_TICK):
+                            self.notifications += 1
+                            self._wake(note.payload)
+                        conn.execute("SELECT 1")  # notices a server that went away
+            except Exception:  # reconnect; waiters fall back to reading the row
+                log.debug("agentguard: approval listener lost its connection", exc_info=True)
+            self._listen_ready.clear()
+            self._wake(None)
+            if not self._closed:
+                time.sleep(_LISTEN_TICK)
+
+    def _wake(self, request_id: str | None) -> None:
+        with self._waiters_lock:
+            if request_id is None:
+                events = [event for group in self._waiters.values() for event in group]
+            else:
+                events = list(self._waiters.get(request_id, ()))
+        for event in events:
+            event.set()
 
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window); atomic
@@ -867,6 +966,9 @@ class PostgresStore:
         ).rowcount
 
     def close(self) -> None:
-        """Close the connection pool; later calls are refused."""
+        """Close the connection pool and the answer listener; later calls are refused."""
         self._closed = True
         self._pool.close()
+        listener = self._listener
+        if listener is not None:
+            listener.join(timeout=_LISTEN_TICK + self.timeout)
