@@ -32,13 +32,16 @@ pytest: install
 
 test: npm-deps lint typecheck contracts pytest
 
-# npm MCP servers the MCP proxy tests run, pinned in tests/adapters/mcp/npm/package.json;
+# npm MCP servers the MCP proxy tests run, pinned in tests/adapters/mcp/npm/package.json,
+# and the OpenID Provider the federation tests run (tests/oidc/package.json);
 # fetched here so no timed test downloads anything. Without npm those tests skip loudly.
-NPM_TESTS := tests/adapters/mcp/npm
+NPM_TESTS := tests/adapters/mcp/npm tests/oidc
 .PHONY: npm-deps
 npm-deps:
 	@if command -v npm >/dev/null 2>&1; then \
-		cd $(NPM_TESTS) && npm ci --no-audit --no-fund --loglevel=error; \
+		for dir in $(NPM_TESTS); do \
+			(cd $$dir && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+		done; \
 	else \
 		echo "npm not found: skipping $(NPM_TESTS) (the npm MCP server tests will be skipped)"; \
 	fi
