@@ -15,7 +15,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +170,11 @@ class IdentityProvider:
         async with httpx2.AsyncClient() as http:
             reply = await http.post(
                 f"{self.issuer}/token",
-                data={"grant_type": "client_credentials", "scope": scope, "resource": self.resource},
+                data={
+                    "grant_type": "client_credentials",
+                    "scope": scope,
+                    "resource": self.resource,
+                },
                 auth=(SERVICE_CLIENT, SERVICE_SECRET),
             )
         assert reply.status_code == 200, reply.text
@@ -200,7 +204,9 @@ class IdentityProvider:
             }
         )
         async with httpx2.AsyncClient() as http:
-            code = await follow_to_callback(http, f"{self.issuer}/auth?{query}", state)
+            params = await follow_to_callback(http, f"{self.issuer}/auth?{query}")
+            assert params.get("state") == state, params
+            code = params["code"]
             reply = await http.post(
                 f"{self.issuer}/token",
                 data={
@@ -237,29 +243,32 @@ class IdentityProvider:
             "scope": "tools.read",
         }
         body.update(claims)
-        header = {"kid": signer.kid, "typ": "at+jwt"}
+        header: dict[str, Any] = {"kid": signer.kid, "typ": "at+jwt"}
         header.update(headers or {})
+        # A None value leaves the claim or header out.
+        body = {k: v for k, v in body.items() if v is not None}
+        header = {k: v for k, v in header.items() if v is not None}
         return jwt.encode(body, signer.private, algorithm="RS256", headers=header)
 
 
-async def follow_to_callback(http: httpx2.AsyncClient, url: str, state: str) -> str:
-    """Follow the provider's redirects (scripted login and consent) to the code at the callback."""
+async def follow_to_callback(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
+    """Follow the provider's redirects (scripted login and consent) to the client's callback.
+
+    Returns the callback's query parameters (``code``, ``state``, ``iss``...).
+    """
     for _ in range(10):
         reply = await http.get(url)
         assert reply.status_code in (302, 303), (reply.status_code, reply.text[:500])
         location = reply.headers["location"]
         url = location if location.startswith("http") else str(reply.url.join(location))
         if url.startswith(REDIRECT_URI):
-            params = parse_qs(urlsplit(url).query)
-            assert params.get("state") == [state], params
-            assert "code" in params, params
-            return params["code"][0]
-    raise AssertionError("no authorization code after 10 redirects")
+            return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    raise AssertionError("no redirect to the callback after 10 redirects")
 
 
 @asynccontextmanager
 async def running_provider(
-    workdir: Path, resource: str, users: dict[str, Sequence[str]]
+    workdir: Path, resource: str, users: Mapping[str, Sequence[str]]
 ) -> AsyncIterator[IdentityProvider]:
     """Start oidc-provider on a loopback port for the duration of the block."""
     provider = IdentityProvider(

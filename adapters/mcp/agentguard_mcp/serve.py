@@ -4,6 +4,12 @@ Over HTTP every request must carry ``Authorization: Bearer <delegation>``; a
 request without one, with a chain that does not verify, or with a delegation
 that reaches none of the proxy's namespaces is refused before it reaches the
 MCP layer. The header itself never travels further than this process.
+
+With a :class:`~agentguard_mcp.oauth.ResourceServer`, the proxy is also an OAuth 2.1 protected
+resource: it serves its metadata, answers ``401`` with a ``WWW-Authenticate`` challenge naming
+it, and accepts identity-provider access tokens beside delegations. A validated access token is
+removed from the request before it reaches the MCP layer; its claims travel in the request's
+state (``agentguard.federated``) for the federation mapping.
 """
 
 from __future__ import annotations
@@ -13,15 +19,22 @@ import logging
 from collections.abc import Callable
 
 import anyio
+import jwt
 from mcp.server.stdio import stdio_server
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentguard import Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError
+from agentguard.tokens import TYP_GRANT
+from agentguard_mcp.oauth import ResourceServer, TokenRefused
 from agentguard_mcp.proxy import GuardedProxy, bearer_token
 
-__all__ = ["DelegationGate", "http_app", "serve_http", "serve_stdio"]
+__all__ = ["STATE_FEDERATED", "DelegationGate", "http_app", "serve_http", "serve_stdio"]
+
+#: Key of the validated access token (:class:`~agentguard_mcp.oauth.Authenticated`) in the
+#: ASGI scope's ``state``.
+STATE_FEDERATED = "agentguard.federated"
 
 logger = logging.getLogger("agentguard_mcp")
 
@@ -37,18 +50,35 @@ async def serve_stdio(proxy: GuardedProxy) -> None:
 class DelegationGate:
     """ASGI middleware: refuse HTTP requests whose delegation cannot reach this proxy at all."""
 
-    def __init__(self, app: ASGIApp, proxy: GuardedProxy) -> None:
+    def __init__(
+        self, app: ASGIApp, proxy: GuardedProxy, oauth: ResourceServer | None = None
+    ) -> None:
         self.app = app
         self.proxy = proxy
+        self.oauth = oauth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        oauth = self.oauth
+        if oauth is not None and scope["path"] in oauth.metadata_paths():
+            await _metadata(send, scope["method"], oauth)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         delegation = bearer_token(headers.get("authorization"))
         if delegation is None:
-            await _reject(send, 401, "no_credentials", "send the delegation as a Bearer token")
+            challenge = oauth.challenge() if oauth is not None else None
+            await _reject(
+                send,
+                401,
+                "no_credentials",
+                "send the delegation as a Bearer token",
+                challenge=challenge,
+            )
+            return
+        if oauth is not None and not _is_delegation(delegation):
+            await self._federated(scope, receive, send, oauth, delegation)
             return
         try:
             chain = await self.proxy.averified_chain(delegation)
@@ -72,11 +102,67 @@ class DelegationGate:
             return
         await self.app(scope, receive, send)
 
+    async def _federated(
+        self, scope: Scope, receive: Receive, send: Send, oauth: ResourceServer, token: str
+    ) -> None:
+        """Validate an identity-provider access token; pass the request on without it."""
+        try:
+            authenticated = await oauth.authenticate(token)
+        except TokenRefused as exc:
+            if exc.status == 503:
+                logger.warning("HTTP request refused: %s", exc)
+            scope_hint = " ".join(sorted(oauth.required_scopes)) or None
+            challenge = (
+                oauth.challenge(
+                    exc.error,
+                    str(exc),
+                    scope=scope_hint if exc.error == "insufficient_scope" else None,
+                )
+                if exc.status in (401, 403)
+                else None
+            )
+            await _reject(send, exc.status, exc.reason, str(exc), challenge=challenge)
+            return
+        # The bearer token goes no further than this gate: the MCP layer (and so every
+        # upstream) sees the request without it, and the claims in the request's state.
+        inner = dict(scope)
+        inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+        inner["state"] = {**scope.get("state", {}), STATE_FEDERATED: authenticated}
+        await self.app(inner, receive, send)
 
-async def _reject(send: Send, status: int, reason: str, text: str) -> None:
+
+def _is_delegation(token: str) -> bool:
+    """Whether a bearer token is an agentguard delegation (its first grant's ``typ``)."""
+    first = token.split("~", 1)[0]
+    try:
+        header = jwt.get_unverified_header(first)
+    except jwt.PyJWTError:
+        return False
+    return header.get("typ") == TYP_GRANT
+
+
+async def _metadata(send: Send, method: str, oauth: ResourceServer) -> None:
+    if method not in ("GET", "HEAD"):
+        await _reject(send, 405, "method_not_allowed", "use GET")
+        return
+    body = json.dumps(oauth.metadata()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"max-age=300"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body if method == "GET" else b""})
+
+
+async def _reject(
+    send: Send, status: int, reason: str, text: str, *, challenge: str | None = None
+) -> None:
     body = json.dumps({"error": reason, "message": f"agentguard: {text}"}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
+    if challenge is not None:
+        headers.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
+    elif status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="agentguard"'))
     if status == 503:
         headers.append((b"retry-after", b"1"))
@@ -84,10 +170,24 @@ async def _reject(send: Send, status: int, reason: str, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def http_app(proxy: GuardedProxy, *, host: str = "127.0.0.1", path: str = "/mcp") -> Starlette:
-    """The Starlette app serving the proxy over streamable HTTP at ``path``."""
+def http_app(
+    proxy: GuardedProxy,
+    *,
+    host: str = "127.0.0.1",
+    path: str = "/mcp",
+    oauth: ResourceServer | None = None,
+) -> Starlette:
+    """The Starlette app serving the proxy over streamable HTTP at ``path``.
+
+    Args:
+        proxy: the proxy to serve.
+        host: the host the app is served on (for the SDK's DNS-rebinding protection).
+        path: the request path of the MCP endpoint.
+        oauth: when given, the proxy is also an OAuth 2.1 protected resource accepting
+            that resource server's identity providers' access tokens.
+    """
     app = proxy.server.streamable_http_app(streamable_http_path=path, host=host)
-    app.add_middleware(DelegationGate, proxy=proxy)
+    app.add_middleware(DelegationGate, proxy=proxy, oauth=oauth)
     return app
 
 
@@ -98,12 +198,17 @@ async def serve_http(
     *,
     on_ready: Callable[[], None] | None = None,
     log_level: str = "warning",
+    oauth: ResourceServer | None = None,
 ) -> None:
     """Serve over streamable HTTP until cancelled (``on_ready`` runs once listening)."""
     import uvicorn
 
     config = uvicorn.Config(
-        http_app(proxy, host=host), host=host, port=port, log_level=log_level, lifespan="on"
+        http_app(proxy, host=host, oauth=oauth),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
 
