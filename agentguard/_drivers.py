@@ -312,7 +312,7 @@ def assemble(
         verifier=verifier,
         store=store,
         approvals=approvals,
-        audit=AuditLog(store, identity, side_file=side),
+        audit=AuditLog(store, identity, side_file=side, trusted_keys=approvals.guard_keys),
         clock=clock,
         enforcement_point=enforcement_point,
     )

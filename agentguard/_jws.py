@@ -17,7 +17,7 @@ import jwt
 from agentguard.canonical import canonical_digest, canonical_json, compiled_encoder
 from agentguard.decision import Reason
 from agentguard.errors import DeniedError, TokenFormatError
-from agentguard.keys import Identity, Principal, b64url_decode, b64url_encode
+from agentguard.keys import Identity, KeySet, Principal, b64url_decode, b64url_encode
 
 __all__ = [
     "MAX_TOKEN_BYTES",
@@ -190,5 +190,23 @@ def verify(token: str, key: Principal, typ: str) -> dict[str, Any]:
         DeniedError: (reason ``bad_signature``) the signature does not verify.
     """
     _, claims = peek(token, typ)
+    verify_signature(token, key, typ)
+    return claims
+
+
+def verify_with(token: str, keys: KeySet, typ: str) -> dict[str, Any]:
+    """Verify a token signed by one of ``keys``: the key its header names, valid at its ``iat``.
+
+    The ``iat`` that chooses the key is the signed one: a token whose claims were changed
+    fails the signature check that follows.
+
+    Raises:
+        TokenFormatError: the token is malformed or of another type.
+        DeniedError: (reason ``bad_signature``) the key is not trusted, was not
+            valid when the token claims to have been signed, or the signature
+            does not verify.
+    """
+    header, claims = peek(token, typ)
+    key = keys.key_for(header.get("kid"), claims.get("iat"))
     verify_signature(token, key, typ)
     return claims

@@ -882,6 +882,9 @@ class ApprovalBook:
         self.guard_identity = guard_identity
         self.clock = clock
         self.keyring = keyring
+        #: The guard keys whose attested receipts count (every replica's, see
+        #: ``guard_keys`` in the policy); loaded once, so a bad key file fails here.
+        self.guard_keys = policy.guard_key_set(guard_identity.principal)
 
     # -- reading --------------------------------------------------------------
     def get(self, request_id: str) -> ApprovalRequest:
@@ -1276,14 +1279,15 @@ class ApprovalBook:
             signer_id = str(unverified.get("iss"))
             approver_id = str(unverified.get("approver"))
             if signer_id == self.guard_identity.id:
-                key = self.guard_identity.principal
+                # Attested by this guard or another replica: a trusted guard key.
+                claims = _jws.verify_with(row.receipt, self.guard_keys, TYP_APPROVAL)
             elif signer_id == approver_id:
                 key = self._approver_key(approver_id)
                 if self._revoked(kids=[key.kid]):
                     raise DeniedError(f"the signing key of {approver_id} is revoked")
+                claims = _jws.verify(row.receipt, key, TYP_APPROVAL)
             else:
                 raise DeniedError("receipt signer is neither guard nor approver")
-            claims = _jws.verify(row.receipt, key, TYP_APPROVAL)
         except TokenFormatError as exc:
             raise DeniedError(
                 f"receipt is malformed: {exc.explanation}", reason=Reason.APPROVAL_INVALID

@@ -40,7 +40,7 @@ from typing import Any
 from agentguard import _jws
 from agentguard.decision import Decision, Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError, TokenFormatError
-from agentguard.keys import Identity, Principal, b64url_encode
+from agentguard.keys import Identity, KeySet, Principal, b64url_encode
 from agentguard.redaction import REDACTED, redact, restore_redacted, sets_redacted_field
 from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, Store, entry_hash
 
@@ -476,9 +476,12 @@ class AuditLog:
         *,
         checkpoint_every: int = 100,
         side_file: Path | None = None,
+        trusted_keys: KeySet | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
+        #: The keys whose heads :meth:`report` accepts (default: ``signer``'s alone).
+        self.trusted_keys = trusted_keys
         self.checkpoint_every = checkpoint_every
         self.side_file = side_file
         self.durability = store.durability
@@ -712,12 +715,16 @@ class AuditLog:
             return []
         return [Checkpoint(h.seq, h.head, 0.0, h.token) for h in self._side.read()[0]]
 
-    def verify(self, guard_key: Principal | None = None) -> AuditProblem | None:
+    def verify(self, guard_key: Principal | KeySet | None = None) -> AuditProblem | None:
         """Check the whole log; ``None`` when intact (see :meth:`report`)."""
         return self.report(guard_key).problem
 
-    def report(self, guard_key: Principal | None = None) -> AuditReport:
-        """Check the whole log against its signed heads and checkpoints."""
+    def report(self, guard_key: Principal | KeySet | None = None) -> AuditReport:
+        """Check the whole log against its signed heads and checkpoints.
+
+        A head counts when ``guard_key`` signed it (default: one of
+        :attr:`trusted_keys` valid at the head's signed time, else this guard's key).
+        """
         self.flush()
         checkpoints = self.store.checkpoints()
         head = self.store.audit_head()
@@ -727,7 +734,8 @@ class AuditLog:
             signed.append((_DATABASE_HEAD, head))
         signed += [(_SIDE_FILE, Checkpoint(h.seq, h.head, 0.0, h.token)) for h in side]
         entries = self.store.audit_entries()
-        problem, unfinished = _examine(entries, signed, guard_key or self.signer.principal)
+        keys = guard_key or self.trusted_keys or self.signer.principal
+        problem, unfinished = _examine(entries, signed, keys)
         current = [h.seq for h in side if not h.kept]
         if problem is None and unreadable:
             where = f"line {unreadable[0]} of" if unreadable[0] else "the whole of"
@@ -796,7 +804,7 @@ _SIDE_FILE = "the signed head in the side file"
 def verify_log(
     entries: Sequence[AuditEntry],
     checkpoints: Sequence[Checkpoint],
-    guard_key: Principal,
+    guard_key: Principal | KeySet,
     *,
     side_file: Sequence[Checkpoint] = (),
 ) -> AuditProblem | None:
@@ -810,7 +818,7 @@ def verify_log(
 def _examine(
     entries: Sequence[AuditEntry],
     signed: Sequence[tuple[str, Checkpoint]],
-    guard_key: Principal,
+    guard_key: Principal | KeySet,
 ) -> tuple[AuditProblem | None, list[UnfinishedDecision]]:
     prev = GENESIS_HASH
     expected = 1
@@ -856,13 +864,25 @@ def _follow(record: dict[str, Any], seq: int, running: dict[str, UnfinishedDecis
 
 
 def _contradiction(
-    where: str, checkpoint: Checkpoint, hashes: Mapping[int, str], last: int, key: Principal
+    where: str,
+    checkpoint: Checkpoint,
+    hashes: Mapping[int, str],
+    last: int,
+    key: Principal | KeySet,
 ) -> AuditProblem | None:
     """What a signed head or checkpoint says is wrong with a log ending at ``last``."""
     try:
-        claims = _jws.verify(checkpoint.token, key, TYP_CHECKPOINT)
-    except (DeniedError, TokenFormatError):
+        if isinstance(key, KeySet):
+            claims = _jws.verify_with(checkpoint.token, key, TYP_CHECKPOINT)
+        else:
+            claims = _jws.verify(checkpoint.token, key, TYP_CHECKPOINT)
+    except TokenFormatError:
         return AuditProblem(checkpoint.seq, "bad_checkpoint", f"{where} has an invalid signature")
+    except DeniedError as exc:
+        why = f" ({exc.explanation})" if isinstance(key, KeySet) else ""
+        return AuditProblem(
+            checkpoint.seq, "bad_checkpoint", f"{where} has an invalid signature{why}"
+        )
     seq, head = claims.get("seq"), claims.get("head")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         return AuditProblem(checkpoint.seq, "bad_checkpoint", f"{where} has no sequence number")

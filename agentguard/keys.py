@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from agentguard.errors import IdentityError
+from agentguard.decision import Reason
+from agentguard.errors import DeniedError, IdentityError
 
 try:  # libsodium verifies Ed25519 about twice as fast as OpenSSL here (the `fast` extra)
     from nacl.bindings import crypto_sign as _sodium_sign
@@ -45,8 +46,10 @@ except ImportError:  # pragma: no cover - exercised when the extra is absent
 __all__ = [
     "PRINCIPAL_KINDS",
     "Identity",
+    "KeySet",
     "Keyring",
     "Principal",
+    "TrustedKey",
     "b64url_decode",
     "b64url_encode",
     "read_trusted_file",
@@ -557,3 +560,72 @@ class Keyring:
                 continue
             seen[principal_id] = seen.get(principal_id, False) or path.suffix == ".key"
         yield from sorted(seen.items())
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key trusted to sign for a principal, within an optional validity window.
+
+    A signature counts when the time it claims to have been made (its signed
+    ``iat``) is at or after ``not_before`` and before ``retired_at``; ``None``
+    leaves that side open. What the key signed while it was valid keeps
+    verifying after it is retired; what it signs afterwards does not.
+    """
+
+    principal: Principal
+    not_before: float | None = None
+    retired_at: float | None = None
+
+    def valid_at(self, when: float) -> bool:
+        """Whether a signature made at ``when`` (seconds since the epoch) counts."""
+        if self.not_before is not None and when < self.not_before:
+            return False
+        return self.retired_at is None or when < self.retired_at
+
+
+class KeySet:
+    """The keys trusted to sign for one principal (a guard's replicas, or rotations).
+
+    Args:
+        keys: the trusted keys; a key id given twice keeps its first entry.
+
+    Raises:
+        ValueError: ``keys`` is empty, or names keys of several principals.
+    """
+
+    def __init__(self, keys: Iterable[TrustedKey]) -> None:
+        self._keys: dict[str, TrustedKey] = {}
+        for key in keys:
+            self._keys.setdefault(key.principal.kid, key)
+        if not self._keys:
+            raise ValueError("a key set needs at least one key")
+        if len({k.principal.id for k in self._keys.values()}) != 1:
+            raise ValueError("every key of a key set belongs to the same principal")
+
+    @property
+    def keys(self) -> list[TrustedKey]:
+        """The trusted keys, in the order given."""
+        return list(self._keys.values())
+
+    def key_for(self, kid: object, signed_at: object) -> Principal:
+        """The key that may have made a signature with key id ``kid`` at ``signed_at``.
+
+        Raises:
+            DeniedError: (reason ``bad_signature``) the key id is not trusted, the
+                time is missing, or the key was not valid at that time.
+        """
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise DeniedError(
+                f"signed by key {str(kid)[:64]!r}, which is not a trusted key",
+                reason=Reason.BAD_SIGNATURE,
+            )
+        if not isinstance(signed_at, int | float) or isinstance(signed_at, bool):
+            raise DeniedError("the signature claims no time", reason=Reason.BAD_SIGNATURE)
+        if not key.valid_at(float(signed_at)):
+            raise DeniedError(
+                f"key {key.principal.kid} was not valid when this claims to have been signed "
+                f"({int(signed_at)})",
+                reason=Reason.BAD_SIGNATURE,
+            )
+        return key.principal

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -34,7 +35,14 @@ from agentguard.errors import (
     InvalidAddressError,
     PredicateError,
 )
-from agentguard.keys import KEY_FILE_LIMIT, Principal, read_trusted_file, validate_principal_id
+from agentguard.keys import (
+    KEY_FILE_LIMIT,
+    KeySet,
+    Principal,
+    TrustedKey,
+    read_trusted_file,
+    validate_principal_id,
+)
 from agentguard.predicates import compile_predicate, restricts
 
 if TYPE_CHECKING:
@@ -149,6 +157,47 @@ class TrustedRoot(_Strict):
         if (self.public_key is None) == (self.key_file is None):
             raise ValueError("give exactly one of public_key or key_file")
         return self
+
+
+class GuardKey(_Strict):
+    """A public key the guard's processes sign with, trusted by every one of them.
+
+    List one per replica (or one all replicas share). ``not_before`` and
+    ``retired_at`` (ISO 8601, or seconds since the epoch) bound when its
+    signatures count: a head or receipt it signed while valid keeps verifying
+    after it is retired; one signed at or after ``retired_at`` is refused.
+    """
+
+    public_key: dict[str, str] | None = Field(None, description="Public OKP/Ed25519 JWK")
+    key_file: str | None = Field(
+        None, description="Path to a public key file written by 'agentguard identity export'"
+    )
+    not_before: datetime | None = Field(None, description="Signatures before this do not count")
+    retired_at: datetime | None = Field(None, description="Signatures from this on do not count")
+    note: str | None = Field(None, description="Free text, e.g. which replica holds the key")
+
+    @field_validator("not_before", "retired_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A time without a zone is read as UTC, never as the reader's local time.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> GuardKey:
+        if (self.public_key is None) == (self.key_file is None):
+            raise ValueError("give exactly one of public_key or key_file")
+        if self.not_before and self.retired_at and self.retired_at <= self.not_before:
+            raise ValueError("retired_at must come after not_before")
+        return self
+
+    def window(self) -> tuple[float | None, float | None]:
+        """``(not_before, retired_at)`` in seconds since the epoch (``None``: open)."""
+        return (
+            None if self.not_before is None else self.not_before.timestamp(),
+            None if self.retired_at is None else self.retired_at.timestamp(),
+        )
 
 
 class Approver(_Strict):
@@ -321,6 +370,9 @@ class Policy(_Strict):
     storage: Storage = Storage()
     shadow: bool = Field(False, description="Decide and record, but never block")
     guard_id: str = "service:agentguard"
+    #: The keys every process of this guard trusts for its signed heads and
+    #: attested receipts (empty: only the process's own key).
+    guard_keys: list[GuardKey] = Field(default_factory=list)
 
     @field_validator("guard_id")
     @classmethod
@@ -354,6 +406,40 @@ class Policy(_Strict):
             except (OSError, ValueError, IdentityError) as exc:
                 raise ConfigError(f"{where}: cannot load key: {exc}") from exc
         return out
+
+    def _load_key(self, principal_id: str, entry: TrustedRoot | GuardKey) -> Principal:
+        if entry.public_key is not None:
+            return Principal.from_jwk(principal_id, entry.public_key)
+        path = Path(entry.key_file or "")
+        if not path.is_absolute() and self.base_dir:
+            path = Path(self.base_dir) / path
+        doc = json.loads(read_trusted_file(path, limit=KEY_FILE_LIMIT))
+        jwk = doc.get("jwk", doc) if isinstance(doc, dict) else {}
+        return Principal.from_jwk(principal_id, jwk)
+
+    def guard_key_set(self, own: Principal) -> KeySet:
+        """The keys trusted for the guard's signed heads and attested receipts.
+
+        Without ``guard_keys`` that is ``own`` (the process's key) alone, as
+        before; with them it is exactly the listed keys, each within its window.
+
+        Raises:
+            ConfigError: a listed key is missing or malformed.
+        """
+        if not self.guard_keys:
+            return KeySet([TrustedKey(own)])
+        keys = []
+        for index, entry in enumerate(self.guard_keys):
+            try:
+                principal = self._load_key(self.guard_id, entry)
+            except FileNotFoundError as exc:
+                raise ConfigError(
+                    f"guard_keys[{index}]: key file {entry.key_file} does not exist"
+                ) from exc
+            except (OSError, ValueError, IdentityError) as exc:
+                raise ConfigError(f"guard_keys[{index}]: cannot load key: {exc}") from exc
+            keys.append(TrustedKey(principal, *entry.window()))
+        return KeySet(keys)
 
     def approver(self, principal_id: str) -> Approver | None:
         """The approver entry for ``principal_id``, if listed."""

@@ -1,0 +1,221 @@
+"""Guard replicas on one PostgreSQL database trust each other's keys (``guard_keys``).
+
+Each replica keeps its own guard key in its own state directory; the signed
+heads in the shared database and the receipts a replica attests are checked
+against the set of keys the policy lists, each within its validity window.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentguard.clock import ManualClock
+from agentguard.errors import ApprovalPending, ConfigError, DeniedError
+from agentguard.guard import Guard
+from agentguard.keys import Identity, Keyring
+from agentguard.store.postgres import PostgresStore
+from agentguard.testing import START, RecordingTool, World
+
+GUARD_ID = "service:agentguard"
+
+
+def _replica_key(home: Path) -> Identity:
+    """The guard key a replica will sign with (made before its policy lists it)."""
+    return Keyring(home / "keys").create(GUARD_ID)
+
+
+def _entry(key: Identity, **window: Any) -> dict[str, Any]:
+    return {"public_key": key.principal.public_jwk(), **window}
+
+
+def _replica(policy: Path, home: Path, url: str, clock: ManualClock) -> Guard:
+    return Guard(policy, home=home, store=PostgresStore(url), clock=clock, approval_mode="raise")
+
+
+def _read(guard: Guard, world: World) -> None:
+    tool = RecordingTool()
+    guard.call(world.delegation, "tickets/read", {"id": 1}, tool, holder=world.bot)
+    assert tool.ran
+
+
+def _close(*guards: Guard) -> None:
+    for guard in guards:
+        guard.close()
+        guard.store.close()
+
+
+def test_without_guard_keys_a_head_signed_by_another_replica_does_not_verify(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The old behaviour, kept for single-key setups: only the own key counts."""
+    world = World()
+    policy = world.write_policy(tmp_path / "agentguard.yaml")
+    a = _replica(policy, tmp_path / "a", pg_url, world.clock)
+    b = _replica(policy, tmp_path / "b", pg_url, world.clock)
+    _read(a, world)
+    _read(b, world)  # the database's signed head is now b's
+    problem = a.audit.report().problem
+    assert problem is not None
+    assert problem.kind == "bad_checkpoint"
+    assert b.audit.report().problem is None
+    _close(a, b)
+
+
+def test_heads_signed_by_every_listed_replica_verify_on_each(pg_url: str, tmp_path: Path) -> None:
+    world = World()
+    keys = [_replica_key(tmp_path / name) for name in ("a", "b", "c")]
+    policy = world.write_policy(tmp_path / "agentguard.yaml", guard_keys=[_entry(k) for k in keys])
+    replicas = [_replica(policy, tmp_path / n, pg_url, world.clock) for n in ("a", "b", "c")]
+    for round_ in range(2):
+        for index, guard in enumerate(replicas):
+            _read(guard, world)
+            world.clock.advance(1)
+            # Force a checkpoint from every replica as well, so the chain
+            # holds heads from all three keys.
+            assert guard.audit.checkpoint(at=world.clock.now()) is not None, (round_, index)
+    for guard in replicas:
+        report = guard.audit.report()
+        assert report.problem is None, report.problem
+        assert report.checkpoints == 6
+    _close(*replicas)
+
+
+def test_a_head_signed_by_an_unlisted_key_is_refused(pg_url: str, tmp_path: Path) -> None:
+    """Attack: a process with the database password but a key nobody listed signs a head."""
+    world = World()
+    keys = [_replica_key(tmp_path / name) for name in ("a", "b")]
+    policy = world.write_policy(tmp_path / "agentguard.yaml", guard_keys=[_entry(k) for k in keys])
+    a = _replica(policy, tmp_path / "a", pg_url, world.clock)
+    _read(a, world)
+    rogue = _replica(policy, tmp_path / "rogue", pg_url, world.clock)  # a fresh, unlisted key
+    _read(rogue, world)
+    problem = a.audit.report().problem
+    assert problem is not None
+    assert problem.kind == "bad_checkpoint"
+    assert problem.tampering
+    assert "not a trusted key" in problem.detail
+    _close(a, rogue)
+
+
+def test_a_retired_key_keeps_what_it_signed_before_and_not_after(
+    pg_url: str, tmp_path: Path
+) -> None:
+    world = World()
+    old, new = _replica_key(tmp_path / "old"), _replica_key(tmp_path / "new")
+    retired = datetime.fromtimestamp(START + 100, tz=UTC)
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml",
+        guard_keys=[_entry(old, retired_at=retired.isoformat()), _entry(new)],
+    )
+    a = _replica(policy, tmp_path / "old", pg_url, world.clock)
+    b = _replica(policy, tmp_path / "new", pg_url, world.clock)
+    _read(a, world)
+    assert a.audit.checkpoint(at=world.clock.now()) is not None  # signed while valid
+    world.clock.advance(200)
+    _read(b, world)
+    report = b.audit.report()
+    assert report.problem is None, report.problem  # the old key's checkpoint still counts
+    # Attack: the retired key (say, stolen) signs a head after its retirement.
+    _read(a, world)
+    problem = b.audit.report().problem
+    assert problem is not None
+    assert problem.kind == "bad_checkpoint"
+    assert "was not valid when" in problem.detail
+    _close(a, b)
+
+
+def test_a_key_not_yet_valid_signs_nothing_that_counts(pg_url: str, tmp_path: Path) -> None:
+    world = World()
+    early, later = _replica_key(tmp_path / "early"), _replica_key(tmp_path / "later")
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml",
+        guard_keys=[_entry(early), _entry(later, not_before=int(START + 1000))],
+    )
+    a = _replica(policy, tmp_path / "early", pg_url, world.clock)
+    b = _replica(policy, tmp_path / "later", pg_url, world.clock)
+    _read(a, world)
+    _read(b, world)
+    problem = a.audit.report().problem
+    assert problem is not None
+    assert "was not valid when" in problem.detail
+    world.clock.advance(1000)
+    _read(b, world)  # now within its window: the newest head counts again
+    assert a.audit.checkpoint(at=world.clock.now()) is not None
+    # The earlier head b signed too soon is no longer kept in the database (only the
+    # newest head is), so the log verifies.
+    assert a.audit.report().problem is None
+    _close(a, b)
+
+
+def _pending(guard: Guard, world: World) -> str:
+    with pytest.raises(ApprovalPending) as raised:
+        guard.call(
+            world.delegation, "admin/reset", {"target": "db1"}, RecordingTool(), holder=world.bot
+        )
+    return raised.value.request_id
+
+
+def test_a_receipt_attested_by_one_replica_is_used_on_another(pg_url: str, tmp_path: Path) -> None:
+    world = World()
+    keys = [_replica_key(tmp_path / name) for name in ("a", "b")]
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml",
+        approval={"channel": "queue", "grant_rule_assurance": "local"},
+        guard_keys=[_entry(k) for k in keys],
+    )
+    a = _replica(policy, tmp_path / "a", pg_url, world.clock)
+    b = _replica(policy, tmp_path / "b", pg_url, world.clock)
+    request_id = _pending(a, world)
+    # A channel on replica b (its web page, say) collects carol's answer; b's key attests it.
+    b.approvals.answer(
+        request_id, approver=world.carol.id, approve=True, channel="web", assurance="local"
+    )
+    tool = RecordingTool()
+    a.call(world.delegation, "admin/reset", {"target": "db1"}, tool, holder=world.bot)
+    assert tool.ran
+    _close(a, b)
+
+
+def test_a_receipt_attested_by_an_unlisted_key_is_refused(pg_url: str, tmp_path: Path) -> None:
+    """Attack: a process sharing the database but holding no listed key attests an answer."""
+    world = World()
+    listed = _replica_key(tmp_path / "a")
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml",
+        approval={"channel": "queue", "grant_rule_assurance": "local"},
+        guard_keys=[_entry(listed)],
+    )
+    a = _replica(policy, tmp_path / "a", pg_url, world.clock)
+    rogue = _replica(policy, tmp_path / "rogue", pg_url, world.clock)
+    request_id = _pending(a, world)
+    rogue.approvals.answer(
+        request_id, approver=world.carol.id, approve=True, channel="web", assurance="local"
+    )
+    tool = RecordingTool()
+    with pytest.raises(DeniedError) as raised:
+        a.call(world.delegation, "admin/reset", {"target": "db1"}, tool, holder=world.bot)
+    assert raised.value.reason == "approval_invalid"
+    assert not tool.ran
+    _close(a, rogue)
+
+
+def test_guard_keys_are_checked_when_the_policy_loads(tmp_path: Path) -> None:
+    world = World()
+    key = Identity.generate(GUARD_ID)
+    for entry, says in (
+        ({}, "exactly one of public_key or key_file"),
+        (
+            _entry(key, not_before="2027-01-02T00:00:00Z", retired_at="2027-01-01T00:00:00Z"),
+            "retired_at must come after not_before",
+        ),
+        ({"key_file": "missing.json"}, "does not exist"),
+        ({"public_key": {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}}, "cannot load key"),
+        (_entry(key, not_before="yesterday"), "not_before"),
+    ):
+        policy = world.write_policy(tmp_path / "agentguard.yaml", guard_keys=[entry])
+        with pytest.raises(ConfigError, match=says):
+            Guard(policy, home=tmp_path / "home", clock=world.clock)
