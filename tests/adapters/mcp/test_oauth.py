@@ -14,21 +14,41 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
+import jwt
 import pytest
 import uvicorn
+from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
+from agentguard_mcp.cli import build_guard
 from agentguard_mcp.oauth import Provider, ResourceServer, TokenRefused
-from agentguard_mcp.serve import STATE_FEDERATED, DelegationGate
+from agentguard_mcp.serve import STATE_FEDERATED, DelegationGate, http_app
 from cryptography.hazmat.primitives import serialization
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+from pydantic import AnyUrl
 from starlette.types import Receive, Scope, Send
 
-from tests.adapters.mcp.mcp_support import Setup
-from tests.oidc.harness import IdentityProvider, SigningKey, free_port, running_provider
+from tests.adapters.mcp.mcp_support import Setup, notes_command, text_of
+from tests.oidc.harness import (
+    REDIRECT_URI,
+    IdentityProvider,
+    SigningKey,
+    follow_to_callback,
+    free_port,
+    running_provider,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -263,3 +283,143 @@ async def test_attack_tokens_are_refused_with_clear_reasons(idp: IdentityProvide
                 await oauth.authenticate(token)
             assert (name, refused.value.reason) == (name, reason)
             assert refused.value.status == 401
+
+
+async def test_key_rotation_is_followed_and_a_retired_key_refused(idp: IdentityProvider) -> None:
+    """The provider adds a key, then drops the old one: the proxy follows without a restart."""
+    async with resource_server(idp, refetch_interval=0) as oauth:
+        old = await idp.user_token("alice")
+        assert (await oauth.authenticate(old)).claims["sub"] == "alice"
+
+        added = await idp.rotate(keep_old=True)
+        newer = await idp.user_token("alice")
+        assert jwt.get_unverified_header(newer)["kid"] == added.kid
+        assert (await oauth.authenticate(newer)).claims["sub"] == "alice"
+        assert (await oauth.authenticate(old)).claims["sub"] == "alice"
+
+        await idp.rotate(keep_old=False)
+        newest = await idp.user_token("bob")
+        assert (await oauth.authenticate(newest)).claims["groups"] == ["finance"]
+        for retired in (old, newer):
+            with pytest.raises(TokenRefused) as refused:
+                await oauth.authenticate(retired)
+            assert refused.value.reason == "unknown_key"
+
+
+async def test_unknown_key_ids_refetch_at_most_once_per_interval(idp: IdentityProvider) -> None:
+    """A flood of made-up ``kid`` values does not turn into a flood of JWKS fetches."""
+    fetched: list[str] = []
+
+    async def count(request: httpx2.Request) -> None:
+        fetched.append(request.url.path)
+
+    http = httpx2.AsyncClient(event_hooks={"request": [count]})
+    async with resource_server(idp, refetch_interval=3600, http=http) as oauth:
+        await oauth.authenticate(await idp.service_token())
+        assert fetched == ["/.well-known/openid-configuration", "/jwks"]
+        for _ in range(5):
+            with pytest.raises(TokenRefused) as refused:
+                await oauth.authenticate(idp.forge({}, key=SigningKey.generate()))
+            assert refused.value.reason == "unknown_key"
+        assert fetched == ["/.well-known/openid-configuration", "/jwks"]
+
+
+async def test_provider_unreachable_fails_closed(idp: IdentityProvider) -> None:
+    """Keys that cannot be fetched refuse the token (503: the provider's fault)."""
+    token = await idp.service_token()
+    await idp.stop()
+    async with resource_server(idp) as oauth:
+        with pytest.raises(TokenRefused) as refused:
+            await oauth.authenticate(token)
+    assert (refused.value.reason, refused.value.status) == ("idp_unavailable", 503)
+
+
+class _Memory:
+    """Token storage for the SDK's OAuth client (in memory, as a desktop client keeps it)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+async def test_standard_mcp_client_authenticates_through_the_provider(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """The official SDK's OAuth client: discovery, dynamic registration, code flow with PKCE.
+
+    Until the federation mapping turns the claims into a chain, an authenticated person
+    reaches no tool (fail closed); a GuardedClient with a delegation works beside it.
+    """
+    record = tmp_path / "calls.jsonl"
+    guard = build_guard(setup.home, str(setup.policy_file))
+    spec = UpstreamSpec(namespace="notes", command=tuple(notes_command(record)), trusted=True)
+    callback: dict[str, str] = {}
+
+    async def login(url: str) -> None:
+        # The person's browser: the provider's scripted login and consent, to the callback.
+        async with httpx2.AsyncClient() as browser:
+            callback.update(await follow_to_callback(browser, url))
+
+    async def answer() -> AuthorizationCodeResult:
+        return AuthorizationCodeResult(
+            code=callback["code"], state=callback.get("state"), iss=callback.get("iss")
+        )
+
+    storage = _Memory()
+    auth = OAuthClientProvider(
+        resource,
+        OAuthClientMetadata(
+            client_name="a standard MCP client",
+            redirect_uris=[AnyUrl(REDIRECT_URI)],
+            grant_types=["authorization_code"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+            scope="openid tools.read tools.call",
+        ),
+        storage,
+        redirect_handler=login,
+        callback_handler=answer,
+    )
+    with anyio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            proxy = GuardedProxy(guard, [Upstream(spec)])
+            await proxy.start(stack)
+            oauth = await stack.enter_async_context(resource_server(idp))
+            await stack.enter_async_context(serve_on(port, http_app(proxy, oauth=oauth)))
+            http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth))
+            client = await stack.enter_async_context(
+                Client(streamable_http_client(resource, http_client=http))
+            )
+            listed = await client.list_tools()
+            assert listed.tools == []
+            refused = await client.call_tool("read_note", {"id": "n1"})
+            assert refused.is_error
+            assert text_of(refused) == "denied by agentguard (no_credentials)"
+
+            assert storage.client is not None  # registered dynamically at the provider
+            assert storage.tokens is not None
+            token = storage.tokens.access_token
+            claims = (await oauth.authenticate(token)).claims
+            assert (claims["sub"], claims["aud"]) == ("alice", resource)
+            assert claims["client_id"] == storage.client.client_id
+
+            delegation = setup.delegation(["notes/read_note"])
+            guarded = await stack.enter_async_context(
+                GuardedClient(resource, delegation, setup.agent)
+            )
+            names = [t.name for t in (await guarded.list_tools()).tools]
+            assert names == ["read_note"]
+            ran = await guarded.call_tool("read_note", {"id": "n1"})
+            assert not ran.is_error, text_of(ran)
