@@ -4,6 +4,7 @@
                          [--policy FILE] [--timeout S] [--max-result-bytes N]
                          [--store-timeout S] -- COMMAND [ARGS...]
     agentguard mcp proxy --config FILE [--home DIR] [--http HOST:PORT] [--store-timeout S]
+                         [--resource URI --issuer URL ...]
 
 The namespace of an upstream (the ``NAME`` in ``NAME/tool`` addresses) is the
 operator's: ``--namespace`` or a key under ``upstreams:`` in the configuration
@@ -43,6 +44,7 @@ from agentguard_mcp.config import (
     load_config,
     validate_namespace,
 )
+from agentguard_mcp.oauth import Provider, ResourceServer
 from agentguard_mcp.proxy import Caller, GuardedProxy, granted_namespaces
 from agentguard_mcp.serve import serve_http, serve_stdio
 from agentguard_mcp.upstream import Upstream
@@ -205,6 +207,22 @@ def proxy_command(
             "(default: the policy's storage.busy_timeout).",
         ),
     ] = None,
+    resource: Annotated[
+        str | None,
+        typer.Option(
+            "--resource",
+            help="Over HTTP, also accept OAuth access tokens for this resource URI "
+            "(the proxy's public URL, e.g. https://mcp.example.com/mcp).",
+        ),
+    ] = None,
+    issuers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--issuer",
+            help="An identity provider (OIDC issuer URL) whose access tokens are accepted "
+            "for --resource; repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run the gating proxy in front of one stdio server or the servers of a config file."""
     if config_file is not None and command:
@@ -264,6 +282,7 @@ def proxy_command(
             raise typer.BadParameter(str(exc)) from exc
     else:
         store_timeout = config.store_timeout
+    oauth = _resource_server(resource, issuers or [], http)
     try:
         state = _home(home, config, policy or config.policy)
     except AgentGuardError as exc:
@@ -281,10 +300,32 @@ def proxy_command(
             holder,
             http,
             store_timeout,
+            oauth,
         )
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+def _resource_server(
+    resource: str | None, issuers: list[str], http: str | None
+) -> ResourceServer | None:
+    """The OAuth protected resource of ``--resource``/``--issuer`` (None without them).
+
+    Raises:
+        typer.BadParameter: one flag without the other, either without --http, or a URL
+            that is not https (or http on loopback).
+    """
+    if resource is None and not issuers:
+        return None
+    if resource is None or not issuers:
+        raise typer.BadParameter("--resource URI and --issuer URL go together")
+    if http is None:
+        raise typer.BadParameter("--resource and --issuer need --http HOST:PORT")
+    try:
+        return ResourceServer(resource, [Provider(issuer, resource) for issuer in issuers])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _configure_telemetry(*, stdio: bool) -> None:
@@ -318,6 +359,7 @@ async def _run(
     holder_id: str | None,
     http: str | None,
     store_timeout: float | None = None,
+    oauth: ResourceServer | None = None,
 ) -> int:
     try:
         guard = build_guard(home, policy, store_timeout=store_timeout)
@@ -382,11 +424,14 @@ async def _run(
         else:
             assert http is not None  # noqa: S101 - narrowed above
             host, port = _parse_http(http)
+            if oauth is not None:
+                await stack.enter_async_context(oauth)
             await serve_http(
                 proxy,
                 host,
                 port,
                 on_ready=lambda: _say(f"listening on http://{host}:{port}/mcp"),
+                oauth=oauth,
             )
     return 0
 

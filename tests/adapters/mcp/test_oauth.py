@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -40,7 +42,7 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl
 from starlette.types import Receive, Scope, Send
 
-from tests.adapters.mcp.mcp_support import Setup, notes_command, text_of
+from tests.adapters.mcp.mcp_support import Setup, notes_command, text_of, write_config
 from tests.oidc.harness import (
     REDIRECT_URI,
     IdentityProvider,
@@ -423,3 +425,67 @@ async def test_standard_mcp_client_authenticates_through_the_provider(
             assert names == ["read_note"]
             ran = await guarded.call_tool("read_note", {"id": "n1"})
             assert not ran.is_error, text_of(ran)
+
+
+async def test_cli_proxy_with_resource_and_issuer(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """``agentguard mcp proxy --http ... --resource URI --issuer URL`` in its own process."""
+    config = write_config(setup, {"notes": {"command": notes_command(tmp_path / "n.jsonl")}})
+    argv = [
+        sys.executable, "-m", "agentguard_mcp", "proxy", "--config", str(config),
+        "--http", f"127.0.0.1:{port}", "--resource", resource, "--issuer", idp.issuer,
+    ]  # fmt: skip
+    token = await idp.user_token("bob")
+    process = await anyio.open_process(argv)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"listening on" not in seen:
+                seen += await process.stderr.receive()
+            async with httpx2.AsyncClient() as http:
+                metadata = await http.get(
+                    f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+                )
+                assert metadata.json()["authorization_servers"] == [idp.issuer]
+                nobody = await http.post(resource, json=INIT, headers=MCP_HEADERS)
+                assert nobody.status_code == 401
+                assert "resource_metadata=" in nobody.headers["www-authenticate"]
+                person = await http.post(
+                    resource, json=INIT, headers={**MCP_HEADERS, "authorization": f"Bearer {token}"}
+                )
+                assert person.status_code == 200, person.text
+    finally:
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.aclose()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resource", "http://127.0.0.1:1/mcp"], "go together"),
+        (["--issuer", "http://127.0.0.1:2"], "go together"),
+        (["--resource", "http://mcp.example.com/mcp", "--issuer", "https://idp"], "https"),
+        (["--resource", "https://mcp.example.com/mcp", "--issuer", "http://idp.example"], "https"),
+    ],
+)
+def test_cli_refuses_bad_resource_flags(
+    setup: Setup, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    config = write_config(setup, {"notes": {"command": notes_command(tmp_path / "n.jsonl")}})
+    argv = [sys.executable, "-m", "agentguard_mcp", "proxy", "--config", str(config)]
+    done = subprocess.run(
+        [*argv, "--http", "127.0.0.1:1", *flags], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    stdio = subprocess.run(
+        [*argv, "--resource", "https://m.example/mcp", "--issuer", "https://i.example"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stdio.returncode == 2
+    assert "need --http" in stdio.stderr
