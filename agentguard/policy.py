@@ -8,11 +8,14 @@ for YAML, its line: ``agentguard.yaml:12: limits.max_link_ttl: invalid duration`
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -37,6 +40,7 @@ from agentguard.errors import (
 )
 from agentguard.keys import (
     KEY_FILE_LIMIT,
+    PRINCIPAL_KINDS,
     KeySet,
     Principal,
     TrustedKey,
@@ -52,15 +56,21 @@ __all__ = [
     "ASSURANCE_LEVELS",
     "ApprovalSettings",
     "Approver",
+    "FederationKey",
+    "FederationProvider",
+    "FederationRule",
+    "IdTemplate",
     "Limits",
     "Policy",
     "PolicyError",
     "PolicyRule",
     "TrustedRoot",
     "assurance_at_least",
+    "escape_claim_value",
     "load_policy",
     "load_strict_yaml",
     "policy_schema",
+    "templates_may_collide",
 ]
 
 ASSURANCE_LEVELS = ("agent", "local", "authenticated", "signed")
@@ -356,6 +366,310 @@ class Storage(_Strict):
         return seconds
 
 
+# -- federation (issue 16): an identity provider's claims as a root of authority ----
+
+#: Characters a claim value keeps as they are in a principal id; every other
+#: byte of its UTF-8 form (``.`` and ``+`` included) becomes ``+HH``.
+_ID_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@-")
+_TEMPLATE_PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}|([A-Za-z0-9._@+-]+)")
+_CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.-]{0,127}$")
+_ALIAS = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+#: The most characters a principal id's name may hold (after ``kind:``).
+_NAME_LIMIT = 128
+
+
+def escape_claim_value(value: str) -> str:
+    """A claim value written with principal-id characters only, reversibly.
+
+    Letters, digits, ``_``, ``@`` and ``-`` stay; every other byte of the
+    value's UTF-8 form (``.``, ``+``, ``:`` and spaces included) becomes ``+``
+    and two upper-case hex digits, so distinct values stay distinct and no
+    value can add a separator a template uses.
+
+    Raises:
+        ValueError: the value is empty.
+    """
+    if not value:
+        raise ValueError("an empty claim value cannot name a principal")
+    out = []
+    for char in value:
+        if char in _ID_SAFE:
+            out.append(char)
+        else:
+            out.extend(f"+{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+class IdTemplate:
+    """A parsed principal template such as ``user:{alias}.{sub}``.
+
+    One placeholder names the claim whose (escaped) value goes in; ``{alias}``,
+    at most once, is the provider's alias. The name must start with literal
+    text (a letter or digit) or ``{alias}``.
+    """
+
+    __slots__ = ("claim", "kind", "parts", "text")
+
+    def __init__(self, text: str, *, claims: Sequence[str] | None = None) -> None:
+        self.text = text
+        kind, colon, name = text.partition(":")
+        if not colon or kind not in PRINCIPAL_KINDS:
+            raise ValueError(
+                f"template {text!r} must start with a principal kind "
+                f"({', '.join(PRINCIPAL_KINDS)}) and ':'"
+            )
+        self.kind = kind
+        parts: list[tuple[bool, str]] = []
+        pos = 0
+        while pos < len(name):
+            match = _TEMPLATE_PART.match(name, pos)
+            if match is None:
+                raise ValueError(
+                    f"template {text!r}: unexpected {name[pos]!r}; write letters, digits, "
+                    ". _ @ + - and placeholders such as {{alias}} or {{sub}}"
+                )
+            parts.append((True, match[1]) if match[1] else (False, match[2]))
+            pos = match.end()
+        first_hole, first = parts[0] if parts else (False, "")
+        if not (first_hole and first == "alias") and (first_hole or not first[:1].isalnum()):
+            raise ValueError(f"template {text!r}: the name must start with a letter or digit")
+        holes = [value for is_hole, value in parts if is_hole]
+        values = [h for h in holes if h != "alias"]
+        if holes.count("alias") > 1 or len(values) != 1:
+            raise ValueError(
+                f"template {text!r} needs exactly one claim placeholder "
+                "(and {alias} at most once)"
+            )
+        if claims is not None and values[0] not in claims:
+            raise ValueError(
+                f"template {text!r}: placeholder {{{values[0]}}} must be one of "
+                + ", ".join("{" + c + "}" for c in claims)
+            )
+        self.claim = values[0]
+        self.parts = tuple(parts)
+
+    def affixes(self, alias: str) -> tuple[str, str]:
+        """The literal text before and after the claim's value, alias filled in."""
+        before: list[str] = [f"{self.kind}:"]
+        after: list[str] = []
+        seen = False
+        for is_hole, value in self.parts:
+            if is_hole and value != "alias":
+                seen = True
+                continue
+            (after if seen else before).append(alias if is_hole else value)
+        return "".join(before), "".join(after)
+
+    def render(self, alias: str, value: str) -> str:
+        """The principal id for one claim value (escaped).
+
+        Raises:
+            ValueError: the value is empty or the id would be too long.
+        """
+        before, after = self.affixes(alias)
+        principal = before + escape_claim_value(value) + after
+        if len(principal) - len(self.kind) - 1 > _NAME_LIMIT:
+            raise ValueError(
+                f"the {self.claim!r} claim is too long for a principal id "
+                f"(at most {_NAME_LIMIT} characters once escaped)"
+            )
+        return validate_principal_id(principal)
+
+
+def _comparable(a: str, b: str, *, suffix: bool = False) -> bool:
+    if suffix:
+        return a.endswith(b) or b.endswith(a)
+    return a.startswith(b) or b.startswith(a)
+
+
+def templates_may_collide(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Whether ``before + v + after`` of ``a`` and of ``b`` can spell one id.
+
+    Each side is ``(before, after)`` from :meth:`IdTemplate.affixes`. They
+    cannot when the texts before the value differ at a position both have, or
+    the texts after it do; otherwise this answers yes (fail closed).
+    """
+    return _comparable(a[0], b[0]) and _comparable(a[1], b[1], suffix=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class FederationRule(_Strict):
+    """What a token's claims allow: tool rules, under a claim (and scope) condition.
+
+    The rule applies when the token's ``claim`` (a string, or a list of strings)
+    equals or contains ``equals``, and, with ``scope``, when the token's scopes
+    (``scope`` text or ``scp``) include it.
+    """
+
+    claim: str | None = Field(None, description="Claim to test, e.g. groups, roles")
+    equals: str | None = Field(None, description="Value the claim must equal or contain")
+    tools: list[str] = Field(description="Tool patterns the rule allows")
+    where: Any = Field(None, description="Optional argument predicate, as in grants")
+    scope: str | None = Field(None, description="OAuth scope the token must carry")
+    approval: bool = Field(False, description="Calls it allows need step-up approval")
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> list[str]:
+        return _patterns(value)
+
+    @field_validator("claim")
+    @classmethod
+    def _claim(cls, value: str | None) -> str | None:
+        if value is not None and not _CLAIM_NAME.match(value):
+            raise ValueError(f"{value!r} is not a claim name")
+        return value
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError("a scope is one word without spaces")
+        return value
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return compile_predicate(value)
+        except PredicateError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _condition(self) -> FederationRule:
+        if (self.claim is None) != (self.equals is None):
+            raise ValueError("give claim and equals together")
+        if self.claim is None and self.scope is None:
+            raise ValueError("a rule needs a condition: claim and equals, or scope")
+        return self
+
+
+class FederationKey(_Strict):
+    """The key that vouches for derived chains, when it is not the guard's own."""
+
+    id: str = Field(description="Principal id of the federation key, e.g. service:federation")
+    public_key: dict[str, str] | None = Field(None, description="Public OKP/Ed25519 JWK")
+    key_file: str | None = Field(None, description="Path to its public key file")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _principal(value)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> FederationKey:
+        if (self.public_key is None) == (self.key_file is None):
+            raise ValueError("give exactly one of public_key or key_file")
+        return self
+
+
+class FederationProvider(_Strict):
+    """One identity provider whose tokens become delegation chains."""
+
+    issuer: str = Field(description="The issuer URL (https, or http on loopback only)")
+    audience: str = Field(description="The audience tokens must name: the proxy's resource URI")
+    alias: str = Field(description="Short name of this provider in principal ids")
+    subject: str = Field("user:{alias}.{sub}", description="How the person is named")
+    client: str = Field(
+        "agent:{alias}.{client_id}",
+        description="How the OAuth client is named (client_id, or azp when there is none)",
+    )
+    rules: list[FederationRule] = Field(description="What the token's claims allow")
+    key: FederationKey | None = Field(
+        None, description="The key vouching for derived chains (default: the guard's own)"
+    )
+    max_depth: int = Field(0, ge=0, le=3, description="How far a derived chain may be delegated")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        secure = parts.scheme == "https" and bool(host)
+        if not secure and not (parts.scheme == "http" and _is_loopback(host)):
+            raise ValueError("the issuer must be an https URL (http only on a loopback address)")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("the issuer URL has no query, fragment or user part")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name the audience (the proxy's resource URI)")
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not _ALIAS.match(value):
+            raise ValueError("an alias is 1-32 lower-case letters, digits and -")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        IdTemplate(value)
+        return value
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, value: str) -> str:
+        IdTemplate(value, claims=("client_id",))
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, value: list[FederationRule]) -> list[FederationRule]:
+        if not value:
+            raise ValueError("list at least one rule")
+        if len(value) > 64:
+            raise ValueError("at most 64 rules")
+        return value
+
+    def templates(self) -> dict[str, IdTemplate]:
+        """The parsed ``subject`` and ``client`` templates."""
+        return {"subject": IdTemplate(self.subject), "client": IdTemplate(self.client)}
+
+
+def _federation_problems(providers: Sequence[FederationProvider]) -> list[str]:
+    problems = []
+    for field_name in ("issuer", "alias"):
+        seen: dict[str, int] = {}
+        for index, provider in enumerate(providers):
+            value = getattr(provider, field_name)
+            if value in seen:
+                problems.append(
+                    f"federation[{index}].{field_name}: {value!r} is also federation"
+                    f"[{seen[value]}]'s"
+                )
+            seen.setdefault(value, index)
+    named = [
+        (index, role, template.affixes(provider.alias))
+        for index, provider in enumerate(providers)
+        for role, template in provider.templates().items()
+    ]
+    for i, (index_a, role_a, a) in enumerate(named):
+        for index_b, role_b, b in named[i + 1 :]:
+            if templates_may_collide(a, b):
+                problems.append(
+                    f"federation[{index_b}].{role_b}: ids it makes could equal ids of "
+                    f"federation[{index_a}].{role_a} ({a[0]}...{a[1]} and {b[0]}...{b[1]}); "
+                    "give each provider its own text before the claim"
+                )
+    return problems
+
+
 class Policy(_Strict):
     """The whole ``agentguard.yaml``."""
 
@@ -373,11 +687,29 @@ class Policy(_Strict):
     #: The keys every process of this guard trusts for its signed heads and
     #: attested receipts (empty: only the process's own key).
     guard_keys: list[GuardKey] = Field(default_factory=list)
+    #: Identity providers whose bearer tokens become delegation chains (issue 16).
+    federation: list[FederationProvider] = Field(default_factory=list)
 
     @field_validator("guard_id")
     @classmethod
     def _guard(cls, value: str) -> str:
         return _principal(value)
+
+    @model_validator(mode="after")
+    def _federation(self) -> Policy:
+        problems = _federation_problems(self.federation)
+        roots = {root.id for root in self.trusted_roots}
+        for index, provider in enumerate(self.federation):
+            signer = provider.key.id if provider.key is not None else self.guard_id
+            if signer in roots:
+                problems.append(
+                    f"federation[{index}]: its key {signer} is also a trusted root; a "
+                    "federation key is trusted only within the federation rules, so give "
+                    "it an id of its own"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     #: Directory relative key files are resolved against (set by load_policy).
     base_dir: str | None = Field(None, exclude=True)
