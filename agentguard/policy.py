@@ -758,8 +758,15 @@ class Policy(_Strict):
         Raises:
             ConfigError: a listed key is missing or malformed.
         """
-        if not self.guard_keys:
-            return KeySet([TrustedKey(own)])
+        listed = self.listed_guard_keys()
+        return KeySet(listed if listed else [TrustedKey(own)])
+
+    def listed_guard_keys(self) -> list[TrustedKey]:
+        """The ``guard_keys`` entries, loaded, in order (empty when none are listed).
+
+        Raises:
+            ConfigError: a listed key is missing or malformed.
+        """
         keys = []
         for index, entry in enumerate(self.guard_keys):
             try:
@@ -771,7 +778,7 @@ class Policy(_Strict):
             except (OSError, ValueError, IdentityError) as exc:
                 raise ConfigError(f"guard_keys[{index}]: cannot load key: {exc}") from exc
             keys.append(TrustedKey(principal, *entry.window()))
-        return KeySet(keys)
+        return keys
 
     def approver(self, principal_id: str) -> Approver | None:
         """The approver entry for ``principal_id``, if listed."""
