@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup, TyperOption
 
 from agentguard import __version__
-from agentguard.cli import approvals, audit, db, grants, identity, policy
+from agentguard.cli import approvals, audit, db, grants, identity, keys, policy
 from agentguard.cli._common import (
     EXIT_DENIED,
     EXIT_ERROR,
@@ -58,6 +58,7 @@ _CORE = frozenset(
         "approvals",
         "demo",
         "db",
+        "keys",
     }
 )
 
@@ -209,6 +210,7 @@ app.add_typer(audit.app, name="audit", no_args_is_help=True)
 app.add_typer(approvals.app, name="approvals", no_args_is_help=True)
 app.command("demo")(demo_command)
 app.add_typer(db.app, name="db", no_args_is_help=True)
+app.add_typer(keys.app, name="keys", no_args_is_help=True)
 
 
 def plugin_commands(plugins: Iterable[EntryPoint] | None = None) -> list[tuple[str, Any]]:
