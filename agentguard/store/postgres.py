@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -62,6 +63,14 @@ SCHEMA_VERSION = 1
 #: Seconds a call waits for a connection (or a statement) before it is refused.
 DEFAULT_TIMEOUT_S = 5.0
 _PURGE_EVERY = 512
+#: How many times a transaction the server rolled back for a serialization failure
+#: or a deadlock is tried again before the call is refused.
+SERIALIZATION_RETRIES = 6
+_RETRYABLE = frozenset({"40001", "40P01"})
+# The isolation every statement here is written for (row locks, ON CONFLICT, conditional
+# UPDATE), whatever the database's default_transaction_isolation says: under a stricter
+# default, replicas opening the store together failed on the schema check.
+_ISOLATION = "SET default_transaction_isolation = 'read committed'"
 #: The NOTIFY channel on which an answered approval request's id is announced.
 APPROVAL_CHANNEL = "agentguard_approval"
 # How often the listener thread looks up from its connection (to notice close()).
@@ -229,6 +238,8 @@ class PostgresStore:
         self._closed = False
         self._consumed = 0
         self._count_lock = threading.Lock()
+        #: How many transactions were tried again after a serialization failure or deadlock.
+        self.retries = 0
         #: How many answer notifications this process's listener has received.
         self.notifications = 0
         self._waiters: dict[str, set[threading.Event]] = {}
@@ -262,6 +273,7 @@ class PostgresStore:
         def configure(conn: psycopg.Connection[Any]) -> None:
             conn.execute(f"SET statement_timeout = {statement_ms}")
             conn.execute(f"SET lock_timeout = {statement_ms}")
+            conn.execute(_ISOLATION)
             conn.commit()
 
         self._pool: ConnectionPool[Any] = ConnectionPool(
@@ -297,6 +309,11 @@ class PostgresStore:
             cause = "the server refused the user name or password in the storage URL"
         elif sqlstate == "3D000" or ("database" in lowered and "does not exist" in lowered):
             cause = "the database in the storage URL does not exist; create it first"
+        elif sqlstate in _RETRYABLE:
+            cause = (
+                "the transaction kept colliding with concurrent ones (serialization failure "
+                f"or deadlock, retried {SERIALIZATION_RETRIES} times)"
+            )
         elif sqlstate in ("57014", "55P03"):
             cause = f"the database did not answer within {self.timeout:g} s (storage timeout)"
         elif type(exc).__name__ == "PoolTimeout" or isinstance(exc, psycopg.OperationalError):
@@ -320,6 +337,8 @@ class PostgresStore:
         psycopg = self._psycopg
         try:
             conn = psycopg.connect(self._url, connect_timeout=max(1, int(self.timeout)))
+            conn.execute(_ISOLATION)
+            conn.commit()
         except psycopg.Error as exc:
             raise self._explain(exc, "open") from exc
         try:
@@ -397,8 +416,22 @@ class PostgresStore:
             raise
 
     def _run(self, action: str, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
-        with self._tx(action) as conn:
-            return fn(conn)
+        """``fn`` in one transaction; a serialization failure or deadlock (the server rolled
+        the transaction back) is retried up to :data:`SERIALIZATION_RETRIES` times."""
+        attempt = 0
+        while True:
+            try:
+                with self._tx(action) as conn:
+                    return fn(conn)
+            except StoreError as exc:
+                cause = getattr(exc.__cause__, "sqlstate", None)
+                if cause not in _RETRYABLE or attempt >= SERIALIZATION_RETRIES:
+                    raise
+            attempt += 1
+            with self._count_lock:
+                self.retries += 1
+            # Jittered backoff, so the transactions that collided do not collide again.
+            time.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter, not a secret
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
