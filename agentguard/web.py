@@ -17,6 +17,7 @@ Starlette and Uvicorn are imported only when an app is built, so
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import html
@@ -27,7 +28,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
-from agentguard.keys import validate_principal_id
+from agentguard.keys import read_trusted_file, validate_principal_id
 from agentguard.tokens import args_digest
 
 if TYPE_CHECKING:
@@ -226,19 +228,56 @@ class _Sessions:
 
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#1f2328}
-h1{font-size:1.4rem}.req{border:1px solid #d0d7de;border-radius:6px;padding:1rem;margin:1rem 0}
-.req h2{font-size:1.1rem;margin:0 0 .5rem}dl{display:grid;grid-template-columns:10rem 1fr;gap:.2rem}
-dt{color:#59636e}dd{margin:0}pre{background:#f6f8fa;padding:.5rem;overflow:auto}
-form{display:inline-block;margin:.3rem .5rem .3rem 0;vertical-align:top}
-textarea{width:28rem;height:6rem;font-family:monospace}
+*{box-sizing:border-box}
+body{font-family:system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:60rem;color:#1f2328;
+line-height:1.45}
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin:0 0 .3rem}h3{font-size:1rem;margin:1rem 0 .3rem}
+.req{border:1px solid #d0d7de;border-radius:8px;padding:1rem;margin:1rem 0}
+.req.expired{opacity:.6}
+code{overflow-wrap:anywhere}table{border-collapse:collapse;max-width:100%}
+th,td{padding:.15rem .5rem .15rem 0;vertical-align:top;overflow-wrap:anywhere}
+pre{background:#f6f8fa;padding:.5rem;overflow:auto;max-width:100%}
+.deadline{color:#59636e;margin:0 0 .5rem}
+.chain{margin:.2rem 0;padding-left:1.5rem}.chain li{overflow-wrap:anywhere}
+.answers{display:flex;flex-wrap:wrap;gap:1rem;margin-top:1rem}
+.answers form{flex:1 1 16rem;display:flex;flex-direction:column;gap:.4rem}
+label{display:flex;flex-direction:column;gap:.2rem;font-size:.9rem}
+input,textarea{font:inherit;padding:.45rem;border:1px solid #8c959f;border-radius:6px;
+width:100%}
+textarea{min-height:8rem;font-family:monospace}
+button{font:inherit;font-weight:600;padding:.6rem 1rem;border-radius:6px;cursor:pointer;
+border:1px solid #8c959f;background:#f6f8fa;color:#1f2328}
+button.primary{background:#1f883d;border-color:#1a7f37;color:#fff}
+button.danger{background:#cf222e;border-color:#a40e26;color:#fff}
+button:focus-visible,input:focus-visible,textarea:focus-visible,summary:focus-visible{
+outline:3px solid #0969da;outline-offset:2px}
+.cannot{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:.6rem;flex:1 1 100%}
 .flash{padding:.6rem;border-radius:6px;margin:.5rem 0}.ok{background:#dafbe1}
-.error{background:#ffebe9}.who{float:right}
+.error{background:#ffebe9}
+header{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:center;gap:.5rem}
+header form{display:flex;gap:.5rem;align-items:center}
+.login{display:flex;flex-direction:column;gap:.6rem;max-width:30rem}
 """
 
+#: Counts the deadlines down once a second, from the seconds left when the page was
+#: made (the server's clock, so a wrong clock in the browser does not matter). The page
+#: works without it: every deadline is also printed as a time.
+_COUNTDOWN = (
+    "(function(){var t0=Date.now();"
+    "function fmt(s){var d=Math.floor(s/86400),h=Math.floor(s%86400/3600),"
+    "m=Math.floor(s%3600/60),r=s%60,p=[];if(d)p.push(d+'d');if(h)p.push(h+'h');"
+    "if(m)p.push(m+'m');if(r||!p.length)p.push(r+'s');return p.slice(0,2).join(' ');}"
+    "function tick(){document.querySelectorAll('time.countdown').forEach(function(el){"
+    "var left=Math.round(Number(el.dataset.left)-(Date.now()-t0)/1000);"
+    "if(left>0){el.textContent=fmt(left);}else{el.textContent='no time';"
+    "var s=el.closest('section');if(s){s.classList.add('expired');}}});}"
+    "tick();setInterval(tick,1000);})();"
+)
+_COUNTDOWN_HASH = base64.b64encode(hashlib.sha256(_COUNTDOWN.encode()).digest()).decode()
+
 _CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_COUNTDOWN_HASH}'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 
@@ -250,79 +289,399 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _request_html(request: ApprovalRequest, csrf: str, now: float) -> str:
+#: Where :func:`request_html`'s claims part begins (every value in it is escaped,
+#: so the marker cannot come from an argument).
+_CLAIMS_MARK = ' class="agentguard-claims"'
+
+
+def _split_request_html(request: ApprovalRequest) -> tuple[str, str]:
+    """The shared renderer's arguments part and its claims part (who states what)."""
+    fragment = request_html(request)
+    mark = fragment.find(_CLAIMS_MARK)
+    start = fragment.rfind("<", 0, mark) if mark >= 0 else -1
+    if start < 0:  # another shape: show it whole, in the first place
+        return fragment, ""
+    return fragment[:start], fragment[start:]
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """Which answers from the logged-in approver would count, and why not otherwise."""
+
+    approve: str | None  # None: an approval would count; else why it would not
+    deny: str | None
+
+
+def _offer(book: ApprovalBook, request: ApprovalRequest, approver: str) -> _Offer:
+    """Ask the book, as it will when the answer comes: only answers that count are offered."""
+
+    def why_not(approving: bool) -> str | None:
+        try:
+            book.check_answerer(
+                request.id, approver=approver, assurance=WEB_ASSURANCE, approving=approving
+            )
+        except DeniedError as exc:
+            return exc.explanation
+        except AgentGuardError as exc:  # cannot tell (the store did not answer): offer nothing
+            return f"cannot tell whether this answer would count ({type(exc).__name__})"
+        return None
+
+    return _Offer(approve=why_not(True), deny=why_not(False))
+
+
+def _request_html(request: ApprovalRequest, csrf: str, now: float, offer: _Offer) -> str:
     rid = _e(request.id)
     # The edit box holds the arguments as JSON (ASCII escapes for anything else).
     args = json.dumps(request.args_display, indent=2, sort_keys=True, default=str)
     view = request.view()
-    left = request.deadline - now
-    rows = [
-        ("Requester", view.requester),
-        ("Delegation path", " \u2192 ".join(view.path)),
-        ("Required by", "; ".join(view.rules)),
-        ("Minimum assurance", request.min_assurance),
-        ("Deadline", f"{_when(request.deadline)} (in {format_duration(left)})"),
-    ]
-    details = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
+    left = max(0, round(request.deadline - now))
+    arguments, claims = _split_request_html(request)
+    chain = "".join(
+        f"<li><code>{_e(p)}</code>{' <small>(asks)</small>' if i == len(view.path) - 1 else ''}"
+        "</li>"
+        for i, p in enumerate(view.path)
+    )
     hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
-    return f"""
-<section class="req" id="req-{rid}" data-request-id="{rid}">
-<h2><code class="tool">{_e(view.tool)}</code> <small>{rid}</small></h2>
-<dl>{details}</dl>
-{request_html(request)}
-<form class="approve" method="post" action="/requests/{rid}/approve">{hidden}
-<input name="message" placeholder="note (optional)" maxlength="500">
-<button type="submit">Approve</button></form>
-<form class="deny" method="post" action="/requests/{rid}/deny">{hidden}
-<input name="message" placeholder="reason sent back to the caller" maxlength="500">
-<button type="submit">Deny</button></form>
+    forms = []
+    if offer.approve is None:
+        forms.append(
+            f'<form class="approve" method="post" action="/requests/{rid}/approve">{hidden}'
+            f'<label for="approve-msg-{rid}">Note (optional)</label>'
+            f'<input id="approve-msg-{rid}" name="message" maxlength="500">'
+            '<button type="submit" class="primary">Approve</button></form>'
+        )
+    if offer.deny is None:
+        forms.append(
+            f'<form class="deny" method="post" action="/requests/{rid}/deny">{hidden}'
+            f'<label for="deny-msg-{rid}">Reason (sent back to the caller)</label>'
+            f'<input id="deny-msg-{rid}" name="message" maxlength="500">'
+            '<button type="submit" class="danger">Deny</button></form>'
+        )
+    reasons = dict.fromkeys(r for r in (offer.approve, offer.deny) if r is not None)
+    for reason in reasons:
+        which = (
+            "An approval or a denial"
+            if offer.approve == offer.deny
+            else ("An approval" if reason == offer.approve else "A denial")
+        )
+        forms.append(
+            f'<p class="cannot" role="note">{which} from you on this page would not count: '
+            f"{_e(reason)}</p>"
+        )
+    edit = ""
+    if offer.approve is None:
+        edit = f"""
 <details><summary>Edit arguments and approve</summary>
 <form class="edit" method="post" action="/requests/{rid}/edit">{hidden}
-<div><textarea name="args">{_e(args)}</textarea></div>
-<div><small>The edited JSON object replaces the call's arguments entirely (redacted values
-must be given again); the guard re-checks the call with them.</small></div>
-<input name="message" placeholder="note (optional)" maxlength="500">
-<button type="submit">Approve edited call</button></form></details>
+<label for="edit-args-{rid}">Arguments (JSON object)</label>
+<textarea id="edit-args-{rid}" name="args">{_e(args)}</textarea>
+<small>The edited JSON object replaces the call's arguments entirely (redacted values
+must be given again); the guard re-checks the call with them.</small>
+<label for="edit-msg-{rid}">Note (optional)</label>
+<input id="edit-msg-{rid}" name="message" maxlength="500">
+<button type="submit" class="primary">Approve edited call</button></form></details>"""
+    return f"""
+<section class="req" id="req-{rid}" data-request-id="{rid}" aria-labelledby="title-{rid}">
+<h2 id="title-{rid}">Call <code class="tool">{_e(view.tool)}</code></h2>
+<p class="deadline">Answer within <time class="countdown" data-left="{left}"
+datetime="{_e(datetime.fromtimestamp(request.deadline, tz=UTC).isoformat())}">\
+{_e(format_duration(left))}</time> (by {_e(_when(request.deadline))}) &middot;
+request <code>{rid}</code></p>
+<div class="call">{arguments}</div>
+<h3>Who asks, for whom</h3>
+<p class="requester"><code>{_e(view.requester)}</code> asks, delegated by (root first):</p>
+<ol class="chain">{chain}</ol>
+<div class="claims">{claims}</div>
+<p class="rules">Approval required by {_e("; ".join(view.rules))}
+(minimum assurance <code>{_e(request.min_assurance)}</code>; this page carries
+<code>{WEB_ASSURANCE}</code>).</p>
+<div class="answers">{"".join(forms)}</div>{edit}
 </section>"""
 
 
-def _page(title: str, body: str, flashes: list[tuple[str, str]] | None = None) -> str:
+def _page(
+    title: str, body: str, flashes: list[tuple[str, str]] | None = None, *, script: bool = False
+) -> str:
     notes = "".join(
         f'<div class="flash {_e(kind)}" role="status">{_e(text)}</div>'
         for kind, text in flashes or []
     )
+    tail = f"<script>{_COUNTDOWN}</script>" if script else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{notes}{body}</body></html>"
+        f"<body><main>{notes}{body}</main>{tail}</body></html>"
     )
 
 
+#: What an answer given on the page carries: a human who logged in with their own token.
+WEB_ASSURANCE = "authenticated"
+
+#: Host names the page answers to unless told more: loopback.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 - names, not a bind
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``(name, port)`` of a ``Host`` header value, or ``None`` when it is not one."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text: str | None = rest[1:] if rest else None
+    else:
+        name, sep, after = value.partition(":")
+        port_text = after if sep else None
+    if not name or any(c in name for c in "/\\@?# \t[]"):
+        return None
+    if port_text is None:
+        return name, None
+    if not (port_text.isascii() and port_text.isdigit() and 0 < len(port_text) <= 5):
+        return None
+    return name, int(port_text)
+
+
+def _host_name(name: str) -> str:
+    """An allow-list entry as the ``Host`` check compares it (lower case, no brackets)."""
+    return name.strip().lower().removeprefix("[").removesuffix("]")
+
+
+def _allowed_host(name: str) -> str:
+    """An allow-list entry checked: a host name or an IP address, without a port.
+
+    Raises:
+        ConfigError: it is neither.
+    """
+    entry = _host_name(name)
+    if ":" in entry:
+        try:
+            ipaddress.IPv6Address(entry)
+        except ValueError:
+            entry = ""
+    if not entry or _split_host(f"[{entry}]" if ":" in entry else entry) is None:
+        raise ConfigError(
+            f"not a host name for the approval page: {name!r} (a name or address, no port)"
+        )
+    return entry
+
+
+def _same_origin(url: str, host: str) -> bool:
+    """Whether ``url`` (an ``Origin`` or ``Referer``) names the origin ``host`` was sent to."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or parts.hostname is None or parts.username is not None:
+        return False
+    target = _split_host(host)
+    if target is None:
+        return False
+    default = _DEFAULT_PORTS[scheme]
+    return parts.hostname == target[0] and (port or default) == (target[1] or default)
+
+
+def _refusal(
+    request_headers: list[tuple[bytes, bytes]], hosts: frozenset[str], method: str
+) -> str | None:
+    """Why a request must be refused before any route sees it, or ``None``.
+
+    Every request needs exactly one ``Host`` the page answers to (a page on
+    loopback is reachable from any website through DNS rebinding, whose
+    requests carry the attacker's host name). A request that may change state
+    (anything but GET and HEAD) must come from the page itself: its ``Origin``
+    must be the page's; without an ``Origin``, ``Sec-Fetch-Site`` must say
+    ``same-origin``; without either, the ``Referer`` must be on the page. When
+    none of them tells, it is refused (cannot tell is no).
+    """
+    headers: dict[bytes, list[str]] = {}
+    for key, value in request_headers:
+        headers.setdefault(key.lower(), []).append(value.decode("latin-1"))
+    host_values = headers.get(b"host", [])
+    if len(host_values) != 1:
+        return "a request needs exactly one Host header"
+    target = _split_host(host_values[0])
+    if target is None or target[0] not in hosts:
+        return (
+            "this page does not answer to that host name (allowed: loopback names and "
+            "those given with --allow-host)"
+        )
+    if method in ("GET", "HEAD"):
+        return None
+    host = host_values[0]
+    for name, check in (
+        (b"origin", lambda v: _same_origin(v, host)),
+        (b"sec-fetch-site", lambda v: v.strip().lower() == "same-origin"),
+        (b"referer", lambda v: _same_origin(v, host)),
+    ):
+        values = headers.get(name)
+        if values is not None:
+            if len(values) == 1 and check(values[0]):
+                return None
+            return f"the {name.decode().title()} header says this form was sent from another site"
+    return "cannot tell which site sent this form (no Origin, Sec-Fetch-Site or Referer)"
+
+
+class _Gate:
+    """ASGI wrapper: the ``Host`` allow-list and the same-origin check (:func:`_refusal`)."""
+
+    def __init__(self, app: Any, hosts: frozenset[str]) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            why = _refusal(list(scope.get("headers") or []), self.hosts, scope.get("method", "GET"))
+            if why is not None:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                log.warning(
+                    "agentguard web: refused %s %s: %s", scope.get("method"), scope.get("path"), why
+                )
+                body = _page("Refused", f"<p>Refused: {_e(why)}.</p>").encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [
+                            (b"content-type", b"text/html; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"content-security-policy", _CSP.encode()),
+                            (b"x-frame-options", b"DENY"),
+                            (b"x-content-type-options", b"nosniff"),
+                            (b"cache-control", b"no-store"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+class _Books:
+    """The approval book answers go to, rebuilt from the policy file when it changes.
+
+    The file is read on every request (it is small) and compared by SHA-256, so
+    an approver added or removed counts from the next request on, without a
+    restart. A policy that no longer loads refuses every answer until it is
+    fixed: the page never answers with an old policy after a change.
+    """
+
+    def __init__(self, book: ApprovalBook, policy_file: str | Path | None) -> None:
+        self._book = book
+        self._base = book.policy
+        self.path = None if policy_file is None else Path(policy_file)
+        self._digest: str | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> ApprovalBook:
+        """The book over the policy file as it is now.
+
+        Raises:
+            ConfigError: the policy file cannot be read or does not validate, or
+                changed what only a restart can apply (``guard_id``, ``storage``).
+        """
+        if self.path is None:
+            return self._book
+        from agentguard.policy import POLICY_FILE_LIMIT, load_policy
+
+        with self._lock:
+            try:
+                data = read_trusted_file(self.path, limit=POLICY_FILE_LIMIT)
+            except (OSError, ValueError) as exc:
+                self._digest = None
+                raise ConfigError(f"cannot read policy {self.path}: {exc}") from exc
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != self._digest:
+                self._digest = digest
+                try:
+                    policy = load_policy(self.path)
+                    if (
+                        policy.guard_id != self._base.guard_id
+                        or policy.storage != self._base.storage
+                    ):
+                        raise ConfigError(
+                            f"{self.path} changed guard_id or storage, which apply only at start; "
+                            "restart 'agentguard approvals serve'"
+                        )
+                    self._book = ApprovalBook(
+                        self._book.store,
+                        policy=policy,
+                        guard_identity=self._book.guard_identity,
+                        clock=self._book.clock,
+                        keyring=self._book.keyring,
+                    )
+                except ConfigError as exc:
+                    self._error = str(exc)
+                    log.error("agentguard web: policy not reloaded, answers refused: %s", exc)
+                else:
+                    if self._error is not None:
+                        log.warning("agentguard web: policy %s loads again", self.path)
+                    self._error = None
+            if self._error is not None:
+                raise ConfigError(self._error)
+            return self._book
+
+
 def create_app(
-    book: ApprovalBook, tokens: ApproverTokens, *, session_ttl: float = SESSION_TTL
+    book: ApprovalBook,
+    tokens: ApproverTokens,
+    *,
+    session_ttl: float = SESSION_TTL,
+    allowed_hosts: Iterable[str] = (),
+    policy_file: str | Path | None = None,
 ) -> Starlette:
     """The approval web app over ``book``, authenticating approvers with ``tokens``.
 
     Routes: ``GET /`` (pending requests), ``GET|POST /login``, ``POST /logout``,
     ``POST /requests/{id}/approve|deny|edit``. Every POST needs the session's
-    CSRF token (403 otherwise).
+    CSRF token and must come from the page itself (``Origin``; 403 otherwise).
+    Every request must name a host the page answers to: the loopback names
+    and ``allowed_hosts`` (403 otherwise). The page offers only the answers the
+    book would accept from the logged-in approver, and says why not otherwise.
+
+    Args:
+        book: where answers are recorded.
+        tokens: the approvers' login tokens.
+        session_ttl: how long a session lives, in seconds.
+        allowed_hosts: host names (besides loopback) the page answers to, as the
+            browser's address bar names it, e.g. ``approvals.example.com``.
+        policy_file: the policy ``book`` was built from; read again on every
+            request, so changes count without a restart (a policy that no
+            longer loads refuses every answer until it is fixed).
 
     Raises:
-        ConfigError: the ``web`` extra is not installed.
+        ConfigError: the ``web`` extra is not installed, or an allowed host is empty.
     """
     _require_web()
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.responses import HTMLResponse, RedirectResponse
     from starlette.routing import Route
 
+    hosts = {_host_name(h) for h in LOOPBACK_HOSTS}
+    for name in allowed_hosts:
+        hosts.add(_allowed_host(name))
     sessions = _Sessions(session_ttl)
+    books = _Books(book, policy_file)
 
     def secure(response: Response) -> Response:
         response.headers["Content-Security-Policy"] = _CSP
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: a browser then sends the page's own Origin with
+        # its forms (with no-referrer it sends "Origin: null", which is refused).
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -338,12 +697,18 @@ def create_app(
         )
 
     def html_page(
-        title: str, body: str, session: _Session | None, status_code: int = 200
+        title: str,
+        body: str,
+        session: _Session | None,
+        status_code: int = 200,
+        *,
+        script: bool = False,
     ) -> Response:
         flashes = []
         if session is not None:
             flashes, session.flashes = session.flashes, []
-        return secure(HTMLResponse(_page(title, body, flashes), status_code=status_code))
+        page = _page(title, body, flashes, script=script)
+        return secure(HTMLResponse(page, status_code=status_code))
 
     def forbidden(text: str) -> Response:
         return secure(HTMLResponse(_page("Forbidden", f"<p>{_e(text)}</p>"), status_code=403))
@@ -377,10 +742,22 @@ def create_app(
 
     def login_form(csrf: str) -> str:
         return (
-            "<h1>agentguard approvals</h1><form method='post' action='/login' class='login'>"
+            "<h1>Log in to answer approval requests</h1>"
+            "<form method='post' action='/login' class='login'>"
             f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
-            '<label>Approver token <input type="password" name="token" autocomplete="off" '
-            'required autofocus></label> <button type="submit">Log in</button></form>'
+            '<label for="token">Approver token</label>'
+            '<input id="token" type="password" name="token" autocomplete="off" required '
+            'autofocus aria-describedby="where">'
+            '<button type="submit" class="primary">Log in</button></form>'
+            '<div id="where"><h2>Where access comes from</h2>'
+            "<p>Each approver logs in with their own token. Whoever administers agentguard "
+            "issues it on the machine that holds its state directory:</p>"
+            "<pre><code>agentguard approvals token --for user:YOU</code></pre>"
+            "<p>The token is shown once; issuing a new one revokes the old one and ends its "
+            "sessions. Your answers count only where the policy (<code>approvers:</code> in "
+            "agentguard.yaml) lists you for the tool and the page's assurance "
+            f"(<code>{WEB_ASSURANCE}</code>) is enough for the request; the page says so "
+            "when it is not.</p></div>"
         )
 
     async def login_get(request: Request) -> Response:
@@ -428,18 +805,38 @@ def create_app(
         session = await live(sessions.get(request.cookies.get(SESSION_COOKIE)))
         if session is None or session.approver is None:
             return redirect("/login")
-        pending = await run_in_threadpool(book.pending)
-        now = book.clock.now()
-        cards = "".join(_request_html(r, session.csrf, now) for r in pending)
-        body = (
-            f'<form class="who" method="post" action="/logout">'
-            f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
-            f"Signed in as <b id='approver'>{_e(session.approver)}</b> "
-            "<button type='submit'>Log out</button></form>"
-            f"<h1>Pending approvals ({len(pending)})</h1>"
-            + (cards or "<p id='none'>Nothing is waiting for an answer.</p>")
-        )
-        return html_page("agentguard approvals", body, session)
+        approver = session.approver
+
+        def header(count: int | None) -> str:
+            title = "Pending approvals" + ("" if count is None else f" ({count})")
+            return (
+                f"<header><h1>{title}</h1>"
+                f'<form class="who" method="post" action="/logout">'
+                f'<input type="hidden" name="csrf" value="{_e(session.csrf)}">'
+                f"<span>Signed in as <b id='approver'>{_e(approver)}</b></span>"
+                "<button type='submit'>Log out</button></form></header>"
+            )
+
+        def cards() -> tuple[int, str]:
+            current = books.current()
+            pending = current.pending()
+            now = current.clock.now()
+            shown = "".join(
+                _request_html(r, session.csrf, now, _offer(current, r, approver)) for r in pending
+            )
+            return len(pending), shown
+
+        try:
+            count, shown = await run_in_threadpool(cards)
+        except ConfigError as exc:
+            body = header(None) + (
+                '<p class="flash error" id="paused" role="alert">No answer is recorded until '
+                f"the policy loads again: {_e(exc)}. Pending requests keep waiting until their "
+                "deadline.</p>"
+            )
+            return html_page("agentguard approvals", body, session, 503)
+        body = header(count) + (shown or "<p id='none'>Nothing is waiting for an answer.</p>")
+        return html_page("agentguard approvals", body, session, script=bool(count))
 
     async def answer(request: Request) -> Response:
         action = str(request.path_params["action"])
@@ -472,12 +869,12 @@ def create_app(
         approver = session.approver
         try:
             await run_in_threadpool(
-                lambda: book.answer(
+                lambda: books.current().answer(
                     request_id,
                     approver=approver,
                     approve=action != "deny",
                     channel="web",
-                    assurance="authenticated",
+                    assurance=WEB_ASSURANCE,
                     message=message,
                     edited_args=edited,
                 )
@@ -501,7 +898,7 @@ def create_app(
         Route("/logout", logout, methods=["POST"]),
         Route("/requests/{request_id}/{action:str}", answer, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(_Gate, hosts=frozenset(hosts))])
     app.state.sessions = sessions
     return app
 
@@ -522,21 +919,34 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     log_level: str = "info",
+    allowed_hosts: Iterable[str] = (),
+    policy_file: str | Path | None = None,
 ) -> None:
     """Run the approval page with Uvicorn until interrupted (loopback by default).
 
+    The page answers to the loopback names, ``host`` (unless it is a wildcard
+    such as ``0.0.0.0``) and ``allowed_hosts``; see :func:`create_app`.
+
     Raises:
-        ConfigError: the ``web`` extra is not installed.
+        ConfigError: the ``web`` extra is not installed, or an allowed host is empty.
     """
     _require_web()
     import uvicorn
 
+    names = list(allowed_hosts)
+    if host.strip() not in _WILDCARD_HOSTS:
+        names.append(host)
+    elif not allowed_hosts:
+        log.warning(
+            "agentguard web: listening on every interface but answering only to loopback "
+            "names; name the host browsers use with --allow-host"
+        )
     if not _is_loopback(host):
         log.warning(
             "agentguard web: serving approvals on %s over plain HTTP; put TLS in front of it", host
         )
     uvicorn.run(
-        create_app(book, tokens),
+        create_app(book, tokens, allowed_hosts=names, policy_file=policy_file),
         host=host,
         port=port,
         log_level=log_level,

@@ -41,6 +41,7 @@ FUZZ = settings(
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 STEP_UP = [{"tools": ["tickets/comment"], "min_assurance": "authenticated"}]
 ACTIONS = ("approve", "deny", "edit")
+BASE = "http://127.0.0.1:8780"  # a host the page answers to, and its own Origin
 
 
 @dataclass
@@ -102,13 +103,17 @@ def page(tmp_path: Path) -> Page:
     tokens = ApproverTokens(tmp_path / "tokens.json")
     token = tokens.issue("user:carol")
     app = create_app(guard.approvals, tokens)
-    logged = TestClient(app, raise_server_exceptions=False)
+    logged = TestClient(app, raise_server_exceptions=False, base_url=BASE, headers={"Origin": BASE})
     login_csrf = _csrf(logged.get("/login").text)
     logged.post("/login", data={"csrf": login_csrf, "token": token})
     logged_csrf = _csrf(logged.get("/").text)
-    visitor = TestClient(app, raise_server_exceptions=False)
+    visitor = TestClient(
+        app, raise_server_exceptions=False, base_url=BASE, headers={"Origin": BASE}
+    )
     visitor_csrf = _csrf(visitor.get("/login").text)
-    anonymous = TestClient(app, raise_server_exceptions=False)
+    anonymous = TestClient(
+        app, raise_server_exceptions=False, base_url=BASE, headers={"Origin": BASE}
+    )
     return Page(world, guard, token, logged, logged_csrf, visitor, visitor_csrf, anonymous)
 
 
@@ -243,7 +248,9 @@ def test_login_form(
     extra: dict[str, str],
 ) -> None:
     """Random logins: never a 500; a session only for carol's token with the session's CSRF."""
-    client = TestClient(page.logged.app, raise_server_exceptions=False)
+    client = TestClient(
+        page.logged.app, raise_server_exceptions=False, base_url=BASE, headers={"Origin": BASE}
+    )
     own = _csrf(client.get("/login").text) if session == "visitor" else None
     csrf = _csrf_value(csrf_kind, own, page, csrf_text)
     token = {
