@@ -156,6 +156,7 @@ class _Keys:
     jwks_uri: str | None = None
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     fetched: float = float("-inf")
+    attempted: float = float("-inf")
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
@@ -239,8 +240,9 @@ class ResourceServer:
         if error is not None:
             parts.append(f'error="{error}"')
         if description is not None:
-            safe = description.replace("\\", "").replace('"', "'")
-            parts.append(f'error_description="{safe}"')
+            # Printable ASCII only, no quote or backslash: nothing can break out of the header.
+            safe = "".join(c for c in description if " " <= c <= "~" and c not in '"\\')
+            parts.append(f'error_description="{safe[:200]}"')
         if scope is not None:
             parts.append(f'scope="{scope}"')
         return "Bearer " + ", ".join(parts)
@@ -320,12 +322,22 @@ class ResourceServer:
         async with state.lock:
             now = time.monotonic()
             stale = now - state.fetched > self.jwks_ttl
-            unknown = kid not in state.keys and now - state.fetched >= self.refetch_interval
+            failed = state.attempted > state.fetched
+            # At most one fetch per interval after a failed one, and at most one per interval
+            # for unknown key ids: made-up kids or a provider that is down cannot cause a
+            # flood of fetches (nor hold every request behind this lock).
+            last = max(state.fetched, state.attempted)
+            if stale and failed and now - last < self.refetch_interval:
+                raise TokenRefused(
+                    "idp_unavailable", "the identity provider could not be reached", status=503
+                )
+            unknown = kid not in state.keys and now - last >= self.refetch_interval
             if stale or unknown:
+                state.attempted = now
                 await self._fetch(provider, state)
             jwk = state.keys.get(kid)
         if jwk is None:
-            raise TokenRefused("unknown_key", f"key {kid!r} is not among the provider's keys")
+            raise TokenRefused("unknown_key", "the token's key is not among the provider's keys")
         return jwk
 
     async def _fetch(self, provider: Provider, state: _Keys) -> None:

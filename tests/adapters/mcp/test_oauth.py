@@ -29,7 +29,8 @@ from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.oauth import Provider, ResourceServer, TokenRefused
 from agentguard_mcp.serve import STATE_FEDERATED, DelegationGate, http_app
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -263,7 +264,31 @@ def _attacks(idp: IdentityProvider) -> dict[str, tuple[str, str]]:
         "no_typ": (idp.forge({}, headers={"typ": "JWT"}), "wrong_token_type"),
         "no_exp": (idp.forge({"exp": None}), "missing_claim"),
         "no_kid": (idp.forge({}, headers={"kid": None}), "unknown_key"),
+        "issuer_not_a_string": (
+            _rs256({"iss": [idp.issuer], "aud": idp.resource, "sub": "a", "exp": t + 300}, idp),
+            "wrong_issuer",
+        ),
+        "oversized": (idp.forge({"pad": "x" * 20_000}), "malformed_token"),
+        "not_base64": ("%%%.@@@.!!!", "malformed_token"),
+        "header_not_an_object": (f"{_b64(b'[1]')}.{_b64(b'{}')}.", "malformed_token"),
+        "alg_does_not_fit_key": (
+            _rs256(
+                {"iss": idp.issuer, "aud": idp.resource, "sub": "a", "exp": t + 300},
+                idp,
+                alg="ES256",
+            ),
+            "algorithm_not_allowed",
+        ),
     }
+
+
+def _rs256(claims: dict[str, Any], idp: IdentityProvider, **header: Any) -> str:
+    """Signed (RS256) by the provider's key by hand: PyJWT will not encode some hostile tokens."""
+    header = {"alg": "RS256", "typ": "at+jwt", "kid": idp.keys[0].kid, **header}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    key = idp.keys[0].private
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64(signature)}"
 
 
 def _hs256_with_public_key(idp: IdentityProvider, public_pem: bytes, t: int) -> str:
@@ -330,10 +355,19 @@ async def test_provider_unreachable_fails_closed(idp: IdentityProvider) -> None:
     """Keys that cannot be fetched refuse the token (503: the provider's fault)."""
     token = await idp.service_token()
     await idp.stop()
-    async with resource_server(idp) as oauth:
-        with pytest.raises(TokenRefused) as refused:
-            await oauth.authenticate(token)
-    assert (refused.value.reason, refused.value.status) == ("idp_unavailable", 503)
+    tried: list[str] = []
+
+    async def count(request: httpx2.Request) -> None:
+        tried.append(request.url.path)
+
+    http = httpx2.AsyncClient(event_hooks={"request": [count]})
+    async with resource_server(idp, refetch_interval=3600, http=http) as oauth:
+        for _ in range(3):
+            with pytest.raises(TokenRefused) as refused:
+                await oauth.authenticate(token)
+            assert (refused.value.reason, refused.value.status) == ("idp_unavailable", 503)
+    # Tried once; the next requests within the interval are refused without waiting on it.
+    assert tried == ["/.well-known/openid-configuration"]
 
 
 class _Memory:
@@ -489,3 +523,30 @@ def test_cli_refuses_bad_resource_flags(
     )
     assert stdio.returncode == 2
     assert "need --http" in stdio.stderr
+
+
+async def test_hostile_header_values_cannot_break_the_challenge(
+    idp: IdentityProvider, port: int
+) -> None:
+    """An ``alg`` or ``kid`` with quotes and line breaks: refused, the challenge stays one line."""
+    evil = 'RS256"\r\nSet-Cookie: stolen=1\r\nX: "'
+    tokens = [
+        _unsigned({"iss": idp.issuer, "sub": "a"}, {"alg": evil, "typ": "at+jwt", "kid": "k"}),
+        idp.forge({}, headers={"kid": evil}),
+    ]
+    async with (
+        resource_server(idp) as oauth,
+        serve_on(port, DelegationGate(Recorder(), proxy=None, oauth=oauth)) as base,  # type: ignore[arg-type]
+        httpx2.AsyncClient() as http,
+    ):
+        with anyio.fail_after(30):
+            for token in tokens:
+                reply = await http.post(
+                    f"{base}/mcp", json=INIT, headers={"authorization": f"Bearer {token}"}
+                )
+                assert reply.status_code == 401
+                assert "set-cookie" not in reply.headers
+                challenge = reply.headers["www-authenticate"]
+                assert "\r" not in challenge
+                assert "\n" not in challenge
+                assert challenge.count('"') % 2 == 0
