@@ -376,21 +376,31 @@ def _replica(target: str, files: dict[str, Any], commands: Any, out: Any) -> Non
             else:
                 out.put("allow")
         else:
-            guard.revoke("principal", "agent:bot", reason="compromised")
+            _, kind, value = command.split(" ", 2)
+            guard.revoke(kind, value, reason="compromised")
             out.put("revoked")
     store.close()
 
 
-@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+@pytest.mark.parametrize(
+    ("backend", "kind"),
+    [("postgres", "principal"), ("postgres", "link"), ("postgres", "key"), ("sqlite", "principal")],
+)
 def test_a_revocation_in_one_process_stops_the_next_call_in_every_other(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str, kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Each guard checks revocations in the store on every call (its link cache only holds
-    verified signatures), so another process's revoke needs no cache invalidation."""
+    """Each guard checks revocations in the store on every call: its caches (verified
+    link signatures, verified chains) never answer for revocation, so another process's
+    revoke needs no invalidation. Every replica's caches are warm when the revoke lands."""
     target = (
         request.getfixturevalue("pg_url") if backend == "postgres" else str(tmp_path / "state.db")
     )
-    _, files = _world_files(tmp_path)
+    world, files = _world_files(tmp_path)
+    revoked = {
+        "principal": "agent:bot",
+        "link": world.delegation.leaf.link_id,
+        "key": world.bot.principal.kid,
+    }[kind]
     context = multiprocessing.get_context("spawn")
     channels = [(context.Queue(), context.Queue()) for _ in range(WORKERS)]
     workers = [
@@ -412,7 +422,8 @@ def test_a_revocation_in_one_process_stops_the_next_call_in_every_other(
         assert [channels[i][1].get(timeout=120) for i in range(WORKERS)] == ["ready"] * WORKERS
         # Every replica allows the call first (and caches the chain's signatures).
         assert [ask(i, "call") for i in range(WORKERS)] == ["allow"] * WORKERS
-        assert ask(0, "revoke") == "revoked"
+        assert [ask(i, "call") for i in range(WORKERS)] == ["allow"] * WORKERS  # cache hits
+        assert ask(0, f"revoke {kind} {revoked}") == "revoked"
         # Every call that starts after revoke returned is refused, in every replica.
         assert [ask(i, "call") for i in range(WORKERS)] == ["revoked"] * WORKERS
         for commands, _ in channels:
