@@ -305,6 +305,10 @@ async def test_attack_tokens_are_refused_with_clear_reasons(idp: IdentityProvide
         # A real token verifies first: the refusals below are not a broken set-up.
         real = await oauth.authenticate(await idp.service_token())
         assert real.claims["sub"] == "service-client"
+        # Clock skew within the 30 s leeway is tolerated, on both ends.
+        t = int(time.time())
+        for skewed in ({"exp": t - 10}, {"nbf": t + 10, "iat": t + 10}):
+            assert (await oauth.authenticate(idp.forge(skewed))).claims["sub"] == "alice"
         for name, (token, reason) in _attacks(idp).items():
             with pytest.raises(TokenRefused) as refused:
                 await oauth.authenticate(token)
