@@ -60,6 +60,7 @@ def test_add_list_retire_keep_the_rest_of_the_file(cli: CLI) -> None:
     assert [r["kid"] for r in rows] == [own.kid, other.kid]
     assert rows[0]["note"] == "replica a"
     assert rows[1]["not_before"] == "2026-01-01T00:00:00Z"
+    assert [r["valid_now"] for r in rows] == [True, True]
 
     cli.ok("keys", "retire", own.kid, "--at", "2027-01-31T12:00:00Z")
     rows = _listed(cli)
@@ -150,3 +151,19 @@ def test_rotation_with_the_cli_then_audit_verify_follows_it(cli: CLI) -> None:
     assert problem.kind == "bad_checkpoint"
     assert "was not valid when" in problem.detail
     stolen.close()
+
+
+def test_a_key_file_entry_is_read_relative_to_the_policy(cli: CLI) -> None:
+    world = World(clock=ManualClock(START))
+    replica = Keyring(cli.root / "b" / "keys").create(GUARD_ID)
+    pub = Keyring(cli.root / "b" / "keys").public_path(GUARD_ID)
+    world.write_policy(
+        cli.root / "agentguard.yaml",
+        guard_keys=[{"key_file": str(pub.relative_to(cli.root)), "not_before": START + 60}],
+    )
+    rows = _listed(cli)
+    assert [r["kid"] for r in rows] == [replica.kid]
+    keys = load_policy(cli.root / "agentguard.yaml").listed_guard_keys()
+    assert keys[0].principal.kid == replica.kid
+    assert not keys[0].valid_at(START)
+    assert keys[0].valid_at(START + 60)
