@@ -121,7 +121,7 @@ def test_rotation_with_the_cli_then_audit_verify_follows_it(cli: CLI) -> None:
         guard = Guard(
             cli.root / "agentguard.yaml",
             home=cli.home,
-            store=SQLiteStore(cli.root / "state.db"),
+            store=SQLiteStore(cli.home / "state.db"),
             clock=world.clock,
             guard_identity=identity,
         )
@@ -144,6 +144,7 @@ def test_rotation_with_the_cli_then_audit_verify_follows_it(cli: CLI) -> None:
     guard = run(new)
     assert guard.audit.report().problem is None
     guard.close()
+    assert "intact" in cli.ok("audit", "verify").stdout
     world.clock.advance(10)
     stolen = run(old)  # the retired key signs after its retirement
     problem = stolen.audit.report().problem
@@ -151,6 +152,7 @@ def test_rotation_with_the_cli_then_audit_verify_follows_it(cli: CLI) -> None:
     assert problem.kind == "bad_checkpoint"
     assert "was not valid when" in problem.detail
     stolen.close()
+    one_line_error(cli("audit", "verify"), "NOT intact", "was not valid when")
 
 
 def test_a_key_file_entry_is_read_relative_to_the_policy(cli: CLI) -> None:
