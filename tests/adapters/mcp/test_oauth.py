@@ -157,6 +157,8 @@ async def test_metadata_at_both_paths_and_challenges_name_it(
                 assert reply.json()["authorization_servers"] == [idp.issuer]
                 assert reply.json()["bearer_methods_supported"] == ["header"]
             assert (await http.post(suffixed)).status_code == 405
+            head = await http.head(suffixed)
+            assert (head.status_code, head.content) == (200, b"")
 
             nobody = await http.post(f"{base}/mcp", json=INIT)
             assert nobody.status_code == 401
@@ -554,3 +556,83 @@ async def test_hostile_header_values_cannot_break_the_challenge(
                 assert "\r" not in challenge
                 assert "\n" not in challenge
                 assert challenge.count('"') % 2 == 0
+
+
+@pytest.mark.parametrize(
+    ("discovery", "jwks", "reason"),
+    [
+        ({"issuer": "http://127.0.0.1:1"}, {"keys": []}, "idp_misconfigured"),
+        ({"issuer": "{issuer}"}, {"keys": []}, "idp_misconfigured"),
+        ({"issuer": "{issuer}", "jwks_uri": "http://keys.example/jwks"}, {}, "idp_misconfigured"),
+        ({"issuer": "{issuer}", "jwks_uri": "{issuer}/jwks"}, {"keys": "all"}, "idp_misconfigured"),
+        ({"issuer": "{issuer}", "jwks_uri": "{issuer}/jwks"}, [1, 2], "idp_misconfigured"),
+        ({"issuer": "{issuer}", "jwks_uri": "{issuer}/jwks"}, "not json", "idp_misconfigured"),
+        ({"issuer": "{issuer}", "jwks_uri": "{issuer}/jwks"}, None, "idp_unavailable"),
+        ({"issuer": "{issuer}", "jwks_uri": "{issuer}/jwks"}, "x" * 600_000, "idp_unavailable"),
+        (
+            {"issuer": "{issuer}", "jwks_uri": "{issuer}/jwks"},
+            {"keys": [1, {"kid": 2}, {"kid": "k", "use": "enc", "kty": "RSA"}]},
+            "unknown_key",
+        ),
+    ],
+)
+async def test_hostile_provider_documents_fail_closed(
+    discovery: dict[str, Any], jwks: Any, reason: str
+) -> None:
+    """Discovery and key-set documents a provider (or someone in between) gets wrong."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+
+    def filled(value: Any) -> Any:
+        return json.loads(json.dumps(value).replace("{issuer}", issuer))
+
+    async def well_known(_request: Any) -> Response:
+        return JSONResponse(filled(discovery))
+
+    async def keys(_request: Any) -> Response:
+        if jwks is None:
+            return Response(status_code=500)
+        if isinstance(jwks, str):
+            return Response(jwks, media_type="application/json")
+        return JSONResponse(jwks)
+
+    app = Starlette(
+        routes=[
+            Route("/.well-known/openid-configuration", well_known),
+            Route("/jwks", keys),
+        ]
+    )
+    resource = "http://127.0.0.1:9/mcp"
+    token = jwt.encode(
+        {"iss": issuer, "aud": resource, "sub": "a", "exp": int(time.time()) + 60},
+        SigningKey.generate().private,
+        algorithm="RS256",
+        headers={"kid": "k", "typ": "at+jwt"},
+    )
+    async with (
+        serve_on(port, app),
+        ResourceServer(resource, [Provider(issuer, resource)]) as oauth,
+    ):
+        with anyio.fail_after(30), pytest.raises(TokenRefused) as refused:
+            await oauth.authenticate(token)
+    assert refused.value.reason == reason
+
+
+def test_configuration_mistakes_are_refused() -> None:
+    with pytest.raises(ValueError, match="https"):
+        Provider("http://login.example.com", "https://mcp.example.com/mcp")
+    with pytest.raises(ValueError, match="algorithms"):
+        Provider("https://login.example.com", "https://mcp.example.com/mcp", algorithms=("HS256",))
+    with pytest.raises(ValueError, match="leeway"):
+        Provider("https://login.example.com", "https://mcp.example.com/mcp", leeway=3600)
+    with pytest.raises(ValueError, match="at least one"):
+        ResourceServer("https://mcp.example.com/mcp", [])
+    with pytest.raises(ValueError, match="not this proxy's resource URI"):
+        ResourceServer(
+            "https://mcp.example.com/mcp",
+            [Provider("https://login.example.com", "https://other.example.com/mcp")],
+        )
