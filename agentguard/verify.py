@@ -17,7 +17,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agentguard import _jws
 from agentguard.addresses import parse_address
@@ -33,6 +33,7 @@ from agentguard.tokens import TYP_CALL, TYP_GRANT, CallClaims, Grant, args_diges
 
 __all__ = [
     "NO_REVOCATION_CHECK",
+    "BoundedRoot",
     "NoRevocationCheck",
     "RevocationCheckDisabledWarning",
     "ScopeMatch",
@@ -43,6 +44,24 @@ __all__ = [
 ]
 
 _SEAL = object()
+
+
+class BoundedRoot(Protocol):
+    """A root trusted only within a bound: its links pass :meth:`check_link` too.
+
+    :class:`agentguard.federation.FederationRoot` is one: a federation key whose
+    root links must be exactly what the federation rules derive from the
+    evidence they record.
+    """
+
+    @property
+    def principal(self) -> Principal:
+        """The root's id and public key."""
+        ...
+
+    def check_link(self, grant: Grant) -> None:
+        """Refuse (``DeniedError``) a root link this root signed beyond its bound."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,62 @@ class _LinkCache:
         return len(self._items)
 
 
+@dataclass(frozen=True)
+class _CachedChain:
+    """A chain whose signatures, ``prf`` links, window nesting and depth checked out.
+
+    Only what follows from the exact link texts and the root's key is kept: the
+    root's key id (checked again on every hit), the chain's window (the latest
+    ``nbf`` and ``iat``, the earliest ``exp``; checked against the clock on
+    every hit) and the revocation query (asked of the store on every hit).
+    """
+
+    delegation: Delegation
+    root_kid: str
+    not_before: float
+    issued_at: float
+    expires_at: float
+    link_ids: tuple[str, ...]
+    kids: tuple[str, ...]
+    principals: tuple[str, ...]
+
+
+class _ChainCache:
+    """Bounded LRU of verified chains, keyed by their exact link texts."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str | tuple[str, ...], _CachedChain] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str | tuple[str, ...]) -> _CachedChain | None:
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None:
+                self._items.move_to_end(key)
+            return entry
+
+    def put(self, key: str | tuple[str, ...], entry: _CachedChain) -> None:
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._items[key] = entry
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def discard(self, key: str | tuple[str, ...]) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class NoRevocationCheck(enum.Enum):
     """The type of :data:`NO_REVOCATION_CHECK`."""
 
@@ -203,6 +278,17 @@ def _link_principals(grant: Grant) -> list[str]:
     return named
 
 
+def _revocation_query(
+    grants: Sequence[Grant],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """What a chain is looked up by in the revocation store: link ids, key ids, principals."""
+    principals: set[str] = set()
+    for grant in grants:
+        principals.update(_link_principals(grant))
+    kids = {g.kid for g in grants} | {g.subject_key.kid for g in grants}
+    return tuple(g.link_id for g in grants), tuple(sorted(kids)), tuple(sorted(principals))
+
+
 def revoked_link(
     revocations: RevocationStore, grants: Sequence[Grant]
 ) -> tuple[int, Revocation] | None:
@@ -237,11 +323,17 @@ class Verifier:
         clock: the time source.
         leeway: seconds of clock skew tolerated on every time check.
         max_links: the longest chain accepted.
-        cache_size: how many verified link signatures to remember.
+        cache_size: how many verified link signatures, and how many verified
+            chains (by their exact text), to remember; ``0`` remembers none.
+            A remembered chain skips signature and structure checks only:
+            its root's key, its time window and revocation are checked on
+            every call.
         redact: with a list of argument names (the policy's ``redact``), a
             refused predicate's explanation shows the failing argument's value,
             masked where a name on its way is listed (case-insensitive); by
             default (``None``) it names the argument and the operator only.
+        bounded_roots: roots trusted only within a bound (federation keys): a
+            root link one of them signed must also pass its ``check_link``.
 
     Raises:
         TypeError: ``revocations`` is missing or ``None``.
@@ -258,10 +350,17 @@ class Verifier:
         max_links: int = DEFAULT_MAX_LINKS,
         cache_size: int = 4096,
         redact: Iterable[str] | None = None,
+        bounded_roots: Iterable[BoundedRoot] = (),
     ) -> None:
         self.redact: tuple[str, ...] | None = None if redact is None else tuple(redact)
         roots = trusted_roots.values() if isinstance(trusted_roots, Mapping) else trusted_roots
         self._roots: dict[str, Principal] = {p.id: p for p in roots}
+        self._bounds: dict[str, BoundedRoot] = {}
+        for bounded in bounded_roots:
+            if bounded.principal.id in self._roots:
+                raise ValueError(f"{bounded.principal.id} is both a trusted and a bounded root")
+            self._bounds[bounded.principal.id] = bounded
+            self._roots[bounded.principal.id] = bounded.principal
         self.revocations: RevocationStore = _revocation_source(revocations)
         # "is None", not "or": a store that defines __len__ is falsy while empty.
         self.replay: ReplayStore = MemoryStore() if replay is None else replay
@@ -269,15 +368,17 @@ class Verifier:
         self.leeway = float(leeway)
         self.max_links = max_links
         self._cache = _LinkCache(cache_size)
+        self._chains = _ChainCache(cache_size)
 
     @property
     def trusted_roots(self) -> Mapping[str, Principal]:
-        """The trusted root principals by id."""
-        return dict(self._roots)
+        """The trusted root principals by id (bounded roots are not listed)."""
+        return {k: v for k, v in self._roots.items() if k not in self._bounds}
 
     def clear_cache(self) -> None:
-        """Forget every cached link signature."""
+        """Forget every cached link signature and verified chain."""
         self._cache.clear()
+        self._chains.clear()
 
     # -- steps 1-4 ----------------------------------------------------------
 
@@ -288,9 +389,23 @@ class Verifier:
             DeniedError: the chain is not valid now (see ``reason``).
         """
         now = self.clock.now()
-        if isinstance(delegation, Delegation):
-            tokens = [g.token for g in delegation]
+        key: str | tuple[str, ...] | None = None
+        if isinstance(delegation, str):
+            key = delegation
+        elif isinstance(delegation, Delegation):
+            key = tuple(g.token for g in delegation)
+        hit = self._chains.get(key) if key is not None else None
+        if hit is not None:
+            if self._still_valid(hit, now):
+                self._check_revocation(hit.delegation, (hit.link_ids, hit.kids, hit.principals))
+                return VerifiedChain(hit.delegation, now, _SEAL)
+            # Out of its window, or its root is no longer trusted with that key:
+            # checked in full below, which names the reason.
+            self._chains.discard(key)
+        if isinstance(key, tuple):
+            tokens = list(key)
         else:
+            # Anything but a string or a Delegation is refused here.
             tokens = split_delegation(delegation, max_links=self.max_links)
         if len(tokens) > self.max_links:
             raise DeniedError(
@@ -308,10 +423,45 @@ class Verifier:
                     exc.args = (f"{exc.reason}: {exc.explanation}",)
                 raise
         self._check_structure(grants, now)
-        self._check_revocation(grants)
+        query = _revocation_query(grants)
+        self._check_revocation(grants, query)
         # Always the grants parsed from the verified tokens: a Delegation object
         # handed in may carry Grant objects whose fields differ from their token.
-        return VerifiedChain(Delegation(grants), now, _SEAL)
+        verified = Delegation(grants)
+        if key is None:
+            return VerifiedChain(verified, now, _SEAL)
+        self._chains.put(
+            key,
+            _CachedChain(
+                verified,
+                root_kid=self._roots[grants[0].issuer].kid,
+                not_before=max(g.not_before for g in grants),
+                issued_at=max(g.issued_at for g in grants),
+                expires_at=min(g.expires_at for g in grants),
+                link_ids=query[0],
+                kids=query[1],
+                principals=query[2],
+            ),
+        )
+        return VerifiedChain(verified, now, _SEAL)
+
+    def _still_valid(self, hit: _CachedChain, now: float) -> bool:
+        """Whether a cached chain may be used at ``now`` without checking it again in full.
+
+        Its root must still be trusted with the key that verified it, it must fit
+        ``max_links``, and every link must be inside its window (what
+        :meth:`_check_structure` checks of the clock); anything else is a miss.
+        """
+        leeway = self.leeway
+        root = self._roots.get(hit.delegation.root.issuer)
+        return (
+            root is not None
+            and root.kid == hit.root_kid
+            and len(hit.link_ids) <= self.max_links
+            and now + leeway >= hit.not_before
+            and now - leeway < hit.expires_at
+            and hit.issued_at <= now + leeway
+        )
 
     def _verified_link(self, token: str, parent: Grant | None, now: float) -> Grant:
         cached = self._cache.get(token, now)
@@ -340,6 +490,9 @@ class Verifier:
             if index == 0:
                 if grant.parent is not None:
                     raise DeniedError("link 0 claims a parent", reason=Reason.BROKEN_CHAIN, link=0)
+                bound = self._bounds.get(grant.issuer)
+                if bound is not None:
+                    bound.check_link(grant)
             else:
                 parent = grants[index - 1]
                 if grant.parent != parent.link_id:
@@ -387,16 +540,17 @@ class Verifier:
                     link=index,
                 )
 
-    def _check_revocation(self, grants: list[Grant]) -> None:
+    def _check_revocation(
+        self,
+        grants: Sequence[Grant] | Delegation,
+        query: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
+    ) -> None:
         # One query for the whole chain on the hot path; only a hit looks link by link.
-        principals: set[str] = set()
-        for grant in grants:
-            principals.update(_link_principals(grant))
-        kids = {g.kid for g in grants} | {g.subject_key.kid for g in grants}
-        link_ids = [g.link_id for g in grants]
-        hit = self.revocations.find_revoked(link_ids, sorted(kids), sorted(principals))
+        link_ids, kids, principals = query
+        hit = self.revocations.find_revoked(link_ids, kids, principals)
         if hit is None:
             return
+        grants = list(grants)
         found = revoked_link(self.revocations, grants)
         link, hit = found if found is not None else (None, hit)
         role = ""

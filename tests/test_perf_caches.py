@@ -1,0 +1,208 @@
+"""Attacks on the per-call caches: a cached chain must never outlive what made it valid.
+
+The verifier remembers a verified chain by its exact text (or its links' exact
+texts) so that a warm call skips signatures and structure. Revocation, the
+clock, the root's key and the chain-length limit are checked on every call;
+each test below caches a chain first and then changes one of those.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agentguard import Delegation, Identity, Verifier
+from agentguard.clock import ManualClock
+from agentguard.decision import Reason
+from agentguard.errors import DeniedError
+from agentguard.store import MemoryStore
+from agentguard.testing import World
+from agentguard.tokens import Grant
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def _verifier(world: World, store: MemoryStore, **options: object) -> Verifier:
+    return Verifier([world.org.principal], revocations=store, clock=world.clock, **options)  # type: ignore[arg-type]
+
+
+def _refusal(verifier: Verifier, delegation: str | Delegation) -> str:
+    with pytest.raises(DeniedError) as caught:
+        verifier.verify_chain(delegation)
+    return caught.value.reason
+
+
+def test_a_verified_chain_is_remembered_by_its_text(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    first = verifier.verify_chain(text)
+    # The same verified grants come back: nothing was parsed or checked again.
+    assert verifier.verify_chain(text).delegation is first.delegation
+    assert verifier.verify_chain(world.delegation).delegation is not first.delegation
+    assert (
+        verifier.verify_chain(world.delegation).delegation
+        is verifier.verify_chain(world.delegation).delegation
+    )
+
+
+@pytest.mark.parametrize("what", ["link", "key", "principal", "sponsor"])
+def test_revoked_after_caching_is_refused_on_the_next_call(world: World, what: str) -> None:
+    store = MemoryStore()
+    verifier = _verifier(world, store)
+    text = world.delegation.serialize()
+    verifier.verify_chain(text)
+    leaf = world.delegation.leaf
+    kind, value = {
+        "link": ("link", world.delegation.root.link_id),
+        "key": ("key", leaf.subject_key.kid),
+        "principal": ("principal", "agent:bot"),
+        "sponsor": ("principal", "user:alice"),
+    }[what]
+    # Written straight to the store, as another process sharing it would: no cache is cleared.
+    store.revoke(kind, value, reason="test", at=world.clock.now())  # type: ignore[arg-type]
+    assert _refusal(verifier, text) == Reason.REVOKED
+    assert _refusal(verifier, world.delegation) == Reason.REVOKED
+
+
+def test_a_guard_refuses_a_cached_chain_revoked_in_its_store(world: World) -> None:
+    store = MemoryStore()
+    guard = world.guard(store=store)
+    ran: list[str] = []
+    guard.call(world.delegation, "tickets/read", {}, lambda: ran.append("x"), holder=world.bot)
+    store.revoke("link", world.delegation.leaf.link_id, reason="test", at=world.clock.now())
+    with pytest.raises(DeniedError) as caught:
+        guard.call(world.delegation, "tickets/read", {}, lambda: ran.append("y"), holder=world.bot)
+    assert caught.value.reason == Reason.REVOKED
+    assert ran == ["x"]
+
+
+def test_a_chain_expiring_between_two_calls_is_refused(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    verifier.verify_chain(text)
+    expires = world.delegation.leaf.expires_at  # the leaf lives one hour, the root a day
+    world.clock.set(expires + verifier.leeway - 0.5)
+    verifier.verify_chain(text)
+    world.clock.set(expires + verifier.leeway)
+    assert _refusal(verifier, text) == Reason.LINK_EXPIRED
+    assert _refusal(verifier, world.delegation) == Reason.LINK_EXPIRED
+
+
+def test_a_clock_set_back_before_the_window_is_refused(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    verifier.verify_chain(text)
+    world.clock.advance(-(verifier.leeway + 60))
+    assert _refusal(verifier, text) == Reason.LINK_NOT_YET_VALID
+
+
+def _flip(token: str, index: int) -> str:
+    char = token[index]
+    return token[:index] + ("A" if char != "A" else "B") + token[index + 1 :]
+
+
+@pytest.mark.parametrize("segment", [1, 2])
+def test_a_chain_differing_by_one_byte_is_not_a_cache_hit(world: World, segment: int) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    verifier.verify_chain(text)
+    links = text.split("~")
+    # One character in the middle of the leaf's payload or signature.
+    start = sum(len(part) + 1 for part in links[-1].split(".")[:segment])
+    tampered_leaf = _flip(links[-1], start + 10)
+    tampered = "~".join([*links[:-1], tampered_leaf])
+    # Whatever the flipped byte breaks first (a claim, or the signature), it is refused.
+    reason = _refusal(verifier, tampered)
+    assert reason == Reason.BAD_SIGNATURE or segment == 1
+    # The same tampered link inside a Delegation object.
+    grants = list(world.delegation)
+    forged = Delegation([*grants[:-1], _grant_with_token(grants[-1], tampered_leaf)])
+    assert _refusal(verifier, forged) == reason
+    # And the genuine chain still verifies.
+    verifier.verify_chain(text)
+
+
+def _grant_with_token(grant: Grant, token: str) -> Grant:
+    """``grant`` claiming another token (the verifier must go by the token, not the fields)."""
+    import dataclasses
+
+    return dataclasses.replace(grant, token=token)
+
+
+def test_a_root_no_longer_trusted_with_that_key_is_refused(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    verifier.verify_chain(text)
+    rotated = Identity.generate("org:acme")
+    # The verifier's roots are fixed at construction; should they ever change in
+    # place, a cached chain is checked against the root's key on every hit.
+    verifier._roots = {rotated.id: rotated.principal}
+    assert _refusal(verifier, text) == Reason.BAD_SIGNATURE
+    verifier._roots = {}
+    assert _refusal(verifier, text) == Reason.UNTRUSTED_ROOT
+
+
+def test_a_new_policy_with_other_roots_does_not_inherit_the_cache(world: World) -> None:
+    store = MemoryStore()
+    old = world.guard(store=store)
+    assert old.check(world.delegation, "tickets/read", {}, holder=world.bot).allowed
+    rotated = Identity.generate("org:acme")
+    root = {"id": rotated.id, "public_key": rotated.principal.public_jwk()}
+    new = world.guard(store=store, trusted_roots=[root])
+    decision = new.check(world.delegation, "tickets/read", {}, holder=world.bot)
+    assert decision.reason == Reason.BAD_SIGNATURE
+
+
+def test_a_lower_link_limit_applies_to_a_cached_chain(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    verifier.verify_chain(text)
+    verifier.max_links = 1
+    assert _refusal(verifier, text) == Reason.CHAIN_TOO_LONG
+
+
+def test_the_chain_cache_is_bounded(world: World) -> None:
+    verifier = _verifier(world, MemoryStore(), cache_size=3)
+    chains = [world.chain(world.identity(f"agent:a{i}")).serialize() for i in range(5)]
+    first = verifier.verify_chain(chains[0]).delegation
+    for text in chains[1:]:
+        verifier.verify_chain(text)
+    assert len(verifier._chains) == 3
+    # The oldest was evicted: verified afresh, it is another object.
+    assert verifier.verify_chain(chains[0]).delegation is not first
+    assert len(verifier._chains) == 3
+
+
+def test_cache_size_zero_remembers_no_chain(world: World) -> None:
+    verifier = _verifier(world, MemoryStore(), cache_size=0)
+    text = world.delegation.serialize()
+    assert verifier.verify_chain(text).delegation is not verifier.verify_chain(text).delegation
+    assert len(verifier._chains) == 0
+
+
+def test_clear_cache_forgets_verified_chains(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    text = world.delegation.serialize()
+    first = verifier.verify_chain(text).delegation
+    verifier.clear_cache()
+    assert len(verifier._chains) == 0
+    assert verifier.verify_chain(text).delegation is not first
+
+
+@pytest.mark.parametrize("hostile", [b"abc", 42, None, ["a.b.c"], ("a.b.c",)])
+def test_hostile_inputs_are_refused_and_never_cached(world: World, hostile: object) -> None:
+    verifier = _verifier(world, MemoryStore())
+    with pytest.raises(DeniedError):
+        verifier.verify_chain(hostile)  # type: ignore[arg-type]
+    assert len(verifier._chains) == 0
+
+
+def test_a_refused_chain_is_not_cached(world: World) -> None:
+    clock = ManualClock()
+    verifier = Verifier([world.org.principal], revocations=MemoryStore(), clock=clock)
+    text = world.delegation.serialize()
+    clock.set(world.clock.now() + 30 * 86400)  # long after every link expired
+    assert _refusal(verifier, text) == Reason.LINK_EXPIRED
+    assert len(verifier._chains) == 0
