@@ -11,6 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -43,7 +45,14 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl
 from starlette.types import Receive, Scope, Send
 
-from tests.adapters.mcp.mcp_support import Setup, notes_command, text_of, write_config
+from tests.adapters.mcp.mcp_support import (
+    BIN,
+    HERE,
+    Setup,
+    notes_command,
+    text_of,
+    write_config,
+)
 from tests.oidc.harness import (
     REDIRECT_URI,
     IdentityProvider,
@@ -55,6 +64,7 @@ from tests.oidc.harness import (
 
 pytestmark = pytest.mark.anyio
 
+README = HERE.parents[2] / "README.md"
 USERS = {"alice": ["incident-response"], "bob": ["finance"]}
 INIT = {
     "jsonrpc": "2.0",
@@ -470,12 +480,23 @@ async def test_standard_mcp_client_authenticates_through_the_provider(
 async def test_cli_proxy_with_resource_and_issuer(
     setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
 ) -> None:
-    """``agentguard mcp proxy --http ... --resource URI --issuer URL`` in its own process."""
+    """The README's command (loopback addresses put in), in its own process."""
     config = write_config(setup, {"notes": {"command": notes_command(tmp_path / "n.jsonl")}})
-    argv = [
-        sys.executable, "-m", "agentguard_mcp", "proxy", "--config", str(config),
-        "--http", f"127.0.0.1:{port}", "--resource", resource, "--issuer", idp.issuer,
-    ]  # fmt: skip
+    section = README.read_text(encoding="utf-8").split("### Behind your identity provider")[1]
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block is not None
+    command = block.group(1).replace("\\\n", " ")
+    for example, actual in (
+        ("proxy.yaml", str(config)),
+        ("127.0.0.1:8765", f"127.0.0.1:{port}"),
+        ("https://mcp.example.com/mcp", resource),
+        ("https://login.example.com", idp.issuer),
+    ):
+        assert example in command
+        command = command.replace(example, actual)
+    argv = shlex.split(command)
+    assert argv[:3] == ["agentguard", "mcp", "proxy"]
+    argv[0] = str(BIN / "agentguard")
     token = await idp.user_token("bob")
     process = await anyio.open_process(argv)
     try:
