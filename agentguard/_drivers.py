@@ -33,6 +33,7 @@ from agentguard.clock import Clock
 from agentguard.decision import Decision, Outcome
 from agentguard.delegation import Delegation, scope_warnings
 from agentguard.errors import DeniedError, IssuanceError, StoreError
+from agentguard.federation import Federation
 from agentguard.keys import Identity, Keyring, Principal
 from agentguard.policy import Policy
 from agentguard.resolve import guard_identity_in, open_store, policy_home, resolve_home
@@ -302,6 +303,8 @@ def assemble(
         leeway=policy.limits.leeway,
         max_links=policy.limits.max_chain_length,
         redact=policy.redact,
+        # Federation keys (issue 16): roots only within the federation rules.
+        bounded_roots=Federation.from_policy(policy, guard_key=identity.principal).bounded_roots(),
     )
     side = chosen / "audit-checkpoints.jsonl" if chosen is not None else None
     approvals = ApprovalBook(

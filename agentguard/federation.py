@@ -1,0 +1,550 @@
+"""Federated identity (issue 16): a bearer token's claims become a delegation chain.
+
+The policy's ``federation:`` section (see :class:`agentguard.policy.FederationProvider`)
+names the identity providers the guard accepts. For a token whose signature,
+issuer, audience and times someone else already verified (the MCP proxy's
+OAuth validator), :meth:`Federation.derive` signs one link:
+
+* issued by the *federation key* (the guard's own key unless the provider
+  names another), a root the verifier trusts only within the federation rules;
+* to the OAuth client (``agent:{alias}.{client_id}``, ``azp`` when there is no
+  ``client_id``) holding an ephemeral key, ``on_behalf_of`` the person
+  (``user:{alias}.{sub}``), so revoking either principal stops the chain;
+* scoped to the tool rules whose claim (and scope) conditions the token meets,
+  expiring no later than the token;
+* recording its evidence in the grant's ``meta["federation"]``: issuer, ``sub``,
+  the person's and client's claim values, the token's ``jti`` and/or SHA-256,
+  its expiry, and the claim values and scopes the rules used. Never the token.
+
+:meth:`Federation.bounded_roots` gives the :class:`agentguard.verify.Verifier`
+the federation keys with their bound: a link they signed is refused unless its
+subject, sponsor, scope, depth and expiry are exactly what the federation rules
+derive from the evidence it records. :func:`reachable_tools` answers which
+tools a chain reaches (for a filtered ``tools/list``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agentguard.addresses import pattern_matches
+from agentguard.canonical import canonical_json
+from agentguard.decision import Reason
+from agentguard.delegation import Delegation
+from agentguard.errors import (
+    AgentGuardError,
+    ConfigError,
+    DeniedError,
+    IdentityError,
+)
+from agentguard.keys import KEY_FILE_LIMIT, Identity, Principal, read_trusted_file
+from agentguard.policy import FederationKey, FederationProvider, FederationRule, IdTemplate
+from agentguard.tokens import MAX_META_BYTES, Grant, Rule
+
+if TYPE_CHECKING:
+    from agentguard.policy import Policy
+    from agentguard.store.base import RevocationStore
+    from agentguard.verify import VerifiedChain
+
+__all__ = [
+    "EVIDENCE_KEY",
+    "Derived",
+    "DerivedChains",
+    "Federation",
+    "FederationError",
+    "FederationRoot",
+    "Provider",
+    "reachable_tools",
+    "token_sha256",
+]
+
+#: The key of a derived link's ``meta`` that holds its evidence.
+EVIDENCE_KEY = "federation"
+#: Rules a grant may hold (see agentguard.delegation).
+_MAX_RULES = 64
+
+
+class FederationError(DeniedError):
+    """A token's claims cannot become a chain.
+
+    ``reason`` is ``out_of_scope`` when the claims are well formed but meet no
+    rule (the proxy answers ``403 insufficient_scope``), ``malformed_token``
+    when a claim the mapping needs is missing or unusable, ``link_expired``
+    when the token has expired, ``untrusted_root`` for an issuer no provider
+    names.
+    """
+
+    @property
+    def insufficient_scope(self) -> bool:
+        """Whether the token is valid but reaches nothing (``403 insufficient_scope``)."""
+        return self.reason == Reason.OUT_OF_SCOPE
+
+
+def token_sha256(token: str) -> str:
+    """The SHA-256 (hex) of a bearer token's text: evidence that is not a credential."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _token_scopes(claims: Mapping[str, Any]) -> set[str]:
+    """The token's scopes: ``scope`` (space-separated text) and ``scp`` (text or list)."""
+    found: set[str] = set()
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(item for item in value if isinstance(item, str))
+    return found
+
+
+def _claim_values(claims: Mapping[str, Any], name: str) -> set[str]:
+    """The string values of a string or list claim (other types count as none)."""
+    value = claims.get(name)
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list):
+        return {item for item in value if isinstance(item, str)}
+    return set()
+
+
+def _rule_applies(
+    rule: FederationRule, values: Mapping[str, Iterable[str]], scopes: Iterable[str]
+) -> bool:
+    if rule.scope is not None and rule.scope not in set(scopes):
+        return False
+    if rule.claim is None:
+        return True
+    return rule.equals in set(values.get(rule.claim, ()))
+
+
+def _grant_rules(rules: Sequence[FederationRule]) -> list[Rule]:
+    return [Rule(tool, rule.where, rule.approval) for rule in rules for tool in rule.tools]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One configured identity provider, with the key that vouches for its chains.
+
+    Attributes:
+        config: the policy entry.
+        signer: principal id of the federation key that signs derived links.
+    """
+
+    config: FederationProvider
+    signer: str
+
+    @property
+    def issuer(self) -> str:
+        """The issuer URL tokens must carry in ``iss``."""
+        return self.config.issuer
+
+    @property
+    def audience(self) -> str:
+        """The audience tokens must name (the proxy's resource URI)."""
+        return self.config.audience
+
+    @property
+    def alias(self) -> str:
+        """The provider's short name in principal ids."""
+        return self.config.alias
+
+    def _template(self, role: str) -> IdTemplate:
+        return self.config.templates()[role]
+
+    def person_id(self, claims: Mapping[str, Any]) -> str:
+        """The person's principal id, by the ``subject`` template.
+
+        The approval page's single sign-on maps people through this too, so
+        one person has one id in chains, approver lists and sign-in.
+
+        Raises:
+            FederationError: the claim the template names is missing, not
+                text, empty or too long (reason ``malformed_token``).
+        """
+        template = self._template("subject")
+        return self._render(template, claims.get(template.claim), template.claim)
+
+    def client_value(self, claims: Mapping[str, Any]) -> str:
+        """The OAuth client's id: ``client_id``, or ``azp`` when there is none.
+
+        Raises:
+            FederationError: neither claim holds text (reason ``malformed_token``).
+        """
+        for name in ("client_id", "azp"):
+            value = claims.get(name)
+            if isinstance(value, str) and value:
+                return value
+        raise FederationError(
+            "the token names no client (client_id or azp)", reason=Reason.MALFORMED_TOKEN
+        )
+
+    def client_id(self, claims: Mapping[str, Any]) -> str:
+        """The OAuth client's principal id, by the ``client`` template.
+
+        Raises:
+            FederationError: the client claim is missing or unusable.
+        """
+        return self._render(self._template("client"), self.client_value(claims), "client_id")
+
+    def _render(self, template: IdTemplate, value: Any, claim: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise FederationError(
+                f"the token's {claim!r} claim is not a non-empty string",
+                reason=Reason.MALFORMED_TOKEN,
+            )
+        try:
+            return template.render(self.alias, value)
+        except (ValueError, IdentityError) as exc:
+            raise FederationError(str(exc), reason=Reason.MALFORMED_TOKEN) from exc
+
+    def matching_rules(self, claims: Mapping[str, Any]) -> list[FederationRule]:
+        """The rules whose claim (and scope) conditions the token meets, in policy order."""
+        values = {
+            rule.claim: _claim_values(claims, rule.claim)
+            for rule in self.config.rules
+            if rule.claim is not None
+        }
+        scopes = _token_scopes(claims)
+        return [rule for rule in self.config.rules if _rule_applies(rule, values, scopes)]
+
+
+def _evidence(
+    provider: Provider,
+    claims: Mapping[str, Any],
+    rules: Sequence[FederationRule],
+    *,
+    token: str | None,
+) -> dict[str, Any]:
+    """What the derived link records: enough to match the provider's logs, no credential."""
+    subject_claim = provider._template("subject").claim
+    used: dict[str, set[str]] = {}
+    for rule in rules:
+        if rule.claim is not None and rule.equals is not None:
+            used.setdefault(rule.claim, set()).add(rule.equals)
+    evidence: dict[str, Any] = {
+        "iss": provider.issuer,
+        "person": {subject_claim: claims[subject_claim]},
+        "client": provider.client_value(claims),
+        "exp": claims["exp"],
+        "claims": {name: sorted(values) for name, values in sorted(used.items())},
+        "scope": sorted({rule.scope for rule in rules if rule.scope is not None}),
+    }
+    sub = claims.get("sub")
+    if isinstance(sub, str):
+        evidence["sub"] = sub
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        evidence["jti"] = jti
+    if token is not None:
+        evidence["token_sha256"] = token_sha256(token)
+    if "jti" not in evidence and "token_sha256" not in evidence:
+        raise FederationError(
+            "the token has no jti: pass the token so its SHA-256 identifies it",
+            reason=Reason.MALFORMED_TOKEN,
+        )
+    return evidence
+
+
+def _expiry(claims: Mapping[str, Any], now: float) -> int:
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise FederationError("the token has no numeric exp", reason=Reason.MALFORMED_TOKEN)
+    if exp <= now:
+        raise FederationError("the token has expired", reason=Reason.LINK_EXPIRED)
+    return math.floor(exp)
+
+
+def _load_key(policy: Policy, entry: FederationKey) -> Principal:
+    if entry.public_key is not None:
+        return Principal.from_jwk(entry.id, entry.public_key)
+    path = Path(entry.key_file or "")
+    if not path.is_absolute() and policy.base_dir:
+        path = Path(policy.base_dir) / path
+    doc = json.loads(read_trusted_file(path, limit=KEY_FILE_LIMIT))
+    jwk = doc.get("jwk", doc) if isinstance(doc, dict) else {}
+    return Principal.from_jwk(entry.id, jwk)
+
+
+class FederationRoot:
+    """A federation key as the verifier trusts it: a root bounded by the federation rules.
+
+    Passed to :class:`agentguard.verify.Verifier` (``bounded_roots``).
+    :meth:`check_link` refuses a root link it signed unless the link is
+    exactly what :meth:`Federation.derive` makes from the evidence it records.
+    """
+
+    def __init__(self, principal: Principal, providers: Sequence[Provider]) -> None:
+        self.principal = principal
+        self._providers = {p.issuer: p for p in providers if p.signer == principal.id}
+
+    def check_link(self, grant: Grant) -> None:
+        """Refuse a root link that claims more than the federation rules allow.
+
+        Raises:
+            DeniedError: reason ``untrusted_root``, saying what does not match.
+        """
+        problem = self._problem(grant)
+        if problem is not None:
+            raise DeniedError(
+                f"link 0 is signed by the federation key {self.principal.id}, which vouches "
+                f"only for chains the federation rules derive: {problem}",
+                reason=Reason.UNTRUSTED_ROOT,
+                link=0,
+            )
+
+    def _problem(self, grant: Grant) -> str | None:
+        evidence = (grant.meta or {}).get(EVIDENCE_KEY)
+        if not isinstance(evidence, dict):
+            return "it records no federation evidence"
+        issuer = evidence.get("iss")
+        provider = self._providers.get(issuer) if isinstance(issuer, str) else None
+        if provider is None:
+            return "its evidence names no issuer this key vouches for"
+        person = evidence.get("person")
+        recorded = evidence.get("claims")
+        scopes = evidence.get("scope")
+        exp = evidence.get("exp")
+        if (
+            not isinstance(person, dict)
+            or len(person) != 1
+            or not isinstance(recorded, dict)
+            or not all(
+                isinstance(v, list) and all(isinstance(i, str) for i in v)
+                for v in recorded.values()
+            )
+            or not isinstance(scopes, list)
+            or not all(isinstance(s, str) for s in scopes)
+            or isinstance(exp, bool)
+            or not isinstance(exp, int | float)
+        ):
+            return "its evidence is malformed"
+        try:
+            person_id = provider.person_id(person)
+            client_id = provider.client_id({"client_id": evidence.get("client")})
+        except FederationError as exc:
+            return f"its evidence does not name a person and a client ({exc.explanation})"
+        if grant.on_behalf_of != person_id:
+            return f"it names sponsor {grant.on_behalf_of}, but its evidence gives {person_id}"
+        if grant.subject != client_id:
+            return f"it is granted to {grant.subject}, but its evidence gives {client_id}"
+        rules = [r for r in provider.config.rules if _rule_applies(r, recorded, scopes)]
+        if not rules or tuple(_grant_rules(rules)) != grant.scope:
+            return "its scope is not the rules its recorded claims meet"
+        if grant.expires_at > exp:
+            return "it outlives the token it records"
+        if grant.max_depth > provider.config.max_depth:
+            return f"it allows max_depth {grant.max_depth}, above the provider's"
+        return None
+
+
+class Derived(NamedTuple):
+    """A derived chain and, when the guard holds it, the holder's key."""
+
+    delegation: Delegation
+    holder: Identity | None
+
+
+class Federation:
+    """The policy's identity providers, and derivation of chains from their tokens.
+
+    Build one with :meth:`from_policy`.
+    """
+
+    def __init__(self, providers: Sequence[Provider], keys: Mapping[str, Principal]) -> None:
+        self._providers = {p.issuer: p for p in providers}
+        self._keys = dict(keys)
+
+    @classmethod
+    def from_policy(cls, policy: Policy, *, guard_key: Principal) -> Federation:
+        """The federation of ``policy``; ``guard_key`` is the guard's own public key.
+
+        A provider without ``key`` is vouched for by the guard's key (its id is
+        the policy's ``guard_id``).
+
+        Raises:
+            ConfigError: ``guard_key`` is not named ``guard_id``, or a
+                provider's key cannot be loaded.
+        """
+        keys: dict[str, Principal] = {}
+        providers = []
+        for index, config in enumerate(policy.federation):
+            if config.key is None:
+                if guard_key.id != policy.guard_id:
+                    raise ConfigError(
+                        f"the guard key is {guard_key.id}, but the policy's guard_id is "
+                        f"{policy.guard_id}"
+                    )
+                principal = guard_key
+            else:
+                try:
+                    principal = _load_key(policy, config.key)
+                except (OSError, ValueError, AgentGuardError) as exc:
+                    raise ConfigError(f"federation[{index}].key: cannot load key: {exc}") from exc
+            if keys.setdefault(principal.id, principal).kid != principal.kid:
+                raise ConfigError(f"federation[{index}].key: {principal.id} has two keys")
+            providers.append(Provider(config, principal.id))
+        return cls(providers, keys)
+
+    @property
+    def providers(self) -> tuple[Provider, ...]:
+        """The configured providers, in policy order."""
+        return tuple(self._providers.values())
+
+    def provider_for(self, issuer: object) -> Provider | None:
+        """The provider whose ``issuer`` is exactly ``issuer``, if one is configured."""
+        return self._providers.get(issuer) if isinstance(issuer, str) else None
+
+    def bounded_roots(self) -> list[FederationRoot]:
+        """The federation keys, each bounded by its providers' rules, for the verifier."""
+        providers = list(self._providers.values())
+        return [FederationRoot(key, providers) for key in self._keys.values()]
+
+    def derive(
+        self,
+        claims: Mapping[str, Any],
+        provider: Provider,
+        *,
+        signer: Identity,
+        now: float,
+        holder_key: Ed25519PrivateKey | Ed25519PublicKey | None = None,
+        token: str | None = None,
+    ) -> Derived:
+        """The chain a verified token's claims allow, signed by the federation key.
+
+        ``claims`` must come from a token whose signature, issuer, audience and
+        times were verified. The link is granted to the client's principal id
+        with ``holder_key``: a private key (the result's ``holder`` can then
+        sign call tokens), a public key (an agent's own, as token exchange
+        does; ``holder`` is ``None``), or by default a fresh ephemeral key.
+        ``token``, when given, is only hashed into the evidence.
+
+        Raises:
+            FederationError: the issuer is not ``provider``'s, a claim the
+                mapping needs is unusable, the token has expired, or it meets
+                no rule (``insufficient_scope``).
+            ConfigError: ``signer`` is not the provider's federation key.
+        """
+        if (
+            claims.get("iss") != provider.issuer
+            or self._providers.get(provider.issuer) is not provider
+        ):
+            raise FederationError(
+                "the token's issuer is not this provider's", reason=Reason.UNTRUSTED_ROOT
+            )
+        key = self._keys[provider.signer]
+        if signer.id != key.id or signer.kid != key.kid:
+            raise ConfigError(f"derived chains of {provider.issuer} are signed by {key.id}'s key")
+        person = provider.person_id(claims)
+        client = provider.client_id(claims)
+        expires_at = _expiry(claims, now)
+        rules = provider.matching_rules(claims)
+        if not rules:
+            raise FederationError(
+                f"the token's claims meet no federation rule of {provider.alias}",
+                reason=Reason.OUT_OF_SCOPE,
+            )
+        scope = _grant_rules(rules)
+        if len(scope) > _MAX_RULES:
+            raise FederationError(
+                f"the rules the token meets name {len(scope)} tool patterns; a grant holds "
+                f"at most {_MAX_RULES}",
+                reason=Reason.POLICY_LIMIT,
+            )
+        evidence = _evidence(provider, claims, rules, token=token)
+        if len(canonical_json({EVIDENCE_KEY: evidence})) > MAX_META_BYTES:
+            raise FederationError(
+                "the token's claims are too large to record as evidence",
+                reason=Reason.MALFORMED_TOKEN,
+            )
+        private = Ed25519PrivateKey.generate() if holder_key is None else holder_key
+        if isinstance(private, Ed25519PrivateKey):
+            holder: Identity | None = Identity(Principal(client, private.public_key()), private)
+            public = private.public_key()
+        else:
+            holder, public = None, private
+        grant = Grant.sign(
+            signer,
+            Principal(client, public),
+            scope=scope,
+            issued_at=int(now),
+            not_before=int(now),
+            expires_at=expires_at,
+            max_depth=provider.config.max_depth,
+            on_behalf_of=person,
+            meta={EVIDENCE_KEY: evidence},
+        )
+        return Derived(Delegation([grant]), holder)
+
+
+def reachable_tools(chain: VerifiedChain | Delegation, tools: Iterable[str]) -> list[str]:
+    """The tool addresses (``server/tool``) the chain reaches, in the order given.
+
+    A tool is reached when every link has a rule whose pattern selects it (the
+    arguments are judged at call time). An empty result means the chain
+    reaches no tool at all (the proxy answers ``403 insufficient_scope``).
+    """
+    delegation = chain if isinstance(chain, Delegation) else chain.delegation
+    return [
+        tool
+        for tool in tools
+        if all(any(pattern_matches(r.tool, tool) for r in g.scope) for g in delegation)
+    ]
+
+
+class DerivedChains:
+    """A bounded cache of derived chains and their holder keys, per token.
+
+    Keyed by the token's SHA-256 (the token itself is not kept). An entry is
+    dropped when its chain expires and, when a revocation store is given to
+    :meth:`get`, as soon as a link, key or principal of it is revoked.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = max(0, size)
+        self._items: OrderedDict[str, tuple[Delegation, Identity]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self, token: str, *, now: float, revocations: RevocationStore | None = None
+    ) -> tuple[Delegation, Identity] | None:
+        """The cached chain and holder for ``token``, if still usable."""
+        key = token_sha256(token)
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None:
+                return None
+            if now >= entry[0].expires_at:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+        if revocations is not None:
+            from agentguard.verify import revoked_link
+
+            if revoked_link(revocations, entry[0].grants) is not None:
+                with self._lock:
+                    self._items.pop(key, None)
+                return None
+        return entry
+
+    def put(self, token: str, delegation: Delegation, holder: Identity) -> None:
+        """Remember the chain derived for ``token`` and the key that holds it."""
+        if self._size == 0:
+            return
+        with self._lock:
+            self._items[token_sha256(token)] = (delegation, holder)
+            self._items.move_to_end(token_sha256(token))
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
