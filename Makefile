@@ -51,6 +51,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_pg.py
 
 # Long loops: the slow-marked tests (crash loop, 100k-call memory, proxy load) and
 # the fuzz modules, whose hypothesis profile runs 10-25x more examples here.
