@@ -133,10 +133,28 @@ _approval_wait = _meter.create_histogram(
 _current: ContextVar[Authorization | None] = ContextVar("agentguard_authorization", default=None)
 
 
+# Where the OpenTelemetry API keeps the global providers once they are set
+# (``set_tracer_provider`` and ``set_meter_provider`` set them once per process;
+# a provider named by ``OTEL_PYTHON_*_PROVIDER`` is loaded into them by the first
+# ``get_*_provider()``, and this module calls both at import). While they are
+# still ``None`` nothing here would be recorded, and reading them is cheaper
+# than asking for the provider (which looks the environment up on every call).
+# An API version without them takes the documented path every time.
+_UNKNOWN = object()
+_metrics_state: Any = getattr(metrics, "_internal", None)
+
+
 def _enabled() -> bool:
     """Whether an SDK (or another real provider) is installed; spans are skipped otherwise."""
+    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None:
+        return False
     provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _metering() -> bool:
+    """Whether a meter provider may be installed (``False`` only when surely none is)."""
+    return getattr(_metrics_state, "_METER_PROVIDER", _UNKNOWN) is not None
 
 
 def global_tracer_provider() -> trace.TracerProvider:
@@ -279,6 +297,8 @@ class ToolCall(_Scope):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.span is None:
+            return  # no span was opened or enriched: nothing to mark or end
         try:
             if exc is not None:
                 _fail(self.span, _error_type(exc))
@@ -299,13 +319,20 @@ class Authorization(_Scope):
         self.enforcement_point = enforcement_point
         self.tool_span: trace.Span | None = None
         self.outcome: str | None = None
-        self._started = time.perf_counter()
+        self._started = 0.0
         self._var_token: Token[Authorization | None] | None = None
+        # Neither spans nor metrics can be recorded: the whole span is skipped.
+        self._quiet = False
 
     def __enter__(self) -> Authorization:
         try:
+            tracing = _enabled()
+            if not tracing and not _metering():
+                self._quiet = True
+                return self
+            self._started = time.perf_counter()
             self._var_token = _current.set(self)
-            if not _enabled():
+            if not tracing:
                 return self
             current = trace.get_current_span()
             if _is_tool_span(current, self.tool):
@@ -324,6 +351,8 @@ class Authorization(_Scope):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._quiet:
+            return
         try:
             if self._var_token is not None:
                 _current.reset(self._var_token)
@@ -364,6 +393,8 @@ def decided(decision: Decision) -> None:
     """
     try:
         current = _current.get()
+        if current is None and not _metering():
+            return  # no span to fill in and no meter to count with
         attributes: dict[str, Any] = {
             AGENTGUARD_DECISION_OUTCOME: decision.outcome,
             AGENTGUARD_DECISION_REASON: decision.reason,

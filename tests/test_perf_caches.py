@@ -8,6 +8,12 @@ each test below caches a chain first and then changes one of those.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from agentguard import Delegation, Identity, Verifier
@@ -206,3 +212,76 @@ def test_a_refused_chain_is_not_cached(world: World) -> None:
     clock.set(world.clock.now() + 30 * 86400)  # long after every link expired
     assert _refusal(verifier, text) == Reason.LINK_EXPIRED
     assert len(verifier._chains) == 0
+
+
+# -- tracing's fast path when no provider is installed ---------------------------------------
+
+_LATER_PROVIDERS = """
+import json, sys
+from opentelemetry import metrics, trace
+from agentguard import tracing
+from agentguard.testing import World
+
+world = World()
+guard = world.guard()
+ran = []
+for _ in range(3):  # no provider yet: the fast path
+    guard.call(world.delegation, "tickets/read", {}, lambda: ran.append(1), holder=world.bot)
+assert not tracing._enabled() and not tracing._metering()
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+reader = InMemoryMetricReader()
+if sys.argv[1] in ("meter", "both"):
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+exporter = InMemorySpanExporter()
+if sys.argv[1] in ("tracer", "both"):
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+guard.call(world.delegation, "tickets/read", {}, lambda: ran.append(1), holder=world.bot)
+spans = sorted(span.name for span in exporter.get_finished_spans())
+counted = {}
+data = reader.get_metrics_data()
+for rm in (data.resource_metrics if data else []):
+    for sm in rm.scope_metrics:
+        for metric in sm.metrics:
+            counted[metric.name] = sum(
+                getattr(point, "value", getattr(point, "count", 0))
+                for point in metric.data.data_points
+            )
+print(json.dumps({"spans": spans, "metrics": counted, "ran": len(ran)}))
+"""
+
+
+@pytest.mark.parametrize("installed", ["tracer", "meter", "both"])
+def test_providers_installed_after_calls_without_them_record_the_next_call(
+    installed: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENTGUARD_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", _LATER_PROVIDERS, installed],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["ran"] == 4
+    if installed in ("tracer", "both"):
+        assert seen["spans"] == ["agentguard.authorize tickets/read", "execute_tool tickets/read"]
+    else:
+        assert seen["spans"] == []
+    if installed in ("meter", "both"):
+        # Only the call made after the meter provider was installed is counted.
+        assert seen["metrics"]["agentguard.decisions"] == 1
+        assert seen["metrics"]["agentguard.authorization.duration"] == 1
+    else:
+        assert seen["metrics"] == {}
