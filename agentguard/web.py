@@ -472,7 +472,11 @@ def _allowed_host(name: str) -> str:
 
 
 def _same_origin(url: str, host: str) -> bool:
-    """Whether ``url`` (an ``Origin`` or ``Referer``) names the origin ``host`` was sent to."""
+    """Whether ``url`` (an ``Origin`` or ``Referer``) names the host and port ``host`` names.
+
+    The scheme is not compared: behind a TLS proxy the browser sees ``https``
+    while this server speaks ``http``; one host and port is one server.
+    """
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port

@@ -213,10 +213,23 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = SERVE_PORT,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            metavar="NAME",
+            help="A host name browsers use for the page, besides loopback and --host "
+            "(repeatable); requests naming any other host are refused.",
+        ),
+    ] = None,
     home: HomeOption = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Serve the approval web page (the 'web' extra) until interrupted."""
+    """Serve the approval web page (the 'web' extra) until interrupted.
+
+    The policy file is read again on every request: approvers added or removed
+    count at once; a policy that no longer loads refuses every answer until fixed.
+    """
     from agentguard import web
 
     web._require_web()  # before anything is said as if serving
@@ -224,5 +237,10 @@ def serve(
     with ws.guard() as guard:
         note(f"approval page on http://{host}:{port}/ (Ctrl-C to stop)")
         web.serve(
-            guard.approvals, web.ApproverTokens.in_home(ws.require_home()), host=host, port=port
+            guard.approvals,
+            web.ApproverTokens.in_home(ws.require_home()),
+            host=host,
+            port=port,
+            allowed_hosts=allow_host or (),
+            policy_file=ws.policy_path if ws.has_policy_file else None,
         )
