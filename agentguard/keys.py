@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "read_trusted_file",
+    "secret_keys",
     "validate_principal_id",
 ]
 
@@ -629,3 +631,70 @@ class KeySet:
                 reason=Reason.BAD_SIGNATURE,
             )
         return key.principal
+
+
+#: The most secret keys a secret key file may hold (a rotation ring).
+_MAX_SECRET_KEYS = 8
+
+
+def secret_keys(path: Path, *, create: bool = True) -> list[bytes]:
+    """The symmetric keys in ``path``, made once (one random 32-byte key) when missing.
+
+    The file is JSON, ``{"keys": ["<base64url>", ...]}``: the first key seals,
+    every key unseals (a rotation ring, at most 8). Processes that share the
+    file share the keys: put a copy next to every replica's policy. It is
+    created with mode 0600 and published atomically, so processes racing to
+    create it all end up with the one that won.
+
+    Raises:
+        IdentityError: the file is unreadable, readable by group or others,
+            malformed, or holds a key that is not 32 bytes; or it is missing
+            and ``create`` is false.
+    """
+    if create and not path.exists():
+        doc = {"keys": [b64url_encode(secrets.token_bytes(32))]}
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(json.dumps(doc).encode() + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            # Another process may have made it first: then use theirs.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        fd = _open_trusted(path, follow_symlinks=False)
+    except OSError as exc:
+        raise IdentityError(f"cannot open secret key file {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise IdentityError(
+                f"refusing secret key file {path}: it is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
+            )
+        raw = _read_bounded(fd, path, KEY_FILE_LIMIT)
+    except OSError as exc:
+        raise IdentityError(f"cannot read secret key file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise IdentityError(f"refusing secret key file: {exc}") from exc
+    finally:
+        os.close(fd)
+    doc = _read_json(raw, path)
+    texts = doc.get("keys")
+    if not isinstance(texts, list) or not 1 <= len(texts) <= _MAX_SECRET_KEYS:
+        raise IdentityError(f"{path}: 'keys' must list 1 to {_MAX_SECRET_KEYS} keys")
+    keys = []
+    for index, text in enumerate(texts):
+        try:
+            key = b64url_decode(text) if isinstance(text, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise IdentityError(f"{path}: key {index} is not 32 bytes of base64url")
+        keys.append(key)
+    return keys

@@ -46,7 +46,7 @@ from agentguard.errors import (
     StoreError,
 )
 from agentguard.guard import Decision, Guard, current_decision
-from agentguard.keys import Identity
+from agentguard.keys import Identity, secret_keys
 from agentguard.policy import assurance_at_least
 from agentguard.verify import VerifiedChain
 from agentguard_mcp._names import client_name, tool_address
@@ -99,6 +99,8 @@ _APPROVAL_INPUT = "agentguard_approval"
 _MAX_ARGS_DEPTH = 64
 _ANNOTATION_REASON = "MCP annotations: destructive tool"
 _STATE_TTL = 300.0
+#: The file in the state directory holding the keys that seal input-required state.
+REQUEST_STATE_KEY_FILE = "request-state.key"
 #: Worker threads for the proxy's own store reads and writes, apart from the
 #: guard's: calls stuck behind a lock must not queue up the listings.
 _STORE_THREADS = 16
@@ -275,6 +277,11 @@ class GuardedProxy:
             the upstreams' listings at most once per this many seconds; other
             unknown names are answered from the catalogue as it is.
         monotonic: the clock (seconds) for ``relist_interval``.
+        state_keys: the keys that seal the 2026-07-28 input-required state
+            (the first seals, every one unseals). Default: those in
+            ``request-state.key`` in the guard's state directory (made there
+            once), so proxies sharing that file accept each other's state;
+            a guard without a state directory uses a key of this process only.
     """
 
     def __init__(
@@ -292,8 +299,15 @@ class GuardedProxy:
         forward_baggage: bool = False,
         relist_interval: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        state_keys: Sequence[bytes] | None = None,
     ) -> None:
         self.guard = guard
+        if state_keys is None:
+            home = guard.home
+            state_keys = (
+                [os.urandom(32)] if home is None else secret_keys(home / REQUEST_STATE_KEY_FILE)
+            )
+        self._state_keys = list(state_keys)
         self.upstreams = list(upstreams)
         self.caller = caller
         self.prefixed = len(self.upstreams) > 1 if prefixed is None else prefixed
@@ -448,7 +462,7 @@ class GuardedProxy:
         )
         # Sealed, caller-bound, argument-bound input-required state (2026-07-28).
         security = RequestStateSecurity(
-            keys=[os.urandom(32)], ttl=_STATE_TTL, bind_principal=self._state_principal
+            keys=self._state_keys, ttl=_STATE_TTL, bind_principal=self._state_principal
         )
         server.middleware.append(RequestStateBoundary(security, default_audience=self.name))
         return server
