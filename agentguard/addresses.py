@@ -72,6 +72,15 @@ def parse_address(address: str) -> tuple[str, str]:
     Raises:
         InvalidAddressError: the address is malformed or contains wildcards.
     """
+    if type(address) is str:
+        # Checked twice per guarded call (scope and call token): valid addresses
+        # are remembered (a bounded cache; errors are never cached).
+        return _parse_text(address)
+    return _parse_text.__wrapped__(address)
+
+
+@lru_cache(maxsize=1024)
+def _parse_text(address: str) -> tuple[str, str]:
     namespace, tool = _check_parts(address, "tool address")
     if "*" in address or "?" in address:
         raise InvalidAddressError(f"tool address {address!r} must not contain wildcards")

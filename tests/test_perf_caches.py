@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from agentguard import Delegation, Identity, Verifier
+from agentguard.addresses import _parse_text, parse_address
 from agentguard.clock import ManualClock
 from agentguard.decision import Reason
-from agentguard.errors import DeniedError
+from agentguard.errors import DeniedError, InvalidAddressError
 from agentguard.store import MemoryStore
 from agentguard.testing import World
 from agentguard.tokens import Grant
@@ -285,3 +286,41 @@ def test_providers_installed_after_calls_without_them_record_the_next_call(
         assert seen["metrics"]["agentguard.authorization.duration"] == 1
     else:
         assert seen["metrics"] == {}
+
+
+# -- the tool-address cache --------------------------------------------------------------------
+
+
+class _SneakyStr(str):
+    """A string that claims to equal every other one (never trusted to a cache)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("tickets/read")
+
+
+@pytest.mark.parametrize(
+    "hostile", [["tickets/read"], b"tickets/read", None, 7, "tickets/*", "tickets/../x", " a/b"]
+)
+def test_invalid_addresses_are_refused_every_time(hostile: object) -> None:
+    for _ in range(2):  # a refusal is never remembered as a success
+        with pytest.raises(InvalidAddressError):
+            parse_address(hostile)  # type: ignore[arg-type]
+
+
+def test_a_str_subclass_is_parsed_for_itself() -> None:
+    assert parse_address("tickets/read") == ("tickets", "read")
+    with pytest.raises(InvalidAddressError):
+        parse_address(_SneakyStr("tickets/*"))
+
+
+def test_the_address_cache_is_bounded() -> None:
+    for i in range(1100):
+        assert parse_address(f"ns/tool{i}") == ("ns", f"tool{i}")
+    info = _parse_text.cache_info()
+    assert info.maxsize is not None
+    assert info.currsize <= info.maxsize == 1024
