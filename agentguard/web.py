@@ -257,6 +257,7 @@ outline:3px solid #0969da;outline-offset:2px}
 header{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:center;gap:.5rem}
 header form{display:flex;gap:.5rem;align-items:center}
 .login{display:flex;flex-direction:column;gap:.6rem;max-width:30rem}
+#where{margin-top:2rem;max-width:42rem}
 """
 
 #: Counts the deadlines down once a second, from the seconds left when the page was
@@ -357,6 +358,7 @@ def _request_html(request: ApprovalRequest, csrf: str, now: float, offer: _Offer
             f'<input id="deny-msg-{rid}" name="message" maxlength="500">'
             '<button type="submit" class="danger">Deny</button></form>'
         )
+    notes = []
     reasons = dict.fromkeys(r for r in (offer.approve, offer.deny) if r is not None)
     for reason in reasons:
         which = (
@@ -364,7 +366,7 @@ def _request_html(request: ApprovalRequest, csrf: str, now: float, offer: _Offer
             if offer.approve == offer.deny
             else ("An approval" if reason == offer.approve else "A denial")
         )
-        forms.append(
+        notes.append(
             f'<p class="cannot" role="note">{which} from you on this page would not count: '
             f"{_e(reason)}</p>"
         )
@@ -395,7 +397,7 @@ request <code>{rid}</code></p>
 <p class="rules">Approval required by {_e("; ".join(view.rules))}
 (minimum assurance <code>{_e(request.min_assurance)}</code>; this page carries
 <code>{WEB_ASSURANCE}</code>).</p>
-<div class="answers">{"".join(forms)}</div>{edit}
+<div class="answers">{"".join(notes + forms)}</div>{edit}
 </section>"""
 
 

@@ -49,7 +49,13 @@ BASE = "http://127.0.0.1:8780"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run"]
-ROOT = Path(__file__).resolve().parents[1]
+#: What the browser test writes (into $AGENTGUARD_SCREENSHOTS when set: `make screenshots`).
+SCREENSHOTS = (
+    "approval-login.png",
+    "approval-page.png",
+    "approval-phone.png",
+    "approval-deny-only.png",
+)
 
 
 # -- a page over a guard whose policy lives in a real file ----------------------------------------
@@ -677,7 +683,7 @@ def test_the_page_in_chromium_request_first_chain_buttons_keyboard_phone_no_scri
             expect(deny).to_have_class("danger")
             expect(section.get_by_label("Note (optional)").first).to_be_visible()
             expect(section.get_by_label("Reason (sent back to the caller)")).to_be_visible()
-            page.screenshot(path=str(shots / "approval-page.png"), full_page=True)
+            page.screenshot(path=str(shots / "approval-page.png"))
 
             # Keyboard only: Tab from the note reaches Approve; Enter answers.
             section.get_by_label("Note (optional)").first.focus()
@@ -694,7 +700,7 @@ def test_the_page_in_chromium_request_first_chain_buttons_keyboard_phone_no_scri
             phone.goto(url + "/")
             expect(phone.locator("section.req")).to_have_count(1)
             assert phone.evaluate("document.documentElement.scrollWidth") <= 375
-            phone.screenshot(path=str(shots / "approval-phone.png"), full_page=True)
+            phone.screenshot(path=str(shots / "approval-phone.png"))
 
             # Alice sponsors the chain: Deny only, and the page says why there is no Approve.
             alice_page = browser.new_page()
@@ -705,6 +711,7 @@ def test_the_page_in_chromium_request_first_chain_buttons_keyboard_phone_no_scri
             expect(only.locator("form.approve")).to_have_count(0)
             expect(only.locator("form.deny button")).to_have_text("Deny")
             expect(only.locator(".cannot")).to_contain_text("would not count")
+            only.screenshot(path=str(shots / "approval-deny-only.png"))
         finally:
             browser.close()
 
@@ -730,5 +737,5 @@ def test_the_page_in_chromium_request_first_chain_buttons_keyboard_phone_no_scri
 
     assert desk.guard.call(delegation, "tickets/comment", args, tool, holder=sub) == "done"
     assert tool.calls == [args]
-    for name in ("approval-login.png", "approval-page.png", "approval-phone.png"):
+    for name in SCREENSHOTS:
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
