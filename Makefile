@@ -49,6 +49,13 @@ npm-deps:
 demo: install
 	$(BIN)/python examples/demo.py
 
+# The README's approval page screenshots, taken by the page's browser test in real
+# Chromium (Debian's /usr/bin/chromium) and written to docs/screenshots/.
+.PHONY: screenshots
+screenshots: install
+	AGENTGUARD_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q -rs -p no:cacheprovider \
+		tests/test_web_page.py -k chromium
+
 bench: install
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/bench_pg.py
