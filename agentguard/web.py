@@ -1,20 +1,32 @@
 """The approval web page (the ``web`` extra: Starlette + Uvicorn).
 
-Approvers log in with a per-approver token (see :class:`ApproverTokens`), see
-the pending requests (tool, redacted arguments, delegation path, rules,
-deadline, requester and sponsor) and approve, deny or edit them. Answers are
-recorded through :meth:`ApprovalBook.answer` with assurance ``authenticated``;
-the guard attests them with its key and checks them before the tool runs.
+Approvers log in with a per-approver token (see :class:`ApproverTokens`) and
+see each pending request: first the call (tool, every argument redacted where
+the policy says, the deadline counting down), then who asks for whom (the
+delegation chain, each purpose and sponsor with the principal who asserted
+it, shared with every other channel through :func:`request_html`), then the
+answers. Answers are recorded through :meth:`ApprovalBook.answer` with
+assurance ``authenticated``; the guard attests them with its key and checks
+them before the tool runs. The page offers only the answers the book would
+accept from the logged-in approver (approver list, assurance, separation of
+duties) and says who could answer instead, and how.
 
 Security: only a SHA-256 hash of each token is stored (file mode 0600); the
 session cookie is a random id kept server-side (HttpOnly, SameSite=Strict);
 every POST carries a per-session CSRF token; every value shown is HTML-escaped;
-the server binds to loopback unless told otherwise.
+the server binds to loopback unless told otherwise. Every request must name a
+host the page answers to (loopback names, the bound host, ``allowed_hosts``):
+a page on loopback is otherwise reachable from any website through DNS
+rebinding. Every request that may change state must come from the page
+itself: its ``Origin`` must name the page's host and port; without ``Origin``,
+``Sec-Fetch-Site`` must be ``same-origin``; without either, the ``Referer``
+must be on the page; when none tells, the request is refused. The policy file
+is read on every request, so a change counts at once; while it does not load,
+every answer is refused.
 
 Starlette and Uvicorn are imported only when an app is built, so
 :class:`ApproverTokens` works without the extra (the CLI issues tokens with it).
 """
-
 from __future__ import annotations
 
 import base64

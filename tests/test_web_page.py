@@ -189,6 +189,37 @@ def test_the_loopback_names_and_configured_hosts_are_served(tmp_path: Path) -> N
             create_app(desk.guard.approvals, desk.tokens, allowed_hosts=[bad])
 
 
+@pytest.mark.parametrize(
+    ("bind", "extra", "answers", "refuses"),
+    [
+        ("192.168.1.5", [], "192.168.1.5:8780", "attacker.example"),
+        ("0.0.0.0", [], "127.0.0.1:8780", "0.0.0.0:8780"),  # noqa: S104 - nothing binds
+        ("::", ["approvals.example.com"], "approvals.example.com", "[::]:8780"),
+    ],
+)
+def test_serve_answers_to_the_host_it_binds_and_the_allowed_names(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    bind: str,
+    extra: list[str],
+    answers: str,
+    refuses: str,
+) -> None:
+    import uvicorn
+
+    from agentguard import web
+
+    desk = make_desk(tmp_path, ["user:carol"])
+    apps: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))  # nothing binds
+    web.serve(desk.guard.approvals, desk.tokens, host=bind, allowed_hosts=extra)
+    assert ("answering only to loopback names" in caplog.text) is (bind == "0.0.0.0")  # noqa: S104
+    client = TestClient(apps[0], base_url=BASE)
+    assert client.get("/login", headers={"Host": answers}).status_code == 200
+    assert client.get("/login", headers={"Host": refuses}).status_code == 403
+
+
 def test_a_foreign_origin_is_refused_even_with_a_valid_session_and_csrf_token(
     tmp_path: Path,
 ) -> None:
