@@ -911,12 +911,14 @@ class PostgresStore:
         Never raises.
         """
         limit = max(0.0, float(timeout))
+        until = time.monotonic() + limit
         event = threading.Event()
         with self._waiters_lock:
             self._waiters.setdefault(request_id, set()).add(event)
         try:
             if not self._listening(limit):
-                event.wait(limit)  # no listener: a plain pause, the next read decides
+                # No listener: a plain pause (to ``timeout`` in all), the next read decides.
+                event.wait(max(0.0, until - time.monotonic()))
                 return False
             # Listening before this read: an answer committed after it is notified.
             try:
@@ -930,7 +932,7 @@ class PostgresStore:
                 return False
             if row is None or row[0] != "pending":
                 return True
-            return event.wait(limit)
+            return event.wait(max(0.0, until - time.monotonic()))
         finally:
             with self._waiters_lock:
                 events = self._waiters.get(request_id)
