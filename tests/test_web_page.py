@@ -381,7 +381,13 @@ def test_an_approver_added_to_the_policy_file_answers_without_a_restart_and_one_
 
 @pytest.mark.parametrize(
     "breakage",
-    ["version: 1\napprovers: [oops\n", "version: 2\n", "guard_id: service:other\n", None],
+    [
+        "version: 1\napprovers: [oops\n",
+        "version: 2\n",
+        "guard_id: service:other\n",
+        "storage:\n  durability: full\n",
+        None,
+    ],
 )
 def test_a_policy_that_no_longer_loads_refuses_every_answer_until_fixed(
     tmp_path: Path, breakage: str | None
@@ -393,7 +399,7 @@ def test_a_policy_that_no_longer_loads_refuses_every_answer_until_fixed(
     good = desk.policy_file.read_text()
     if breakage is None:
         desk.policy_file.unlink()
-    elif breakage.startswith("guard_id"):
+    elif breakage.startswith(("guard_id", "storage")):  # valid, but only a restart applies it
         desk.policy_file.write_text(good + breakage)
     else:
         desk.policy_file.write_text(breakage)
