@@ -207,6 +207,55 @@ class _ChainCache:
         return len(self._items)
 
 
+#: Per link, the rules whose pattern selects a tool: (rule index, predicate, approval).
+_Plan = tuple[tuple[tuple[int, list[Any] | None, bool], ...], ...]
+
+
+class _ScopePlans:
+    """Bounded LRU of which rules of a delegation select a tool (a pure function of both).
+
+    Keyed by the delegation object's identity and the tool; each entry holds the
+    object itself, so the identity cannot be reused by another while it is
+    remembered. A warm chain is the same object on every call (the chain cache
+    hands it out); the predicates are still evaluated on every call.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[int, str], tuple[Delegation, _Plan]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def plan(self, delegation: Delegation, tool: str) -> _Plan:
+        key = (id(delegation), tool)
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None and entry[0] is delegation:
+                self._items.move_to_end(key)
+                return entry[1]
+        plan = tuple(
+            tuple(
+                (i, rule.predicate, rule.approval)
+                for i, rule in enumerate(grant.scope)
+                if rule.matches_tool(tool)
+            )
+            for grant in delegation
+        )
+        if self._size > 0:
+            with self._lock:
+                self._items[key] = (delegation, plan)
+                self._items.move_to_end(key)
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+        return plan
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class NoRevocationCheck(enum.Enum):
     """The type of :data:`NO_REVOCATION_CHECK`."""
 
@@ -369,6 +418,7 @@ class Verifier:
         self.max_links = max_links
         self._cache = _LinkCache(cache_size)
         self._chains = _ChainCache(cache_size)
+        self._plans = _ScopePlans(cache_size)
 
     @property
     def trusted_roots(self) -> Mapping[str, Principal]:
@@ -379,6 +429,7 @@ class Verifier:
         """Forget every cached link signature and verified chain."""
         self._cache.clear()
         self._chains.clear()
+        self._plans.clear()
 
     # -- steps 1-4 ----------------------------------------------------------
 
@@ -582,6 +633,7 @@ class Verifier:
             raise DeniedError(str(exc), reason=Reason.INVALID_TOOL) from exc
         matched: list[int] = []
         approvals: list[tuple[int, int]] = []
+        plan = self._plans.plan(chain.delegation, tool)
         for index, grant in enumerate(chain.delegation):
             # One three-valued answer per rule whose pattern selects the tool: a rule
             # grants only on TRUE; an approval rule restricts, so it demands approval
@@ -589,15 +641,12 @@ class Verifier:
             # without one (approvals never disappear).
             truths: dict[int, Truth] = {}
             admitting: int | None = None
-            for i, rule in enumerate(grant.scope):
-                if not rule.matches_tool(tool):
-                    continue
-                predicate = rule.predicate
+            for i, predicate, approval in plan[index]:
                 truth = Truth.TRUE if predicate is None else evaluate(predicate, args)
                 truths[i] = truth
                 if truth is Truth.TRUE and admitting is None:
                     admitting = i
-                if rule.approval and truth is not Truth.FALSE:
+                if approval and truth is not Truth.FALSE:
                     approvals.append((index, i))
             if not truths:
                 raise DeniedError(

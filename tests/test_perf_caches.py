@@ -324,3 +324,50 @@ def test_the_address_cache_is_bounded() -> None:
     info = _parse_text.cache_info()
     assert info.maxsize is not None
     assert info.currsize <= info.maxsize == 1024
+
+
+# -- the scope plan (which rules of a chain select a tool) -------------------------------------
+
+
+def test_a_remembered_scope_plan_still_evaluates_every_predicate(world: World) -> None:
+    verifier = _verifier(world, MemoryStore())
+    chain = verifier.verify_chain(world.delegation)
+    verifier.authorize(chain, "billing/refund", {"amount": 10})
+    assert len(verifier._plans) == 1
+    with pytest.raises(DeniedError) as caught:
+        verifier.authorize(
+            verifier.verify_chain(world.delegation), "billing/refund", {"amount": 5000}
+        )
+    assert caught.value.reason == Reason.PREDICATE_FAILED
+    assert len(verifier._plans) == 1  # the same plan, evaluated against the new arguments
+
+
+def test_scope_plans_are_per_delegation_and_per_tool(world: World) -> None:
+    verifier = _verifier(world, MemoryStore(), cache_size=1)
+    wide = verifier.verify_chain(world.delegation)
+    narrow_delegation = world.chain(world.bot, scope=["tickets/read"])
+    narrow = verifier.verify_chain(narrow_delegation)
+    verifier.authorize(wide, "tickets/close", {})
+    # Another delegation, one slot: the wide chain's plan is never used for it.
+    with pytest.raises(DeniedError) as caught:
+        verifier.authorize(narrow, "tickets/close", {})
+    assert caught.value.reason == Reason.OUT_OF_SCOPE
+    verifier.authorize(narrow, "tickets/read", {})
+    assert len(verifier._plans) == 1
+    # Objects built afresh on every call (no chain cache) never share a plan either.
+    cold = _verifier(world, MemoryStore(), cache_size=0)
+    for _ in range(3):
+        cold.authorize(cold.verify_chain(world.delegation), "tickets/close", {})
+        with pytest.raises(DeniedError):
+            cold.authorize(cold.verify_chain(narrow_delegation), "tickets/close", {})
+    assert len(cold._plans) == 0
+
+
+def test_the_scope_plan_cache_is_bounded(world: World) -> None:
+    verifier = _verifier(world, MemoryStore(), cache_size=4)
+    chain = verifier.verify_chain(world.delegation)
+    for i in range(10):
+        verifier.authorize(chain, f"tickets/t{i}", {})
+    assert len(verifier._plans) == 4
+    verifier.clear_cache()
+    assert len(verifier._plans) == 0
