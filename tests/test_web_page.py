@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from agentguard.errors import ApprovalPending, ConfigError
+from agentguard.errors import ApprovalPending, ConfigError, StoreError
 from agentguard.guard import Guard
 from agentguard.keys import Keyring
 from agentguard.policy import load_policy
+from agentguard.store import Revocation
 from agentguard.store.memory import MemoryStore
 from agentguard.testing import RecordingTool, World
 from agentguard.web import ApproverTokens, _refusal, _split_host, create_app
@@ -104,13 +105,34 @@ def write_policy(world: World, path: Path, approvers: list[dict[str, Any]], leve
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
 
-def make_desk(tmp_path: Path, approvers: list[str], level: str = "authenticated") -> Desk:
+class RevocationsUnreadable(MemoryStore):
+    """A store whose revocation list cannot be read once ``broken`` is set."""
+
+    broken = False
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        if self.broken and principals:
+            raise StoreError("revocations cannot be read (injected)")
+        return super().find_revoked(link_ids, kids, principals)
+
+
+def make_desk(
+    tmp_path: Path,
+    approvers: list[str],
+    level: str = "authenticated",
+    store: MemoryStore | None = None,
+) -> Desk:
     """Carol holds a login token; ``approvers`` are the policy's approvers."""
     world = World()
     policy_file = tmp_path / "agentguard.yaml"
     write_policy(world, policy_file, [entry(a) for a in approvers], level)
     guard = Guard(
-        load_policy(policy_file), store=MemoryStore(), clock=world.clock, approval_mode="raise"
+        load_policy(policy_file),
+        store=store or MemoryStore(),
+        clock=world.clock,
+        approval_mode="raise",
     )
     tokens = ApproverTokens(tmp_path / "t.json")
     return Desk(world, policy_file, guard, tokens, tokens.issue("user:carol"))
@@ -350,6 +372,24 @@ def test_an_approver_who_counts_gets_both_buttons_and_no_note(tmp_path: Path) ->
     assert '<button type="submit" class="danger">Deny</button>' in shown
     assert 'class="edit"' in shown
     assert "would not count" not in shown
+
+
+def test_a_page_that_cannot_tell_whether_an_answer_counts_offers_nothing(tmp_path: Path) -> None:
+    """Fail closed: revocations unreadable, so neither button; the answer is not recorded."""
+    store = RevocationsUnreadable()
+    desk = make_desk(tmp_path, ["user:carol"], store=store)
+    request_id = desk.ask(1)
+    client = desk.client()
+    csrf = login(client, desk.carol)
+    store.broken = True
+    shown = card(client.get("/").text, request_id)
+    assert "<button" not in shown
+    assert "cannot tell whether this answer would count (StoreError)" in shown
+    assert (
+        "Not recorded" in client.post(f"/requests/{request_id}/approve", data={"csrf": csrf}).text
+    )
+    store.broken = False
+    assert desk.guard.approvals.get(request_id).status == "pending"
 
 
 # -- 3. The policy file is followed while serving --------------------------------------------------
