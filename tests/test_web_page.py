@@ -544,7 +544,7 @@ def served(cli: CLI) -> Iterator[tuple[CLI, Served]]:
     env = {**os.environ, "AGENTGUARD_HOME": str(cli.home)}
     command = str(Path(sys.executable).parent / "agentguard")
     process = subprocess.Popen(
-        [command, "approvals", "serve", "--port", str(port)],
+        [command, "approvals", "serve", "--port", str(port), "--allow-host", "approvals.test"],
         cwd=cli.root,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -599,6 +599,10 @@ def test_the_served_init_policy_page_offers_what_counts_and_follows_the_policy_f
     cli, site = served
     # DNS rebinding against the real server: its host name is refused before any route.
     assert site.request("GET", "/login", Host=f"attacker.example:{site.port}")[0] == 403
+    assert (
+        site.request("GET", "/login", Host=f"approvals.test:{site.port}")[0] == 200
+    )  # --allow-host
+    site.cookie = ""
 
     # The init policy: a grant's approval rule demands 'signed'; the page offers no button.
     privileged = _ask(cli, "agent:bot", "bot.dlg", "admin/reset")
