@@ -27,6 +27,7 @@ every answer is refused.
 Starlette and Uvicorn are imported only when an app is built, so
 :class:`ApproverTokens` works without the extra (the CLI issues tokens with it).
 """
+
 from __future__ import annotations
 
 import base64
