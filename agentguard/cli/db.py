@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from agentguard.audit import verify_log
 from agentguard.cli._common import (
     HomeOption,
     JsonOption,
@@ -134,7 +135,13 @@ def migrate(
             note(f"{table}: {done}/{total}")
 
     try:
-        result = migrate_sqlite(source, store, keys, now=time.time(), progress=progress)
+        result = migrate_sqlite(
+            source,
+            store,
+            lambda entries, signed: verify_log(entries, signed, keys),
+            now=time.time(),
+            progress=progress,
+        )
     finally:
         store.close()
     if as_json:

@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentguard.audit import verify_log
 from agentguard.errors import ConfigError, StoreError
-from agentguard.keys import KeySet, Principal
 from agentguard.store.base import AuditEntry, Checkpoint
 
 if TYPE_CHECKING:
     from agentguard.store.postgres import PostgresStore
 
-__all__ = ["MigrationResult", "migrate_sqlite"]
+__all__ = ["ChainCheck", "MigrationResult", "migrate_sqlite"]
 
 #: Rows copied between two progress reports.
 PROGRESS_EVERY = 10_000
@@ -131,8 +129,16 @@ def _count(conn: Any, table: str) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def _check(where: str, entries: list[AuditEntry], signed: list[Checkpoint], keys: Any) -> None:
-    problem = verify_log(entries, signed, keys)
+#: Checks a chain against its signed heads: the first problem, or ``None`` when intact
+#: (:func:`agentguard.audit.verify_log` with the guard's keys; the store layer
+#: does not import the audit module).
+ChainCheck = Callable[[list[AuditEntry], list[Checkpoint]], object | None]
+
+
+def _check(
+    where: str, entries: list[AuditEntry], signed: list[Checkpoint], keys: ChainCheck
+) -> None:
+    problem = keys(entries, signed)
     if problem is not None:
         raise StoreError(f"the audit chain in {where} does not verify: {problem}")
 
@@ -140,7 +146,7 @@ def _check(where: str, entries: list[AuditEntry], signed: list[Checkpoint], keys
 def migrate_sqlite(
     path: Path,
     target: PostgresStore,
-    keys: KeySet | Principal,
+    check: ChainCheck,
     *,
     now: float,
     progress: Callable[[str, int, int], None] | None = None,
@@ -150,7 +156,9 @@ def migrate_sqlite(
     Args:
         path: the source ``state.db`` (opened read-only).
         target: the PostgreSQL store to fill (its schema is created if missing).
-        keys: the guard keys the chain's signed heads must verify against.
+        check: finds the first problem in a chain and its signed heads
+            (``None`` when intact), e.g. :func:`agentguard.audit.verify_log`
+            with the guard's trusted keys.
         now: the current time; call-token ids expired by then are not copied.
         progress: called as ``progress(table, copied, total)`` every
             :data:`PROGRESS_EVERY` rows and at the end of each table.
@@ -167,7 +175,7 @@ def migrate_sqlite(
             db.execute("SELECT seq, head, signed_at, token FROM audit_checkpoints ORDER BY seq"),
             db.execute("SELECT seq, head, signed_at, token FROM audit_head"),
         )
-        _check(str(path), entries, signed, keys)
+        _check(str(path), entries, signed, check)
         tip = (entries[-1].seq, entries[-1].hash) if entries else None
         with target._direct() as conn, conn.transaction():
             # Appends lock the tip row first: holding it keeps every guard out.
@@ -237,5 +245,5 @@ def migrate_sqlite(
                 raise StoreError(
                     "the copied audit chain differs from the source; nothing was committed"
                 )
-            _check(target.location, copy_entries, copy_signed, keys)
+            _check(target.location, copy_entries, copy_signed, check)
     return MigrationResult(copied, len(entries), False, expired)
