@@ -67,8 +67,10 @@ def test_migrate_copies_everything_and_a_guard_on_the_database_continues_the_cha
     approvals, revocations = old.approval_list(), old.revocations()
     old.close()
 
+    before = source.read_bytes()
     result = _run(tmp_path, pg_url, "--from", str(source))
     assert result.exit_code == 0, result.stderr
+    assert source.read_bytes() == before  # only read
     assert "the audit chain verifies before and after" in result.stdout
     assert f"audit: {len(entries)}/{len(entries)}" in result.stderr  # progress lines
 
