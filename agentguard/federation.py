@@ -175,17 +175,21 @@ class Provider:
         return self._render(template, claims.get(template.claim), template.claim)
 
     def client_value(self, claims: Mapping[str, Any]) -> str:
-        """The OAuth client's id: ``client_id``, or ``azp`` when there is none.
+        """The OAuth client's id: the claim the ``client`` template names.
+
+        ``{client_id}`` reads ``client_id``, or ``azp`` when there is none.
 
         Raises:
-            FederationError: neither claim holds text (reason ``malformed_token``).
+            FederationError: no such claim holds text (reason ``malformed_token``).
         """
-        for name in ("client_id", "azp"):
+        claim = self._template("client").claim
+        names = ("client_id", "azp") if claim == "client_id" else (claim,)
+        for name in names:
             value = claims.get(name)
             if isinstance(value, str) and value:
                 return value
         raise FederationError(
-            "the token names no client (client_id or azp)", reason=Reason.MALFORMED_TOKEN
+            f"the token names no client ({' or '.join(names)})", reason=Reason.MALFORMED_TOKEN
         )
 
     def client_id(self, claims: Mapping[str, Any]) -> str:
@@ -194,7 +198,8 @@ class Provider:
         Raises:
             FederationError: the client claim is missing or unusable.
         """
-        return self._render(self._template("client"), self.client_value(claims), "client_id")
+        template = self._template("client")
+        return self._render(template, self.client_value(claims), template.claim)
 
     def _render(self, template: IdTemplate, value: Any, claim: str) -> str:
         if not isinstance(value, str) or not value:
@@ -330,7 +335,8 @@ class FederationRoot:
             return "its evidence is malformed"
         try:
             person_id = provider.person_id(person)
-            client_id = provider.client_id({"client_id": evidence.get("client")})
+            client_claim = provider._template("client").claim
+            client_id = provider.client_id({client_claim: evidence.get("client")})
         except FederationError as exc:
             return f"its evidence does not name a person and a client ({exc.explanation})"
         if grant.on_behalf_of != person_id:

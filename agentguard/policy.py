@@ -582,7 +582,8 @@ class FederationProvider(_Strict):
     subject: str = Field("user:{alias}.{sub}", description="How the person is named")
     client: str = Field(
         "agent:{alias}.{client_id}",
-        description="How the OAuth client is named (client_id, or azp when there is none)",
+        description="How the OAuth client is named: {client_id} is client_id, or azp when "
+        "there is none; another placeholder names its claim (e.g. {cid} for Okta)",
     )
     rules: list[FederationRule] = Field(description="What the token's claims allow")
     key: FederationKey | None = Field(
@@ -625,7 +626,7 @@ class FederationProvider(_Strict):
     @field_validator("client")
     @classmethod
     def _client(cls, value: str) -> str:
-        IdTemplate(value, claims=("client_id",))
+        IdTemplate(value)
         return value
 
     @field_validator("rules")
