@@ -366,3 +366,18 @@ def test_many_processes_open_one_fresh_store_at_once(tmp_path: Path) -> None:
         store.close()
         assert len(entries) == 8
         verify_audit_chain(entries)
+
+
+def test_tool_pins_keep_the_first_fingerprint(state: AnyStore) -> None:
+    """Tool pins (the MCP proxy's rug-pull defence): the first fingerprint of an address
+    stays; a later, different one is answered with the first; hostile names are data."""
+    assert state.pin_tools({}) == {}
+    first = {"crm/lookup": "f1", "crm/update": "u1"}
+    assert state.pin_tools(first) == first
+    assert state.pin_tools({"crm/lookup": "f2", "kb/search": "s1"}) == {
+        "crm/lookup": "f1",
+        "kb/search": "s1",
+    }
+    hostile = {"x'); DROP TABLE tool_pins; --": "h", "\u2603/\x01": "s", "a" * 5000: "long"}
+    assert state.pin_tools(hostile) == hostile
+    assert state.pin_tools({"crm/update": "u2"}) == {"crm/update": "u1"}

@@ -169,6 +169,21 @@ def test_a_newer_schema_is_refused_naming_both_versions(pg_url: str) -> None:
     assert "upgrade agentguard" in message
 
 
+def test_a_version_1_database_is_upgraded_with_its_data_kept(pg_url: str) -> None:
+    """Version 2 adds the shared tool pins; a version 1 database keeps its rows."""
+    store = PostgresStore(pg_url)
+    store.audit_append({"n": 1}, at=START)
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # back to what version 1 made
+        conn.execute("DROP TABLE ag_tool_pins")
+        conn.execute("UPDATE ag_meta SET value = '1' WHERE key = 'schema_version'")
+    store = PostgresStore(pg_url)
+    assert (store.found_version, store.schema_version()) == (1, SCHEMA_VERSION)
+    assert store.counts()["audit entries"] == 1
+    assert store.pin_tools({"crm/lookup": "f1"}) == {"crm/lookup": "f1"}
+    store.close()
+
+
 def test_without_create_an_empty_database_is_refused(pg_url: str) -> None:
     with pytest.raises(StoreError, match="agentguard db upgrade"):
         PostgresStore(pg_url, create=False)

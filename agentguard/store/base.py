@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -19,6 +19,7 @@ __all__ = [
     "Durability",
     "GrantRecord",
     "HeadSigner",
+    "PinStore",
     "ReplayStore",
     "Revocation",
     "RevocationKind",
@@ -237,6 +238,22 @@ class ApprovalStore(Protocol):
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window), or close a
         delivered rejection; atomic."""
+        ...
+
+
+class PinStore(Protocol):
+    """Tool-definition pins that every process on the store shares (the MCP proxy's
+    rug-pull defence). Optional: a store without ``pin_tools`` leaves pins in memory."""
+
+    def pin_tools(self, fingerprints: Mapping[str, str]) -> dict[str, str]:
+        """Pin each tool address in ``fingerprints`` to its fingerprint unless it is
+        pinned already, atomically; returns the pinned fingerprint of every given address
+        (the first one any process pinned, which differs from the given one when the
+        tool's definition changed since).
+
+        Raises:
+            StoreError: the pins cannot be read or written.
+        """
         ...
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -47,6 +47,7 @@ class MemoryStore:
         self._checkpoints: list[Checkpoint] = []
         self._head: Checkpoint | None = None
         self._approvals: dict[str, ApprovalRow] = {}
+        self._pins: dict[str, str] = {}
 
     # -- revocations ----------------------------------------------------------
     def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
@@ -268,6 +269,12 @@ class MemoryStore:
             return False
         self._approvals[request_id] = replace(row, status="used", uses=row.uses + 1)
         return True
+
+    # -- tool pins ---------------------------------------------------------------
+    def pin_tools(self, fingerprints: Mapping[str, str]) -> dict[str, str]:
+        """Pin each address unless pinned already; the pinned fingerprint of each."""
+        with self._lock:
+            return {a: self._pins.setdefault(a, f) for a, f in fingerprints.items()}
 
     def close(self) -> None:
         """Nothing to release."""

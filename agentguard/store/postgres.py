@@ -59,7 +59,7 @@ __all__ = ["DATABASE_URL_ENV", "SCHEMA_VERSION", "PostgresStore", "database_url"
 DATABASE_URL_ENV = "AGENTGUARD_DATABASE_URL"
 
 #: The schema version this release writes and understands.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds a call waits for a connection (or a statement) before it is refused.
 DEFAULT_TIMEOUT_S = 5.0
 _PURGE_EVERY = 512
@@ -115,8 +115,13 @@ CREATE TABLE IF NOT EXISTS ag_approvals (
 CREATE INDEX IF NOT EXISTS ag_approvals_digest ON ag_approvals (call_digest, status);
 """.replace("{genesis}", GENESIS_HASH)
 
+# Version 2: the MCP proxy's tool pins, shared by every proxy on the database.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS ag_tool_pins (address TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+"""
+
 #: Schema steps: version N is reached by running ``_MIGRATIONS[N - 1]``.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 #: The tables ``agentguard db status`` counts, with the label it shows.
 COUNTED_TABLES: tuple[tuple[str, str], ...] = (
@@ -126,6 +131,7 @@ COUNTED_TABLES: tuple[tuple[str, str], ...] = (
     ("audit entries", "ag_audit"),
     ("checkpoints", "ag_audit_checkpoints"),
     ("approvals", "ag_approvals"),
+    ("tool pins", "ag_tool_pins"),
 )
 
 
@@ -764,6 +770,30 @@ class PostgresStore:
             ).fetchone(),
         )
         return None if row is None else Checkpoint(*row)
+
+    # -- tool pins ---------------------------------------------------------------------------
+    def pin_tools(self, fingerprints: Mapping[str, str]) -> dict[str, str]:
+        """Pin each address unless any process pinned it already (one transaction; a
+        concurrent first pin of the same address wins once, the other reads it); the
+        pinned fingerprint of each."""
+        items = sorted(fingerprints.items())  # one lock order for every process
+        if not items:
+            return {}
+
+        def run(db: psycopg.Connection[Any]) -> dict[str, str]:
+            addresses = [a for a, _ in items]
+            db.execute(
+                "INSERT INTO ag_tool_pins (address, fingerprint) "
+                "SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                (addresses, [f for _, f in items]),
+            )
+            rows = db.execute(
+                "SELECT address, fingerprint FROM ag_tool_pins WHERE address = ANY(%s)",
+                (addresses,),
+            ).fetchall()
+            return {str(r[0]): str(r[1]) for r in rows}
+
+        return self._run("write to", run)
 
     # -- approvals ---------------------------------------------------------------------------
     _APPROVAL_COLUMNS = (

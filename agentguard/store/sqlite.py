@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     status TEXT NOT NULL, call_digest TEXT NOT NULL, request TEXT NOT NULL,
     receipt TEXT, answered_at REAL, reusable_until REAL, uses INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (call_digest, status);
+CREATE TABLE IF NOT EXISTS tool_pins (address TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 """
 
 _PURGE_EVERY = 512
@@ -726,6 +727,25 @@ class SQLiteStore:
             return row
 
         return self._run_write(run)
+
+    def pin_tools(self, fingerprints: Mapping[str, str]) -> dict[str, str]:
+        """Pin each address unless pinned already (one write transaction, so processes
+        sharing the file agree on the first pin); the pinned fingerprint of each."""
+        items = list(fingerprints.items())
+
+        def run(db: sqlite3.Connection) -> dict[str, str]:
+            db.executemany(
+                "INSERT OR IGNORE INTO tool_pins (address, fingerprint) VALUES (?, ?)", items
+            )
+            pinned = {}
+            for address, _ in items:
+                row = db.execute(
+                    "SELECT fingerprint FROM tool_pins WHERE address = ?", (address,)
+                ).fetchone()
+                pinned[address] = str(row[0])
+            return pinned
+
+        return self._run_write(run) if items else {}
 
     def approval_get(self, request_id: str) -> ApprovalRow | None:
         """One request by id."""
