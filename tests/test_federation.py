@@ -797,3 +797,59 @@ def test_a_guard_decides_derived_calls_and_stores_no_bearer_credential(
 
 def audit_records_from(rows: list[tuple[Any, ...]]) -> list[Any]:
     return [row[0] if isinstance(row[0], str) else row[0].decode() for row in rows]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_evidence_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "iss": st.sampled_from([ISSUER, "https://evil.example"]) | _json,
+        "person": st.dictionaries(st.sampled_from(["sub", "email"]), _json, max_size=2) | _json,
+        "client": st.sampled_from(["vscode", ""]) | _json,
+        "exp": st.sampled_from([START + 600, START + 60]) | _json,
+        "claims": st.dictionaries(
+            st.sampled_from(["groups", "roles"]),
+            st.lists(st.sampled_from(["incident-response", "admins", "refunder"]), max_size=3)
+            | _json,
+            max_size=2,
+        )
+        | _json,
+        "scope": st.lists(st.sampled_from(["tools.read", "tools.write"]), max_size=2) | _json,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_evidence_values)
+def test_hostile_evidence_signed_by_the_federation_key_is_refused_or_exactly_derived(
+    evidence: dict[str, Any],
+) -> None:
+    guard_key = _FUZZ_KEY
+    federation = Federation.from_policy(
+        load_policy({"federation": SECTION}), guard_key=guard_key.principal
+    )
+    chain = _derive(federation, guard_key)
+    forged = _forge(guard_key, chain, meta={EVIDENCE_KEY: evidence})
+    verifier = _verifier(federation)
+    refused: DeniedError | None = None
+    try:
+        verifier.verify_chain(forged)
+    except DeniedError as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.reason == Reason.UNTRUSTED_ROOT
+        return
+    # accepted: then the evidence derives exactly this link
+    provider = federation.provider_for(evidence["iss"])
+    assert provider is not None
+    assert chain.root.scope == forged.root.scope
+    assert provider.person_id(evidence["person"]) == forged.root.on_behalf_of
+
+
+_FUZZ_KEY = Identity.generate(GUARD_ID)
