@@ -280,6 +280,10 @@ def _load_key(policy: Policy, entry: FederationKey) -> Principal:
     return Principal.from_jwk(entry.id, jwk)
 
 
+def _purpose(provider: Provider) -> str:
+    return f"signed in through {provider.alias}"
+
+
 class FederationRoot:
     """A federation key as the verifier trusts it: a root bounded by the federation rules.
 
@@ -339,6 +343,8 @@ class FederationRoot:
             client_id = provider.client_id({client_claim: evidence.get("client")})
         except FederationError as exc:
             return f"its evidence does not name a person and a client ({exc.explanation})"
+        if grant.purpose != _purpose(provider):
+            return f"its purpose is not {_purpose(provider)!r}"
         if grant.on_behalf_of != person_id:
             return f"it names sponsor {grant.on_behalf_of}, but its evidence gives {person_id}"
         if grant.subject != client_id:
@@ -366,9 +372,16 @@ class Federation:
     Build one with :meth:`from_policy`.
     """
 
-    def __init__(self, providers: Sequence[Provider], keys: Mapping[str, Principal]) -> None:
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        keys: Mapping[str, Principal],
+        *,
+        max_ttl: float = 7 * 86400,
+    ) -> None:
         self._providers = {p.issuer: p for p in providers}
         self._keys = dict(keys)
+        self.max_ttl = max_ttl
 
     @classmethod
     def from_policy(cls, policy: Policy, *, guard_key: Principal) -> Federation:
@@ -399,7 +412,7 @@ class Federation:
             if keys.setdefault(principal.id, principal).kid != principal.kid:
                 raise ConfigError(f"federation[{index}].key: {principal.id} has two keys")
             providers.append(Provider(config, principal.id))
-        return cls(providers, keys)
+        return cls(providers, keys, max_ttl=policy.limits.max_root_ttl)
 
     @property
     def providers(self) -> tuple[Provider, ...]:
@@ -452,7 +465,8 @@ class Federation:
             raise ConfigError(f"derived chains of {provider.issuer} are signed by {key.id}'s key")
         person = provider.person_id(claims)
         client = provider.client_id(claims)
-        expires_at = _expiry(claims, now)
+        # Never past the token; never longer than the policy lets a root grant live.
+        expires_at = min(_expiry(claims, now), math.floor(now + self.max_ttl))
         rules = provider.matching_rules(claims)
         if not rules:
             raise FederationError(
@@ -486,6 +500,7 @@ class Federation:
             not_before=int(now),
             expires_at=expires_at,
             max_depth=provider.config.max_depth,
+            purpose=_purpose(provider),
             on_behalf_of=person,
             meta={EVIDENCE_KEY: evidence},
         )

@@ -634,8 +634,11 @@ class FederationProvider(_Strict):
     def _rules(cls, value: list[FederationRule]) -> list[FederationRule]:
         if not value:
             raise ValueError("list at least one rule")
-        if len(value) > 64:
-            raise ValueError("at most 64 rules")
+        patterns = sum(len(rule.tools) for rule in value)
+        if patterns > 64:
+            raise ValueError(
+                f"the rules name {patterns} tool patterns; a derived grant holds at most 64"
+            )
         return value
 
     def templates(self) -> dict[str, IdTemplate]:

@@ -168,6 +168,10 @@ def test_the_pinned_section_loads_with_its_defaults() -> None:
         ({"subject": "user:{alias}.{alias}.{sub}"}, "exactly one claim placeholder"),
         ({"subject": "user:{alias}:{sub}"}, "unexpected ':'"),
         ({"rules": []}, "at least one rule"),
+        (
+            {"rules": [{"scope": "s", "tools": [f"t{i}/x" for i in range(40)]}] * 2},
+            "80 tool patterns; a derived grant holds at most 64",
+        ),
         ({"rules": [{"claim": "groups", "tools": ["a/b"]}]}, "claim and equals together"),
         ({"rules": [{"tools": ["a/b"]}]}, "needs a condition"),
         ({"rules": [{"scope": "two words", "tools": ["a/b"]}]}, "one word"),
@@ -379,6 +383,16 @@ def test_the_derived_chain_is_the_client_on_behalf_of_the_person(
     assert info.value.reason == Reason.PREDICATE_FAILED
 
 
+def test_a_derived_link_lives_no_longer_than_the_policy_lets_a_root(guard_key: Identity) -> None:
+    policy = load_policy({"federation": SECTION, "limits": {"max_root_ttl": "5m"}})
+    federation = Federation.from_policy(policy, guard_key=guard_key.principal)
+    chain = _derive(federation, guard_key, exp=START + 7200)
+    assert chain.root.expires_at == START + 300
+    assert chain.root.purpose == "signed in through corp"
+    policy.check_limits(chain)
+    _verifier(federation).verify_chain(chain)
+
+
 def test_rules_need_their_claim_and_their_scope(
     federation: Federation, guard_key: Identity
 ) -> None:
@@ -574,6 +588,7 @@ def _forge(guard_key: Identity, chain: Delegation, **changes: Any) -> Delegation
         "expires_at": grant.expires_at,
         "max_depth": grant.max_depth,
         "on_behalf_of": grant.on_behalf_of,
+        "purpose": grant.purpose,
         "meta": grant.meta,
         "subject": grant.subject_key,
     }
@@ -598,6 +613,7 @@ def _evidence(chain: Delegation, **changes: Any) -> dict[str, Any]:
         "other_person",
         "other_client",
         "no_sponsor",
+        "other_purpose",
         "outlives_token",
         "deeper",
         "no_evidence",
@@ -620,6 +636,7 @@ def test_a_link_forged_with_the_federation_key_beyond_its_rules_is_refused(
         "other_person": {"on_behalf_of": "user:corp.bob"},
         "other_client": {"subject": Identity.generate("agent:corp.other").principal},
         "no_sponsor": {"on_behalf_of": None},
+        "other_purpose": {"purpose": "approved by the CISO"},
         "outlives_token": {"expires_at": chain.root.expires_at + 3600},
         "deeper": {"max_depth": 1},
         "no_evidence": {"meta": {"note": "trust me"}},

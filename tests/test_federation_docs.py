@@ -67,6 +67,11 @@ def test_the_example_derives_the_chain_the_readme_describes() -> None:
     assert grant.on_behalf_of == "user:corp.alice"
     assert grant.scope == (Rule("time/*"), Rule("tickets/*"))
     assert grant.expires_at == START + 900
+    assert "(sooner when `limits.max_root_ttl` is shorter)" in SECTION
+    short = {**EXAMPLE, "limits": {"max_root_ttl": 600}}
+    assert _derive(_federation(short), _claims()).expires_at == START + 600
+    assert "with the purpose\n`signed in through corp`" in SECTION
+    assert grant.purpose == "signed in through corp"
     # the refund rule needs its claim and its scope
     assert len(_derive(_federation(), _claims(roles=["refunder"])).scope) == 2
     both = _derive(_federation(), _claims(roles=["refunder"], scope="openid tools.write"))
@@ -199,15 +204,18 @@ def test_the_evidence_is_recorded_and_checked_as_written() -> None:
         "expires_at": grant.expires_at,
         "max_depth": grant.max_depth,
         "on_behalf_of": grant.on_behalf_of,
+        "purpose": grant.purpose,
         "meta": grant.meta,
     }
     honest = Grant.sign(GUARD, grant.subject_key, **fields)
     verifier.verify_chain(honest.token)
     stranger = Identity.generate("agent:corp.other").principal
-    # client, person, scope, depth and expiry: each changed alone is refused
+    assert "client, person, purpose, scope, depth and expiry" in SECTION
+    # each changed alone is refused
     forgeries: list[tuple[Principal, dict[str, Any]]] = [
         (stranger, {}),
         (grant.subject_key, {"on_behalf_of": "user:corp.bob"}),
+        (grant.subject_key, {"purpose": "approved by the CISO"}),
         (grant.subject_key, {"scope": (*grant.scope, Rule("fs/*"))}),
         (grant.subject_key, {"max_depth": 1}),
         (grant.subject_key, {"expires_at": grant.expires_at + 1}),
