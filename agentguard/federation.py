@@ -448,7 +448,8 @@ class Federation:
         ``token``, when given, is only hashed into the evidence.
 
         Raises:
-            FederationError: the issuer is not ``provider``'s, a claim the
+            FederationError: the issuer is not ``provider``'s, ``aud`` does not
+                name its audience, a claim the
                 mapping needs is unusable, the token has expired, or it meets
                 no rule (``insufficient_scope``).
             ConfigError: ``signer`` is not the provider's federation key.
@@ -459,6 +460,12 @@ class Federation:
         ):
             raise FederationError(
                 "the token's issuer is not this provider's", reason=Reason.UNTRUSTED_ROOT
+            )
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if provider.audience not in audiences:
+            raise FederationError(
+                f"the token is not for {provider.audience} (aud)", reason=Reason.UNTRUSTED_ROOT
             )
         key = self._keys[provider.signer]
         if signer.id != key.id or signer.kid != key.kid:

@@ -430,6 +430,9 @@ def test_a_token_that_meets_no_rule_reaches_nothing(
         ({"sub": ["alice"]}, Reason.MALFORMED_TOKEN, "'sub'"),
         ({"client_id": None}, Reason.MALFORMED_TOKEN, "names no client (client_id or azp)"),
         ({"iss": "https://other.example.com"}, Reason.UNTRUSTED_ROOT, "issuer"),
+        ({"aud": "https://other.example.com/mcp"}, Reason.UNTRUSTED_ROOT, "(aud)"),
+        ({"aud": ["https://other.example.com/mcp"]}, Reason.UNTRUSTED_ROOT, "(aud)"),
+        ({"aud": None}, Reason.UNTRUSTED_ROOT, "(aud)"),
     ],
 )
 def test_unusable_claims_are_refused(
@@ -452,6 +455,11 @@ def test_claim_values_no_rule_uses_are_not_recorded(
     assert "x" * 100 not in json.dumps(chain.root.meta)
     with pytest.raises(FederationError, match="too large to record"):
         _derive(federation, guard_key, jti="j" * 3000)
+
+
+def test_aud_may_be_a_list_naming_the_audience(federation: Federation, guard_key: Identity) -> None:
+    chain = _derive(federation, guard_key, aud=["https://api.example.com", AUDIENCE])
+    assert chain.holder == "agent:corp.vscode"
 
 
 def test_azp_names_the_client_when_there_is_no_client_id(

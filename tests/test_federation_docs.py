@@ -38,6 +38,7 @@ TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 def _claims(**extra: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "iss": "https://login.example.com",
+        "aud": "https://mcp.example.com/mcp",
         "sub": "alice",
         "client_id": "vscode",
         "groups": ["incident-response"],
@@ -153,6 +154,7 @@ def test_each_table_row_maps_a_token_shaped_as_it_says(row: list[str]) -> None:
     }
     token: dict[str, Any] = {
         "iss": "https://login.example.com",
+        "aud": "https://mcp.example.com/mcp",
         subject_claim: "person-1",
         client_claim: "app-1",
         scope_claim: ["openid", "tools.read"] if shape == "list" else "openid tools.read",
