@@ -339,6 +339,8 @@ def _settle_approval(parts: Parts, state: _State) -> Generator[Wait, Answer, boo
         request = parts.approvals.file(fresh)
         state.approval_request_id = request.id
         answer = yield Wait(request, deliver=request.id == fresh.id)
+        if isinstance(answer, DeniedError) and answer.reason == Reason.NO_APPROVER:
+            _withdraw(parts, request.id)  # nobody may answer it: leave nothing pending
     elif row.status == "pending":
         state.approval_request_id = row.id
         answer = yield Wait(ApprovalRequest.from_row(row), deliver=False)
@@ -349,6 +351,13 @@ def _settle_approval(parts: Parts, state: _State) -> Generator[Wait, Answer, boo
     state.approver = state.approval.approver
     state.approval_receipt = state.approval.receipt
     return False
+
+
+def _withdraw(parts: Parts, request_id: str) -> None:
+    try:
+        parts.approvals.withdraw(request_id)
+    except AgentGuardError as exc:  # the refusal stands; the request times out on its own
+        log.warning("could not withdraw approval request %s: %s", request_id, exc)
 
 
 def _settle_dry_run(
@@ -599,6 +608,8 @@ def _use_answer(
     if isinstance(answer, BaseException):
         if isinstance(answer, DeniedError):
             raise answer
+        if isinstance(answer, StoreError):  # who may answer, or the row, could not be read
+            raise DeniedError(str(answer), reason=Reason.STORE_ERROR)
         raise DeniedError(
             f"approval channel failed: {type(answer).__name__}",
             reason=Reason.APPROVAL_UNAVAILABLE,

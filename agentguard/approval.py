@@ -68,6 +68,7 @@ __all__ = [
     "name_list",
     "no_approver_text",
     "peek_receipt",
+    "pending_note",
     "receipt_lifetime",
     "request_html",
     "verify_receipt_signature",
@@ -727,6 +728,14 @@ def no_approver_text(request: ApprovalRequest) -> str:
     )
 
 
+def pending_note(approvers: Sequence[str]) -> str:
+    """What a model may be told of a pending approval: that a person must approve it and
+    who can, never how (a command an agent could run, a key's location)."""
+    if not approvers:
+        return "a person must approve it"
+    return f"a person must approve it ({name_list(approvers)} can)"
+
+
 def name_list(ids: Sequence[str]) -> str:
     """Up to five ids, then how many more."""
     shown = ", ".join(ids[:5])
@@ -1096,10 +1105,17 @@ class ApprovalBook:
         page is not offered for a ``signed`` rule). ``approvers`` is
         :meth:`who_may_approve`'s answer. Reads only the policy.
         """
-        return (
+        line = (
             f"request {request.id} ({request.tool}, needs '{request.min_assurance}' "
             f"assurance): {self.ways_to_answer(request, approvers)}"
         )
+        keyless = [a for a in approvers if not self._has_key(a)]
+        if request.min_assurance == "signed" and keyless:
+            line += (
+                f"; no key is known yet for {name_list(keyless)}: their answer verifies once "
+                "they have one (`agentguard identity new ID`, or `public_key:` in the policy)"
+            )
+        return line
 
     def who_may_approve(self, request: ApprovalRequest) -> list[str]:
         """The policy's approvers who could approve ``request`` through a channel of
@@ -1110,14 +1126,39 @@ class ApprovalBook:
         Raises:
             StoreError: the revocation or approval state cannot be read (cannot tell).
         """
-        able = []
-        for entry in self.policy.approvers:
-            try:
-                self._check_approver(request, entry.id, "signed", approving=True)
-            except DeniedError:
-                continue
-            able.append(entry.id)
-        return able
+        if request.min_assurance not in ASSURANCE_LEVELS:
+            # A row from a newer release or a damaged one: say so, not "nobody may".
+            raise DeniedError(
+                f"approval request {request.id} demands assurance "
+                f"{visible_text(request.min_assurance)!r}, which this version does not know",
+                reason=Reason.APPROVAL_INVALID,
+            )
+        # At 'signed', the strongest level: an approver whose key is not known yet may
+        # still make one before the deadline (how_to_answer says so).
+        return [e.id for e in self.policy.approvers if self.would_accept(request, e.id, "signed")]
+
+    def would_accept(
+        self, request: ApprovalRequest, approver: str, assurance: str, *, approving: bool = True
+    ) -> bool:
+        """Whether an answer by ``approver`` at ``assurance`` would pass the approver
+        checks (list, tools, revocation, assurance, separation of duties); builds no text.
+
+        Raises:
+            StoreError: revocations cannot be read (cannot tell).
+        """
+        try:
+            self._check_approver(request, approver, assurance, approving=approving)
+        except DeniedError:
+            return False
+        return True
+
+    def _has_key(self, approver_id: str) -> bool:
+        """Whether a key of ``approver_id`` is known (so a receipt they sign verifies)."""
+        try:
+            self._approver_key(approver_id)
+        except AgentGuardError:  # no key, or one that does not load
+            return False
+        return True
 
     def _sign_answer(
         self,

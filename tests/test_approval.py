@@ -682,8 +682,8 @@ def test_store_error_while_waiting_for_approval_is_an_audited_denial(world: Worl
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, "admin/reset", {"t": 3}, fn, holder=world.bot)
     assert not fn.ran
-    assert info.value.reason == "approval_unavailable"
-    assert audit_records(guard)[-1]["reason"] == "approval_unavailable"
+    assert info.value.reason == "store_error"  # the cause, not "the channel failed"
+    assert audit_records(guard)[-1]["reason"] == "store_error"
 
 
 # -- edits ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -136,14 +137,15 @@ def test_a_revoked_approver_cannot_answer_so_nobody_may() -> None:
 
 
 class RevocationsUnreadable(MemoryStore):
-    """A store whose revocation list cannot be read once ``broken`` is set."""
+    """A store whose revocations of approvers cannot be read once ``broken`` is set (the
+    chain's own lookups, which name its links, still work)."""
 
     broken = False
 
     def find_revoked(
         self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
     ) -> Revocation | None:
-        if self.broken and principals:
+        if self.broken and principals and not link_ids:
             raise StoreError("revocations cannot be read (injected)")
         return super().find_revoked(link_ids, kids, principals)
 
@@ -159,6 +161,84 @@ def test_cannot_tell_who_may_approve_refuses_with_the_store_error_not_no_approve
     with pytest.raises(DeniedError) as info:
         guard.call(world.delegation, TOOL, ARGS, tool, holder=world.bot)
     assert not isinstance(info.value, ApprovalPending)
-    assert info.value.reason != "no_approver"
+    assert info.value.reason == "store_error"  # the cause, not no_approver, not the channel
     assert "injected" in str(info.value)
     assert not tool.ran
+    assert audit_records(guard)[-1]["reason"] == "store_error"
+
+
+def test_a_request_nobody_may_approve_is_withdrawn_not_left_pending() -> None:
+    """Refused with no_approver, the request it filed is closed: an approver listed later
+    answers a new request for a later call, never this one."""
+    world = World()
+    guard = world.guard(
+        approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}, approvers=[]
+    )
+    for _ in range(3):
+        with pytest.raises(DeniedError) as info:
+            guard.call(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
+        assert info.value.reason == "no_approver"
+    assert guard.approvals.pending() == []
+    assert {r.status for r in guard.approvals.all()} <= {"closed"}
+
+
+def test_a_level_this_version_does_not_know_is_not_reported_as_no_approver() -> None:
+    world = World()
+    guard = world.guard(
+        approver=QueueChannel(), approval_mode="raise", approval={"channel": "queue"}
+    )
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
+    request = guard.approvals.get(info.value.request_id)
+    from_newer = dataclasses.replace(request, min_assurance="quantum")
+    with pytest.raises(DeniedError) as refused:
+        guard.approvals.who_may_approve(from_newer)
+    assert refused.value.reason == "approval_invalid"
+    assert "'quantum'" in str(refused.value)
+
+
+def test_who_may_approve_reads_each_approver_once() -> None:
+    """One revocation lookup per approver (no message built per refusal inside the loop)."""
+    world = World()
+    many = [{"id": f"user:p{i}", "tools": ["billing/*"]} for i in range(60)]
+    store = CountingLookups()
+    guard = world.guard(
+        store=store,
+        approver=QueueChannel(),
+        approval_mode="raise",
+        approval={"channel": "queue"},
+        approvers=[*many, *world.policy()["approvers"]],
+    )
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
+    request = guard.approvals.get(info.value.request_id)
+    store.lookups = 0
+    assert guard.approvals.who_may_approve(request) == [world.carol.id]
+    assert store.lookups <= 1  # only carol's tools cover admin/reset: one revocation read
+
+
+class CountingLookups(MemoryStore):
+    lookups = 0
+
+    def find_revoked(
+        self, link_ids: Sequence[str], kids: Sequence[str], principals: Sequence[str]
+    ) -> Revocation | None:
+        self.lookups += 1
+        return super().find_revoked(link_ids, kids, principals)
+
+
+def test_an_approver_with_no_key_yet_is_named_with_what_they_need() -> None:
+    """A 'signed' answer needs the approver's key: one listed without a key is still asked
+    (a key made before the deadline counts), and the line says what they need."""
+    world = World()
+    guard = world.guard(
+        approver=QueueChannel(),
+        approval_mode="raise",
+        approval={"channel": "queue"},
+        approvers=[{"id": "user:dan", "tools": ["admin/*"]}],
+        step_up=[{"tools": ["admin/*"], "min_assurance": "signed"}],
+    )
+    with pytest.raises(ApprovalPending) as info:
+        guard.call(world.delegation, TOOL, ARGS, RecordingTool(), holder=world.bot)
+    assert "no key is known yet for user:dan" in str(info.value)
+    assert "agentguard identity new ID" in str(info.value)

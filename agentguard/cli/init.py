@@ -29,12 +29,13 @@ def policy_template(
     key_file: str,
     guard_id: str = GUARD_ID,
     approvers: Sequence[tuple[str, Mapping[str, str] | None]] = (),
-    min_assurance: str = "signed",
+    min_assurance: str | None = None,
 ) -> str:
     """The commented ``agentguard.yaml`` template with the trust entry filled in.
 
     ``approvers`` are ``(principal id, public JWK or None)`` pairs, written as
-    approvers of every tool at ``min_assurance``.
+    approvers of every tool; with ``min_assurance``, each entry demands at least that
+    level of every answer (without it, each rule's own level decides).
 
     Raises:
         IdentityError: an approver id is not a principal id.
@@ -50,7 +51,7 @@ def policy_template(
 
 
 def _approvers_yaml(
-    approvers: Sequence[tuple[str, Mapping[str, str] | None]], min_assurance: str
+    approvers: Sequence[tuple[str, Mapping[str, str] | None]], min_assurance: str | None
 ) -> str:
     if not approvers:
         return "approvers: []"
@@ -60,7 +61,8 @@ def _approvers_yaml(
         # specially; JSON (a YAML subset) quotes everything else written here.
         lines.append(f"  - id: {validate_principal_id(principal_id)}")
         lines.append('    tools: ["*/*"]  # narrow to the tools this person answers for')
-        lines.append(f"    min_assurance: {json.dumps(min_assurance)}")
+        if min_assurance is not None:
+            lines.append(f"    min_assurance: {json.dumps(min_assurance)}")
         if public_key is not None:
             lines.append(f"    public_key: {json.dumps(dict(public_key), sort_keys=True)}")
     return "\n".join(lines)
@@ -135,14 +137,12 @@ def init_command(
             identity = keyring.create(principal_id)
             say(f"created {role} key {principal_id} (kid {identity.kid[:12]})")
     key_file = os.path.relpath(keyring.public_path(org_id).resolve(), policy_path.resolve().parent)
-    # Approvers answer through the channel the template configures, at its assurance.
+    # Approvers answer through the channel the template configures, at its assurance;
+    # the entries set no floor of their own, so a rule that accepts less (the page) can.
     template = load_policy(_yaml_mapping(policy_template(org_id, key_file)))
     assurance = getattr(channel_for(template), "assurance", "local")
     approvers = [(a, _public_key(keyring, a)) for a in approver_ids]
-    policy_path.write_text(
-        policy_template(org_id, key_file, approvers=approvers, min_assurance=assurance),
-        encoding="utf-8",
-    )
+    policy_path.write_text(policy_template(org_id, key_file, approvers=approvers), encoding="utf-8")
     loaded = load_policy(policy_path)
     loaded.root_principals()  # fails now, not on the first call, if the key file does not load
     Guard(loaded, home=state_dir).close()
@@ -150,7 +150,13 @@ def init_command(
     say(f"state in {state_dir / STATE_FILE}")
     for principal_id, public_key in approvers:
         how = "their key in the keyring" if public_key is not None else "no key yet"
-        say(f"approver {principal_id} for every tool at assurance '{assurance}' ({how})")
+        say(f"approver {principal_id} for every tool, answering here at '{assurance}' ({how})")
+        if keyring.has_private(principal_id):
+            say(
+                f"  warning: the private key of '{principal_id}' is in {state_dir}; an agent "
+                "that can run commands here can approve as them: keep approvers' private "
+                "keys out of the agents' home (their public key in the policy is enough)"
+            )
         if public_key is None:
             say(
                 f"  '{principal_id}' signs answers with their own key: "

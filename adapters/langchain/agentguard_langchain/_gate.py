@@ -26,7 +26,7 @@ from agentguard import (
     Identity,
     Reason,
 )
-from agentguard.approval import call_digest
+from agentguard.approval import call_digest, pending_note
 from agentguard.tokens import args_digest
 
 if TYPE_CHECKING:
@@ -272,7 +272,8 @@ class ToolGate:
         inside the graph) and keeps the request for an answer given elsewhere (with no
         channel, every approval-needing call is refused): say so once, with what to pass."""
         mode, channel = self.guard.approval_mode, self.guard.channel.name
-        if mode == "raise" and channel != "none":
+        # A terminal asks inside the graph's step (and fails without a TTY): not an interrupt.
+        if mode == "raise" and channel not in ("none", "terminal"):
             return
         raise ValueError(
             "approval='interrupt' needs a guard that raises ApprovalPending and keeps the "
@@ -443,8 +444,8 @@ class ToolGate:
         """A queue rejection, with the reviewer's note for the model when there is one; a
         pending approval, with who can answer it and how."""
         if isinstance(exc, ApprovalPending) and not isinstance(exc, WaitingForApproval):
-            how = self._how(exc.request_id)
-            return exc if how is None else WaitingForApproval(exc, how)
+            found = self._who_and_how(exc.request_id)
+            return exc if found is None else WaitingForApproval(exc, *found)
         if exc.reason != "approval_rejected" or isinstance(exc, ReviewerRejected):
             return exc
         # The guard's DeniedError does not name the request; find it by call digest.
@@ -456,14 +457,19 @@ class ToolGate:
                 )
         return exc
 
-    def _how(self, request_id: str) -> str | None:
-        """The guard's who-can-answer-and-how line for a request; ``None`` if unknown."""
+    def _who_and_how(self, request_id: str) -> tuple[list[str], str] | None:
+        """Who may approve a request and the guard's who-and-how line; ``None`` if unknown."""
         book = self.guard.approvals
         try:
             request = book.get(request_id)
-            return book.how_to_answer(request, book.who_may_approve(request))
+            who = book.who_may_approve(request)
+            return who, book.how_to_answer(request, who)
         except AgentGuardError:  # cannot tell: the refusal stands as it is
             return None
+
+    def _how(self, request_id: str) -> str | None:
+        found = self._who_and_how(request_id)
+        return None if found is None else found[1]
 
     def _ask(self, pending: ApprovalPending) -> Resume:
         request = self.guard.approvals.get(pending.request_id)
@@ -487,22 +493,25 @@ class ToolGate:
 
 
 class WaitingForApproval(ApprovalPending):
-    """:class:`agentguard.ApprovalPending` as a model is told of it: the request, who can
-    answer it and how, and to call again. Names no argument value."""
+    """:class:`agentguard.ApprovalPending` as a model is told of it: the request, that a
+    person must approve it and who can, and to call again. Names no argument value and no
+    way of approving (an agent that can run commands must not be handed the one that
+    approves); ``how`` keeps the full line for people (logs, the interrupt payload)."""
 
-    def __init__(self, pending: ApprovalPending, how: str) -> None:
+    def __init__(self, pending: ApprovalPending, who: Sequence[str], how: str) -> None:
         super().__init__(
             pending.explanation,
             request_id=pending.request_id,
             decision_id=pending.decision_id,
             reason=pending.reason,
         )
+        self.who = tuple(who)
         self.how = how
 
     @property
     def short(self) -> str:
         return (
-            f"approval pending, id={self.request_id}: {self.how}; "
+            f"approval pending, id={self.request_id}: {pending_note(self.who)}; "
             "call the tool again once it is approved"
         )
 

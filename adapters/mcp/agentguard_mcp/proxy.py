@@ -33,7 +33,7 @@ from opentelemetry import context as otel_context
 
 from agentguard import Reason
 from agentguard.addresses import pattern_matches
-from agentguard.approval import peek_receipt
+from agentguard.approval import peek_receipt, pending_note
 from agentguard.argschema import ArgumentSchemaError, check_arguments, fill_defaults
 from agentguard.audit import defaults_filled
 from agentguard.delegation import Delegation
@@ -215,9 +215,9 @@ def _pending_text(request_id: str, why: str) -> types.CallToolResult:
 
 @dataclass(frozen=True)
 class _Where:
-    """Where a pending request can be answered: who and how, and the page if it counts."""
+    """Who may answer a pending request, and the approval page if an answer there counts."""
 
-    how: str | None
+    who: Sequence[str] | None
     page: str | None
 
 
@@ -230,8 +230,10 @@ def _pending_where(pending: ApprovalPending, where: _Where) -> types.CallToolRes
     if pending.decision_id:
         meta["decision_id"] = pending.decision_id
     text = pending.short
-    if where.how is not None:
-        text += f": {where.how}"
+    if where.who is not None:
+        # What the model reads: that a person must approve and who can; never a command
+        # (an agent with a shell must not be handed the one that approves).
+        text += f": {pending_note(where.who)}"
     if where.page is not None:
         meta["approval_page"] = where.page
         text += f"; approval page: {where.page}"
@@ -923,14 +925,12 @@ class GuardedProxy:
         if self.approval_page is not None and assurance_at_least(
             "authenticated", request.min_assurance
         ):
-            for approver in who:
-                try:
-                    book.check_answerer(request_id, approver=approver, assurance="authenticated")
-                except AgentGuardError:
-                    continue
-                page = self.approval_page
-                break
-        return _Where(book.how_to_answer(request, who), page)
+            try:
+                if any(book.would_accept(request, a, "authenticated") for a in who):
+                    page = self.approval_page
+            except AgentGuardError as exc:  # cannot tell: the page is not offered
+                logger.info("cannot tell who may answer %s: %s", request_id, type(exc).__name__)
+        return _Where(who, page)
 
     def _approval_form(self, pending: ApprovalPending) -> tuple[str, dict[str, Any]] | None:
         """The form's text and schema; ``None`` when the request cannot be shown whole."""

@@ -21,7 +21,7 @@ from langgraph.types import Command
 from typing_extensions import TypedDict
 
 from agentguard import Delegation, Identity
-from agentguard.approval import QueueChannel
+from agentguard.approval import QueueChannel, TerminalChannel
 from agentguard.guard import Guard
 
 README = Path(__file__).resolve().parents[3] / "adapters" / "langchain" / "README.md"
@@ -47,6 +47,10 @@ WHAT_TO_PASS = "Guard(..., approval_mode='raise', approver=QueueChannel())"
         pytest.param({}, id="default guard"),
         pytest.param({"approval_mode": "raise"}, id="raising, but no channel"),
         pytest.param({"approver": QueueChannel()}, id="queue, but blocking"),
+        pytest.param(
+            {"approval_mode": "raise", "approver": TerminalChannel("user:carol")},
+            id="a terminal asks inside the graph's step",
+        ),
     ],
 )
 def test_an_interrupt_needing_what_the_guard_lacks_says_exactly_what_to_pass(
@@ -148,8 +152,9 @@ def test_a_model_told_to_wait_learns_who_can_answer_and_no_values(
     (request,) = guard.approvals.pending()
     text = str(message.content)
     assert text.startswith(f"approval pending, id={request.id}")
-    assert "user:bob" in text
-    assert f"agentguard approvals approve {request.id}" in text
+    assert "a person must approve it (user:bob can)" in text
+    # Never how: an agent that can run commands must not be handed the one that approves.
+    assert "approvals approve" not in text
     assert SECRET not in text
     assert "cart-cache" not in text  # no argument value reaches the model
     assert len(text) < 400

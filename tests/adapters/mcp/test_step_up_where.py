@@ -96,8 +96,8 @@ async def test_no_form_and_the_page_offered_by_url_where_its_answer_counts(
     request_id = _request_id(result)
     text = _text(result)
     assert text.startswith(f"approval pending, id={request_id}")
-    assert "user:alice" in text
-    assert f"agentguard approvals approve {request_id} --as ID" in text
+    assert "a person must approve it (user:alice can)" in text
+    assert "approvals approve" not in text  # never a command the agent could run
     assert f"approval page: {PAGE}" in text
     assert "MCP client" not in text  # a form here would not count: not named as a way
     assert offered.forms == []
@@ -108,7 +108,7 @@ async def test_no_form_and_the_page_offered_by_url_where_its_answer_counts(
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_a_signed_rule_names_the_cli_only_and_sends_no_url(
+async def test_a_signed_rule_names_no_page_and_sends_no_url(
     setup: Setup, tmp_path: Path, mode: str
 ) -> None:
     record = tmp_path / "calls.jsonl"
@@ -118,7 +118,8 @@ async def test_a_signed_rule_names_the_cli_only_and_sends_no_url(
         async with Client(params, mode=mode, elicitation_callback=offered) as client:
             result = await client.call_tool("delete_note", {"id": "n1"})
     text = _text(result)
-    assert f"agentguard approvals approve {_request_id(result)} --as ID" in text
+    assert "a person must approve it (user:alice can)" in text
+    assert "approvals approve" not in text
     assert PAGE not in text  # the page's answers would not count
     assert "approval page" not in text
     assert offered.forms == []
@@ -141,7 +142,7 @@ async def test_a_client_without_elicitation_still_gets_the_page(
     assert records(record) == []
 
 
-async def test_without_a_page_the_pending_result_still_says_who_and_how(
+async def test_without_a_page_the_pending_result_still_says_who(
     setup: Setup, tmp_path: Path
 ) -> None:
     record = tmp_path / "calls.jsonl"
@@ -151,8 +152,8 @@ async def test_without_a_page_the_pending_result_still_says_who_and_how(
         async with Client(params, mode="legacy", elicitation_callback=offered) as client:
             result = await client.call_tool("delete_note", {"id": "n1"})
     text = _text(result)
-    assert "user:alice" in text
-    assert "agentguard approvals serve" in text  # the page counts, its address is unknown
+    assert "a person must approve it (user:alice can)" in text
+    assert "agentguard" not in text.split(":", 1)[1]  # no command: the page's address is unknown
     assert offered.urls == []
     assert offered.forms == []
 
