@@ -219,3 +219,30 @@ def test_guard_keys_are_checked_when_the_policy_loads(tmp_path: Path) -> None:
         policy = world.write_policy(tmp_path / "agentguard.yaml", guard_keys=[entry])
         with pytest.raises(ConfigError, match=says):
             Guard(policy, home=tmp_path / "home", clock=world.clock)
+
+
+def test_an_approver_key_only_in_one_keyring_counts_on_that_replica_only(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Why the policy should carry approvers' public keys when replicas share a database."""
+    world = World()
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml",
+        approval={"channel": "queue"},
+        approvers=[{"id": world.carol.id, "min_assurance": "local"}],  # no public_key
+    )
+    Keyring(tmp_path / "a" / "keys").import_public(world.carol.principal)
+    a = _replica(policy, tmp_path / "a", pg_url, world.clock)
+    b = _replica(policy, tmp_path / "b", pg_url, world.clock)
+    request_id = _pending(a, world)
+    a.approvals.approve(request_id, world.carol)
+    refused = RecordingTool()
+    with pytest.raises(DeniedError) as raised:
+        b.call(world.delegation, "admin/reset", {"target": "db1"}, refused, holder=world.bot)
+    assert raised.value.reason == "approval_invalid"
+    assert "no public key known for approver user:carol" in raised.value.explanation
+    assert not refused.ran
+    ran = RecordingTool()
+    a.call(world.delegation, "admin/reset", {"target": "db1"}, ran, holder=world.bot)
+    assert ran.ran
+    _close(a, b)
