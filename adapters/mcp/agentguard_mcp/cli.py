@@ -395,6 +395,7 @@ async def _run(
             approval_page=config.approval_page,
         )
         try:
+            await proxy.load_pins()
             proxy.rebuild(strict=True)
         except ConfigError as exc:
             _say(str(exc))

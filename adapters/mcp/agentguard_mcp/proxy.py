@@ -93,6 +93,8 @@ META_DECISION = "io.agentguard/decision"
 FORWARDED_META_KEYS = ("traceparent", "tracestate")
 
 _APPROVAL_INPUT = "agentguard_approval"
+# The pin of a tool whose stored pin could not be read: matches no fingerprint.
+_UNCONFIRMED = "unconfirmed: the store could not be read"
 #: Deepest nesting of arguments the proxy accepts. The SDK's client cannot
 #: serialise a request much deeper (pydantic stops at 255 levels, and that error
 #: kills the upstream session for every caller); no real tool needs more.
@@ -342,12 +344,40 @@ class GuardedProxy:
         for upstream in self.upstreams:
             await upstream.connect(stack)
         self._listed_at = self.monotonic()
+        await self.load_pins()
         self.rebuild(strict=True)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
         """The namespaces this proxy serves."""
         return tuple(u.namespace for u in self.upstreams)
+
+    async def load_pins(self) -> None:
+        """Pin the upstreams' tool definitions in the guard's store and adopt its pins.
+
+        With a store that keeps pins (``pin_tools``) the first definition any proxy on
+        that store pinned wins, so a tool changed while this proxy was down, or seen
+        first by another replica, is flagged by the next :meth:`rebuild`. When the
+        store cannot answer, a tool this proxy has not pinned yet is refused as
+        changed until it can (fail closed). Without ``pin_tools`` pins stay in memory.
+        """
+        pin = getattr(self.guard.store, "pin_tools", None)
+        if pin is None:
+            return
+        seen: dict[str, str] = {}
+        for upstream in self.upstreams:
+            for tool in upstream.tools.values():
+                address = tool_address(upstream.namespace, tool.name)
+                if address is not None:
+                    seen[address] = tool_fingerprint(tool)
+        try:
+            pinned = await self._off_loop(lambda: pin(seen))
+        except StoreError as exc:
+            logger.error("tool pins could not be read from the store (%s)", exc)
+            for address in seen:
+                self._pins.setdefault(address, _UNCONFIRMED)
+            return
+        self._pins.update(pinned)
 
     def rebuild(self, *, strict: bool = False) -> None:
         """Rebuild the catalogue from the upstreams' last listings (changed tools get flagged).
@@ -443,6 +473,7 @@ class GuardedProxy:
         async with anyio.create_task_group() as tg:
             for upstream in self.upstreams:
                 tg.start_soon(one, upstream)
+        await self.load_pins()
         self.rebuild()
 
     async def _relist(self) -> None:
@@ -662,6 +693,7 @@ class GuardedProxy:
                     _unavailable_text(exc), {"reason": Reason.UPSTREAM_UNAVAILABLE}
                 ) from None
             # A new session listed its tools afresh: check them against the pins.
+            await self.load_pins()
             self.rebuild()
             exposed = self.tools.get(name)
         if exposed is None and name in self.collisions:
