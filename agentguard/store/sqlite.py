@@ -733,19 +733,26 @@ class SQLiteStore:
         sharing the file agree on the first pin); the pinned fingerprint of each."""
         items = list(fingerprints.items())
 
-        def run(db: sqlite3.Connection) -> dict[str, str]:
-            db.executemany(
-                "INSERT OR IGNORE INTO tool_pins (address, fingerprint) VALUES (?, ?)", items
-            )
-            pinned = {}
+        def pinned(db: sqlite3.Connection) -> dict[str, str]:
+            found = {}
             for address, _ in items:
                 row = db.execute(
                     "SELECT fingerprint FROM tool_pins WHERE address = ?", (address,)
                 ).fetchone()
-                pinned[address] = str(row[0])
-            return pinned
+                if row is not None:
+                    found[address] = str(row[0])
+            return found
 
-        return self._run_write(run) if items else {}
+        def run(db: sqlite3.Connection) -> dict[str, str]:
+            db.executemany(
+                "INSERT OR IGNORE INTO tool_pins (address, fingerprint) VALUES (?, ?)", items
+            )
+            return pinned(db)
+
+        # Pinned already (every listing after the first): a read, which another
+        # process's write lock does not hold up.
+        found = self._read(pinned)
+        return found if len(found) == len(items) else self._run_write(run)
 
     def approval_get(self, request_id: str) -> ApprovalRow | None:
         """One request by id."""
