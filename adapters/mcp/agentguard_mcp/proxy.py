@@ -101,6 +101,9 @@ _UNCONFIRMED = "unconfirmed: the store could not be read"
 _MAX_ARGS_DEPTH = 64
 _ANNOTATION_REASON = "MCP annotations: destructive tool"
 _STATE_TTL = 300.0
+#: Key, in an HTTP request's ASGI ``state``, of the caller the gate derived from an
+#: identity-provider access token.
+STATE_CALLER = "agentguard.caller"
 #: The file in the state directory holding the keys that seal input-required state.
 REQUEST_STATE_KEY_FILE = "request-state.key"
 #: Worker threads for the proxy's own store reads and writes, apart from the
@@ -516,6 +519,11 @@ class GuardedProxy:
         """The caller of this request: fixed over stdio, from the request over HTTP."""
         if self.caller is not None:
             return self.caller
+        # An identity-provider token, turned into a caller by the HTTP gate (serve.py).
+        scope = getattr(ctx.request, "scope", None)
+        derived = scope.get("state", {}).get(STATE_CALLER) if isinstance(scope, dict) else None
+        if isinstance(derived, Caller):
+            return derived
         headers = getattr(ctx.request, "headers", None)
         delegation = bearer_token(headers.get("authorization")) if headers is not None else None
         if delegation is None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import jwt
@@ -27,14 +29,28 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentguard import Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError
 from agentguard.tokens import TYP_GRANT
-from agentguard_mcp.oauth import ResourceServer, TokenRefused
-from agentguard_mcp.proxy import GuardedProxy, bearer_token
+from agentguard_mcp.oauth import Authenticated, ResourceServer, TokenRefused
+from agentguard_mcp.proxy import STATE_CALLER, Caller, GuardedProxy, bearer_token
 
-__all__ = ["STATE_FEDERATED", "DelegationGate", "http_app", "serve_http", "serve_stdio"]
+__all__ = [
+    "STATE_CALLER",
+    "STATE_FEDERATED",
+    "DelegationGate",
+    "Federate",
+    "http_app",
+    "serve_http",
+    "serve_stdio",
+]
 
 #: Key of the validated access token (:class:`~agentguard_mcp.oauth.Authenticated`) in the
 #: ASGI scope's ``state``.
 STATE_FEDERATED = "agentguard.federated"
+
+#: The federation mapping: a validated access token to the caller the proxy acts as (a
+#: delegation and the key holding it), or None when the token reaches nothing.
+Federate = Callable[[Authenticated], Awaitable[Caller | None]]
+
+_CACHE_SIZE = 4096
 
 logger = logging.getLogger("agentguard_mcp")
 
@@ -51,11 +67,19 @@ class DelegationGate:
     """ASGI middleware: refuse HTTP requests whose delegation cannot reach this proxy at all."""
 
     def __init__(
-        self, app: ASGIApp, proxy: GuardedProxy, oauth: ResourceServer | None = None
+        self,
+        app: ASGIApp,
+        proxy: GuardedProxy,
+        oauth: ResourceServer | None = None,
+        federate: Federate | None = None,
     ) -> None:
         self.app = app
         self.proxy = proxy
         self.oauth = oauth
+        self.federate = federate
+        # Derived callers by token digest, until the token expires: every request after
+        # the first with the same token is a warm decision.
+        self._callers: dict[str, tuple[Caller, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,12 +147,50 @@ class DelegationGate:
             )
             await _reject(send, exc.status, exc.reason, str(exc), challenge=challenge)
             return
+        state: dict[str, Any] = {**scope.get("state", {}), STATE_FEDERATED: authenticated}
+        if self.federate is not None:
+            caller = await self._derived(authenticated)
+            if caller is None:
+                await _reject(
+                    send,
+                    403,
+                    "insufficient_scope",
+                    "the token reaches none of this proxy's tools",
+                    challenge=oauth.challenge("insufficient_scope", "no tool is reachable"),
+                )
+                return
+            state[STATE_CALLER] = caller
         # The bearer token goes no further than this gate: the MCP layer (and so every
-        # upstream) sees the request without it, and the claims in the request's state.
+        # upstream) sees the request without it; the claims and the caller are in its state.
         inner = dict(scope)
         inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
-        inner["state"] = {**scope.get("state", {}), STATE_FEDERATED: authenticated}
+        inner["state"] = state
         await self.app(inner, receive, send)
+
+    async def _derived(self, authenticated: Authenticated) -> Caller | None:
+        """The caller for a token (cached until it expires), or None if it reaches no tool."""
+        assert self.federate is not None  # noqa: S101 - checked by the caller
+        now = time.time()
+        cached = self._callers.get(authenticated.digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        caller = await self.federate(authenticated)
+        if caller is None:
+            return None
+        try:
+            chain = await self.proxy.averified_chain(caller.delegation)
+        except AgentGuardError:
+            return None
+        if not self.proxy.reachable_namespaces(chain):
+            return None
+        if len(self._callers) >= _CACHE_SIZE:
+            self._callers = {d: c for d, c in self._callers.items() if c[1] > now}
+            while len(self._callers) >= _CACHE_SIZE:
+                del self._callers[next(iter(self._callers))]
+        expires = authenticated.claims.get("exp")
+        if isinstance(expires, int | float):
+            self._callers[authenticated.digest] = (caller, float(expires))
+        return caller
 
 
 def _is_delegation(token: str) -> bool:
@@ -176,6 +238,7 @@ def http_app(
     host: str = "127.0.0.1",
     path: str = "/mcp",
     oauth: ResourceServer | None = None,
+    federate: Federate | None = None,
 ) -> Starlette:
     """The Starlette app serving the proxy over streamable HTTP at ``path``.
 
@@ -185,9 +248,11 @@ def http_app(
         path: the request path of the MCP endpoint.
         oauth: when given, the proxy is also an OAuth 2.1 protected resource accepting
             that resource server's identity providers' access tokens.
+        federate: the federation mapping turning a validated token into the caller the
+            proxy acts as; without it an access-token caller reaches no tool.
     """
     app = proxy.server.streamable_http_app(streamable_http_path=path, host=host)
-    app.add_middleware(DelegationGate, proxy=proxy, oauth=oauth)
+    app.add_middleware(DelegationGate, proxy=proxy, oauth=oauth, federate=federate)
     return app
 
 

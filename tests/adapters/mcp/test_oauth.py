@@ -29,7 +29,8 @@ import pytest
 import uvicorn
 from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
-from agentguard_mcp.oauth import Provider, ResourceServer, TokenRefused
+from agentguard_mcp.oauth import Authenticated, Provider, ResourceServer, TokenRefused
+from agentguard_mcp.proxy import Caller
 from agentguard_mcp.serve import STATE_FEDERATED, DelegationGate, http_app
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -45,6 +46,8 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl
 from starlette.types import Receive, Scope, Send
 
+from agentguard.delegation import Delegation
+from agentguard.keys import Identity
 from tests.adapters.mcp.mcp_support import (
     BIN,
     HERE,
@@ -657,3 +660,122 @@ def test_configuration_mistakes_are_refused() -> None:
             "https://mcp.example.com/mcp",
             [Provider("https://login.example.com", "https://other.example.com/mcp")],
         )
+
+
+async def test_derived_caller_gets_exactly_its_tools_and_the_upstream_no_token(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """The SDK's OAuth client through the proxy with a federation mapping plugged in.
+
+    ``derive`` below stands in for the policy's ``federation:`` mapping (being built
+    elsewhere): incident-response may read notes; anything else reaches nothing. The
+    chain it issues is real (the org key, an ephemeral holder key) and the guard checks
+    it like any other. The upstream is an HTTP server that records the headers it gets.
+    """
+    derived: list[str] = []
+
+    async def derive(authenticated: Authenticated) -> Caller | None:
+        claims = authenticated.claims
+        derived.append(authenticated.digest)
+        if "incident-response" not in claims.get("groups", []):
+            return None
+        holder = Identity.generate("agent:corp.mcp-client")
+        delegation = Delegation.issue(
+            setup.org,
+            holder.principal,
+            ["web/read_note"],
+            ttl=max(1, int(claims["exp"] - time.time())),
+            on_behalf_of=f"user:corp.{claims['sub']}",
+        )
+        return Caller(delegation.serialize(), holder=holder)
+
+    record = tmp_path / "web.jsonl"
+    web_port = free_port()
+    web = await anyio.open_process(notes_command(record, "--http", f"127.0.0.1:{web_port}"))
+    try:
+        assert web.stdout is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"ready" not in seen:
+                seen += await web.stdout.receive()
+        guard = build_guard(setup.home, str(setup.policy_file))
+        spec = UpstreamSpec(namespace="web", url=f"http://127.0.0.1:{web_port}/mcp", trusted=True)
+        callback: dict[str, str] = {}
+
+        async def login(url: str) -> None:
+            async with httpx2.AsyncClient() as browser:
+                callback.update(await follow_to_callback(browser, url))
+
+        async def answer() -> AuthorizationCodeResult:
+            return AuthorizationCodeResult(
+                code=callback["code"], state=callback.get("state"), iss=callback.get("iss")
+            )
+
+        storage = _Memory()
+        auth = OAuthClientProvider(
+            resource,
+            OAuthClientMetadata(
+                redirect_uris=[AnyUrl(REDIRECT_URI)],
+                token_endpoint_auth_method="none",
+                scope="openid tools.read tools.call",
+            ),
+            storage,
+            redirect_handler=login,
+            callback_handler=answer,
+        )
+        bob = await idp.user_token("bob")
+        with anyio.fail_after(60):
+            async with AsyncExitStack() as stack:
+                proxy = GuardedProxy(guard, [Upstream(spec)])
+                await proxy.start(stack)
+                oauth = await stack.enter_async_context(resource_server(idp))
+                app = http_app(proxy, oauth=oauth, federate=derive)
+                await stack.enter_async_context(serve_on(port, app))
+                http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth))
+                client = await stack.enter_async_context(
+                    Client(streamable_http_client(resource, http_client=http))
+                )
+                listed = await client.list_tools()
+                assert [t.name for t in listed.tools] == ["read_note"]
+                ran = await client.call_tool("read_note", {"id": "n1"})
+                assert not ran.is_error, text_of(ran)
+                refused = await client.call_tool("write_note", {"id": "n1", "text": "x"})
+                assert refused.is_error
+                assert "out_of_scope" in text_of(refused)
+                # One token, one derivation: the later requests used the cached caller.
+                assert len(set(derived)) == 1
+                assert len(derived) == 1
+
+                # bob's groups reach nothing: 403 insufficient_scope before the MCP layer.
+                async with httpx2.AsyncClient() as raw:
+                    nothing = await raw.post(
+                        resource,
+                        json=INIT,
+                        headers={**MCP_HEADERS, "authorization": f"Bearer {bob}"},
+                    )
+                assert nothing.status_code == 403
+                assert 'error="insufficient_scope"' in nothing.headers["www-authenticate"]
+    finally:
+        web.terminate()
+        with anyio.fail_after(10):
+            await web.aclose()
+    # The audit log holds each decision with the derived chain's people, never the token.
+    audit = build_guard(setup.home, str(setup.policy_file))
+    try:
+        bodies = [e.body for e in audit.store.audit_entries()]
+        assert audit.audit.verify() is None
+    finally:
+        audit.close()
+    decisions = [d for d in map(json.loads, bodies) if d["type"] == "decision"]
+    outcomes = [(d["tool"], d["outcome"], d["path"]) for d in decisions]
+    assert outcomes == [
+        ("web/read_note", "allow", ["org:acme", "agent:corp.mcp-client"]),
+        ("web/write_note", "deny", ["org:acme", "agent:corp.mcp-client"]),
+    ]
+    assert storage.tokens is not None
+    assert not any(storage.tokens.access_token in b for b in bodies)
+    [entry] = [json.loads(line) for line in record.read_text().splitlines()]
+    assert entry["name"] == "read_note"
+    assert "authorization" not in {k.lower() for k in entry["headers"] or {}}
+    assert storage.tokens is not None
+    assert storage.tokens.access_token not in record.read_text()
