@@ -30,6 +30,7 @@ from agentguard import Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError
 from agentguard.tokens import TYP_GRANT
 from agentguard_mcp.oauth import Authenticated, ResourceServer, TokenRefused
+from agentguard_mcp.oauth import Provider as OAuthProvider
 from agentguard_mcp.proxy import STATE_CALLER, Caller, GuardedProxy, bearer_token
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "STATE_FEDERATED",
     "DelegationGate",
     "Federate",
+    "policy_federation",
     "http_app",
     "serve_http",
     "serve_stdio",
@@ -46,9 +48,10 @@ __all__ = [
 #: ASGI scope's ``state``.
 STATE_FEDERATED = "agentguard.federated"
 
-#: The federation mapping: a validated access token to the caller the proxy acts as (a
-#: delegation and the key holding it), or None when the token reaches nothing.
-Federate = Callable[[Authenticated], Awaitable[Caller | None]]
+#: The federation mapping: a validated access token (its claims, and its text, to be hashed
+#: into the evidence only) to the caller the proxy acts as (a delegation and the key
+#: holding it), or None when the token reaches nothing.
+Federate = Callable[[Authenticated, str], Awaitable[Caller | None]]
 
 _CACHE_SIZE = 4096
 
@@ -149,7 +152,7 @@ class DelegationGate:
             return
         state: dict[str, Any] = {**scope.get("state", {}), STATE_FEDERATED: authenticated}
         if self.federate is not None:
-            caller = await self._derived(authenticated)
+            caller = await self._derived(authenticated, token)
             if caller is None:
                 await _reject(
                     send,
@@ -167,14 +170,14 @@ class DelegationGate:
         inner["state"] = state
         await self.app(inner, receive, send)
 
-    async def _derived(self, authenticated: Authenticated) -> Caller | None:
+    async def _derived(self, authenticated: Authenticated, token: str) -> Caller | None:
         """The caller for a token (cached until it expires), or None if it reaches no tool."""
         assert self.federate is not None  # noqa: S101 - checked by the caller
         now = time.time()
         cached = self._callers.get(authenticated.digest)
         if cached is not None and cached[1] > now:
             return cached[0]
-        caller = await self.federate(authenticated)
+        caller = await self.federate(authenticated, token)
         if caller is None:
             return None
         try:
@@ -191,6 +194,65 @@ class DelegationGate:
         if isinstance(expires, int | float):
             self._callers[authenticated.digest] = (caller, float(expires))
         return caller
+
+
+def policy_federation(
+    proxy: GuardedProxy, resource: str | None = None
+) -> tuple[ResourceServer, Federate] | None:
+    """The protected resource and the mapping of the guard's policy ``federation:`` section.
+
+    Each provider's access tokens are validated (:class:`ResourceServer`) and turned into
+    a chain signed by its federation key (:meth:`agentguard.federation.Federation.derive`),
+    which the guard trusts within the federation rules. None without the section.
+
+    Args:
+        proxy: the proxy whose guard's policy and key are used.
+        resource: the proxy's resource URI; by default the providers' (single) audience.
+
+    Raises:
+        ConfigError: the providers name different audiences and no ``resource`` is
+            given, a provider's audience is not ``resource``, or the guard has no key
+            to sign derived chains with.
+    """
+    from agentguard.errors import ConfigError
+    from agentguard.federation import Federation, FederationError
+
+    guard = proxy.guard
+    policy = guard.policy
+    if not policy.federation:
+        return None
+    signer = guard.guard_identity
+    if signer is None:
+        raise ConfigError("the federation section needs the guard's own key to sign chains")
+    federation = Federation.from_policy(policy, guard_key=signer.principal)
+    audiences = {p.audience for p in federation.providers}
+    if resource is None:
+        if len(audiences) != 1:
+            raise ConfigError(
+                "the federation providers name different audiences; give --resource URI"
+            )
+        resource = audiences.pop()
+    try:
+        oauth = ResourceServer(
+            resource, [OAuthProvider(p.issuer, p.audience) for p in federation.providers]
+        )
+    except ValueError as exc:
+        raise ConfigError(f"federation: {exc}") from None
+
+    async def federate(authenticated: Authenticated, token: str) -> Caller | None:
+        provider = federation.provider_for(authenticated.claims.get("iss"))
+        if provider is None:
+            return None
+        try:
+            derived = federation.derive(
+                authenticated.claims, provider, signer=signer, now=time.time(), token=token
+            )
+        except FederationError as exc:
+            logger.info("no chain for a token of %s: %s", provider.alias, exc.short)
+            return None
+        return Caller(derived.delegation.serialize(), holder=derived.holder)
+
+    return oauth, federate
 
 
 def _is_delegation(token: str) -> bool:

@@ -31,7 +31,7 @@ from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.oauth import Authenticated, Provider, ResourceServer, TokenRefused
 from agentguard_mcp.proxy import Caller
-from agentguard_mcp.serve import STATE_FEDERATED, DelegationGate, http_app
+from agentguard_mcp.serve import STATE_FEDERATED, DelegationGate, http_app, policy_federation
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from mcp import Client
@@ -46,8 +46,6 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl
 from starlette.types import Receive, Scope, Send
 
-from agentguard.delegation import Delegation
-from agentguard.keys import Identity
 from tests.adapters.mcp.mcp_support import (
     BIN,
     HERE,
@@ -665,29 +663,25 @@ def test_configuration_mistakes_are_refused() -> None:
 async def test_derived_caller_gets_exactly_its_tools_and_the_upstream_no_token(
     setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
 ) -> None:
-    """The SDK's OAuth client through the proxy with a federation mapping plugged in.
+    """The SDK's OAuth client through the proxy, the policy's ``federation:`` section mapping.
 
-    ``derive`` below stands in for the policy's ``federation:`` mapping (being built
-    elsewhere): incident-response may read notes; anything else reaches nothing. The
-    chain it issues is real (the org key, an ephemeral holder key) and the guard checks
-    it like any other. The upstream is an HTTP server that records the headers it gets.
+    incident-response may read notes; anything else reaches nothing. The chain is derived
+    and signed by the guard's key, and the guard checks it like any other. The upstream
+    is an HTTP server that records the headers it gets.
     """
+    setup.write_policy(
+        federation=[
+            {
+                "issuer": idp.issuer,
+                "audience": resource,
+                "alias": "corp",
+                "rules": [
+                    {"claim": "groups", "equals": "incident-response", "tools": ["web/read_note"]}
+                ],
+            }
+        ]
+    )
     derived: list[str] = []
-
-    async def derive(authenticated: Authenticated) -> Caller | None:
-        claims = authenticated.claims
-        derived.append(authenticated.digest)
-        if "incident-response" not in claims.get("groups", []):
-            return None
-        holder = Identity.generate("agent:corp.mcp-client")
-        delegation = Delegation.issue(
-            setup.org,
-            holder.principal,
-            ["web/read_note"],
-            ttl=max(1, int(claims["exp"] - time.time())),
-            on_behalf_of=f"user:corp.{claims['sub']}",
-        )
-        return Caller(delegation.serialize(), holder=holder)
 
     record = tmp_path / "web.jsonl"
     web_port = free_port()
@@ -728,7 +722,15 @@ async def test_derived_caller_gets_exactly_its_tools_and_the_upstream_no_token(
             async with AsyncExitStack() as stack:
                 proxy = GuardedProxy(guard, [Upstream(spec)])
                 await proxy.start(stack)
-                oauth = await stack.enter_async_context(resource_server(idp))
+                federated = policy_federation(proxy)
+                assert federated is not None
+                oauth, mapping = federated
+                await stack.enter_async_context(oauth)
+
+                async def derive(authenticated: Authenticated, token: str) -> Caller | None:
+                    derived.append(authenticated.digest)
+                    return await mapping(authenticated, token)
+
                 app = http_app(proxy, oauth=oauth, federate=derive)
                 await stack.enter_async_context(serve_on(port, app))
                 http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth))
@@ -767,11 +769,13 @@ async def test_derived_caller_gets_exactly_its_tools_and_the_upstream_no_token(
     finally:
         audit.close()
     decisions = [d for d in map(json.loads, bodies) if d["type"] == "decision"]
-    outcomes = [(d["tool"], d["outcome"], d["path"]) for d in decisions]
-    assert outcomes == [
-        ("web/read_note", "allow", ["org:acme", "agent:corp.mcp-client"]),
-        ("web/write_note", "deny", ["org:acme", "agent:corp.mcp-client"]),
+    assert [(d["tool"], d["outcome"]) for d in decisions] == [
+        ("web/read_note", "allow"),
+        ("web/write_note", "deny"),
     ]
+    assert storage.client is not None
+    for decision in decisions:
+        assert decision["path"] == [guard.policy.guard_id, f"agent:corp.{storage.client.client_id}"]
     assert storage.tokens is not None
     assert not any(storage.tokens.access_token in b for b in bodies)
     [entry] = [json.loads(line) for line in record.read_text().splitlines()]
