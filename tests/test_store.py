@@ -381,3 +381,10 @@ def test_tool_pins_keep_the_first_fingerprint(state: AnyStore) -> None:
     hostile = {"x'); DROP TABLE tool_pins; --": "h", "\u2603/\x01": "s", "a" * 5000: "long"}
     assert state.pin_tools(hostile) == hostile
     assert state.pin_tools({"crm/update": "u2"}) == {"crm/update": "u1"}
+    # The operator accepts the new definition: the next pin is the current one.
+    assert state.unpin_tools(["crm/update", "crm/update", "no/such"]) == 1
+    assert state.pin_tools({"crm/update": "u2", "crm/lookup": "f3"}) == {
+        "crm/update": "u2",
+        "crm/lookup": "f1",
+    }
+    assert state.unpin_tools([]) == 0

@@ -256,6 +256,15 @@ class PinStore(Protocol):
         """
         ...
 
+    def unpin_tools(self, addresses: Sequence[str]) -> int:
+        """Forget the pins of ``addresses`` (the operator accepts their new definitions:
+        the next listing pins them afresh); returns how many pins were removed.
+
+        Raises:
+            StoreError: the pins cannot be written.
+        """
+        ...
+
 
 class Store(RevocationStore, ReplayStore, ApprovalStore, Protocol):
     """Everything the guard keeps: revocations, nonces, inventory, audit log."""

@@ -276,6 +276,11 @@ class MemoryStore:
         with self._lock:
             return {a: self._pins.setdefault(a, f) for a, f in fingerprints.items()}
 
+    def unpin_tools(self, addresses: Sequence[str]) -> int:
+        """Forget the pins of ``addresses``; how many were removed."""
+        with self._lock:
+            return sum(self._pins.pop(a, None) is not None for a in set(addresses))
+
     def close(self) -> None:
         """Nothing to release."""
 

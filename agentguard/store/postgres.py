@@ -795,6 +795,20 @@ class PostgresStore:
 
         return self._run("write to", run)
 
+    def unpin_tools(self, addresses: Sequence[str]) -> int:
+        """Forget the pins of ``addresses`` (for every process); how many were removed."""
+        unique = sorted(set(addresses))
+        return int(
+            self._run(
+                "write to",
+                lambda db: (
+                    db.execute(
+                        "DELETE FROM ag_tool_pins WHERE address = ANY(%s)", (unique,)
+                    ).rowcount
+                ),
+            )
+        )
+
     # -- approvals ---------------------------------------------------------------------------
     _APPROVAL_COLUMNS = (
         "id, created_at, deadline, status, call_digest, request, receipt, answered_at, "

@@ -754,6 +754,15 @@ class SQLiteStore:
         found = self._read(pinned)
         return found if len(found) == len(items) else self._run_write(run)
 
+    def unpin_tools(self, addresses: Sequence[str]) -> int:
+        """Forget the pins of ``addresses``; how many were removed."""
+        unique = sorted(set(addresses))
+        return self._run_write(
+            lambda db: sum(
+                db.execute("DELETE FROM tool_pins WHERE address = ?", (a,)).rowcount for a in unique
+            )
+        )
+
     def approval_get(self, request_id: str) -> ApprovalRow | None:
         """One request by id."""
         row = self._read(

@@ -134,6 +134,41 @@ def build_guard(home: Path, policy: str | None, *, store_timeout: float | None =
     )
 
 
+@app.command("repin")
+def repin_command(
+    tools: Annotated[
+        list[str], typer.Argument(help="Tool addresses to pin afresh, e.g. crm/lookup.")
+    ],
+    home: Annotated[
+        str | None, typer.Option("--home", help="State directory (default ./.agentguard).")
+    ] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Policy file.")] = None,
+) -> None:
+    """Accept the current definitions of changed tools: forget their pins in the store.
+
+    Every proxy on this store (a restarted one, another replica on the same
+    database) pins the definition it lists next, instead of refusing the tool
+    as ``tool_changed``.
+    """
+    try:
+        guard = build_guard(_home(home, None, policy), policy)
+    except AgentGuardError as exc:
+        _say(str(exc))
+        raise typer.Exit(EXIT_ERROR) from None
+    try:
+        unpin = getattr(guard.store, "unpin_tools", None)
+        if unpin is None:
+            _say(f"store {guard.store.location} keeps no tool pins")
+            raise typer.Exit(EXIT_ERROR)
+        removed = unpin(tools)
+    except AgentGuardError as exc:
+        _say(str(exc))
+        raise typer.Exit(EXIT_ERROR) from None
+    finally:
+        guard.close()
+    typer.echo(f"forgot {removed} of {len(set(tools))} pins; the next listing pins them afresh")
+
+
 def _parse_http(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

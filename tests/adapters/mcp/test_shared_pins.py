@@ -8,7 +8,9 @@ PostgreSQL database hides the tool and refuses its calls with ``tool_changed``.
 
 from __future__ import annotations
 
+import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -65,8 +67,30 @@ async def test_a_tool_changed_while_no_proxy_looked_is_refused_by_the_next_proxy
             assert names == []  # hidden: the store's pin is the first definition
             assert refused.is_error
             assert (refused.meta or {})["io.agentguard/decision"]["reason"] == "tool_changed"
-    guards[1].close()
-    assert upstream.calls == ["lookup"]
+            guards[1].close()
+
+            # The operator accepts the new definition; the next proxy pins and serves it.
+            done = await anyio.run_process(
+                [
+                    str(Path(sys.executable).parent / "agentguard"),
+                    "mcp",
+                    "repin",
+                    "crm/lookup",
+                    "--home",
+                    str(setup.home),
+                    "--policy",
+                    str(setup.policy_file),
+                ],
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert b"forgot 1 of 1 pins" in done.stdout
+            async with AsyncExitStack() as stack:
+                names, second = await _tools_and_call(proxy(base), stack)
+            assert names == ["lookup"]
+            assert not second.is_error, text_of(second)
+    guards[2].close()
+    assert upstream.calls == ["lookup", "lookup"]
 
 
 async def test_tools_are_refused_while_the_store_cannot_confirm_their_pins(setup: Setup) -> None:
