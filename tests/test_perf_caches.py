@@ -371,3 +371,29 @@ def test_the_scope_plan_cache_is_bounded(world: World) -> None:
     assert len(verifier._plans) == 4
     verifier.clear_cache()
     assert len(verifier._plans) == 0
+
+
+def test_with_no_provider_set_a_guarded_call_skips_spans_and_metrics(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    from agentguard import tracing
+
+    # This process may have providers installed by other tests: look as if none were.
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(tracing._metrics_state, "_METER_PROVIDER", None)
+    assert not tracing._enabled()
+    assert not tracing._metering()
+    guard = world.guard()
+    assert (
+        guard.call(world.delegation, "tickets/read", {}, lambda: "ran", holder=world.bot) == "ran"
+    )
+    with pytest.raises(DeniedError):
+        guard.call(world.delegation, "admin/wipe", {}, lambda: "ran", holder=world.bot)
+    with tracing.Authorization("tickets/read", enforcement_point="python") as scope:
+        assert tracing._current.get() is None  # quiet: not even the context variable is set
+    assert scope.span is None
+    # Once a provider is there, the documented path decides again.
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", trace.NoOpTracerProvider())
+    assert not tracing._enabled()
