@@ -397,3 +397,47 @@ def test_with_no_provider_set_a_guarded_call_skips_spans_and_metrics(
     # Once a provider is there, the documented path decides again.
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", trace.NoOpTracerProvider())
     assert not tracing._enabled()
+
+
+_ENV_AFTER_IMPORT = """
+import os
+from agentguard import tracing
+assert not tracing._enabled() and not tracing._metering()
+os.environ["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"
+os.environ["OTEL_PYTHON_METER_PROVIDER"] = "sdk_meter_provider"
+# Named after the import: not seen until something asks OpenTelemetry for the providers.
+assert not tracing._enabled() and not tracing._metering()
+from opentelemetry import metrics, trace
+trace.get_tracer_provider()
+metrics.get_meter_provider()
+assert tracing._enabled() and tracing._metering()
+print("ok")
+"""
+
+_ENV_BEFORE_IMPORT = """
+from agentguard import tracing
+assert tracing._enabled() and tracing._metering()
+print("ok")
+"""
+
+
+def test_providers_named_in_the_environment(tmp_path: Path) -> None:
+    """The CHANGELOG's upgrade note: set before the import, or looked up once after it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENTGUARD_"))}
+    before = {
+        **env,
+        "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider",
+        "OTEL_PYTHON_METER_PROVIDER": "sdk_meter_provider",
+    }
+    for program, environment in ((_ENV_AFTER_IMPORT, env), (_ENV_BEFORE_IMPORT, before)):
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            env=environment,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ok"
