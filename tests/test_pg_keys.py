@@ -7,16 +7,19 @@ against the set of keys the policy lists, each within its validity window.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agentguard import _jws
+from agentguard.audit import TYP_CHECKPOINT
 from agentguard.clock import ManualClock
 from agentguard.errors import ApprovalPending, ConfigError, DeniedError
 from agentguard.guard import Guard
-from agentguard.keys import Identity, Keyring
+from agentguard.keys import Identity, Keyring, KeySet, TrustedKey, b64url_encode
 from agentguard.store.postgres import PostgresStore
 from agentguard.testing import START, RecordingTool, World
 
@@ -246,3 +249,46 @@ def test_an_approver_key_only_in_one_keyring_counts_on_that_replica_only(
     a.call(world.delegation, "admin/reset", {"target": "db1"}, ran, holder=world.bot)
     assert ran.ran
     _close(a, b)
+
+
+def test_key_set_edges_and_a_spoofed_key_id() -> None:
+    a, b = Identity.generate(GUARD_ID), Identity.generate(GUARD_ID)
+    with pytest.raises(ValueError, match="at least one key"):
+        KeySet([])
+    with pytest.raises(ValueError, match="same principal"):
+        KeySet([TrustedKey(a.principal), TrustedKey(Identity.generate("service:other").principal)])
+    keys = KeySet([TrustedKey(a.principal, not_before=100.0, retired_at=200.0)])
+    assert keys.key_for(a.kid, 150) == a.principal
+    for kid, when, says in (
+        (b.kid, 150, "not a trusted key"),
+        (None, 150, "not a trusted key"),
+        (a.kid, None, "claims no time"),
+        (a.kid, True, "claims no time"),
+        (a.kid, "150", "claims no time"),
+        (a.kid, 99.9, "was not valid"),
+        (a.kid, 200, "was not valid"),
+    ):
+        with pytest.raises(DeniedError, match=says):
+            keys.key_for(kid, when)
+    # Attack: a head signed by an unlisted key that names a listed key's id.
+    claims = {"head": "0" * 64, "iat": 150, "iss": GUARD_ID, "seq": 1}
+    token = _jws.sign(claims, b, TYP_CHECKPOINT)
+    _, payload, signature = token.split(".")
+    forged_header = b64url_encode(
+        json.dumps({"alg": "EdDSA", "kid": a.kid, "typ": TYP_CHECKPOINT}).encode()
+    )
+    with pytest.raises(DeniedError, match="does not verify"):
+        _jws.verify_with(f"{forged_header}.{payload}.{signature}", keys, TYP_CHECKPOINT)
+    assert _jws.verify_with(_jws.sign(claims, a, TYP_CHECKPOINT), keys, TYP_CHECKPOINT)["seq"] == 1
+
+
+def test_a_window_is_judged_by_the_signed_time_so_a_stolen_key_can_backdate() -> None:
+    """The limit the README states: retirement stops a key still in use, not a thief,
+    who signs with an earlier time; taking the key off the list stops both."""
+    old = Identity.generate(GUARD_ID)
+    retired = KeySet([TrustedKey(old.principal, retired_at=START + 100)])
+    backdated = _jws.sign({"iat": int(START + 50), "seq": 1}, old, TYP_CHECKPOINT)
+    assert _jws.verify_with(backdated, retired, TYP_CHECKPOINT)["seq"] == 1
+    removed = KeySet([TrustedKey(Identity.generate(GUARD_ID).principal)])
+    with pytest.raises(DeniedError, match="not a trusted key"):
+        _jws.verify_with(backdated, removed, TYP_CHECKPOINT)
