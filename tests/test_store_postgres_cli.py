@@ -150,6 +150,7 @@ def test_db_commands_in_process(
     assert shown.exit_code == 0, shown.output
     assert f"schema version: {SCHEMA_VERSION}" in shown.output
     assert "approvals: 0" in shown.output
+    assert "tool pins: 0" in shown.output
     for result in (created, same, shown):
         assert pg_cluster.password not in result.output
     monkeypatch.delenv(DATABASE_URL_ENV)
