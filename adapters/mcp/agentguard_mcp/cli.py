@@ -46,7 +46,7 @@ from agentguard_mcp.config import (
 )
 from agentguard_mcp.oauth import Provider, ResourceServer
 from agentguard_mcp.proxy import Caller, GuardedProxy, granted_namespaces
-from agentguard_mcp.serve import serve_http, serve_stdio
+from agentguard_mcp.serve import policy_federation, serve_http, serve_stdio
 from agentguard_mcp.upstream import Upstream
 
 __all__ = ["app", "main"]
@@ -247,7 +247,8 @@ def proxy_command(
         typer.Option(
             "--resource",
             help="Over HTTP, also accept OAuth access tokens for this resource URI "
-            "(the proxy's public URL, e.g. https://mcp.example.com/mcp).",
+            "(the proxy's public URL, e.g. https://mcp.example.com/mcp); default: the "
+            "audience of the policy's federation: section.",
         ),
     ] = None,
     issuers: Annotated[
@@ -255,7 +256,8 @@ def proxy_command(
         typer.Option(
             "--issuer",
             help="An identity provider (OIDC issuer URL) whose access tokens are accepted "
-            "for --resource; repeatable.",
+            "for --resource, without a federation: section (its callers reach no tool); "
+            "repeatable.",
         ),
     ] = None,
 ) -> None:
@@ -336,6 +338,7 @@ def proxy_command(
             http,
             store_timeout,
             oauth,
+            resource,
         )
     except KeyboardInterrupt:
         code = 0
@@ -345,18 +348,20 @@ def proxy_command(
 def _resource_server(
     resource: str | None, issuers: list[str], http: str | None
 ) -> ResourceServer | None:
-    """The OAuth protected resource of ``--resource``/``--issuer`` (None without them).
+    """The OAuth protected resource of ``--resource``/``--issuer`` (None without --issuer).
 
     Raises:
-        typer.BadParameter: one flag without the other, either without --http, or a URL
+        typer.BadParameter: --issuer without --resource, either without --http, or a URL
             that is not https (or http on loopback).
     """
     if resource is None and not issuers:
         return None
-    if resource is None or not issuers:
-        raise typer.BadParameter("--resource URI and --issuer URL go together")
     if http is None:
         raise typer.BadParameter("--resource and --issuer need --http HOST:PORT")
+    if resource is None:
+        raise typer.BadParameter("--issuer needs --resource URI")
+    if not issuers:
+        return None
     try:
         return ResourceServer(resource, [Provider(issuer, resource) for issuer in issuers])
     except ValueError as exc:
@@ -395,6 +400,7 @@ async def _run(
     http: str | None,
     store_timeout: float | None = None,
     oauth: ResourceServer | None = None,
+    resource: str | None = None,
 ) -> int:
     try:
         guard = build_guard(home, policy, store_timeout=store_timeout)
@@ -460,6 +466,23 @@ async def _run(
         else:
             assert http is not None  # noqa: S101 - narrowed above
             host, port = _parse_http(http)
+            try:
+                federated = policy_federation(proxy, resource)
+            except ConfigError as exc:
+                _say(str(exc))
+                return EXIT_ERROR
+            federate = None
+            if federated is not None:
+                if oauth is not None:
+                    _say(
+                        "the policy's federation: section names the identity providers; "
+                        "drop --issuer"
+                    )
+                    return EXIT_USAGE
+                oauth, federate = federated
+            elif resource is not None and oauth is None:
+                _say("--resource needs --issuer URL or a federation: section in the policy")
+                return EXIT_USAGE
             if oauth is not None:
                 await stack.enter_async_context(oauth)
             await serve_http(
@@ -468,6 +491,7 @@ async def _run(
                 port,
                 on_ready=lambda: _say(f"listening on http://{host}:{port}/mcp"),
                 oauth=oauth,
+                federate=federate,
             )
     return 0
 

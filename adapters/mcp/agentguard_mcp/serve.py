@@ -326,12 +326,13 @@ async def serve_http(
     on_ready: Callable[[], None] | None = None,
     log_level: str = "warning",
     oauth: ResourceServer | None = None,
+    federate: Federate | None = None,
 ) -> None:
     """Serve over streamable HTTP until cancelled (``on_ready`` runs once listening)."""
     import uvicorn
 
     config = uvicorn.Config(
-        http_app(proxy, host=host, oauth=oauth),
+        http_app(proxy, host=host, oauth=oauth, federate=federate),
         host=host,
         port=port,
         log_level=log_level,

@@ -527,8 +527,8 @@ async def test_cli_proxy_with_resource_and_issuer(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--resource", "http://127.0.0.1:1/mcp"], "go together"),
-        (["--issuer", "http://127.0.0.1:2"], "go together"),
+        (["--resource", "http://127.0.0.1:1/mcp"], "needs --issuer URL or a federation"),
+        (["--issuer", "http://127.0.0.1:2"], "needs --resource"),
         (["--resource", "http://mcp.example.com/mcp", "--issuer", "https://idp"], "https"),
         (["--resource", "https://mcp.example.com/mcp", "--issuer", "http://idp.example"], "https"),
     ],
@@ -783,3 +783,59 @@ async def test_derived_caller_gets_exactly_its_tools_and_the_upstream_no_token(
     assert "authorization" not in {k.lower() for k in entry["headers"] or {}}
     assert storage.tokens is not None
     assert storage.tokens.access_token not in record.read_text()
+
+
+async def test_cli_proxy_maps_tokens_by_the_policy_federation_section(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """With a federation section the proxy process needs no OAuth flag at all."""
+    setup.write_policy(
+        federation=[
+            {
+                "issuer": idp.issuer,
+                "audience": resource,
+                "alias": "corp",
+                "rules": [{"claim": "groups", "equals": "finance", "tools": ["notes/read_note"]}],
+            }
+        ]
+    )
+    notes = {"command": notes_command(tmp_path / "n.jsonl"), "trusted": True}
+    config = write_config(setup, {"notes": notes})
+    argv = [
+        str(BIN / "agentguard"), "mcp", "proxy", "--config", str(config),
+        "--http", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    conflict = await anyio.run_process(
+        [*argv, "--issuer", idp.issuer, "--resource", resource], check=False
+    )
+    assert conflict.returncode == 2
+    assert b"drop --issuer" in conflict.stderr
+    bob, alice = await idp.user_token("bob"), await idp.user_token("alice")
+    process = await anyio.open_process(argv)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"listening on" not in seen:
+                seen += await process.stderr.receive()
+            bearer = httpx2.AsyncClient(headers={"authorization": f"Bearer {bob}"})
+            async with (
+                bearer as http,
+                Client(streamable_http_client(resource, http_client=http)) as client,
+            ):
+                listed = await client.list_tools()
+                assert [t.name for t in listed.tools] == ["read_note"]
+                ran = await client.call_tool("read_note", {"id": "n1"})
+                assert not ran.is_error, text_of(ran)
+            async with httpx2.AsyncClient() as http:
+                nothing = await http.post(
+                    resource,
+                    json=INIT,
+                    headers={**MCP_HEADERS, "authorization": f"Bearer {alice}"},
+                )
+                assert nothing.status_code == 403
+                assert nothing.json()["error"] == "insufficient_scope"
+    finally:
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.aclose()
