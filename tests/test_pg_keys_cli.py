@@ -169,3 +169,20 @@ def test_a_key_file_entry_is_read_relative_to_the_policy(cli: CLI) -> None:
     assert keys[0].principal.kid == replica.kid
     assert not keys[0].valid_at(START)
     assert keys[0].valid_at(START + 60)
+
+
+def test_list_as_a_table_and_retire_now(cli: CLI) -> None:
+    cli.ok("init")
+    own = Keyring(cli.home / "keys").principal(GUARD_ID)
+    cli.ok("keys", "add", "--note", "replica a", "--not-before", "2026-01-01T00:00:00")
+    table = cli.ok("keys", "list").stdout
+    assert own.kid in table
+    assert "replica a" in table
+    assert "yes" in table
+    before = datetime.now(UTC).replace(microsecond=0)
+    cli.ok("keys", "retire", own.kid)  # default: now
+    [row] = _listed(cli)
+    retired = datetime.fromisoformat(str(row["retired_at"]))
+    assert before <= retired <= datetime.now(UTC)
+    assert row["valid_now"] is False
+    assert "│ no " in cli.ok("keys", "list").stdout  # the valid-now column
