@@ -771,7 +771,7 @@ class Policy(_Strict):
         Raises:
             ConfigError: a listed key is missing or malformed.
         """
-        keys = []
+        keys: list[TrustedKey] = []
         for index, entry in enumerate(self.guard_keys):
             try:
                 principal = self._load_key(self.guard_id, entry)
@@ -781,6 +781,10 @@ class Policy(_Strict):
                 ) from exc
             except (OSError, ValueError, IdentityError) as exc:
                 raise ConfigError(f"guard_keys[{index}]: cannot load key: {exc}") from exc
+            same = next((i for i, k in enumerate(keys) if k.principal.kid == principal.kid), None)
+            if same is not None:
+                # Two windows for one key would leave which one counts to chance.
+                raise ConfigError(f"guard_keys[{index}]: the same key as guard_keys[{same}]")
             keys.append(TrustedKey(principal, *entry.window()))
         return keys
 

@@ -222,6 +222,13 @@ def test_guard_keys_are_checked_when_the_policy_loads(tmp_path: Path) -> None:
         policy = world.write_policy(tmp_path / "agentguard.yaml", guard_keys=[entry])
         with pytest.raises(ConfigError, match=says):
             Guard(policy, home=tmp_path / "home", clock=world.clock)
+    # One key listed twice (with different windows): which window counts would be chance.
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml",
+        guard_keys=[_entry(key), _entry(key, retired_at="2027-01-01T00:00:00Z")],
+    )
+    with pytest.raises(ConfigError, match=r"guard_keys\[1\]: the same key as guard_keys\[0\]"):
+        Guard(policy, home=tmp_path / "home", clock=world.clock)
 
 
 def test_an_approver_key_only_in_one_keyring_counts_on_that_replica_only(
