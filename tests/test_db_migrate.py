@@ -54,6 +54,9 @@ def _filled(tmp_path: Path, world: World) -> Path:
     guard.revoke("principal", "agent:mallory", reason="left")
     guard.call(world.delegation, "tickets/read", {"id": 9}, RecordingTool(), holder=world.bot)
     guard.close()
+    pins = SQLiteStore(home / "state.db")
+    pins.pin_tools({"notes/read_note": "f" * 64, "notes/delete_note": "e" * 64})
+    pins.close()
     return home / "state.db"
 
 
@@ -80,6 +83,7 @@ def test_migrate_copies_everything_and_a_guard_on_the_database_continues_the_cha
     assert pg.audit_head() == head
     assert pg.approval_list() == approvals
     assert pg.revocations() == revocations
+    assert pg.pin_tools({"notes/read_note": "0" * 64}) == {"notes/read_note": "f" * 64}
     pg.close()
 
     # The same guard key and side file, now on the database: the chain goes on.
@@ -204,3 +208,14 @@ def test_hostile_or_missing_sources_and_keys(pg_url: str, tmp_path: Path) -> Non
     keyless = _run(tmp_path / "k", pg_url, "--from", str(source))
     assert keyless.exit_code != 0
     assert "cannot be checked" in keyless.stderr
+
+
+def test_a_file_from_before_tool_pins_is_copied(pg_url: str, tmp_path: Path) -> None:
+    source = _filled(tmp_path, World())
+    with sqlite3.connect(source) as db:
+        db.execute("DROP TABLE tool_pins")
+    result = _run(tmp_path, pg_url, "--from", str(source), "--json")
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["copied"]["tool_pins"] == 0
+    assert shown["copied"]["audit"] == shown["records"] > 0

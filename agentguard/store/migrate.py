@@ -1,7 +1,8 @@
 """Move a guard's SQLite state file into a PostgreSQL database (``agentguard db migrate``).
 
 Everything a guard keeps is copied: revocations, call-token ids still live,
-approvals, the grant inventory with each link's last use, and the audit chain
+approvals, the grant inventory with each link's last use, the MCP proxy's
+tool pins, and the audit chain
 with its checkpoints and signed head, row for row (the hashes and signatures
 stay valid because nothing is re-encoded). The source chain is verified
 against the guard's trusted keys before anything is written; the copy is one
@@ -73,10 +74,14 @@ _TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "uses",
         ),
     ),
+    ("tool_pins", "ag_tool_pins", ("address", "fingerprint")),
     ("audit", "ag_audit", ("seq", "body", "prev", "hash")),
     ("audit_checkpoints", "ag_audit_checkpoints", ("seq", "head", "signed_at", "token")),
     ("audit_head", "ag_audit_head", ("id", "seq", "head", "signed_at", "token")),
 )
+
+#: Source tables a file from an earlier release may lack (copied as empty).
+_OPTIONAL = frozenset({"tool_pins"})
 
 #: Tables that must be empty in the target (the tip row always exists).
 _TARGET_TABLES = tuple(pg for _, pg, _ in _TABLES)
@@ -107,7 +112,7 @@ def _source(path: Path) -> sqlite3.Connection:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{path} is not an agentguard state file: {exc}") from exc
-    missing = [name for name, _, _ in _TABLES if name not in tables]
+    missing = [name for name, _, _ in _TABLES if name not in tables and name not in _OPTIONAL]
     if missing:
         db.close()
         raise ConfigError(f"{path} is not an agentguard state file (no {', '.join(missing)})")
@@ -197,7 +202,13 @@ def migrate_sqlite(
                 )
             copied: dict[str, int] = {}
             expired = 0
+            present = {
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
             for name, table, columns in _TABLES:
+                if name not in present:
+                    copied[name] = 0
+                    continue
                 total = int(db.execute(f"SELECT count(*) FROM {name}").fetchone()[0])  # noqa: S608
                 select = f"SELECT {', '.join(columns)} FROM {name}"  # noqa: S608
                 if name == "nonces":
