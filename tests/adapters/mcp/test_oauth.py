@@ -46,6 +46,7 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl
 from starlette.types import Receive, Scope, Send
 
+from agentguard.errors import ConfigError
 from tests.adapters.mcp.mcp_support import (
     BIN,
     HERE,
@@ -848,3 +849,23 @@ async def test_cli_proxy_maps_tokens_by_the_policy_federation_section(
         process.terminate()
         with anyio.fail_after(10):
             await process.aclose()
+
+
+def test_policy_federation_configuration_mistakes(setup: Setup) -> None:
+    """Providers naming different audiences need --resource, and it must be theirs."""
+    rule = {"claim": "groups", "equals": "ops", "tools": ["notes/*"]}
+    setup.write_policy(
+        federation=[
+            {"issuer": "https://a.example", "audience": "https://m.example/mcp", "alias": "a",
+             "rules": [rule]},
+            {"issuer": "https://b.example", "audience": "https://n.example/mcp", "alias": "b",
+             "rules": [rule]},
+        ]
+    )  # fmt: skip
+    proxy = GuardedProxy(build_guard(setup.home, str(setup.policy_file)), [])
+    with pytest.raises(ConfigError, match="different audiences"):
+        policy_federation(proxy)
+    with pytest.raises(ConfigError, match="not this proxy's resource URI"):
+        policy_federation(proxy, "https://m.example/mcp")
+    setup.write_policy()
+    assert policy_federation(GuardedProxy(build_guard(setup.home, None), [])) is None
