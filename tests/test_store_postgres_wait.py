@@ -218,3 +218,61 @@ def test_the_listener_survives_a_server_restart(pg_cluster: Cluster) -> None:
         answering.close()
     finally:
         waiting.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_waiter_in_this_process_is_woken_by_another_stores_answer(
+    pg_url: str, tmp_path: Path, mode: str
+) -> None:
+    """The same wake-up with the waiting guard in this process (a thread) and the answer
+    written through a second store, on its own connections as another replica's would be."""
+    world = World()
+    policy = world.write_policy(
+        tmp_path / "agentguard.yaml", approval={"channel": "queue", "timeout": 120}
+    )
+    store = CountingStore(pg_url)
+    answering = PostgresStore(pg_url)
+    guard = Guard(
+        policy,
+        home=tmp_path / "waiter",
+        store=store,
+        clock=ManualClock(START),
+        approval_mode="block",
+    )
+    tool = RecordingTool()
+    outcome: list[str] = []
+
+    def call() -> None:
+        args = {"target": "db1"}
+        try:
+            if mode == "async":
+                anyio.run(
+                    lambda: guard.acall(
+                        world.delegation, "admin/reset", args, tool, holder=world.bot
+                    )
+                )
+            else:
+                guard.call(world.delegation, "admin/reset", args, tool, holder=world.bot)
+        except DeniedError as exc:
+            outcome.append(str(exc.reason))
+        else:
+            outcome.append("ran" if tool.ran else "not run")
+
+    waiter = threading.Thread(target=call)
+    waiter.start()
+    try:
+        with anyio.from_thread.start_blocking_portal() as portal:
+            request_id = portal.call(_pending_request, answering)
+            portal.call(_until, lambda: bool(store._waiters))  # in its wait
+        answerer = Guard(
+            policy, home=tmp_path / "answerer", store=answering, clock=ManualClock(START)
+        )
+        answerer.approvals.approve(request_id, world.carol)
+        waiter.join(timeout=60)
+        assert outcome == ["ran"]
+        assert store.pauses[-1] is True
+        assert False not in store.pauses
+    finally:
+        waiter.join(timeout=60)
+        guard.close()
+        answering.close()
