@@ -482,6 +482,14 @@ class AuditLog:
         self.signer = signer
         #: The keys whose heads :meth:`report` accepts (default: ``signer``'s alone).
         self.trusted_keys = trusted_keys
+        # The signer's own entry in the trusted set, to warn once when it signs
+        # heads that the set will refuse (not listed, or outside its window).
+        self._own_entry = (
+            None
+            if trusted_keys is None
+            else next((k for k in trusted_keys.keys if k.principal.kid == signer.kid), None)
+        )
+        self._key_warned = trusted_keys is None
         self.checkpoint_every = checkpoint_every
         self.side_file = side_file
         self.durability = store.durability
@@ -676,6 +684,15 @@ class AuditLog:
         """
         if len(digest) != 64 or not digest.isalnum() or not digest.isascii():
             raise ValueError("an audit head must be a hex SHA-256 digest")
+        if not self._key_warned and (self._own_entry is None or not self._own_entry.valid_at(at)):
+            self._key_warned = True
+            why = "is not listed" if self._own_entry is None else "is outside its validity window"
+            log.warning(
+                "agentguard: this guard's key %s %s in the policy's guard_keys: the heads it "
+                "signs will not verify (add it with 'agentguard keys add')",
+                self.signer.kid,
+                why,
+            )
         text = self._claims % (digest, int(at), int(seq))
         payload = b64url_encode(text.encode("ascii"))
         signing_input = f"{self._header}.{payload}"

@@ -299,3 +299,44 @@ def test_a_window_is_judged_by_the_signed_time_so_a_stolen_key_can_backdate() ->
     removed = KeySet([TrustedKey(Identity.generate(GUARD_ID).principal)])
     with pytest.raises(DeniedError, match="not a trusted key"):
         _jws.verify_with(backdated, removed, TYP_CHECKPOINT)
+
+
+def test_a_guard_signing_with_a_key_the_set_refuses_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World()
+    other = Identity.generate(GUARD_ID)
+    policy = world.write_policy(tmp_path / "agentguard.yaml", guard_keys=[_entry(other)])
+    guard = Guard(policy, home=tmp_path / "home", clock=world.clock)
+    with caplog.at_level("WARNING", logger="agentguard.audit"):
+        _read(guard, world)
+        _read(guard, world)
+    warned = [r.getMessage() for r in caplog.records if "guard_keys" in r.getMessage()]
+    assert len(warned) == 1
+    assert f"{guard.guard_identity.kid} is not listed" in warned[0]
+    problem = guard.audit.report().problem
+    assert problem is not None
+    assert problem.kind == "bad_checkpoint"
+    guard.close()
+    # Listed, but retired before the time it signs: warned too.
+    world2 = World()
+    own = _replica_key(tmp_path / "h2")
+    policy = world2.write_policy(
+        tmp_path / "agentguard.yaml", guard_keys=[_entry(own, retired_at=int(START - 10))]
+    )
+    caplog.clear()
+    guard = Guard(policy, home=tmp_path / "h2", clock=world2.clock)
+    with caplog.at_level("WARNING", logger="agentguard.audit"):
+        _read(guard, world2)
+    assert any("outside its validity window" in r.getMessage() for r in caplog.records)
+    guard.close()
+    # Its own key listed and valid: no warning.
+    caplog.clear()
+    world3 = World()
+    own3 = _replica_key(tmp_path / "h3")
+    policy = world3.write_policy(tmp_path / "agentguard.yaml", guard_keys=[_entry(own3)])
+    guard = Guard(policy, home=tmp_path / "h3", clock=world3.clock)
+    with caplog.at_level("WARNING", logger="agentguard.audit"):
+        _read(guard, world3)
+    assert not [r for r in caplog.records if "guard_keys" in r.getMessage()]
+    guard.close()
