@@ -152,7 +152,15 @@ class DelegationGate:
             return
         state: dict[str, Any] = {**scope.get("state", {}), STATE_FEDERATED: authenticated}
         if self.federate is not None:
-            caller = await self._derived(authenticated, token)
+            try:
+                caller = await self._derived(authenticated, token)
+            except StoreError as exc:
+                # Cannot tell whether the chain is revoked: refuse, and say it is ours.
+                logger.warning("HTTP request refused: %s", exc)
+                await _reject(
+                    send, 503, Reason.STORE_ERROR, "the state store did not answer; try again"
+                )
+                return
             if caller is None:
                 await _reject(
                     send,
@@ -171,7 +179,11 @@ class DelegationGate:
         await self.app(inner, receive, send)
 
     async def _derived(self, authenticated: Authenticated, token: str) -> Caller | None:
-        """The caller for a token (cached until it expires), or None if it reaches no tool."""
+        """The caller for a token (cached until it expires), or None if it reaches no tool.
+
+        Raises:
+            StoreError: the revocation list could not be read to check the chain.
+        """
         assert self.federate is not None  # noqa: S101 - checked by the caller
         now = time.time()
         cached = self._callers.get(authenticated.digest)
@@ -182,6 +194,8 @@ class DelegationGate:
             return None
         try:
             chain = await self.proxy.averified_chain(caller.delegation)
+        except StoreError:
+            raise
         except AgentGuardError:
             return None
         if not self.proxy.reachable_namespaces(chain):

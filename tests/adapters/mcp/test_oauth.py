@@ -869,3 +869,34 @@ def test_policy_federation_configuration_mistakes(setup: Setup) -> None:
         policy_federation(proxy, "https://m.example/mcp")
     setup.write_policy()
     assert policy_federation(GuardedProxy(build_guard(setup.home, None), [])) is None
+
+
+async def test_store_that_cannot_answer_refuses_a_federated_token_with_503(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str
+) -> None:
+    """Whether the derived chain is revoked cannot be told: refused, and said to be ours."""
+    setup.write_policy(
+        federation=[
+            {
+                "issuer": idp.issuer,
+                "audience": resource,
+                "alias": "corp",
+                "rules": [{"claim": "groups", "equals": "finance", "tools": ["notes/*"]}],
+            }
+        ]
+    )
+    guard = build_guard(setup.home, str(setup.policy_file))
+    proxy = GuardedProxy(guard, [])
+    federated = policy_federation(proxy)
+    assert federated is not None
+    oauth, federate = federated
+    token = await idp.user_token("bob")
+    (setup.home / "state.db").unlink()
+    gate = DelegationGate(Recorder(), proxy=proxy, oauth=oauth, federate=federate)
+    async with oauth, serve_on(port, gate) as base, httpx2.AsyncClient() as http:
+        with anyio.fail_after(30):
+            reply = await http.post(
+                f"{base}/mcp", json=INIT, headers={"authorization": f"Bearer {token}"}
+            )
+    assert reply.status_code == 503
+    assert reply.json()["error"] == "store_error"
