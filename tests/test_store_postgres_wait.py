@@ -140,6 +140,8 @@ def test_approval_wait_on_an_unknown_or_answered_request_returns_at_once(pg_url:
         assert store.counts()["approvals"] == 0  # the table is still there
     finally:
         store.close()
+    # A closed store cannot be woken: the wait is a plain pause, never an error.
+    assert store.approval_wait("no-such-request", 0.05) is False
 
 
 async def _bounded(fn: Any, *args: Any) -> Any:
