@@ -948,10 +948,11 @@ class PostgresStore:
 
         The store keeps one connection listening (``LISTEN``) for answers (opened on
         the first wait); :meth:`approval_answer` notifies it in the answer's
-        transaction. Returns ``True`` when woken by an answer (or when the
-        request is no longer pending), ``False`` after ``timeout`` or when the
-        listener cannot tell (the database is unreachable): the caller reads the
-        row either way, so a lost notification only delays it to the next read.
+        transaction. Returns ``True`` when woken by an answer, when the request
+        is no longer pending, or when the listener lost its connection (so the
+        caller looks again at once); ``False`` after ``timeout`` or when nothing
+        is listening (the database is unreachable). The caller reads the row
+        either way, so a lost notification only delays it to the next read.
         Never raises.
         """
         limit = max(0.0, float(timeout))
