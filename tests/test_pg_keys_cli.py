@@ -186,3 +186,14 @@ def test_list_as_a_table_and_retire_now(cli: CLI) -> None:
     assert before <= retired <= datetime.now(UTC)
     assert row["valid_now"] is False
     assert "│ no " in cli.ok("keys", "list").stdout  # the valid-now column
+
+
+def test_policy_validate_loads_every_guard_key(cli: CLI) -> None:
+    world = World()
+    world.write_policy(cli.root / "agentguard.yaml", guard_keys=[{"key_file": "gone.pub"}])
+    one_line_error(cli("policy", "validate"), "guard_keys[0]", "does not exist")
+    key = Identity.generate(GUARD_ID)
+    (cli.root / "gone.pub").write_text(
+        json.dumps({"id": GUARD_ID, "jwk": key.principal.public_jwk()})
+    )
+    assert "valid" in cli.ok("policy", "validate").stdout

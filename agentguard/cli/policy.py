@@ -24,7 +24,7 @@ def validate(
     ] = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Check a policy file, including that every trusted root's key loads.
+    """Check a policy file, including that every trusted root's and guard key's key loads.
 
     Every problem is listed on stderr as FILE:LINE: key.path: message, with the
     closest known key for an unknown one.
@@ -38,6 +38,7 @@ def validate(
         count = len(exc.problems)
         fail(f"{path} is not a valid policy: {count} problem{'s' if count != 1 else ''}")
     roots = loaded.root_principals()
+    loaded.listed_guard_keys()  # every guard key loads too
     say(
         f"{path}: valid ({len(roots)} trusted root(s), {len(loaded.approvers)} approver(s), "
         f"{len(loaded.step_up)} step-up and {len(loaded.deny)} deny rule(s), "
