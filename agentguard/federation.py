@@ -26,13 +26,11 @@ tools a chain reaches (for a filtered ``tools/list``).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -47,8 +45,8 @@ from agentguard.errors import (
     DeniedError,
     IdentityError,
 )
-from agentguard.keys import KEY_FILE_LIMIT, Identity, Principal, read_trusted_file
-from agentguard.policy import FederationKey, FederationProvider, FederationRule, IdTemplate
+from agentguard.keys import Identity, Principal
+from agentguard.policy import FederationProvider, FederationRule, IdTemplate
 from agentguard.tokens import MAX_META_BYTES, Grant, Rule
 
 if TYPE_CHECKING:
@@ -269,17 +267,6 @@ def _expiry(claims: Mapping[str, Any], now: float) -> int:
     return math.floor(exp)
 
 
-def _load_key(policy: Policy, entry: FederationKey) -> Principal:
-    if entry.public_key is not None:
-        return Principal.from_jwk(entry.id, entry.public_key)
-    path = Path(entry.key_file or "")
-    if not path.is_absolute() and policy.base_dir:
-        path = Path(policy.base_dir) / path
-    doc = json.loads(read_trusted_file(path, limit=KEY_FILE_LIMIT))
-    jwk = doc.get("jwk", doc) if isinstance(doc, dict) else {}
-    return Principal.from_jwk(entry.id, jwk)
-
-
 def _purpose(provider: Provider) -> str:
     return f"signed in through {provider.alias}"
 
@@ -406,7 +393,7 @@ class Federation:
                 principal = guard_key
             else:
                 try:
-                    principal = _load_key(policy, config.key)
+                    principal = policy.load_key(config.key.id, config.key)
                 except (OSError, ValueError, AgentGuardError) as exc:
                     raise ConfigError(f"federation[{index}].key: cannot load key: {exc}") from exc
             if keys.setdefault(principal.id, principal).kid != principal.kid:

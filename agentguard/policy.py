@@ -554,23 +554,9 @@ class FederationRule(_Strict):
         return self
 
 
-class FederationKey(_Strict):
-    """The key that vouches for derived chains, when it is not the guard's own."""
-
-    id: str = Field(description="Principal id of the federation key, e.g. service:federation")
-    public_key: dict[str, str] | None = Field(None, description="Public OKP/Ed25519 JWK")
-    key_file: str | None = Field(None, description="Path to its public key file")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return _principal(value)
-
-    @model_validator(mode="after")
-    def _one_key(self) -> FederationKey:
-        if (self.public_key is None) == (self.key_file is None):
-            raise ValueError("give exactly one of public_key or key_file")
-        return self
+class FederationKey(TrustedRoot):
+    """The key that vouches for derived chains, when it is not the guard's own
+    (``id``, e.g. ``service:federation``, and exactly one of its key forms)."""
 
 
 class FederationProvider(_Strict):
@@ -728,22 +714,22 @@ class Policy(_Strict):
         for index, root in enumerate(self.trusted_roots):
             where = f"trusted_roots[{index}] ({root.id})"
             try:
-                if root.public_key is not None:
-                    out.append(Principal.from_jwk(root.id, root.public_key))
-                    continue
-                path = Path(root.key_file or "")
-                if not path.is_absolute() and self.base_dir:
-                    path = Path(self.base_dir) / path
-                doc = json.loads(read_trusted_file(path, limit=KEY_FILE_LIMIT))
-                jwk = doc.get("jwk", doc) if isinstance(doc, dict) else {}
-                out.append(Principal.from_jwk(root.id, jwk))
+                out.append(self.load_key(root.id, root))
             except FileNotFoundError as exc:
                 raise ConfigError(f"{where}: key file {root.key_file} does not exist") from exc
             except (OSError, ValueError, IdentityError) as exc:
                 raise ConfigError(f"{where}: cannot load key: {exc}") from exc
         return out
 
-    def _load_key(self, principal_id: str, entry: TrustedRoot | GuardKey) -> Principal:
+    def load_key(self, principal_id: str, entry: TrustedRoot | GuardKey) -> Principal:
+        """The public key an entry gives inline or in its key file (relative to the
+        policy's directory), as ``principal_id``'s.
+
+        Raises:
+            OSError: the key file cannot be read (``FileNotFoundError`` when missing).
+            ValueError: it is not JSON.
+            IdentityError: the key is not an Ed25519 public key.
+        """
         if entry.public_key is not None:
             return Principal.from_jwk(principal_id, entry.public_key)
         path = Path(entry.key_file or "")
@@ -774,7 +760,7 @@ class Policy(_Strict):
         keys: list[TrustedKey] = []
         for index, entry in enumerate(self.guard_keys):
             try:
-                principal = self._load_key(self.guard_id, entry)
+                principal = self.load_key(self.guard_id, entry)
             except FileNotFoundError as exc:
                 raise ConfigError(
                     f"guard_keys[{index}]: key file {entry.key_file} does not exist"
