@@ -395,26 +395,35 @@ class Identity:
             IdentityError: the file is unreadable, malformed, or readable by
                 group or others.
         """
-        try:
-            fd = _open_trusted(path, follow_symlinks=False)
-        except OSError as exc:
-            raise IdentityError(f"cannot open key file {path}: {exc.strerror}") from exc
-        try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise IdentityError(
-                    f"refusing private key file {path}: it is accessible by group or others "
-                    f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
-                )
-            raw = _read_bounded(fd, path, KEY_FILE_LIMIT)
-        except OSError as exc:
-            raise IdentityError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
-        except ValueError as exc:
-            raise IdentityError(f"refusing private key file: {exc}") from exc
-        finally:
-            os.close(fd)
-        doc = _read_json(raw, path)
+        doc = _read_owner_only(path, "private key")
         return cls.from_private_jwk(validate_principal_id(doc.get("id")), doc.get("jwk", {}))
+
+
+def _read_owner_only(path: Path, what: str) -> Any:
+    """The JSON of a key file only its owner may read (no symlink, bounded read).
+
+    Raises:
+        IdentityError: the file is unreadable, malformed, or readable by group or others.
+    """
+    try:
+        fd = _open_trusted(path, follow_symlinks=False)
+    except OSError as exc:
+        raise IdentityError(f"cannot open {what} file {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise IdentityError(
+                f"refusing {what} file {path}: it is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
+            )
+        raw = _read_bounded(fd, path, KEY_FILE_LIMIT)
+    except OSError as exc:
+        raise IdentityError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise IdentityError(f"refusing {what} file: {exc}") from exc
+    finally:
+        os.close(fd)
+    return _read_json(raw, path)
 
 
 def _read_json(raw: bytes, path: Path) -> dict[str, Any]:
@@ -666,25 +675,7 @@ def secret_keys(path: Path, *, create: bool = True) -> list[bytes]:
                 os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    try:
-        fd = _open_trusted(path, follow_symlinks=False)
-    except OSError as exc:
-        raise IdentityError(f"cannot open secret key file {path}: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise IdentityError(
-                f"refusing secret key file {path}: it is accessible by group or others "
-                f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
-            )
-        raw = _read_bounded(fd, path, KEY_FILE_LIMIT)
-    except OSError as exc:
-        raise IdentityError(f"cannot read secret key file {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise IdentityError(f"refusing secret key file: {exc}") from exc
-    finally:
-        os.close(fd)
-    doc = _read_json(raw, path)
+    doc = _read_owner_only(path, "secret key")
     texts = doc.get("keys")
     if not isinstance(texts, list) or not 1 <= len(texts) <= _MAX_SECRET_KEYS:
         raise IdentityError(f"{path}: 'keys' must list 1 to {_MAX_SECRET_KEYS} keys")

@@ -141,6 +141,16 @@ DurationOrZero = Annotated[
 ]
 
 
+def _compiled_where(value: Any) -> Any:
+    """A rule's ``where`` compiled to the canonical predicate form (``None`` stays)."""
+    if value is None:
+        return None
+    try:
+        return compile_predicate(value)
+    except PredicateError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def _duration(value: Any) -> float:
     try:
         return parse_duration(value)
@@ -264,12 +274,7 @@ class PolicyRule(_Strict):
     @field_validator("where")
     @classmethod
     def _where(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return compile_predicate(value)
-        except PredicateError as exc:
-            raise ValueError(str(exc)) from exc
+        return _compiled_where(value)
 
     def matches(self, tool: str, args: Mapping[str, Any]) -> bool:
         """Whether the rule applies to this call."""
@@ -538,12 +543,7 @@ class FederationRule(_Strict):
     @field_validator("where")
     @classmethod
     def _where(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return compile_predicate(value)
-        except PredicateError as exc:
-            raise ValueError(str(exc)) from exc
+        return _compiled_where(value)
 
     @model_validator(mode="after")
     def _condition(self) -> FederationRule:

@@ -211,7 +211,7 @@ def test_loading_a_group_or_world_readable_key_is_refused(tmp_path: Path, mode: 
 
 
 def test_loading_a_missing_key_file_fails_clearly(tmp_path: Path) -> None:
-    with pytest.raises(IdentityError, match="cannot open key file"):
+    with pytest.raises(IdentityError, match="cannot open private key file"):
         Identity.load(tmp_path / "nope.key")
 
 
