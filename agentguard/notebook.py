@@ -111,10 +111,10 @@ class ApprovalCard:
         self.answer: str | None = None
         self._book = book
         #: Why an approval (a denial) from this card would not count; ``None`` when it would.
-        self.approve_refused = _would_count(book, request, approver, approve=True)
-        self.deny_refused = _would_count(book, request, approver, approve=False)
+        self.approve_refused: str | None = None
+        self.deny_refused: str | None = None
         #: Who can answer and how, as a waiting call logs it.
-        self.how_to_answer = _who_and_how(book, request)
+        self.how_to_answer = ""
         self.message = widgets.Textarea(
             placeholder="Message (optional; sent back to the caller with a denial)",
             layout=widgets.Layout(width="100%"),
@@ -123,22 +123,42 @@ class ApprovalCard:
             description="Approve", button_style="success", icon="check"
         )
         self.deny_button = widgets.Button(description="Deny", button_style="danger", icon="times")
-        self.approve_button.disabled = self.approve_refused is not None
-        self.deny_button.disabled = self.deny_refused is not None
-        self.message.disabled = self.approve_button.disabled and self.deny_button.disabled
-        self.status = widgets.HTML(value=self._status_html())
+        self.status = widgets.HTML()
+        self._request = widgets.HTML()
+        self._how = widgets.HTML()
         self.approve_button.on_click(lambda _button: self._answer(approve=True))
         self.deny_button.on_click(lambda _button: self._answer(approve=False))
         self.widget = widgets.VBox(
             [
-                widgets.HTML(value=_request_html(request, book.clock.now())),
+                self._request,
                 self.message,
                 widgets.HBox([self.approve_button, self.deny_button]),
                 self.status,
-                widgets.HTML(value=f"<small>{_e(self.how_to_answer)}</small>"),
+                self._how,
             ],
             layout=widgets.Layout(border="1px solid #d0d7de", padding="8px", margin="4px 0"),
         )
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Ask the book again what a click would do, and redraw the card.
+
+        A card shown again (a re-run cell) may be minutes old: an approver
+        revoked or removed from the policy since must not see an enabled
+        button, and one added since should. An answered card stays as it is.
+        """
+        if self.answer is not None:
+            return
+        book, request = self._book, self.request
+        self.approve_refused = _would_count(book, request, self.approver, approve=True)
+        self.deny_refused = _would_count(book, request, self.approver, approve=False)
+        self.how_to_answer = _who_and_how(book, request)
+        self.approve_button.disabled = self.approve_refused is not None
+        self.deny_button.disabled = self.deny_refused is not None
+        self.message.disabled = self.approve_button.disabled and self.deny_button.disabled
+        self.status.value = self._status_html()
+        self._request.value = _request_html(request, book.clock.now())
+        self._how.value = f"<small>{_e(self.how_to_answer)}</small>"
 
     def _status_html(self) -> str:
         text = f"<small>answering as {_e(self.approver)}</small>"
@@ -288,6 +308,7 @@ class NotebookChannel:
         if card is None or card.answer is not None:
             self.show(request, book)
         else:
+            card.refresh()  # what the book says now, not when the card was first drawn
             self._display(card)
 
 

@@ -339,3 +339,29 @@ def test_the_card_shows_the_same_facts() -> None:
     assert_shows_the_facts(text, text)
     assert "<details" in card_html
     assert "<summary>show all</summary>" in card_html
+
+
+def test_a_card_shown_again_asks_the_book_again() -> None:
+    """A re-run cell shows the pending card again with what a click would do *now*: an
+    approver revoked since sees no live button (the card is not a stale picture)."""
+    world = World()
+    shown = Shown()
+    approvers = [*world.policy()["approvers"], {"id": "user:dave", "min_assurance": "local"}]
+    guard = world.guard(approval_mode="raise", step_up=STEP_UP, approvers=approvers)
+    NotebookChannel("user:carol", display=shown).attach(guard)
+    tool = RecordingTool()
+    with pytest.raises(ApprovalPending):
+        guard.call(world.delegation, "tickets/comment", {"id": 4}, tool, holder=world.bot)
+    card = shown.cards[0]
+    assert not card.approve_button.disabled
+
+    guard.revoke("principal", "user:carol", reason="left the team")
+    with pytest.raises(ApprovalPending):
+        guard.call(world.delegation, "tickets/comment", {"id": 4}, tool, holder=world.bot)
+    assert shown.cards == [card, card]  # the same card, shown again
+    assert card.approve_button.disabled
+    assert card.deny_button.disabled
+    assert "user:carol is revoked" in card.status.value
+    card.approve_button.click()
+    assert card.answer is None
+    assert not tool.ran
