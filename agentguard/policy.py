@@ -64,6 +64,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyRule",
+    "SingleSignOn",
     "TrustedRoot",
     "assurance_at_least",
     "escape_claim_value",
@@ -314,6 +315,91 @@ class Limits(_Strict):
         return seconds
 
 
+#: The approval page's single sign-on callback: the path its ``redirect_uri`` must name.
+SSO_CALLBACK_PATH = "/login/sso/callback"
+_SECRET_VARIABLE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]{0,127}\}$")
+
+
+class SingleSignOn(_Strict):
+    """The approval page's single sign-on: an OpenID Connect client of one federation provider.
+
+    The person signing in is named by that provider's ``subject`` template, so
+    one person has one id in chains, approver lists and sign-in.
+    """
+
+    issuer: str = Field(description="The issuer of one of the federation: providers")
+    client_id: str = Field(description="The page's client id at the provider")
+    client_secret: str | None = Field(
+        None, description="A confidential client's secret, as ${VARIABLE} (never the secret)"
+    )
+    client_secret_file: str | None = Field(
+        None, description="Or a file holding the secret (owner-only; relative to the policy)"
+    )
+    redirect_uri: str = Field(
+        description=f"Where the provider sends people back: https://HOST{SSO_CALLBACK_PATH} "
+        "(http only on a loopback address), registered at the provider"
+    )
+    scope: str = Field("openid", description="Scopes asked for (must include openid)")
+    label: str | None = Field(None, description="The button says 'Sign in with LABEL'")
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        if not value or len(value) > 255 or not all(" " < c <= "~" for c in value):
+            raise ValueError("a client id is 1-255 printable ASCII characters without spaces")
+        return value
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None and not _SECRET_VARIABLE.match(value):
+            raise ValueError(
+                "write the secret's environment variable as ${NAME} (or use "
+                "client_secret_file), never the secret itself"
+            )
+        return value
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if not (parts.scheme == "https" and host) and not (
+            parts.scheme == "http" and _is_loopback(host)
+        ):
+            raise ValueError("the redirect URI must be https (http only on a loopback address)")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("the redirect URI has no query, fragment or user part")
+        if parts.path != SSO_CALLBACK_PATH:
+            raise ValueError(f"the redirect URI's path must be {SSO_CALLBACK_PATH}")
+        return value
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        words = value.split(" ")
+        if "openid" not in words or not all(w and w.isascii() and w.isprintable() for w in words):
+            raise ValueError("scopes are words separated by single spaces and include openid")
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and not (0 < len(value) <= 64 and value.isprintable()):
+            raise ValueError("a label is 1-64 printable characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SingleSignOn:
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError("give client_secret or client_secret_file, not both")
+        return self
+
+
 class ApprovalSettings(_Strict):
     """How step-up approvals are requested and answered."""
 
@@ -333,6 +419,8 @@ class ApprovalSettings(_Strict):
     #: (names and values together, as escaped for display); a call that needs
     #: approval and would take more is refused, never shown in part.
     display_limit: int = Field(20_000, ge=1_000, le=1_000_000)
+    #: Single sign-on for the approval page (an OpenID Connect provider of ``federation:``).
+    sso: SingleSignOn | None = None
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -689,6 +777,13 @@ class Policy(_Strict):
     def _federation(self) -> Policy:
         problems = _federation_problems(self.federation)
         roots = {root.id for root in self.trusted_roots}
+        sso = self.approval.sso
+        if sso is not None and sso.issuer not in {p.issuer for p in self.federation}:
+            problems.append(
+                f"approval.sso.issuer: {sso.issuer!r} is not the issuer of a federation: "
+                "provider; list the provider there, so its alias and subject template name "
+                "the people who sign in"
+            )
         for index, provider in enumerate(self.federation):
             signer = provider.key.id if provider.key is not None else self.guard_id
             if signer in roots:
