@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements-dev.txt $(ADAPTERS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -e '.[telemetry,web,notebook,fast]' \
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -e '.[telemetry,web,notebook,fast,passkeys]' \
 		-e 'adapters/langchain[agents]' -e adapters/mcp
 	touch $(STAMP)
 
