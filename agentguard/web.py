@@ -52,12 +52,16 @@ from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import read_trusted_file, validate_principal_id
+from agentguard.policy import SSO_CALLBACK_PATH
 from agentguard.tokens import args_digest
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
+
+    from agentguard.federation import Provider
+    from agentguard.policy import Policy, SingleSignOn
 
 __all__ = ["TOKENS_FILE", "ApproverTokens", "create_app", "serve"]
 
@@ -67,6 +71,8 @@ log = logging.getLogger("agentguard.web")
 TOKENS_FILE = "approver-tokens.json"
 TOKEN_PREFIX = "agt_"  # noqa: S105 - a public prefix, not a secret
 SESSION_COOKIE = "agentguard_session"
+#: The short-lived cookie that binds a started single sign-on to its browser.
+SSO_COOKIE = "agentguard_sso"
 SESSION_TTL = 8 * 3600
 _MAX_FIELD = 20_000
 
@@ -201,6 +207,9 @@ class _Session:
     #: Hash of the token the approver logged in with: revoking or reissuing it
     #: ends the session at its next request.
     token_hash: str | None = None
+    #: The single sign-on settings a signed-in person came through: a change to
+    #: them (or their removal) ends the session at its next request.
+    sso: SingleSignOn | None = None
 
 
 class _Sessions:
@@ -693,6 +702,18 @@ def create_app(
         hosts.add(_allowed_host(name))
     sessions = _Sessions(session_ttl)
     books = _Books(book, policy_file)
+    from agentguard.web_sso import PRE_LOGIN_TTL, SignOn, SignOnRefused
+
+    sign_on = SignOn()
+
+    def sso_settings() -> tuple[tuple[SingleSignOn, Provider], Policy] | None:
+        """The policy's single sign-on settings now; ``None`` without them or a policy."""
+        try:
+            policy = books.current().policy
+        except ConfigError:
+            return None
+        found = SignOn.settings(policy)
+        return None if found is None else (found, policy)
 
     def secure(response: Response) -> Response:
         response.headers["Content-Security-Policy"] = _CSP
@@ -704,7 +725,7 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def set_cookie(response: Response, sid: str) -> None:
+    def set_cookie(response: Response, sid: str, *, https: bool = False) -> None:
         response.set_cookie(
             SESSION_COOKIE,
             sid,
@@ -712,7 +733,7 @@ def create_app(
             path="/",
             httponly=True,
             samesite="strict",
-            secure=False,  # loopback http; put TLS in front for anything else
+            secure=https,  # loopback http unless the page is known to be served over https
         )
 
     def html_page(
@@ -739,6 +760,9 @@ def create_app(
         """``session`` unless its approver's token was revoked or reissued since login."""
         if session is None or session.approver is None:
             return session
+        if session.sso is not None:
+            found = await run_in_threadpool(sso_settings)
+            return session if found is not None and found[0][0] == session.sso else None
         try:
             current = await run_in_threadpool(tokens.current_hash, session.approver)
         except ConfigError:
@@ -759,14 +783,29 @@ def create_app(
             return None, {}
         return session, fields
 
-    def login_form(csrf: str) -> str:
+    def login_form(csrf: str, sso: tuple[SingleSignOn, Provider] | None = None) -> str:
+        sign_in = sso_where = ""
+        if sso is not None:
+            label = sso[0].label or sso[1].alias
+            before, after = sso[1].config.templates()["subject"].affixes(sso[1].alias)
+            sign_in = (
+                "<form method='post' action='/login/sso' class='login sso'>"
+                f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+                f'<button type="submit" class="primary" autofocus>Sign in with {_e(label)}'
+                "</button></form><p>Or log in with an approver token:</p>"
+            )
+            sso_where = (
+                f"<p>Signing in with {_e(label)} names you <code>{_e(before)}&hellip;"
+                f"{_e(after)}</code>, as the policy's <code>federation:</code> section names "
+                "you everywhere else.</p>"
+            )
         return (
             "<h1>Log in to answer approval requests</h1>"
-            "<form method='post' action='/login' class='login'>"
+            f"{sign_in}<form method='post' action='/login' class='login'>"
             f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
             '<label for="token">Approver token</label>'
             '<input id="token" type="password" name="token" autocomplete="off" required '
-            'autofocus aria-describedby="where">'
+            f'{"" if sso else "autofocus "}aria-describedby="where">'
             '<button type="submit" class="primary">Log in</button></form>'
             '<div id="where"><h2>Where access comes from</h2>'
             "<p>Each approver logs in with their own token. Whoever administers agentguard "
@@ -776,7 +815,7 @@ def create_app(
             "sessions. Your answers count only where the policy (<code>approvers:</code> in "
             "agentguard.yaml) lists you for the tool and the page's assurance "
             f"(<code>{WEB_ASSURANCE}</code>) is enough for the request; the page says so "
-            "when it is not.</p></div>"
+            f"when it is not.</p>{sso_where}</div>"
         )
 
     async def login_get(request: Request) -> Response:
@@ -786,8 +825,80 @@ def create_app(
             return redirect("/")
         if sid is None or session is None:
             sid, session = sessions.new()
-        response = html_page("Log in", login_form(session.csrf), session)
+        found = await run_in_threadpool(sso_settings)
+        form = login_form(session.csrf, None if found is None else found[0])
+        response = html_page("Log in", form, session)
         set_cookie(response, sid)
+        return response
+
+    async def sso_start(request: Request) -> Response:
+        """Start a single sign-on: a pre-login cookie, then the provider's authorization page."""
+        session, _ = await posted(request)
+        if session is None:
+            return forbidden("missing or wrong CSRF token; reload the login page")
+        found = await run_in_threadpool(sso_settings)
+        if found is None:
+            session.flashes.append(("error", "Single sign-on is not configured."))
+            return redirect("/login")
+        config = found[0][0]
+        try:
+            pid, url = await run_in_threadpool(sign_on.begin, config)
+        except SignOnRefused as exc:
+            log.warning("agentguard web: single sign-on unavailable (%s): %s", exc.reason, exc)
+            session.flashes.append(("error", f"Single sign-on is unavailable: {exc}"))
+            return redirect("/login")
+        response = secure(RedirectResponse(url, status_code=303))
+        response.set_cookie(
+            SSO_COOKIE,
+            pid,
+            max_age=int(PRE_LOGIN_TTL),
+            path="/login/sso",
+            httponly=True,
+            samesite="lax",  # the provider sends the browser back from another site
+            secure=config.redirect_uri.startswith("https:"),
+        )
+        return response
+
+    async def sso_callback(request: Request) -> Response:
+        """The provider sends the browser back here: finish the sign-in, open a session."""
+        pending = sign_on.take(request.cookies.get(SSO_COOKIE))
+        items = request.query_params.multi_items()
+        params = dict(items)
+        found = await run_in_threadpool(sso_settings)
+        try:
+            if len(params) != len(items):
+                raise SignOnRefused("malformed_answer", "the answer repeats a parameter")
+            if found is None:
+                raise SignOnRefused("not_configured", "single sign-on is not configured now")
+            approver = await run_in_threadpool(
+                sign_on.finish, pending, params, found[0], secret_base=found[1].base_dir
+            )
+        except SignOnRefused as exc:
+            log.warning("agentguard web: single sign-on refused (%s): %s", exc.reason, exc)
+            body = (
+                "<h1>Sign-in refused</h1>"
+                f'<p class="flash error" role="alert">{_e(exc)}</p>'
+                '<p><a href="/login">Back to the login page</a></p>'
+            )
+            response = html_page("Sign-in refused", body, None, 403)
+            response.delete_cookie(SSO_COOKIE, path="/login/sso")
+            return response
+        config = found[0][0]
+        sessions.drop(request.cookies.get(SESSION_COOKIE))
+        sid, fresh = sessions.new(approver)
+        fresh.sso = config
+        fresh.flashes.append(("ok", f"Signed in as {approver}."))
+        # A page, not a redirect: the browser arrives here from the provider's site, and a
+        # SameSite=Strict cookie is sent only once a page of this site asks for the next one.
+        response = html_page(
+            "Signed in",
+            f"<p>Signed in as <b>{_e(approver)}</b>. "
+            '<a href="/" id="continue">Continue to the pending approvals</a></p>',
+            None,
+        )
+        response.headers["Refresh"] = "0; url=/"
+        response.delete_cookie(SSO_COOKIE, path="/login/sso")
+        set_cookie(response, sid, https=config.redirect_uri.startswith("https:"))
         return response
 
     async def login_post(request: Request) -> Response:
@@ -914,6 +1025,8 @@ def create_app(
         Route("/", index, methods=["GET"]),
         Route("/login", login_get, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
+        Route("/login/sso", sso_start, methods=["POST"]),
+        Route(SSO_CALLBACK_PATH, sso_callback, methods=["GET"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/requests/{request_id}/{action:str}", answer, methods=["POST"]),
     ]
