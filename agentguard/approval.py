@@ -6,6 +6,9 @@ the rules that asked for approval and a deadline. The answer is a receipt, a
 JWS of type ``agentguard-approval+jwt``:
 
 * signed by the approver's own key (the CLI queue; assurance ``signed``), or
+* a passkey (WebAuthn) assertion by the approver's own authenticator over the
+  digest of the whole answer (the approval page; assurance ``signed``; a
+  different format, see ``docs/receipts.md`` and :mod:`agentguard.passkeys`), or
 * signed by the guard's key on behalf of a channel that authenticated the
   human in its own way (terminal: ``local``; web page with a per-approver
   token: ``authenticated``; an answer typed into the agent's own client:
@@ -18,6 +21,7 @@ itself: only the stored, signed receipt counts.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -33,9 +37,22 @@ from agentguard.addresses import pattern_matches
 from agentguard.audit import REDACTED, sets_redacted_field
 from agentguard.clock import Clock, format_duration
 from agentguard.decision import Reason
-from agentguard.errors import AgentGuardError, DeniedError, IdentityError, TokenFormatError
+from agentguard.errors import (
+    AgentGuardError,
+    ConfigError,
+    DeniedError,
+    IdentityError,
+    TokenFormatError,
+)
 from agentguard.keys import Identity, Keyring, Principal
-from agentguard.policy import ASSURANCE_LEVELS, Policy, assurance_at_least
+from agentguard.passkeys import (
+    PasskeyAssertion,
+    PasskeyReceipt,
+    answer_statement,
+    is_passkey_receipt,
+    verify_passkey_receipt,
+)
+from agentguard.policy import ASSURANCE_LEVELS, Passkey, Policy, assurance_at_least
 from agentguard.store.base import ApprovalRow, Store
 from agentguard.tokens import TYP_APPROVAL, args_digest, new_jti
 
@@ -671,7 +688,7 @@ class Receipt:
 
 def _peek_receipt(token: str) -> dict[str, Any]:
     try:
-        return _jws.peek(token, TYP_APPROVAL)[1]
+        return peek_receipt(token)[1]
     except AgentGuardError:
         return {}
 
@@ -679,9 +696,19 @@ def _peek_receipt(token: str) -> dict[str, Any]:
 def peek_receipt(receipt: object) -> tuple[dict[str, Any], dict[str, Any]]:
     """The header and claims of an approval receipt, *unverified* (to find its key).
 
+    A passkey receipt (docs/receipts.md) reads as header ``{"typ": "passkey"}``
+    and its answer statement as the claims (with ``edited_args`` when it
+    carries an edit): the same names a JWS receipt uses.
+
     Raises:
         TokenFormatError: it is not an approval receipt.
     """
+    if is_passkey_receipt(receipt):
+        parsed = PasskeyReceipt.decode(receipt)
+        claims = dict(parsed.statement)
+        if parsed.edited_args is not None:
+            claims["edited_args"] = parsed.edited_args
+        return {"typ": "passkey", "kid": parsed.assertion.credential_id}, claims
     return _jws.peek(receipt, TYP_APPROVAL)
 
 
@@ -1035,6 +1062,115 @@ class ApprovalBook:
             assurance=assurance,
         )
 
+    def passkey_credential(self, approver: str) -> Passkey | None:
+        """``approver``'s enrolled passkey in the policy, if any."""
+        entry = self.policy.approver(approver)
+        return entry.passkey if entry is not None else None
+
+    def passkey_statement(
+        self,
+        request_id: str,
+        *,
+        approver: str,
+        approve: bool,
+        message: str | None = None,
+        edited_args: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The answer statement ``approver``'s passkey is to sign (docs/receipts.md); the
+        WebAuthn challenge is its digest (:func:`agentguard.passkeys.statement_challenge`).
+
+        Refuses at once what :meth:`record_passkey_answer` would refuse, so nobody is
+        asked to sign an answer that cannot count.
+
+        Raises:
+            DeniedError: the request is not pending, ``approver`` has no passkey, may
+                not answer it, or the edit sets a redacted field.
+        """
+        request = self.get(request_id)
+        now = self.clock.now()
+        if request.state(now) != "pending":
+            raise DeniedError(
+                f"approval request {request_id} is {request.state(now)}, not pending",
+                reason=Reason.APPROVAL_CLOSED,
+            )
+        if self.passkey_credential(approver) is None:
+            raise DeniedError(
+                f"no passkey is enrolled for {approver} (agentguard approvals enroll {approver})",
+                reason=Reason.APPROVER_NOT_AUTHORIZED,
+            )
+        self._check_approver(request, approver, "signed", approving=approve)
+        edited: str | None = None
+        if edited_args is not None:
+            if not approve:
+                raise ValueError("only an approval carries edited arguments")
+            if sets_redacted_field(edited_args, self.policy.redact):
+                raise DeniedError(
+                    "an edit may not set a redacted field; leave it as "
+                    f"{REDACTED!r} to keep the caller's value",
+                    reason=Reason.APPROVAL_INVALID,
+                )
+            edited = args_digest(edited_args)
+        return answer_statement(
+            request_id=request_id,
+            call_digest=request.call_digest,
+            approve=approve,
+            approver=approver,
+            issued_at=int(now),
+            expires_at=int(now) + receipt_lifetime(self.policy),
+            edited_digest=edited,
+            message=message,
+        )
+
+    def record_passkey_answer(
+        self,
+        statement: Mapping[str, Any],
+        assertion: PasskeyAssertion,
+        *,
+        edited_args: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Check a passkey-signed answer as the guard will, and record it; returns the receipt.
+
+        The receipt is verified completely (:meth:`verify_receipt`: the assertion
+        over the statement's digest with the approver's enrolled credential, the
+        request and call it binds, time, approver, separation of duties) before
+        the request is answered, at most once.
+
+        Raises:
+            DeniedError: it does not verify or count, or the request is not pending.
+        """
+        receipt = PasskeyReceipt(
+            dict(statement), assertion, dict(edited_args) if edited_args is not None else None
+        ).encode()
+        request_id = statement.get("req")
+        row = self.store.approval_get(request_id) if isinstance(request_id, str) else None
+        now = self.clock.now()
+        if row is None:
+            raise DeniedError(
+                "the statement names no known request", reason=Reason.APPROVAL_INVALID
+            )
+        state = ApprovalRequest.from_row(row).state(now)
+        if state != "pending":
+            raise DeniedError(
+                f"approval request {row.id} is {state}, not pending", reason=Reason.APPROVAL_CLOSED
+            )
+        verified = self.verify_receipt(
+            dataclasses.replace(row, receipt=receipt), expected_digest=row.call_digest
+        )
+        approve = verified.decision == "approve"
+        reusable = self.policy.approval.reusable_for
+        if not self.store.approval_answer(
+            row.id,
+            status="approved" if approve else "rejected",
+            receipt=receipt,
+            answered_at=now,
+            reusable_until=now + reusable if approve and reusable else None,
+        ):
+            raise DeniedError(
+                f"approval request {row.id} was answered or expired meanwhile",
+                reason=Reason.APPROVAL_CLOSED,
+            )
+        return receipt
+
     def check_answerer(
         self, request_id: str, *, approver: str, assurance: str, approving: bool = True
     ) -> None:
@@ -1251,7 +1387,11 @@ class ApprovalBook:
             required or "agent",
             key=lambda lvl: ASSURANCE_LEVELS.index(lvl) if lvl in ASSURANCE_LEVELS else 99,
         )
-        if not assurance_at_least(assurance, needed):
+        # A rejection only restricts, so any channel of a known level may carry one from
+        # an approver who passes every other check; an approval needs the level.
+        if assurance not in ASSURANCE_LEVELS or (
+            approving and not assurance_at_least(assurance, needed)
+        ):
             raise DeniedError(
                 f"an answer through this channel has assurance '{assurance}', "
                 f"but '{needed}' is required",
@@ -1316,19 +1456,12 @@ class ApprovalBook:
         if row.receipt is None:
             raise DeniedError("approval has no receipt", reason=Reason.APPROVAL_INVALID)
         try:
-            _, unverified = _jws.peek(row.receipt, TYP_APPROVAL)
-            signer_id = str(unverified.get("iss"))
-            approver_id = str(unverified.get("approver"))
-            if signer_id == self.guard_identity.id:
-                # Attested by this guard or another replica: a trusted guard key.
-                claims = _jws.verify_with(row.receipt, self.guard_keys, TYP_APPROVAL)
-            elif signer_id == approver_id:
-                key = self._approver_key(approver_id)
-                if self._revoked(kids=[key.kid]):
-                    raise DeniedError(f"the signing key of {approver_id} is revoked")
-                claims = _jws.verify(row.receipt, key, TYP_APPROVAL)
+            if is_passkey_receipt(row.receipt):
+                claims = self._verify_passkey(row.receipt)
+                signer_id = approver_id = str(claims["approver"])
             else:
-                raise DeniedError("receipt signer is neither guard nor approver")
+                claims = self._verify_jws(row.receipt)
+                signer_id, approver_id = str(claims.get("iss")), str(claims.get("approver"))
         except TokenFormatError as exc:
             raise DeniedError(
                 f"receipt is malformed: {exc.explanation}", reason=Reason.APPROVAL_INVALID
@@ -1337,6 +1470,68 @@ class ApprovalBook:
             raise DeniedError(
                 f"receipt rejected: {exc.explanation}", reason=Reason.APPROVAL_INVALID
             ) from None
+        return self._judge_claims(
+            row, claims, signer_id, approver_id, expected_digest, chain, required, excluded
+        )
+
+    def _verify_jws(self, receipt: str) -> dict[str, Any]:
+        """The claims of a JWS receipt signed by a trusted guard key or its approver."""
+        _, unverified = _jws.peek(receipt, TYP_APPROVAL)
+        signer_id = str(unverified.get("iss"))
+        approver_id = str(unverified.get("approver"))
+        if signer_id == self.guard_identity.id:
+            # Attested by this guard or another replica: a trusted guard key.
+            return _jws.verify_with(receipt, self.guard_keys, TYP_APPROVAL)
+        if signer_id == approver_id:
+            key = self._approver_key(approver_id)
+            if self._revoked(kids=[key.kid]):
+                raise DeniedError(f"the signing key of {approver_id} is revoked")
+            return _jws.verify(receipt, key, TYP_APPROVAL)
+        raise DeniedError("receipt signer is neither guard nor approver")
+
+    def _verify_passkey(self, receipt: str) -> dict[str, Any]:
+        """The statement of a passkey receipt, checked with its approver's enrolled
+        credential from the policy (docs/receipts.md); ``edited_args`` joins the claims
+        only when the statement binds an edit and they digest to it."""
+        parsed = PasskeyReceipt.decode(receipt)
+        approver_id = str(parsed.statement["approver"])
+        if self._revoked(principals=[approver_id]):
+            raise DeniedError(f"{approver_id} is revoked")
+        entry = self.policy.approver(approver_id)
+        passkey = entry.passkey if entry is not None else None
+        if passkey is None:
+            raise DeniedError(f"no passkey is enrolled for {approver_id}")
+        if parsed.statement.get("iss") != approver_id:
+            raise DeniedError("a passkey statement is the approver's own")
+        try:
+            claims = verify_passkey_receipt(
+                parsed,
+                passkey.public_key,
+                passkey.rp_id,
+                passkey.origin,
+                credential_id=passkey.credential_id,
+            )
+        except ConfigError as exc:  # the passkeys extra is missing: cannot tell is no
+            raise DeniedError(str(exc)) from None
+        bound = claims.get("edited")
+        if (bound is None) != (parsed.edited_args is None):
+            raise DeniedError("edited arguments do not match the receipt")
+        if parsed.edited_args is not None:
+            claims["edited_args"] = parsed.edited_args
+        return claims
+
+    def _judge_claims(
+        self,
+        row: ApprovalRow,
+        claims: Mapping[str, Any],
+        signer_id: str,
+        approver_id: str,
+        expected_digest: str,
+        chain: VerifiedChain | None,
+        required: str | None,
+        excluded: Collection[str],
+    ) -> Receipt:
+        """What a receipt's verified claims allow: binding, time, authority."""
         now = self.clock.now()
         if claims.get("call") != expected_digest or claims.get("req") != row.id:
             raise DeniedError("receipt is bound to another call", reason=Reason.APPROVAL_MISMATCH)

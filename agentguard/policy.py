@@ -221,6 +221,22 @@ class GuardKey(_Strict):
         )
 
 
+_BASE64URL = r"^[A-Za-z0-9_-]+$"
+
+
+class Passkey(_Strict):
+    """An approver's enrolled passkey (``agentguard approvals enroll``): a WebAuthn
+    credential whose assertions count as ``signed`` (see docs/receipts.md)."""
+
+    credential_id: str = Field(pattern=_BASE64URL, max_length=1400)
+    #: The credential's COSE public key, base64url.
+    public_key: str = Field(pattern=_BASE64URL, max_length=1400)
+    #: The relying-party id it was enrolled for (``localhost`` or the page's host name).
+    rp_id: str = Field(min_length=1, max_length=253)
+    #: The page origin it was enrolled on, e.g. ``http://localhost:8780``.
+    origin: str = Field(min_length=1, max_length=300)
+
+
 class Approver(_Strict):
     """Who may approve which tools, through channels of at least which assurance."""
 
@@ -228,6 +244,7 @@ class Approver(_Strict):
     tools: list[str] = Field(default_factory=lambda: ["*/*"])
     min_assurance: Assurance = "local"
     public_key: dict[str, str] | None = None
+    passkey: Passkey | None = None
 
     @field_validator("id")
     @classmethod
