@@ -493,6 +493,9 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.side_file = side_file
         self.durability = store.durability
+        # A store several processes append to: this process's side file holds only
+        # the heads it signed, so its absence proves nothing about the others' records.
+        self._shared = getattr(store, "shared", False) is True
         self._anchored = self.durability != "memory"
         header = {"alg": "EdDSA", "kid": signer.kid, "typ": TYP_CHECKPOINT}
         self._header = b64url_encode(json.dumps(header, separators=(",", ":")).encode("ascii"))
@@ -798,7 +801,13 @@ class AuditLog:
                 f"record {newest} was signed when written, but the database holds {have}: "
                 "the head was deleted or rolled back, and records after it may have been cut",
             )
-        if self._side is not None and self.durability == "full" and len(anchored) > 1 and not side:
+        if (
+            self._side is not None
+            and self.durability == "full"
+            and not self._shared
+            and len(anchored) > 1
+            and not side
+        ):
             return AuditProblem(
                 newest,
                 "bad_checkpoint",

@@ -29,6 +29,7 @@ from agentguard.keys import Identity, Keyring, read_trusted_file
 from agentguard.policy import Policy, load_policy
 from agentguard.resolve import STATE_FILE, resolve_home
 from agentguard.store.memory import MemoryStore
+from agentguard.store.postgres import DEFAULT_TIMEOUT_S, PostgresStore, database_url
 from agentguard.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -277,6 +278,11 @@ class Workspace:
         and checks no signed head uses a throwaway key when it does not, and one
         that does (``need_key``) refuses, naming the missing file.
 
+        With a database URL (``$AGENTGUARD_DATABASE_URL`` or ``storage.url``)
+        the guard reads the shared PostgreSQL store, read-only (no schema is
+        created or migrated); the state directory is optional then, and with
+        ``guard_keys`` in the policy the guard's own key is not needed.
+
         Raises:
             ConfigError: the policy is invalid, or the state directory, its
                 database or (with ``need_key``) the guard's key is missing.
@@ -285,7 +291,10 @@ class Workspace:
         """
         policy = self.policy()
         home = self.home
-        if not home.is_dir():
+        url = database_url(policy.storage.url)
+        if url is not None:
+            guard = self._shared_read_guard(policy, home, url, need_key=need_key)
+        elif not home.is_dir():
             if require_home:
                 self.require_home()
             guard = Guard(
@@ -319,6 +328,30 @@ class Workspace:
             yield guard
         finally:
             guard.close()
+
+    @staticmethod
+    def _shared_read_guard(policy: Policy, home: Path, url: str, *, need_key: bool) -> Guard:
+        """A guard reading the PostgreSQL store at ``url`` (see :meth:`read_guard`)."""
+        store = PostgresStore(
+            url, timeout=policy.storage.busy_timeout or DEFAULT_TIMEOUT_S, read_only=True
+        )
+        try:
+            local = home.is_dir()
+            keyring = Keyring(home / "keys")
+            if local and keyring.has_private(policy.guard_id):
+                identity = keyring.identity(policy.guard_id)
+            elif need_key and not policy.guard_keys:
+                raise ConfigError(
+                    f"the guard's key {keyring.private_path(policy.guard_id)} is missing and "
+                    "the policy lists no guard_keys: nothing could check the signed heads (list "
+                    "every replica's key under guard_keys, or run this where the guard's key is)"
+                )
+            else:
+                identity = Identity.generate(policy.guard_id)  # signs nothing here
+            return Guard(policy, home=home if local else None, store=store, guard_identity=identity)
+        except BaseException:
+            store.close()
+            raise
 
 
 def workspace(
