@@ -804,6 +804,38 @@ def test_agent_assurance_is_refused_for_a_signed_rule(world: World) -> None:
     assert not fn.ran
 
 
+def test_a_rejection_counts_below_the_rules_assurance(world: World) -> None:
+    """A rejection only restricts: carol's 'agent'-level No on a 'signed' rule is recorded
+    and the call is refused as rejected (her Yes at that level is not: the test above)."""
+    step_up = [{"tools": ["tickets/delete"], "min_assurance": "signed"}]
+    guard = world.guard(approver=answering("agent", approve=False), step_up=step_up)
+    fn = RecordingTool()
+    with pytest.raises(DeniedError) as info:
+        guard.call(world.delegation, "tickets/delete", {"id": 1}, fn, holder=world.bot)
+    assert info.value.reason == "approval_rejected"
+    assert not fn.ran
+    (request,) = guard.approvals.all()
+    assert request.approver == "user:carol"
+
+
+@pytest.mark.parametrize("who", ["user:mallory", "user:carol-revoked"])
+def test_a_low_assurance_rejection_still_passes_the_approver_checks(world: World, who: str) -> None:
+    """Anyone may not say No: a person not in the approver list, or a revoked approver,
+    is refused for a rejection as for an approval, whatever the channel."""
+    guard = queue_guard(world, step_up=[{"tools": ["tickets/delete"], "min_assurance": "signed"}])
+    request_id = pending_id(guard, world, {"id": 1}, tool="tickets/delete")
+    approver = who
+    if who == "user:carol-revoked":
+        approver = "user:carol"
+        guard.revoke("principal", "user:carol")
+    with pytest.raises(DeniedError) as info:
+        guard.approvals.answer(
+            request_id, approver=approver, approve=False, channel="web", assurance="agent"
+        )
+    assert info.value.reason == "approver_not_authorized"
+    assert guard.approvals.get(request_id).status == "pending"
+
+
 def test_link_rule_approvals_need_a_signed_receipt(world: World) -> None:
     guard = world.guard(approver=answering("authenticated"))
     assert refused(guard, world) == "approval_assurance"

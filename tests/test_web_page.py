@@ -322,11 +322,12 @@ def test_duplicate_or_missing_host_headers_are_refused() -> None:
 # -- 2. Only answers that count ------------------------------------------------------------------
 
 
-def test_below_the_requests_assurance_the_page_offers_no_button_and_says_what_counts(
+def test_below_the_requests_assurance_the_page_offers_deny_only_and_says_what_counts(
     tmp_path: Path,
 ) -> None:
-    """A rule demanding ``signed``: the page (``authenticated``) offers neither answer, names the
-    CLI, and a forged approval is still refused."""
+    """A rule demanding ``signed``: the page (``authenticated``) offers no Approve, names the
+    CLI, and a forged approval is still refused. Deny is offered and counts: a rejection only
+    restricts, so it needs no more than the approver checks."""
     desk = make_desk(tmp_path, ["user:carol"], level="signed")
     request_id = desk.ask(1)
     client = desk.client()
@@ -334,13 +335,16 @@ def test_below_the_requests_assurance_the_page_offers_no_button_and_says_what_co
     shown = card(client.get("/").text, request_id)
     assert 'class="approve"' not in shown
     assert 'class="edit"' not in shown
-    assert "<button" not in shown
+    assert '<button type="submit" class="primary"' not in shown
+    assert '<button type="submit" class="danger">Deny</button>' in shown
     assert "would not count" in shown
     assert "&#x27;signed&#x27; is required" in shown
     assert f"agentguard approvals approve {request_id} --as ID" in shown
     forged = client.post(f"/requests/{request_id}/approve", data={"csrf": csrf}).text
     assert "Not recorded" in forged
     assert desk.guard.approvals.get(request_id).status == "pending"
+    assert "Denied" in client.post(f"/requests/{request_id}/deny", data={"csrf": csrf}).text
+    assert desk.guard.approvals.get(request_id).status == "rejected"
 
 
 def test_a_person_in_the_chain_is_offered_deny_only(tmp_path: Path) -> None:
@@ -604,13 +608,13 @@ def test_the_served_init_policy_page_offers_what_counts_and_follows_the_policy_f
     )  # --allow-host
     site.cookie = ""
 
-    # The init policy: a grant's approval rule demands 'signed'; the page offers no button.
+    # The init policy: a grant's approval rule demands 'signed'; the page offers no Approve.
     privileged = _ask(cli, "agent:bot", "bot.dlg", "admin/reset")
     alice = cli.ok("approvals", "token", "--for", "user:alice").stdout.strip()
     site.login(alice)
     _, page = site.request("GET", "/")
     shown = card(page, privileged)
-    assert "<button" not in shown
+    assert 'class="primary"' not in shown
     assert f"agentguard approvals approve {privileged} --as ID" in shown
     assert "Not recorded" in site.post(f"/requests/{privileged}/approve")
 
