@@ -820,10 +820,11 @@ def create_app(
 
     async def login_get(request: Request) -> Response:
         sid = request.cookies.get(SESSION_COOKIE)
-        session = sessions.get(sid)
+        session = await live(sessions.get(sid))
         if session is not None and session.approver is not None:
             return redirect("/")
         if sid is None or session is None:
+            sessions.drop(sid)  # ended (token revoked, settings changed): a fresh one
             sid, session = sessions.new()
         found = await run_in_threadpool(sso_settings)
         form = login_form(session.csrf, None if found is None else found[0])
