@@ -40,7 +40,7 @@ from typing import Any
 from agentguard import _jws
 from agentguard.decision import Decision, Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError, TokenFormatError
-from agentguard.keys import Identity, KeySet, Principal, b64url_encode
+from agentguard.keys import Identity, KeySet, Principal, b64url_encode, read_trusted_file
 from agentguard.redaction import REDACTED, redact, restore_redacted, sets_redacted_field
 from agentguard.store.base import GENESIS_HASH, AuditEntry, Checkpoint, Store, entry_hash
 
@@ -53,6 +53,7 @@ __all__ = [
     "UnfinishedDecision",
     "completion_record",
     "decision_record",
+    "head_files_in",
     "defaults_filled",
     "lets_tool_run",
     "redact",
@@ -74,6 +75,9 @@ _WRITER_IDLE_S = 5.0
 _WRITE_INTERVAL_S = 0.02
 #: How long closing a log waits for its side-file writer.
 _FLUSH_TIMEOUT_S = 10.0
+#: The most bytes a side file or head file is read to (it holds at most
+#: 1 + MAX_KEPT_HEADS heads of well under 1 KiB each); a larger one is unreadable.
+_HEAD_FILE_LIMIT = 1 << 20
 
 #: Problem kinds that mean the log was changed after it was written.
 TAMPERING = ("edited", "deleted", "reordered", "truncated", "rewritten", "bad_checkpoint")
@@ -232,6 +236,9 @@ class AuditReport:
     problem: AuditProblem | None
     #: Allowed decisions with no completion record (information, not a break).
     not_known_to_have_run: tuple[UnfinishedDecision, ...]
+    #: Each head file checked (``head_files``) and its newest signed head's record
+    #: (``None``: it holds none).
+    head_files: tuple[tuple[Path, int | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,11 +275,13 @@ class _SideFile:
     def read(self) -> tuple[list[_SideHead], list[int]]:
         """The heads in the file and the numbers of the lines that could not be read."""
         try:
-            text = self.path.read_bytes().decode("utf-8", errors="replace")
+            raw = read_trusted_file(self.path, limit=_HEAD_FILE_LIMIT)
         except FileNotFoundError:
             return [], []
-        except OSError:
-            return [], [0]  # not a readable file at all (a directory, no permission)
+        except (OSError, ValueError):
+            # Not a readable file at all (a directory, no permission, a FIFO, too large).
+            return [], [0]
+        text = raw.decode("utf-8", errors="replace")
         heads, unreadable = [], []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -739,11 +748,20 @@ class AuditLog:
         """Check the whole log; ``None`` when intact (see :meth:`report`)."""
         return self.report(guard_key).problem
 
-    def report(self, guard_key: Principal | KeySet | None = None) -> AuditReport:
+    def report(
+        self, guard_key: Principal | KeySet | None = None, *, head_files: Sequence[Path] = ()
+    ) -> AuditReport:
         """Check the whole log against its signed heads and checkpoints.
 
         A head counts when ``guard_key`` signed it (default: one of
         :attr:`trusted_keys` valid at the head's signed time, else this guard's key).
+
+        ``head_files`` are other processes' side files (on a shared store, each
+        replica's holds the newest head that replica signed): the log is checked
+        against every head in each, so a cut of the records any of them wrote
+        is found. A head file that is missing, unreadable or holds no head is a
+        problem too (``bad_checkpoint``; ``unsynced`` below ``durability: full``,
+        where a power failure can leave a file torn).
         """
         self.flush()
         checkpoints = self.store.checkpoints()
@@ -753,6 +771,26 @@ class AuditLog:
         if head is not None:
             signed.append((_DATABASE_HEAD, head))
         signed += [(_SIDE_FILE, Checkpoint(h.seq, h.head, 0.0, h.token)) for h in side]
+        # Each head file's heads and what is wrong with the file itself.
+        unusable: list[AuditProblem] = []
+        newest: list[tuple[Path, int | None]] = []
+        for path in head_files:
+            where = f"{_HEAD_FILE}{path}"
+            heads, torn = _SideFile(path).read() if path.exists() else ([], [])
+            signed += [(where, Checkpoint(h.seq, h.head, 0.0, h.token)) for h in heads]
+            current_heads = [h.seq for h in heads if not h.kept]
+            newest.append((path, max(current_heads) if current_heads else None))
+            if not path.exists():
+                finding = f"head file {path} does not exist"
+            elif torn:
+                line = f"line {torn[0]} of" if torn[0] else "the whole of"
+                finding = f"{line} head file {path} cannot be read"
+            elif not current_heads:
+                finding = f"head file {path} holds no signed head"
+            else:
+                continue
+            kind = "bad_checkpoint" if self.durability == "full" else "unsynced"
+            unusable.append(AuditProblem(0, kind, finding))
         entries = self.store.audit_entries()
         keys = guard_key or self.trusted_keys or self.signer.principal
         problem, unfinished = _examine(entries, signed, keys)
@@ -769,6 +807,9 @@ class AuditLog:
             )
         if problem is None:
             problem = self._missing_heads(entries, head, current)
+        # Tampering first, wherever it was found.
+        found = [p for p in (problem, *unusable) if p is not None]
+        problem = next((p for p in found if p.tampering), found[0] if found else None)
         return AuditReport(
             records=len(entries),
             checkpoints=len(checkpoints),
@@ -776,6 +817,7 @@ class AuditLog:
             side_file=max(current) if current else None,
             problem=problem,
             not_known_to_have_run=tuple(unfinished),
+            head_files=tuple(newest),
         )
 
     def _missing_heads(
@@ -825,6 +867,26 @@ class AuditLog:
 _IN_DATABASE = "a signed checkpoint"
 _DATABASE_HEAD = "the signed head in the database"
 _SIDE_FILE = "the signed head in the side file"
+_HEAD_FILE = "the signed head in head file "
+
+
+def head_files_in(paths: Iterable[Path]) -> list[Path]:
+    """The head files ``paths`` name: each file as given, each directory's ``*.jsonl``
+    files (sorted; not recursive).
+
+    Raises:
+        ValueError: a directory holds no ``*.jsonl`` file (nothing would be checked).
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.name.endswith(".jsonl"))
+            if not inside:
+                raise ValueError(f"directory {path} holds no head file (*.jsonl)")
+            found += inside
+        else:
+            found.append(path)
+    return found
 
 
 def verify_log(
@@ -913,8 +975,10 @@ def _contradiction(
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         return AuditProblem(checkpoint.seq, "bad_checkpoint", f"{where} has no sequence number")
     # The database's own signatures are committed with or after what they cover;
-    # the side file's only count as synced when the records were (durability full).
-    synced = where != _SIDE_FILE or claims.get("dur") == "full"
+    # a side file's (or head file's) only count as synced when the records were
+    # (durability full).
+    in_file = where == _SIDE_FILE or where.startswith(_HEAD_FILE)
+    synced = not in_file or claims.get("dur") == "full"
     if seq > last:
         if synced:
             return AuditProblem(
@@ -924,7 +988,7 @@ def _contradiction(
                 f"records {last + 1} to {seq} (at least) were cut",
             )
         finding = f"covers record {seq}, but the log ends at record {last}"
-        return AuditProblem(last + 1, "unsynced", _unsynced(finding))
+        return AuditProblem(last + 1, "unsynced", _unsynced(where, finding))
     if hashes.get(seq) != head:
         if synced:
             return AuditProblem(
@@ -934,13 +998,13 @@ def _contradiction(
                 f"{seq} was rewritten and the hashes after it recomputed",
             )
         finding = f"for record {seq} does not match the log (which went on after it)"
-        return AuditProblem(seq, "unsynced", _unsynced(finding))
+        return AuditProblem(seq, "unsynced", _unsynced(where, finding))
     return None
 
 
-def _unsynced(finding: str) -> str:
+def _unsynced(where: str, finding: str) -> str:
     return (
-        f"the signed head in the side file {finding}. It was written at durability "
+        f"{where} {finding}. It was written at durability "
         "normal, where a power failure loses the newest commits if they had not reached "
         "the disk yet: records may have been lost that way, or cut or rewritten with the "
         "database's signed head rolled back, which looks the same"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from agentguard.audit import head_files_in
 from agentguard.cli._common import (
     EXIT_ERROR,
     HomeOption,
@@ -84,12 +86,32 @@ def tail(
 @app.command("verify")
 def verify(
     ctx: typer.Context,
+    head: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--head",
+            help=(
+                "A replica's head file (its state directory's audit-checkpoints.jsonl), "
+                "or a directory of them (*.jsonl); repeatable. Each must exist and hold "
+                "a signed head; the log is checked against every one."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Check the hash chain and its signed heads; exit 1 naming the first problem."""
+    """Check the hash chain and its signed heads; exit 1 naming the first problem.
+
+    On a database several guards share, give each replica's head file with
+    --head: a cut of the newest records is found whichever replica wrote them.
+    """
+    try:
+        head_files = head_files_in(head or ())
+    except (OSError, ValueError) as exc:
+        fail(f"--head: {exc}")
     with workspace(ctx, home, policy).read_guard(need_key=True) as guard:
-        report = guard.audit.report()
+        report = guard.audit.report(head_files=head_files)
     problem = report.problem
     for decision in report.not_known_to_have_run[:_SHOWN]:
         note(
@@ -111,6 +133,8 @@ def verify(
         f"audit log intact: {report.records} record(s), {report.checkpoints} signed "
         f"checkpoint(s), {anchored}"
     )
+    for path, seq in report.head_files:
+        typer.echo(f"head file {path}: signed head at record {seq}")
 
 
 #: How many "not known to have run" decisions ``audit verify`` lists.
