@@ -1,7 +1,7 @@
 """The guard's decision pipeline, as named steps over one typed state (DESIGN §4).
 
-    verify -> authorize -> demands -> bind caller -> settle approval
-           -> bind call token -> record
+    verify -> authorize -> demands -> bind caller -> budgets -> settle approval
+           -> bind call token -> record (budgets charged with the record)
 
 Each step is a short function over :class:`_State`. The pipeline is written
 once, as a generator that yields a :class:`Wait` when it needs a human's answer
@@ -14,6 +14,7 @@ It fails closed: a store, audit or channel error means the tool does not run.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Generator, Mapping, Sequence
@@ -35,6 +36,7 @@ from agentguard.approval import (
     receipt_lifetime,
 )
 from agentguard.audit import AuditLog, decision_record, restore_redacted
+from agentguard.budgets import BudgetExhausted, Charge, charges_for, refuse_unless_fits
 from agentguard.clock import Clock
 from agentguard.decision import Decision, Outcome, Reason, with_audit_seq
 from agentguard.delegation import Delegation
@@ -177,6 +179,9 @@ class _State:
     presented: VerifiedCall | None = None
     demands: list[Demand] = field(default_factory=list)
     approval: Approval | None = None
+    #: The budgets this call is charged to, and their state as last read.
+    charges: list[Charge] = field(default_factory=list)
+    budget_view: list[dict[str, Any]] | None = None
 
     @property
     def verified(self) -> VerifiedChain:
@@ -239,6 +244,7 @@ def run(parts: Parts, request: CallRequest) -> Pipeline:
         _verify(parts, state)
         _authorize(parts, state)
         _bind_caller(parts, state)
+        _check_budgets(parts, state, state.args)
         if state.demands:
             done = yield from _settle_approval(parts, state)
             if done:
@@ -350,6 +356,9 @@ def _settle_approval(parts: Parts, state: _State) -> Generator[Wait, Answer, boo
     state.approval_request_id = state.approval.request_id
     state.approver = state.approval.approver
     state.approval_receipt = state.approval.receipt
+    if state.approval.edited_args is not None:
+        # The edited call is the one that runs: its amounts are what is charged.
+        _check_budgets(parts, state, state.approval.edited_args)
     return False
 
 
@@ -471,19 +480,86 @@ def _record(parts: Parts, state: _State, error: DeniedError | None = None) -> Re
         enforcement_point=parts.enforcement_point,
         trace=tracing.audit_ids(),
     )
+    # Budgets are charged with an allowed call's record (all or none); a refused
+    # call, a dry run and a shadow-mode refusal that runs anyway are not charged.
+    charge = None
+    if state.charges and error is None and not dry_run and decision.outcome == Outcome.ALLOW:
+        charge = (state.charges, state.now)
+    elif state.budget_view is not None:
+        record["budget"] = state.budget_view
     try:
         # A dry run is not a use: it must not hide a stale grant from the inventory.
         used = () if dry_run else decision.link_ids
         # An allowed call's receipt is used up with its record, or neither happens.
         burn = approval.request_id if approval is not None and error is None else None
-        entry = parts.audit.append(record, link_ids=used, at=parts.clock.now(), burn=burn)
+        if charge is None:
+            entry = parts.audit.append(record, link_ids=used, at=parts.clock.now(), burn=burn)
+        else:
+            entry = parts.audit.append(
+                record, link_ids=used, at=parts.clock.now(), burn=burn, charge=charge
+            )
+            state.budget_view = _charged_view(entry.body)
     except StoreError as exc:
         state.decide(Outcome.DENY, Reason.AUDIT_ERROR, str(exc))
         refusal = DeniedError(str(exc), reason=Reason.AUDIT_ERROR, decision_id=decision.id)
         return Result(state.decision(), refusal, {})
     if error is not None:
         error.decision_id = decision.id
+    if state.budget_view:
+        tracing.annotate(_budget_attributes(state.budget_view, error))
     return Result(with_audit_seq(decision, entry.seq), None if shadow else error, dict(effective))
+
+
+def _charged_view(body: str) -> list[dict[str, Any]] | None:
+    """The budgets' state the store wrote into a charged record."""
+    view = json.loads(body).get("budget")
+    return view if isinstance(view, list) else None
+
+
+# -- budgets ------------------------------------------------------------------------------
+
+
+def _check_budgets(parts: Parts, state: _State, args: Mapping[str, Any]) -> None:
+    """Every budget the call would be charged to has room (read only; charged in _record).
+
+    Checked before an approval is filed, so nobody is asked to approve a call
+    its budget refuses; the store charges them again, exactly, with the record.
+    """
+    state.charges = charges_for(state.verified.delegation.grants, state.request.tool, args)
+    if not state.charges:
+        return
+    read = getattr(parts.store, "budget_states", None)
+    if read is None:
+        raise DeniedError(
+            f"the chain has budgets, but store {parts.store.location} cannot keep them",
+            reason=Reason.STORE_ERROR,
+        )
+    states = read(state.charges, state.now)
+    state.budget_view = [s.as_record(charged=False) for s in states]
+    refuse_unless_fits(states, state.now)
+
+
+def _budget_attributes(
+    view: Sequence[Mapping[str, Any]], error: DeniedError | None
+) -> dict[str, Any]:
+    """The ``agentguard.budget.*`` span attributes of a decision's budgets."""
+    attributes: dict[str, Any] = {
+        tracing.AGENTGUARD_BUDGET_NAMES: [str(b["budget"]) for b in view],
+        tracing.AGENTGUARD_BUDGET_RESETS_AT: min(int(b["resets_at"]) for b in view),
+    }
+    left = []
+    for b in view:
+        pieces = []
+        if "calls" in b:
+            pieces.append(f"{b['calls']['limit'] - b['calls']['used']} calls left")
+        for name, sums in b.get("sum", {}).items():
+            pieces.append(f"{name} {sums['used']} of {sums['limit']}")
+        left.append(f"{b['budget']}: {', '.join(pieces)}")
+    attributes[tracing.AGENTGUARD_BUDGET_STATE] = left
+    if isinstance(error, BudgetExhausted):
+        attributes[tracing.AGENTGUARD_BUDGET_EXHAUSTED] = error.budget
+        attributes[tracing.AGENTGUARD_BUDGET_RESETS_AT] = int(error.resets_at)
+    return attributes
 
 
 # -- approval helpers ---------------------------------------------------------------------

@@ -522,6 +522,8 @@ class AuditLog:
             params = {}  # type: ignore[assignment]
         self._burns_with_append = "burn" in params
         self._checkpoints_with_append = "checkpoint" in params
+        # Whether the store can charge budgets in the record's transaction (``charge``).
+        self._charges_with_append = "charge" in params
         self._side_conflict: str | None = None
         if self._side is not None and self.durability != "full":
             self._writer = _Writer(self._publish_now)
@@ -535,11 +537,14 @@ class AuditLog:
         at: float,
         anchor: bool | None = None,
         burn: str | None = None,
+        charge: tuple[Sequence[Any], float] | None = None,
     ) -> AuditEntry:
         """Append one record; sign a head over it when it lets a tool run (or ``anchor``).
 
         With ``burn``, that approval request's receipt is used in the record's own
-        transaction (when the store can; otherwise just before it).
+        transaction (when the store can; otherwise just before it). With
+        ``charge`` (:class:`~agentguard.budgets.Charge` s, now), those budgets are
+        charged in that transaction; a store that cannot do so refuses the record.
 
         A checkpoint also follows every ``checkpoint_every`` entries.
 
@@ -548,7 +553,8 @@ class AuditLog:
                 side file was not written, or the side file could not be written
                 since the last append: the caller must not run the tool.
             DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
-                already (the record was not written).
+                already, or ``budget_exhausted``: a budget in ``charge`` does not fit
+                (the record was not written).
         """
         if not self._side_checked:
             self._check_side_file()
@@ -580,6 +586,10 @@ class AuditLog:
         if self._checkpoints_with_append:
             # A checkpoint due at this record commits with it, or neither does.
             extra["checkpoint"] = checkpoint
+        if charge is not None:
+            if not self._charges_with_append:
+                raise StoreError(f"store {self.store.location} cannot keep budgets")
+            extra["charge"] = charge
         if burn is not None:
             if self._burns_with_append:
                 extra["burn"] = (burn, at)

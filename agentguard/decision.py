@@ -77,6 +77,10 @@ class Reason(StrEnum):
     """A rule names the tool, but its argument predicate is false or cannot be decided."""
     POLICY_DENIED = "policy_denied"
     """A policy deny rule forbids the call."""
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    """The call would exceed a budget of its chain or policy in this window."""
+    BUDGET_UNMEASURABLE = "budget_unmeasurable"
+    """A budgeted sum's argument is missing, not a number, negative or not finite."""
     DENIED = "denied"
     """A refusal without a more specific code."""
     # -- call tokens ----------------------------------------------------------------

@@ -47,7 +47,14 @@ def _rules(scope: ScopeSpec) -> tuple[Rule, ...]:
         elif isinstance(item, str):
             rules.append(Rule(item))
         elif isinstance(item, Mapping):
-            rules.append(Rule(item["tool"], item.get("where"), bool(item.get("approval", False))))
+            rules.append(
+                Rule(
+                    item["tool"],
+                    item.get("where"),
+                    bool(item.get("approval", False)),
+                    item.get("budget"),
+                )
+            )
         else:
             raise IssuanceError("a scope lists tool patterns, Rule objects or rule mappings")
     if not rules:

@@ -15,6 +15,7 @@ from typing import Any
 
 from agentguard import _jws
 from agentguard.addresses import parse_address, pattern_matches, validate_pattern
+from agentguard.budgets import Budget
 from agentguard.canonical import canonical_digest, canonical_json
 from agentguard.decision import Reason
 from agentguard.errors import (
@@ -81,14 +82,20 @@ class Rule:
     call. The operators, the three-valued rules and examples are in the
     README's "Argument predicates" section and :mod:`agentguard.predicates`.
 
+    ``budget`` (``{"window": "1d", "calls": 10, "sum": {"amount": 500}}``, see
+    :class:`agentguard.budgets.Budget`) restricts like an approval rule: every
+    call the rule may select (predicate not definitely false) is charged to it.
+
     Raises:
         InvalidAddressError: the tool pattern is malformed.
         PredicateError: the predicate is malformed.
+        ValueError: the budget is malformed.
     """
 
     tool: str
     where: list[Any] | Mapping[str, Any] | None = None
     approval: bool = False
+    budget: Budget | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         validate_pattern(self.tool)
@@ -96,6 +103,8 @@ class Rule:
             object.__setattr__(self, "where", compile_predicate(self.where))
         if not isinstance(self.approval, bool):
             raise TypeError("Rule.approval must be a bool")
+        if self.budget is not None:
+            object.__setattr__(self, "budget", Budget.parse(self.budget))
 
     def matches_tool(self, address: str) -> bool:
         """Whether the rule's pattern selects ``address``."""
@@ -108,6 +117,8 @@ class Rule:
             claim["where"] = self.where
         if self.approval:
             claim["approval"] = True
+        if isinstance(self.budget, Budget):
+            claim["budget"] = self.budget.to_claim()
         return claim
 
     @classmethod
@@ -117,15 +128,23 @@ class Rule:
         Raises:
             TokenFormatError: the rule is malformed.
         """
-        if not isinstance(claim, dict) or not set(claim) <= {"tool", "where", "approval"}:
-            raise TokenFormatError(f"{where}: a rule must be an object with tool/where/approval")
+        if not isinstance(claim, dict) or not set(claim) <= {"tool", "where", "approval", "budget"}:
+            raise TokenFormatError(
+                f"{where}: a rule must be an object with tool/where/approval/budget"
+            )
         tool = claim.get("tool")
         approval = claim.get("approval", False)
         if not isinstance(tool, str) or not isinstance(approval, bool):
             raise TokenFormatError(f"{where}: rule has a bad 'tool' or 'approval'")
         if "where" in claim and claim["where"] is None:
             raise TokenFormatError(f"{where}: 'where' must be a predicate")
-        return _rule_from_claim(tool, claim.get("where"), approval, where)
+        rule = _rule_from_claim(tool, claim.get("where"), approval, where)
+        if "budget" in claim:
+            try:
+                object.__setattr__(rule, "budget", Budget.from_claim(claim["budget"]))
+            except ValueError as exc:
+                raise TokenFormatError(f"{where}: {exc}") from exc
+        return rule
 
     @property
     def predicate(self) -> list[Any] | None:
@@ -139,6 +158,8 @@ class Rule:
             text += f" where {describe(self.predicate)}"
         if self.approval:
             text += " [approval]"
+        if isinstance(self.budget, Budget):
+            text += f" [budget {self.budget.describe()}]"
         return text
 
 
@@ -153,6 +174,7 @@ def _rule_from_claim(tool: str, predicate: Any, approval: bool, where: str) -> R
     object.__setattr__(rule, "tool", tool)
     object.__setattr__(rule, "where", checked)
     object.__setattr__(rule, "approval", approval)
+    object.__setattr__(rule, "budget", None)
     return rule
 
 

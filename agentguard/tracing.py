@@ -44,6 +44,10 @@ __all__ = [
     "AGENTGUARD_APPROVAL_CHANNEL",
     "AGENTGUARD_APPROVAL_ID",
     "AGENTGUARD_APPROVAL_OUTCOME",
+    "AGENTGUARD_BUDGET_EXHAUSTED",
+    "AGENTGUARD_BUDGET_NAMES",
+    "AGENTGUARD_BUDGET_RESETS_AT",
+    "AGENTGUARD_BUDGET_STATE",
     "AGENTGUARD_DECISION_DRY_RUN",
     "AGENTGUARD_DECISION_ID",
     "AGENTGUARD_DECISION_OUTCOME",
@@ -67,6 +71,7 @@ __all__ = [
     "ApprovalWait",
     "Authorization",
     "ToolCall",
+    "annotate",
     "answer_outcome",
     "approval_resolved",
     "audit_ids",
@@ -101,6 +106,10 @@ AGENTGUARD_APPROVAL_ID = "agentguard.approval.id"
 AGENTGUARD_APPROVAL_OUTCOME = "agentguard.approval.outcome"
 AGENTGUARD_APPROVAL_CHANNEL = "agentguard.approval.channel"
 AGENTGUARD_ENFORCEMENT_POINT = "agentguard.enforcement.point"
+AGENTGUARD_BUDGET_NAMES = "agentguard.budget.names"
+AGENTGUARD_BUDGET_STATE = "agentguard.budget.state"
+AGENTGUARD_BUDGET_RESETS_AT = "agentguard.budget.resets_at"
+AGENTGUARD_BUDGET_EXHAUSTED = "agentguard.budget.exhausted"
 
 METRIC_DECISIONS = "agentguard.decisions"
 METRIC_AUTHORIZATION_DURATION = "agentguard.authorization.duration"
@@ -427,6 +436,16 @@ def decided(decision: Decision) -> None:
             _fail(current.span, decision.reason)
     except Exception:
         log.debug("agentguard: could not record the decision", exc_info=True)
+
+
+def annotate(attributes: Mapping[str, Any]) -> None:
+    """Add ``attributes`` to the current authorize and tool spans (never raises)."""
+    try:
+        current = _current.get()
+        if current is not None:
+            current._set(attributes)
+    except Exception:
+        log.debug("agentguard: could not annotate the decision", exc_info=True)
 
 
 def audit_ids() -> dict[str, str | None]:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from agentguard.budgets import BudgetState, Charge, Usage, judge, refuse_unless_fits
 from agentguard.canonical import canonical_json
 from agentguard.store.base import (
     GENESIS_HASH,
@@ -48,6 +49,8 @@ class MemoryStore:
         self._head: Checkpoint | None = None
         self._approvals: dict[str, ApprovalRow] = {}
         self._pins: dict[str, str] = {}
+        # Budget counters: (key, window start) -> (window end, usage).
+        self._budgets: dict[tuple[str, int], tuple[int, Usage]] = {}
 
     # -- revocations ----------------------------------------------------------
     def revoke(self, kind: RevocationKind, value: str, *, reason: str, at: float) -> None:
@@ -138,16 +141,29 @@ class MemoryStore:
         anchor: HeadSigner | None = None,
         burn: tuple[str, float] | None = None,
         checkpoint: Callable[[int, str], str | None] | None = None,
+        charge: tuple[Sequence[Charge], float] | None = None,
     ) -> AuditEntry:
         """Append one record to the hash chain (and sign the new head with ``anchor``);
-        with ``burn`` (request id, now), use that approval's receipt with it.
+        with ``burn`` (request id, now), use that approval's receipt with it; with
+        ``charge`` (charges, now), charge those budgets with it (all or none) and
+        write their new state into the record as ``budget``.
 
         Raises:
             DeniedError: ``approval_replayed``: the receipt was used already.
+            BudgetExhausted: a budget in ``charge`` does not fit (nothing is written).
         """
         with self._lock:
+            states: list[BudgetState] = []
+            if charge is not None:
+                states = judge(charge[0], charge[1], self._budget_read)
+                refuse_unless_fits(states, charge[1])
             if burn is not None and not self._burn(*burn):
                 raise _replayed()
+            if charge is not None:
+                self._budgets = {k: v for k, v in self._budgets.items() if v[0] > charge[1]}
+                for state in states:
+                    self._budgets[(state.charge.key, state.start)] = (state.end, state.after())
+                record = {**record, "budget": [s.as_record(charged=True) for s in states]}
             prev = self._audit[-1].hash if self._audit else GENESIS_HASH
             seq = len(self._audit) + 1
             body = canonical_json({**record, "seq": seq}).decode("utf-8")
@@ -164,6 +180,15 @@ class MemoryStore:
             for link in link_ids:
                 self._usage[link] = max(at, self._usage.get(link, 0.0))
             return entry
+
+    def _budget_read(self, key: str, start: int) -> Usage | None:
+        found = self._budgets.get((key, start))
+        return None if found is None else found[1]
+
+    def budget_states(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Each charge judged against its window's usage at ``now`` (nothing is written)."""
+        with self._lock:
+            return judge(charges, now, self._budget_read)
 
     def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
         """Entries with ``seq > after`` in order."""

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge
 from agentguard.canonical import canonical_json
 from agentguard.decision import Reason
 from agentguard.errors import ConfigError, DeniedError, StoreError
@@ -59,7 +60,7 @@ __all__ = ["DATABASE_URL_ENV", "SCHEMA_VERSION", "PostgresStore", "database_url"
 DATABASE_URL_ENV = "AGENTGUARD_DATABASE_URL"
 
 #: The schema version this release writes and understands.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Seconds a call waits for a connection (or a statement) before it is refused.
 DEFAULT_TIMEOUT_S = 5.0
 _PURGE_EVERY = 512
@@ -120,8 +121,16 @@ _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS ag_tool_pins (address TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 """
 
+# Version 3: budget counters, one row per budget and fixed window (agentguard.budgets).
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS ag_budget_usage (
+    key TEXT NOT NULL, window_start BIGINT NOT NULL, window_end BIGINT NOT NULL,
+    calls BIGINT NOT NULL, sums TEXT NOT NULL, PRIMARY KEY (key, window_start));
+CREATE INDEX IF NOT EXISTS ag_budget_usage_end ON ag_budget_usage (window_end);
+"""
+
 #: Schema steps: version N is reached by running ``_MIGRATIONS[N - 1]``.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 #: The tables ``agentguard db status`` counts, with the label it shows.
 COUNTED_TABLES: tuple[tuple[str, str], ...] = (
@@ -667,6 +676,7 @@ class PostgresStore:
         anchor: HeadSigner | None = None,
         checkpoint: Callable[[int, str], str | None] | None = None,
         burn: tuple[str, float] | None = None,
+        charge: tuple[Sequence[Charge], float] | None = None,
     ) -> AuditEntry:
         """Append one record to the one hash chain every process shares (atomic).
 
@@ -674,17 +684,23 @@ class PostgresStore:
         from any process are serialised; with ``anchor`` the signed head commits
         with the record, and so does a token ``checkpoint`` returns (as a checkpoint).
         With ``burn`` (request id, now) that approval's receipt is used in the
-        same transaction: never used up without the record that used it.
+        same transaction: never used up without the record that used it. With
+        ``charge`` (charges, now) those budgets are charged in that transaction
+        too, all or none, by the database server's clock (its windows), while the
+        tip row's lock serialises every charge; their new state goes into the
+        record (``budget``).
 
         Raises:
             DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
-                already (nothing is written).
+                already, or ``budget_exhausted``: a budget in ``charge`` does not
+                fit (nothing is written).
 
         Raises:
             StoreError: the record could not be written.
         """
 
         def run(db: psycopg.Connection[Any]) -> AuditEntry:
+            nonlocal record
             if burn is not None and self._burn(db, *burn) != 1:
                 raise DeniedError(
                     "approval receipt was used already", reason=Reason.APPROVAL_REPLAYED
@@ -694,6 +710,9 @@ class PostgresStore:
             ).fetchone()
             if tip is None:
                 raise StoreError(f"store {self.location} has lost its audit tip row")
+            if charge is not None:
+                # After the tip's lock: every other charge has committed or waits.
+                record = _charge(db, record, charge[0])
             seq, prev = int(tip[0]) + 1, str(tip[1])
             body = canonical_json({**record, "seq": seq}).decode("utf-8")
             digest = entry_hash(prev, body)
@@ -1040,6 +1059,14 @@ class PostgresStore:
         for event in events:
             event.set()
 
+    def budget_states(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Each charge judged against its window's usage by the server's clock (``now``,
+        the caller's clock, is not used: every replica judges by the same time)."""
+        return self._run(
+            "read",
+            lambda db: judge(charges, _server_now(db), lambda k, s: _usage(db, k, s)),
+        )
+
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window); atomic
         across processes (the row lock makes a concurrent burn re-check the status)."""
@@ -1062,3 +1089,36 @@ class PostgresStore:
         listener = self._listener
         if listener is not None:
             listener.join(timeout=_LISTEN_TICK + self.timeout)
+
+
+def _server_now(db: psycopg.Connection[Any]) -> float:
+    row = db.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    if row is None:
+        raise StoreError("the database did not say what time it is")
+    return float(row[0])
+
+
+def _usage(db: psycopg.Connection[Any], key: str, start: int) -> Usage | None:
+    row = db.execute(
+        "SELECT calls, sums FROM ag_budget_usage WHERE key = %s AND window_start = %s",
+        (key, start),
+    ).fetchone()
+    return None if row is None else Usage.from_row(int(row[0]), str(row[1]))
+
+
+def _charge(
+    db: psycopg.Connection[Any], record: dict[str, Any], charges: Sequence[Charge]
+) -> dict[str, Any]:
+    """Charge the budgets in the append's transaction, by the server's clock."""
+    now = _server_now(db)
+    db.execute("DELETE FROM ag_budget_usage WHERE window_end <= %s", (now,))
+
+    def write(state: BudgetState, usage: Usage) -> None:
+        db.execute(
+            "INSERT INTO ag_budget_usage (key, window_start, window_end, calls, sums) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key, window_start) DO UPDATE SET "
+            "calls = excluded.calls, sums = excluded.sums",
+            (state.charge.key, state.start, state.end, usage.calls, usage.to_text()),
+        )
+
+    return charged_record(record, charges, now, lambda k, s: _usage(db, k, s), write)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
+from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge
 from agentguard.canonical import canonical_json
 from agentguard.decision import Reason
 from agentguard.errors import DeniedError, StoreError
@@ -69,6 +70,10 @@ CREATE TABLE IF NOT EXISTS approvals (
     receipt TEXT, answered_at REAL, reusable_until REAL, uses INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (call_digest, status);
 CREATE TABLE IF NOT EXISTS tool_pins (address TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_usage (
+    key TEXT NOT NULL, window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+    calls INTEGER NOT NULL, sums TEXT NOT NULL, PRIMARY KEY (key, window_start));
+CREATE INDEX IF NOT EXISTS budget_usage_end ON budget_usage (window_end);
 """
 
 _PURGE_EVERY = 512
@@ -559,6 +564,7 @@ class SQLiteStore:
         anchor: HeadSigner | None = None,
         burn: tuple[str, float] | None = None,
         checkpoint: Callable[[int, str], str | None] | None = None,
+        charge: tuple[Sequence[Charge], float] | None = None,
     ) -> AuditEntry:
         """Append one record to the hash chain atomically (across processes).
 
@@ -568,17 +574,23 @@ class SQLiteStore:
         the approval's receipt is used in that transaction too: a receipt is
         never used up without the decision that used it. A token ``checkpoint``
         returns for the new head is stored as a signed checkpoint in that
-        transaction as well (``None``: no checkpoint is due there).
+        transaction as well (``None``: no checkpoint is due there). With
+        ``charge`` (charges, now) those budgets are charged in that transaction,
+        all or none, and their new state is written into the record (``budget``).
 
         Raises:
             DeniedError: ``approval_replayed``: the receipt in ``burn`` was used
                 already (nothing is written).
+            BudgetExhausted: a budget in ``charge`` does not fit (nothing is written).
             StoreError: the record could not be written.
         """
 
         def run(db: sqlite3.Connection) -> AuditEntry:
+            nonlocal record
             if burn is not None and self._burn(db, *burn).rowcount != 1:
                 raise _replayed()
+            if charge is not None:
+                record = self._charge(db, record, *charge)
             last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
             body = canonical_json({**record, "seq": seq}).decode("utf-8")
@@ -611,6 +623,27 @@ class SQLiteStore:
             return AuditEntry(seq, body, prev, digest)
 
         return self._run_write(run)
+
+    @staticmethod
+    def _charge(
+        db: sqlite3.Connection, record: dict[str, Any], charges: Sequence[Charge], now: float
+    ) -> dict[str, Any]:
+        """Charge the budgets inside the append's write transaction (see ``audit_append``)."""
+        db.execute("DELETE FROM budget_usage WHERE window_end <= ?", (now,))
+
+        def write(state: BudgetState, usage: Usage) -> None:
+            db.execute(
+                "INSERT INTO budget_usage (key, window_start, window_end, calls, sums) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, window_start) DO UPDATE SET "
+                "calls = excluded.calls, sums = excluded.sums",
+                (state.charge.key, state.start, state.end, usage.calls, usage.to_text()),
+            )
+
+        return charged_record(record, charges, now, lambda k, s: _usage(db, k, s), write)
+
+    def budget_states(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Each charge judged against its window's usage at ``now`` (nothing is written)."""
+        return self._read(lambda db: judge(charges, now, lambda k, s: _usage(db, k, s)))
 
     def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
         """Entries with ``seq > after`` in order."""
@@ -858,6 +891,13 @@ def _expired(expires_at: float) -> DeniedError:
         "back cannot make it valid again",
         reason=Reason.CALL_TOKEN_EXPIRED,
     )
+
+
+def _usage(db: sqlite3.Connection, key: str, start: int) -> Usage | None:
+    row = db.execute(
+        "SELECT calls, sums FROM budget_usage WHERE key = ? AND window_start = ?", (key, start)
+    ).fetchone()
+    return None if row is None else Usage.from_row(row[0], row[1])
 
 
 def _replayed() -> DeniedError:
