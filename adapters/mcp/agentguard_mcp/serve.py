@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentguard import Reason
 from agentguard.errors import AgentGuardError, DeniedError, StoreError
+from agentguard.federation import DerivedChains
 from agentguard.tokens import TYP_GRANT
 from agentguard_mcp.oauth import Authenticated, ResourceServer, TokenRefused
 from agentguard_mcp.oauth import Provider as OAuthProvider
@@ -80,9 +81,10 @@ class DelegationGate:
         self.proxy = proxy
         self.oauth = oauth
         self.federate = federate
-        # Derived callers by token digest, until the token expires: every request after
-        # the first with the same token is a warm decision.
-        self._callers: dict[str, tuple[Caller, float]] = {}
+        # Derived chains and their holder keys by token digest, until the chain expires:
+        # every request after the first with the same token skips the derivation. Each
+        # request still verifies the chain (revocations included) before it passes.
+        self._chains = DerivedChains(_CACHE_SIZE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,6 +163,13 @@ class DelegationGate:
                     send, 503, Reason.STORE_ERROR, "the state store did not answer; try again"
                 )
                 return
+            except DeniedError as exc:
+                # The derived chain no longer verifies (a principal, key or link of it was
+                # revoked): no challenge, since a new token for the same people would be too.
+                await _reject(
+                    send, 403, exc.reason, f"the chain derived from this token: {exc.short}"
+                )
+                return
             if caller is None:
                 await _reject(
                     send,
@@ -179,34 +188,35 @@ class DelegationGate:
         await self.app(inner, receive, send)
 
     async def _derived(self, authenticated: Authenticated, token: str) -> Caller | None:
-        """The caller for a token (cached until it expires), or None if it reaches no tool.
+        """The caller for a token, or None if it reaches none of the proxy's tools.
+
+        The derived chain and its holder key are cached per token until the chain
+        expires; on every request, cached or not, the chain is verified again
+        (revocations included) before the request may pass.
 
         Raises:
             StoreError: the revocation list could not be read to check the chain.
+            DeniedError: the derived chain does not verify now (e.g. ``revoked``).
         """
         assert self.federate is not None  # noqa: S101 - checked by the caller
-        now = time.time()
-        cached = self._callers.get(authenticated.digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        caller = await self.federate(authenticated, token)
-        if caller is None:
-            return None
+        cached = self._chains.get(token, now=time.time())
+        if cached is not None:
+            caller = Caller(cached[0].serialize(), holder=cached[1])
+        else:
+            derived = await self.federate(authenticated, token)
+            if derived is None:
+                return None
+            caller = derived
         try:
             chain = await self.proxy.averified_chain(caller.delegation)
-        except StoreError:
+        except (StoreError, DeniedError):
             raise
         except AgentGuardError:
             return None
         if not self.proxy.reachable_namespaces(chain):
             return None
-        if len(self._callers) >= _CACHE_SIZE:
-            self._callers = {d: c for d, c in self._callers.items() if c[1] > now}
-            while len(self._callers) >= _CACHE_SIZE:
-                del self._callers[next(iter(self._callers))]
-        expires = authenticated.claims.get("exp")
-        if isinstance(expires, int | float):
-            self._callers[authenticated.digest] = (caller, float(expires))
+        if cached is None and caller.holder is not None:
+            self._chains.put(token, chain.delegation, caller.holder)
         return caller
 
 

@@ -25,6 +25,7 @@ from agentguard_mcp.serve import http_app, policy_federation
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from agentguard.federation import Federation
 from agentguard.keys import Identity, Keyring, Principal
@@ -198,10 +199,18 @@ async def test_revoking_the_person_while_a_request_is_pending_refuses_the_approv
             argv += ["--home", str(setup.home), "--policy", str(setup.policy_file)]
             revoked = await anyio.run_process(argv, check=False)
             assert revoked.returncode == 0, revoked.stderr.decode()
-            refused = await client.call_tool("read_note", {"id": "n1"})
-            assert refused.is_error
-            assert "revoked" in text_of(refused)
+            # The gate refuses the token's every request now, before the MCP layer.
+            with pytest.raises(MCPError):
+                await client.call_tool("read_note", {"id": "n1"})
     assert records(record) == []
+    # The approval stands, unused: the revocation, not a missing answer, stopped the call.
+    guard = build_guard(setup.home, str(setup.policy_file))
+    try:
+        row = guard.store.approval_get(request_id)
+        assert row is not None
+        assert (row.status, row.uses) == ("approved", 0)
+    finally:
+        guard.close()
 
 
 async def test_a_grant_below_a_federated_root_demanding_approval(
