@@ -848,7 +848,16 @@ def create_app(
             log.warning("agentguard web: single sign-on unavailable (%s): %s", exc.reason, exc)
             session.flashes.append(("error", f"Single sign-on is unavailable: {exc}"))
             return redirect("/login")
-        response = secure(RedirectResponse(url, status_code=303))
+        # A page that moves on, not a redirect: the login form's CSP (form-action 'self')
+        # forbids a form whose answer redirects to another site.
+        label = config.label or found[0][1].alias
+        response = html_page(
+            "Signing in",
+            f'<p>Continuing to {_e(label)}&hellip; <a href="{_e(url)}" id="continue">'
+            "Continue</a></p>",
+            None,
+        )
+        response.headers["Refresh"] = f"0; url={url}"
         response.set_cookie(
             SSO_COOKIE,
             pid,

@@ -127,7 +127,12 @@ def _checked_url(value: object, what: str) -> str:
             parts = urllib.parse.urlsplit(value)
         except ValueError:
             parts = None
-        plain = parts is not None and not parts.username and not parts.fragment
+        plain = (
+            parts is not None
+            and not parts.username
+            and not parts.fragment
+            and all(" " < c < "\x7f" for c in value)  # it goes into a header as it is
+        )
         if (
             plain
             and parts is not None

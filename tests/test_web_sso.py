@@ -1,0 +1,784 @@
+"""Single sign-on on the approval page, against a real OpenID Provider (``oidc-provider``).
+
+- The policy's ``approval.sso`` names a ``federation:`` provider; bad settings are refused
+  with a clear message.
+- A person signs in through the authorization code flow with PKCE (the provider's scripted
+  login, driven by an HTTP client following its redirects), is named by the provider's
+  ``subject`` template, and approves a call at ``authenticated``; it then runs once.
+- Attacks: wrong ``state``, a replayed callback and a replayed code, a missing or wrong
+  ``nonce``, ID tokens for another client, expired, forged, with an unknown key, ``alg: none``
+  or HS256, an access token passed off as an ID token, a person not in the approver list, a
+  revoked approver, a hostile return URL.
+- The whole sign-in in real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+import yaml
+from anyio.from_thread import start_blocking_portal
+from starlette.testclient import TestClient
+
+from agentguard.errors import ApprovalPending, ConfigError
+from agentguard.guard import Guard
+from agentguard.policy import load_policy
+from agentguard.store.memory import MemoryStore
+from agentguard.testing import RecordingTool, World
+from agentguard.web import ApproverTokens, create_app
+from agentguard.web_sso import SignOn, SignOnRefused, client_secret, validate_id_token
+from tests.oidc.harness import IdentityProvider, SigningKey, running_provider
+
+BASE = "http://127.0.0.1:8780"
+CALLBACK = f"{BASE}/login/sso/callback"
+RESOURCE = "http://127.0.0.1:9/mcp"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+#: alice is the provider's default user (the scripted login signs her in without a hint).
+USERS = {"alice": ["ops"], "bob": ["ops"]}
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run"]
+
+
+# -- a real provider for the module, and clients registered at it ---------------------------------
+
+
+@dataclass
+class Idp:
+    provider: IdentityProvider
+    public: str  # a public client (PKCE, no secret) redirecting to CALLBACK
+    confidential: tuple[str, str]  # (client id, secret), client_secret_basic
+
+    @property
+    def issuer(self) -> str:
+        return self.provider.issuer
+
+    def register(self, redirect: str, *, secret: bool = False) -> dict[str, Any]:
+        """A client registered through the provider's dynamic registration endpoint."""
+        reply = httpx2.post(
+            f"{self.issuer}/reg",
+            json={
+                "redirect_uris": [redirect],
+                "token_endpoint_auth_method": "client_secret_basic" if secret else "none",
+                "grant_types": ["authorization_code"],
+                "response_types": ["code"],
+            },
+        )
+        assert reply.status_code == 201, reply.text
+        client: dict[str, Any] = reply.json()
+        return client
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
+    workdir = tmp_path_factory.mktemp("oidc")
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(running_provider(workdir, RESOURCE, USERS)) as provider,
+    ):
+        found = Idp(provider, "", ("", ""))
+        found.public = found.register(CALLBACK)["client_id"]
+        confidential = found.register(CALLBACK, secret=True)
+        found.confidential = (confidential["client_id"], confidential["client_secret"])
+        yield found
+
+
+# -- a page over a guard whose policy names the provider -------------------------------------------
+
+
+def federation(issuer: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "issuer": issuer,
+            "audience": RESOURCE,
+            "alias": "corp",
+            "rules": [{"claim": "groups", "equals": "ops", "tools": ["tickets/*"]}],
+        }
+    ]
+
+
+def sso_policy(
+    world: World,
+    issuer: str,
+    sso: dict[str, Any],
+    approvers: list[str],
+    level: str = "authenticated",
+) -> dict[str, Any]:
+    return world.policy(
+        approvers=[
+            {"id": a, "tools": ["*/*"], "min_assurance": "authenticated"} for a in approvers
+        ],
+        step_up=[{"tools": ["tickets/comment"], "min_assurance": level}],
+        approval={"channel": "web", "sso": sso},
+        federation=federation(issuer),
+    )
+
+
+@dataclass
+class Desk:
+    world: World
+    policy_file: Path
+    guard: Guard
+    store: MemoryStore
+    tokens: ApproverTokens
+
+    def ask(self, n: int = 1) -> str:
+        with pytest.raises(ApprovalPending) as pending:
+            self.call(n, RecordingTool())
+        return pending.value.request_id
+
+    def call(self, n: int, tool: RecordingTool) -> object:
+        return self.guard.call(
+            self.world.delegation, "tickets/comment", {"id": n}, tool, holder=self.world.bot
+        )
+
+    def edit(self, change: Callable[[dict[str, Any]], None]) -> None:
+        doc = yaml.safe_load(self.policy_file.read_text())
+        change(doc)
+        self.policy_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def client(self) -> TestClient:
+        app = create_app(self.guard.approvals, self.tokens, policy_file=self.policy_file)
+        return TestClient(app, base_url=BASE, headers={"Origin": BASE}, follow_redirects=False)
+
+
+def make_desk(
+    tmp_path: Path,
+    idp: Idp,
+    approvers: list[str],
+    level: str = "authenticated",
+    **sso: Any,
+) -> Desk:
+    world = World()
+    settings = {
+        "issuer": idp.issuer,
+        "client_id": idp.public,
+        "redirect_uri": CALLBACK,
+        "label": "Corp SSO",
+        **sso,
+    }
+    policy_file = tmp_path / "agentguard.yaml"
+    doc = sso_policy(world, idp.issuer, settings, approvers, level)
+    policy_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    store = MemoryStore()
+    guard = Guard(load_policy(policy_file), store=store, clock=world.clock, approval_mode="raise")
+    return Desk(world, policy_file, guard, store, ApproverTokens(tmp_path / "t.json"))
+
+
+def csrf_of(page: str) -> str:
+    match = CSRF.search(page)
+    assert match is not None, page
+    return match.group(1)
+
+
+def start(client: TestClient, **extra: str) -> str:
+    """Press 'Sign in with ...': the provider's authorization URL the page sends the browser to."""
+    token = csrf_of(client.get("/login").text)
+    reply = client.post("/login/sso", data={"csrf": token, **extra})
+    assert reply.status_code == 200, reply.text
+    assert "location" not in reply.headers
+    refresh = reply.headers["refresh"]
+    assert refresh.startswith("0; url=")
+    cookie = reply.headers["set-cookie"]
+    assert "agentguard_sso=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Path=/login/sso" in cookie
+    return refresh.removeprefix("0; url=")
+
+
+def at_provider(url: str, user: str = "alice") -> str:
+    """The person at the provider (scripted login, fresh browser): the callback URL it returns."""
+    url += "&" + urllib.parse.urlencode({"login_hint": user})
+    with httpx2.Client() as browser:
+        for _ in range(10):
+            reply = browser.get(url)
+            assert reply.status_code in (302, 303), (reply.status_code, reply.text[:300])
+            location = reply.headers["location"]
+            url = location if location.startswith("http") else str(reply.url.join(location))
+            if url.startswith(CALLBACK):
+                return url
+    raise AssertionError("the provider never sent the browser back")
+
+
+def back(client: TestClient, callback: str) -> Any:
+    """The browser arrives at the page's callback."""
+    parts = urllib.parse.urlsplit(callback)
+    return client.get(f"{parts.path}?{parts.query}")
+
+
+def sign_in(client: TestClient, user: str = "alice") -> Any:
+    return back(client, at_provider(start(client), user))
+
+
+def signed_in_as(client: TestClient) -> str | None:
+    page = client.get("/")
+    if page.status_code == 303:
+        return None
+    match = re.search(r"<b id='approver'>([^<]+)</b>", page.text)
+    assert match is not None, page.text
+    return match.group(1)
+
+
+def card(page: str, request_id: str) -> str:
+    match = re.search(
+        rf'<section class="req" id="req-{re.escape(request_id)}".*?</section>', page, re.S
+    )
+    assert match is not None, page
+    return match.group(0)
+
+
+def with_param(url: str, name: str, value: str | None) -> str:
+    """``url`` with query parameter ``name`` replaced (``None``: removed)."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != name]
+    if value is not None:
+        query.append((name, value))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+# -- 1. settings --------------------------------------------------------------------------------
+
+
+ISSUER = "https://login.example.com"
+GOOD = {
+    "issuer": ISSUER,
+    "client_id": "approvals",
+    "redirect_uri": "https://approvals.example.com/login/sso/callback",
+}
+
+
+def _load(**change: Any) -> Any:
+    return load_policy({"federation": federation(ISSUER), "approval": {"sso": {**GOOD, **change}}})
+
+
+def test_settings_name_a_federation_provider_and_load() -> None:
+    policy = _load(client_secret="${APPROVALS_SECRET}", scope="openid email", label="Corp")
+    found = SignOn.settings(policy)
+    assert found is not None
+    config, provider = found
+    assert config.client_secret == "${APPROVALS_SECRET}"
+    assert provider.alias == "corp"
+    assert provider.person_id({"sub": "a.b"}) == "user:corp.a+2Eb"  # the federation escaping
+    assert SignOn.settings(load_policy({})) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"issuer": "https://other.example.com"},
+            "approval.sso.issuer: 'https://other.example.com' is not the issuer of a federation",
+        ),
+        ({"client_secret": "s3cret-literal"}, "never the secret itself"),
+        (
+            {"client_secret": "${A}", "client_secret_file": "secret.txt"},
+            "give client_secret or client_secret_file, not both",
+        ),
+        (
+            {"redirect_uri": "http://approvals.example.com/login/sso/callback"},
+            "must be https (http only on a loopback address)",
+        ),
+        (
+            {"redirect_uri": "https://approvals.example.com/elsewhere"},
+            "path must be /login/sso/callback",
+        ),
+        (
+            {"redirect_uri": "https://approvals.example.com/login/sso/callback?next=/x"},
+            "no query, fragment or user part",
+        ),
+        ({"redirect_uri": "https://h:99999/login/sso/callback"}, "not a URL"),
+        ({"scope": "email profile"}, "include openid"),
+        ({"scope": "openid  email"}, "include openid"),
+        ({"client_id": "has space"}, "printable ASCII characters without spaces"),
+        ({"label": ""}, "1-64 printable characters"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _load(**change)
+
+
+def test_the_secret_comes_from_the_environment_or_an_owner_only_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _load().approval.sso
+    assert client_secret(config) is None  # a public client
+    env = _load(client_secret="${SSO_TEST_SECRET}").approval.sso
+    monkeypatch.delenv("SSO_TEST_SECRET", raising=False)
+    with pytest.raises(SignOnRefused, match=r"\$\{SSO_TEST_SECRET\} is not set"):
+        client_secret(env)
+    monkeypatch.setenv("SSO_TEST_SECRET", "from-env")
+    assert client_secret(env) == "from-env"
+
+    path = tmp_path / "secret.txt"
+    path.write_text("from-file\n")
+    path.chmod(0o644)
+    from_file = _load(client_secret_file="secret.txt").approval.sso
+    with pytest.raises(SignOnRefused, match="only its owner may read"):
+        client_secret(from_file, str(tmp_path))
+    path.chmod(0o600)
+    assert client_secret(from_file, str(tmp_path)) == "from-file"
+    link = tmp_path / "link.txt"
+    link.symlink_to(path)
+    with pytest.raises(SignOnRefused, match="no symbolic link"):
+        client_secret(_load(client_secret_file=str(link)).approval.sso)
+    path.write_text("\n")
+    with pytest.raises(SignOnRefused, match="is empty"):
+        client_secret(from_file, str(tmp_path))
+    with pytest.raises(SignOnRefused, match="cannot read"):
+        client_secret(_load(client_secret_file="missing.txt").approval.sso, str(tmp_path))
+
+
+# -- 2. sign in and approve -----------------------------------------------------------------------
+
+
+def test_the_login_page_offers_sign_in_next_to_the_token(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    page = desk.client().get("/login").text
+    assert "Sign in with Corp SSO</button>" in page
+    assert 'action="/login/sso"' in page or "action='/login/sso'" in page
+    assert 'name="token"' in page  # per-approver tokens stay
+    assert "names you <code>user:corp.&hellip;</code>" in page
+
+
+@pytest.mark.parametrize("kind", ["public", "confidential"])
+def test_a_signed_in_approver_approves_at_authenticated_and_the_call_runs_once(
+    tmp_path: Path, idp: Idp, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Public client with PKCE, or confidential (secret from ${VAR}): the same person, one id."""
+    if kind == "public":
+        desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    else:
+        monkeypatch.setenv("SSO_TEST_SECRET", idp.confidential[1])
+        desk = make_desk(
+            tmp_path,
+            idp,
+            ["user:corp.alice"],
+            client_id=idp.confidential[0],
+            client_secret="${SSO_TEST_SECRET}",
+        )
+    request_id = desk.ask()
+    client = desk.client()
+    url = start(client)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert url.startswith(f"{idp.issuer}/auth?")
+    assert query["code_challenge_method"] == "S256"
+    assert query["redirect_uri"] == CALLBACK
+    assert {"state", "nonce", "code_challenge"} <= query.keys()
+
+    arrived = back(client, at_provider(url))
+    assert arrived.status_code == 200
+    assert arrived.headers["refresh"] == "0; url=/"
+    cookie = arrived.headers["set-cookie"]
+    assert "agentguard_session=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert signed_in_as(client) == "user:corp.alice"
+
+    page = client.get("/").text
+    shown = card(page, request_id)
+    assert 'class="approve"' in shown
+    assert "<code>authenticated</code>" in shown
+    answer = client.post(f"/requests/{request_id}/approve", data={"csrf": csrf_of(page)})
+    assert answer.status_code == 303
+    assert f"Approved {request_id}." in client.get("/").text
+    answered = desk.guard.approvals.get(request_id)
+    assert answered.approver == "user:corp.alice"
+
+    tool = RecordingTool()
+    assert desk.call(1, tool) == "done"
+    assert tool.calls == [{"id": 1}]
+    again = client.post(f"/requests/{request_id}/approve", data={"csrf": csrf_of(page)})
+    assert again.status_code == 303
+    assert "Not recorded" in client.get("/").text  # one answer per request
+
+
+def test_token_login_still_works_beside_single_sign_on(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:carol"])
+    token = desk.tokens.issue("user:carol")
+    client = desk.client()
+    client.post("/login", data={"csrf": csrf_of(client.get("/login").text), "token": token})
+    assert signed_in_as(client) == "user:carol"
+
+
+def test_a_session_ended_by_a_revoked_token_gets_the_login_form_not_a_redirect_loop(
+    tmp_path: Path, idp: Idp
+) -> None:
+    """Found here: /login sent an ended session to /, which sent it back to /login."""
+    desk = make_desk(tmp_path, idp, ["user:carol"])
+    client = desk.client()
+    token = desk.tokens.issue("user:carol")
+    client.post("/login", data={"csrf": csrf_of(client.get("/login").text), "token": token})
+    assert signed_in_as(client) == "user:carol"
+    desk.tokens.revoke("user:carol")
+    assert client.get("/").headers["location"] == "/login"
+    page = client.get("/login")
+    assert page.status_code == 200
+    assert 'name="token"' in page.text
+
+
+def test_changing_or_removing_the_sso_settings_ends_sso_sessions(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    sign_in(client)
+    assert signed_in_as(client) == "user:corp.alice"
+    desk.edit(lambda doc: doc["approval"]["sso"].update(label="Renamed"))
+    assert signed_in_as(client) is None
+
+    sign_in(client)
+    assert signed_in_as(client) == "user:corp.alice"
+    desk.edit(lambda doc: doc["approval"].pop("sso"))
+    assert signed_in_as(client) is None
+    assert "Sign in with" not in client.get("/login").text
+    token = csrf_of(client.get("/login").text)
+    assert client.post("/login/sso", data={"csrf": token}).headers["location"] == "/login"
+    assert "Single sign-on is not configured." in client.get("/login").text
+
+
+# -- 3. attacks through the flow ----------------------------------------------------------------
+
+
+def refused(reply: Any, text: str) -> None:
+    assert reply.status_code == 403, reply.text
+    assert "Sign-in refused" in reply.text
+    assert text in reply.text
+    assert "agentguard_session=" not in reply.headers.get("set-cookie", "")
+
+
+def test_a_wrong_state_is_refused_and_uses_up_the_sign_in(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    callback = at_provider(start(client))
+    refused(
+        back(client, with_param(callback, "state", "forged")), "does not belong to this sign-in"
+    )
+    # The right state afterwards does not help: each sign-in is tried once.
+    refused(back(client, callback), "no sign-in was started from this browser")
+    assert signed_in_as(client) is None
+
+
+def test_an_answer_from_another_browser_is_refused(tmp_path: Path, idp: Idp) -> None:
+    """Login CSRF: a victim's browser given the attacker's callback has no pre-login for it."""
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    attacker, victim = desk.client(), desk.client()
+    callback = at_provider(start(attacker), "bob")
+    refused(back(victim, callback), "no sign-in was started from this browser")
+    assert signed_in_as(victim) is None
+
+
+def test_a_replayed_callback_and_a_replayed_code_are_refused(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    callback = at_provider(start(client))
+    assert back(client, callback).status_code == 200
+    refused(back(client, callback), "no sign-in was started from this browser")
+    # Someone who saw the code starts a sign-in of their own and brings it back under that
+    # sign-in's state: the provider refuses to redeem a code twice.
+    other = desk.client()
+    fresh = start(other)
+    state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(fresh).query))["state"]
+    refused(back(other, with_param(callback, "state", state)), "the provider refused the code")
+    assert signed_in_as(other) is None
+
+
+@pytest.mark.parametrize("nonce", [None, "chosen-by-the-attacker"])
+def test_a_missing_or_wrong_nonce_is_refused(tmp_path: Path, idp: Idp, nonce: str | None) -> None:
+    """The authorization request altered on its way: the ID token's nonce is not this sign-in's."""
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    callback = at_provider(with_param(start(client), "nonce", nonce))
+    refused(back(client, callback), "does not carry this sign-in&#x27;s nonce")
+    assert signed_in_as(client) is None
+
+
+def test_a_provider_error_and_a_foreign_iss_are_refused(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    url = start(client)
+    state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
+    reply = client.get(
+        "/login/sso/callback", params={"state": state, "error": "access_denied<script>"}
+    )
+    refused(reply, "the identity provider answered access_deniedscript")
+    callback = at_provider(start(client))
+    refused(
+        back(client, with_param(callback, "iss", "https://evil.example")), "from another issuer"
+    )
+    callback = at_provider(start(client))
+    refused(back(client, callback + "&code=second"), "repeats a parameter")
+
+
+def test_a_hostile_return_url_never_leaves_the_page(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    hostile = "https://evil.example/steal"
+    url = start(client, next=hostile, redirect_uri=hostile, return_to=hostile)
+    assert "evil" not in url  # the configured redirect URI, whatever the form says
+    callback = at_provider(url)
+    arrived = back(client, callback + "&" + urllib.parse.urlencode({"next": hostile}))
+    assert arrived.status_code == 200
+    assert arrived.headers["refresh"] == "0; url=/"
+    assert "location" not in arrived.headers
+    assert "evil" not in arrived.text
+    # Sent to the provider with another redirect URI, the browser is not sent there.
+    with httpx2.Client() as browser:
+        reply = browser.get(with_param(start(desk.client()), "redirect_uri", hostile))
+    assert reply.status_code == 400
+    assert "evil" not in reply.headers.get("location", "")
+
+
+def test_a_person_not_in_the_approver_list_signs_in_but_cannot_approve(
+    tmp_path: Path, idp: Idp
+) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    request_id = desk.ask()
+    client = desk.client()
+    sign_in(client, "bob")
+    assert signed_in_as(client) == "user:corp.bob"
+    page = client.get("/").text
+    shown = card(page, request_id)
+    assert "<button" not in shown
+    assert "user:corp.bob is not an approver in the policy" in shown
+    client.post(f"/requests/{request_id}/approve", data={"csrf": csrf_of(page)})
+    assert "Not recorded: user:corp.bob is not an approver" in client.get("/").text
+    assert desk.guard.approvals.get(request_id).status == "pending"
+
+
+def test_a_revoked_approver_is_refused(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    request_id = desk.ask()
+    client = desk.client()
+    sign_in(client)
+    page = client.get("/").text
+    assert 'class="approve"' in card(page, request_id)
+    desk.store.revoke("principal", "user:corp.alice", reason="left", at=desk.world.clock.now())
+    assert "<button" not in card(client.get("/").text, request_id)
+    client.post(f"/requests/{request_id}/approve", data={"csrf": csrf_of(page)})
+    assert "Not recorded: user:corp.alice is revoked" in client.get("/").text
+    assert desk.guard.approvals.get(request_id).status == "pending"
+
+
+def test_on_a_signed_rule_the_page_says_the_cli_is_needed(tmp_path: Path, idp: Idp) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"], level="signed")
+    request_id = desk.ask()
+    client = desk.client()
+    sign_in(client)
+    shown = card(client.get("/").text, request_id)
+    assert 'class="approve"' not in shown  # a denial needs less and is still offered
+    note = re.search(r'<p class="cannot" role="note">An approval (.*?)</p>', shown, re.S)
+    assert note is not None, shown
+    assert "&#x27;signed&#x27; is required" in note.group(1)
+    assert f"agentguard approvals approve {request_id} --as ID" in note.group(1)
+
+
+# -- 4. the ID token itself, against the provider's real key set ------------------------------
+
+
+def _keys(idp: Idp) -> Callable[[str], Any]:
+    sign_on = SignOn()
+    return sign_on._provider_keys(idp.issuer).key
+
+
+def _id_token(
+    idp: Idp,
+    claims: dict[str, Any] | None = None,
+    *,
+    key: Any = None,
+    algorithm: str = "RS256",
+    headers: dict[str, Any] | None = None,
+) -> str:
+    now = int(time.time())
+    body: dict[str, Any] = {
+        "iss": idp.issuer,
+        "sub": "alice",
+        "aud": idp.public,
+        "iat": now,
+        "exp": now + 300,
+        "nonce": "n-1",
+    }
+    body.update(claims or {})
+    body = {k: v for k, v in body.items() if v is not None}
+    signer = idp.provider.keys[0]
+    header = {k: v for k, v in {"kid": signer.kid, **(headers or {})}.items() if v is not None}
+    return jwt.encode(body, key or signer.private, algorithm=algorithm, headers=header)
+
+
+def _check(idp: Idp, token: str) -> dict[str, Any]:
+    return validate_id_token(
+        token, issuer=idp.issuer, client_id=idp.public, nonce="n-1", key=_keys(idp)
+    )
+
+
+def _unsigned(header: dict[str, Any], body: dict[str, Any]) -> str:
+    def part(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(body)}."
+
+
+def test_a_well_formed_id_token_signed_by_the_provider_validates(idp: Idp) -> None:
+    assert _check(idp, _id_token(idp))["sub"] == "alice"
+    two = _id_token(idp, {"aud": [idp.public, "another"], "azp": idp.public})
+    assert _check(idp, two)["azp"] == idp.public
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda i: _id_token(i, {"aud": "another-client"}), "wrong_audience"),
+        (lambda i: _id_token(i, {"aud": [i.public, "another"]}), "wrong_audience"),
+        (lambda i: _id_token(i, {"azp": "another-client"}), "wrong_audience"),
+        (lambda i: _id_token(i, {"exp": int(time.time()) - 3600}), "token_expired"),
+        (lambda i: _id_token(i, {"iss": "https://evil.example"}), "wrong_issuer"),
+        (lambda i: _id_token(i, {"nonce": "n-2"}), "wrong_nonce"),
+        (lambda i: _id_token(i, {"nonce": None}), "wrong_nonce"),
+        (lambda i: _id_token(i, {"sub": None}), "missing_claim"),
+        (lambda i: _id_token(i, {"iat": None}), "missing_claim"),
+        # Signed with a key of our own under the provider's key id: the signature fails.
+        (lambda i: _id_token(i, key=SigningKey.generate().private), "bad_signature"),
+        (
+            lambda i: _id_token(
+                i, key=(k := SigningKey.generate()).private, headers={"kid": k.kid}
+            ),
+            "unknown_key",
+        ),
+        (lambda i: _id_token(i, headers={"kid": None}), "unknown_key"),
+        (
+            lambda i: _unsigned(
+                {"alg": "none", "kid": i.provider.keys[0].kid},
+                {"iss": i.issuer, "sub": "alice", "aud": i.public, "nonce": "n-1"},
+            ),
+            "algorithm_not_allowed",
+        ),
+        (lambda i: _id_token(i, key=b"k" * 32, algorithm="HS256"), "algorithm_not_allowed"),
+        (lambda i: _id_token(i, algorithm="PS256"), "algorithm_not_allowed"),  # key says RS256
+        (lambda i: _id_token(i, headers={"typ": "at+jwt"}), "wrong_token_type"),
+        (lambda i: "not.a.jwt", "malformed_token"),
+        (lambda i: "x" * 20_000, "malformed_token"),
+    ],
+)
+def test_a_hostile_id_token_is_refused(idp: Idp, make: Callable[[Idp], str], reason: str) -> None:
+    token = make(idp)
+    with pytest.raises(SignOnRefused) as caught:
+        _check(idp, token)
+    assert caught.value.reason == reason
+    assert token[:40] not in str(caught.value)
+
+
+def test_an_access_token_of_the_same_person_is_not_an_id_token(idp: Idp) -> None:
+    with start_blocking_portal() as portal:
+        access = portal.call(idp.provider.user_token, "alice")
+    with pytest.raises(SignOnRefused) as caught:
+        _check(idp, access)
+    assert caught.value.reason == "wrong_token_type"
+
+
+def test_a_made_up_key_id_refetches_the_key_set_at_most_once_per_interval(idp: Idp) -> None:
+    fetched: list[str] = []
+
+    def fetch(url: str, *args: Any) -> Any:
+        fetched.append(url)
+        with httpx2.Client() as http:
+            reply = http.get(url)
+        return reply.status_code, reply.json()
+
+    keys = SignOn(fetch=fetch)._provider_keys(idp.issuer)
+    assert keys.key(idp.provider.keys[0].kid)["kty"] == "RSA"
+    for _ in range(5):
+        with pytest.raises(SignOnRefused, match="not among the provider's"):
+            keys.key("made-up-" + secrets.token_hex(4))
+    assert len(fetched) == 2  # discovery, then the key set once: no refetch within the interval
+
+
+# -- 5. the whole sign-in in real Chromium -------------------------------------------------
+
+
+@pytest.fixture
+def live(tmp_path: Path, idp: Idp) -> Iterator[tuple[Desk, str]]:
+    import uvicorn
+
+    from tests.oidc.harness import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    client = idp.register(f"{url}/login/sso/callback")
+    desk = make_desk(
+        tmp_path,
+        idp,
+        ["user:corp.alice"],
+        client_id=client["client_id"],
+        redirect_uri=f"{url}/login/sso/callback",
+    )
+    config = uvicorn.Config(
+        create_app(desk.guard.approvals, desk.tokens, policy_file=desk.policy_file),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws="none",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:  # Uvicorn offers no start event; bounded wait
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped"
+        time.sleep(0.01)
+    try:
+        yield desk, url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_sign_in_and_approve_in_chromium(live: tuple[Desk, str]) -> None:
+    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"BROWSER TEST SKIPPED: {CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    desk, url = live
+    request_id = desk.ask()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            page.goto(url + "/")
+            button = page.get_by_role("button", name="Sign in with Corp SSO")
+            expect(button).to_be_focused()
+            button.click()  # to the provider, its scripted login, and back
+            expect(page.locator("#approver")).to_have_text("user:corp.alice")
+            assert page.url == url + "/"
+            cookies = {c["name"]: c for c in page.context.cookies()}
+            assert cookies["agentguard_session"]["httpOnly"]
+            assert cookies["agentguard_session"]["sameSite"] == "Strict"
+            assert "agentguard_sso" not in cookies  # the pre-login is gone
+            section = page.locator(f'section[data-request-id="{request_id}"]')
+            section.get_by_role("button", name="Approve").click()
+            expect(page.locator(".flash.ok")).to_have_text(f"Approved {request_id}.")
+        finally:
+            browser.close()
+    tool = RecordingTool()
+    assert desk.call(1, tool) == "done"
+    assert tool.calls == [{"id": 1}]
