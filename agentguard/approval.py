@@ -86,6 +86,7 @@ __all__ = [
     "no_approver_text",
     "peek_receipt",
     "pending_note",
+    "receipt_check",
     "receipt_lifetime",
     "request_html",
     "verify_receipt_signature",
@@ -710,6 +711,28 @@ def peek_receipt(receipt: object) -> tuple[dict[str, Any], dict[str, Any]]:
             claims["edited_args"] = parsed.edited_args
         return {"typ": "passkey", "kid": parsed.assertion.credential_id}, claims
     return _jws.peek(receipt, TYP_APPROVAL)
+
+
+def receipt_check(book: ApprovalBook, request_id: str) -> str | None:
+    """What checking the stored receipt of ``request_id`` offline finds, in one line
+    (``None`` when it has none): its kind, approver, assurance and decision, or why it
+    does not verify or no longer counts (expired, approver removed or revoked).
+
+    Raises:
+        StoreError: the request cannot be read.
+    """
+    row = book.store.approval_get(request_id)
+    if row is None or not row.receipt:
+        return None
+    kind = "passkey assertion" if is_passkey_receipt(row.receipt) else "signed receipt (JWS)"
+    try:
+        verified = book.verify_receipt(row, expected_digest=row.call_digest)
+    except DeniedError as exc:
+        return f"{kind}; does not verify or no longer counts: {visible_text(exc.explanation)}"
+    return (
+        f"{kind} by {verified.approver}, verified ({verified.decision}, "
+        f"assurance {verified.assurance}, channel {visible_text(verified.channel)})"
+    )
 
 
 def verify_receipt_signature(receipt: str, key: Principal) -> None:

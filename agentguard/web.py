@@ -52,8 +52,10 @@ from agentguard.approval import ApprovalBook, ApprovalRequest, request_html
 from agentguard.clock import format_duration
 from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import read_trusted_file, validate_principal_id
+from agentguard.passkeys import PasskeyEnrolments
 from agentguard.policy import SSO_CALLBACK_PATH
 from agentguard.tokens import args_digest
+from agentguard.web_passkeys import PASSKEY_SCRIPT, PASSKEY_SCRIPT_HASH, passkey_routes
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -210,6 +212,9 @@ class _Session:
     #: The single sign-on settings a signed-in person came through: a change to
     #: them (or their removal) ends the session at its next request.
     sso: SingleSignOn | None = None
+    #: Passkey answer statements waiting for their assertion, by statement id
+    #: (see :mod:`agentguard.web_passkeys`).
+    passkey_statements: dict[str, Any] = field(default_factory=dict)
 
 
 class _Sessions:
@@ -299,7 +304,8 @@ _COUNTDOWN = (
 _COUNTDOWN_HASH = base64.b64encode(hashlib.sha256(_COUNTDOWN.encode()).digest()).decode()
 
 _CSP = (
-    f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_COUNTDOWN_HASH}'; "
+    f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_COUNTDOWN_HASH}' "
+    f"'sha256-{PASSKEY_SCRIPT_HASH}'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
@@ -338,11 +344,12 @@ class _Offer:
 def _offer(book: ApprovalBook, request: ApprovalRequest, approver: str) -> _Offer:
     """Ask the book, as it will when the answer comes: only answers that count are offered."""
 
+    # An approver with an enrolled passkey answers with it: the answer is 'signed'.
+    level = "signed" if book.passkey_credential(approver) is not None else WEB_ASSURANCE
+
     def why_not(approving: bool) -> str | None:
         try:
-            book.check_answerer(
-                request.id, approver=approver, assurance=WEB_ASSURANCE, approving=approving
-            )
+            book.check_answerer(request.id, approver=approver, assurance=level, approving=approving)
         except DeniedError as exc:
             return exc.explanation
         except AgentGuardError as exc:  # cannot tell (the store did not answer): offer nothing
@@ -352,7 +359,9 @@ def _offer(book: ApprovalBook, request: ApprovalRequest, approver: str) -> _Offe
     return _Offer(approve=why_not(True), deny=why_not(False))
 
 
-def _request_html(request: ApprovalRequest, csrf: str, now: float, offer: _Offer) -> str:
+def _request_html(
+    request: ApprovalRequest, csrf: str, now: float, offer: _Offer, *, passkey: bool = False
+) -> str:
     rid = _e(request.id)
     # The edit box holds the arguments as JSON (ASCII escapes for anything else).
     args = json.dumps(request.args_display, indent=2, sort_keys=True, default=str)
@@ -365,20 +374,33 @@ def _request_html(request: ApprovalRequest, csrf: str, now: float, offer: _Offer
         for i, p in enumerate(view.path)
     )
     hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+
+    def pk(action: str) -> str:
+        """A passkey approver's form: the script runs the WebAuthn ceremony instead."""
+        if not passkey:
+            return ""
+        return (
+            f' data-passkey="{action}" data-begin="/requests/{rid}/passkey/begin"'
+            f' data-finish="/requests/{rid}/passkey/finish"'
+        )
+
+    status = '<p class="passkey-status" role="status"></p>' if passkey else ""
     forms = []
     if offer.approve is None:
         forms.append(
-            f'<form class="approve" method="post" action="/requests/{rid}/approve">{hidden}'
+            f'<form class="approve" method="post" action="/requests/{rid}/approve"'
+            f"{pk('approve')}>{hidden}"
             f'<label for="approve-msg-{rid}">Note (optional)</label>'
             f'<input id="approve-msg-{rid}" name="message" maxlength="500">'
-            '<button type="submit" class="primary">Approve</button></form>'
+            f'{status}<button type="submit" class="primary">Approve</button></form>'
         )
     if offer.deny is None:
         forms.append(
-            f'<form class="deny" method="post" action="/requests/{rid}/deny">{hidden}'
+            f'<form class="deny" method="post" action="/requests/{rid}/deny"{pk("deny")}>'
+            f"{hidden}"
             f'<label for="deny-msg-{rid}">Reason (sent back to the caller)</label>'
             f'<input id="deny-msg-{rid}" name="message" maxlength="500">'
-            '<button type="submit" class="danger">Deny</button></form>'
+            f'{status}<button type="submit" class="danger">Deny</button></form>'
         )
     notes = []
     reasons = dict.fromkeys(r for r in (offer.approve, offer.deny) if r is not None)
@@ -396,14 +418,14 @@ def _request_html(request: ApprovalRequest, csrf: str, now: float, offer: _Offer
     if offer.approve is None:
         edit = f"""
 <details><summary>Edit arguments and approve</summary>
-<form class="edit" method="post" action="/requests/{rid}/edit">{hidden}
+<form class="edit" method="post" action="/requests/{rid}/edit"{pk("edit")}>{hidden}
 <label for="edit-args-{rid}">Arguments (JSON object)</label>
 <textarea id="edit-args-{rid}" name="args">{_e(args)}</textarea>
 <small>The edited JSON object replaces the call's arguments entirely (redacted values
 must be given again); the guard re-checks the call with them.</small>
 <label for="edit-msg-{rid}">Note (optional)</label>
 <input id="edit-msg-{rid}" name="message" maxlength="500">
-<button type="submit" class="primary">Approve edited call</button></form></details>"""
+{status}<button type="submit" class="primary">Approve edited call</button></form></details>"""
     return f"""
 <section class="req" id="req-{rid}" data-request-id="{rid}" aria-labelledby="title-{rid}">
 <h2 id="title-{rid}">Call <code class="tool">{_e(view.tool)}</code></h2>
@@ -418,7 +440,7 @@ request <code>{rid}</code></p>
 <div class="claims">{claims}</div>
 <p class="rules">Approval required by {_e("; ".join(view.rules))}
 (minimum assurance <code>{_e(request.min_assurance)}</code>; this page carries
-<code>{WEB_ASSURANCE}</code>).</p>
+<code>{"signed" if passkey else WEB_ASSURANCE}</code>{" with your passkey" if passkey else ""}).</p>
 <div class="answers">{"".join(notes + forms)}</div>{edit}
 </section>"""
 
@@ -667,6 +689,8 @@ def create_app(
     session_ttl: float = SESSION_TTL,
     allowed_hosts: Iterable[str] = (),
     policy_file: str | Path | None = None,
+    rp_id: str = "localhost",
+    enrolments: PasskeyEnrolments | None = None,
 ) -> Starlette:
     """The approval web app over ``book``, authenticating approvers with ``tokens``.
 
@@ -686,9 +710,16 @@ def create_app(
         policy_file: the policy ``book`` was built from; read again on every
             request, so changes count without a restart (a policy that no
             longer loads refuses every answer until it is fixed).
+        rp_id: the passkey relying-party id: ``localhost`` (open the page as
+            ``http://localhost:PORT``) or the host name the page is served
+            under over HTTPS; never an IP address.
+        enrolments: the one-time passkey enrolment links
+            (``agentguard approvals enroll``); without them, and a
+            ``policy_file`` to write to, the page enrols no passkey.
 
     Raises:
-        ConfigError: the ``web`` extra is not installed, or an allowed host is empty.
+        ConfigError: the ``web`` extra is not installed, an allowed host is
+            empty, or ``rp_id`` is an IP address.
     """
     _require_web()
     from starlette.applications import Starlette
@@ -961,9 +992,13 @@ def create_app(
             current = books.current()
             pending = current.pending()
             now = current.clock.now()
+            passkey = current.passkey_credential(approver) is not None
             shown = "".join(
-                _request_html(r, session.csrf, now, _offer(current, r, approver)) for r in pending
+                _request_html(r, session.csrf, now, _offer(current, r, approver), passkey=passkey)
+                for r in pending
             )
+            if passkey and pending:
+                shown += f"<script>{PASSKEY_SCRIPT}</script>"
             return len(pending), shown
 
         try:
@@ -1039,6 +1074,15 @@ def create_app(
         Route(SSO_CALLBACK_PATH, sso_callback, methods=["GET"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/requests/{request_id}/{action:str}", answer, methods=["POST"]),
+        *passkey_routes(
+            books=books,
+            rp_id=rp_id,
+            enrolments=enrolments,
+            policy_file=policy_file,
+            posted=posted,
+            secure=secure,
+            page=lambda title, body: _page(title, body),
+        ),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_Gate, hosts=frozenset(hosts))])
     app.state.sessions = sessions
@@ -1063,6 +1107,8 @@ def serve(
     log_level: str = "info",
     allowed_hosts: Iterable[str] = (),
     policy_file: str | Path | None = None,
+    rp_id: str = "localhost",
+    enrolments: PasskeyEnrolments | None = None,
 ) -> None:
     """Run the approval page with Uvicorn until interrupted (loopback by default).
 
@@ -1088,7 +1134,14 @@ def serve(
             "agentguard web: serving approvals on %s over plain HTTP; put TLS in front of it", host
         )
     uvicorn.run(
-        create_app(book, tokens, allowed_hosts=names, policy_file=policy_file),
+        create_app(
+            book,
+            tokens,
+            allowed_hosts=names,
+            policy_file=policy_file,
+            rp_id=rp_id,
+            enrolments=enrolments,
+        ),
         host=host,
         port=port,
         log_level=log_level,

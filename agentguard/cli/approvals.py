@@ -1,8 +1,10 @@
-"""``agentguard approvals list|show|approve|deny|token|serve``: the out-of-band approval queue.
+"""``agentguard approvals list|show|approve|deny|token|enroll|serve``: the approval queue.
 
 Answers given here are signed with the approver's own key from the keyring
 (assurance ``signed``); the guard checks the receipt again before any tool runs.
-``token`` and ``serve`` run the approval web page (:mod:`agentguard.web`).
+``token`` and ``serve`` run the approval web page (:mod:`agentguard.web`);
+``enroll`` prints a one-time link where an approver enrols a passkey, whose
+answers on the page then count as ``signed``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from agentguard.approval import ApprovalRequest, visible_text
+from agentguard.approval import ApprovalRequest, receipt_check, visible_text
 from agentguard.cli._common import (
     HomeOption,
     JsonOption,
     PolicyOption,
+    fail,
     note,
     out,
     print_json,
@@ -27,6 +30,8 @@ from agentguard.cli._common import (
     stamp,
     workspace,
 )
+from agentguard.clock import parse_duration
+from agentguard.errors import ConfigError
 from agentguard.keys import validate_principal_id
 
 __all__ = ["SERVE_PORT", "app"]
@@ -121,12 +126,15 @@ def show(
     with workspace(ctx, home, policy).read_guard() as guard:
         request = guard.approvals.get(request_id)
         now = guard.clock.now()
+        checked = receipt_check(guard.approvals, request_id)
     if json_output:
-        print_json(_as_dict(request, now))
+        print_json({**_as_dict(request, now), "receipt": checked})
         return
     lines = [f"{request.id}  [{request.state(now)}]", request.describe(now, full=full)]
     if request.approver:
         lines.append(f"  answered by {request.approver}")
+    if checked is not None:
+        lines.append(f"  receipt: {checked}")
     if request.message:
         lines.append(f"  message: {visible_text(request.message)}")
     # Plain echo, not Rich: a full value must not be wrapped or re-flowed, and
@@ -208,6 +216,49 @@ def token(
     note(f"login token for {approver_id} (shown once); use it on 'agentguard approvals serve'")
 
 
+@app.command("enroll")
+def enroll(
+    ctx: typer.Context,
+    approver_id: Annotated[str, typer.Argument(metavar="ID", help="The approver.")],
+    url: Annotated[
+        str,
+        typer.Option(
+            "--url",
+            help="Where the approval page is opened (its origin must fit the page's rp id).",
+        ),
+    ] = f"http://localhost:{SERVE_PORT}",
+    ttl: Annotated[str, typer.Option("--ttl", help="How long the link works.")] = "10m",
+    home: HomeOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Print a one-time link where ID enrols a passkey on the approval page.
+
+    The page registers the passkey and writes its public key into ID's entry in
+    the policy file; answers ID then gives on the page are signed by the passkey
+    and count as 'signed'. The link works once, for --ttl.
+    """
+    from agentguard.passkeys import PasskeyEnrolments
+
+    validate_principal_id(approver_id)
+    ws = workspace(ctx, home, policy)
+    if not ws.has_policy_file:
+        fail(f"no policy file at {ws.policy_path} (the passkey is written there)")
+    if ws.policy().approver(approver_id) is None:
+        fail(f"{approver_id} is not an approver in {ws.policy_path}; add them first")
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as exc:
+        fail(f"--ttl: {exc}", code=2)
+    if not 0 < seconds <= 24 * 3600:
+        fail("--ttl must be between 1s and 24h", code=2)
+    token = PasskeyEnrolments.in_home(ws.require_home()).issue(approver_id, ttl=seconds)
+    typer.echo(f"{url.rstrip('/')}/enroll/{token}")
+    note(
+        f"one-time passkey enrolment link for {approver_id} (valid {ttl}); open it on the "
+        "approval page ('agentguard approvals serve') on the approver's device"
+    )
+
+
 @app.command("serve")
 def serve(
     ctx: typer.Context,
@@ -222,6 +273,15 @@ def serve(
             "(repeatable); requests naming any other host are refused.",
         ),
     ] = None,
+    rp_id: Annotated[
+        str,
+        typer.Option(
+            "--rp-id",
+            metavar="NAME",
+            help="Passkey relying-party id: localhost (open the page as "
+            "http://localhost:PORT) or the host name the page is served under over HTTPS.",
+        ),
+    ] = "localhost",
     home: HomeOption = None,
     policy: PolicyOption = None,
 ) -> None:
@@ -231,8 +291,13 @@ def serve(
     count at once; a policy that no longer loads refuses every answer until fixed.
     """
     from agentguard import web
+    from agentguard.passkeys import PasskeyEnrolments, check_rp_id
 
     web._require_web()  # before anything is said as if serving
+    try:
+        rp_id = check_rp_id(rp_id)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
     ws = workspace(ctx, home, policy)
     with ws.guard() as guard:
         note(f"approval page on http://{host}:{port}/ (Ctrl-C to stop)")
@@ -243,4 +308,6 @@ def serve(
             port=port,
             allowed_hosts=allow_host or (),
             policy_file=ws.policy_path if ws.has_policy_file else None,
+            rp_id=rp_id,
+            enrolments=PasskeyEnrolments.in_home(ws.require_home()),
         )

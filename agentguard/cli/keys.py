@@ -10,15 +10,11 @@ replaces the old one atomically.
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.table import Table
 from rich.text import Text
 
@@ -35,14 +31,12 @@ from agentguard.cli._common import (
     workspace,
 )
 from agentguard.errors import ConfigError, IdentityError
-from agentguard.policy import GuardKey, Policy, load_policy
+from agentguard.policy import GuardKey, Policy
+from agentguard.policy_file import rewrite_policy_section
 
 __all__ = ["app"]
 
 app = typer.Typer(help="The guard keys every replica trusts: list, add, retire.")
-
-_TOP_KEY = re.compile(r"^[^\s#-]")
-
 
 def _when(value: str | None, option: str) -> datetime | None:
     if value is None:
@@ -78,48 +72,15 @@ def _rewrite(ws: Workspace, keys: list[dict[str, Any]]) -> None:
     path = ws.policy_path
     if not path.is_file():
         fail(f"no policy file at {path} (run 'agentguard init' first)")
-    before = load_policy(path)
-    text = path.read_text(encoding="utf-8")
-    kept: list[str] = []
-    at: int | None = None  # where the old block was: the new one goes there
-    inside = False
-    for line in text.splitlines(keepends=True):
-        if _TOP_KEY.match(line):
-            inside = line.startswith("guard_keys:")
-            if inside and at is None:
-                at = len(kept)
-        # Comments at the left margin are kept wherever they are.
-        if not inside or line.startswith("#"):
-            kept.append(line if line.endswith("\n") else line + "\n")
-    block = yaml.safe_dump({"guard_keys": keys}, sort_keys=False, default_flow_style=False)
-    kept.insert(len(kept) if at is None else at, block)
-    new_text = "".join(kept)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(new_text, encoding="utf-8")
-        try:
-            after = load_policy(tmp)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"cannot edit {path} safely: the result would not load ({exc}); "
-                "edit guard_keys by hand"
-            ) from None
-        unchanged = before.model_dump(exclude={"guard_keys"}) == after.model_dump(
-            exclude={"guard_keys"}
-        )
-        if not unchanged or [k.model_dump() for k in after.guard_keys] != [
-            GuardKey.model_validate(k).model_dump() for k in keys
-        ]:
-            raise ConfigError(
-                f"cannot edit {path} safely (its layout is not plain YAML with guard_keys "
-                "at the top level); edit guard_keys by hand"
-            )
-        after.listed_guard_keys()
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    wanted = [GuardKey.model_validate(k).model_dump() for k in keys]
+
+    def same_keys(after: Policy) -> bool:
+        if [k.model_dump() for k in after.guard_keys] != wanted:
+            return False
+        after.listed_guard_keys()  # every key file loads
+        return True
+
+    rewrite_policy_section(path, "guard_keys", keys, check=same_keys)
 
 
 def _serialised(entry: GuardKey) -> dict[str, Any]:
