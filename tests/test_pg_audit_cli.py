@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from agentguard.cli import app
+from agentguard.errors import ApprovalPending
 from agentguard.guard import Guard
 from agentguard.keys import Identity, Keyring
 from agentguard.store.postgres import DATABASE_URL_ENV, PostgresStore
@@ -183,3 +184,41 @@ def test_audit_verify_without_guard_keys_needs_the_guards_key(
     here = run("audit", "verify", "--policy", str(policy), "--home", str(home))
     assert here.exit_code == 0, here.output
     assert "audit log intact: 2 record(s)" in here.stdout
+
+
+def test_grants_inspect_and_approvals_read_the_shared_database(
+    pg_url: str, tmp_path: Path, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other read-only commands see what replicas wrote to the database: the grant
+    inventory, a revocation (``inspect`` says the chain is revoked) and a pending request."""
+    world = World()
+    policy = world.write_policy(tmp_path / "agentguard.yaml", approval={"channel": "queue"})
+    guard = Guard(
+        policy,
+        home=tmp_path / "replica",
+        store=PostgresStore(pg_url),
+        clock=world.clock,
+        approval_mode="raise",
+    )
+    guard.record(world.delegation)
+    with pytest.raises(ApprovalPending) as pending:
+        guard.call(world.delegation, "admin/reset", {}, RecordingTool(), holder=world.bot)
+    request_id = pending.value.request_id
+    guard.revoke("principal", world.bot.id, reason="left")
+    guard.close()
+    chain = tmp_path / "elsewhere" / "chain.txt"
+    chain.write_text(world.delegation.serialize())
+    monkeypatch.setenv(DATABASE_URL_ENV, pg_url)
+
+    grants = run("grants", "list", "--json", "--policy", str(policy))
+    assert grants.exit_code == 0, grants.output
+    assert [g["subject"] for g in json.loads(grants.stdout)] == [world.alice.id, world.bot.id]
+    inspected = run("inspect", "chain.txt", "--json", "--policy", str(policy))
+    assert inspected.exit_code == 3, inspected.output
+    assert "revoked" in inspected.stdout
+    listed = run("approvals", "list", "--json", "--policy", str(policy))
+    assert listed.exit_code == 0, listed.output
+    assert [r["id"] for r in json.loads(listed.stdout)] == [request_id]
+    shown = run("approvals", "show", request_id, "--policy", str(policy))
+    assert shown.exit_code == 0, shown.output
+    assert "admin/reset" in shown.stdout
