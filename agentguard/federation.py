@@ -61,7 +61,9 @@ __all__ = [
     "Federation",
     "FederationError",
     "FederationRoot",
+    "MAX_CLAIM_DEPTH",
     "Provider",
+    "claim_value",
     "reachable_tools",
     "token_sha256",
 ]
@@ -105,9 +107,49 @@ def _token_scopes(claims: Mapping[str, Any]) -> set[str]:
     return found
 
 
+#: The most names a dotted claim path may have (``realm_access.roles`` has two).
+MAX_CLAIM_DEPTH = 8
+_ABSENT = object()
+
+
+def claim_value(claims: Mapping[str, Any], name: str) -> Any:
+    """The value a rule's ``claim`` names in a token's claims (``None`` when none).
+
+    ``name`` is first a top-level claim name, whole (so a namespaced claim such as
+    ``https://example.com/roles`` keeps working). When the token has no claim of
+    that name and ``name`` has dots, the dots separate a path into nested objects:
+    ``realm_access.roles`` is ``claims["realm_access"]["roles"]`` (Keycloak). There
+    is no escape: a nested name cannot contain a dot. The lookup fails closed
+    (``None``, so the rule does not apply) when the path is not a usable path (an
+    empty name, more than :data:`MAX_CLAIM_DEPTH` names), leads through anything
+    but an object, or when the token has both a top-level claim of that exact name
+    and the nested path (ambiguous: neither counts).
+    """
+    whole = claims.get(name, _ABSENT)
+    if "." not in name:
+        return None if whole is _ABSENT else whole
+    names = name.split(".")
+    nested: Any = _ABSENT
+    if all(names) and len(names) <= MAX_CLAIM_DEPTH:
+        nested = claims
+        for part in names:
+            if not isinstance(nested, Mapping) or part not in nested:
+                nested = _ABSENT
+                break
+            nested = nested[part]
+    if whole is not _ABSENT and nested is not _ABSENT:
+        return None  # both forms present: cannot tell which the policy meant
+    if whole is not _ABSENT:
+        return whole
+    return None if nested is _ABSENT else nested
+
+
 def _claim_values(claims: Mapping[str, Any], name: str) -> set[str]:
-    """The string values of a string or list claim (other types count as none)."""
-    value = claims.get(name)
+    """The string values of a string or list claim (other types count as none).
+
+    ``name`` may be a dotted path into nested objects (see :func:`claim_value`).
+    """
+    value = claim_value(claims, name)
     if isinstance(value, str):
         return {value}
     if isinstance(value, list):

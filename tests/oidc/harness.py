@@ -93,6 +93,9 @@ class IdentityProvider:
     workdir: Path
     resource: str
     users: dict[str, list[str]]
+    #: Realm roles per user, carried nested in access tokens as Keycloak does
+    #: (``realm_access.roles``); users not named here carry no ``realm_access``.
+    roles: dict[str, list[str]] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.generate()])
     process: Process | None = None
@@ -107,7 +110,10 @@ class IdentityProvider:
             "issuer": self.issuer,
             "resource": self.resource,
             "jwks": {"keys": [k.jwk for k in self.keys]},
-            "users": {u: {"groups": g} for u, g in self.users.items()},
+            "users": {
+                u: {"groups": g, **({"roles": self.roles[u]} if u in self.roles else {})}
+                for u, g in self.users.items()
+            },
             "default_user": next(iter(self.users)),
             "access_token_ttl": 600,
             "clients": [
@@ -268,14 +274,22 @@ async def follow_to_callback(http: httpx2.AsyncClient, url: str) -> dict[str, st
 
 @asynccontextmanager
 async def running_provider(
-    workdir: Path, resource: str, users: Mapping[str, Sequence[str]]
+    workdir: Path,
+    resource: str,
+    users: Mapping[str, Sequence[str]],
+    roles: Mapping[str, Sequence[str]] | None = None,
 ) -> AsyncIterator[IdentityProvider]:
-    """Start oidc-provider on a loopback port for the duration of the block."""
+    """Start oidc-provider on a loopback port for the duration of the block.
+
+    ``users`` maps each user to their ``groups``; ``roles``, to realm roles carried
+    nested (``realm_access.roles``).
+    """
     provider = IdentityProvider(
         node=require_node(),
         workdir=workdir,
         resource=resource,
         users={u: list(g) for u, g in users.items()},
+        roles={u: list(r) for u, r in (roles or {}).items()},
     )
     await provider.start()
     try:

@@ -1,7 +1,8 @@
 // A real OpenID Provider for the federation tests: oidc-provider (certified), configured here.
 //
 // Usage: node provider.mjs CONFIG.json
-// CONFIG: {port, issuer, resource, jwks: {keys: [private JWKs]}, users: {id: {groups: [...]}},
+// CONFIG: {port, issuer, resource, jwks: {keys: [private JWKs]},
+//          users: {id: {groups: [...], roles: [...] (optional, as realm_access.roles)}},
 //          default_user, clients: [client metadata], access_token_ttl}
 // Logins are scripted: the interaction page signs in `login_hint` (or default_user) and grants
 // every scope asked for, with no form. Access tokens for `resource` are JWTs (RFC 9068) carrying
@@ -27,7 +28,10 @@ const provider = new Provider(config.issuer, {
   },
   async extraTokenClaims(_ctx, token) {
     if (token.accountId && Object.hasOwn(users, token.accountId)) {
-      return { groups: users[token.accountId].groups };
+      const user = users[token.accountId];
+      // Realm roles nested as Keycloak puts them: {"realm_access": {"roles": [...]}}.
+      const nested = user.roles ? { realm_access: { roles: user.roles } } : {};
+      return { groups: user.groups, ...nested };
     }
     return undefined;
   },

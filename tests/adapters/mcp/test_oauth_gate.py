@@ -13,14 +13,17 @@ from pathlib import Path
 
 import anyio
 import httpx2
+import jwt
 import pytest
 from agentguard_mcp import GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.oauth import Authenticated
 from agentguard_mcp.proxy import Caller
 from agentguard_mcp.serve import http_app, policy_federation
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
-from tests.adapters.mcp.mcp_support import Setup, notes_command
+from tests.adapters.mcp.mcp_support import Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import INIT, MCP_HEADERS, serve_on
 from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, free_port, running_provider
 
@@ -120,3 +123,58 @@ async def test_a_revoked_principal_is_refused_at_the_gate_though_its_chain_is_ca
                 assert other.status_code == 200, other.text
             else:  # bob signed in through the same client
                 assert (other.status_code, other.json()["error"]) == (403, "revoked")
+
+
+async def test_a_nested_claim_in_a_real_token_selects_the_tools(
+    setup: Setup, port: int, resource: str, tmp_path: Path
+) -> None:
+    """Realm roles as Keycloak nests them (``realm_access.roles``) in the provider's tokens."""
+    async with running_provider(tmp_path, resource, USERS, roles={"alice": ["responder"]}) as idp:
+        setup.write_policy(
+            federation=[
+                {
+                    "issuer": idp.issuer,
+                    "audience": resource,
+                    "alias": "corp",
+                    "rules": [
+                        {
+                            "claim": "realm_access.roles",
+                            "equals": "responder",
+                            "tools": ["notes/read_note"],
+                        }
+                    ],
+                }
+            ]
+        )
+        alice, bob = await idp.user_token("alice"), await idp.user_token("bob")
+        claims = jwt.decode(alice, options={"verify_signature": False})
+        assert claims["realm_access"] == {"roles": ["responder"]}
+        assert "realm_access" not in jwt.decode(bob, options={"verify_signature": False})
+        record = tmp_path / "n.jsonl"
+        with anyio.fail_after(60):
+            async with AsyncExitStack() as stack:
+                guard = build_guard(setup.home, str(setup.policy_file))
+                stack.callback(guard.close)
+                spec = UpstreamSpec(
+                    namespace="notes", command=tuple(notes_command(record)), trusted=True
+                )
+                proxy = GuardedProxy(guard, [Upstream(spec)])
+                await proxy.start(stack)
+                federated = policy_federation(proxy)
+                assert federated is not None
+                oauth, federate = federated
+                await stack.enter_async_context(oauth)
+                app = http_app(proxy, oauth=oauth, federate=federate)
+                await stack.enter_async_context(serve_on(port, app))
+                http = await stack.enter_async_context(
+                    httpx2.AsyncClient(headers={"authorization": f"Bearer {alice}"})
+                )
+                client = await stack.enter_async_context(
+                    Client(streamable_http_client(resource, http_client=http))
+                )
+                assert [t.name for t in (await client.list_tools()).tools] == ["read_note"]
+                ran = await client.call_tool("read_note", {"id": "n1"})
+                assert not ran.is_error, text_of(ran)
+                nothing = await _initialize(resource, bob)
+                assert (nothing.status_code, nothing.json()["error"]) == (403, "insufficient_scope")
+    assert [r["name"] for r in records(record)] == ["read_note"]
