@@ -100,12 +100,13 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
 # -- a page over a guard whose policy names the provider -------------------------------------------
 
 
-def federation(issuer: str) -> list[dict[str, Any]]:
+def federation(issuer: str, subject: str = "user:{alias}.{sub}") -> list[dict[str, Any]]:
     return [
         {
             "issuer": issuer,
             "audience": RESOURCE,
             "alias": "corp",
+            "subject": subject,
             "rules": [{"claim": "groups", "equals": "ops", "tools": ["tickets/*"]}],
         }
     ]
@@ -117,6 +118,7 @@ def sso_policy(
     sso: dict[str, Any],
     approvers: list[str],
     level: str = "authenticated",
+    subject: str = "user:{alias}.{sub}",
 ) -> dict[str, Any]:
     return world.policy(
         approvers=[
@@ -124,7 +126,7 @@ def sso_policy(
         ],
         step_up=[{"tools": ["tickets/comment"], "min_assurance": level}],
         approval={"channel": "web", "sso": sso},
-        federation=federation(issuer),
+        federation=federation(issuer, subject),
     )
 
 
@@ -151,9 +153,9 @@ class Desk:
         change(doc)
         self.policy_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    def client(self) -> TestClient:
+    def client(self, base: str = BASE) -> TestClient:
         app = create_app(self.guard.approvals, self.tokens, policy_file=self.policy_file)
-        return TestClient(app, base_url=BASE, headers={"Origin": BASE}, follow_redirects=False)
+        return TestClient(app, base_url=base, headers={"Origin": base}, follow_redirects=False)
 
 
 def make_desk(
@@ -161,6 +163,7 @@ def make_desk(
     idp: Idp,
     approvers: list[str],
     level: str = "authenticated",
+    subject: str = "user:{alias}.{sub}",
     **sso: Any,
 ) -> Desk:
     world = World()
@@ -172,7 +175,7 @@ def make_desk(
         **sso,
     }
     policy_file = tmp_path / "agentguard.yaml"
-    doc = sso_policy(world, idp.issuer, settings, approvers, level)
+    doc = sso_policy(world, idp.issuer, settings, approvers, level, subject)
     policy_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     store = MemoryStore()
     guard = Guard(load_policy(policy_file), store=store, clock=world.clock, approval_mode="raise")
@@ -198,10 +201,11 @@ def start(client: TestClient, **extra: str) -> str:
     assert "HttpOnly" in cookie
     assert "SameSite=lax" in cookie
     assert "Path=/login/sso" in cookie
+    assert "Max-Age=600" in cookie  # 10 minutes to sign in
     return refresh.removeprefix("0; url=")
 
 
-def at_provider(url: str, user: str = "alice") -> str:
+def at_provider(url: str, user: str = "alice", callback: str = CALLBACK) -> str:
     """The person at the provider (scripted login, fresh browser): the callback URL it returns."""
     url += "&" + urllib.parse.urlencode({"login_hint": user})
     with httpx2.Client() as browser:
@@ -210,7 +214,7 @@ def at_provider(url: str, user: str = "alice") -> str:
             assert reply.status_code in (302, 303), (reply.status_code, reply.text[:300])
             location = reply.headers["location"]
             url = location if location.startswith("http") else str(reply.url.join(location))
-            if url.startswith(CALLBACK):
+            if url.startswith(callback):
                 return url
     raise AssertionError("the provider never sent the browser back")
 
@@ -451,6 +455,66 @@ def test_changing_or_removing_the_sso_settings_ends_sso_sessions(tmp_path: Path,
     token = csrf_of(client.get("/login").text)
     assert client.post("/login/sso", data={"csrf": token}).headers["location"] == "/login"
     assert "Single sign-on is not configured." in client.get("/login").text
+
+
+def test_over_https_the_pre_login_and_session_cookies_are_secure(tmp_path: Path, idp: Idp) -> None:
+    site = "https://127.0.0.1:8780"
+    client_id = idp.register(f"{site}/login/sso/callback")["client_id"]
+    desk = make_desk(
+        tmp_path,
+        idp,
+        ["user:corp.alice"],
+        client_id=client_id,
+        redirect_uri=f"{site}/login/sso/callback",
+    )
+    client = desk.client(site)
+    token = csrf_of(client.get("/login").text)
+    begun = client.post("/login/sso", data={"csrf": token})
+    assert "; Secure" in begun.headers["set-cookie"]
+    url = begun.headers["refresh"].removeprefix("0; url=")
+    arrived = back(client, at_provider(url, callback=f"{site}/login/sso/callback"))
+    assert arrived.status_code == 200
+    session = [c for c in arrived.headers.get_list("set-cookie") if "agentguard_session=" in c]
+    assert len(session) == 1
+    assert "; Secure" in session[0]
+    assert "HttpOnly" in session[0]
+    assert signed_in_as(client) == "user:corp.alice"
+
+
+def test_the_claim_the_subject_template_names_must_be_in_the_id_token(
+    tmp_path: Path, idp: Idp
+) -> None:
+    """The provider's ID tokens carry sub, not email: a template on email names nobody."""
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"], subject="user:{alias}.{email}")
+    client = desk.client()
+    reply = sign_in(client)
+    assert reply.status_code == 403
+    assert "the token&#x27;s &#x27;email&#x27; claim is not a non-empty string" in reply.text
+    assert signed_in_as(client) is None
+
+
+def test_the_readme_example_validates_and_a_written_secret_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.cli.cli_support import CLI
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("#### Single sign-on on the approval page", 1)[1]
+    example = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", section, re.S)[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTGUARD_HOME", str(tmp_path / ".agentguard"))
+    cli = CLI(tmp_path)
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(example))
+    cli.ok("policy", "validate", "ok.yaml")
+    found = SignOn.settings(load_policy(tmp_path / "ok.yaml"))
+    assert found is not None
+    assert found[1].person_id({"sub": "alice"}) == "user:corp.alice"
+    assert load_policy(tmp_path / "ok.yaml").approver("user:corp.alice") is not None
+    example["approval"]["sso"]["client_secret"] = "hunter2-the-real-secret"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(example))
+    result = cli("policy", "validate", "bad.yaml")
+    assert result.exit_code != 0
+    assert "never the secret itself" in result.stderr
 
 
 # -- 3. attacks through the flow ----------------------------------------------------------------
@@ -706,6 +770,22 @@ def test_a_made_up_key_id_refetches_the_key_set_at_most_once_per_interval(idp: I
         with pytest.raises(SignOnRefused, match="not among the provider's"):
             keys.key("made-up-" + secrets.token_hex(4))
     assert len(fetched) == 2  # discovery, then the key set once: no refetch within the interval
+
+
+def test_a_rotated_key_is_found_by_fetching_the_key_set_again(tmp_path: Path) -> None:
+    """The provider restarts with a new signing key (the old one kept): both verify."""
+    from agentguard.web_sso import _ProviderKeys
+
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(running_provider(tmp_path, RESOURCE, USERS)) as provider,
+    ):
+        keys = _ProviderKeys(provider.issuer, refetch_interval=0.0)
+        old = provider.keys[0]
+        assert keys.key(old.kid)["n"] == old.jwk["n"]
+        new = portal.call(lambda: provider.rotate(keep_old=True))
+        assert keys.key(new.kid)["n"] == new.jwk["n"]
+        assert keys.key(old.kid)["n"] == old.jwk["n"]
 
 
 # -- 5. the whole sign-in in real Chromium -------------------------------------------------
