@@ -707,6 +707,8 @@ def peek_receipt(receipt: object) -> tuple[dict[str, Any], dict[str, Any]]:
     if is_passkey_receipt(receipt):
         parsed = PasskeyReceipt.decode(receipt)
         claims = dict(parsed.statement)
+        if claims.get("edited") is None:  # as in a JWS receipt: no edit, no 'edited' claim
+            claims.pop("edited", None)
         if parsed.edited_args is not None:
             claims["edited_args"] = parsed.edited_args
         return {"typ": "passkey", "kid": parsed.assertion.credential_id}, claims

@@ -38,9 +38,10 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from agentguard import Reason
 from agentguard.approval import call_digest, peek_receipt, verify_receipt_signature
 from agentguard.clock import Clock
-from agentguard.errors import DeniedError, TokenFormatError
+from agentguard.errors import ConfigError, DeniedError, TokenFormatError
 from agentguard.keys import Principal
-from agentguard.policy import ASSURANCE_LEVELS, assurance_at_least
+from agentguard.passkeys import PasskeyReceipt, is_passkey_receipt, verify_passkey_receipt
+from agentguard.policy import ASSURANCE_LEVELS, Passkey, assurance_at_least
 from agentguard.store.base import ReplayStore, RevocationStore
 from agentguard.tokens import args_digest
 from agentguard.verify import (
@@ -128,7 +129,10 @@ class DelegationVerifier:
       approvers' own keys (assurance ``signed``) and/or the guard's key (it
       attests answers collected by a channel, at the assurance the receipt
       states, at most ``authenticated``). Every listed key may sign for any
-      approver: list only keys you trust to approve calls to this server;
+      approver: list only keys you trust to approve calls to this server.
+      Or a passkey receipt (``docs/receipts.md``): a WebAuthn assertion by
+      the approver's credential in ``passkeys`` over the digest of the answer
+      statement it carries (assurance ``signed``);
     * be bound to this very call: its ``call`` digest equals
       :func:`agentguard.approval.call_digest` of ``namespace/<tool>``, the
       digest of the arguments received and the chain's leaf link id. A receipt
@@ -160,6 +164,8 @@ class DelegationVerifier:
             in memory, private to this verifier).
         clock: time source.
         approval_keys: principals whose approval receipts count.
+        passkeys: enrolled passkeys by approver id (``approver.passkey`` of the
+            policy's entries): whose passkey receipts count.
         min_assurance: the least assurance an approval must carry (default
             ``signed``, the guard's default for approvals demanded by a grant).
         reusable_receipts: accept a receipt again with a new call token (see above).
@@ -178,6 +184,7 @@ class DelegationVerifier:
         replay: ReplayStore | None = None,
         clock: Clock | None = None,
         approval_keys: Iterable[Principal] = (),
+        passkeys: Mapping[str, Passkey] | None = None,
         min_assurance: str = "signed",
         reusable_receipts: bool = False,
     ) -> None:
@@ -194,6 +201,7 @@ class DelegationVerifier:
                 namespace,
             )
         self.approval_keys = tuple(approval_keys)
+        self.passkeys = dict(passkeys or {})
         self.min_assurance = min_assurance
         self.reusable_receipts = reusable_receipts
 
@@ -248,7 +256,7 @@ class DelegationVerifier:
         arguments: Mapping[str, Any],
     ) -> VerifiedApproval:
         rules = ", ".join(f"link {link} rule {rule}" for link, rule in scope.approval_rules)
-        if not self.approval_keys:
+        if not self.approval_keys and not self.passkeys:
             raise DeniedError(
                 f"{address} needs approval ({rules}), and this server trusts no approval keys",
                 reason=Reason.APPROVAL_REQUIRED,
@@ -258,6 +266,55 @@ class DelegationVerifier:
                 f"{address} needs approval ({rules}); no approval receipt in _meta",
                 reason=Reason.APPROVAL_REQUIRED,
             )
+        if is_passkey_receipt(receipt):
+            claims = self._passkey_statement(receipt)
+            signer = approver = str(claims["approver"])
+            kids: list[str] = []
+        else:
+            claims, signer, approver, kids = self._jws_claims(receipt)
+        return self._judge(claims, signer, approver, kids, chain, address, arguments)
+
+    def _passkey_statement(self, receipt: str) -> dict[str, Any]:
+        """The statement of a passkey receipt, verified with its approver's credential."""
+        try:
+            parsed = PasskeyReceipt.decode(receipt)
+        except TokenFormatError as exc:
+            raise DeniedError(
+                f"approval receipt is malformed: {exc.explanation}", reason=Reason.APPROVAL_INVALID
+            ) from None
+        approver = str(parsed.statement["approver"])
+        passkey = self.passkeys.get(approver)
+        if passkey is None or parsed.statement.get("iss") != approver:
+            raise DeniedError(
+                f"approval receipt is a passkey assertion of {approver}, whose passkey this "
+                "server does not know",
+                reason=Reason.APPROVAL_INVALID,
+            )
+        if parsed.edited_args is not None or parsed.statement.get("edited") is not None:
+            raise DeniedError(
+                "approval receipt is for edited arguments; it cannot be checked here",
+                reason=Reason.APPROVAL_MISMATCH,
+            )
+        try:
+            statement = verify_passkey_receipt(
+                parsed,
+                passkey.public_key,
+                passkey.rp_id,
+                passkey.origin,
+                credential_id=passkey.credential_id,
+            )
+            statement.pop("edited")  # null: checked above
+            return statement
+        except DeniedError as exc:
+            raise DeniedError(
+                f"approval receipt does not verify: {exc.explanation}",
+                reason=Reason.APPROVAL_INVALID,
+            ) from None
+        except ConfigError as exc:  # the passkeys extra is missing: cannot tell is no
+            raise DeniedError(str(exc), reason=Reason.APPROVAL_INVALID) from None
+
+    def _jws_claims(self, receipt: str) -> tuple[dict[str, Any], str, str, list[str]]:
+        """The claims of a JWS receipt signed by a trusted key, its signer, approver and kid."""
         try:
             header, claims = peek_receipt(receipt)
         except TokenFormatError as exc:
@@ -285,6 +342,19 @@ class DelegationVerifier:
             raise DeniedError(
                 "approval receipt signature does not verify", reason=Reason.APPROVAL_INVALID
             )
+        return claims, signer, approver, [signed_by.kid]
+
+    def _judge(
+        self,
+        claims: Mapping[str, Any],
+        signer: str,
+        approver: str,
+        kids: list[str],
+        chain: VerifiedChain,
+        address: str,
+        arguments: Mapping[str, Any],
+    ) -> VerifiedApproval:
+        """What a receipt's verified claims allow here: binding, time, assurance, authority."""
         if claims.get("decision") != "approve":
             raise DeniedError(
                 "the approval receipt is a rejection", reason=Reason.APPROVAL_REJECTED
@@ -327,7 +397,7 @@ class DelegationVerifier:
                 f"'{self.min_assurance}'",
                 reason=Reason.APPROVAL_ASSURANCE,
             )
-        if self.verifier.revocations.find_revoked([], [signed_by.kid], [approver, signer]):
+        if self.verifier.revocations.find_revoked([], kids, [approver, signer]):
             raise DeniedError(
                 f"the approval of {approver} is revoked", reason=Reason.APPROVER_NOT_AUTHORIZED
             )
