@@ -20,6 +20,8 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -788,7 +790,89 @@ def test_a_rotated_key_is_found_by_fetching_the_key_set_again(tmp_path: Path) ->
         assert keys.key(old.kid)["n"] == old.jwk["n"]
 
 
-# -- 5. the whole sign-in in real Chromium -------------------------------------------------
+# -- 5. the real command on the policy `agentguard init --approver` writes ----------------
+
+
+def test_approvals_serve_on_the_init_policy_signs_in_and_the_call_runs_once(
+    tmp_path: Path, idp: Idp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`approvals serve` as its own process takes single sign-on from the policy file alone."""
+    from tests.cli.cli_support import CLI, grant
+    from tests.test_web_page import _ask, _call, free_port
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTGUARD_HOME", str(tmp_path / ".agentguard"))
+    monkeypatch.delenv("AGENTGUARD_POLICY", raising=False)
+    cli = CLI(tmp_path)
+    cli.ok("init", "--org", "org:acme", "--approver", "user:corp.alice")
+    cli.ok("identity", "new", "agent:bot")
+    grant(
+        cli,
+        "--from", "org:acme", "--to", "agent:bot", "--tool", "tickets/*",
+        "--ttl", "1h", "--purpose", "triage",
+        out="bot.dlg",
+    )  # fmt: skip
+    port = free_port()
+    site = f"http://127.0.0.1:{port}"
+    client_id = idp.register(f"{site}/login/sso/callback")["client_id"]
+    path = tmp_path / "agentguard.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["federation"] = federation(idp.issuer)
+    doc["approval"]["sso"] = {
+        "issuer": idp.issuer,
+        "client_id": client_id,
+        "redirect_uri": f"{site}/login/sso/callback",
+    }
+    doc["step_up"] = [{"tools": ["tickets/close"], "min_assurance": "authenticated"}]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cli.ok("policy", "validate", "agentguard.yaml")
+
+    command = str(Path(sys.executable).parent / "agentguard")
+    process = subprocess.Popen(
+        [command, "approvals", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "AGENTGUARD_HOME": str(cli.home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with httpx2.Client(base_url=site, headers={"Origin": site}) as browser:
+            deadline = time.monotonic() + 30
+            while True:  # bounded: the process prints nothing when it listens
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                try:
+                    login = browser.get("/login")
+                    break
+                except httpx2.TransportError:
+                    assert time.monotonic() < deadline, "approvals serve did not start"
+                    time.sleep(0.05)
+            request_id = _ask(cli, "agent:bot", "bot.dlg", "tickets/close")
+            assert "Sign in with corp" in login.text  # the alias, without a label
+            begun = browser.post("/login/sso", data={"csrf": csrf_of(login.text)})
+            # Through the provider's scripted login and back to the page's callback.
+            arrived = browser.get(
+                begun.headers["refresh"].removeprefix("0; url="), follow_redirects=True
+            )
+            assert arrived.status_code == 200, arrived.text
+            assert str(arrived.url).startswith(f"{site}/login/sso/callback?")
+            page = browser.get("/")
+            assert "<b id='approver'>user:corp.alice</b>" in page.text
+            answer = browser.post(
+                f"/requests/{request_id}/approve", data={"csrf": csrf_of(page.text)}
+            )
+            assert answer.headers["location"] == "/"
+            assert f"Approved {request_id}." in browser.get("/").text
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stderr:
+            process.stderr.close()
+    tool = RecordingTool()
+    assert _call(cli, "agent:bot", "bot.dlg", "tickets/close", tool) == "done"
+    assert tool.calls == [{"target": "db1"}]
+
+
+# -- 6. the whole sign-in in real Chromium -------------------------------------------------
 
 
 @pytest.fixture
