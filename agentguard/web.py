@@ -1,10 +1,12 @@
 """The approval web page (the ``web`` extra: Starlette + Uvicorn).
 
-Approvers log in with a per-approver token (see :class:`ApproverTokens`) and
-see each pending request: first the call (tool, every argument redacted where
-the policy says, the deadline counting down), then who asks for whom (the
-delegation chain, each purpose and sponsor with the principal who asserted
-it, shared with every other channel through :func:`request_html`), then the
+Approvers log in with a per-approver token (see :class:`ApproverTokens`), or
+sign in through the organisation's identity provider when the policy has
+``approval.sso`` (:mod:`agentguard.web_sso`), and see each pending request:
+first the call (tool, every argument redacted where the policy says, the
+deadline counting down), then who asks for whom (the delegation chain, each
+purpose and sponsor with the principal who asserted it, shared with every
+other channel through :func:`request_html`), then the
 answers. Answers are recorded through :meth:`ApprovalBook.answer` with
 assurance ``authenticated``; the guard attests them with its key and checks
 them before the tool runs. The page offers only the answers the book would
@@ -695,8 +697,10 @@ def create_app(
     """The approval web app over ``book``, authenticating approvers with ``tokens``.
 
     Routes: ``GET /`` (pending requests), ``GET|POST /login``, ``POST /logout``,
-    ``POST /requests/{id}/approve|deny|edit``. Every POST needs the session's
-    CSRF token and must come from the page itself (``Origin``; 403 otherwise).
+    ``POST /requests/{id}/approve|deny|edit``, and for single sign-on (the
+    policy's ``approval.sso``) ``POST /login/sso`` and ``GET /login/sso/callback``.
+    Every POST needs the session's CSRF token and must come from the page
+    itself (``Origin``; 403 otherwise).
     Every request must name a host the page answers to: the loopback names
     and ``allowed_hosts`` (403 otherwise). The page offers only the answers the
     book would accept from the logged-in approver, and says why not otherwise.
