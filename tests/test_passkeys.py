@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from agentguard.errors import ConfigError, DeniedError, TokenFormatError
 from agentguard.passkeys import (
@@ -26,9 +27,13 @@ from agentguard.passkeys import (
     check_rp_id,
     is_passkey_receipt,
     origin_fits,
+    registration_options,
     statement_challenge,
     verify_passkey_receipt,
+    verify_registration,
+    write_passkey,
 )
+from agentguard.policy import load_policy
 from tests.passkey_support import ORIGIN, RP_ID, SoftKey, b64
 
 
@@ -284,3 +289,58 @@ def test_a_receipt_is_plain_base64url_json() -> None:
         "client_data_json",
         "signature",
     }
+
+
+POLICY = """\
+# the organisation's policy
+version: 1
+trusted_roots: []
+approvers:
+  # people
+  - id: user:alice
+    tools: ["admin/*"]
+  - {id: user:bob}
+step_up: []
+"""
+
+
+def test_write_passkey_edits_only_that_approvers_entry(tmp_path: Path) -> None:
+    path = tmp_path / "agentguard.yaml"
+    path.write_text(POLICY)
+    key = SoftKey()
+    entry = {
+        "credential_id": key.credential_id,
+        "public_key": key.cose(),
+        "rp_id": RP_ID,
+        "origin": ORIGIN,
+    }
+    write_passkey(path, "user:alice", entry)
+    policy = load_policy(path)
+    alice, bob = policy.approvers
+    assert alice.passkey is not None
+    assert alice.passkey.model_dump() == entry
+    assert alice.tools == ["admin/*"]
+    assert bob.passkey is None
+    assert path.read_text().startswith("# the organisation's policy\n")
+    with pytest.raises(ConfigError, match="not an approver"):
+        write_passkey(path, "user:nobody", entry)
+    with pytest.raises(ValidationError, match="public_key"):  # not base64url
+        write_passkey(path, "user:bob", {**entry, "public_key": "not base64!"})
+    assert load_policy(path).approvers[1].passkey is None
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [None, [], {}, {"id": "x", "rawId": "x", "type": "public-key", "response": {}}],
+)
+def test_a_garbage_registration_is_refused(credential: object) -> None:
+    with pytest.raises(DeniedError) as caught:
+        verify_registration(credential, challenge=b"c" * 32, rp_id=RP_ID, origin=ORIGIN)
+    assert caught.value.reason == "approval_invalid"
+
+
+def test_registration_options_ask_for_user_verification_and_eddsa_or_es256() -> None:
+    options = registration_options(rp_id=RP_ID, approver="user:alice", challenge=b"c" * 32)
+    assert options["authenticatorSelection"]["userVerification"] == "required"
+    assert [p["alg"] for p in options["pubKeyCredParams"]] == [-8, -7]
+    assert options["rp"]["id"] == "localhost"

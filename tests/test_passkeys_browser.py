@@ -384,3 +384,17 @@ def test_a_revoked_approver_is_refused(served: tuple[CLI, Served]) -> None:
         assert status == 400
         assert "revoked" in data["error"]
     assert re.search(r"pending", cli.ok("approvals", "show", request_id).stdout)
+
+
+def test_an_enrolment_link_is_valid_ten_minutes_by_default(cli: CLI) -> None:
+    """No browser needed: the link `approvals enroll` prints, and what the home keeps of it."""
+    cli.ok("init", "--org", "org:acme", "--approver", "user:alice")
+    before = time.time()
+    link = cli.ok("approvals", "enroll", "user:alice").stdout.strip()
+    assert link.startswith("http://localhost:8780/enroll/agp_")
+    stored = json.loads((cli.home / "passkey-enrolments.json").read_text())["enrolments"]
+    (entry,) = stored.values()
+    assert entry["approver"] == "user:alice"
+    assert before + 600 <= entry["expires"] <= time.time() + 600
+    assert link.rsplit("/", 1)[1] not in json.dumps(stored)  # only its hash is kept
+    assert cli("approvals", "enroll", "user:alice", "--ttl", "2d").exit_code == 2
