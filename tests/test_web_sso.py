@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx2
 import jwt
@@ -43,7 +44,13 @@ from agentguard.policy import load_policy
 from agentguard.store.memory import MemoryStore
 from agentguard.testing import RecordingTool, World
 from agentguard.web import ApproverTokens, create_app
-from agentguard.web_sso import SignOn, SignOnRefused, client_secret, validate_id_token
+from agentguard.web_sso import (
+    PRE_LOGIN_TTL,
+    SignOn,
+    SignOnRefused,
+    client_secret,
+    validate_id_token,
+)
 from tests.oidc.harness import IdentityProvider, SigningKey, running_provider
 
 BASE = "http://127.0.0.1:8780"
@@ -519,6 +526,21 @@ def test_the_readme_example_validates_and_a_written_secret_does_not(
     assert "never the secret itself" in result.stderr
 
 
+def test_sign_in_needs_the_csrf_token_and_settings_that_still_exist(
+    tmp_path: Path, idp: Idp
+) -> None:
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    client = desk.client()
+    client.get("/login")
+    assert client.post("/login/sso", data={"csrf": "forged"}).status_code == 403
+    callback = at_provider(start(client))
+    desk.edit(lambda doc: doc["approval"].pop("sso"))  # removed while the person signs in
+    reply = back(client, callback)
+    assert reply.status_code == 403
+    assert "single sign-on is not configured now" in reply.text
+    assert signed_in_as(client) is None
+
+
 # -- 3. attacks through the flow ----------------------------------------------------------------
 
 
@@ -788,6 +810,261 @@ def test_a_rotated_key_is_found_by_fetching_the_key_set_again(tmp_path: Path) ->
         new = portal.call(lambda: provider.rotate(keep_old=True))
         assert keys.key(new.kid)["n"] == new.jwk["n"]
         assert keys.key(old.kid)["n"] == old.jwk["n"]
+
+
+# -- a misbehaving provider: every answer it can give is met --------------------------------------
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """Answers each path with what the test set in ``routes``: (status, body, headers)."""
+
+    routes: ClassVar[dict[str, tuple[int, bytes, dict[str, str]]]] = {}
+
+    def _answer(self) -> None:
+        status, body, headers = self.routes.get(self.path.split("?")[0], (404, b"{}", {}))
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._answer()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[tuple[str, dict[str, tuple[int, bytes, dict[str, str]]]]]:
+    """A provider on loopback whose answers each test writes; yields (issuer, routes)."""
+    routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+    handler = type("Answers", (_Answers,), {"routes": routes})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    issuer = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield issuer, routes
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _discovery(issuer: str, **change: Any) -> bytes:
+    doc = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/auth",
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/jwks",
+        **change,
+    }
+    return json.dumps(doc).encode()
+
+
+def _config(issuer: str) -> Any:
+    policy = load_policy(
+        {
+            "federation": federation(issuer),
+            "approval": {"sso": {"issuer": issuer, "client_id": "c", "redirect_uri": CALLBACK}},
+        }
+    )
+    return SignOn.settings(policy)
+
+
+WELL_KNOWN = "/.well-known/openid-configuration"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason", "text"),
+    [
+        ((404, b"{}", {}), "idp_unavailable", "answered 404"),
+        ((302, b"", {"Location": "https://evil.example/"}), "idp_unavailable", "answered 302"),
+        ((200, b"<html>", {}), "idp_misconfigured", "is not a JSON object"),
+        ((200, b"[1]", {}), "idp_misconfigured", "is not a JSON object"),
+        ((200, b"[" * 100_000, {}), "idp_misconfigured", "is not a JSON object"),
+        ((200, b" " * 600_000, {}), "idp_misconfigured", "answer is too large"),
+        (
+            (200, b'{"issuer": "https://other.example"}', {}),
+            "idp_misconfigured",
+            "names another issuer",
+        ),
+    ],
+)
+def test_a_discovery_document_that_cannot_be_used_stops_the_sign_in(
+    hostile: tuple[str, dict[str, Any]], answer: Any, reason: str, text: str
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = answer
+    found = _config(issuer)
+    assert found is not None
+    with pytest.raises(SignOnRefused, match=text) as caught:
+        SignOn().begin(found[0])
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://evil.example/auth",
+        "https://user@evil.example/auth",
+        "https://login.example/auth#x",
+        "https://login.example/auth\r\nSet-Cookie: x=1",
+        "https://login.example/a b",
+        "javascript:alert(1)",
+        42,
+    ],
+)
+def test_provider_endpoints_must_be_https_or_loopback_and_fit_in_a_header(
+    hostile: tuple[str, dict[str, Any]], endpoint: object
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer, authorization_endpoint=endpoint), {})
+    found = _config(issuer)
+    assert found is not None
+    with pytest.raises(SignOnRefused, match="is not an https URL") as caught:
+        SignOn().begin(found[0])
+    assert caught.value.reason == "idp_misconfigured"
+
+
+def test_an_unreachable_provider_refuses_the_sign_in_and_the_page_says_so(tmp_path: Path) -> None:
+    from tests.oidc.harness import free_port
+
+    issuer = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    world = World()
+    settings = {"issuer": issuer, "client_id": "c", "redirect_uri": CALLBACK}
+    policy_file = tmp_path / "agentguard.yaml"
+    doc = sso_policy(world, issuer, settings, ["user:corp.alice"])
+    policy_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    guard = Guard(load_policy(policy_file), store=MemoryStore(), clock=world.clock)
+    app = create_app(guard.approvals, ApproverTokens(tmp_path / "t.json"), policy_file=policy_file)
+    client = TestClient(app, base_url=BASE, headers={"Origin": BASE}, follow_redirects=False)
+    page = client.get("/login").text
+    assert "Sign in with corp" in page
+    reply = client.post("/login/sso", data={"csrf": csrf_of(page)})
+    assert reply.headers["location"] == "/login"
+    assert "agentguard_sso" not in reply.headers.get("set-cookie", "")
+    assert "Single sign-on is unavailable: the identity provider could not be reached" in (
+        client.get("/login").text
+    )
+
+
+@pytest.mark.parametrize(
+    ("jwks", "text"),
+    [
+        ({"keys": "none"}, "has no keys"),
+        ({}, "has no keys"),
+        ({"keys": [{"kid": "k1", "kty": "RSA", "use": "enc", "n": "x", "e": "AQAB"}]}, "not among"),
+        (
+            {"keys": [{"kid": "k1", "kty": "RSA", "d": "secret", "n": "x", "e": "AQAB"}]},
+            "not among",
+        ),
+        ({"keys": [{"kid": "k1", "kty": "EC", "crv": "P-256"}]}, "does not fit the key"),
+        ({"keys": [{"kid": "k1", "kty": "RSA", "alg": "RS512"}]}, "the key is for RS512"),
+        ({"keys": [{"kid": "k1", "kty": "RSA", "n": "!!", "e": "AQAB"}]}, "cannot be used"),
+    ],
+)
+def test_a_key_set_that_cannot_verify_the_id_token_refuses_it(
+    hostile: tuple[str, dict[str, Any]], jwks: dict[str, Any], text: str
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer), {})
+    routes["/jwks"] = (200, json.dumps(jwks).encode(), {})
+    key = SigningKey.generate()
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": issuer, "sub": "a", "aud": "c", "iat": now, "exp": now + 60, "nonce": "n"},
+        key.private,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    keys = SignOn()._provider_keys(issuer)
+    with pytest.raises(SignOnRefused, match=text):
+        validate_id_token(token, issuer=issuer, client_id="c", nonce="n", key=keys.key)
+
+
+def test_a_key_set_that_never_loaded_is_not_fetched_again_at_once(
+    hostile: tuple[str, dict[str, Any]],
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer), {})
+    routes["/jwks"] = (503, b"{}", {})
+    keys = SignOn()._provider_keys(issuer)
+    with pytest.raises(SignOnRefused, match="answered 503"):
+        keys.key("k1")
+    routes["/jwks"] = (200, b'{"keys": []}', {})  # back, but within the interval
+    with pytest.raises(SignOnRefused, match="could not be fetched") as caught:
+        keys.key("k1")
+    assert caught.value.reason == "idp_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        ((200, b'{"access_token": "x"}', {}), "the provider sent no ID token"),
+        ((200, b'{"id_token": 7}', {}), "the provider sent no ID token"),
+        ((400, b'{"error": "invalid_grant"}', {}), "refused the code (invalid_grant)"),
+        ((400, b'{"error": "<script>"}', {}), "refused the code (400)"),
+        ((500, b"oops", {}), "refused the code (500)"),
+    ],
+)
+def test_a_token_endpoint_answer_without_a_usable_id_token_refuses_the_sign_in(
+    hostile: tuple[str, dict[str, Any]], answer: Any, text: str
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer), {})
+    routes["/token"] = answer
+    found = _config(issuer)
+    assert found is not None
+    sign_on = SignOn()
+    pid, url = sign_on.begin(found[0])
+    state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
+    with pytest.raises(SignOnRefused, match=re.escape(text)):
+        sign_on.finish(sign_on.take(pid), {"state": state, "code": "c"}, found)
+
+
+def test_an_answer_without_a_code_or_under_changed_settings_is_refused(
+    hostile: tuple[str, dict[str, Any]],
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer), {})
+    found = _config(issuer)
+    assert found is not None
+    sign_on = SignOn()
+    for params, text in [
+        ({}, "no usable code"),
+        ({"code": "x" * 5000}, "no usable code"),
+        ({"code": "c", "settings": "changed"}, "settings changed during the sign-in"),
+    ]:
+        pid, url = sign_on.begin(found[0])
+        state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
+        settings = None if params.pop("settings", None) else found
+        with pytest.raises(SignOnRefused, match=text):
+            sign_on.finish(sign_on.take(pid), {"state": state, **params}, settings)
+
+
+def test_a_pre_login_expires_after_ten_minutes_and_old_ones_are_dropped(
+    hostile: tuple[str, dict[str, Any]],
+) -> None:
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer), {})
+    found = _config(issuer)
+    assert found is not None
+    sign_on = SignOn()
+    late, _ = sign_on.begin(found[0], now=0.0)
+    assert sign_on.take(late, now=PRE_LOGIN_TTL + 1) is None
+    early, _ = sign_on.begin(found[0], now=0.0)
+    assert sign_on.take(early, now=PRE_LOGIN_TTL - 1) is not None
+    stale, _ = sign_on.begin(found[0], now=0.0)
+    sign_on.begin(found[0], now=PRE_LOGIN_TTL + 1)  # starting another sweeps the expired
+    assert stale not in sign_on._pending
+    assert sign_on.take(None) is None
 
 
 # -- 5. the real command on the policy `agentguard init --approver` writes ----------------
