@@ -8,13 +8,16 @@ to see a budget reset.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentguard import _jws
+from agentguard import _jws, tracing
 from agentguard.budgets import (
     MAX_WINDOW,
     Budget,
@@ -32,6 +35,7 @@ from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.testing import RecordingTool, World, audit_records
 from agentguard.tokens import TYP_GRANT, Grant, Rule
+from tests import test_tracing
 
 REFUND = "billing/refund"
 DAILY: dict[str, Any] = {"window": "1d", "calls": 10, "sum": {"amount": 500}}
@@ -547,3 +551,36 @@ def test_a_store_without_budgets_refuses_budgeted_chains(world: World) -> None:
     guard = world.guard(store=Forgetful())
     assert spend(guard, refunds(world), world.bot, 1) == Reason.STORE_ERROR
     assert spend(guard, world.delegation, world.bot, 1) != Reason.STORE_ERROR
+
+
+# -- spans -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Finished spans of this test (through the SDK provider tests/test_tracing.py installs)."""
+    memory = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(memory)
+    test_tracing.ROUTER.processors.append(processor)
+    yield memory
+    test_tracing.ROUTER.processors.remove(processor)
+
+
+def test_spans_carry_the_budget_state(world: World, exporter: InMemorySpanExporter) -> None:
+    guard = world.guard()
+    delegation = refunds(world, {"window": "1h", "calls": 1, "sum": {"amount": 10}})
+    _, end = window_bounds(world.clock.now(), 3600)
+    assert spend(guard, delegation, world.bot, 4) == "ran"
+    assert spend(guard, delegation, world.bot, 4) == Reason.BUDGET_EXHAUSTED
+    authorize = [
+        s for s in exporter.get_finished_spans() if s.name.startswith("agentguard.authorize")
+    ]
+    allowed, refused = (dict(s.attributes or {}) for s in authorize)
+    assert allowed[tracing.AGENTGUARD_BUDGET_NAMES] == ("link 0 rule 0",)
+    assert allowed[tracing.AGENTGUARD_BUDGET_STATE] == (
+        "link 0 rule 0: 0 calls left, amount 4 of 10",
+    )
+    assert allowed[tracing.AGENTGUARD_BUDGET_RESETS_AT] == end
+    assert tracing.AGENTGUARD_BUDGET_EXHAUSTED not in allowed
+    assert refused[tracing.AGENTGUARD_BUDGET_EXHAUSTED] == "link 0 rule 0"
+    assert refused[tracing.AGENTGUARD_BUDGET_RESETS_AT] == end
