@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agentguard import _jws
 from agentguard.addresses import pattern_matches
 from agentguard.canonical import canonical_json
 from agentguard.decision import Reason
@@ -47,7 +48,7 @@ from agentguard.errors import (
 )
 from agentguard.keys import Identity, Principal
 from agentguard.policy import FederationProvider, FederationRule, IdTemplate
-from agentguard.tokens import MAX_META_BYTES, Grant, Rule
+from agentguard.tokens import MAX_META_BYTES, Grant, Rule, new_jti
 
 if TYPE_CHECKING:
     from agentguard.policy import Policy
@@ -55,7 +56,13 @@ if TYPE_CHECKING:
     from agentguard.verify import VerifiedChain
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "ACTOR_TOKEN_TYPE",
+    "ACTOR_TTL",
+    "DELEGATION_TOKEN_TYPE",
     "EVIDENCE_KEY",
+    "TOKEN_EXCHANGE",
+    "TYP_ACTOR",
     "Derived",
     "DerivedChains",
     "Federation",
@@ -63,15 +70,31 @@ __all__ = [
     "FederationRoot",
     "MAX_CLAIM_DEPTH",
     "Provider",
+    "actor_token",
     "claim_value",
     "reachable_tools",
     "token_sha256",
+    "verify_actor_token",
 ]
 
 #: The key of a derived link's ``meta`` that holds its evidence.
 EVIDENCE_KEY = "federation"
 #: Rules a grant may hold (see agentguard.delegation).
 _MAX_RULES = 64
+
+# -- token exchange (RFC 8693) --------------------------------------------------------
+#: The token exchange grant type.
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a name, not a secret
+#: The subject token's type: the identity provider's access token.
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a name, not a secret
+#: The actor token's type: a JWT the agent signs with the key it wants the delegation for.
+ACTOR_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a name, not a secret
+#: The issued token's type: an agentguard delegation (its serialized chain).
+DELEGATION_TOKEN_TYPE = "urn:agentguard:params:oauth:token-type:delegation"  # noqa: S105 - a name, not a secret
+#: The JWS ``typ`` of an actor token.
+TYP_ACTOR = "agentguard-actor+jwt"
+#: The longest lifetime an actor token may claim, in seconds.
+ACTOR_TTL = 300
 
 
 class FederationError(DeniedError):
@@ -605,3 +628,82 @@ class DerivedChains:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def actor_token(identity: Identity, audience: str, *, now: float, ttl: int = 60) -> str:
+    """An actor token for token exchange: proof that the agent holds ``identity``'s key.
+
+    A compact JWS (``typ`` :data:`TYP_ACTOR`, EdDSA) signed by the key, carrying its
+    public JWK, the exchange endpoint as ``aud``, ``iat``, ``exp`` (``ttl`` seconds on)
+    and a ``jti``. The exchange issues a delegation to that key, and only to it.
+
+    Raises:
+        ValueError: ``ttl`` is not between 1 and :data:`ACTOR_TTL` seconds.
+    """
+    if not 1 <= ttl <= ACTOR_TTL:
+        raise ValueError(f"an actor token lives 1 to {ACTOR_TTL} seconds")
+    claims = {
+        "aud": audience,
+        "iat": int(now),
+        "exp": int(now) + ttl,
+        "jti": new_jti(),
+        "jwk": identity.principal.public_jwk(),
+    }
+    return _jws.sign(claims, identity, TYP_ACTOR)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def verify_actor_token(
+    token: object, audience: str, *, now: float, leeway: float = 30.0
+) -> Ed25519PublicKey:
+    """The public key an actor token proves possession of.
+
+    Raises:
+        FederationError: the token is malformed (reason ``malformed_token``), its
+            signature does not verify with the key it carries or its ``kid`` is not
+            that key's (``bad_signature``), it is for another endpoint
+            (``untrusted_root``), or it is expired, not yet valid or claims a
+            lifetime above :data:`ACTOR_TTL` (``link_expired``).
+    """
+    try:
+        header, claims = _jws.peek(token, TYP_ACTOR)
+        assert isinstance(token, str)  # noqa: S101 - peek refuses anything else
+        principal = Principal.from_jwk("agent:actor", claims.get("jwk") or {})
+    except AgentGuardError as exc:
+        raise FederationError(
+            f"the actor token is malformed: {exc}", reason=Reason.MALFORMED_TOKEN
+        ) from None
+    if header.get("kid") != principal.kid:
+        raise FederationError(
+            "the actor token's kid is not the key it carries", reason=Reason.BAD_SIGNATURE
+        )
+    try:
+        _jws.verify_signature(token, principal, TYP_ACTOR)
+    except AgentGuardError:
+        raise FederationError(
+            "the actor token's signature does not verify with the key it carries",
+            reason=Reason.BAD_SIGNATURE,
+        ) from None
+    if claims.get("aud") != audience:
+        raise FederationError(
+            f"the actor token is not for {audience} (aud)", reason=Reason.UNTRUSTED_ROOT
+        )
+    iat, exp = _number(claims.get("iat")), _number(claims.get("exp"))
+    if iat is None or exp is None:
+        raise FederationError(
+            "the actor token has no numeric iat and exp", reason=Reason.MALFORMED_TOKEN
+        )
+    if exp - iat > ACTOR_TTL or exp <= iat:
+        raise FederationError(
+            f"an actor token lives at most {ACTOR_TTL} seconds", reason=Reason.LINK_EXPIRED
+        )
+    if exp + leeway <= now:
+        raise FederationError("the actor token has expired", reason=Reason.LINK_EXPIRED)
+    if iat - leeway > now:
+        raise FederationError("the actor token is not valid yet", reason=Reason.LINK_EXPIRED)
+    return principal.public_key

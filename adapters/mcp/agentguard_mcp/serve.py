@@ -19,26 +19,41 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mcp.server.stdio import stdio_server
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentguard import Reason
-from agentguard.errors import AgentGuardError, DeniedError, StoreError
-from agentguard.federation import DerivedChains
+from agentguard.delegation import Delegation
+from agentguard.errors import AgentGuardError, ConfigError, DeniedError, StoreError
+from agentguard.federation import (
+    ACCESS_TOKEN_TYPE,
+    ACTOR_TOKEN_TYPE,
+    DELEGATION_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
+    DerivedChains,
+    Federation,
+    FederationError,
+    verify_actor_token,
+)
+from agentguard.keys import Identity
 from agentguard.tokens import TYP_GRANT
 from agentguard_mcp.oauth import Authenticated, ResourceServer, TokenRefused
 from agentguard_mcp.oauth import Provider as OAuthProvider
 from agentguard_mcp.proxy import STATE_CALLER, Caller, GuardedProxy, bearer_token
 
 __all__ = [
+    "EXCHANGE_PATH",
     "STATE_CALLER",
     "STATE_FEDERATED",
     "DelegationGate",
     "Federate",
+    "FederationMapping",
     "policy_federation",
     "http_app",
     "serve_http",
@@ -54,7 +69,11 @@ STATE_FEDERATED = "agentguard.federated"
 #: holding it), or None when the token reaches nothing.
 Federate = Callable[[Authenticated, str], Awaitable[Caller | None]]
 
+#: Where the proxy serves token exchange (RFC 8693) with a :class:`FederationMapping`.
+EXCHANGE_PATH = "/agentguard/token-exchange"
+
 _CACHE_SIZE = 4096
+_MAX_FORM = 64 * 1024
 
 logger = logging.getLogger("agentguard_mcp")
 
@@ -91,8 +110,13 @@ class DelegationGate:
             await self.app(scope, receive, send)
             return
         oauth = self.oauth
+        exchange = self.exchange_url
         if oauth is not None and scope["path"] in oauth.metadata_paths():
-            await _metadata(send, scope["method"], oauth)
+            await _metadata(send, scope["method"], oauth, exchange)
+            return
+        if oauth is not None and exchange is not None and scope["path"] == EXCHANGE_PATH:
+            assert isinstance(self.federate, FederationMapping)  # noqa: S101 - exchange_url
+            await self._exchange(scope, receive, send, oauth, self.federate, exchange)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         delegation = bearer_token(headers.get("authorization"))
@@ -130,6 +154,111 @@ class DelegationGate:
             )
             return
         await self.app(scope, receive, send)
+
+    @property
+    def exchange_url(self) -> str | None:
+        """The token exchange endpoint's URL, when this gate serves one."""
+        if self.oauth is None or not isinstance(self.federate, FederationMapping):
+            return None
+        parts = urlsplit(self.oauth.resource)
+        return f"{parts.scheme}://{parts.netloc}{EXCHANGE_PATH}"
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        oauth: ResourceServer,
+        mapping: FederationMapping,
+        endpoint: str,
+    ) -> None:
+        """Token exchange (RFC 8693): an access token and an actor token for a delegation."""
+        if scope["method"] != "POST":
+            await _reject(send, 405, "method_not_allowed", "use POST")
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            await _oauth_error(send, 400, "invalid_request", "send a form (urlencoded)")
+            return
+        body = await _read_body(receive, _MAX_FORM)
+        if body is None:
+            await _oauth_error(send, 413, "invalid_request", "the request is too large")
+            return
+        try:
+            pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            pairs = [] if not body else [("", "")]
+        form = dict(pairs)
+        if not body or "" in form or len(form) != len(pairs):
+            # RFC 6749 3.2: every parameter at most once; a form that does not parse is refused.
+            await _oauth_error(send, 400, "invalid_request", "the form is malformed")
+            return
+        if form.get("grant_type") != TOKEN_EXCHANGE:
+            await _oauth_error(send, 400, "unsupported_grant_type", f"use {TOKEN_EXCHANGE}")
+            return
+        expected = {
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "actor_token_type": ACTOR_TOKEN_TYPE,
+            "requested_token_type": DELEGATION_TOKEN_TYPE,
+        }
+        for name, value in expected.items():
+            given = form.get(name, value if name == "requested_token_type" else None)
+            if given != value:
+                await _oauth_error(send, 400, "invalid_request", f"{name} must be {value}")
+                return
+        for name in ("subject_token", "actor_token"):
+            if not form.get(name):
+                await _oauth_error(send, 400, "invalid_request", f"{name} is missing")
+                return
+        for name in ("resource", "audience"):
+            if name in form and form[name] != oauth.resource:
+                await _oauth_error(send, 400, "invalid_target", f"{name} is not {oauth.resource}")
+                return
+        token = form["subject_token"]
+        try:
+            authenticated = await oauth.authenticate(token)
+        except TokenRefused as exc:
+            if exc.status == 503:
+                logger.warning("token exchange refused: %s", exc)
+                await _oauth_error(send, 503, "temporarily_unavailable", str(exc), exc.reason)
+            else:
+                await _oauth_error(
+                    send, 400, "invalid_request", f"subject_token: {exc}", exc.reason
+                )
+            return
+        now = time.time()
+        try:
+            actor = verify_actor_token(form["actor_token"], endpoint, now=now)
+            delegation = mapping.exchange(authenticated, token, actor)
+            chain = await self.proxy.averified_chain(delegation.serialize())
+        except FederationError as exc:
+            error = "invalid_scope" if exc.insufficient_scope else "invalid_request"
+            await _oauth_error(send, 400, error, exc.short, exc.reason)
+            return
+        except StoreError as exc:
+            logger.warning("token exchange refused: %s", exc)
+            await _oauth_error(
+                send, 503, "temporarily_unavailable", "the state store did not answer",
+                Reason.STORE_ERROR,
+            )  # fmt: skip
+            return
+        except DeniedError as exc:
+            await _oauth_error(send, 400, "invalid_grant", exc.short, exc.reason)
+            return
+        if not self.proxy.reachable_namespaces(chain):
+            await _oauth_error(
+                send, 400, "invalid_scope", "the token reaches none of this proxy's tools",
+                Reason.OUT_OF_SCOPE,
+            )  # fmt: skip
+            return
+        answer = {
+            "access_token": delegation.serialize(),
+            "issued_token_type": DELEGATION_TOKEN_TYPE,
+            "token_type": "N_A",
+            "expires_in": max(0, int(delegation.expires_at - now)),
+        }
+        await _json(send, 200, answer)
 
     async def _federated(
         self, scope: Scope, receive: Receive, send: Send, oauth: ResourceServer, token: str
@@ -220,14 +349,65 @@ class DelegationGate:
         return caller
 
 
+class FederationMapping:
+    """The policy's ``federation:`` section as the gate uses it.
+
+    Called with a validated access token, it is the :data:`Federate` mapping: the chain
+    :meth:`agentguard.federation.Federation.derive` signs for the token, held by an
+    ephemeral key of the proxy. :meth:`exchange` serves token exchange (RFC 8693): the
+    same chain, granted to the agent's own key. Build one with :func:`policy_federation`.
+    """
+
+    def __init__(self, federation: Federation, signer: Identity) -> None:
+        self.federation = federation
+        self.signer = signer
+
+    async def __call__(self, authenticated: Authenticated, token: str) -> Caller | None:
+        provider = self.federation.provider_for(authenticated.claims.get("iss"))
+        if provider is None:
+            return None
+        try:
+            derived = self.federation.derive(
+                authenticated.claims, provider, signer=self.signer, now=time.time(), token=token
+            )
+        except FederationError as exc:
+            logger.info("no chain for a token of %s: %s", provider.alias, exc.short)
+            return None
+        return Caller(derived.delegation.serialize(), holder=derived.holder)
+
+    def exchange(
+        self, authenticated: Authenticated, token: str, actor: Ed25519PublicKey
+    ) -> Delegation:
+        """The chain the token's claims allow, granted to the agent's key ``actor``.
+
+        Raises:
+            FederationError: no provider is configured for the token's issuer, or the
+                token's claims cannot become a chain (``insufficient_scope`` when they
+                meet no rule).
+        """
+        provider = self.federation.provider_for(authenticated.claims.get("iss"))
+        if provider is None:
+            raise FederationError("no provider for this issuer", reason=Reason.UNTRUSTED_ROOT)
+        derived = self.federation.derive(
+            authenticated.claims,
+            provider,
+            signer=self.signer,
+            now=time.time(),
+            holder_key=actor,
+            token=token,
+        )
+        return derived.delegation
+
+
 def policy_federation(
     proxy: GuardedProxy, resource: str | None = None
-) -> tuple[ResourceServer, Federate] | None:
+) -> tuple[ResourceServer, FederationMapping] | None:
     """The protected resource and the mapping of the guard's policy ``federation:`` section.
 
     Each provider's access tokens are validated (:class:`ResourceServer`) and turned into
     a chain signed by its federation key (:meth:`agentguard.federation.Federation.derive`),
-    which the guard trusts within the federation rules. None without the section.
+    which the guard trusts within the federation rules. None without the section. With
+    the mapping, :func:`http_app` also serves token exchange at :data:`EXCHANGE_PATH`.
 
     Args:
         proxy: the proxy whose guard's policy and key are used.
@@ -238,9 +418,6 @@ def policy_federation(
             given, a provider's audience is not ``resource``, or the guard has no key
             to sign derived chains with.
     """
-    from agentguard.errors import ConfigError
-    from agentguard.federation import Federation, FederationError
-
     guard = proxy.guard
     policy = guard.policy
     if not policy.federation:
@@ -262,21 +439,7 @@ def policy_federation(
         )
     except ValueError as exc:
         raise ConfigError(f"federation: {exc}") from None
-
-    async def federate(authenticated: Authenticated, token: str) -> Caller | None:
-        provider = federation.provider_for(authenticated.claims.get("iss"))
-        if provider is None:
-            return None
-        try:
-            derived = federation.derive(
-                authenticated.claims, provider, signer=signer, now=time.time(), token=token
-            )
-        except FederationError as exc:
-            logger.info("no chain for a token of %s: %s", provider.alias, exc.short)
-            return None
-        return Caller(derived.delegation.serialize(), holder=derived.holder)
-
-    return oauth, federate
+    return oauth, FederationMapping(federation, signer)
 
 
 def _is_delegation(token: str) -> bool:
@@ -289,11 +452,57 @@ def _is_delegation(token: str) -> bool:
     return header.get("typ") == TYP_GRANT
 
 
-async def _metadata(send: Send, method: str, oauth: ResourceServer) -> None:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _json(send: Send, status: int, document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"pragma", b"no-cache"),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _oauth_error(
+    send: Send, status: int, error: str, text: str, reason: str | None = None
+) -> None:
+    """An OAuth error response (RFC 6749 5.2), with agentguard's reason when there is one."""
+    document = {"error": error, "error_description": f"agentguard: {text}"}
+    if reason is not None:
+        document["agentguard_reason"] = str(reason)
+    await _json(send, status, document)
+
+
+async def _metadata(
+    send: Send, method: str, oauth: ResourceServer, exchange: str | None = None
+) -> None:
     if method not in ("GET", "HEAD"):
         await _reject(send, 405, "method_not_allowed", "use GET")
         return
-    body = json.dumps(oauth.metadata()).encode()
+    document = oauth.metadata()
+    if exchange is not None:
+        document["agentguard_token_exchange_endpoint"] = exchange
+    body = json.dumps(document).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
