@@ -211,9 +211,8 @@ def passkey_routes(
 
         try:
             made, options = await run_in_threadpool(statement)
-        except (DeniedError, ConfigError) as exc:
-            text = exc.explanation if isinstance(exc, DeniedError) else str(exc)
-            return refuse(f"{text}")
+        except AgentGuardError as exc:  # refused, no such request, or the policy does not load
+            return refuse(exc.explanation if isinstance(exc, DeniedError) else str(exc))
         waiting = session.passkey_statements
         while len(waiting) >= _MAX_WAITING:
             waiting.pop(next(iter(waiting)))

@@ -92,6 +92,41 @@ class SoftKey:
             signature=b64(signature),
         )
 
+    def browser(self, challenge: bytes, **options: Any) -> dict[str, Any]:
+        """``PublicKeyCredential.toJSON()`` of an assertion over ``challenge``."""
+        made = self.assertion(challenge, **options)
+        return {
+            "id": made.credential_id,
+            "rawId": made.credential_id,
+            "type": "public-key",
+            "response": {
+                "authenticatorData": made.authenticator_data,
+                "clientDataJSON": made.client_data_json,
+                "signature": made.signature,
+            },
+        }
+
+    def register(
+        self, challenge: bytes, *, rp_id: str = RP_ID, origin: str = ORIGIN, uv: bool = True
+    ) -> dict[str, Any]:
+        """``PublicKeyCredential.toJSON()`` of a registration (attestation ``none``)."""
+        raw_id = base64.urlsafe_b64decode(self.credential_id + "==")
+        cose = base64.urlsafe_b64decode(self.cose() + "==")
+        flags = 0x41 | (0x04 if uv else 0)  # user present, attested credential data
+        auth_data = hashlib.sha256(rp_id.encode()).digest() + bytes([flags])
+        auth_data += struct.pack(">I", 0) + bytes(16) + struct.pack(">H", len(raw_id))
+        auth_data += raw_id + cose
+        client = json.dumps(
+            {"type": "webauthn.create", "challenge": b64(challenge), "origin": origin}
+        ).encode()
+        attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+        return {
+            "id": self.credential_id,
+            "rawId": self.credential_id,
+            "type": "public-key",
+            "response": {"clientDataJSON": b64(client), "attestationObject": b64(attestation)},
+        }
+
     def receipt(self, statement: dict[str, Any], **options: Any) -> PasskeyReceipt:
         """A receipt whose assertion signs ``statement``'s digest."""
         return PasskeyReceipt(statement, self.assertion(statement_challenge(statement), **options))
