@@ -584,3 +584,60 @@ def test_spans_carry_the_budget_state(world: World, exporter: InMemorySpanExport
     assert tracing.AGENTGUARD_BUDGET_EXHAUSTED not in allowed
     assert refused[tracing.AGENTGUARD_BUDGET_EXHAUSTED] == "link 0 rule 0"
     assert refused[tracing.AGENTGUARD_BUDGET_RESETS_AT] == end
+
+
+def test_a_fixed_window_lets_twice_the_budget_run_across_its_boundary(world: World) -> None:
+    """The documented price of fixed windows: a full budget at the end of one window
+    and another full budget at the start of the next."""
+    guard = world.guard()
+    delegation = refunds(world, {"window": "1h", "sum": {"amount": 100}})
+    _, end = window_bounds(world.clock.now(), 3600)
+    world.clock.set(end - 1)
+    assert spend(guard, delegation, world.bot, 100) == "ran"
+    world.clock.set(end)
+    assert spend(guard, delegation, world.bot, 100) == "ran"
+    assert spend(guard, delegation, world.bot, 1) == Reason.BUDGET_EXHAUSTED
+
+
+def test_a_rule_member_this_release_does_not_know_is_refused() -> None:
+    """How a verifier of an earlier release treats ``budget``: strictly, as unknown."""
+    with pytest.raises(TokenFormatError):
+        Rule.from_claim({"tool": REFUND, "quota": {"window": 60, "calls": 1}})
+
+
+def test_postgres_windows_follow_the_database_clock(world: World, pg_url: str) -> None:
+    """The guard's clock says 2027; the server's says now: the window is the server's."""
+    import time
+
+    from agentguard.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    try:
+        guard = world.guard(store=store)
+        delegation = refunds(world, {"window": "1h", "calls": 5})
+        before = time.time()
+        assert spend(guard, delegation, world.bot, 1) == "ran"
+        after = time.time()
+        start = last_decision(guard)["budget"][0]["window_start"]
+        assert start in {window_bounds(before, 3600)[0], window_bounds(after, 3600)[0]}
+        assert start != window_bounds(world.clock.now(), 3600)[0]
+    finally:
+        store.close()
+
+
+def test_the_readme_example_is_refused_at_its_daily_total(tmp_path: Path) -> None:
+    """The README's budget example: 300 and 200 run, the next refund is refused."""
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "budget=" in b]
+    script = tmp_path / "budget.py"
+    script.write_text(block, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("budget_exhausted link 0 rule 0 ")
+    assert int(out.stdout.split()[-1]) % 86400 == 0  # midnight UTC
