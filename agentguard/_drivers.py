@@ -296,7 +296,7 @@ def assemble(
     store = store if store is not None else open_store(chosen, policy)
     identity = guard_identity or guard_identity_in(keyring, policy)
     verifier = Verifier(
-        [*policy.root_principals(), *trusted_roots],
+        [*policy.root_keys(), *trusted_roots],
         revocations=store,
         replay=store,
         clock=clock,

@@ -159,25 +159,65 @@ def _duration(value: Any) -> float:
         raise ValueError(str(exc)) from exc
 
 
+def _utc_time(value: datetime | None) -> datetime | None:
+    # A time without a zone is read as UTC, never as the reader's local time.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _key_window(
+    not_before: datetime | None, retired_at: datetime | None
+) -> tuple[float | None, float | None]:
+    """``(not_before, retired_at)`` in seconds since the epoch (``None``: open)."""
+    return (
+        None if not_before is None else not_before.timestamp(),
+        None if retired_at is None else retired_at.timestamp(),
+    )
+
+
 class TrustedRoot(_Strict):
-    """A principal whose root grants are accepted, with its public key."""
+    """A principal whose root grants are accepted, with one of its public keys.
+
+    A root may be listed several times with different keys (rotation).
+    ``not_before`` and ``retired_at`` (ISO 8601, or seconds since the epoch)
+    bound the key: a root link counts only when it was signed (its ``iat``) at or
+    after ``not_before`` and before ``retired_at``, and only while the key is not
+    retired yet: from ``retired_at`` on, nothing the key signed verifies.
+    """
 
     id: str = Field(description="Principal id, e.g. org:acme")
     public_key: dict[str, str] | None = Field(None, description="Public OKP/Ed25519 JWK")
     key_file: str | None = Field(
         None, description="Path to a public key file written by 'agentguard identity export'"
     )
+    not_before: datetime | None = Field(None, description="Links signed before this do not count")
+    retired_at: datetime | None = Field(
+        None, description="From this time on, nothing this key signed counts"
+    )
+    note: str | None = Field(None, description="Free text, e.g. why the key was added")
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
         return _principal(value)
 
+    @field_validator("not_before", "retired_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return _utc_time(value)
+
     @model_validator(mode="after")
     def _one_key(self) -> TrustedRoot:
         if (self.public_key is None) == (self.key_file is None):
             raise ValueError("give exactly one of public_key or key_file")
+        if self.not_before and self.retired_at and self.retired_at <= self.not_before:
+            raise ValueError("retired_at must come after not_before")
         return self
+
+    def window(self) -> tuple[float | None, float | None]:
+        """``(not_before, retired_at)`` in seconds since the epoch (``None``: open)."""
+        return _key_window(self.not_before, self.retired_at)
 
 
 class GuardKey(_Strict):
@@ -200,10 +240,7 @@ class GuardKey(_Strict):
     @field_validator("not_before", "retired_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        # A time without a zone is read as UTC, never as the reader's local time.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return _utc_time(value)
 
     @model_validator(mode="after")
     def _valid(self) -> GuardKey:
@@ -215,10 +252,7 @@ class GuardKey(_Strict):
 
     def window(self) -> tuple[float | None, float | None]:
         """``(not_before, retired_at)`` in seconds since the epoch (``None``: open)."""
-        return (
-            None if self.not_before is None else self.not_before.timestamp(),
-            None if self.retired_at is None else self.retired_at.timestamp(),
-        )
+        return _key_window(self.not_before, self.retired_at)
 
 
 _BASE64URL = r"^[A-Za-z0-9_-]+$"
@@ -817,20 +851,32 @@ class Policy(_Strict):
     base_dir: str | None = Field(None, exclude=True)
 
     def root_principals(self) -> list[Principal]:
-        """Load every trusted root's public key.
+        """Load every trusted root's public key (each key of a root listed with several).
 
         Raises:
-            ConfigError: a key is missing or malformed.
+            ConfigError: a key is missing or malformed, or listed twice for one root.
         """
-        out = []
+        return [key.principal for key in self.root_keys()]
+
+    def root_keys(self) -> list[TrustedKey]:
+        """Every trusted root's public key with its validity window, in order.
+
+        Raises:
+            ConfigError: a key is missing or malformed, or listed twice for one root
+                (which of its windows counted would be left to chance).
+        """
+        out: list[TrustedKey] = []
         for index, root in enumerate(self.trusted_roots):
             where = f"trusted_roots[{index}] ({root.id})"
             try:
-                out.append(self.load_key(root.id, root))
+                principal = self.load_key(root.id, root)
             except FileNotFoundError as exc:
                 raise ConfigError(f"{where}: key file {root.key_file} does not exist") from exc
             except (OSError, ValueError, IdentityError) as exc:
                 raise ConfigError(f"{where}: cannot load key: {exc}") from exc
+            if any(k.principal.id == root.id and k.principal.kid == principal.kid for k in out):
+                raise ConfigError(f"{where}: key {principal.kid} is listed twice for {root.id}")
+            out.append(TrustedKey(principal, *root.window()))
         return out
 
     def load_key(self, principal_id: str, entry: TrustedRoot | GuardKey) -> Principal:

@@ -25,7 +25,7 @@ from agentguard.clock import Clock, SystemClock
 from agentguard.decision import Reason
 from agentguard.delegation import DEFAULT_MAX_LINKS, Delegation, split_delegation
 from agentguard.errors import DeniedError, InvalidAddressError, StoreError, TokenFormatError
-from agentguard.keys import Principal
+from agentguard.keys import Principal, TrustedKey
 from agentguard.predicates import Truth, evaluate, explain
 from agentguard.store.base import ReplayStore, Revocation, RevocationKind, RevocationStore
 from agentguard.store.memory import MemoryStore
@@ -362,7 +362,11 @@ class Verifier:
     """Verifies delegations and call tokens offline against trusted roots.
 
     Args:
-        trusted_roots: the principals whose root grants are accepted.
+        trusted_roots: the principals whose root grants are accepted; a
+            :class:`~agentguard.keys.TrustedKey` gives a root key a validity
+            window, and a root may have several keys (rotation). A root link
+            counts only when signed (its ``iat``) inside its key's window and
+            checked before the key's ``retired_at``.
         revocations: where revoked links, keys and principals are looked up on
             every chain: required. ``NO_REVOCATION_CHECK`` verifies without
             any (accepting revoked chains), with a
@@ -390,7 +394,7 @@ class Verifier:
 
     def __init__(
         self,
-        trusted_roots: Iterable[Principal] | Mapping[str, Principal],
+        trusted_roots: Iterable[Principal | TrustedKey] | Mapping[str, Principal],
         *,
         revocations: RevocationStore | NoRevocationCheck,
         replay: ReplayStore | None = None,
@@ -403,13 +407,23 @@ class Verifier:
     ) -> None:
         self.redact: tuple[str, ...] | None = None if redact is None else tuple(redact)
         roots = trusted_roots.values() if isinstance(trusted_roots, Mapping) else trusted_roots
-        self._roots: dict[str, Principal] = {p.id: p for p in roots}
+        # Each root's first key (``trusted_roots``), and every key of each root by key id.
+        self._roots: dict[str, Principal] = {}
+        self._root_keys: dict[str, dict[str, TrustedKey]] = {}
+        for root in roots:
+            trusted = root if isinstance(root, TrustedKey) else TrustedKey(root)
+            self._roots.setdefault(trusted.principal.id, trusted.principal)
+            keys = self._root_keys.setdefault(trusted.principal.id, {})
+            keys.setdefault(trusted.principal.kid, trusted)
         self._bounds: dict[str, BoundedRoot] = {}
         for bounded in bounded_roots:
             if bounded.principal.id in self._roots:
                 raise ValueError(f"{bounded.principal.id} is both a trusted and a bounded root")
             self._bounds[bounded.principal.id] = bounded
             self._roots[bounded.principal.id] = bounded.principal
+            self._root_keys[bounded.principal.id] = {
+                bounded.principal.kid: TrustedKey(bounded.principal)
+            }
         self.revocations: RevocationStore = _revocation_source(revocations)
         # "is None", not "or": a store that defines __len__ is falsy while empty.
         self.replay: ReplayStore = MemoryStore() if replay is None else replay
@@ -422,8 +436,13 @@ class Verifier:
 
     @property
     def trusted_roots(self) -> Mapping[str, Principal]:
-        """The trusted root principals by id (bounded roots are not listed)."""
+        """The trusted root principals by id, each root's first key (bounded roots are
+        not listed; see :meth:`root_keys` for every key)."""
         return {k: v for k, v in self._roots.items() if k not in self._bounds}
+
+    def root_keys(self, root_id: str) -> list[TrustedKey]:
+        """Every key (with its window) trusted for the root ``root_id``; empty when none."""
+        return list(self._root_keys.get(root_id, {}).values())
 
     def clear_cache(self) -> None:
         """Forget every cached link signature and verified chain."""
@@ -485,7 +504,7 @@ class Verifier:
             key,
             _CachedChain(
                 verified,
-                root_kid=self._roots[grants[0].issuer].kid,
+                root_kid=grants[0].kid,
                 not_before=max(g.not_before for g in grants),
                 issued_at=max(g.issued_at for g in grants),
                 expires_at=min(g.expires_at for g in grants),
@@ -504,10 +523,10 @@ class Verifier:
         :meth:`_check_structure` checks of the clock); anything else is a miss.
         """
         leeway = self.leeway
-        root = self._roots.get(hit.delegation.root.issuer)
+        root = self._root_keys.get(hit.delegation.root.issuer, {}).get(hit.root_kid)
         return (
             root is not None
-            and root.kid == hit.root_kid
+            and (root.retired_at is None or now < root.retired_at)
             and len(hit.link_ids) <= self.max_links
             and now + leeway >= hit.not_before
             and now - leeway < hit.expires_at
@@ -517,16 +536,9 @@ class Verifier:
     def _verified_link(self, token: str, parent: Grant | None, now: float) -> Grant:
         cached = self._cache.get(token, now)
         grant = cached[0] if cached is not None else Grant.parse(token)
-        if parent is None:
-            key = self._roots.get(grant.issuer)
-            if key is None:
-                raise DeniedError(
-                    f"issued by {grant.issuer}, which is not a trusted root",
-                    reason=Reason.UNTRUSTED_ROOT,
-                )
-        else:
-            # Each link is signed by the key its parent delegated to (the parent's cnf).
-            key = parent.subject_key
+        # A root link is signed by a trusted root key; every other link by the key
+        # its parent delegated to (the parent's cnf).
+        key = self._root_key(grant, now) if parent is None else parent.subject_key
         if cached is not None and cached[1] == key.kid:
             return grant
         if grant.kid != key.kid:
@@ -534,6 +546,38 @@ class Verifier:
         _jws.verify_signature(token, key, TYP_GRANT)
         self._cache.put(token, key.kid, grant)
         return grant
+
+    def _root_key(self, grant: Grant, now: float) -> Principal:
+        """The trusted key that must have signed root link ``grant`` (checked against its
+        window by the link's signed ``iat`` and against its retirement by ``now``).
+
+        Raises:
+            DeniedError: the issuer is not a trusted root, or its key was not valid
+                when the link says it was signed, or is retired now.
+        """
+        keys = self._root_keys.get(grant.issuer)
+        if keys is None:
+            raise DeniedError(
+                f"issued by {grant.issuer}, which is not a trusted root",
+                reason=Reason.UNTRUSTED_ROOT,
+            )
+        trusted = keys.get(grant.kid)
+        if trusted is None:
+            # Named a key the root does not have: refused as a bad signature below.
+            return next(iter(keys.values())).principal
+        if not trusted.valid_at(grant.issued_at):
+            raise DeniedError(
+                f"root key {grant.kid} of {grant.issuer} was not valid when this link "
+                f"claims to have been signed ({grant.issued_at})",
+                reason=Reason.UNTRUSTED_ROOT,
+            )
+        if trusted.retired_at is not None and now >= trusted.retired_at:
+            raise DeniedError(
+                f"root key {grant.kid} of {grant.issuer} was retired at "
+                f"{int(trusted.retired_at)}: nothing it signed counts any more",
+                reason=Reason.UNTRUSTED_ROOT,
+            )
+        return trusted.principal
 
     def _check_structure(self, grants: list[Grant], now: float) -> None:
         leeway = self.leeway

@@ -21,6 +21,7 @@ from agentguard.addresses import _parse_text, parse_address
 from agentguard.clock import ManualClock
 from agentguard.decision import Reason
 from agentguard.errors import DeniedError, InvalidAddressError
+from agentguard.keys import TrustedKey
 from agentguard.store import MemoryStore
 from agentguard.testing import World
 from agentguard.tokens import Grant
@@ -146,8 +147,9 @@ def test_a_root_no_longer_trusted_with_that_key_is_refused(world: World) -> None
     # The verifier's roots are fixed at construction; should they ever change in
     # place, a cached chain is checked against the root's key on every hit.
     verifier._roots = {rotated.id: rotated.principal}
+    verifier._root_keys = {rotated.id: {rotated.kid: TrustedKey(rotated.principal)}}
     assert _refusal(verifier, text) == Reason.BAD_SIGNATURE
-    verifier._roots = {}
+    verifier._roots, verifier._root_keys = {}, {}
     assert _refusal(verifier, text) == Reason.UNTRUSTED_ROOT
 
 

@@ -225,8 +225,8 @@ def grant_command(
         if max_depth is not None:
             options["max_depth"] = max_depth
         if parent is None:
-            roots = {p.id: p.kid for p in guard.verifier.trusted_roots.values()}
-            if roots.get(from_id) != issuer.kid:
+            root_kids = {k.principal.kid for k in guard.verifier.root_keys(from_id)}
+            if issuer.kid not in root_kids:
                 note(
                     f"warning: {from_id} is not a trusted root in {ws.policy_path} "
                     "(or its key differs); this grant will not verify here"
