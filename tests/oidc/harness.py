@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -40,6 +42,8 @@ PUBLIC_CLIENT = "mcp-test-client"
 SERVICE_CLIENT = "service-client"
 SERVICE_SECRET = "service-secret-for-tests-only"
 REDIRECT_URI = "http://127.0.0.1:9/callback"
+#: The device authorization grant (RFC 8628), which the public client may use too.
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 def require_node() -> str:
@@ -121,7 +125,7 @@ class IdentityProvider:
                     "client_id": PUBLIC_CLIENT,
                     "token_endpoint_auth_method": "none",
                     "redirect_uris": [REDIRECT_URI],
-                    "grant_types": ["authorization_code"],
+                    "grant_types": ["authorization_code", DEVICE_GRANT],
                     "response_types": ["code"],
                 },
                 {
@@ -255,6 +259,35 @@ class IdentityProvider:
         body = {k: v for k, v in body.items() if v is not None}
         header = {k: v for k, v in header.items() if v is not None}
         return jwt.encode(body, signer.private, algorithm="RS256", headers=header)
+
+
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"/>')
+_ACTION = re.compile(r'<form[^>]*method="post" action="([^"]+)"')
+
+
+async def approve_device(url: str, user: str) -> None:
+    """The person's browser for the device flow: open ``url``, confirm, sign in as ``user``.
+
+    Posts the provider's own forms (user code, confirmation) and follows its redirects
+    through the scripted login and consent until the success page.
+    """
+    async with httpx2.AsyncClient() as browser:
+        reply = await browser.get(url)
+        for _ in range(20):
+            if reply.status_code in (302, 303):
+                location = str(reply.url.join(reply.headers["location"]))
+                if "/interaction/" in location:
+                    location += ("&" if "?" in location else "?") + urlencode({"as": user})
+                reply = await browser.get(location)
+                continue
+            assert reply.status_code == 200, (reply.status_code, reply.text[:500])
+            if "device signed in" in reply.text:
+                return
+            action = _ACTION.search(reply.text)
+            assert action is not None, reply.text[:500]
+            fields = {html.unescape(k): html.unescape(v) for k, v in _HIDDEN.findall(reply.text)}
+            reply = await browser.post(str(reply.url.join(html.unescape(action[1]))), data=fields)
+    raise AssertionError("the device flow did not reach the success page")
 
 
 async def follow_to_callback(http: httpx2.AsyncClient, url: str) -> dict[str, str]:

@@ -39,6 +39,20 @@ const provider = new Provider(config.issuer, {
     devInteractions: { enabled: false },
     registration: { enabled: true },
     clientCredentials: { enabled: true },
+    // The device authorization grant (RFC 8628) for `agentguard login`; plain pages, so the
+    // scripted browser reads their forms (the library's defaults also warn on every use).
+    deviceFlow: {
+      enabled: true,
+      userCodeInputSource: async (ctx, form) => {
+        ctx.body = `<!DOCTYPE html><html><body>${form}</body></html>`;
+      },
+      userCodeConfirmSource: async (ctx, form) => {
+        ctx.body = `<!DOCTYPE html><html><body>${form}</body></html>`;
+      },
+      successSource: async (ctx) => {
+        ctx.body = '<!DOCTYPE html><html><body>device signed in</body></html>';
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf ?? config.resource,
@@ -67,7 +81,9 @@ provider.use(async (ctx, next) => {
   const { prompt, params } = details;
   let result;
   if (prompt.name === 'login') {
-    const hint = typeof params.login_hint === 'string' ? params.login_hint : config.default_user;
+    // The scripted browser names the user with ?as= (device flow), else login_hint.
+    const named = typeof ctx.query.as === 'string' ? ctx.query.as : params.login_hint;
+    const hint = typeof named === 'string' ? named : config.default_user;
     result = { login: { accountId: hint } };
   } else {
     const grant = details.grantId

@@ -1,0 +1,210 @@
+"""``agentguard login`` against the real provider and a real proxy (issue 16 part 3).
+
+The command runs as its own process: the device authorization grant at the provider (a
+scripted browser confirms the code it prints), token exchange at the proxy, and the
+delegation and key written 0600. A ``GuardedClient`` then calls with exactly those files.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import pytest
+from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
+from agentguard_mcp.cli import build_guard
+from agentguard_mcp.oauth import Provider, ResourceServer
+from agentguard_mcp.serve import http_app, policy_federation
+
+from agentguard.delegation import Delegation
+from agentguard.keys import Identity
+from tests.adapters.mcp.mcp_support import BIN, Setup, notes_command, records, text_of
+from tests.adapters.mcp.test_oauth import serve_on
+from tests.oidc.harness import (
+    PUBLIC_CLIENT,
+    IdentityProvider,
+    approve_device,
+    free_port,
+    running_provider,
+)
+
+pytestmark = pytest.mark.anyio
+
+USERS = {"alice": ["incident-response"], "bob": ["finance"]}
+PROMPT = re.compile(rb"To sign in, open (\S+) and confirm the code (\S+)")
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def resource(port: int) -> str:
+    return f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture
+async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
+    async with running_provider(tmp_path, resource, USERS) as provider:
+        yield provider
+
+
+def _login_argv(idp: IdentityProvider, resource: str, out: Path, *extra: str) -> list[str]:
+    return [
+        str(BIN / "agentguard"), "login", "--issuer", idp.issuer, "--client-id", PUBLIC_CLIENT,
+        "--resource", resource, "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+async def _proxy(setup: Setup, port: int, record: Path, stack: AsyncExitStack) -> None:
+    guard = build_guard(setup.home, str(setup.policy_file))
+    stack.callback(guard.close)
+    spec = UpstreamSpec(namespace="notes", command=tuple(notes_command(record)), trusted=True)
+    proxy = GuardedProxy(guard, [Upstream(spec)])
+    await proxy.start(stack)
+    federated = policy_federation(proxy)
+    assert federated is not None
+    oauth, mapping = federated
+    await stack.enter_async_context(oauth)
+    await stack.enter_async_context(serve_on(port, http_app(proxy, oauth=oauth, federate=mapping)))
+
+
+async def test_login_then_call_with_the_files_it_wrote(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """Two steps: ``agentguard login``, then a GuardedClient with its delegation and key."""
+    setup.write_policy(
+        federation=[
+            {
+                "issuer": idp.issuer,
+                "audience": resource,
+                "alias": "corp",
+                "rules": [
+                    {"claim": "groups", "equals": "incident-response", "tools": ["notes/read_note"]}
+                ],
+            }
+        ]
+    )
+    record = tmp_path / "calls.jsonl"
+    out = tmp_path / "me" / "corp.delegation"
+    with anyio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            await _proxy(setup, port, record, stack)
+            process = await anyio.open_process(_login_argv(idp, resource, out))
+            assert process.stderr is not None
+            assert process.stdout is not None
+            seen = b""
+            while (found := PROMPT.search(seen)) is None:
+                seen += await process.stderr.receive()
+            await approve_device(found[1].decode(), "alice")
+            said = b""
+            async for chunk in process.stdout:
+                said += chunk
+            assert await process.wait() == 0
+            await process.aclose()
+            text = said.decode()
+            assert f"signed in: agent:corp.{PUBLIC_CLIENT} on behalf of user:corp.alice" in text
+            key_path = out.with_name("corp.delegation.key")
+            assert f"delegation: {out}" in text
+            assert f"key: {key_path}" in text
+            assert sorted(p.name for p in out.parent.iterdir()) == [
+                "corp.delegation",
+                "corp.delegation.key",
+            ]
+            for path in (out, key_path):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            key = Identity.load(key_path)
+            delegation = Delegation.parse(out.read_text().strip())
+            assert (delegation.leaf.subject, delegation.leaf.subject_key.kid) == (key.id, key.kid)
+
+            client = await stack.enter_async_context(GuardedClient(resource, delegation, key))
+            assert [t.name for t in (await client.list_tools()).tools] == ["read_note"]
+            ran = await client.call_tool("read_note", {"id": "n1"})
+            assert not ran.is_error, text_of(ran)
+    assert [r["name"] for r in records(record)] == ["read_note"]
+
+
+async def test_login_says_what_went_wrong_in_one_line(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """No exchange at the proxy; nobody confirms in time; a person whose groups reach nothing."""
+    out = tmp_path / "login.delegation"
+    record = tmp_path / "calls.jsonl"
+    with anyio.fail_after(90):
+        # A proxy whose policy has no federation section serves no exchange.
+        async with AsyncExitStack() as stack:
+            guard = build_guard(setup.home, str(setup.policy_file))
+            stack.callback(guard.close)
+            proxy = GuardedProxy(guard, [])
+            oauth = await stack.enter_async_context(
+                ResourceServer(resource, [Provider(idp.issuer, resource)])
+            )
+            await stack.enter_async_context(serve_on(port, http_app(proxy, oauth=oauth)))
+            done = await anyio.run_process(_login_argv(idp, resource, out), check=False)
+            assert done.returncode == 1
+            assert done.stderr.decode().count("\n") == 1
+            assert "offers no token exchange" in done.stderr.decode()
+
+        setup.write_policy(
+            federation=[
+                {
+                    "issuer": idp.issuer,
+                    "audience": resource,
+                    "alias": "corp",
+                    "rules": [{"claim": "groups", "equals": "ops", "tools": ["notes/*"]}],
+                }
+            ]
+        )
+        async with AsyncExitStack() as stack:
+            await _proxy(setup, port, record, stack)
+            late = await anyio.run_process(
+                _login_argv(idp, resource, out, "--timeout", "2"), check=False
+            )
+            assert late.returncode == 1
+            assert "not confirmed in time" in late.stderr.decode()
+
+            process = await anyio.open_process(_login_argv(idp, resource, out))
+            assert process.stderr is not None
+            seen = b""
+            while (found := PROMPT.search(seen)) is None:
+                seen += await process.stderr.receive()
+            await approve_device(found[1].decode(), "bob")
+            async for chunk in process.stderr:
+                seen += chunk
+            assert await process.wait() == 1
+            await process.aclose()
+            last = seen.decode().strip().splitlines()[-1]
+            assert last.startswith("error: the MCP proxy refused the token exchange: ")
+            assert "invalid_scope (out_of_scope)" in last
+    assert not out.exists()
+    assert not out.with_name("login.delegation.key").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--issuer", "http://login.example.com"], "must be https"),
+        (["--resource", "ftp://127.0.0.1/mcp"], "must be https"),
+        (["--client-id", " "], "name the OAuth client"),
+        (["--timeout", "0"], "between 1 and 3600"),
+    ],
+)
+def test_login_refuses_bad_flags(tmp_path: Path, flags: list[str], message: str) -> None:
+    base = {
+        "--issuer": "https://login.example.com",
+        "--client-id": "cli",
+        "--resource": "https://mcp.example.com/mcp",
+        "--timeout": "600",
+    }
+    base[flags[0]] = flags[1]
+    argv = [str(BIN / "agentguard"), "login", *[x for kv in base.items() for x in kv]]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
