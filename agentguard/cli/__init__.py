@@ -35,6 +35,7 @@ from agentguard.cli.demo import demo_command
 from agentguard.cli.grant import grant_command
 from agentguard.cli.init import init_command
 from agentguard.cli.inspect import inspect_command
+from agentguard.cli.login import login_command
 from agentguard.cli.revoke import revoke_command
 from agentguard.errors import AgentGuardError, DeniedError
 
@@ -59,6 +60,7 @@ _CORE = frozenset(
         "demo",
         "db",
         "keys",
+        "login",
     }
 )
 
@@ -211,6 +213,7 @@ app.add_typer(approvals.app, name="approvals", no_args_is_help=True)
 app.command("demo")(demo_command)
 app.add_typer(db.app, name="db", no_args_is_help=True)
 app.add_typer(keys.app, name="keys", no_args_is_help=True)
+app.command("login")(login_command)
 
 
 def plugin_commands(plugins: Iterable[EntryPoint] | None = None) -> list[tuple[str, Any]]:
