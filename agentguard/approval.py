@@ -1254,10 +1254,18 @@ class ApprovalBook:
             by_level.setdefault(level, []).append(approver_id)
         if not by_level:
             return f"an approver {verb} through {answer_routes(request)}"
-        return "; ".join(
-            f"{name_list(ids)} {verb} through {answer_routes(request, level=level)}"
-            for level, ids in by_level.items()
-        )
+        ways = []
+        for level, ids in by_level.items():
+            text = f"{name_list(ids)} {verb} through {answer_routes(request, level=level)}"
+            keyed = [i for i in ids if self.passkey_credential(i) is not None]
+            if keyed and not assurance_at_least("authenticated", level):
+                # The page carries 'signed' only for a passkey: named for those who have one.
+                text += (
+                    f", and {name_list(keyed)} through the approval page with their passkey "
+                    "(`agentguard approvals serve`)"
+                )
+            ways.append(text)
+        return "; ".join(ways)
 
     def how_to_answer(self, request: ApprovalRequest, approvers: Sequence[str]) -> str:
         """One line for whoever waits on ``request``: the request, who can answer it and how.
@@ -1270,7 +1278,9 @@ class ApprovalBook:
             f"request {request.id} ({request.tool}, needs '{request.min_assurance}' "
             f"assurance): {self.ways_to_answer(request, approvers)}"
         )
-        keyless = [a for a in approvers if not self._has_key(a)]
+        keyless = [
+            a for a in approvers if not self._has_key(a) and self.passkey_credential(a) is None
+        ]
         if request.min_assurance == "signed" and keyless:
             line += (
                 f"; no key is known yet for {name_list(keyless)}: their answer verifies once "

@@ -219,3 +219,15 @@ def test_a_stored_receipt_whose_edit_was_dropped_is_refused() -> None:
     refused(lambda: desk.guard.approvals.verify_receipt(stripped, expected_digest=row.call_digest))
     added = replace(row, receipt=replace(parsed, edited_args={"id": 9}).encode())
     refused(lambda: desk.guard.approvals.verify_receipt(added, expected_digest=row.call_digest))
+
+
+def test_a_waiting_caller_is_told_the_page_only_for_approvers_with_a_passkey() -> None:
+    desk = Desk()
+    with pytest.raises(ApprovalPending) as pending:
+        desk.call(RecordingTool())
+    text = str(pending.value)
+    assert "user:carol, user:bob through the approval page with their passkey" in text
+    assert "user:dave" in text
+    assert "user:dave through the approval page" not in text
+    # A passkey is a key: only dave is told he has none yet.
+    assert "no key is known yet for user:dave:" in text
