@@ -525,7 +525,9 @@ def _check_budgets(parts: Parts, state: _State, args: Mapping[str, Any]) -> None
     Checked before an approval is filed, so nobody is asked to approve a call
     its budget refuses; the store charges them again, exactly, with the record.
     """
-    state.charges = charges_for(state.verified.delegation.grants, state.request.tool, args)
+    delegation, tool = state.verified.delegation, state.request.tool
+    extra = parts.policy.budget_charges(tool, args, delegation) if parts.policy.budgets else ()
+    state.charges = charges_for(delegation.grants, tool, args, extra)
     if not state.charges:
         return
     read = getattr(parts.store, "budget_states", None)

@@ -72,6 +72,7 @@ __all__ = [
     "Usage",
     "amount_of",
     "charges_for",
+    "charge_of",
     "charged_record",
     "judge",
     "refuse_unless_fits",
@@ -600,8 +601,21 @@ def charges_for(
     return [*charges, *extra]
 
 
+def charge_of(key: str, label: str, budget: Budget, args: Mapping[str, Any]) -> Charge:
+    """The charge of one call to a budget that is not a rule's (a policy budget).
+
+    Raises:
+        BudgetUnmeasurable: a summed argument has no exact amount.
+    """
+    return Charge(key=key, label=label, budget=budget, amounts=_amounts(budget, args, label))
+
+
 def _amounts(
-    budget: Budget, args: Mapping[str, Any], label: str, link: int | None, rule: int | None
+    budget: Budget,
+    args: Mapping[str, Any],
+    label: str,
+    link: int | None = None,
+    rule: int | None = None,
 ) -> tuple[tuple[str, Decimal], ...]:
     out = []
     for name, _ in budget.sums:
@@ -614,7 +628,10 @@ def _amounts(
     return tuple(out)
 
 
-def policy_key(index: int, budget: Budget, tools: Sequence[str], who: str) -> str:
-    """The counter key of a policy budget: its definition's digest and whose it is."""
-    definition = f"{sorted(tools)}|{budget.to_claim()}".encode()
-    return f"policy/{hashlib.sha256(definition).hexdigest()[:16]}/{who}"
+def policy_key(definition: Mapping[str, Any], who: str) -> str:
+    """The counter key of a policy budget: its definition's digest and whose count it is.
+
+    A budget whose definition changes starts new counters.
+    """
+    digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode())
+    return f"policy/{digest.hexdigest()[:32]}/{who}"

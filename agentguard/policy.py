@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from agentguard.addresses import pattern_matches, validate_pattern
+from agentguard.budgets import Budget, Charge, charge_of, policy_key
 from agentguard.clock import parse_duration
 from agentguard.decision import Reason
 from agentguard.errors import (
@@ -339,6 +340,101 @@ class PolicyRule(_Strict):
         """Short text for explanations."""
         text = ", ".join(self.tools)
         return f"{text} ({self.reason})" if self.reason else text
+
+
+class PolicyBudget(_Strict):
+    """An organisation's budget on tools, whatever the delegations say (issue 19).
+
+    Every call of a tool ``tools`` selects is charged, unless ``where`` is
+    definitely false for its arguments (a budget restricts). ``per`` says whose
+    count it is: ``chain`` (one count per root grant, shared by everything
+    delegated below it, so delegating further never resets it), ``holder`` (one
+    per principal holding the chain) or ``global`` (one for all). ``window``,
+    ``calls`` and ``sum`` are those of a rule's budget (:class:`agentguard.budgets.Budget`).
+    """
+
+    tools: list[str]
+    where: Any = None
+    window: Duration
+    calls: int | None = None
+    sum: dict[str, int | float | str] | None = None
+    per: Literal["chain", "holder", "global"]
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> list[str]:
+        return _patterns(value)
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: Any) -> Any:
+        return _compiled_where(value)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> float:
+        return _duration(value)
+
+    @field_validator("calls", mode="before")
+    @classmethod
+    def _calls(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("calls must be a whole number")
+        return value
+
+    @field_validator("sum", mode="before")
+    @classmethod
+    def _sum(cls, value: Any) -> Any:
+        # Raw YAML: a limit stays as written (no coercion between kinds).
+        if value is not None and (
+            not isinstance(value, dict)
+            or any(
+                isinstance(v, bool) or not isinstance(v, int | float | str) for v in value.values()
+            )
+        ):
+            raise ValueError("sum maps argument names to numbers or decimal strings")
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> PolicyBudget:
+        self.budget  # noqa: B018 - parsed once here so a bad budget fails the policy
+        return self
+
+    @property
+    def budget(self) -> Budget:
+        """The budget itself.
+
+        Raises:
+            ValueError: malformed (refused when the policy loads).
+        """
+        spec: dict[str, Any] = {
+            "window": int(self.window) if self.window.is_integer() else self.window
+        }
+        if self.calls is not None:
+            spec["calls"] = self.calls
+        if self.sum is not None:
+            spec["sum"] = self.sum
+        return Budget.parse(spec)
+
+    def charge(
+        self, index: int, tool: str, args: Mapping[str, Any], delegation: Delegation
+    ) -> Charge | None:
+        """This call's charge to the budget, or ``None`` when the budget does not apply.
+
+        Raises:
+            BudgetUnmeasurable: a summed argument has no exact amount.
+        """
+        if not any(pattern_matches(p, tool) for p in self.tools):
+            return None
+        if not restricts(self.where, args, skip_if_missing=False):
+            return None
+        who = {
+            "chain": f"chain/{delegation.root.link_id}",
+            "holder": f"holder/{delegation.holder}",
+            "global": "global",
+        }[self.per]
+        key = policy_key(self.model_dump(mode="json"), who)
+        return charge_of(key, f"policy budget {index}", self.budget, args)
 
 
 class Limits(_Strict):
@@ -807,6 +903,8 @@ class Policy(_Strict):
     approvers: list[Approver] = Field(default_factory=list)
     step_up: list[PolicyRule] = Field(default_factory=list)
     deny: list[PolicyRule] = Field(default_factory=list)
+    #: Budgets on tools, whatever the delegations say (issue 19).
+    budgets: list[PolicyBudget] = Field(default_factory=list)
     limits: Limits = Limits()
     redact: list[str] = Field(default_factory=lambda: list(DEFAULT_REDACT))
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
@@ -976,6 +1074,17 @@ class Policy(_Strict):
                     reason=Reason.POLICY_DENIED,
                     rule=index,
                 )
+
+    def budget_charges(
+        self, tool: str, args: Mapping[str, Any], delegation: Delegation
+    ) -> list[Charge]:
+        """This call's charges to the policy's ``budgets``, in their order.
+
+        Raises:
+            BudgetUnmeasurable: a summed argument has no exact amount.
+        """
+        charges = (b.charge(i, tool, args, delegation) for i, b in enumerate(self.budgets))
+        return [c for c in charges if c is not None]
 
     def step_up_rules(self, tool: str, args: Mapping[str, Any]) -> list[tuple[int, PolicyRule]]:
         """The ``step_up`` rules (with their indexes) that apply to this call."""
