@@ -170,6 +170,8 @@ def test_policy_windows_are_checked_when_it_loads(
     twice = world.write_policy(tmp_path / "twice.yaml", trusted_roots=[_root(old), _root(old)])
     with pytest.raises(ConfigError, match="listed twice for org:acme"):
         load_policy(twice).root_keys()
+    with pytest.raises(ConfigError, match="listed twice for org:acme"):
+        world.guard(trusted_roots=[_root(old), _root(old)])
     backwards = world.write_policy(
         tmp_path / "backwards.yaml",
         trusted_roots=[_root(old, not_before=_iso(RETIRED), retired_at=_iso(NOT_BEFORE))],
