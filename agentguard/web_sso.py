@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ import jwt
 from agentguard.errors import AgentGuardError
 from agentguard.federation import FederationError, Provider
 from agentguard.keys import read_trusted_file
+from agentguard.oidc import ALGORITHMS, KeyRefused, is_provider_url, signing_keys, verification_key
 from agentguard.policy import Policy, SingleSignOn
 
 __all__ = [
@@ -71,20 +71,6 @@ __all__ = [
 
 log = logging.getLogger("agentguard.web")
 
-#: Asymmetric signature algorithms an ID token may use (never ``none``, never HS*).
-ALGORITHMS: tuple[str, ...] = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-)
-_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 #: How long a started sign-in may take, in seconds.
 PRE_LOGIN_TTL = 600.0
 _MAX_PRE_LOGINS = 2048
@@ -109,39 +95,10 @@ class SignOnRefused(AgentGuardError):
         self.reason = reason
 
 
-def _loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _checked_url(value: object, what: str) -> str:
     """``value`` if it is an https URL, or http on loopback; else refused."""
-    if isinstance(value, str):
-        try:
-            parts = urllib.parse.urlsplit(value)
-        except ValueError:
-            parts = None
-        plain = (
-            parts is not None
-            and not parts.username
-            and not parts.fragment
-            and all(" " < c < "\x7f" for c in value)  # it goes into a header as it is
-        )
-        if (
-            plain
-            and parts is not None
-            and (
-                (parts.scheme == "https" and parts.hostname)
-                or (parts.scheme == "http" and _loopback(parts.hostname))
-            )
-        ):
-            return value
+    if is_provider_url(value):
+        return value
     raise SignOnRefused(
         "idp_misconfigured", f"the provider's {what} is not an https URL (or http on loopback)"
     )
@@ -282,34 +239,15 @@ class _ProviderKeys:
             elif now - state.fetched > self.jwks_ttl or kid not in state.keys:
                 state.attempted = now
                 document = self._document(jwks_uri, "key set")
-                keys = document.get("keys")
-                if not isinstance(keys, list):
+                keys = signing_keys(document)
+                if keys is None:
                     raise SignOnRefused("idp_misconfigured", "the provider's key set has no keys")
-                state.keys = {
-                    jwk["kid"]: jwk
-                    for jwk in keys
-                    if isinstance(jwk, dict)
-                    and isinstance(jwk.get("kid"), str)
-                    and jwk.get("use", "sig") == "sig"
-                    and "d" not in jwk  # a private key published by mistake is not used
-                }
+                state.keys = keys
                 state.fetched = now
             jwk = state.keys.get(kid)
         if jwk is None:
             raise SignOnRefused("unknown_key", "the ID token's key is not among the provider's")
         return jwk
-
-
-def _verification_key(jwk: Mapping[str, Any], algorithm: str) -> Any:
-    if jwk.get("kty") != _KEY_TYPES[algorithm[:2]]:
-        raise SignOnRefused("algorithm_not_allowed", f"{algorithm} does not fit the key's type")
-    declared = jwk.get("alg")
-    if declared is not None and declared != algorithm:
-        raise SignOnRefused("algorithm_not_allowed", f"the key is for {declared}, not {algorithm}")
-    try:
-        return jwt.PyJWK(dict(jwk), algorithm=algorithm).key
-    except jwt.PyJWTError:
-        raise SignOnRefused("unknown_key", "the provider's key cannot be used") from None
 
 
 def validate_id_token(
@@ -353,7 +291,10 @@ def validate_id_token(
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise SignOnRefused("unknown_key", "the ID token names no key (kid)")
-    public = _verification_key(key(kid), algorithm)
+    try:
+        public = verification_key(key(kid), algorithm)
+    except KeyRefused as exc:
+        raise SignOnRefused(exc.reason, str(exc)) from None
     try:
         claims: dict[str, Any] = jwt.decode(
             token,

@@ -918,6 +918,9 @@ def test_a_discovery_document_that_cannot_be_used_stops_the_sign_in(
         "https://login.example/auth\r\nSet-Cookie: x=1",
         "https://login.example/a b",
         "javascript:alert(1)",
+        "https://login.example:99999/auth",
+        "https:///auth",
+        "http://10.0.0.1/auth",
         42,
     ],
 )

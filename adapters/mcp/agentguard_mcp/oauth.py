@@ -16,7 +16,6 @@ itself is never stored, logged or forwarded.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,8 @@ import anyio
 import httpx2
 import jwt
 
+from agentguard.oidc import ALGORITHMS, KeyRefused, is_provider_url, signing_keys, verification_key
+
 __all__ = [
     "ALGORITHMS",
     "Authenticated",
@@ -36,20 +37,6 @@ __all__ = [
     "TokenRefused",
 ]
 
-#: Asymmetric signature algorithms accepted by default (never ``none``, never HS*).
-ALGORITHMS: tuple[str, ...] = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-)
-_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 _ACCESS_TOKEN_TYPES = {"at+jwt", "application/at+jwt"}
 _MAX_TOKEN = 16 * 1024
 _MAX_DOCUMENT = 512 * 1024
@@ -75,22 +62,8 @@ class TokenRefused(Exception):
         self.error = error
 
 
-def _loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(url: str, what: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and _loopback(parts.hostname):
+    if is_provider_url(url):
         return
     raise ValueError(f"{what} must be https (or http on loopback): {url!r}")
 
@@ -366,16 +339,9 @@ class ResourceServer:
             raise TokenRefused(
                 "idp_unavailable", "the identity provider could not be reached", status=503
             ) from None
-        keys = document.get("keys")
-        if not isinstance(keys, list):
+        found = signing_keys(document)
+        if found is None:
             raise TokenRefused("idp_misconfigured", "the provider's JWKS has no keys", status=503)
-        found: dict[str, dict[str, Any]] = {}
-        for jwk in keys:
-            if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
-                continue
-            if jwk.get("use", "sig") != "sig" or "d" in jwk:
-                continue
-            found[jwk["kid"]] = jwk
         state.keys = found
         state.fetched = time.monotonic()
 
@@ -412,14 +378,7 @@ class ResourceServer:
 
 def _verification_key(jwk: Mapping[str, Any], algorithm: str) -> Any:
     """The public key of ``jwk`` for ``algorithm``, refusing any mismatch of key type or alg."""
-    if jwk.get("kty") != _KEY_TYPES[algorithm[:2]]:
-        raise TokenRefused("algorithm_not_allowed", f"algorithm {algorithm} does not fit the key")
-    declared = jwk.get("alg")
-    if declared is not None and declared != algorithm:
-        raise TokenRefused(
-            "algorithm_not_allowed", f"the key is for {declared}, the token says {algorithm}"
-        )
     try:
-        return jwt.PyJWK(dict(jwk), algorithm=algorithm).key
-    except jwt.PyJWTError:
-        raise TokenRefused("unknown_key", "the provider's key cannot be used") from None
+        return verification_key(jwk, algorithm)
+    except KeyRefused as exc:
+        raise TokenRefused(exc.reason, str(exc)) from None
