@@ -66,6 +66,7 @@ __all__ = [
     "PreLogin",
     "SignOn",
     "SignOnRefused",
+    "client_secret",
     "validate_id_token",
 ]
 
