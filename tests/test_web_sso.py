@@ -936,6 +936,21 @@ def test_provider_endpoints_must_be_https_or_loopback_and_fit_in_a_header(
     assert caught.value.reason == "idp_misconfigured"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["https://user@login.example.com", "https://login.example.com/#x", "http://10.0.0.1"],
+)
+def test_the_mcp_proxy_refuses_the_same_provider_urls(url: str) -> None:
+    """One rule for provider URLs (agentguard.oidc), in the proxy's token validation too."""
+    from agentguard_mcp.oauth import Provider as OAuthProvider
+
+    with pytest.raises(ValueError, match="must be https"):
+        OAuthProvider(issuer=url, audience="https://mcp.example.com/mcp")
+    with pytest.raises(ValueError, match="must be https"):
+        OAuthProvider(issuer="https://login.example.com", audience=url)
+    assert OAuthProvider(issuer="http://127.0.0.1:1", audience="https://mcp.example.com/mcp")
+
+
 def test_an_unreachable_provider_refuses_the_sign_in_and_the_page_says_so(tmp_path: Path) -> None:
     from tests.oidc.harness import free_port
 
