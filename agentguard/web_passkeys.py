@@ -1,10 +1,12 @@
 """The approval page's passkey routes: enrolment and passkey-signed answers.
 
 Enrolment: ``agentguard approvals enroll ID`` prints a one-time link
-``/enroll/<token>``; the page there registers a WebAuthn credential (user
-verification required, EdDSA or ES256) for the relying-party id the page is
-served under, and writes its id and COSE public key into that approver's
-entry in the policy file. The link is used once and expires.
+``/enroll#<token>`` (in the fragment, which browsers never send: the token
+reaches no request line or access log; the page's script posts it); the page
+there registers a WebAuthn credential (user verification required, EdDSA or
+ES256) for the relying-party id the page is served under, and writes its id
+and COSE public key into that approver's entry in the policy file.
+The link is used once and expires.
 
 Answering: for an approver with an enrolled passkey, the page's Approve, Deny
 and Edit forms run a WebAuthn assertion whose challenge is the digest of the
@@ -75,13 +77,19 @@ PASSKEY_SCRIPT = (
     "await post(f.dataset.finish,{csrf:fields.csrf,statement:begun.statement,"
     "credential:JSON.stringify(cred.toJSON())});location.assign('/');}"
     "catch(e){say(out,'error','Not recorded: '+e.message);}});});"
-    "var b=document.getElementById('enrol');if(b){b.addEventListener('click',async function(){"
-    "var out=document.getElementById('enrol-status');b.disabled=true;"
+    "var b=document.getElementById('enrol');if(b){"
+    "var out=document.getElementById('enrol-status');var token=location.hash.slice(1);"
+    "history.replaceState(null,'',location.pathname);"
+    "post('/enroll/status',{token:token}).then(function(j){"
+    "document.getElementById('enrol-approver').textContent=j.approver;b.disabled=false;})"
+    ".catch(function(e){say(out,'error','Not enrolled: '+e.message);});"
+    "b.addEventListener('click',async function(){b.disabled=true;"
     "try{say(out,'ok','Waiting for your authenticator\\u2026');"
-    "var begun=await post(b.dataset.begin,{});"
+    "var begun=await post('/enroll/begin',{token:token});"
     "var cred=await navigator.credentials.create({publicKey:"
     "PublicKeyCredential.parseCreationOptionsFromJSON(begun.options)});"
-    "var done=await post(b.dataset.finish,{credential:JSON.stringify(cred.toJSON())});"
+    "var done=await post('/enroll/finish',{token:token,"
+    "credential:JSON.stringify(cred.toJSON())});"
     "say(out,'ok',done.message);}catch(e){b.disabled=false;say(out,'error',"
     "'Not enrolled: '+e.message);}});}"
     "})();"
@@ -250,41 +258,49 @@ def passkey_routes(
 
     # -- enrolment ------------------------------------------------------------------------
 
-    def enrol_refused(text: str, status: int = 403) -> Response:
-        body = f'<h1>Passkey enrolment</h1><p class="flash error" role="alert">{_e(text)}</p>'
-        return secure(HTMLResponse(page("Passkey enrolment", body), status_code=status))
-
     def enrolment_approver(token: str) -> str:
         if enrolments is None or policy_file is None:
             raise ConfigError("this page cannot enrol passkeys (no state directory or policy file)")
         return enrolments.approver(token)
 
+    async def token_of(request: Request) -> tuple[str, str | None]:
+        """The enrolment token a POST carries (never in its URL), and its credential field."""
+        async with request.form(max_files=0, max_fields=4, max_part_size=32_768) as form:
+            token, credential = form.get("token"), form.get("credential")
+        return (
+            token if isinstance(token, str) else "",
+            credential if isinstance(credential, str) else None,
+        )
+
     async def enrol_page(request: Request) -> Response:
-        token = str(request.path_params["token"])
-        try:
-            approver = await run_in_threadpool(enrolment_approver, token)
-        except DeniedError as exc:
-            return enrol_refused(f"{exc.explanation}; ask for a new link")
-        except ConfigError as exc:
-            return enrol_refused(str(exc), 503)
-        base = f"/enroll/{urllib.parse.quote(token, safe='')}"
+        # The token is in the link's fragment: browsers never send it, so it reaches
+        # no request line, proxy or access log; the script posts it.
         body = (
             "<h1>Enrol a passkey</h1>"
-            f"<p>For <b id='enrol-approver'>{_e(approver)}</b>, relying party "
+            "<p>For <b id='enrol-approver'>(checking the link\u2026)</b>, relying party "
             f"<code>{_e(rp_id)}</code>. Your authenticator asks you to verify yourself "
             "(PIN, fingerprint or face); the page then writes the passkey's public key into "
             "your entry in the policy file. Your answers on this page are then signed by "
             "your passkey and count as <code>signed</code>.</p>"
-            f'<button id="enrol" type="button" class="primary" data-begin="{base}/begin" '
-            f'data-finish="{base}/finish">Create passkey</button>'
+            '<button id="enrol" type="button" class="primary" disabled>Create passkey</button>'
             '<p id="enrol-status" role="status"></p>'
             "<p><small>This link works once and expires in minutes.</small></p>"
             f"<script>{PASSKEY_SCRIPT}</script>"
         )
         return secure(HTMLResponse(page("Passkey enrolment", body)))
 
+    async def enrol_status(request: Request) -> Response:
+        token, _ = await token_of(request)
+        try:
+            approver = await run_in_threadpool(enrolment_approver, token)
+        except DeniedError as exc:
+            return refuse(f"{exc.explanation}; ask for a new link", 403)
+        except ConfigError as exc:
+            return refuse(str(exc), 503)
+        return reply({"approver": approver})
+
     async def enrol_begin(request: Request) -> Response:
-        token = str(request.path_params["token"])
+        token, _ = await token_of(request)
         try:
             approver = await run_in_threadpool(enrolment_approver, token)
         except DeniedError as exc:
@@ -311,11 +327,9 @@ def passkey_routes(
         return reply({"options": options})
 
     async def enrol_finish(request: Request) -> Response:
-        token = str(request.path_params["token"])
-        async with request.form(max_files=0, max_fields=4, max_part_size=32_768) as form:
-            sent = form.get("credential")
+        token, sent = await token_of(request)
         waiting = ceremonies.take(token)
-        if waiting is None or not isinstance(sent, str):
+        if waiting is None or sent is None:
             return refuse("no enrolment is waiting for this answer; start again", 403)
         try:
             credential = json.loads(sent)
@@ -354,9 +368,10 @@ def passkey_routes(
     return [
         Route("/requests/{request_id}/passkey/begin", begin, methods=["POST"]),
         Route("/requests/{request_id}/passkey/finish", finish, methods=["POST"]),
-        Route("/enroll/{token}", enrol_page, methods=["GET"]),
-        Route("/enroll/{token}/begin", enrol_begin, methods=["POST"]),
-        Route("/enroll/{token}/finish", enrol_finish, methods=["POST"]),
+        Route("/enroll", enrol_page, methods=["GET"]),
+        Route("/enroll/status", enrol_status, methods=["POST"]),
+        Route("/enroll/begin", enrol_begin, methods=["POST"]),
+        Route("/enroll/finish", enrol_finish, methods=["POST"]),
     ]
 
 

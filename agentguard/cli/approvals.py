@@ -252,7 +252,8 @@ def enroll(
     if not 0 < seconds <= 24 * 3600:
         fail("--ttl must be between 1s and 24h", code=2)
     token = PasskeyEnrolments.in_home(ws.require_home()).issue(approver_id, ttl=seconds)
-    typer.echo(f"{url.rstrip('/')}/enroll/{token}")
+    # In the fragment: a browser never sends it, so it reaches no server log.
+    typer.echo(f"{url.rstrip('/')}/enroll#{token}")
     note(
         f"one-time passkey enrolment link for {approver_id} (valid {ttl}); open it on the "
         "approval page ('agentguard approvals serve') on the approver's device"
