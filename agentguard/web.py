@@ -698,8 +698,11 @@ def create_app(
 
     Routes: ``GET /`` (pending requests), ``GET|POST /login``, ``POST /logout``,
     ``POST /requests/{id}/approve|deny|edit``, and for single sign-on (the
-    policy's ``approval.sso``) ``POST /login/sso`` and ``GET /login/sso/callback``.
-    Every POST needs the session's CSRF token and must come from the page
+    policy's ``approval.sso``) ``POST /login/sso`` and ``GET /login/sso/callback``,
+    and for passkeys (:mod:`agentguard.web_passkeys`)
+    ``POST /requests/{id}/passkey/begin|finish``, ``GET /enroll`` and
+    ``POST /enroll/status|begin|finish``. Every POST needs the session's CSRF
+    token (an enrolment POST: the link's token) and must come from the page
     itself (``Origin``; 403 otherwise).
     Every request must name a host the page answers to: the loopback names
     and ``allowed_hosts`` (403 otherwise). The page offers only the answers the
