@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from agentguard.errors import ConfigError, DeniedError, TokenFormatError
@@ -344,3 +346,40 @@ def test_registration_options_ask_for_user_verification_and_eddsa_or_es256() -> 
     assert options["authenticatorSelection"]["userVerification"] == "required"
     assert [p["alg"] for p in options["pubKeyCredParams"]] == [-8, -7]
     assert options["rp"]["id"] == "localhost"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    body=st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=300).map(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda v: b64(json.dumps(v).encode())),
+    )
+)
+def test_any_receipt_text_is_parsed_or_refused_never_crashes(body: str) -> None:
+    """Hostile stored text: a TokenFormatError, or a receipt that then fails verification."""
+    key = SoftKey()
+    try:
+        parsed = PasskeyReceipt.decode(RECEIPT_PREFIX + body)
+    except TokenFormatError:
+        return
+    with pytest.raises(DeniedError):
+        verify_passkey_receipt(parsed, key.cose(), RP_ID, ORIGIN)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=st.binary(max_size=120), flags=st.integers(0, 255))
+def test_any_authenticator_data_is_refused_unless_signed(data: bytes, flags: int) -> None:
+    key = SoftKey()
+    receipt = key.receipt(statement())
+    forged = hashlib.sha256(RP_ID.encode()).digest() + bytes([flags]) + data
+    for candidate in (data, forged):
+        if candidate:
+            refused(_with(receipt, authenticator_data=b64(candidate)), key)
