@@ -162,7 +162,11 @@ def test_each_table_row_maps_a_token_shaped_as_it_says(row: list[str]) -> None:
         "exp": int(START) + 60,
     }
     for claim in group_claims:
-        token[claim] = ["ops", "other"]
+        if "." in claim and "/" not in claim:  # a path into nested objects
+            outer, inner = claim.split(".", 1)
+            token.setdefault(outer, {})[inner] = ["ops", "other"]
+        else:
+            token[claim] = ["ops", "other"]
     if client_claim == "client_id":  # "falls back to azp"
         token.pop("client_id")
         token["azp"] = "app-1"

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import jwt
 import pytest
 from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
@@ -34,6 +35,7 @@ from agentguard.federation import (
     token_sha256,
 )
 from agentguard.keys import Identity, Principal
+from agentguard.tokens import Rule
 from tests.adapters.mcp.mcp_support import Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import serve_on
 from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, free_port, running_provider
@@ -134,6 +136,11 @@ async def test_an_agent_exchanges_the_persons_token_for_a_delegation_to_its_key(
             assert leaf.subject == f"agent:corp.{PUBLIC_CLIENT}"
             assert leaf.on_behalf_of == "user:corp.alice"
             assert leaf.subject_key.kid == key.kid  # granted to the agent's own key
+            # The chain the proxy derives for the token itself: same rules, expiry, depth.
+            assert len(delegation) == 1
+            assert leaf.scope == (Rule("notes/read_note"),)
+            assert leaf.expires_at <= jwt.decode(token, options={"verify_signature": False})["exp"]
+            assert leaf.max_depth == 0
             assert leaf.meta is not None
             assert leaf.meta[EVIDENCE_KEY]["token_sha256"] == token_sha256(token)
             assert token not in json.dumps(answer)

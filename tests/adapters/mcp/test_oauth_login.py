@@ -92,42 +92,62 @@ async def test_login_then_call_with_the_files_it_wrote(
         ]
     )
     record = tmp_path / "calls.jsonl"
-    out = tmp_path / "me" / "corp.delegation"
+    home = tmp_path / "me"
+    elsewhere = tmp_path / "else" / "corp.delegation"
     with anyio.fail_after(90):
         async with AsyncExitStack() as stack:
             await _proxy(setup, port, record, stack)
-            process = await anyio.open_process(_login_argv(idp, resource, out))
-            assert process.stderr is not None
-            assert process.stdout is not None
-            seen = b""
-            while (found := PROMPT.search(seen)) is None:
-                seen += await process.stderr.receive()
-            await approve_device(found[1].decode(), "alice")
-            said = b""
-            async for chunk in process.stdout:
-                said += chunk
-            assert await process.wait() == 0
-            await process.aclose()
-            text = said.decode()
-            assert f"signed in: agent:corp.{PUBLIC_CLIENT} on behalf of user:corp.alice" in text
-            key_path = out.with_name("corp.delegation.key")
-            assert f"delegation: {out}" in text
-            assert f"key: {key_path}" in text
-            assert sorted(p.name for p in out.parent.iterdir()) == [
-                "corp.delegation",
-                "corp.delegation.key",
-            ]
-            for path in (out, key_path):
-                assert stat.S_IMODE(path.stat().st_mode) == 0o600
-            key = Identity.load(key_path)
-            delegation = Delegation.parse(out.read_text().strip())
-            assert (delegation.leaf.subject, delegation.leaf.subject_key.kid) == (key.id, key.kid)
+            keys = []
+            for target, flags in (
+                (home / "login.delegation", ["--home", str(home)]),
+                (elsewhere, ["--out", str(elsewhere)]),
+            ):
+                text = await _login(idp, resource, flags, "alice")
+                assert f"signed in: agent:corp.{PUBLIC_CLIENT} on behalf of user:corp.alice" in text
+                key_path = target.with_name(target.name + ".key")
+                assert f"delegation: {target}" in text
+                assert f"key: {key_path}" in text
+                assert sorted(p.name for p in target.parent.iterdir()) == [
+                    target.name,
+                    key_path.name,
+                ]
+                for path in (target, key_path):
+                    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+                    # The provider's token (an RS256 JWT) is in neither file.
+                    assert "eyJhbGciOiJSUzI1NiIs" not in path.read_text()
+                key = Identity.load(key_path)
+                delegation = Delegation.parse(target.read_text().strip())
+                leaf = delegation.leaf
+                assert (leaf.subject, leaf.subject_key.kid) == (key.id, key.kid)
+                keys.append(key.kid)
 
-            client = await stack.enter_async_context(GuardedClient(resource, delegation, key))
-            assert [t.name for t in (await client.list_tools()).tools] == ["read_note"]
-            ran = await client.call_tool("read_note", {"id": "n1"})
-            assert not ran.is_error, text_of(ran)
-    assert [r["name"] for r in records(record)] == ["read_note"]
+                async with GuardedClient(resource, delegation, key) as client:
+                    assert [t.name for t in (await client.list_tools()).tools] == ["read_note"]
+                    ran = await client.call_tool("read_note", {"id": "n1"})
+                    assert not ran.is_error, text_of(ran)
+            assert keys[0] != keys[1]  # a new key for each login
+    assert [r["name"] for r in records(record)] == ["read_note", "read_note"]
+
+
+async def _login(idp: IdentityProvider, resource: str, flags: list[str], user: str) -> str:
+    """Run ``agentguard login``, confirm its code as ``user``; its stdout (exit 0)."""
+    argv = [
+        str(BIN / "agentguard"), "login", "--issuer", idp.issuer, "--client-id", PUBLIC_CLIENT,
+        "--resource", resource, *flags,
+    ]  # fmt: skip
+    process = await anyio.open_process(argv)
+    assert process.stderr is not None
+    assert process.stdout is not None
+    seen = b""
+    while (found := PROMPT.search(seen)) is None:
+        seen += await process.stderr.receive()
+    await approve_device(found[1].decode(), user)
+    said = b""
+    async for chunk in process.stdout:
+        said += chunk
+    assert await process.wait() == 0
+    await process.aclose()
+    return said.decode()
 
 
 async def test_login_says_what_went_wrong_in_one_line(
