@@ -31,7 +31,7 @@ from agentguard.approval import ApprovalBook, Channel
 from agentguard.audit import AuditLog, completion_record
 from agentguard.clock import Clock
 from agentguard.decision import Decision, Outcome
-from agentguard.delegation import Delegation, scope_warnings
+from agentguard.delegation import Delegation, budget_warnings, scope_warnings
 from agentguard.errors import DeniedError, IssuanceError, StoreError
 from agentguard.federation import Federation
 from agentguard.keys import Identity, Keyring, Principal
@@ -332,7 +332,7 @@ def check_issuance(policy: Policy, delegation: Delegation) -> None:
         policy.check_limits(delegation)
     except DeniedError as exc:
         raise IssuanceError(exc.explanation) from None
-    for text in scope_warnings(delegation.leaf.scope):
+    for text in [*scope_warnings(delegation.leaf.scope), *budget_warnings(delegation)]:
         log.warning("grant %s: %s", delegation.leaf.link_id[:12], text)
 
 

@@ -74,8 +74,10 @@ __all__ = [
     "charges_for",
     "charge_of",
     "charged_record",
+    "describe_usage",
     "judge",
     "refuse_unless_fits",
+    "rule_usage",
     "settle",
     "window_bounds",
 ]
@@ -635,3 +637,47 @@ def policy_key(definition: Mapping[str, Any], who: str) -> str:
     """
     digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode())
     return f"policy/{digest.hexdigest()[:32]}/{who}"
+
+
+def rule_usage(
+    links: Sequence[_Link],
+    read: Callable[[Sequence[Charge], float], list[BudgetState]],
+    now: float,
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """What each budgeted rule of ``links`` has used in its current window, by
+    ``(link, rule)``: the audit record's form (:meth:`BudgetState.as_record`).
+
+    ``read`` is a store's ``budget_states``; nothing is charged.
+
+    Raises:
+        StoreError: the counters cannot be read.
+    """
+    charges = [
+        Charge(rule_key(grant.link_id, r), f"link {i} rule {r}", rule.budget, link=i, rule=r)
+        for i, grant in enumerate(links)
+        for r, rule in enumerate(grant.scope)
+        if isinstance(rule.budget, Budget)
+    ]
+    if not charges:
+        return {}
+    states = read(charges, now)
+    return {
+        (int(c.link or 0), int(c.rule or 0)): s.as_record(charged=False)
+        for c, s in zip(charges, states, strict=True)
+    }
+
+
+def describe_usage(view: Mapping[str, Any], sep: str = ", ") -> str:
+    """``2/10 calls used (8 left), 120/500 amount used (380 left), resets 2027-01-16T00:00:00Z``.
+
+    ``view`` is the audit record's form (:meth:`BudgetState.as_record`).
+    """
+    parts = []
+    if "calls" in view:
+        used, limit = view["calls"]["used"], view["calls"]["limit"]
+        parts.append(f"{used}/{limit} calls used ({max(limit - used, 0)} left)")
+    for name, total in view.get("sum", {}).items():
+        left = max(Decimal(total["limit"]) - Decimal(total["used"]), Decimal(0))
+        parts.append(f"{total['used']}/{total['limit']} {name} used ({_decimal_text(left)} left)")
+    parts.append(f"resets {_stamp(view['resets_at'])}")
+    return sep.join(parts)

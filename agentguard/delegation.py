@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentguard.addresses import pattern_covers, patterns_overlap
+from agentguard.budgets import Budget
 from agentguard.clock import Clock, SystemClock, format_duration, parse_duration
 from agentguard.decision import Reason
 from agentguard.errors import IssuanceError, TokenFormatError
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_LINKS",
     "MAX_DELEGATION_BYTES",
     "Delegation",
+    "budget_warnings",
     "ScopeSpec",
     "scope_warnings",
     "split_delegation",
@@ -90,6 +92,36 @@ def scope_warnings(rules: Sequence[Rule]) -> list[str]:
             elif not narrow.approval:
                 notes.append(f"{inside}: it adds nothing")
             break
+    return notes
+
+
+def budget_warnings(delegation: Delegation) -> list[str]:
+    """Notes on budgets of the leaf's rules that can never bind under its parent's.
+
+    Every budget along the chain is charged, so a child budget at least as
+    wide as its parent's, over calls the parent's budgeted rule always covers,
+    never refuses anything the parent's would not.
+    """
+    if len(delegation) < 2:
+        return []
+    parent, leaf = delegation.grants[-2], delegation.leaf
+    notes = []
+    for j, rule in enumerate(leaf.scope):
+        if not isinstance(rule.budget, Budget):
+            continue
+        for i, above in enumerate(parent.scope):
+            covered = pattern_covers(above.tool, rule.tool) and above.predicate in (
+                None,
+                rule.predicate,
+            )
+            if not covered or not isinstance(above.budget, Budget):
+                continue
+            for limit in rule.budget.never_binds_under(above.budget):
+                notes.append(
+                    f"rule {j}'s budget ({rule.budget.describe()}) can never take effect on "
+                    f"{limit}: parent rule {i} ({above.budget.describe()}) is charged for the "
+                    "same calls and is no wider"
+                )
     return notes
 
 

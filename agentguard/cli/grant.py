@@ -10,6 +10,7 @@ import typer
 import yaml
 
 from agentguard.addresses import pattern_covers, patterns_overlap
+from agentguard.budgets import Budget
 from agentguard.cli._common import (
     EXIT_DENIED,
     HomeOption,
@@ -23,7 +24,7 @@ from agentguard.cli._common import (
     write_private,
 )
 from agentguard.cli.inspect import verify_here
-from agentguard.delegation import Delegation, scope_warnings
+from agentguard.delegation import Delegation, budget_warnings, scope_warnings
 from agentguard.errors import InvalidAddressError, PredicateError
 from agentguard.keys import validate_principal_id
 from agentguard.predicates import compile_predicate, narrows
@@ -42,18 +43,7 @@ def parse_predicate(text: str) -> Any:
     Raises:
         typer.BadParameter: neither parses.
     """
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise typer.BadParameter(
-            f"cannot parse predicate {text[:60]!r} as JSON or YAML{_REFERENCE}",
-            param_hint="--where",
-        ) from None
-    return value
+    return _flow(text, "--where", f"predicate {text[:60]!r}", _REFERENCE)
 
 
 def _part_covers(broad: str, narrow: str) -> bool:
@@ -113,8 +103,56 @@ def wider_than_parent(parent: Delegation, rules: list[Rule]) -> list[str]:
     return warnings
 
 
-def build_rules(tools: list[str], wheres: list[str], approvals: list[str]) -> list[Rule]:
-    """Rules from ``--tool``, ``--where PATTERN=PREDICATE`` and ``--approval PATTERN``.
+def _parse_budgets(items: list[str], tools: list[str]) -> dict[str, Budget]:
+    budgets: dict[str, Budget] = {}
+    for item in items:
+        pattern, sep, text = item.partition("=")
+        pattern = pattern.strip()
+        if not sep or not pattern or not text.strip():
+            raise typer.BadParameter(
+                f"expected PATTERN=BUDGET, got {item[:60]!r}", param_hint="--budget"
+            )
+        if pattern not in tools:
+            raise typer.BadParameter(
+                f"{pattern!r} is not one of this command's --tool patterns", param_hint="--budget"
+            )
+        if pattern in budgets:
+            raise typer.BadParameter(
+                f"give one budget per pattern ({pattern!r} has two)", param_hint="--budget"
+            )
+        try:
+            budgets[pattern] = Budget.parse(_flow(text, "--budget", f"budget {text[:60]!r}"))
+        except ValueError as exc:
+            raise typer.BadParameter(f"{pattern}: {exc}", param_hint="--budget") from None
+    return budgets
+
+
+def _flow(text: str, option: str, what: str, reference: str = "") -> Any:
+    """``text`` read as JSON, else as YAML flow (``{window: 1d, calls: 10}``).
+
+    Raises:
+        typer.BadParameter: neither parses.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise typer.BadParameter(
+            f"cannot parse {what} as JSON or YAML{reference}", param_hint=option
+        ) from None
+
+
+def build_rules(
+    tools: list[str],
+    wheres: list[str],
+    approvals: list[str],
+    budgets: list[str] | None = None,
+) -> list[Rule]:
+    """Rules from ``--tool``, ``--where PATTERN=PREDICATE``, ``--approval PATTERN``
+    and ``--budget PATTERN=BUDGET``.
 
     Raises:
         typer.BadParameter: a pattern, predicate or option combination is invalid.
@@ -149,10 +187,13 @@ def build_rules(tools: list[str], wheres: list[str], approvals: list[str]) -> li
                 f"{pattern!r} is not one of this command's --tool patterns",
                 param_hint="--approval",
             )
+    limits = _parse_budgets(budgets or [], tools)
     rules = []
     for pattern in tools:
         try:
-            rules.append(Rule(pattern, predicates.get(pattern), pattern in approvals))
+            rules.append(
+                Rule(pattern, predicates.get(pattern), pattern in approvals, limits.get(pattern))
+            )
         except InvalidAddressError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tool") from None
     return rules
@@ -188,6 +229,19 @@ def grant_command(
         list[str] | None,
         typer.Option("--approval", metavar="PATTERN", help="This --tool rule needs approval."),
     ] = None,
+    budget: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--budget",
+            metavar="PATTERN=BUDGET",
+            help=(
+                "A budget for one --tool pattern (JSON or YAML flow), e.g. "
+                "'billing/refund={window: 1d, calls: 10, sum: {amount: 500}}': at most "
+                "10 calls and a total amount of 500 per fixed day (UTC). Every budget "
+                "along the chain is charged. Rules: README, 'Budgets'."
+            ),
+        ),
+    ] = None,
     purpose: Annotated[str | None, typer.Option("--purpose", metavar="TEXT")] = None,
     on_behalf_of: Annotated[
         str | None, typer.Option("--on-behalf-of", metavar="ID", help="The sponsor.")
@@ -213,7 +267,7 @@ def grant_command(
     if on_behalf_of is not None:
         validate_principal_id(on_behalf_of)
     ttl_seconds = parse_duration_option(ttl, "--ttl")
-    rules = build_rules(tool, where or [], approval or [])
+    rules = build_rules(tool, where or [], approval or [], budget or [])
     ws = workspace(ctx, home, policy)
     keyring = ws.keyring
     with ws.guard() as guard:
@@ -250,7 +304,7 @@ def grant_command(
                 note(f"warning: {warning}")
         now = guard.clock.now()
     leaf = delegation.leaf
-    for warning in scope_warnings(leaf.scope):
+    for warning in [*scope_warnings(leaf.scope), *budget_warnings(delegation)]:
         note(f"warning: {warning}")
     text = delegation.serialize()
     if output is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from agentguard.budgets import describe_usage
 from agentguard.cli._common import (
     READ_MAX_LINKS,
     HomeOption,
@@ -20,6 +21,7 @@ from agentguard.cli._common import (
     relative,
     workspace,
 )
+from agentguard.cli.inspect import budget_usage
 from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError
 from agentguard.guard import Guard
@@ -27,7 +29,7 @@ from agentguard.keys import validate_principal_id
 from agentguard.store.base import GrantRecord
 from agentguard.verify import revoked_link
 
-__all__ = ["app", "effective_status"]
+__all__ = ["app", "effective_status", "link_budgets"]
 
 app = typer.Typer(help="The grant inventory: who granted what to whom, and is it still used.")
 
@@ -49,6 +51,29 @@ def effective_status(guard: Guard, record: GrantRecord, now: float) -> str:
     if revoked_link(guard.store, chain.grants) is not None:
         return "revoked"
     return status
+
+
+def link_budgets(guard: Guard, record: GrantRecord, now: float) -> list[dict[str, Any]]:
+    """What each budgeted rule of the recorded link has used in its current window.
+
+    Each entry is the audit record's form with ``rule`` (the rule's index);
+    empty when the link has no budget or the store keeps no counters.
+    """
+    try:
+        chain = Delegation.parse(record.chain, max_links=READ_MAX_LINKS)
+    except AgentGuardError:
+        return []
+    usage = budget_usage(guard, chain, now) or {}
+    last = len(chain) - 1
+    return [{"rule": r, **view} for (link, r), view in sorted(usage.items()) if link == last]
+
+
+def _budget_text(budgets: list[dict[str, Any]]) -> str:
+    lines = []
+    for budget in budgets:
+        lines.append(f"rule {budget['rule']}:")
+        lines.append(describe_usage(budget, sep="\n"))
+    return "\n".join(lines)
 
 
 @app.command("list")
@@ -78,7 +103,7 @@ def list_grants(
     if principal is not None:
         validate_principal_id(principal)
     ws = workspace(ctx, home, policy)
-    rows: list[tuple[GrantRecord, str]] = []
+    rows: list[tuple[GrantRecord, str, list[dict[str, Any]]]] = []
     with ws.read_guard() as guard:
         now = guard.clock.now()
         for record in guard.grants():
@@ -97,16 +122,24 @@ def list_grants(
                 last = record.last_used if record.last_used is not None else record.issued_at
                 if not (status == "active" and now - last >= stale_s):
                     continue
-            rows.append((record, status))
+            rows.append((record, status, link_budgets(guard, record, now)))
     if json_output:
-        print_json([{**record.as_dict(now), "status": status} for record, status in rows])
+        print_json(
+            [
+                {**record.as_dict(now), "status": status, "budgets": budgets}
+                for record, status, budgets in rows
+            ]
+        )
         return
     if not rows:
         note("no grants match")
         return
-    table = Table("link", "issuer -> subject", "rules", "status", "expires", "last used", "purpose")
+    columns = ["link", "issuer -> subject", "rules", "status", "expires", "last used", "purpose"]
+    with_budgets = any(budgets for _, _, budgets in rows)
+    table = Table(*columns, *(["budget (this window)"] if with_budgets else []))
     colour = {"active": "green", "expired": "dim", "revoked": "red", "pending": "yellow"}
-    for record, status in rows:
+    for record, status, budgets in rows:
+        extra = [Text(_budget_text(budgets))] if with_budgets else []
         table.add_row(
             Text(record.link_id[:12]),
             Text(f"{record.issuer} -> {record.subject}"),
@@ -115,5 +148,6 @@ def list_grants(
             Text(relative(record.expires_at, now)),
             Text(relative(record.last_used, now)),
             Text(record.purpose or ""),
+            *extra,
         )
     out().print(table)

@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 from rich.tree import Tree
 
+from agentguard.budgets import describe_usage, rule_usage
 from agentguard.cli._common import (
     EXIT_DENIED,
     HomeOption,
@@ -23,13 +24,21 @@ from agentguard.cli._common import (
     workspace,
 )
 from agentguard.delegation import Delegation
-from agentguard.errors import DeniedError
+from agentguard.errors import DeniedError, StoreError
 from agentguard.guard import Guard, check_limits
 from agentguard.store.base import Revocation
 from agentguard.tokens import Grant
 from agentguard.verify import revoked_link
 
-__all__ = ["Verification", "chain_json", "chain_tree", "inspect_command", "verify_here"]
+__all__ = [
+    "Usage",
+    "Verification",
+    "budget_usage",
+    "chain_json",
+    "chain_tree",
+    "inspect_command",
+    "verify_here",
+]
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,32 @@ def _state(grant: Grant, now: float) -> tuple[str, str]:
     return f"valid, expires {relative(grant.expires_at, now)}", "green"
 
 
-def chain_tree(delegation: Delegation, now: float, verification: Verification | None) -> Tree:
-    """The chain as a Rich tree: each link nested under the one that delegated to it."""
+#: Budget usage by ``(link, rule)`` (see :func:`agentguard.budgets.rule_usage`).
+Usage = dict[tuple[int, int], dict[str, Any]] | None
+
+
+def budget_usage(guard: Guard, delegation: Delegation, now: float) -> Usage:
+    """What each budgeted rule of ``delegation`` has used in its current window, from
+    the guard's store (``None``: the store keeps no budget counters or cannot be read)."""
+    read = getattr(guard.store, "budget_states", None)
+    if read is None:
+        return None
+    try:
+        return rule_usage(delegation.grants, read, now)
+    except StoreError:
+        return None
+
+
+def chain_tree(
+    delegation: Delegation,
+    now: float,
+    verification: Verification | None,
+    usage: Usage = None,
+) -> Tree:
+    """The chain as a Rich tree: each link nested under the one that delegated to it.
+
+    With ``usage`` each budgeted rule also shows what its window has used.
+    """
     title = Text(" -> ".join(delegation.path), style="bold")
     title.append(f"  ({len(delegation)} link{'s' if len(delegation) != 1 else ''})", style="dim")
     if verification is not None:
@@ -129,15 +162,22 @@ def chain_tree(delegation: Delegation, now: float, verification: Verification | 
             branch.add(Text(f"on behalf of: {grant.on_behalf_of}"))
         rules = branch.add(Text("rules"))
         for r_index, rule in enumerate(grant.scope):
-            rules.add(Text(f"rule {r_index}: {rule.describe()}"))
+            shown = rules.add(Text(f"rule {r_index}: {rule.describe()}"))
+            used = (usage or {}).get((index, r_index))
+            if used is not None:
+                shown.add(Text(f"budget {describe_usage(used)}", style="cyan"))
         node = branch
     return root
 
 
 def chain_json(
-    delegation: Delegation, now: float, verification: Verification | None
+    delegation: Delegation,
+    now: float,
+    verification: Verification | None,
+    usage: Usage = None,
 ) -> dict[str, Any]:
-    """The chain as JSON (no token material)."""
+    """The chain as JSON (no token material); with ``usage``, each budgeted rule's
+    ``budget_used`` (the audit record's form)."""
     links = []
     for index, grant in enumerate(delegation):
         if verification is not None and verification.revoked(index):
@@ -160,7 +200,14 @@ def chain_json(
                 "purpose": grant.purpose,
                 "on_behalf_of": grant.on_behalf_of,
                 "max_depth": grant.max_depth,
-                "rules": [{**rule.to_claim(), "text": rule.describe()} for rule in grant.scope],
+                "rules": [
+                    {
+                        **rule.to_claim(),
+                        "text": rule.describe(),
+                        **_used(usage, index, r_index),
+                    }
+                    for r_index, rule in enumerate(grant.scope)
+                ],
             }
         )
     doc: dict[str, Any] = {
@@ -172,6 +219,11 @@ def chain_json(
     if verification is not None:
         doc.update(verification.as_dict())
     return doc
+
+
+def _used(usage: Usage, link: int, rule: int) -> dict[str, Any]:
+    used = (usage or {}).get((link, rule))
+    return {} if used is None else {"budget_used": used}
 
 
 def inspect_command(
@@ -188,9 +240,10 @@ def inspect_command(
         delegation = Delegation.parse(text, max_links=max(guard.policy.limits.max_chain_length, 8))
         verification = verify_here(guard, delegation)
         now = guard.clock.now()
+        usage = budget_usage(guard, delegation, now)
     if json_output:
-        print_json(chain_json(delegation, now, verification))
+        print_json(chain_json(delegation, now, verification, usage))
     else:
-        out().print(chain_tree(delegation, now, verification))
+        out().print(chain_tree(delegation, now, verification, usage))
     if not verification.ok:
         raise typer.Exit(EXIT_DENIED)
