@@ -265,11 +265,12 @@ _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"/>')
 _ACTION = re.compile(r'<form[^>]*method="post" action="([^"]+)"')
 
 
-async def approve_device(url: str, user: str) -> None:
+async def approve_device(url: str, user: str, *, abort: bool = False) -> None:
     """The person's browser for the device flow: open ``url``, confirm, sign in as ``user``.
 
     Posts the provider's own forms (user code, confirmation) and follows its redirects
-    through the scripted login and consent until the success page.
+    through the scripted login and consent until the success page. With ``abort`` the
+    person refuses at the confirmation instead (the provider records ``access_denied``).
     """
     async with httpx2.AsyncClient() as browser:
         reply = await browser.get(url)
@@ -286,7 +287,12 @@ async def approve_device(url: str, user: str) -> None:
             action = _ACTION.search(reply.text)
             assert action is not None, reply.text[:500]
             fields = {html.unescape(k): html.unescape(v) for k, v in _HIDDEN.findall(reply.text)}
-            reply = await browser.post(str(reply.url.join(html.unescape(action[1]))), data=fields)
+            target = str(reply.url.join(html.unescape(action[1])))
+            if abort and fields.pop("confirm", None) is not None:
+                fields["abort"] = "yes"
+                await browser.post(target, data=fields)
+                return
+            reply = await browser.post(target, data=fields)
     raise AssertionError("the device flow did not reach the success page")
 
 

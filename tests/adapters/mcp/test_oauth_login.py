@@ -202,6 +202,19 @@ async def test_login_says_what_went_wrong_in_one_line(
             last = seen.decode().strip().splitlines()[-1]
             assert last.startswith("error: the MCP proxy refused the token exchange: ")
             assert "invalid_scope (out_of_scope)" in last
+            # The person refuses at the provider: the command says so.
+            process = await anyio.open_process(_login_argv(idp, resource, out))
+            assert process.stderr is not None
+            seen = b""
+            while (found := PROMPT.search(seen)) is None:
+                seen += await process.stderr.receive()
+            await approve_device(found[1].decode(), "alice", abort=True)
+            async for chunk in process.stderr:
+                seen += chunk
+            assert await process.wait() == 1
+            await process.aclose()
+            last = seen.decode().strip().splitlines()[-1]
+            assert last == "error: the sign-in was refused at the identity provider"
     assert not out.exists()
     assert not out.with_name("login.delegation.key").exists()
 

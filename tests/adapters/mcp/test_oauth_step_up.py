@@ -320,3 +320,22 @@ async def test_a_client_with_url_elicitation_is_sent_to_the_approval_page(
     assert isinstance(url, types.ElicitRequestURLParams)
     assert (url.url, url.elicitation_id) == (page, request_id)
     assert [(r["name"], r["arguments"]) for r in records(record)] == [("read_note", {"id": "n1"})]
+
+
+async def test_without_separation_of_duties_the_person_may_approve_their_own_call(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """The refusal above is the policy's: with ``separation_of_duties: false`` alice may."""
+    _policy(setup, idp, resource, approval={"separation_of_duties": False})
+    record = tmp_path / "calls.jsonl"
+    token = await idp.user_token("alice")
+    with anyio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(_proxy(setup, port, record, stack))
+            client = await stack.enter_async_context(_person(resource, token))
+            request_id = _request_id(await client.call_tool("read_note", {"id": "n1"}))
+            code, said = await _approvals(setup, "approve", request_id, ALICE)
+            assert code == 0, said
+            ran = await client.call_tool("read_note", {"id": "n1"})
+            assert not ran.is_error, text_of(ran)
+    assert [(r["name"], r["arguments"]) for r in records(record)] == [("read_note", {"id": "n1"})]
