@@ -45,6 +45,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from agentguard.keys import Principal
+from agentguard.policy import Passkey
 from agentguard.store.memory import MemoryStore
 from agentguard.store.sqlite import SQLiteStore
 
@@ -169,6 +170,7 @@ async def main() -> None:
     parser.add_argument("--root-key")
     parser.add_argument("--revocations")
     parser.add_argument("--approval-key", action="append", default=[])
+    parser.add_argument("--passkey", action="append", default=[])  # {"id", "passkey"} JSON
     parser.add_argument("--min-assurance", default="signed")
     parser.add_argument("--record-lists")
     parser.add_argument("--crash-tool", action="store_true")
@@ -185,11 +187,16 @@ async def main() -> None:
         for key_file in opts.approval_key:
             key = json.loads(Path(key_file).read_text())
             approval_keys.append(Principal.from_jwk(key["id"], key["jwk"]))
+        passkeys = {}
+        for passkey_file in opts.passkey:
+            entry = json.loads(Path(passkey_file).read_text())
+            passkeys[entry["id"]] = Passkey.model_validate(entry["passkey"])
         verifier = DelegationVerifier(
             opts.verify,
             trusted_roots=[Principal.from_jwk(doc["id"], doc["jwk"])],
             revocations=store,
             approval_keys=approval_keys,
+            passkeys=passkeys,
             min_assurance=opts.min_assurance,
         )
     server = build(
