@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -25,7 +26,10 @@ import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.models import InitializationOptions
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import baggage
@@ -254,8 +258,36 @@ def _clean_result(result: types.CallToolResult) -> types.CallToolResult:
     )
 
 
+#: Seconds a client's connection may take to accept a tool-list change notification.
+_ANNOUNCE_TIMEOUT_S = 5.0
+
+
+class _ProxyServer(Server[Any]):
+    """The proxy's MCP server: it announces tool-list changes (``tools.listChanged``),
+    whichever transport builds its initialization options."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
 class GuardedProxy:
     """The proxy's state and MCP handlers.
+
+    When an upstream announces that its tools changed
+    (``notifications/tools/list_changed``), the proxy re-reads the listings at
+    once, applies the pins (a redefined tool is hidden and refused as changed, a
+    new one appears) and, when what it serves changed, announces it to its own
+    clients: on their sessions (2025-11-25) and on ``subscriptions/listen``
+    streams (2026-07-28).
 
     Args:
         guard: the :class:`agentguard.guard.Guard` that decides every call.
@@ -334,6 +366,15 @@ class GuardedProxy:
         self._pins: dict[str, str] = {}
         self._listed_at: float | None = None
         self._store_threads: anyio.CapacityLimiter | None = None
+        # Where tool-list changes are announced: the connections of 2025-11-25 clients
+        # that listed tools (held weakly: a closed one drops out) and the listen
+        # streams of 2026-07-28 clients.
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._events = InMemorySubscriptionBus()
+        #: How many tool-list changes this proxy announced to its clients.
+        self.changes_announced = 0
+        for upstream in self.upstreams:
+            upstream.on_tools_changed = self._follower(upstream)
         self.server = self._build_server()
 
     # -- lifecycle ------------------------------------------------------------
@@ -479,6 +520,38 @@ class GuardedProxy:
         await self.load_pins()
         self.rebuild()
 
+    def _follower(self, upstream: Upstream) -> Callable[[], Any]:
+        async def changed() -> None:
+            await self.tools_changed(upstream)
+
+        return changed
+
+    def _served(self) -> dict[str, tuple[str, bool]]:
+        return {name: (e.fingerprint, e.changed) for name, e in self.tools.items()}
+
+    async def tools_changed(self, upstream: Upstream) -> None:
+        """``upstream`` announced a tool-list change: re-read the listings, apply the
+        pins, and tell this proxy's clients when what it serves changed."""
+        logger.info("upstream %s: its tools changed; re-listing", upstream.namespace)
+        before = self._served()
+        await self.refresh()
+        if self._served() != before:
+            await self.announce_tools_changed()
+
+    async def announce_tools_changed(self) -> None:
+        """Send ``notifications/tools/list_changed`` to every client that may care."""
+        self.changes_announced += 1
+        for connection in list(self._connections):
+            # A client that went away, or stopped reading, is dropped.
+            with anyio.move_on_after(_ANNOUNCE_TIMEOUT_S) as waited:
+                try:
+                    await connection.send_tool_list_changed()
+                except Exception:  # noqa: BLE001 - see above
+                    self._connections.discard(connection)
+            if waited.cancelled_caught:
+                self._connections.discard(connection)
+        await self._events.publish(ToolsListChanged())
+
     async def _relist(self) -> None:
         """:meth:`refresh`, unless the listings were read less than ``relist_interval`` ago."""
         last = self._listed_at
@@ -489,12 +562,13 @@ class GuardedProxy:
     # -- the MCP server -------------------------------------------------------
 
     def _build_server(self) -> Server[Any]:
-        server: Server[Any] = Server(
+        server: Server[Any] = _ProxyServer(
             self.name,
             version=_version(),
             on_list_tools=self._on_list_tools,
             on_call_tool=self._on_call_tool,
             get_tool_input_schema=self._input_schema,
+            on_subscriptions_listen=ListenHandler(self._events),
         )
         # Sealed, caller-bound, argument-bound input-required state (2026-07-28).
         security = RequestStateSecurity(
@@ -608,6 +682,12 @@ class GuardedProxy:
             # Nothing can be shown as reachable without the revocation list.
             logger.warning("tools/list refused: %s", exc)
             raise MCPError(types.INTERNAL_ERROR, _STORE_ERROR_TEXT) from None
+        # Told when the list changes. The request's session is made per request; the
+        # SDK offers the client's connection, which lives as long as the client's,
+        # only as this attribute (no connection: the client is not told).
+        connection = getattr(ctx.session, "_connection", None)
+        if connection is not None and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self._connections.add(connection)
         await self.refresh()
         listed = []
         for exposed in self.tools.values():

@@ -15,12 +15,13 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup
@@ -266,6 +267,13 @@ class Upstream:
         #: The error text our own stdio transport answers an oversized message
         #: with: random, so an upstream cannot produce it.
         self._too_large = f"agentguard: answer over the size limit ({secrets.token_hex(12)})"
+        #: Awaited (in a task of its own) when the upstream says its tool list changed
+        #: (``notifications/tools/list_changed``); the proxy re-lists and re-checks pins.
+        self.on_tools_changed: Callable[[], Awaitable[None]] | None = None
+        #: How many list_changed notifications the upstream sent (test and log aid).
+        self.changes_announced = 0
+        self._following = False  # a re-list for an announced change runs
+        self._again = False  # another change was announced meanwhile
 
     @property
     def namespace(self) -> str:
@@ -363,6 +371,7 @@ class Upstream:
                         self._target(stack),
                         mode=mode,
                         cache=None,
+                        message_handler=self._on_message,
                         # The handshake and listings get the connect timeout too;
                         # each call gets exactly the upstream's timeout (below).
                         read_timeout_seconds=max(self.read_timeout, self.connect_timeout),
@@ -382,6 +391,42 @@ class Upstream:
     def _close(self) -> None:
         if self._connection is not None:
             self._connection.closing.set()
+
+    async def _on_message(self, message: Any) -> None:
+        """The session's handler for what the upstream sends unasked: a tool-list change
+        starts :attr:`on_tools_changed` in its own task (the handler must not wait on
+        the session it is called from); everything else is ignored."""
+        await anyio.lowlevel.checkpoint()
+        if not isinstance(message, types.ToolListChangedNotification):
+            return
+        self.changes_announced += 1
+        if self._following:
+            self._again = True  # coalesced: one more re-list after the running one
+            return
+        if self.on_tools_changed is not None and self._task_group is not None:
+            self._following = True
+            self._task_group.start_soon(self._follow, name=f"upstream {self.namespace} changed")
+
+    async def _follow(self) -> None:
+        """Run :attr:`on_tools_changed` until no change was announced during the last run."""
+        try:
+            while True:
+                self._again = False
+                handler = self.on_tools_changed
+                if handler is None:
+                    return
+                try:
+                    await handler()
+                except Exception as exc:  # noqa: BLE001 - a failed re-list is retried on the next listing
+                    logger.warning(
+                        "upstream %s: re-listing after its tools changed failed (%s)",
+                        self.namespace,
+                        _describe(exc),
+                    )
+                if not self._again:
+                    return
+        finally:
+            self._following = False
 
     def _mark_broken(self, exc: BaseException) -> None:
         if not self._broken:
