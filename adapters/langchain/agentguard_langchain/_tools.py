@@ -56,6 +56,13 @@ from agentguard_langchain._gate import (
 
 __all__ = ["AlreadyGuardedError", "GuardedTool", "GuardedToolList", "guard_tools"]
 
+try:  # how StructuredTool._run reads a function's parameters (langchain-core 1.8 and later)
+    from langchain_core.utils._signature import _signature_parameters
+except ImportError:  # pragma: no cover - earlier releases read inspect.signature directly
+
+    def _signature_parameters(obj: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+        return inspect.signature(obj).parameters
+
 
 class AlreadyGuardedError(AgentGuardError, TypeError):
     """A tool that is already guarded was wrapped again.
@@ -381,17 +388,15 @@ class GuardedTool(BaseTool):
     ) -> Any:
         call = _CALL.get() or _NO_CALL
         inner = self.inner
-        extras = _extras(inner._run, config, run_manager)
+        runner = _sync_runner(inner, config, run_manager)
         values, filled = _schema_defaults(inner, args, values)
         try:
             with defaults_filled(filled):
-                prepared = self._prepare(
-                    args, values, call, lambda a, v: inner._run(*a, **v, **extras)
-                )
+                prepared = self._prepare(args, values, call, runner)
                 return self._gate.run(
                     self._address,
                     prepared,
-                    self._preparer(values, call, lambda a, v: inner._run(*a, **v, **extras)),
+                    self._preparer(values, call, runner),
                     call_id=call.tool_call_id,
                     step=_step(config),
                 )
@@ -407,17 +412,15 @@ class GuardedTool(BaseTool):
     ) -> Any:
         call = _CALL.get() or _NO_CALL
         inner = self.inner
-        extras = _extras(inner._arun, config, run_manager)
+        runner = _async_runner(inner, config, run_manager)
         values, filled = _schema_defaults(inner, args, values)
         try:
             with defaults_filled(filled):
-                prepared = self._prepare(
-                    args, values, call, lambda a, v: inner._arun(*a, **v, **extras)
-                )
+                prepared = self._prepare(args, values, call, runner)
                 return await self._gate.arun(
                     self._address,
                     prepared,
-                    self._preparer(values, call, lambda a, v: inner._arun(*a, **v, **extras)),
+                    self._preparer(values, call, runner),
                     call_id=call.tool_call_id,
                     step=_step(config),
                 )
@@ -489,10 +492,13 @@ class GuardedTool(BaseTool):
 # and its type hints (for the RunnableConfig parameter). With postponed annotations
 # that meant compiling the annotation strings again each time, which cost about a
 # fifth of a bare tool call. Resolved once here; the same objects, found faster.
+# Only the RunnableConfig parameter is left in the annotations LangChain resolves (it
+# looks for that one); the full signature stays what inspect.signature reports.
 for _method in (GuardedTool._run, GuardedTool._arun):
     _method.__annotations__ = typing.get_type_hints(_method)
     # inspect.signature honours __signature__; typeshed does not declare it on functions.
     _method.__signature__ = inspect.signature(_method)  # type: ignore[union-attr]
+    _method.__annotations__ = {"config": _method.__annotations__["config"]}
 
 
 class _Call(NamedTuple):
@@ -700,6 +706,73 @@ def _tool_call_id_keys(tool: BaseTool) -> set[str]:
         for k, v in get_all_basemodel_annotations(schema).items()
         if _is_injected_arg_type(v, injected_type=InjectedToolCallId)
     }
+
+
+Runner = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _sync_runner(
+    inner: BaseTool, config: RunnableConfig, run_manager: CallbackManagerForToolRun | None
+) -> Runner:
+    """Calls the wrapped tool with the decided values as its own ``_run`` would be called.
+
+    A :class:`StructuredTool` whose ``_run`` is LangChain's own is run by calling
+    its function the way that ``_run`` does (a child callback manager for a
+    ``callbacks`` parameter, the config for a ``RunnableConfig`` one), with the
+    function's parameters looked up once: LangChain looks them up on every call,
+    and this wrapper's own ``BaseTool.run`` has just done the same for the
+    wrapper. Any other tool's ``_run`` is called as LangChain calls it.
+    """
+    func = inner.func if type(inner)._run is _STRUCTURED_RUN else None  # type: ignore[attr-defined]
+    if func:
+        return _function_runner(func, config, run_manager)
+    extras = _extras(inner._run, config, run_manager)
+    return lambda a, v: inner._run(*a, **v, **extras)
+
+
+def _async_runner(
+    inner: BaseTool, config: RunnableConfig, run_manager: AsyncCallbackManagerForToolRun | None
+) -> Runner:
+    """Async twin of :func:`_sync_runner` (``StructuredTool.coroutine``, ``_arun``)."""
+    coroutine = inner.coroutine if type(inner)._arun is _STRUCTURED_ARUN else None  # type: ignore[attr-defined]
+    if coroutine:
+        return _function_runner(coroutine, config, run_manager)
+    extras = _extras(inner._arun, config, run_manager)
+    return lambda a, v: inner._arun(*a, **v, **extras)
+
+
+def _function_runner(
+    function: Callable[..., Any],
+    config: RunnableConfig,
+    run_manager: CallbackManagerForToolRun | AsyncCallbackManagerForToolRun | None,
+) -> Runner:
+    """``StructuredTool._run``/``_arun``'s call of its function, parameters looked up once."""
+    try:
+        takes_callbacks, config_name = _function_parameters(function)
+    except TypeError:  # an unhashable callable: inspect it every time
+        takes_callbacks, config_name = _function_parameters.__wrapped__(function)
+
+    def run(args: tuple[Any, ...], values: dict[str, Any]) -> Any:
+        kwargs = dict(values)
+        if run_manager and takes_callbacks:
+            kwargs["callbacks"] = run_manager.get_child()
+        if config_name:
+            kwargs[config_name] = config
+        return function(*args, **kwargs)
+
+    return run
+
+
+@functools.lru_cache(maxsize=1024)
+def _function_parameters(function: Callable[..., Any]) -> tuple[bool, str | None]:
+    """Whether a tool function takes ``callbacks``, and its ``RunnableConfig`` parameter:
+    what ``StructuredTool._run`` looks up on every call, remembered per function."""
+    takes_callbacks = bool(_signature_parameters(function).get("callbacks"))
+    return takes_callbacks, _get_runnable_config_param(function)
+
+
+_STRUCTURED_RUN = StructuredTool._run
+_STRUCTURED_ARUN = StructuredTool._arun
 
 
 def _extras(
