@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agentguard.approval import receipt_check
 from agentguard.errors import ApprovalPending, ApprovalRejected, DeniedError
 from agentguard.guard import Guard
 from agentguard.passkeys import PasskeyReceipt
@@ -231,3 +232,18 @@ def test_a_waiting_caller_is_told_the_page_only_for_approvers_with_a_passkey() -
     assert "user:dave through the approval page" not in text
     # A passkey is a key: only dave is told he has none yet.
     assert "no key is known yet for user:dave:" in text
+
+
+def test_receipt_check_says_whether_a_stored_receipt_verifies() -> None:
+    desk = Desk()
+    request_id = desk.ask()
+    assert receipt_check(desk.guard.approvals, request_id) is None  # not answered yet
+    desk.answer(request_id, desk.carol, approve=True)
+    assert receipt_check(desk.guard.approvals, request_id) == (
+        "passkey assertion by user:carol, verified (approve, assurance signed, channel web)"
+    )
+    desk.guard.revoke("principal", "user:carol", reason="left")
+    checked = receipt_check(desk.guard.approvals, request_id)
+    assert checked is not None
+    assert checked.startswith("passkey assertion; does not verify or no longer counts:")
+    assert "user:carol is revoked" in checked
