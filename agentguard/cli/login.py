@@ -57,6 +57,15 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirects)
 
 
+def _printable(text: str, limit: int = 300) -> str:
+    """``text`` without control characters (a hostile answer cannot drive the terminal)."""
+    return "".join(c for c in text if c.isprintable())[:limit]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _loopback(host: str) -> bool:
     return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
@@ -87,8 +96,8 @@ def _request(url: str, form: dict[str, str] | None = None) -> tuple[int, dict[st
     if len(body) > _MAX_DOCUMENT:
         raise LoginError(f"{url} answered with more than {_MAX_DOCUMENT} bytes")
     try:
-        document = json.loads(body)
-    except ValueError:
+        document = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
         raise LoginError(f"{url} answered {status} without a JSON object")
@@ -104,7 +113,7 @@ def _oauth_problem(document: dict[str, Any]) -> str:
         parts[0] += f" ({reason})"
     if isinstance(text, str):
         parts.append(text)
-    return ": ".join(parts)[:300]
+    return _printable(": ".join(parts))
 
 
 def _discover(issuer: str) -> dict[str, Any]:
@@ -119,6 +128,13 @@ def _discover(issuer: str) -> dict[str, Any]:
             "enable it for the client"
         )
     return document
+
+
+def _seconds(value: object, default: float) -> float:
+    """A number of seconds from a provider's answer (``default`` if it is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value) if 0 <= value < 10**6 else default
 
 
 def _device_token(
@@ -142,14 +158,14 @@ def _device_token(
         complete if isinstance(complete, str) else started.get("verification_uri"),
         "verification_uri",
     )
-    shown = "".join(c for c in user_code if c.isprintable())[:32]
-    note(f"To sign in, open {where} and confirm the code {shown}")
-    interval = started.get("interval", _DEFAULT_INTERVAL)
-    interval = float(interval) if isinstance(interval, int | float) else _DEFAULT_INTERVAL
+    if where != _printable(where, 2000) or " " in where:
+        raise LoginError("the identity provider's verification_uri is not a plain URL")
+    note(f"To sign in, open {where} and confirm the code {_printable(user_code, 32)}")
+    interval = _seconds(started.get("interval"), _DEFAULT_INTERVAL)
     interval = min(max(interval, 1.0), 60.0)
-    lifetime = started.get("expires_in")
-    if isinstance(lifetime, int | float) and lifetime > 0:
-        deadline = min(deadline, time.monotonic() + float(lifetime))
+    lifetime = _seconds(started.get("expires_in"), 0.0)
+    if lifetime > 0:
+        deadline = min(deadline, time.monotonic() + lifetime)
     form = {"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": client_id}
     form["resource"] = resource
     while True:
@@ -180,16 +196,22 @@ def _exchange_endpoint(resource: str) -> str:
     parts = urllib.parse.urlsplit(resource)
     base = f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource"
     path = parts.path.rstrip("/")
+    problem = ""
     for url in dict.fromkeys([base + path, base]):
-        status, document = _request(url)
+        try:
+            status, document = _request(url)
+        except LoginError as exc:
+            problem = f" ({exc})"
+            continue
         if status == 200 and document.get("resource") == resource:
             endpoint = document.get("agentguard_token_exchange_endpoint")
             if endpoint is None:
+                problem = ""
                 break
             return _check_url(endpoint, "agentguard_token_exchange_endpoint")
     raise LoginError(
         f"the MCP proxy at {resource} offers no token exchange (does its policy have a "
-        "federation: section?)"
+        f"federation: section?){problem}"
     )
 
 

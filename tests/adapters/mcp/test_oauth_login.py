@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -20,8 +21,13 @@ from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.oauth import Provider, ResourceServer
 from agentguard_mcp.serve import http_app, policy_federation
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from agentguard.delegation import Delegation
+from agentguard.federation import DELEGATION_TOKEN_TYPE
 from agentguard.keys import Identity
 from tests.adapters.mcp.mcp_support import BIN, Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import serve_on
@@ -241,3 +247,139 @@ def test_login_refuses_bad_flags(tmp_path: Path, flags: list[str], message: str)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _hostile_cases() -> dict[str, tuple[dict[str, Any], str]]:
+    """Per case: what the fake provider/proxy answers differently, and the error expected."""
+    return {
+        "discovery names another issuer": (
+            {"discovery": {"issuer": "http://127.0.0.1:1"}}, "names another issuer"),
+        "no device grant": (
+            {"discovery": {"device_authorization_endpoint": None}},
+            "offers no device authorization grant"),
+        "device endpoint not http": (
+            {"discovery": {"device_authorization_endpoint": "javascript:alert(1)"}},
+            "must be https"),
+        "discovery not JSON": ({"discovery": b"<html>"}, "without a JSON object"),
+        "discovery NaN": ({"discovery": b'{"issuer": NaN}'}, "without a JSON object"),
+        "discovery deeply nested": ({"discovery": b"[" * 100_000}, "without a JSON object"),
+        "discovery too large": ({"discovery": b" " * 1_100_000 + b"{}"}, "more than"),
+        "discovery redirected": ({"discovery": 302}, "answered 302"),
+        "device answer without codes": ({"device": {"device_code": None}}, "no device_code"),
+        "device refused": (
+            {"device": (400, {"error": "unauthorized_client"})},
+            "refused to start: unauthorized_client"),
+        "verification uri with escapes": (
+            {"device": {"verification_uri": "http://127.0.0.1/\u001b[31mred"}},
+            "not a plain URL"),
+        "token error with escapes": (
+            {"token": (400, {"error": "server_error", "error_description": "x\u001b[2Jy"})},
+            "refused the sign-in: server_error: x[2Jy"),
+        "code expired": ({"token": (400, {"error": "expired_token"})}, "code expired"),
+        "token answer without a token": ({"token": (200, {"token_type": "Bearer"})},
+                                         "has no access_token"),
+        "no exchange in the metadata": (
+            {"metadata": {"agentguard_token_exchange_endpoint": None}},
+            "offers no token exchange"),
+        "metadata for another resource": (
+            {"metadata": {"resource": "http://127.0.0.1:1/mcp"}}, "offers no token exchange"),
+        "exchange answers no delegation": (
+            {"exchange": (200, {"issued_token_type": "urn:x", "access_token": "x"})},
+            "is not a delegation"),
+        "exchange answers garbage": (
+            {"exchange": (200, {"issued_token_type": DELEGATION_TOKEN_TYPE,
+                                "access_token": "a.b.c"})},
+            "does not parse"),
+        "exchange for another key": ({"exchange": "other key"}, "not for the key this login"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_hostile_cases()))
+async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
+    setup: Setup, tmp_path: Path, case: str
+) -> None:
+    """A fake provider and proxy (one loopback server) answering one thing wrong at a time."""
+    changes, message = _hostile_cases()[case]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    resource = f"{base}/mcp"
+    stranger = setup.delegation(["notes/*"]).serialize()
+    documents: dict[str, Any] = {
+        "discovery": {
+            "issuer": base,
+            "device_authorization_endpoint": f"{base}/device",
+            "token_endpoint": f"{base}/token",
+        },
+        "device": {
+            "device_code": "dc",
+            "user_code": "ABCD-EFGH",
+            "verification_uri": f"{base}/verify",
+            "interval": 1,
+            "expires_in": 30,
+        },
+        "token": (200, {"access_token": "an-access-token", "token_type": "Bearer"}),
+        "metadata": {
+            "resource": resource,
+            "agentguard_token_exchange_endpoint": f"{base}/exchange",
+        },
+        "exchange": (400, {"error": "invalid_request"}),
+    }
+    for name, change in changes.items():
+        if isinstance(change, dict) and isinstance(documents[name], dict):
+            documents[name] = {
+                k: v for k, v in {**documents[name], **change}.items() if v is not None
+            }
+        else:
+            documents[name] = change
+    if documents["exchange"] == "other key":
+        documents["exchange"] = (
+            200, {"issued_token_type": DELEGATION_TOKEN_TYPE, "access_token": stranger},
+        )  # fmt: skip
+
+    def answer(name: str) -> Any:
+        async def route(_request: Request) -> Response:
+            value = documents[name]
+            if isinstance(value, int):
+                return Response(status_code=value, headers={"location": f"{base}/elsewhere"})
+            if isinstance(value, bytes):
+                return Response(value, media_type="application/json")
+            status, body = value if isinstance(value, tuple) else (200, value)
+            return JSONResponse(body, status_code=status)
+
+        return route
+
+    app = Starlette(
+        routes=[
+            Route("/.well-known/openid-configuration", answer("discovery")),
+            Route("/device", answer("device"), methods=["POST"]),
+            Route("/token", answer("token"), methods=["POST"]),
+            Route("/.well-known/oauth-protected-resource/mcp", answer("metadata")),
+            Route("/exchange", answer("exchange"), methods=["POST"]),
+        ]
+    )
+    out = tmp_path / "login.delegation"
+    argv = [
+        str(BIN / "agentguard"), "login", "--issuer", base, "--client-id", "cli",
+        "--resource", resource, "--out", str(out), "--timeout", "20",
+    ]  # fmt: skip
+    with anyio.fail_after(60):
+        async with serve_on(port, app):
+            done = await anyio.run_process(argv, check=False)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in stderr, stderr
+    assert "\x1b" not in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_login_says_when_the_provider_cannot_be_reached(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [
+        str(BIN / "agentguard"), "login", "--issuer", f"http://127.0.0.1:{port}",
+        "--client-id", "cli", "--resource", f"http://127.0.0.1:{port}/mcp",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}/")
