@@ -641,3 +641,27 @@ def test_the_readme_example_is_refused_at_its_daily_total(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("budget_exhausted link 0 rule 0 ")
     assert int(out.stdout.split()[-1]) % 86400 == 0  # midnight UTC
+
+
+def test_guard_attenuate_logs_a_child_budget_that_can_never_bind(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = world.guard()
+    parent = Delegation.issue(
+        world.org,
+        world.bot,
+        [{"tool": "billing/*", "budget": {"window": "1d", "calls": 5}}],
+        ttl="1h",
+        clock=world.clock,
+    )
+    sub = world.identity("agent:sub")
+    with caplog.at_level("WARNING", logger="agentguard"):
+        guard.attenuate(
+            parent, world.bot, sub, [{"tool": REFUND, "budget": {"window": "1h", "calls": 9}}]
+        )
+        guard.attenuate(
+            parent, world.bot, sub, [{"tool": REFUND, "budget": {"window": "1h", "calls": 4}}]
+        )
+    notes = [r.getMessage() for r in caplog.records if "never take effect" in r.getMessage()]
+    assert len(notes) == 1
+    assert "calls (9 >= 5)" in notes[0]

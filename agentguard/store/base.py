@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from agentguard.budgets import BudgetState, Charge
     from agentguard.delegation import Delegation
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ApprovalRow",
     "ApprovalStore",
     "AuditEntry",
+    "BudgetStore",
     "Checkpoint",
     "Durability",
     "GrantRecord",
@@ -238,6 +240,32 @@ class ApprovalStore(Protocol):
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window), or close a
         delivered rejection; atomic."""
+        ...
+
+
+class BudgetStore(Protocol):
+    """Budget counters (:mod:`agentguard.budgets`) every process on the store shares.
+
+    A guard charges budgets with its decision record (``audit_append(charge=...)``);
+    an enforcement point without an audit log of its own (an upstream verifier)
+    charges them with :meth:`budget_charge`.
+    """
+
+    def budget_states(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Each charge judged against its window's usage (nothing is written).
+
+        Raises:
+            StoreError: the counters cannot be read.
+        """
+        ...
+
+    def budget_charge(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Charge every budget, or none, atomically across processes.
+
+        Raises:
+            BudgetExhausted: a charge does not fit (nothing is written).
+            StoreError: the counters cannot be read or written.
+        """
         ...
 
 

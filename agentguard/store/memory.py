@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from agentguard.budgets import BudgetState, Charge, Usage, judge, refuse_unless_fits
+from agentguard.budgets import BudgetState, Charge, Usage, judge, refuse_unless_fits, settle
 from agentguard.canonical import canonical_json
 from agentguard.store.base import (
     GENESIS_HASH,
@@ -189,6 +189,14 @@ class MemoryStore:
         """Each charge judged against its window's usage at ``now`` (nothing is written)."""
         with self._lock:
             return judge(charges, now, self._budget_read)
+
+    def budget_charge(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Charge every budget at ``now``, or none (raises ``BudgetExhausted``)."""
+        with self._lock:
+            return settle(charges, now, self._budget_read, self._budget_write)
+
+    def _budget_write(self, state: BudgetState, usage: Usage) -> None:
+        self._budgets[(state.charge.key, state.start)] = (state.end, usage)
 
     def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
         """Entries with ``seq > after`` in order."""

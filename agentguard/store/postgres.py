@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge
+from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge, settle
 from agentguard.canonical import canonical_json
 from agentguard.decision import Reason
 from agentguard.errors import ConfigError, DeniedError, StoreError
@@ -1067,6 +1067,23 @@ class PostgresStore:
             lambda db: judge(charges, _server_now(db), lambda k, s: _usage(db, k, s)),
         )
 
+    def budget_charge(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Charge every budget, or none, by the server's clock (``now`` is not used).
+
+        The audit tip's row lock serialises it with the charges appends make.
+        Raises ``BudgetExhausted`` (see :class:`~agentguard.store.base.BudgetStore`).
+        """
+
+        def run(db: psycopg.Connection[Any]) -> list[BudgetState]:
+            db.execute("SELECT 1 FROM ag_audit_tip WHERE id = 1 FOR UPDATE")
+            at = _server_now(db)
+            db.execute("DELETE FROM ag_budget_usage WHERE window_end <= %s", (at,))
+            return settle(
+                charges, at, lambda k, s: _usage(db, k, s), lambda st, u: _write(db, st, u)
+            )
+
+        return self._run("write to", run)
+
     def approval_burn(self, request_id: str, now: float) -> bool:
         """Use an approved receipt once (or again within its reuse window); atomic
         across processes (the row lock makes a concurrent burn re-check the status)."""
@@ -1112,13 +1129,15 @@ def _charge(
     """Charge the budgets in the append's transaction, by the server's clock."""
     now = _server_now(db)
     db.execute("DELETE FROM ag_budget_usage WHERE window_end <= %s", (now,))
+    return charged_record(
+        record, charges, now, lambda k, s: _usage(db, k, s), lambda st, u: _write(db, st, u)
+    )
 
-    def write(state: BudgetState, usage: Usage) -> None:
-        db.execute(
-            "INSERT INTO ag_budget_usage (key, window_start, window_end, calls, sums) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key, window_start) DO UPDATE SET "
-            "calls = excluded.calls, sums = excluded.sums",
-            (state.charge.key, state.start, state.end, usage.calls, usage.to_text()),
-        )
 
-    return charged_record(record, charges, now, lambda k, s: _usage(db, k, s), write)
+def _write(db: psycopg.Connection[Any], state: BudgetState, usage: Usage) -> None:
+    db.execute(
+        "INSERT INTO ag_budget_usage (key, window_start, window_end, calls, sums) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key, window_start) DO UPDATE SET "
+        "calls = excluded.calls, sums = excluded.sums",
+        (state.charge.key, state.start, state.end, usage.calls, usage.to_text()),
+    )

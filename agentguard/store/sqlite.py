@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
-from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge
+from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge, settle
 from agentguard.canonical import canonical_json
 from agentguard.decision import Reason
 from agentguard.errors import DeniedError, StoreError
@@ -630,16 +630,21 @@ class SQLiteStore:
     ) -> dict[str, Any]:
         """Charge the budgets inside the append's write transaction (see ``audit_append``)."""
         db.execute("DELETE FROM budget_usage WHERE window_end <= ?", (now,))
+        return charged_record(
+            record, charges, now, lambda k, s: _usage(db, k, s), lambda st, u: _write(db, st, u)
+        )
 
-        def write(state: BudgetState, usage: Usage) -> None:
-            db.execute(
-                "INSERT INTO budget_usage (key, window_start, window_end, calls, sums) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, window_start) DO UPDATE SET "
-                "calls = excluded.calls, sums = excluded.sums",
-                (state.charge.key, state.start, state.end, usage.calls, usage.to_text()),
+    def budget_charge(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
+        """Charge every budget at ``now``, or none, in one write transaction
+        (raises ``BudgetExhausted``; see :class:`~agentguard.store.base.BudgetStore`)."""
+
+        def run(db: sqlite3.Connection) -> list[BudgetState]:
+            db.execute("DELETE FROM budget_usage WHERE window_end <= ?", (now,))
+            return settle(
+                charges, now, lambda k, s: _usage(db, k, s), lambda st, u: _write(db, st, u)
             )
 
-        return charged_record(record, charges, now, lambda k, s: _usage(db, k, s), write)
+        return self._run_write(run)
 
     def budget_states(self, charges: Sequence[Charge], now: float) -> list[BudgetState]:
         """Each charge judged against its window's usage at ``now`` (nothing is written)."""
@@ -898,6 +903,15 @@ def _usage(db: sqlite3.Connection, key: str, start: int) -> Usage | None:
         "SELECT calls, sums FROM budget_usage WHERE key = ? AND window_start = ?", (key, start)
     ).fetchone()
     return None if row is None else Usage.from_row(row[0], row[1])
+
+
+def _write(db: sqlite3.Connection, state: BudgetState, usage: Usage) -> None:
+    db.execute(
+        "INSERT INTO budget_usage (key, window_start, window_end, calls, sums) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, window_start) DO UPDATE SET "
+        "calls = excluded.calls, sums = excluded.sums",
+        (state.charge.key, state.start, state.end, usage.calls, usage.to_text()),
+    )
 
 
 def _replayed() -> DeniedError:

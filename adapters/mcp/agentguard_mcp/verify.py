@@ -7,9 +7,11 @@ one for this call, the step-up approval receipt (``io.agentguard/approval``).
 :class:`DelegationVerifier` checks them offline before the tool handler runs:
 trusted roots, every link's signature and window, revocations from the store
 it is given, the conjunctive scope, the call token's binding, audience and
-single use (its own replay cache) and, when a link's matching rule demands
-approval, the receipt (see :class:`DelegationVerifier`). A failed check
-answers an ``isError`` result; the handler never runs.
+single use (its own replay cache), when a link's matching rule demands
+approval, the receipt (see :class:`DelegationVerifier`) and, when a rule of
+the chain carries a budget, that budget (in the budget store it is given; a
+chain with a budget is refused without one). A failed check answers an
+``isError`` result; the handler never runs.
 
     server = Server("tickets", on_call_tool=...)
     server.middleware.append(
@@ -37,12 +39,13 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
 from agentguard import Reason
 from agentguard.approval import call_digest, peek_receipt, verify_receipt_signature
+from agentguard.budgets import Charge, charges_for, refuse_unless_fits
 from agentguard.clock import Clock
 from agentguard.errors import ConfigError, DeniedError, TokenFormatError
 from agentguard.keys import Principal
 from agentguard.passkeys import PasskeyReceipt, is_passkey_receipt, verify_passkey_receipt
 from agentguard.policy import ASSURANCE_LEVELS, Passkey, assurance_at_least
-from agentguard.store.base import ReplayStore, RevocationStore
+from agentguard.store.base import BudgetStore, ReplayStore, RevocationStore
 from agentguard.tokens import args_digest
 from agentguard.verify import (
     NO_REVOCATION_CHECK,
@@ -169,6 +172,13 @@ class DelegationVerifier:
         min_assurance: the least assurance an approval must carry (default
             ``signed``, the guard's default for approvals demanded by a grant).
         reusable_receipts: accept a receipt again with a new call token (see above).
+        budgets: where this server counts the chains' budgets
+            (:class:`~agentguard.store.base.BudgetStore`: a memory, SQLite or
+            PostgreSQL store). Without one, a call a budgeted rule applies to is
+            refused (``store_error``): a budget nobody counts is no budget. This
+            server is an enforcement point of its own: give it a store of its
+            own, not the proxy's (which charged the call already), so each
+            counts every call it lets through once.
 
     Raises:
         ValueError: ``min_assurance`` is not an assurance level.
@@ -187,6 +197,7 @@ class DelegationVerifier:
         passkeys: Mapping[str, Passkey] | None = None,
         min_assurance: str = "signed",
         reusable_receipts: bool = False,
+        budgets: BudgetStore | None = None,
     ) -> None:
         if min_assurance not in ASSURANCE_LEVELS:
             raise ValueError(f"min_assurance must be one of {', '.join(ASSURANCE_LEVELS)}")
@@ -204,6 +215,7 @@ class DelegationVerifier:
         self.passkeys = dict(passkeys or {})
         self.min_assurance = min_assurance
         self.reusable_receipts = reusable_receipts
+        self.budgets = budgets
 
     def check(self, params: Mapping[str, Any]) -> Authority:
         """Verify the authority carried by raw ``tools/call`` params.
@@ -228,6 +240,9 @@ class DelegationVerifier:
         address = f"{self.namespace}/{name}"
         chain = self.verifier.verify_chain(delegation)
         scope = self.verifier.authorize(chain, address, arguments)
+        charges = charges_for(chain.delegation.grants, address, arguments)
+        if charges:
+            self._check_budgets(charges, address)
         approval = None
         if scope.needs_approval:
             # Check the token without burning it, then the receipt; burn both only
@@ -243,7 +258,22 @@ class DelegationVerifier:
         )
         if approval is not None:
             self._burn_receipt(approval, call)
+        if charges:
+            assert self.budgets is not None  # noqa: S101 - _check_budgets refused otherwise
+            self.budgets.budget_charge(charges, self.verifier.clock.now())
         return Authority(chain, scope, call, approval)
+
+    def _check_budgets(self, charges: list[Charge], address: str) -> None:
+        """Refuse a budgeted call without a budget store, or over its budget (read only)."""
+        if self.budgets is None:
+            names = ", ".join(c.label for c in charges)
+            raise DeniedError(
+                f"{address} is under a budget ({names}), and this server was given no "
+                "budget store to count it in",
+                reason=Reason.STORE_ERROR,
+            )
+        now = self.verifier.clock.now()
+        refuse_unless_fits(self.budgets.budget_states(charges, now), now)
 
     # -- approval receipts ------------------------------------------------------
 
