@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import random
+import struct
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentguard import canonical
 from agentguard.canonical import _plain, canonical_json, compiled_encoder
 
 
@@ -106,6 +110,64 @@ def test_lone_surrogate_is_refused() -> None:
     with pytest.raises(ValueError, match="not canonical JSON"):
         canonical_json({"s": "\ud800"})
     assert _reference({"s": "\ud800"}) is None
+
+
+# -- the plain-value encoders: orjson (the ``fast`` extra) and the standard library's ----
+
+
+def _both_plain_encoders(value: Any) -> tuple[bytes, bytes]:
+    return canonical._dumps(value), canonical._encode_bytes(value)
+
+
+def test_the_fast_extra_encodes_plain_values() -> None:
+    """With the ``fast`` extra installed (as in this project's environment), orjson serves."""
+    pytest.importorskip("orjson")
+    assert canonical._dumps is not canonical._encode_bytes
+
+
+@given(_values)
+@settings(max_examples=600, deadline=None)
+def test_both_plain_encoders_write_the_same_bytes(value: Any) -> None:
+    """Whichever plain encoder is installed, a plain value gets the reference's bytes."""
+    if not _plain(value):
+        return
+    try:
+        fast, stdlib = _both_plain_encoders(value)
+    except canonical._FAST_ERRORS:
+        assert _reference(value) is None  # a lone surrogate: refused by the reference too
+        return
+    assert fast == stdlib == _reference(value)
+
+
+def _float_samples() -> list[float]:
+    """Floats the fast path admits, across every decade it covers and at its edges."""
+    rnd = random.Random(8785)  # noqa: S311 - reproducible samples, not secrets
+    samples = [rnd.uniform(-1e16, 1e16) for _ in range(2000)]
+    samples += [10 ** rnd.uniform(-4, 16) for _ in range(4000)]
+    samples += [struct.unpack("<d", struct.pack("<Q", rnd.getrandbits(64)))[0] for _ in range(4000)]
+    for exponent in range(-4, 17):
+        for digits in (1.0, 1.5, 3.0, 7.0, 9.99999, 9.999999999999998):
+            x = digits * 10.0**exponent
+            samples += [x, -x, math.nextafter(x, 0), math.nextafter(x, math.inf)]
+    return [x for x in samples if _plain(x)]
+
+
+def test_both_plain_encoders_write_floats_as_the_reference() -> None:
+    """Shortest round-trip digits, no exponent, as ECMAScript prints them."""
+    samples = _float_samples()
+    assert len(samples) > 4000
+    for x in samples:
+        fast, stdlib = _both_plain_encoders(x)
+        assert fast == stdlib == rfc8785.dumps(x), x
+
+
+def test_nesting_the_fast_encoder_refuses_goes_to_the_reference() -> None:
+    """orjson stops at 254 levels; deeper plain values are the reference's to write."""
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    assert _plain(deep)
+    assert canonical_json(deep) == rfc8785.dumps(deep)
 
 
 # -- compiled_encoder: the C encoder built once writes what JSONEncoder.encode writes ----
