@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agentguard import _jws
+from agentguard.budgets import Charge
 from agentguard.clock import ManualClock
 from agentguard.delegation import Delegation
 from agentguard.guard import Guard
@@ -50,7 +51,10 @@ class HeadOnlyAuditStore(MemoryStore):
         anchor: HeadSigner | None = None,  # an in-memory log is never anchored
         burn: tuple[str, float] | None = None,
         checkpoint: Callable[[int, str], str | None] | None = None,
+        charge: tuple[Sequence[Charge], float] | None = None,
     ) -> AuditEntry:
+        if charge is not None:
+            raise AssertionError("the memory soak's chain carries no budget")
         with self._lock:
             if burn is not None and not self._burn(*burn):
                 raise AssertionError("approval receipt replayed in a memory soak")
