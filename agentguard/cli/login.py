@@ -35,6 +35,7 @@ from agentguard.federation import (
     actor_token,
 )
 from agentguard.keys import Identity, Principal
+from agentguard.oidc import is_provider_url
 
 __all__ = ["DEVICE_GRANT", "login_command"]
 
@@ -66,19 +67,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
-
-
 def _check_url(url: object, what: str) -> str:
-    """``url`` when it is https (or http on a loopback address)."""
-    if not isinstance(url, str):
-        raise LoginError(f"{what} is not a URL")
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if (parts.scheme == "https" and host) or (parts.scheme == "http" and _loopback(host)):
+    """``url`` when it is https (or http on a loopback address), plain (:mod:`agentguard.oidc`)."""
+    if is_provider_url(url):
         return url
-    raise LoginError(f"{what} must be https (or http on a loopback address): {url!r}")
+    shown = _printable(url, 200) if isinstance(url, str) else type(url).__name__
+    raise LoginError(f"{what} must be https (or http on a loopback address): {shown!r}")
 
 
 def _request(url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -158,8 +152,6 @@ def _device_token(
         complete if isinstance(complete, str) else started.get("verification_uri"),
         "verification_uri",
     )
-    if where != _printable(where, 2000) or " " in where:
-        raise LoginError("the identity provider's verification_uri is not a plain URL")
     note(f"To sign in, open {where} and confirm the code {_printable(user_code, 32)}")
     interval = _seconds(started.get("interval"), _DEFAULT_INTERVAL)
     interval = min(max(interval, 1.0), 60.0)

@@ -271,10 +271,12 @@ def _hostile_cases() -> dict[str, tuple[dict[str, Any], str]]:
             "refused to start: unauthorized_client"),
         "verification uri with escapes": (
             {"device": {"verification_uri": "http://127.0.0.1/\u001b[31mred"}},
-            "not a plain URL"),
+            "verification_uri must be https"),
         "token error with escapes": (
             {"token": (400, {"error": "server_error", "error_description": "x\u001b[2Jy"})},
             "refused the sign-in: server_error: x[2Jy"),
+        "interval not a number": (
+            {"device": {"interval": "soon"}}, "refused the token exchange: invalid_request"),
         "code expired": ({"token": (400, {"error": "expired_token"})}, "code expired"),
         "token answer without a token": ({"token": (200, {"token_type": "Bearer"})},
                                          "has no access_token"),
