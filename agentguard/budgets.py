@@ -236,7 +236,7 @@ class Budget:
             seconds = parse_duration(window_value)
         except ValueError as exc:
             raise _fail(f"window: {exc}") from None
-        if not math.isfinite(seconds) or seconds != int(seconds):
+        if not seconds.is_integer():  # a timedelta with a fraction of a second
             raise _fail("window must be whole seconds")
         window = int(seconds)
         calls = spec.get("calls")
@@ -265,8 +265,6 @@ class Budget:
             raise _fail("needs calls or sum (or both)")
         if len(sums) > MAX_SUMS:
             raise _fail(f"sums at most {MAX_SUMS} arguments")
-        if len({name for name, _ in sums}) != len(sums):
-            raise _fail("names an argument twice")
         return cls(window=window, calls=calls, sums=sums)
 
     def to_claim(self) -> dict[str, Any]:
@@ -301,7 +299,7 @@ class Budget:
 
     def describe(self) -> str:
         """``10 calls, amount <= 500 per 1d``."""
-        parts = [f"{self.calls} calls"] if self.calls is not None else []
+        parts = [] if self.calls is None else [f"{self.calls} call{'s' * (self.calls != 1)}"]
         parts += [f"{name} <= {_decimal_text(limit)}" for name, limit in self.sums]
         return f"{', '.join(parts)} per {_window_text(self.window)}"
 

@@ -665,3 +665,58 @@ def test_guard_attenuate_logs_a_child_budget_that_can_never_bind(
     notes = [r.getMessage() for r in caplog.records if "never take effect" in r.getMessage()]
     assert len(notes) == 1
     assert "calls (9 >= 5)" in notes[0]
+
+
+def test_odd_inputs_at_the_edges_of_parsing() -> None:
+    """A fractional timedelta window, a NaN Decimal amount, a window shown in seconds."""
+    from datetime import timedelta
+
+    with pytest.raises(ValueError, match="whole seconds"):
+        Budget.parse({"window": timedelta(seconds=1.5), "calls": 1})
+    assert Budget.parse({"window": timedelta(minutes=2), "calls": 1}).window == 120
+    with pytest.raises(BudgetUnmeasurable, match="not finite"):
+        amount_of({"amount": Decimal("NaN")}, "amount")
+    assert Budget.parse({"window": 90, "calls": 1}).describe() == "1 call per 90s"
+
+
+def test_a_child_budget_binds_unless_its_window_nests_in_the_parents() -> None:
+    parent = Budget.parse({"window": "1d", "calls": 5, "sum": {"amount": 100}})
+    same = Budget.parse({"window": "1h", "calls": 5, "sum": {"amount": 100}})
+    assert same.never_binds_under(parent) == ["calls (5 >= 5)", "sum of amount (100 >= 100)"]
+    # 7h windows do not nest in days: a 7h window can straddle two days.
+    odd = Budget.parse({"window": "7h", "calls": 50})
+    assert odd.never_binds_under(parent) == []
+
+
+def test_usage_views_of_chains_without_budgets_are_empty(world: World) -> None:
+    from agentguard.budgets import describe_usage, rule_usage
+
+    store = MemoryStore()
+    assert rule_usage(world.delegation.grants, store.budget_states, world.clock.now()) == {}
+    view = {"sum": {"amount": {"used": "2.5", "limit": "10"}}, "resets_at": 86400}
+    assert describe_usage(view) == "2.5/10 amount used (7.5 left), resets 1970-01-02T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("sums", "reason"),
+    [
+        ("[1]", Reason.STORE_ERROR),
+        ('{"amount": "not a number"}', Reason.STORE_ERROR),
+        ('{"amount": "0.' + "1" * 100 + '"}', Reason.BUDGET_EXHAUSTED),
+    ],
+)
+def test_a_tampered_counter_never_lets_a_call_through(
+    world: World, tmp_path: Path, sums: str, reason: Reason
+) -> None:
+    """Unreadable counters are store errors; counters beyond exact arithmetic refuse."""
+    import sqlite3
+
+    delegation = refunds(world, {"window": "1d", "sum": {"amount": 100}})
+    guard = world.guard(store=SQLiteStore(tmp_path / "state.db"))
+    assert spend(guard, delegation, world.bot, 1) == "ran"
+    raw = sqlite3.connect(tmp_path / "state.db")
+    with raw:
+        raw.execute("UPDATE budget_usage SET sums = ?", (sums,))
+    raw.close()
+    assert spend(guard, delegation, world.bot, 1) == reason
+    guard.close()
