@@ -38,6 +38,8 @@ OUTCOMES = [
     "sponsor team:partnerships both are DENIED (revoked)",
     "✔ scenario 5: grants list shows service:legacy-backup expired and "
     "agent:quarterly-report stale",
+    "✔ scenario 6: refunds of 200 and 250 paid; a third of 80 DENIED: the daily 500 is spent "
+    "(budget_exhausted)",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The five scenarios of the story, each ending in one line of the summary."""
+"""The six scenarios of the story, each ending in one line of the summary."""
 
 from __future__ import annotations
 
@@ -326,6 +326,41 @@ def scenario_5(run: Run) -> None:
         expired and is_stale,
         "grants list shows service:legacy-backup expired and agent:quarterly-report "
         "stale (active, never used for 3 h)",
+    )
+
+
+def scenario_6(run: Run, chains: dict[str, Delegation], guard: Guard) -> None:
+    """A payments agent under a signed daily budget is stopped at its total."""
+    from agentguard.budgets import BudgetExhausted
+
+    run.step("6. A payments agent is stopped at its daily total")
+    c = run.cast
+    run.say(f"{c.org.id} -> {c.payments.id}: billing/refund, budget: amount <= 500 per day (UTC)")
+
+    def refund(customer: str, amount: int) -> str:
+        return f"refunded {amount} to {customer}"
+
+    paid: list[int] = []
+    refused: BudgetExhausted | None = None
+    with tracer.start_as_current_span("scenario 6: daily refund budget"):
+        for customer, amount in (("c-1041", 200), ("c-2210", 250), ("c-0077", 80)):
+            try:
+                guard.call(
+                    chains["payments"],
+                    "billing/refund",
+                    {"customer": customer, "amount": amount},
+                    refund,
+                    holder=c.payments,
+                )
+                paid.append(amount)
+            except BudgetExhausted as exc:
+                refused = exc
+            run.show_new_decisions()
+    run.outcome(
+        6,
+        paid == [200, 250] and refused is not None,
+        "refunds of 200 and 250 paid; a third of 80 DENIED: the daily 500 is spent "
+        "(budget_exhausted)",
     )
 
 

@@ -23,7 +23,7 @@ from agentguard.keys import Keyring
 from .agents import edr_proxy
 from .rendering import decisions_table, delegation_tree, explore, trace_tree
 from .run import Run
-from .scenarios import scenario_1, scenario_2, scenario_3, scenario_4, scenario_5
+from .scenarios import scenario_1, scenario_2, scenario_3, scenario_4, scenario_5, scenario_6
 from .world import HOST, Cast, issue_grants, write_policy
 
 
@@ -52,6 +52,7 @@ async def story(console: Console, home: Path, *, interactive: bool, kept: bool) 
         scenario_3(run, chains, pipeline)
         scenario_4(run, chains, pipeline)
         scenario_5(run)
+        scenario_6(run, chains, pipeline)
         problem = what_happened(run, exporter)
     finally:
         pipeline.close()
@@ -65,7 +66,7 @@ async def story(console: Console, home: Path, *, interactive: bool, kept: bool) 
     total = f" ({age:.1f} s with start-up and imports)" if age is not None else ""
     console.print(Text(f"demo finished in {elapsed:.1f} s{total}", style="bold"))
     explore(console, home if kept else None, policy_file.name)
-    ok = problem is None and len(run.outcomes) == 5 and all(o.ok for o in run.outcomes)
+    ok = problem is None and len(run.outcomes) == 6 and all(o.ok for o in run.outcomes)
     return 0 if ok else 1
 
 

@@ -33,6 +33,7 @@ class Cast:
     enricher: Identity
     backup: Identity
     reporter: Identity
+    payments: Identity
 
     @classmethod
     def create(cls, keyring: Keyring) -> Cast:
@@ -48,6 +49,7 @@ class Cast:
             enricher=keyring.create("agent:event-enricher"),
             backup=keyring.create("service:legacy-backup"),
             reporter=keyring.create("agent:quarterly-report"),
+            payments=keyring.create("agent:payments"),
         )
 
 
@@ -121,6 +123,14 @@ def issue_grants(guard: Guard, c: Cast) -> dict[str, Delegation]:
     )
     chains["enricher"] = guard.attenuate(
         chains["partner_events"], c.partner_events, c.enricher, ["events/submit"], ttl="1h"
+    )
+    chains["payments"] = guard.issue(
+        c.org,
+        c.payments,
+        [{"tool": "billing/refund", "budget": {"window": "1d", "sum": {"amount": 500}}}],
+        ttl="8h",
+        purpose="customer refunds",
+        on_behalf_of="team:finance",
     )
     # Two grants issued in the past: one that has expired, one nobody has used.
     expired = Delegation.issue(
