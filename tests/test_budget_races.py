@@ -210,3 +210,36 @@ def test_db_upgrade_migrates_a_version_2_database_to_budgets(pg_url: str, tmp_pa
         assert caught.value.reason == "budget_exhausted"
     finally:
         store.close()
+
+
+def test_db_migrate_carries_the_budget_counters(pg_url: str, tmp_path: Path) -> None:
+    """Moving a guard's SQLite state to PostgreSQL mid-window does not hand out a new budget."""
+    from tests.test_db_migrate import _run
+
+    world = World(clock=ManualClock(time.time()))
+    window = _window(time.time())
+    policy = world.write_policy(tmp_path / "agentguard.yaml")
+    root = Delegation.issue(
+        world.org,
+        world.bot,
+        [{"tool": REFUND, "budget": {"window": window, "calls": 3}}],
+        ttl="1h",
+        clock=world.clock,
+    )
+    home = tmp_path / "old"
+    guard = Guard(policy, home=home)
+    for _ in range(2):
+        guard.call(root, REFUND, {}, lambda **_: None, holder=world.bot)
+    guard.close()
+    moved = _run(tmp_path, pg_url, "--from", str(home / "state.db"), "--json")
+    assert moved.exit_code == 0, moved.stderr
+    assert json.loads(moved.stdout)["copied"]["budget_usage"] == 1
+    store = PostgresStore(pg_url)
+    try:
+        guard = Guard(policy, home=home, store=store)
+        guard.call(root, REFUND, {}, lambda **_: None, holder=world.bot)
+        with pytest.raises(DeniedError) as caught:
+            guard.call(root, REFUND, {}, lambda **_: None, holder=world.bot)
+        assert caught.value.reason == "budget_exhausted"
+    finally:
+        store.close()

@@ -2,7 +2,7 @@
 
 Everything a guard keeps is copied: revocations, call-token ids still live,
 approvals, the grant inventory with each link's last use, the MCP proxy's
-tool pins, and the audit chain
+tool pins, budget counters, and the audit chain
 with its checkpoints and signed head, row for row (the hashes and signatures
 stay valid because nothing is re-encoded). The source chain is verified
 against the guard's trusted keys before anything is written; the copy is one
@@ -75,13 +75,18 @@ _TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ),
     ),
     ("tool_pins", "ag_tool_pins", ("address", "fingerprint")),
+    (
+        "budget_usage",
+        "ag_budget_usage",
+        ("key", "window_start", "window_end", "calls", "sums"),
+    ),
     ("audit", "ag_audit", ("seq", "body", "prev", "hash")),
     ("audit_checkpoints", "ag_audit_checkpoints", ("seq", "head", "signed_at", "token")),
     ("audit_head", "ag_audit_head", ("id", "seq", "head", "signed_at", "token")),
 )
 
 #: Source tables a file from an earlier release may lack (copied as empty).
-_OPTIONAL = frozenset({"tool_pins"})
+_OPTIONAL = frozenset({"tool_pins", "budget_usage"})
 
 #: Tables that must be empty in the target (the tip row always exists).
 _TARGET_TABLES = tuple(pg for _, pg, _ in _TABLES)
