@@ -20,7 +20,7 @@ from agentguard.store.postgres import PostgresStore
 from agentguard.store.sqlite import SQLiteStore
 from agentguard.testing import World
 
-BUDGETED = [
+BUDGETED: list[str | dict[str, Any]] = [
     {"tool": "bank/pay", "budget": {"window": "1h", "calls": 2, "sum": {"amount": 10}}},
     "bank/read",
 ]
