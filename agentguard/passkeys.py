@@ -674,33 +674,36 @@ def write_passkey(policy_path: str | Path, approver: str, passkey: Mapping[str, 
     """Write ``passkey`` (credential id, COSE key, rp id, origin) into ``approver``'s entry
     of the policy file, replacing any earlier one; the rest of the file reads as before.
 
+    The file is read, checked and replaced under its edit lock
+    (:func:`agentguard.policy_file.editing_policy`), so a concurrent edit (another
+    enrolment, ``agentguard keys``) is neither lost nor undone.
+
     Raises:
         ConfigError: ``approver`` is not listed, or the file cannot be edited safely.
     """
-    import yaml
+    from agentguard.policy import Passkey
+    from agentguard.policy_file import editing_policy
 
-    from agentguard.policy import Passkey, load_policy
-    from agentguard.policy_file import rewrite_policy_section
-
-    policy = load_policy(policy_path)
-    index = next((i for i, a in enumerate(policy.approvers) if a.id == approver), None)
-    raw = yaml.safe_load(Path(policy_path).read_text(encoding="utf-8"))
-    entries = raw.get("approvers") if isinstance(raw, dict) else None
-    if index is None or not isinstance(entries, list) or len(entries) != len(policy.approvers):
-        raise ConfigError(f"{approver} is not an approver in {policy_path}; add them first")
     wanted = Passkey.model_validate(dict(passkey))
-    entry = entries[index]
-    if not isinstance(entry, dict):
-        raise ConfigError(f"cannot edit {approver}'s entry in {policy_path}; edit it by hand")
-    entries[index] = {**entry, "passkey": wanted.model_dump()}
+    with editing_policy(policy_path) as edit:
+        policy = edit.policy
+        index = next((i for i, a in enumerate(policy.approvers) if a.id == approver), None)
+        raw = edit.document()
+        entries = raw.get("approvers") if isinstance(raw, dict) else None
+        if index is None or not isinstance(entries, list) or len(entries) != len(policy.approvers):
+            raise ConfigError(f"{approver} is not an approver in {policy_path}; add them first")
+        entry = entries[index]
+        if not isinstance(entry, dict):
+            raise ConfigError(f"cannot edit {approver}'s entry in {policy_path}; edit it by hand")
+        entries[index] = {**entry, "passkey": wanted.model_dump()}
 
-    def written(after: Any) -> bool:
-        others = [a for i, a in enumerate(after.approvers) if i != index]
-        return bool(
-            after.approvers[index].passkey == wanted
-            and after.approvers[index].model_dump(exclude={"passkey"})
-            == policy.approvers[index].model_dump(exclude={"passkey"})
-            and others == [a for i, a in enumerate(policy.approvers) if i != index]
-        )
+        def written(after: Any) -> bool:
+            others = [a for i, a in enumerate(after.approvers) if i != index]
+            return bool(
+                after.approvers[index].passkey == wanted
+                and after.approvers[index].model_dump(exclude={"passkey"})
+                == policy.approvers[index].model_dump(exclude={"passkey"})
+                and others == [a for i, a in enumerate(policy.approvers) if i != index]
+            )
 
-    rewrite_policy_section(policy_path, "approvers", entries, check=written)
+        edit.rewrite("approvers", entries, check=written)

@@ -8,11 +8,15 @@ several keys too, each with a validity window, to rotate the key its grants are
 signed with. ``add`` and ``retire`` edit only the policy's top-level
 ``guard_keys`` (or ``trusted_roots``) block: the new file is checked (it must
 load, and everything else in it must read exactly as before) and then replaces
-the old one atomically.
+the old one atomically. Each command reads, checks and replaces the file under
+its edit lock, so a concurrent edit (another ``keys`` command, a passkey
+enrolment) is neither lost nor undone.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +39,7 @@ from agentguard.cli._common import (
 )
 from agentguard.errors import ConfigError, IdentityError
 from agentguard.policy import GuardKey, Policy, TrustedRoot
-from agentguard.policy_file import rewrite_policy_section
+from agentguard.policy_file import PolicyEdit, editing_policy
 
 __all__ = ["app"]
 
@@ -92,16 +96,27 @@ def _mine(entries: list[tuple[Entry, str]], root: str | None) -> list[tuple[Entr
     return [(e, kid) for e, kid in entries if root is None or getattr(e, "id", None) == root]
 
 
-def _rewrite(ws: Workspace, root: str | None, keys: list[dict[str, Any]]) -> None:
+@contextlib.contextmanager
+def _editing(ws: Workspace) -> Iterator[PolicyEdit]:
+    """The policy file's edit, under its lock: the command reads the policy from
+    it and writes what it computed before the lock is released."""
+    path = ws.policy_path
+    if not path.is_file():
+        fail(f"no policy file at {path} (run 'agentguard init' first)")
+    try:
+        with editing_policy(path) as edit:
+            yield edit
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _rewrite(edit: PolicyEdit, root: str | None, keys: list[dict[str, Any]]) -> None:
     """Replace the policy file's top-level ``guard_keys`` (or, for a ``root``,
     ``trusted_roots``) block with ``keys``, safely.
 
     Raises:
         ConfigError: the result would not load, or would change anything else.
     """
-    path = ws.policy_path
-    if not path.is_file():
-        fail(f"no policy file at {path} (run 'agentguard init' first)")
     model: type[Entry] = GuardKey if root is None else TrustedRoot
     section = "guard_keys" if root is None else "trusted_roots"
     wanted = [model.model_validate(k).model_dump() for k in keys]
@@ -116,7 +131,7 @@ def _rewrite(ws: Workspace, root: str | None, keys: list[dict[str, Any]]) -> Non
             after.root_keys()
         return True
 
-    rewrite_policy_section(path, section, keys, check=same_keys)
+    edit.rewrite(section, keys, check=same_keys)
 
 
 def _serialised(entry: Entry) -> dict[str, Any]:
@@ -199,49 +214,51 @@ def add(
     """Add a guard key to the policy's trusted set, or a key to a trusted root (--root);
     the file is replaced atomically."""
     ws = workspace(ctx, home, policy)
-    loaded = ws.policy()
-    owner = loaded.guard_id if root is None else root
-    entries = _entries(loaded, root)
-    mine = _mine(entries, root)
-    if root is not None and not mine:
-        fail(
-            f"{root} is not a trusted root in the policy; 'keys add --root' adds keys to "
-            "listed roots only (list a new root under trusted_roots by hand)"
-        )
-    try:
-        if key_file is None:
-            principal = ws.keyring.principal(owner)
-        else:
-            probe = Policy(
-                guard_id=loaded.guard_id, guard_keys=[GuardKey(key_file=str(key_file.resolve()))]
+    with _editing(ws) as edit:
+        loaded = edit.policy
+        owner = loaded.guard_id if root is None else root
+        entries = _entries(loaded, root)
+        mine = _mine(entries, root)
+        if root is not None and not mine:
+            fail(
+                f"{root} is not a trusted root in the policy; 'keys add --root' adds keys to "
+                "listed roots only (list a new root under trusted_roots by hand)"
             )
-            principal = probe.listed_guard_keys()[0].principal
-    except (IdentityError, ConfigError) as exc:
-        fail(f"cannot read the key: {exc}")
-    if principal.kid in [kid for _, kid in mine]:
-        fail(f"key {principal.kid} is already listed")
-    when = _when(not_before, "--not-before")
-    added = {"public_key": principal.public_jwk(), "not_before": when, "note": note_text}
-    entry: Entry = GuardKey(**added) if root is None else TrustedRoot(id=root, **added)
-    keys = [_serialised(e) for e, _ in entries]
-    # A root's new key goes right after its other keys.
-    at = len(keys)
-    if root is not None:
-        at = 1 + max(i for i, (e, _) in enumerate(entries) if getattr(e, "id", None) == root)
-    keys.insert(at, _serialised(entry))
-    try:
-        _rewrite(ws, root, keys)
-    except ConfigError as exc:
-        fail(str(exc))
-    if root is not None:
-        say(f"added key {principal.kid} of trusted root {root} to {ws.policy_path}")
-        return
-    say(f"added guard key {principal.kid} to {ws.policy_path}")
-    if not loaded.guard_keys:
-        note(
-            "note: the policy now lists guard keys: every process trusts only the listed "
-            "keys, so add each replica's key (and this one's, if it signs too)"
-        )
+        try:
+            if key_file is None:
+                principal = ws.keyring.principal(owner)
+            else:
+                probe = Policy(
+                    guard_id=loaded.guard_id,
+                    guard_keys=[GuardKey(key_file=str(key_file.resolve()))],
+                )
+                principal = probe.listed_guard_keys()[0].principal
+        except (IdentityError, ConfigError) as exc:
+            fail(f"cannot read the key: {exc}")
+        if principal.kid in [kid for _, kid in mine]:
+            fail(f"key {principal.kid} is already listed")
+        when = _when(not_before, "--not-before")
+        added = {"public_key": principal.public_jwk(), "not_before": when, "note": note_text}
+        entry: Entry = GuardKey(**added) if root is None else TrustedRoot(id=root, **added)
+        keys = [_serialised(e) for e, _ in entries]
+        # A root's new key goes right after its other keys.
+        at = len(keys)
+        if root is not None:
+            at = 1 + max(i for i, (e, _) in enumerate(entries) if getattr(e, "id", None) == root)
+        keys.insert(at, _serialised(entry))
+        try:
+            _rewrite(edit, root, keys)
+        except ConfigError as exc:
+            fail(str(exc))
+        if root is not None:
+            say(f"added key {principal.kid} of trusted root {root} to {ws.policy_path}")
+            return
+        say(f"added guard key {principal.kid} to {ws.policy_path}")
+        if not loaded.guard_keys:
+            note(
+                "note: the policy now lists guard keys: every process trusts only the listed "
+                "keys, so add each replica's key (and this one's, if it signs too)"
+            )
 
 
 @app.command("retire")
@@ -259,27 +276,28 @@ def retire(
     signed verifies, whenever it was signed.
     """
     ws = workspace(ctx, home, policy)
-    loaded = ws.policy()
-    when = _when(at, "--at")
-    entries = _entries(loaded, root)
-    mine = _mine(entries, root)
-    if kid not in [k for _, k in mine]:
-        which = "guard key" if root is None else f"key of trusted root {root}"
-        fail(f"no {which} {kid} in the policy ('agentguard keys list' shows them)")
-    keys = []
-    for entry, entry_kid in entries:
-        if entry_kid == kid and (root is None or getattr(entry, "id", None) == root):
-            if entry.retired_at is not None and when is not None and entry.retired_at <= when:
-                fail(f"key {kid} was already retired at {_stamp(entry.retired_at)}")
-            entry = entry.model_copy(update={"retired_at": when})
-        keys.append(_serialised(entry))
-    try:
-        _rewrite(ws, root, keys)
-    except ConfigError as exc:
-        fail(str(exc))
-    if root is None:
-        say(f"retired guard key {kid} at {_stamp(when)}")
-        return
-    say(f"retired key {kid} of trusted root {root} at {_stamp(when)}")
-    if all(k == kid or (e.retired_at is not None) for e, k in mine):
-        note(f"note: {root} has no other key that is not retired: no grant of it verifies then")
+    with _editing(ws) as edit:
+        loaded = edit.policy
+        when = _when(at, "--at")
+        entries = _entries(loaded, root)
+        mine = _mine(entries, root)
+        if kid not in [k for _, k in mine]:
+            which = "guard key" if root is None else f"key of trusted root {root}"
+            fail(f"no {which} {kid} in the policy ('agentguard keys list' shows them)")
+        keys = []
+        for entry, entry_kid in entries:
+            if entry_kid == kid and (root is None or getattr(entry, "id", None) == root):
+                if entry.retired_at is not None and when is not None and entry.retired_at <= when:
+                    fail(f"key {kid} was already retired at {_stamp(entry.retired_at)}")
+                entry = entry.model_copy(update={"retired_at": when})
+            keys.append(_serialised(entry))
+        try:
+            _rewrite(edit, root, keys)
+        except ConfigError as exc:
+            fail(str(exc))
+        if root is None:
+            say(f"retired guard key {kid} at {_stamp(when)}")
+            return
+        say(f"retired key {kid} of trusted root {root} at {_stamp(when)}")
+        if all(k == kid or (e.retired_at is not None) for e, k in mine):
+            note(f"note: {root} has no other key that is not retired: no grant of it verifies then")
