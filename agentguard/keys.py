@@ -577,10 +577,19 @@ class Keyring:
 class TrustedKey:
     """A public key trusted to sign for a principal, within an optional validity window.
 
-    A signature counts when the time it claims to have been made (its signed
-    ``iat``) is at or after ``not_before`` and before ``retired_at``; ``None``
-    leaves that side open. What the key signed while it was valid keeps
-    verifying after it is retired; what it signs afterwards does not.
+    :meth:`valid_at` says whether the time a signature claims to have been
+    made (its signed ``iat``) is at or after ``not_before`` and before
+    ``retired_at``; ``None`` leaves that side open. What retirement means then
+    depends on the key:
+
+    * a guard key (``guard_keys``, :class:`KeySet`): what it signed before
+      ``retired_at`` keeps verifying after that time; only later signatures
+      are refused;
+    * a trusted root's key (:class:`~agentguard.verify.Verifier`): the
+      window is checked against the link's ``iat``, and in addition, from
+      ``retired_at`` on (by the verifier's clock) nothing the key signed
+      verifies, whenever it claims to have signed it, since whoever holds a
+      key can write an earlier ``iat``.
     """
 
     principal: Principal
