@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import stat
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -25,10 +26,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from typer.testing import CliRunner
 
+from agentguard.cli import app as cli_app
 from agentguard.delegation import Delegation
-from agentguard.federation import DELEGATION_TOKEN_TYPE
-from agentguard.keys import Identity
+from agentguard.federation import DELEGATION_TOKEN_TYPE, verify_actor_token
+from agentguard.keys import Identity, Principal
 from tests.adapters.mcp.mcp_support import BIN, Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import serve_on
 from tests.oidc.harness import (
@@ -42,6 +45,7 @@ from tests.oidc.harness import (
 pytestmark = pytest.mark.anyio
 
 USERS = {"alice": ["incident-response"], "bob": ["finance"]}
+PERSON = "user:corp.alice"
 PROMPT = re.compile(rb"To sign in, open (\S+) and confirm the code (\S+)")
 
 
@@ -293,6 +297,9 @@ def _hostile_cases() -> dict[str, tuple[dict[str, Any], str]]:
                                 "access_token": "a.b.c"})},
             "does not parse"),
         "exchange for another key": ({"exchange": "other key"}, "not for the key this login"),
+        "all well": ({"exchange": "honest"}, "signed in"),
+        "slow down, then well": (
+            {"exchange": "honest", "token": "slow down once"}, "signed in"),
     }  # fmt: skip
 
 
@@ -338,9 +345,26 @@ async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
             200, {"issued_token_type": DELEGATION_TOKEN_TYPE, "access_token": stranger},
         )  # fmt: skip
 
+    async def exchange(request: Request) -> Response:
+        # An honest exchange: a delegation to the key the actor token proves.
+        form = await request.form()
+        actor = verify_actor_token(form["actor_token"], f"{base}/exchange", now=time.time())
+        subject = Principal("agent:corp.cli", actor)
+        delegation = Delegation.issue(
+            setup.org, subject, ["notes/*"], ttl="10m", on_behalf_of=PERSON
+        )
+        return JSONResponse(
+            {"issued_token_type": DELEGATION_TOKEN_TYPE, "access_token": delegation.serialize()}
+        )
+
     def answer(name: str) -> Any:
-        async def route(_request: Request) -> Response:
+        async def route(request: Request) -> Response:
             value = documents[name]
+            if value == "honest":
+                return await exchange(request)
+            if value == "slow down once":
+                documents[name] = (200, {"access_token": "an-access-token"})
+                return JSONResponse({"error": "slow_down"}, status_code=400)
             if isinstance(value, int):
                 return Response(status_code=value, headers={"location": f"{base}/elsewhere"})
             if isinstance(value, bytes):
@@ -361,14 +385,21 @@ async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
     )
     out = tmp_path / "login.delegation"
     argv = [
-        str(BIN / "agentguard"), "login", "--issuer", base, "--client-id", "cli",
-        "--resource", resource, "--out", str(out), "--timeout", "20",
+        "login", "--issuer", base, "--client-id", "cli", "--resource", resource,
+        "--out", str(out), "--timeout", "20",
     ]  # fmt: skip
     with anyio.fail_after(60):
         async with serve_on(port, app):
-            done = await anyio.run_process(argv, check=False)
-    stderr = done.stderr.decode()
-    assert done.returncode == 1, stderr
+            # In this process (the command blocks, so in a worker thread): coverage sees it.
+            done = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(cli_app, argv))
+    stderr = done.stderr
+    if message == "signed in":
+        assert done.exit_code == 0, stderr
+        assert f"signed in: agent:corp.cli on behalf of {PERSON}" in done.stdout
+        key = Identity.load(out.with_name("login.delegation.key"))
+        assert Delegation.parse(out.read_text().strip()).leaf.subject_key.kid == key.kid
+        return
+    assert done.exit_code == 1, (stderr, done.exception)
     assert stderr.strip().splitlines()[-1].startswith("error: ")
     assert message in stderr, stderr
     assert "\x1b" not in stderr
