@@ -42,7 +42,7 @@ from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, free_port, runni
 
 pytestmark = pytest.mark.anyio
 
-USERS = {"alice": ["incident-response"], "bob": ["finance"]}
+USERS = {"alice": ["incident-response"], "bob": ["finance"], "carol": ["visitors"]}
 
 
 @pytest.fixture
@@ -69,7 +69,13 @@ def _federation(setup: Setup, idp: IdentityProvider, resource: str) -> None:
                 "audience": resource,
                 "alias": "corp",
                 "rules": [
-                    {"claim": "groups", "equals": "incident-response", "tools": ["notes/read_note"]}
+                    {
+                        "claim": "groups",
+                        "equals": "incident-response",
+                        "tools": ["notes/read_note"],
+                    },
+                    # A rule for a server this proxy does not have: reaches none of its tools.
+                    {"claim": "groups", "equals": "finance", "tools": ["billing/*"]},
                 ],
             }
         ]
@@ -174,6 +180,7 @@ async def test_exchange_requests_that_must_be_refused(
     """Each one with the OAuth error and agentguard's reason; none issues a delegation."""
     _federation(setup, idp, resource)
     alice, bob = await idp.user_token("alice"), await idp.user_token("bob")
+    carol = await idp.user_token("carol")
     key, other = Identity.generate("agent:laptop"), Identity.generate("agent:thief")
     with anyio.fail_after(90):
         async with AsyncExitStack() as stack:
@@ -222,7 +229,9 @@ async def test_exchange_requests_that_must_be_refused(
                                       400, "invalid_request", "malformed_token"),
                 "actor not a JWS": (_form(alice, "x.y"), 400, "invalid_request",
                                     "malformed_token"),
-                "reaches nothing": (_form(bob, good), 400, "invalid_scope", "out_of_scope"),
+                "meets no rule": (_form(carol, good), 400, "invalid_scope", "out_of_scope"),
+                "reaches no server here": (_form(bob, good), 400, "invalid_scope",
+                                           "out_of_scope"),
             }  # fmt: skip
             async with httpx2.AsyncClient() as http:
                 for name, (form, status, error, reason) in cases.items():
@@ -259,6 +268,17 @@ async def test_exchange_requests_that_must_be_refused(
                 assert (reply.json()["error"], reply.json()["agentguard_reason"]) == (
                     "invalid_grant",
                     "revoked",
+                )
+
+                # Whether the chain is revoked cannot be told: refused, and said to be ours.
+                (setup.home / "state.db").unlink()
+                reply = await http.post(endpoint, data=_form(carol, good))
+                assert reply.status_code == 400  # meets no rule: refused before the store
+                reply = await http.post(endpoint, data=_form(bob, good))
+                assert reply.status_code == 503
+                assert (reply.json()["error"], reply.json()["agentguard_reason"]) == (
+                    "temporarily_unavailable",
+                    "store_error",
                 )
 
 
