@@ -854,6 +854,14 @@ async def test_cli_proxy_maps_tokens_by_the_policy_federation_section(
                 )
                 assert nothing.status_code == 403
                 assert nothing.json()["error"] == "insufficient_scope"
+                # The process serves token exchange too, and says where.
+                metadata = await http.get(
+                    f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+                )
+                endpoint = metadata.json()["agentguard_token_exchange_endpoint"]
+                assert endpoint == f"http://127.0.0.1:{port}/agentguard/token-exchange"
+                refused = await http.post(endpoint, data={"grant_type": "password"})
+                assert refused.json()["error"] == "unsupported_grant_type"
     finally:
         process.terminate()
         with anyio.fail_after(10):
