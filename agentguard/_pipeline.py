@@ -244,7 +244,7 @@ def run(parts: Parts, request: CallRequest) -> Pipeline:
         _verify(parts, state)
         _authorize(parts, state)
         _bind_caller(parts, state)
-        _check_budgets(parts, state, state.args)
+        _check_budgets(parts, state, state.args, state.now)
         if state.demands:
             done = yield from _settle_approval(parts, state)
             if done:
@@ -356,9 +356,10 @@ def _settle_approval(parts: Parts, state: _State) -> Generator[Wait, Answer, boo
     state.approval_request_id = state.approval.request_id
     state.approver = state.approval.approver
     state.approval_receipt = state.approval.receipt
-    if state.approval.edited_args is not None:
-        # The edited call is the one that runs: its amounts are what is charged.
-        _check_budgets(parts, state, state.approval.edited_args)
+    # Checked again at the answer's time, which may be in a later window; an edited
+    # call is the one that runs, so its amounts are what is charged.
+    edited = state.approval.edited_args
+    _check_budgets(parts, state, state.args if edited is None else edited, parts.clock.now())
     return False
 
 
@@ -482,9 +483,11 @@ def _record(parts: Parts, state: _State, error: DeniedError | None = None) -> Re
     )
     # Budgets are charged with an allowed call's record (all or none); a refused
     # call, a dry run and a shadow-mode refusal that runs anyway are not charged.
+    # They are charged in the window the call runs in: an approval may have been
+    # answered after the window it was asked in ended (and was purged).
     charge = None
     if state.charges and error is None and not dry_run and decision.outcome == Outcome.ALLOW:
-        charge = (state.charges, state.now)
+        charge = (state.charges, parts.clock.now())
     elif state.budget_view is not None:
         record["budget"] = state.budget_view
     try:
@@ -519,11 +522,13 @@ def _charged_view(body: str) -> list[dict[str, Any]] | None:
 # -- budgets ------------------------------------------------------------------------------
 
 
-def _check_budgets(parts: Parts, state: _State, args: Mapping[str, Any]) -> None:
-    """Every budget the call would be charged to has room (read only; charged in _record).
+def _check_budgets(parts: Parts, state: _State, args: Mapping[str, Any], now: float) -> None:
+    """Every budget the call would be charged to has room at ``now`` (read only;
+    charged in _record).
 
     Checked before an approval is filed, so nobody is asked to approve a call
-    its budget refuses; the store charges them again, exactly, with the record.
+    its budget refuses, and again when it is answered; the store charges them
+    again, exactly, with the record.
     """
     delegation, tool = state.verified.delegation, state.request.tool
     extra = parts.policy.budget_charges(tool, args, delegation) if parts.policy.budgets else ()
@@ -536,9 +541,9 @@ def _check_budgets(parts: Parts, state: _State, args: Mapping[str, Any]) -> None
             f"the chain has budgets, but store {parts.store.location} cannot keep them",
             reason=Reason.STORE_ERROR,
         )
-    states = read(state.charges, state.now)
+    states = read(state.charges, now)
     state.budget_view = [s.as_record(charged=False) for s in states]
-    refuse_unless_fits(states, state.now)
+    refuse_unless_fits(states, now)
 
 
 def _budget_attributes(
