@@ -881,7 +881,12 @@ def create_app(
             return redirect("/login")
         config = found[0][0]
         try:
-            pid, url = await run_in_threadpool(sign_on.begin, config)
+            pid, url = await run_in_threadpool(
+                sign_on.begin,
+                config,
+                address=request.client.host if request.client else None,
+                replaces=request.cookies.get(SSO_COOKIE),
+            )
         except SignOnRefused as exc:
             log.warning("agentguard web: single sign-on unavailable (%s): %s", exc.reason, exc)
             session.flashes.append(("error", f"Single sign-on is unavailable: {exc}"))

@@ -8,7 +8,12 @@ the provider. A sign-in goes:
 1. :meth:`SignOn.begin` makes a *pre-login*: a random ``state``, ``nonce`` and
    PKCE verifier (S256) kept server-side under a random id, which the page
    puts in a short-lived cookie; the browser is sent to the provider's
-   authorization endpoint (found by OIDC discovery).
+   authorization endpoint (found by OIDC discovery). Each client address
+   (an IPv6 address by its /64) may have at most ``PRE_LOGINS_PER_CLIENT``
+   sign-ins under way, and the page at most ``MAX_PRE_LOGINS``: a new one
+   over either bound is refused (``too_many_sign_ins``); none under way is
+   ever dropped to make room, so nobody can cancel another person's sign-in
+   by starting many. A browser starting again replaces its own earlier one.
 2. The provider sends the browser back to the redirect URI with a code.
    :meth:`SignOn.finish` takes the pre-login out (each is used at most once,
    whatever the outcome), checks ``state`` (and ``iss`` when the provider sends
@@ -36,6 +41,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -62,10 +68,13 @@ from agentguard.policy import Policy, SingleSignOn
 
 __all__ = [
     "ALGORITHMS",
+    "MAX_PRE_LOGINS",
+    "PRE_LOGINS_PER_CLIENT",
     "PRE_LOGIN_TTL",
     "PreLogin",
     "SignOn",
     "SignOnRefused",
+    "client_of",
     "client_secret",
     "validate_id_token",
 ]
@@ -74,7 +83,10 @@ log = logging.getLogger("agentguard.web")
 
 #: How long a started sign-in may take, in seconds.
 PRE_LOGIN_TTL = 600.0
-_MAX_PRE_LOGINS = 2048
+#: Sign-ins under way at once, in all (each is kept until used or expired).
+MAX_PRE_LOGINS = 2048
+#: Sign-ins under way at once from one client address (an IPv6 address by its /64).
+PRE_LOGINS_PER_CLIENT = 32
 _MAX_TOKEN = 16 * 1024
 _MAX_DOCUMENT = 512 * 1024
 _MAX_PARAM = 4096
@@ -340,6 +352,25 @@ class PreLogin:
     verifier: str
     config: SingleSignOn
     expires: float
+    #: The client it was started from (see :func:`client_of`): its share is counted.
+    client: str = ""
+
+
+def client_of(address: str | None) -> str:
+    """The client a sign-in counts against: the remote address, an IPv6 one by its
+    /64 (one host's usual allotment); anything else (no address, a test client's
+    name) as given, lower-cased."""
+    if not address:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address.lower()[:256]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class SignOn:
@@ -354,6 +385,7 @@ class SignOn:
         self._fetch = fetch
         self._keys: dict[str, _ProviderKeys] = {}
         self._pending: OrderedDict[str, PreLogin] = OrderedDict()
+        self._per_client: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -375,13 +407,30 @@ class SignOn:
                 keys = self._keys[issuer] = _ProviderKeys(issuer, fetch=self._fetch)
             return keys
 
-    def begin(self, config: SingleSignOn, *, now: float | None = None) -> tuple[str, str]:
+    def begin(
+        self,
+        config: SingleSignOn,
+        *,
+        address: str | None = None,
+        replaces: str | None = None,
+        now: float | None = None,
+    ) -> tuple[str, str]:
         """Start a sign-in: ``(pre-login id, authorization URL)``.
 
         The id goes into the pre-login cookie; the browser goes to the URL.
 
+        Args:
+            config: the page's single sign-on settings.
+            address: the client's remote address: at most
+                ``PRE_LOGINS_PER_CLIENT`` sign-ins under way count against it.
+            replaces: the pre-login id the browser's cookie still names, if any:
+                that sign-in is dropped (the browser started again).
+            now: the monotonic time (for tests).
+
         Raises:
-            SignOnRefused: the provider's discovery document cannot be used.
+            SignOnRefused: the provider's discovery document cannot be used, or
+                too many sign-ins are under way from this client or in all
+                (``too_many_sign_ins``); no other sign-in is dropped for this one.
         """
         endpoints = self._provider_keys(config.issuer).endpoints()
         moment = time.monotonic() if now is None else now
@@ -391,14 +440,27 @@ class SignOn:
             verifier=secrets.token_urlsafe(64),
             config=config,
             expires=moment + PRE_LOGIN_TTL,
+            client=client_of(address),
         )
         pid = secrets.token_urlsafe(32)
+        client = pending.client
         with self._lock:
             for old in [k for k, p in self._pending.items() if p.expires <= moment]:
-                del self._pending[old]
+                self._drop(old)
+            if replaces:
+                self._drop(replaces)
+            if self._per_client.get(client, 0) >= PRE_LOGINS_PER_CLIENT:
+                raise SignOnRefused(
+                    "too_many_sign_ins",
+                    "too many sign-ins are under way from this address; finish one, or "
+                    f"wait until they expire ({int(PRE_LOGIN_TTL // 60)} minutes)",
+                )
+            if len(self._pending) >= MAX_PRE_LOGINS:
+                raise SignOnRefused(
+                    "too_many_sign_ins", "too many sign-ins are under way; try again later"
+                )
             self._pending[pid] = pending
-            while len(self._pending) > _MAX_PRE_LOGINS:
-                self._pending.popitem(last=False)
+            self._per_client[client] = self._per_client.get(client, 0) + 1
         query = urllib.parse.urlencode(
             {
                 "response_type": "code",
@@ -420,8 +482,19 @@ class SignOn:
             return None
         moment = time.monotonic() if now is None else now
         with self._lock:
-            pending = self._pending.pop(pid, None)
+            pending = self._drop(pid)
         return pending if pending is not None and pending.expires > moment else None
+
+    def _drop(self, pid: str) -> PreLogin | None:
+        """Remove pre-login ``pid`` and uncount it (the caller holds the lock)."""
+        pending = self._pending.pop(pid, None)
+        if pending is not None:
+            left = self._per_client[pending.client] - 1
+            if left:
+                self._per_client[pending.client] = left
+            else:
+                del self._per_client[pending.client]
+        return pending
 
     def finish(
         self,

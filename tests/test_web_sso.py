@@ -45,9 +45,12 @@ from agentguard.store.memory import MemoryStore
 from agentguard.testing import RecordingTool, World
 from agentguard.web import ApproverTokens, create_app
 from agentguard.web_sso import (
+    MAX_PRE_LOGINS,
     PRE_LOGIN_TTL,
+    PRE_LOGINS_PER_CLIENT,
     SignOn,
     SignOnRefused,
+    client_of,
     client_secret,
     validate_id_token,
 )
@@ -1083,6 +1086,93 @@ def test_a_pre_login_expires_after_ten_minutes_and_old_ones_are_dropped(
     sign_on.begin(found[0], now=PRE_LOGIN_TTL + 1)  # starting another sweeps the expired
     assert stale not in sign_on._pending
     assert sign_on.take(None) is None
+
+
+def test_a_flood_of_sign_ins_from_one_address_cancels_no_one_elses(
+    tmp_path: Path, idp: Idp
+) -> None:
+    """Someone posts 'Sign in' over and over from one address, dropping the pre-login
+    cookie each time (more than the page keeps in all): another person's sign-in,
+    started before, still finishes, and so does one started during the flood from
+    another address. The flood itself is refused once over its share."""
+    desk = make_desk(tmp_path, idp, ["user:corp.alice"])
+    app = create_app(desk.guard.approvals, desk.tokens, policy_file=desk.policy_file)
+
+    def browser(address: str) -> TestClient:
+        return TestClient(
+            app,
+            base_url=BASE,
+            headers={"Origin": BASE},
+            follow_redirects=False,
+            client=(address, 50000),
+        )
+
+    alice, other, flooder = browser("192.0.2.10"), browser("192.0.2.11"), browser("198.51.100.7")
+    url = start(alice)
+    csrf = csrf_of(flooder.get("/login").text)
+    refused = 0
+    for n in range(MAX_PRE_LOGINS + 1):
+        reply = flooder.post("/login/sso", data={"csrf": csrf})
+        assert reply.status_code in (200, 303)
+        refused += reply.status_code == 303  # back to the login page with a message
+        flooder.cookies.delete("agentguard_sso")
+        if n == PRE_LOGINS_PER_CLIENT:
+            later = start(other)
+    assert back(alice, at_provider(url)).status_code == 200
+    assert signed_in_as(alice) == "user:corp.alice"
+    assert back(other, at_provider(later)).status_code == 200
+    assert signed_in_as(other) == "user:corp.alice"
+    assert refused == MAX_PRE_LOGINS + 1 - PRE_LOGINS_PER_CLIENT
+    assert "too many sign-ins are under way from this address" in flooder.get("/login").text
+
+
+def test_each_address_has_a_share_and_a_full_page_refuses_newcomers_only(
+    hostile: tuple[str, dict[str, Any]],
+) -> None:
+    """Per address (an IPv6 one by its /64): at most PRE_LOGINS_PER_CLIENT under way;
+    in all, MAX_PRE_LOGINS. Over either, a new sign-in is refused and none under way
+    is dropped; a browser starting again replaces its own; finishing or expiring frees
+    the share."""
+    issuer, routes = hostile
+    routes[WELL_KNOWN] = (200, _discovery(issuer), {})
+    found = _config(issuer)
+    assert found is not None
+    config = found[0]
+    sign_on = SignOn()
+    first, _ = sign_on.begin(config, address="192.0.2.10", now=0.0)
+    mine = [
+        sign_on.begin(config, address=f"2001:db8::{n:x}", now=0.0)[0]
+        for n in range(PRE_LOGINS_PER_CLIENT)
+    ]
+    for address in ("2001:db8::ffff", "2001:DB8:0:0:ffff::1"):  # the same /64
+        with pytest.raises(SignOnRefused) as over:
+            sign_on.begin(config, address=address, now=0.0)
+        assert over.value.reason == "too_many_sign_ins"
+    # Starting again from the same browser (its cookie names its last) replaces it.
+    again, _ = sign_on.begin(config, address="2001:db8::1", replaces=mine[0], now=0.0)
+    assert sign_on.take(mine[0], now=1.0) is None
+    # Finishing one frees a place in the share.
+    assert sign_on.take(mine[1], now=1.0) is not None
+    sign_on.begin(config, address="2001:db8::2", now=1.0)
+    # Another /64 and an IPv4-mapped address are other clients.
+    sign_on.begin(config, address="2001:db8:0:1::1", now=0.0)
+    assert client_of("::ffff:192.0.2.10") == client_of("192.0.2.10") == "192.0.2.10"
+    assert client_of(None) == client_of("") == ""
+    assert client_of("TestClient") == "testclient"
+
+    # Many addresses fill the page: the next newcomer is refused, nobody is dropped.
+    n = 0
+    while len(sign_on._pending) < MAX_PRE_LOGINS:
+        sign_on.begin(config, address=f"10.{n // 250}.{n % 250}.1", now=0.0)
+        n += 1
+    with pytest.raises(SignOnRefused, match="try again later") as full:
+        sign_on.begin(config, address="203.0.113.9", now=0.0)
+    assert full.value.reason == "too_many_sign_ins"
+    assert sign_on.take(first, now=1.0) is not None
+    assert sign_on.take(again, now=1.0) is not None
+    # Once they expire, sign-ins start again, and the shares were emptied with them.
+    sign_on.begin(config, address="2001:db8::3", now=PRE_LOGIN_TTL + 1)
+    assert sign_on._per_client == {"2001:db8::/64": 1}
 
 
 # -- 5. the real command on the policy `agentguard init --approver` writes ----------------
