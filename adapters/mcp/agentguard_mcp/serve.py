@@ -211,6 +211,14 @@ class DelegationGate:
             if not form.get(name):
                 await _oauth_error(send, 400, "invalid_request", f"{name} is missing")
                 return
+        if "scope" in form:
+            # The exchange issues what the mapping derives; granting more than a scope asked
+            # for, silently, would surprise the agent. It narrows its delegation itself:
+            # attenuation.
+            await _oauth_error(
+                send, 400, "invalid_scope", "no scope: attenuate the delegation to narrow it"
+            )
+            return
         for name in ("resource", "audience"):
             if name in form and form[name] != oauth.resource:
                 await _oauth_error(send, 400, "invalid_target", f"{name} is not {oauth.resource}")

@@ -202,6 +202,8 @@ async def test_exchange_requests_that_must_be_refused(
                 "requested type": (_form(alice, good, requested_token_type=ACCESS_TOKEN_TYPE),
                                    400, "invalid_request", None),
                 "no actor": (_form(alice, good, actor_token=None), 400, "invalid_request", None),
+                "a scope to narrow": (_form(alice, good, scope="tools.read"), 400,
+                                      "invalid_scope", None),
                 "other resource": (_form(alice, good, resource="https://other.example/mcp"),
                                    400, "invalid_target", None),
                 "garbage subject": (_form("not.a.jwt", good), 400, "invalid_request",
