@@ -60,7 +60,27 @@ class _Link(Protocol):
     def scope(self) -> Sequence[_Rule]: ...
 
 
+class _Root(Protocol):
+    """What :func:`chain_key` reads of a chain's root (:class:`agentguard.tokens.Grant`)."""
+
+    @property
+    def link_id(self) -> str: ...
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def on_behalf_of(self) -> str | None: ...
+
+    @property
+    def meta(self) -> Mapping[str, Any] | None: ...
+
+
 __all__ = [
+    "FEDERATION_EVIDENCE_KEY",
     "MAX_CALLS",
     "MAX_SUM",
     "MAX_WINDOW",
@@ -71,6 +91,7 @@ __all__ = [
     "Charge",
     "Usage",
     "amount_of",
+    "chain_key",
     "charges_for",
     "charge_of",
     "charged_record",
@@ -626,6 +647,37 @@ def _amounts(
             exc.link, exc.rule = link, rule
             raise
     return tuple(out)
+
+
+#: The ``meta`` member of a federation-derived link holding its evidence
+#: (``agentguard.federation.EVIDENCE_KEY``, which imports the policy, which imports this).
+FEDERATION_EVIDENCE_KEY = "federation"
+
+
+def chain_key(root: _Root, federation_signers: Mapping[str, str]) -> str:
+    """Whose ``per: chain`` count a chain is: ``chain/`` and what identifies its root.
+
+    A root grant someone issued is its link id: everything delegated below it
+    shares the count, and a new grant is a new authority. A root the guard
+    derived from a federated token is different: each derivation (a token
+    exchange, a cache miss, a restart, another replica) signs a new link for
+    the same authority, so its count is keyed by what the link states that
+    authority is: the provider's issuer, the person (``on_behalf_of``) and the
+    client (``subject``), as a digest. ``federation_signers`` maps each
+    provider's issuer to the id of the key that signs its derived links; a
+    root signed by any other key counts by its link id, whatever its ``meta``
+    says.
+    """
+    evidence = (root.meta or {}).get(FEDERATION_EVIDENCE_KEY)
+    issuer = evidence.get("iss") if isinstance(evidence, Mapping) else None
+    if (
+        isinstance(issuer, str)
+        and root.on_behalf_of is not None
+        and federation_signers.get(issuer) == root.issuer
+    ):
+        stated = json.dumps([issuer, root.on_behalf_of, root.subject], separators=(",", ":"))
+        return f"chain/federated/{hashlib.sha256(stated.encode()).hexdigest()[:32]}"
+    return f"chain/{root.link_id}"
 
 
 def policy_key(definition: Mapping[str, Any], who: str) -> str:

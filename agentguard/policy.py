@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from agentguard.addresses import pattern_matches, validate_pattern
-from agentguard.budgets import Budget, Charge, charge_of, policy_key
+from agentguard.budgets import Budget, Charge, chain_key, charge_of, policy_key
 from agentguard.clock import parse_duration
 from agentguard.decision import Reason
 from agentguard.errors import (
@@ -417,9 +417,18 @@ class PolicyBudget(_Strict):
         return Budget.parse(spec)
 
     def charge(
-        self, index: int, tool: str, args: Mapping[str, Any], delegation: Delegation
+        self,
+        index: int,
+        tool: str,
+        args: Mapping[str, Any],
+        delegation: Delegation,
+        *,
+        chain: str | None = None,
     ) -> Charge | None:
         """This call's charge to the budget, or ``None`` when the budget does not apply.
+
+        ``chain`` is the chain's count for ``per: chain``
+        (:func:`agentguard.budgets.chain_key`; its root link id by default).
 
         Raises:
             BudgetUnmeasurable: a summed argument has no exact amount.
@@ -429,7 +438,7 @@ class PolicyBudget(_Strict):
         if not restricts(self.where, args, skip_if_missing=False):
             return None
         who = {
-            "chain": f"chain/{delegation.root.link_id}",
+            "chain": chain or f"chain/{delegation.root.link_id}",
             "holder": f"holder/{delegation.holder}",
             "global": "global",
         }[self.per]
@@ -1080,10 +1089,20 @@ class Policy(_Strict):
     ) -> list[Charge]:
         """This call's charges to the policy's ``budgets``, in their order.
 
+        A ``per: chain`` count of a chain the guard derived from a federated
+        token follows the provider, person and client, not the derived link
+        (:func:`agentguard.budgets.chain_key`).
+
         Raises:
             BudgetUnmeasurable: a summed argument has no exact amount.
         """
-        charges = (b.charge(i, tool, args, delegation) for i, b in enumerate(self.budgets))
+        signers = {
+            p.issuer: p.key.id if p.key is not None else self.guard_id for p in self.federation
+        }
+        chain = chain_key(delegation.root, signers)
+        charges = (
+            b.charge(i, tool, args, delegation, chain=chain) for i, b in enumerate(self.budgets)
+        )
         return [c for c in charges if c is not None]
 
     def step_up_rules(self, tool: str, args: Mapping[str, Any]) -> list[tuple[int, PolicyRule]]:

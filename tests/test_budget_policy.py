@@ -103,6 +103,22 @@ def test_a_holder_budget_counts_each_holder(world: World) -> None:
     assert spend(guard, a, world.bot, {}) == Reason.BUDGET_EXHAUSTED
 
 
+def test_a_holder_budget_caps_each_agent_not_its_sub_agents_together(world: World) -> None:
+    """What the README says of ``per: holder``: each new sub-agent name has its own count;
+    ``per: chain`` caps the holder and its sub-agents together."""
+    holder_capped = world.guard(budgets=[cap(calls=1, per="holder")])
+    chain_capped = world.guard(budgets=[cap(calls=1, per="chain")])
+    parent = world.chain(world.bot, scope=SCOPE)
+    assert spend(holder_capped, parent, world.bot, {}) == "ran"
+    assert spend(holder_capped, parent, world.bot, {}) == Reason.BUDGET_EXHAUSTED
+    assert spend(chain_capped, parent, world.bot, {}) == "ran"
+    for name in ("agent:bot-1", "agent:bot-2"):
+        sub = world.identity(name)
+        child = parent.attenuate(world.bot, sub, SCOPE, clock=world.clock)
+        assert spend(holder_capped, child, sub, {}) == "ran"
+        assert spend(chain_capped, child, sub, {}) == Reason.BUDGET_EXHAUSTED
+
+
 def test_a_chain_budget_is_shared_below_its_root_grant(world: World) -> None:
     """Delegating further does not reset a per-chain budget: it counts per root grant."""
     guard = world.guard(budgets=[cap(sum={"amount": 100}, per="chain")])
