@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, NamedTuple
 
 from agentguard import tracing
@@ -38,7 +38,7 @@ from agentguard.approval import (
 from agentguard.audit import AuditLog, decision_record, restore_redacted
 from agentguard.budgets import BudgetExhausted, Charge, charges_for, refuse_unless_fits
 from agentguard.clock import Clock
-from agentguard.decision import Decision, Outcome, Reason, with_audit_seq
+from agentguard.decision import Decision, Outcome, Reason
 from agentguard.delegation import Delegation
 from agentguard.errors import (
     AgentGuardError,
@@ -210,13 +210,17 @@ class _State:
         Every way out of the pipeline decides before it records, so the chain is
         written into the decision here rather than by a copy of its own.
         """
-        chain = self.chain
-        return Decision(
+        chain, request = self.chain, self.request
+        # Built as Decision(...) would build it, without the frozen dataclass's
+        # per-field setattr (tests/test_decision_copy.py holds the two equal).
+        decision: Decision = object.__new__(Decision)
+        decision.__dict__.update(
+            _DECISION_DEFAULTS,
             id=self.id,
             outcome=self.outcome,
             reason=self.reason,
             explanation=self.explanation,
-            tool=self.request.tool,
+            tool=request.tool,
             path=chain.path if chain is not None else (),
             link_ids=chain.delegation.link_ids if chain is not None else (),
             link=self.link,
@@ -224,12 +228,17 @@ class _State:
             approval_rules=self.approval_rules,
             approval_request_id=self.approval_request_id,
             approver=self.approver,
-            call_id=self.request.call_id,
+            call_id=request.call_id,
             shadow=shadow,
-            dry_run=not self.request.enforce,
+            dry_run=not request.enforce,
             claimed_path=self.claimed_path,
             approval_receipt=self.approval_receipt,
         )
+        return decision
+
+
+#: The fields of :class:`Decision` that have a default, at their default.
+_DECISION_DEFAULTS = {f.name: f.default for f in fields(Decision) if f.default is not MISSING}
 
 
 def run(parts: Parts, request: CallRequest) -> Pipeline:
@@ -510,7 +519,9 @@ def _record(parts: Parts, state: _State, error: DeniedError | None = None) -> Re
         error.decision_id = decision.id
     if state.budget_view:
         tracing.annotate(_budget_attributes(state.budget_view, error))
-    return Result(with_audit_seq(decision, entry.seq), None if shadow else error, dict(effective))
+    # Built by state.decision above and not handed out yet: numbered in place, not copied.
+    decision.__dict__["audit_seq"] = entry.seq
+    return Result(decision, None if shadow else error, dict(effective))
 
 
 def _charged_view(body: str) -> list[dict[str, Any]] | None:

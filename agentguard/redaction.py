@@ -8,11 +8,15 @@ alone, and :func:`restore_redacted` puts the caller's value back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["REDACTED", "redact", "restore_redacted", "sets_redacted_field"]
 
 REDACTED = "[redacted]"
+
+#: Values _redact returns as they are (short strings are checked inline too).
+_KEPT = frozenset({type(None), bool, int, float})
 
 
 def redact(value: Any, fields: Iterable[str], *, depth: int = 0) -> Any:
@@ -21,18 +25,39 @@ def redact(value: Any, fields: Iterable[str], *, depth: int = 0) -> Any:
     Matching is case-insensitive and applies at any depth; very deep or very
     large structures are summarised rather than copied.
     """
-    names = {f.lower() for f in fields}
-    return _redact(value, names, depth)
+    return _redact(value, _lowered(fields), depth)
 
 
-def _redact(value: Any, names: set[str], depth: int) -> Any:
+def _lowered(fields: Iterable[str]) -> frozenset[str]:
+    """The field names, lowercased (remembered per tuple of names: every audit record
+    and traced call redacts with the policy's same few names)."""
+    names = fields if isinstance(fields, tuple) else tuple(fields)
+    try:
+        return _lowered_names(names)
+    except TypeError:  # an unhashable name: refused by lower() below, as before
+        return frozenset(f.lower() for f in names)
+
+
+@lru_cache(maxsize=64)
+def _lowered_names(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(f.lower() for f in names)
+
+
+def _redact(value: Any, names: frozenset[str], depth: int) -> Any:
     if depth > 16:
         return "[too deep]"
-    if isinstance(value, Mapping):
-        return {
-            str(k): (REDACTED if str(k).lower() in names else _redact(v, names, depth + 1))
-            for k, v in list(value.items())[:200]
-        }
+    if type(value) is dict or isinstance(value, Mapping):
+        deeper = depth + 1
+        out = {}
+        for k, v in list(value.items())[:200]:
+            key = str(k)
+            if key.lower() in names:
+                out[key] = REDACTED
+            elif deeper <= 16 and (type(v) in _KEPT or (type(v) is str and len(v) <= 1000)):
+                out[key] = v  # what _redact returns for it, without the call
+            else:
+                out[key] = _redact(v, names, deeper)
+        return out
     if isinstance(value, list | tuple):
         return [_redact(v, names, depth + 1) for v in value[:200]]
     if isinstance(value, str) and len(value) > 1000:

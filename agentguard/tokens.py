@@ -463,7 +463,10 @@ def mint_call(
         "exp": expires,
         "jti": jti,
     }
-    return CallClaims(
+    # CallClaims(...) without the frozen dataclass's per-field setattr (it has no
+    # __post_init__ and no slots; tests/test_jws_sign.py holds the two equal).
+    claims: CallClaims = object.__new__(CallClaims)
+    claims.__dict__.update(
         token=_jws.sign_call(payload, holder, TYP_CALL),
         kid=holder.kid,
         issuer=holder.id,
@@ -475,3 +478,4 @@ def mint_call(
         expires_at=expires,
         jti=jti,
     )
+    return claims

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -64,3 +65,17 @@ def test_minted_claims_are_what_the_token_says() -> None:
     )
     assert CallClaims.parse(minted.token) == minted
     assert _jws.verify(minted.token, HOLDER.principal, TYP_CALL)["aud"] == "kb"
+
+
+def test_minted_claims_are_the_dataclasss_own() -> None:
+    """``mint_call`` builds its CallClaims without the dataclass's __init__: same fields."""
+    minted = mint_call(
+        HOLDER, leaf_link_id="L" * 43, tool="kb/search", args={"q": 1}, now=1_750_000_000, ttl=30
+    )
+    parsed = CallClaims.parse(minted.token)
+    assert type(minted) is CallClaims
+    assert vars(minted) == vars(parsed)
+    assert set(vars(minted)) == {f.name for f in dataclasses.fields(CallClaims)}
+    assert not hasattr(CallClaims, "__post_init__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        minted.jti = "other"  # type: ignore[misc]
