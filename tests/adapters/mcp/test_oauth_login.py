@@ -31,7 +31,9 @@ from typer.testing import CliRunner
 from agentguard.cli import app as cli_app
 from agentguard.delegation import Delegation
 from agentguard.federation import DELEGATION_TOKEN_TYPE, verify_actor_token
+from agentguard.guard import Guard
 from agentguard.keys import Identity, Principal
+from agentguard.testing import audit_records
 from tests.adapters.mcp.mcp_support import BIN, Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import serve_on
 from tests.oidc.harness import (
@@ -72,7 +74,7 @@ def _login_argv(idp: IdentityProvider, resource: str, out: Path, *extra: str) ->
     ]  # fmt: skip
 
 
-async def _proxy(setup: Setup, port: int, record: Path, stack: AsyncExitStack) -> None:
+async def _proxy(setup: Setup, port: int, record: Path, stack: AsyncExitStack) -> Guard:
     guard = build_guard(setup.home, str(setup.policy_file))
     stack.callback(guard.close)
     spec = UpstreamSpec(namespace="notes", command=tuple(notes_command(record)), trusted=True)
@@ -83,6 +85,7 @@ async def _proxy(setup: Setup, port: int, record: Path, stack: AsyncExitStack) -
     oauth, mapping = federated
     await stack.enter_async_context(oauth)
     await stack.enter_async_context(serve_on(port, http_app(proxy, oauth=oauth, federate=mapping)))
+    return guard
 
 
 async def test_login_then_call_with_the_files_it_wrote(
@@ -416,3 +419,67 @@ def test_login_says_when_the_provider_cannot_be_reached(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}/")
+
+
+async def test_a_langchain_agent_uses_the_login_with_its_own_guard(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """Two commands for a LangChain agent: login, then guarded tools under its own guard.
+
+    The agent's guard trusts the proxy's key as the provider's federation ``key`` (the
+    same rules): the delegation verifies there too, and reaches exactly its tools.
+    """
+    from agentguard_langchain import guard_tools
+
+    section = {
+        "issuer": idp.issuer,
+        "audience": resource,
+        "alias": "corp",
+        "rules": [{"claim": "groups", "equals": "incident-response", "tools": ["notes/read_note"]}],
+    }
+    setup.write_policy(federation=[section])
+    ran: list[str] = []
+
+    def read_note(id: str) -> str:
+        """Read a note."""
+        ran.append(f"read {id}")
+        return f"note {id}"
+
+    def write_note(id: str, text: str) -> str:
+        """Write a note."""
+        ran.append(f"write {id}")
+        return "written"
+
+    with anyio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            proxy_guard = await _proxy(setup, port, tmp_path / "calls.jsonl", stack)
+            signer = proxy_guard.guard_identity
+            assert signer is not None
+            await _login(idp, resource, ["--home", str(tmp_path / "laptop")], "alice")
+    out = tmp_path / "laptop" / "login.delegation"
+    key = Identity.load(out.with_name("login.delegation.key"))
+    federation_key = {"id": signer.id, "public_key": signer.principal.public_jwk()}
+    laptop = Guard(
+        {"guard_id": "service:laptop", "federation": [{**section, "key": federation_key}]},
+        home=tmp_path / "laptop-state",
+    )
+    try:
+        tools = guard_tools(
+            [read_note, write_note],
+            guard=laptop,
+            delegation=out.read_text().strip(),
+            holder=key,
+            namespace="notes",
+        )
+        assert tools[0].invoke({"id": "n1"}) == "note n1"
+        refused = tools[1].invoke({"id": "n1", "text": "x"})
+        assert "out_of_scope" in str(refused)
+        decisions = [e for e in audit_records(laptop) if e["type"] == "decision"]
+    finally:
+        laptop.close()
+    assert ran == ["read n1"]
+    assert [(d["tool"], d["outcome"]) for d in decisions] == [
+        ("notes/read_note", "allow"),
+        ("notes/write_note", "deny"),
+    ]
+    assert decisions[0]["path"] == [signer.id, f"agent:corp.{PUBLIC_CLIENT}"]
