@@ -165,3 +165,25 @@ def test_postgres_charges_by_its_own_clock_whatever_time_it_is_given(pg_url: str
         assert caught.value.reason == Reason.BUDGET_EXHAUSTED
     finally:
         store.close()
+
+
+def test_in_shadow_mode_a_call_over_the_budget_runs_uncharged(world: World) -> None:
+    """Shadow mode: the refusal is recorded and the call runs, but the count holds only
+    the calls the budget let through (and the next window starts from zero)."""
+    guard = world.guard(shadow=True)
+    delegation = one_a_minute(world)
+    tools = [RecordingTool() for _ in range(3)]
+    for tool in tools:
+        guard.call(delegation, REFUND, {"amount": 1}, tool, holder=world.bot)
+    assert all(tool.ran for tool in tools)
+    records = decisions(guard)
+    assert [(r["outcome"], r["reason"]) for r in records] == [
+        ("allow", Reason.ALLOWED),
+        ("deny", Reason.BUDGET_EXHAUSTED),
+        ("deny", Reason.BUDGET_EXHAUSTED),
+    ]
+    assert [r.get("shadow", False) for r in records] == [False, True, True]
+    assert [r["budget"][0]["calls"]["used"] for r in records] == [1, 1, 1]
+    world.clock.advance(MINUTE)
+    assert spend(guard, delegation, world.bot, 1) == "ran"
+    assert decisions(guard)[-1]["budget"][0]["calls"] == {"used": 1, "limit": 1}
