@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agentguard import Delegation, Identity, Verifier
+from agentguard import Delegation, Identity, Verifier, _jws
 from agentguard.addresses import _parse_text, parse_address
 from agentguard.clock import ManualClock
 from agentguard.decision import Reason
@@ -24,7 +24,7 @@ from agentguard.errors import DeniedError, InvalidAddressError
 from agentguard.keys import TrustedKey
 from agentguard.store import MemoryStore
 from agentguard.testing import World
-from agentguard.tokens import Grant
+from agentguard.tokens import TYP_CALL, Grant
 
 
 @pytest.fixture
@@ -443,3 +443,34 @@ def test_providers_named_in_the_environment(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "ok"
+
+
+# -- no decision is remembered ------------------------------------------------------------
+
+
+def test_the_same_call_twice_is_decided_twice(world: World) -> None:
+    """A warm call is decided again in full: its own decision, its own call token signed
+    by the holder and spent once, its own records; and a predicate is judged again."""
+    store = MemoryStore()
+    guard = world.guard(store=store)
+    ran: list[int] = []
+
+    def refund(amount: int) -> None:
+        ran.append(amount)
+
+    for amount in (5, 5):
+        guard.call(world.delegation, "billing/refund", {"amount": amount}, refund, holder=world.bot)
+    records = [json.loads(entry.body) for entry in store.audit_entries()]
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert [r["type"] for r in records] == ["decision", "completion"] * 2
+    assert decisions[0]["decision_id"] != decisions[1]["decision_id"]
+    tokens = [r["call_token"] for r in decisions]
+    assert tokens[0] != tokens[1]
+    for token in tokens:
+        claims = _jws.verify(token, world.bot.principal, TYP_CALL)  # signed by the holder
+        assert store.is_consumed(f"{claims['iss']}/{claims['jti']}", now=world.clock.now())
+    # The same warm chain and tool with an amount its predicate refuses: refused.
+    with pytest.raises(DeniedError) as caught:
+        guard.call(world.delegation, "billing/refund", {"amount": 10**6}, refund, holder=world.bot)
+    assert caught.value.reason == Reason.PREDICATE_FAILED
+    assert ran == [5, 5]
