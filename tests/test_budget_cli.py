@@ -172,3 +172,22 @@ def test_a_malformed_budget_names_its_option(cli: CLI) -> None:
     )  # fmt: skip
     assert result.exit_code == 2
     assert "--budget" in result.stderr
+
+
+def test_db_status_counts_budget_counters(pg_url: str, tmp_path: Path) -> None:
+    """``agentguard db status`` lists the budget counters with the other rows."""
+    from agentguard.budgets import Budget, charge_of
+    from agentguard.store.postgres import PostgresStore
+    from tests.test_store_postgres_cli import agentguard
+
+    store = PostgresStore(pg_url)
+    try:
+        hourly = Budget(3600, 5)
+        store.budget_charge([charge_of("a", "a", hourly, {}), charge_of("b", "b", hourly, {})], 0)
+    finally:
+        store.close()
+    shown = agentguard(tmp_path, "db", "status", "--json", url=pg_url)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["counts"]["budget counters"] == 2
+    text = agentguard(tmp_path, "db", "status", url=pg_url)
+    assert "budget counters: 2" in text.stdout

@@ -141,6 +141,7 @@ COUNTED_TABLES: tuple[tuple[str, str], ...] = (
     ("checkpoints", "ag_audit_checkpoints"),
     ("approvals", "ag_approvals"),
     ("tool pins", "ag_tool_pins"),
+    ("budget counters", "ag_budget_usage"),
 )
 
 
