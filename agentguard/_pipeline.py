@@ -36,7 +36,13 @@ from agentguard.approval import (
     receipt_lifetime,
 )
 from agentguard.audit import AuditLog, decision_record, restore_redacted
-from agentguard.budgets import BudgetExhausted, Charge, charges_for, refuse_unless_fits
+from agentguard.budgets import (
+    BudgetExhausted,
+    Charge,
+    charges_for,
+    refuse_unless_fits,
+    request_budgets,
+)
 from agentguard.clock import Clock
 from agentguard.decision import Decision, Outcome, Reason
 from agentguard.delegation import Delegation
@@ -683,6 +689,7 @@ def new_request(
         rules=state.approval_rules,
         min_assurance=min_level,
         excluded=tuple(sorted(excluded)),
+        budgets=tuple(request_budgets(state.charges)),
         created_at=now,
         deadline=now + parts.policy.approval.timeout,
         trace_id=trace_id,

@@ -554,6 +554,9 @@ class ApprovalRequest:
     #: Principals who may not answer (separation of duties, see
     #: :func:`excluded_approvers`), fixed when the request was filed.
     excluded: tuple[str, ...] = ()
+    #: The budgets the call is charged to when it runs, as
+    #: :func:`agentguard.budgets.request_budgets` records them (no amounts).
+    budgets: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: ApprovalRow) -> ApprovalRequest:
@@ -588,6 +591,7 @@ class ApprovalRequest:
             span_id=data.get("span_id"),
             links=links,
             excluded=tuple(str(p) for p in data.get("excluded_approvers", ())),
+            budgets=tuple(data["budgets"]) if isinstance(data.get("budgets"), list) else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -609,6 +613,8 @@ class ApprovalRequest:
             data["trace_id"], data["span_id"] = self.trace_id, self.span_id
         if self.links is not None:
             data["links"] = [link.to_json() for link in self.links]
+        if self.budgets:
+            data["budgets"] = list(self.budgets)
         return data
 
     def state(self, now: float) -> str:

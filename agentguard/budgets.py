@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from agentguard.clock import format_duration, parse_duration
 from agentguard.decision import Reason
@@ -97,7 +97,9 @@ __all__ = [
     "charged_record",
     "describe_usage",
     "judge",
+    "pending_usage",
     "refuse_unless_fits",
+    "request_budgets",
     "rule_usage",
     "settle",
     "window_bounds",
@@ -715,6 +717,54 @@ def rule_usage(
         (int(c.link or 0), int(c.rule or 0)): s.as_record(charged=False)
         for c, s in zip(charges, states, strict=True)
     }
+
+
+# The most budgets one call can be charged to: rules of every link, and the policy's.
+_MAX_RECORDED = 256
+
+
+def request_budgets(charges: Sequence[Charge]) -> list[dict[str, Any]]:
+    """What an approval request records of the budgets its call is charged to.
+
+    Each budget's label, counter key and signed form (:meth:`Budget.to_claim`),
+    so the approval page can show what it has used; not the call's amounts,
+    which may be redacted arguments.
+    """
+    return [{"budget": c.label, "key": c.key, **c.budget.to_claim()} for c in charges]
+
+
+def _usable_name(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= 200
+
+
+def pending_usage(
+    recorded: Sequence[object],
+    read: Callable[[Sequence[Charge], float], list[BudgetState]],
+    now: float,
+) -> list[dict[str, Any]]:
+    """What each budget an approval request recorded (:func:`request_budgets`) has
+    used in its current window: the audit record's form, this call not counted.
+
+    ``read`` is a store's ``budget_states``; nothing is charged.
+
+    Raises:
+        ValueError: an entry is not one :func:`request_budgets` writes.
+        StoreError: the counters cannot be read.
+    """
+    if len(recorded) > _MAX_RECORDED:
+        raise ValueError("too many recorded budgets")
+    charges = []
+    for entry in recorded:
+        if not isinstance(entry, Mapping):
+            raise ValueError("a recorded budget is not an object")
+        label, key = entry.get("budget"), entry.get("key")
+        if not (_usable_name(label) and _usable_name(key)):
+            raise ValueError("a recorded budget has no usable label or key")
+        claim = {k: v for k, v in entry.items() if k not in ("budget", "key")}
+        charges.append(Charge(key, label, Budget.from_claim(claim)))
+    if not charges:
+        return []
+    return [s.as_record(charged=False) for s in read(charges, now)]
 
 
 def describe_usage(view: Mapping[str, Any], sep: str = ", ") -> str:

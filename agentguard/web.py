@@ -361,8 +361,40 @@ def _offer(book: ApprovalBook, request: ApprovalRequest, approver: str) -> _Offe
     return _Offer(approve=why_not(True), deny=why_not(False))
 
 
+def _budgets_html(request: ApprovalRequest, book: ApprovalBook) -> str:
+    """The budgets the call is charged to if it runs, with what their windows have used.
+
+    Read, not charged: the guard checks them again, exactly, when the answer comes.
+    """
+    if not request.budgets:
+        return ""
+    from agentguard.budgets import describe_usage, pending_usage
+
+    read = getattr(book.store, "budget_states", None)
+    try:
+        if read is None:
+            raise ValueError("the store keeps no budgets")
+        views = pending_usage(request.budgets, read, book.clock.now())
+        items = "".join(
+            f"<li><b>{_e(v['budget'])}</b>: {_e(describe_usage(v))}</li>" for v in views
+        )
+    except (ValueError, AgentGuardError) as exc:  # show that it cannot tell, never guess
+        log.warning("agentguard web: budgets of %s not shown: %s", request.id, exc)
+        items = "<li>cannot tell what they have used (see the page's log)</li>"
+    return (
+        '<div class="budgets"><h3>Budgets</h3><p>If approved, the call is charged to '
+        f"(this window, before this call):</p><ul>{items}</ul></div>"
+    )
+
+
 def _request_html(
-    request: ApprovalRequest, csrf: str, now: float, offer: _Offer, *, passkey: bool = False
+    request: ApprovalRequest,
+    csrf: str,
+    now: float,
+    offer: _Offer,
+    *,
+    passkey: bool = False,
+    budgets: str = "",
 ) -> str:
     rid = _e(request.id)
     # The edit box holds the arguments as JSON (ASCII escapes for anything else).
@@ -439,7 +471,7 @@ request <code>{rid}</code></p>
 <h3>Who asks, for whom</h3>
 <p class="requester"><code>{_e(view.requester)}</code> asks, delegated by (root first):</p>
 <ol class="chain">{chain}</ol>
-<div class="claims">{claims}</div>
+<div class="claims">{claims}</div>{budgets}
 <p class="rules">Approval required by {_e("; ".join(view.rules))}
 (minimum assurance <code>{_e(request.min_assurance)}</code>; this page carries
 <code>{"signed" if passkey else WEB_ASSURANCE}</code>{" with your passkey" if passkey else ""}).</p>
@@ -1006,7 +1038,14 @@ def create_app(
             now = current.clock.now()
             passkey = current.passkey_credential(approver) is not None
             shown = "".join(
-                _request_html(r, session.csrf, now, _offer(current, r, approver), passkey=passkey)
+                _request_html(
+                    r,
+                    session.csrf,
+                    now,
+                    _offer(current, r, approver),
+                    passkey=passkey,
+                    budgets=_budgets_html(r, current),
+                )
                 for r in pending
             )
             if passkey and pending:
