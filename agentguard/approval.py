@@ -50,6 +50,7 @@ from agentguard.passkeys import (
     PasskeyReceipt,
     answer_statement,
     is_passkey_receipt,
+    passkey_key_id,
     verify_passkey_receipt,
 )
 from agentguard.policy import ASSURANCE_LEVELS, Passkey, Policy, assurance_at_least
@@ -724,7 +725,9 @@ def peek_receipt(receipt: object) -> tuple[dict[str, Any], dict[str, Any]]:
 def receipt_check(book: ApprovalBook, request_id: str) -> str | None:
     """What checking the stored receipt of ``request_id`` offline finds, in one line
     (``None`` when it has none): its kind, approver, assurance and decision, or why it
-    does not verify or no longer counts (expired, approver removed or revoked).
+    does not verify or no longer counts (expired, approver removed or revoked); for a
+    passkey receipt, the key id of the approver's enrolled passkey too
+    (:func:`agentguard.passkeys.passkey_key_id`: what ``agentguard revoke --key`` takes).
 
     Raises:
         StoreError: the request cannot be read.
@@ -732,15 +735,35 @@ def receipt_check(book: ApprovalBook, request_id: str) -> str | None:
     row = book.store.approval_get(request_id)
     if row is None or not row.receipt:
         return None
-    kind = "passkey assertion" if is_passkey_receipt(row.receipt) else "signed receipt (JWS)"
+    kind, key, kid = "signed receipt (JWS)", "", None
+    if is_passkey_receipt(row.receipt):
+        kind = "passkey assertion"
+        kid = _passkey_kid(book, row.receipt)
+        key = "" if kid is None else f"; passkey key {kid}"
     try:
         verified = book.verify_receipt(row, expected_digest=row.call_digest)
     except DeniedError as exc:
-        return f"{kind}; does not verify or no longer counts: {visible_text(exc.explanation)}"
+        why = visible_text(exc.explanation)
+        if kid is not None and kid in why:
+            key = ""  # named already
+        return f"{kind}; does not verify or no longer counts: {why}{key}"
     return (
         f"{kind} by {verified.approver}, verified ({verified.decision}, "
-        f"assurance {verified.assurance}, channel {visible_text(verified.channel)})"
+        f"assurance {verified.assurance}, channel {visible_text(verified.channel)}){key}"
     )
+
+
+def _passkey_kid(book: ApprovalBook, receipt: str) -> str | None:
+    """The key id of the passkey a stored passkey receipt is checked with: its
+    approver's enrolled one (``None`` when the receipt or the entry is unusable)."""
+    try:
+        approver = str(PasskeyReceipt.decode(receipt).statement["approver"])
+        entry = book.policy.approver(approver)
+        if entry is None or entry.passkey is None:
+            return None
+        return passkey_key_id(entry.passkey.public_key)
+    except (TokenFormatError, KeyError):
+        return None
 
 
 def verify_receipt_signature(receipt: str, key: Principal) -> None:
@@ -1542,6 +1565,9 @@ class ApprovalBook:
         passkey = entry.passkey if entry is not None else None
         if passkey is None:
             raise DeniedError(f"no passkey is enrolled for {approver_id}")
+        kid = passkey_key_id(passkey.public_key)
+        if self._revoked(kids=[kid]):
+            raise DeniedError(f"the passkey of {approver_id} (key {kid}) is revoked")
         if parsed.statement.get("iss") != approver_id:
             raise DeniedError("a passkey statement is the approver's own")
         try:

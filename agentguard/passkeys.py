@@ -53,6 +53,7 @@ __all__ = [
     "check_rp_id",
     "is_passkey_receipt",
     "origin_fits",
+    "passkey_key_id",
     "registration_options",
     "statement_challenge",
     "verify_passkey_receipt",
@@ -108,6 +109,20 @@ def _unb64(text: object, what: str) -> bytes:
     if _b64(raw) != text:  # stray characters or non-canonical trailing bits
         raise TokenFormatError(f"{what} is not base64url text", reason=Reason.APPROVAL_INVALID)
     return raw
+
+
+def passkey_key_id(public_key: str) -> str:
+    """The key id of an enrolled passkey: base64url (no padding) of the SHA-256 of its
+    COSE public key bytes, as enrolled (``passkey.public_key`` decoded).
+
+    ``agentguard revoke --key`` takes it: a revoked key id refuses that
+    authenticator's answers, in the guard and in the MCP upstream verifier,
+    without revoking the person.
+
+    Raises:
+        TokenFormatError: ``public_key`` is not base64url text.
+    """
+    return _b64(hashlib.sha256(_unb64(public_key, "passkey public key")).digest())
 
 
 def answer_statement(

@@ -41,6 +41,7 @@ from agentguard.passkeys import (
     assertion_options,
     check_rp_id,
     origin_fits,
+    passkey_key_id,
     registration_options,
     statement_challenge,
     verify_registration,
@@ -336,7 +337,7 @@ def passkey_routes(
         except ValueError:
             return refuse("not a WebAuthn credential")
 
-        def enrol() -> str:
+        def enrol() -> tuple[str, str]:
             assert enrolments is not None  # noqa: S101 - enrolment_approver checked
             assert policy_file is not None  # noqa: S101 - enrolment_approver checked
             credential_id, public_key = verify_registration(
@@ -353,16 +354,21 @@ def passkey_routes(
                     "origin": waiting.origin,
                 },
             )
-            return approver
+            return approver, passkey_key_id(public_key)
 
         try:
-            approver = await run_in_threadpool(enrol)
+            approver, kid = await run_in_threadpool(enrol)
         except DeniedError as exc:
             return refuse(exc.explanation, 403)
         except ConfigError as exc:
             return refuse(str(exc), 500)
         return reply(
-            {"ok": True, "message": f"Passkey enrolled for {approver}; you can close this page."}
+            {
+                "ok": True,
+                "message": f"Passkey enrolled for {approver} (key id {kid}: if this "
+                f"authenticator is lost, 'agentguard revoke --key {kid}' stops its answers); "
+                "you can close this page.",
+            }
         )
 
     return [

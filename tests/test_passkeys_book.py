@@ -15,7 +15,7 @@ import pytest
 from agentguard.approval import receipt_check
 from agentguard.errors import ApprovalPending, ApprovalRejected, DeniedError
 from agentguard.guard import Guard
-from agentguard.passkeys import PasskeyReceipt
+from agentguard.passkeys import PasskeyReceipt, passkey_key_id
 from agentguard.policy import Policy
 from agentguard.store.memory import MemoryStore
 from agentguard.testing import RecordingTool, World
@@ -239,11 +239,14 @@ def test_receipt_check_says_whether_a_stored_receipt_verifies() -> None:
     request_id = desk.ask()
     assert receipt_check(desk.guard.approvals, request_id) is None  # not answered yet
     desk.answer(request_id, desk.carol, approve=True)
+    kid = passkey_key_id(desk.carol.cose())
     assert receipt_check(desk.guard.approvals, request_id) == (
         "passkey assertion by user:carol, verified (approve, assurance signed, channel web)"
+        f"; passkey key {kid}"
     )
     desk.guard.revoke("principal", "user:carol", reason="left")
     checked = receipt_check(desk.guard.approvals, request_id)
     assert checked is not None
     assert checked.startswith("passkey assertion; does not verify or no longer counts:")
     assert "user:carol is revoked" in checked
+    assert checked.endswith(f"; passkey key {kid}")

@@ -14,7 +14,7 @@ from agentguard_mcp.verify import DelegationVerifier
 
 from agentguard.approval import QueueChannel
 from agentguard.errors import ApprovalPending, DeniedError
-from agentguard.passkeys import PasskeyReceipt
+from agentguard.passkeys import PasskeyReceipt, passkey_key_id
 from agentguard.policy import Passkey
 from agentguard.store.memory import MemoryStore
 from agentguard.testing import RecordingTool, World
@@ -115,6 +115,38 @@ def test_a_revoked_approver_and_an_edited_receipt_are_refused(world: World) -> N
     )
     edited = passkey_receipt(world, key, edited_args={"target": "db2"})
     assert reason(verifier(world, key), _params(world, edited)) == "approval_mismatch"
+
+
+def test_a_revoked_passkey_key_id_refuses_that_authenticator_not_the_person(
+    world: World,
+) -> None:
+    """Revoking the lost passkey's key id (not the person): its receipts are refused
+    upstream; the person's passkey enrolled in its place counts under the same
+    revocations."""
+    lost = SoftKey()
+    receipt = passkey_receipt(world, lost)
+    store = MemoryStore()
+    store.revoke("key", passkey_key_id(lost.cose()), reason="lost", at=world.clock.now())
+    check = verifier(world, lost, store)
+    assert reason(check, _params(world, receipt)) == "approver_not_authorized"
+    replacement = SoftKey(-7)
+    fresh = passkey_receipt(world, replacement)
+    authority = verifier(world, replacement, store).check(_params(world, fresh))
+    assert authority.approval is not None
+    assert authority.approval.approver == "user:carol"
+
+
+def test_an_enrolled_key_that_is_not_base64url_fails_closed(world: World) -> None:
+    key = SoftKey(-7)  # 77 bytes of COSE key: the last character carries two spare bits
+    receipt = passkey_receipt(world, key)
+    check = verifier(world, key)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(key.cose()[-1]) ^ 1]  # a spare bit set: not canonical
+    bent = key.cose()[:-1] + last
+    check.passkeys["user:carol"] = check.passkeys["user:carol"].model_copy(
+        update={"public_key": bent}
+    )
+    assert reason(check, _params(world, receipt)) == "approval_invalid"
 
 
 def test_no_credential_and_no_key_fails_closed(world: World) -> None:

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from agentguard.errors import ApprovalPending, ApprovalRejected
 from agentguard.guard import Guard
-from agentguard.passkeys import PasskeyEnrolments
+from agentguard.passkeys import PasskeyEnrolments, passkey_key_id
 from agentguard.policy import load_policy
 from agentguard.testing import RecordingTool
 from agentguard.web import create_app
@@ -100,6 +100,11 @@ def test_enrol_then_approve_on_the_page_and_the_call_runs_once(tmp_path: Path) -
         "/enroll/finish", data={"token": token, "credential": json.dumps(credential)}
     )
     assert done.json()["message"].startswith("Passkey enrolled for user:carol")
+    kid = passkey_key_id(page.key.cose())
+    assert (
+        f"(key id {kid}: if this authenticator is lost, 'agentguard revoke --key {kid}'"
+        in (done.json()["message"])
+    )
     assert page.passkey() == {
         "credential_id": page.key.credential_id,
         "public_key": page.key.cose(),

@@ -43,7 +43,12 @@ from agentguard.budgets import Charge, charges_for, refuse_unless_fits
 from agentguard.clock import Clock
 from agentguard.errors import ConfigError, DeniedError, TokenFormatError
 from agentguard.keys import Principal
-from agentguard.passkeys import PasskeyReceipt, is_passkey_receipt, verify_passkey_receipt
+from agentguard.passkeys import (
+    PasskeyReceipt,
+    is_passkey_receipt,
+    passkey_key_id,
+    verify_passkey_receipt,
+)
 from agentguard.policy import ASSURANCE_LEVELS, Passkey, assurance_at_least
 from agentguard.store.base import BudgetStore, ReplayStore, RevocationStore
 from agentguard.tokens import args_digest
@@ -297,15 +302,16 @@ class DelegationVerifier:
                 reason=Reason.APPROVAL_REQUIRED,
             )
         if is_passkey_receipt(receipt):
-            claims = self._passkey_statement(receipt)
+            claims, kid = self._passkey_statement(receipt)
             signer = approver = str(claims["approver"])
-            kids: list[str] = []
+            kids = [kid]  # the passkey's key id: revoking it refuses this authenticator
         else:
             claims, signer, approver, kids = self._jws_claims(receipt)
         return self._judge(claims, signer, approver, kids, chain, address, arguments)
 
-    def _passkey_statement(self, receipt: str) -> dict[str, Any]:
-        """The statement of a passkey receipt, verified with its approver's credential."""
+    def _passkey_statement(self, receipt: str) -> tuple[dict[str, Any], str]:
+        """The statement of a passkey receipt, verified with its approver's credential,
+        and that credential's key id (:func:`agentguard.passkeys.passkey_key_id`)."""
         try:
             parsed = PasskeyReceipt.decode(receipt)
         except TokenFormatError as exc:
@@ -334,7 +340,12 @@ class DelegationVerifier:
                 credential_id=passkey.credential_id,
             )
             statement.pop("edited")  # null: checked above
-            return statement
+            return statement, passkey_key_id(passkey.public_key)
+        except TokenFormatError as exc:  # an enrolled key that is not base64url
+            raise DeniedError(
+                f"approval receipt does not verify: {exc.explanation}",
+                reason=Reason.APPROVAL_INVALID,
+            ) from None
         except DeniedError as exc:
             raise DeniedError(
                 f"approval receipt does not verify: {exc.explanation}",
