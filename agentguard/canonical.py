@@ -21,7 +21,7 @@ import rfc8785
 
 from agentguard.keys import b64url_encode
 
-try:  # the ``fast`` extra: writes plain values as the C encoder below does, in a sixth of the time
+try:  # the ``fast`` extra: writes plain values as the C encoder below does, 8x faster
     import orjson
 except ImportError:  # pragma: no cover - the standard library's encoder serves
     orjson = None  # type: ignore[assignment]

@@ -474,3 +474,13 @@ def test_the_same_call_twice_is_decided_twice(world: World) -> None:
         guard.call(world.delegation, "billing/refund", {"amount": 10**6}, refund, holder=world.bot)
     assert caught.value.reason == Reason.PREDICATE_FAILED
     assert ran == [5, 5]
+
+
+def test_every_cache_keeps_cache_size_entries_and_zero_keeps_none(world: World) -> None:
+    store = MemoryStore()
+    default = _verifier(world, store)
+    assert (default._chains._size, default._cache._size, default._plans._size) == (4096,) * 3
+    verifier = _verifier(world, store, cache_size=0)
+    chain = verifier.verify_chain(world.delegation.serialize())
+    verifier.authorize(chain, "tickets/read", {})
+    assert (len(verifier._chains), len(verifier._cache), len(verifier._plans)) == (0, 0, 0)
