@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,32 @@ def test_db_status_counts_budget_counters(pg_url: str, tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["counts"]["budget counters"] == 2
     text = agentguard(tmp_path, "db", "status", url=pg_url)
     assert "budget counters: 2" in text.stdout
+
+
+def test_policy_validate_warns_that_holder_budgets_count_sub_agents_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``per: holder`` budget where chains may be delegated further gets a note on stderr;
+    chains of one link cannot be, and ``per: chain`` budgets get none."""
+    import yaml
+
+    from tests.cli.cli_support import CLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTGUARD_HOME", str(tmp_path / ".agentguard"))
+    runner = CLI(tmp_path)
+    entry = {"tools": ["search/*"], "window": "1h", "calls": 20}
+    cases: dict[str, tuple[dict[str, Any], bool]] = {
+        "holder.yaml": ({"budgets": [{**entry, "per": "holder"}]}, True),
+        "chain.yaml": ({"budgets": [{**entry, "per": "chain"}]}, False),
+        "flat.yaml": (
+            {"budgets": [{**entry, "per": "holder"}], "limits": {"max_chain_length": 1}},
+            False,
+        ),
+    }
+    for name, (doc, warned) in cases.items():
+        (tmp_path / name).write_text(yaml.safe_dump({"version": 1, **doc}))
+        result = runner.ok("policy", "validate", name)
+        said = "budgets[0]: per: holder counts each principal apart" in result.stderr
+        assert said is warned, (name, result.stderr)
+        assert "valid" in result.stdout

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agentguard.cli._common import PolicyOption, fail, print_json, say, workspace
+from agentguard.cli._common import PolicyOption, fail, note, print_json, say, workspace
 from agentguard.policy import PolicyError, load_policy, policy_schema
 
 __all__ = ["app"]
@@ -39,6 +39,14 @@ def validate(
         fail(f"{path} is not a valid policy: {count} problem{'s' if count != 1 else ''}")
     roots = loaded.root_principals()
     loaded.listed_guard_keys()  # every guard key loads too
+    if loaded.limits.max_chain_length > 1:
+        for index, budget in enumerate(loaded.budgets):
+            if budget.per == "holder":
+                note(
+                    f"budgets[{index}]: per: holder counts each principal apart: a holder "
+                    "that may delegate gives each sub-agent a count of its own (per: chain "
+                    "caps a grant with everything delegated below it)"
+                )
     say(
         f"{path}: valid ({len(roots)} trusted root(s), {len(loaded.approvers)} approver(s), "
         f"{len(loaded.step_up)} step-up and {len(loaded.deny)} deny rule(s), "
