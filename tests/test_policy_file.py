@@ -13,6 +13,7 @@ import fcntl
 import multiprocessing
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,43 @@ def test_what_is_not_a_policy_file_is_refused_before_anything_is_written(tmp_pat
     with pytest.raises(ConfigError, match="not an approver"):
         write_passkey(fresh, "user:nobody", _passkey())
     assert fresh.read_text() == before
+
+
+def test_an_edit_waits_while_another_holds_the_lock_then_goes_ahead(tmp_path: Path) -> None:
+    path = tmp_path / "agentguard.yaml"
+    _policy(path, ["user:alice"])
+    lock = os.open(tmp_path / ".agentguard.yaml.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done: list[object] = []
+    waiting = threading.Thread(
+        target=lambda: done.append(rewrite_policy_section(path, "guard_keys", []))
+    )
+    waiting.start()
+    try:
+        assert done == []  # it cannot have written: the lock is held
+    finally:
+        os.close(lock)  # the other edit ends
+    waiting.join(timeout=60)
+    assert len(done) == 1
+    assert "guard_keys: []" in path.read_text()
+
+
+def test_a_change_the_check_refuses_or_a_file_changed_while_read_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "agentguard.yaml"
+    _policy(path, ["user:alice"])
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="edit guard_keys by hand"):
+        rewrite_policy_section(path, "guard_keys", [], check=lambda _: False)
+    assert path.read_text() == before
+
+    def saved_meanwhile(source: Path) -> Any:
+        loaded = load_policy(source)
+        path.write_text(before + "# saved by hand\n")
+        return loaded
+
+    monkeypatch.setattr("agentguard.policy_file.load_policy", saved_meanwhile)
+    with pytest.raises(ConfigError, match="changed while it was read"):
+        rewrite_policy_section(path, "guard_keys", [])
+    assert path.read_text() == before + "# saved by hand\n"
