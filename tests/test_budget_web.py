@@ -212,3 +212,18 @@ def test_pending_usage_reads_what_request_budgets_writes() -> None:
     (view,) = pending_usage(recorded, store.budget_states, 1.0)
     assert view["calls"] == {"used": 1, "limit": 2}
     assert view["sum"]["amount"] == {"used": "1.5", "limit": "5"}
+
+
+def test_a_book_whose_store_keeps_no_budgets_shows_that_it_cannot_tell(tmp_path: Path) -> None:
+    """A page over a store without budget counters (another release's) does not guess."""
+    from types import SimpleNamespace
+
+    from agentguard.web import _budgets_html
+
+    desk = Desk(tmp_path, MemoryStore())
+    request_id = desk.ask(20)
+    row = desk.guard.store.approval_get(request_id)
+    assert row is not None
+    book: Any = SimpleNamespace(store=object(), clock=desk.world.clock)
+    shown = _budgets_html(ApprovalRequest.from_row(row), book)
+    assert "cannot tell what they have used" in shown
