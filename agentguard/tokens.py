@@ -65,9 +65,11 @@ def args_digest(args: Mapping[str, Any]) -> str:
     Raises:
         ValueError: the arguments are not a JSON object representable canonically.
     """
-    if not isinstance(args, Mapping):
-        raise ValueError("tool arguments must be a JSON object")
-    return canonical_digest(dict(args))
+    if type(args) is not dict:
+        if not isinstance(args, Mapping):
+            raise ValueError("tool arguments must be a JSON object")
+        args = dict(args)
+    return canonical_digest(args)
 
 
 @dataclass(frozen=True)

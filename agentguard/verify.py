@@ -17,7 +17,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from agentguard import _jws
 from agentguard.addresses import parse_address
@@ -678,51 +678,59 @@ class Verifier:
         matched: list[int] = []
         approvals: list[tuple[int, int]] = []
         plan = self._plans.plan(chain.delegation, tool)
-        for index, grant in enumerate(chain.delegation):
+        for index, rules in enumerate(plan):
             # One three-valued answer per rule whose pattern selects the tool: a rule
             # grants only on TRUE; an approval rule restricts, so it demands approval
             # unless FALSE, even when another rule of the same link admits the call
             # without one (approvals never disappear).
-            truths: dict[int, Truth] = {}
             admitting: int | None = None
-            for i, predicate, approval in plan[index]:
+            for i, predicate, approval in rules:
                 truth = Truth.TRUE if predicate is None else evaluate(predicate, args)
-                truths[i] = truth
                 if truth is Truth.TRUE and admitting is None:
                     admitting = i
                 if approval and truth is not Truth.FALSE:
                     approvals.append((index, i))
-            if not truths:
-                raise DeniedError(
-                    f"link {index} ({grant.issuer} -> {grant.subject}) has no rule for {tool}",
-                    reason=Reason.OUT_OF_SCOPE,
-                    link=index,
-                )
             if admitting is None:
-                candidates = list(truths)
-                described = "; ".join(grant.scope[i].describe() for i in candidates)
-                # Which argument failed, as the audit record shows it (redacted); the
-                # model only ever sees the reason code (DeniedError.short).
-                failed = "; ".join(
-                    filter(
-                        None, (self._why_not(grant.scope[i].predicate, args) for i in candidates)
-                    )
-                )
-                why = (
-                    "cannot tell whether these arguments satisfy it (an argument is missing,"
-                    " of another JSON type, or not an absolute path)"
-                    if Truth.UNKNOWN in truths.values()
-                    else "does not admit these arguments"
-                )
-                raise DeniedError(
-                    f"link {index} ({grant.issuer} -> {grant.subject}) rule "
-                    f"{candidates[0]} {why} ({described})" + (f": {failed}" if failed else ""),
-                    reason=Reason.PREDICATE_FAILED,
-                    link=index,
-                    rule=candidates[0],
-                )
+                self._refuse(chain.delegation.grants[index], index, rules, tool, args)
             matched.append(admitting)
         return ScopeMatch(tool, tuple(matched), tuple(approvals))
+
+    def _refuse(
+        self,
+        grant: Grant,
+        index: int,
+        rules: tuple[tuple[int, list[Any] | None, bool], ...],
+        tool: str,
+        args: Mapping[str, Any],
+    ) -> NoReturn:
+        """Refuse a link none of whose rules admits the call, saying why."""
+        if not rules:
+            raise DeniedError(
+                f"link {index} ({grant.issuer} -> {grant.subject}) has no rule for {tool}",
+                reason=Reason.OUT_OF_SCOPE,
+                link=index,
+            )
+        candidates = [i for i, _, _ in rules]
+        truths = [Truth.TRUE if p is None else evaluate(p, args) for _, p, _ in rules]
+        described = "; ".join(grant.scope[i].describe() for i in candidates)
+        # Which argument failed, as the audit record shows it (redacted); the
+        # model only ever sees the reason code (DeniedError.short).
+        failed = "; ".join(
+            filter(None, (self._why_not(grant.scope[i].predicate, args) for i in candidates))
+        )
+        why = (
+            "cannot tell whether these arguments satisfy it (an argument is missing,"
+            " of another JSON type, or not an absolute path)"
+            if Truth.UNKNOWN in truths
+            else "does not admit these arguments"
+        )
+        raise DeniedError(
+            f"link {index} ({grant.issuer} -> {grant.subject}) rule "
+            f"{candidates[0]} {why} ({described})" + (f": {failed}" if failed else ""),
+            reason=Reason.PREDICATE_FAILED,
+            link=index,
+            rule=candidates[0],
+        )
 
     def _why_not(self, predicate: list[Any] | None, args: Mapping[str, Any]) -> str:
         return "" if predicate is None else explain(predicate, args, redact_fields=self.redact)
