@@ -33,6 +33,8 @@ Starlette and Uvicorn are imported only when an app is built, so
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import html
@@ -44,7 +46,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,6 +103,9 @@ class ApproverTokens:
     The file is JSON, written atomically with mode 0600. Issuing a token for an
     approver replaces (and so revokes) the previous one. The file is read on
     every login, so tokens issued or revoked by the CLI take effect at once.
+    Each change holds an exclusive lock on a sibling file (``.NAME.lock``) from
+    reading the file to replacing it, so processes changing it at once lose
+    none of each other's changes (a revocation is never undone).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -121,6 +126,24 @@ class ApproverTokens:
             raise ConfigError(f"cannot read approver tokens {self.path}: {exc}") from exc
         entries = doc.get("tokens", {}) if isinstance(doc, dict) else {}
         return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """The entries, read under this process's and the file's exclusive lock; what
+        the caller leaves in them is written before the lock is released."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(f".{self.path.name}.lock")
+        with self._lock:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                entries = self._read()
+                before = json.dumps(entries, sort_keys=True)
+                yield entries
+                if json.dumps(entries, sort_keys=True) != before:
+                    self._write(entries)
+            finally:
+                os.close(fd)  # closing releases the lock
 
     def _write(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,13 +167,11 @@ class ApproverTokens:
         """
         validate_principal_id(approver)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._lock:
-            entries = self._read()
+        with self._changing() as entries:
             entries[approver] = {
                 "sha256": _hash_token(token),
                 "created_at": time.time() if now is None else now,
             }
-            self._write(entries)
         return token
 
     def revoke(self, approver: str) -> bool:
@@ -159,12 +180,9 @@ class ApproverTokens:
         Raises:
             ConfigError: the token file cannot be read.
         """
-        with self._lock:
-            entries = self._read()
-            if entries.pop(approver, None) is None:
-                return False
-            self._write(entries)
-        return True
+        with self._changing() as entries:
+            found = entries.pop(approver, None) is not None
+        return found
 
     def current_hash(self, approver: str) -> str | None:
         """The stored hash of ``approver``'s token, or ``None`` when it has none.
