@@ -183,6 +183,13 @@ def _device_token(
         raise LoginError(f"the identity provider refused the sign-in: {_oauth_problem(answer)}")
 
 
+def _origin(url: str) -> str:
+    """Scheme, host and port of ``url``, lower-cased, the port spelled out."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)  # checked by _check_url
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
+
+
 def _exchange_endpoint(resource: str) -> str:
     """The proxy's token exchange endpoint, from its protected resource metadata."""
     parts = urllib.parse.urlsplit(resource)
@@ -200,7 +207,15 @@ def _exchange_endpoint(resource: str) -> str:
             if endpoint is None:
                 problem = ""
                 break
-            return _check_url(endpoint, "agentguard_token_exchange_endpoint")
+            endpoint = _check_url(endpoint, "agentguard_token_exchange_endpoint")
+            if _origin(endpoint) != _origin(resource):
+                # The person's access token goes there: only to the proxy it was made for.
+                raise LoginError(
+                    "the MCP proxy's metadata names a token exchange on another origin "
+                    f"({_printable(endpoint, 200)!r}); the access token is sent only to "
+                    f"{_origin(resource)}"
+                )
+            return endpoint
     raise LoginError(
         f"the MCP proxy at {resource} offers no token exchange (does its policy have a "
         f"federation: section?){problem}"

@@ -290,6 +290,15 @@ def _hostile_cases() -> dict[str, tuple[dict[str, Any], str]]:
         "no exchange in the metadata": (
             {"metadata": {"agentguard_token_exchange_endpoint": None}},
             "offers no token exchange"),
+        "exchange on another host": (
+            {"metadata": {"agentguard_token_exchange_endpoint": "http://127.0.0.2:1/exchange"}},
+            "token exchange on another origin"),
+        "exchange with a bad port": (
+            {"metadata": {"agentguard_token_exchange_endpoint": "http://127.0.0.1:x/exchange"}},
+            "agentguard_token_exchange_endpoint must be https"),
+        "exchange on another port": (
+            {"metadata": {"agentguard_token_exchange_endpoint": "http://127.0.0.1:1/exchange"}},
+            "token exchange on another origin"),
         "metadata for another resource": (
             {"metadata": {"resource": "http://127.0.0.1:1/mcp"}}, "offers no token exchange"),
         "exchange answers no delegation": (
@@ -360,8 +369,11 @@ async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
             {"issued_token_type": DELEGATION_TOKEN_TYPE, "access_token": delegation.serialize()}
         )
 
+    asked: list[str] = []
+
     def answer(name: str) -> Any:
         async def route(request: Request) -> Response:
+            asked.append(name)
             value = documents[name]
             if value == "honest":
                 return await exchange(request)
@@ -408,6 +420,9 @@ async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
     assert "\x1b" not in stderr
     assert "Traceback" not in stderr
     assert not out.exists()
+    if "another origin" in message:  # refused before the person is asked to sign in
+        assert "device" not in asked
+        assert "token" not in asked
 
 
 def test_login_says_when_the_provider_cannot_be_reached(tmp_path: Path) -> None:
