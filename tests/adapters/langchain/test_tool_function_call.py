@@ -168,3 +168,34 @@ def test_the_wrapper_still_reports_its_full_signature() -> None:
             "values",
         ]
         assert inspect.signature(method).parameters["config"].annotation is RunnableConfig
+
+
+def test_an_unhashable_function_is_looked_up_on_every_call(
+    guard: Guard, delegation: Delegation, bot: Identity
+) -> None:
+    class Lookup:
+        """A callable tool function that cannot be remembered (no hash)."""
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, order: str) -> str:
+            return f"order {order}: shipped"
+
+    tool = StructuredTool(
+        name="lookup",
+        description="Look up an order.",
+        func=Lookup(),
+        args_schema=StructuredTool.from_function(_plain_lookup, description="-").args_schema,
+    )
+    (guarded,) = guard_tools(
+        [tool], guard=guard, delegation=delegation, holder=bot, namespace="shop"
+    )
+    assert guarded.invoke({"order": "A1"}) == tool.invoke({"order": "A1"})
+    assert guarded.invoke({"order": "A2"}) == "order A2: shipped"
+
+
+def _plain_lookup(order: str) -> str:
+    return order
