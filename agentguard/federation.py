@@ -230,12 +230,25 @@ class Provider:
         The approval page's single sign-on maps people through this too, so
         one person has one id in chains, approver lists and sign-in.
 
+        A template naming ``{email}`` needs the token's ``email_verified`` to
+        be ``true``: an address the provider did not verify names nobody.
+
         Raises:
             FederationError: the claim the template names is missing, not
-                text, empty or too long (reason ``malformed_token``).
+                text, empty or too long, or an unverified email (reason
+                ``malformed_token``).
         """
         template = self._template("subject")
-        return self._render(template, claims.get(template.claim), template.claim)
+        person = self._render(template, claims.get(template.claim), template.claim)
+        if template.claim == "email" and claims.get("email_verified") is not True:
+            # Many providers let a person type any address; an unverified one could
+            # name someone else. Missing or any value but JSON true is "unverified".
+            raise FederationError(
+                "the token's 'email' claim is not verified (email_verified is not true); "
+                "a person is named by an email address only once the provider verified it",
+                reason=Reason.MALFORMED_TOKEN,
+            )
+        return person
 
     def client_value(self, claims: Mapping[str, Any]) -> str:
         """The OAuth client's id: the claim the ``client`` template names.

@@ -878,3 +878,24 @@ def test_hostile_evidence_signed_by_the_federation_key_is_refused_or_exactly_der
 
 
 _FUZZ_KEY = Identity.generate(GUARD_ID)
+
+
+@pytest.mark.parametrize("verified", [None, False, "true", 1, [True]])
+def test_an_unverified_email_names_nobody(guard_key: Identity, verified: Any) -> None:
+    """A ``{email}`` subject template: only an address the provider verified (JSON ``true``)
+    names a person; missing, false or any look-alike of true is refused."""
+    section = [{**SECTION[0], "subject": "user:{alias}.{email}"}]
+    federation = Federation.from_policy(
+        load_policy({"federation": section}), guard_key=guard_key.principal
+    )
+    provider = federation.provider_for(ISSUER)
+    assert provider is not None
+    claims = _claims(email="alice@example.com", email_verified=verified)
+    with pytest.raises(FederationError) as refused:
+        provider.person_id(claims)
+    assert refused.value.reason == Reason.MALFORMED_TOKEN
+    assert "not verified" in str(refused.value)
+    with pytest.raises(FederationError):
+        federation.derive(claims, provider, signer=guard_key, now=START, token=BEARER)
+    verified_claims = _claims(email="alice@example.com", email_verified=True)
+    assert provider.person_id(verified_claims) == "user:corp.alice@example+2Ecom"
