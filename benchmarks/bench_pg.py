@@ -10,8 +10,10 @@ tests do, see ``tests/pg_support.py``) and measures, in one run:
   processes on one PostgreSQL database, against one process on a SQLite file
   (durability ``normal``, the default);
 * database work per allowed call: transactions committed (the server's own
-  count, ``pg_stat_database.xact_commit``) and statements sent (counted by the
-  store); each transaction also costs the pool's liveness check, BEGIN and COMMIT;
+  count, ``pg_stat_database.xact_commit``), statements sent (counted by the
+  store) and round trips: the store's connections go through a relay that
+  counts how often the client sends again after the server answered (each such
+  turn waits for the network once; pipelined statements travel in one);
 * revocation propagation: one process calls in a loop while another revokes the
   caller's principal; the time from ``revoke`` returning to the caller's first
   refusal, and whether any call that started after ``revoke`` returned ran.
@@ -118,12 +120,12 @@ def _database_work(url: str, files: dict[str, Any], calls: int) -> tuple[float, 
         statements = 0
         transactions = 0
 
-        def _run(self, action: str, fn: Any) -> Any:
+        def _run(self, action: str, fn: Any, *mode: Any) -> Any:
             def counted(db: Any) -> Any:
                 self.transactions += 1
                 return fn(_CountingConnection(db, self))
 
-            return super()._run(action, counted)
+            return super()._run(action, counted, *mode)
 
     store = Counting(url)
     guard = _guard(url, files, store)
@@ -154,6 +156,27 @@ def _database_work(url: str, files: dict[str, Any], calls: int) -> tuple[float, 
     # server but not by the store): the server's count is read as an upper bound.
     server = commits() - before - 1
     return server / calls, store.transactions / calls, store.statements / calls
+
+
+def _round_trips(url: str, files: dict[str, Any], calls: int) -> float:
+    """Round trips per allowed call, counted by a relay (``tests.pg_support.TurnCounter``)."""
+    from agentguard.delegation import Delegation
+    from agentguard.keys import Identity
+    from tests.pg_support import TurnCounter
+
+    relay = TurnCounter(url)
+    guard = _guard(relay.url, files)
+    delegation = Delegation.parse(files["delegation"])
+    bot = Identity.from_private_jwk("agent:bot", files["bot"])
+    for _ in range(10):  # connections made, statements prepared
+        guard.call(delegation, "tickets/read", {"id": 1}, _tool, holder=bot)
+    before = relay.turns
+    for _ in range(calls):
+        guard.call(delegation, "tickets/read", {"id": 1}, _tool, holder=bot)
+    turns = relay.turns - before
+    guard.close()
+    relay.close()
+    return turns / calls
 
 
 class _CountingConnection:
@@ -248,6 +271,7 @@ def main() -> None:
             server, transactions, statements = _database_work(
                 cluster.create_database("bench_work"), files, 100
             )
+            trips = _round_trips(cluster.create_database("bench_trips"), files, 100)
             propagation, late = _propagation(cluster.create_database("bench_revoke"), files)
     finally:
         pg_support.remove_cluster(cluster)
@@ -264,8 +288,7 @@ def main() -> None:
         )
     print(
         f"PostgreSQL per allowed call: {transactions:.2f} transactions ({server:.2f} by the "
-        f"server's count), {statements:.1f} statements; each transaction adds the pool's "
-        "liveness check, BEGIN and COMMIT"
+        f"server's count), {statements:.1f} statements, {trips:.1f} round trips"
     )
     print(
         f"revocation propagation: first refusal in another process {propagation:.1f} ms after "

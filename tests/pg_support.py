@@ -14,14 +14,17 @@ import glob
 import os
 import pwd
 import secrets
+import selectors
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Cluster", "PostgresMissing", "find_bindir", "start_cluster"]
+__all__ = ["Cluster", "PostgresMissing", "TurnCounter", "find_bindir", "start_cluster"]
 
 #: The superuser the tests connect as.
 USER = "agentguard"
@@ -191,3 +194,65 @@ def remove_cluster(cluster: Cluster) -> None:
     """Stop the cluster and delete its directory."""
     cluster.stop("immediate")
     shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+class TurnCounter:
+    """A TCP relay in front of the database server that counts round trips.
+
+    A round trip is a turn of the conversation: bytes from the client after
+    the server has answered (or the first bytes of a connection). Statements
+    sent in one pipeline count once; a statement that must wait for the
+    previous answer counts again.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        netloc = parts.netloc.rsplit("@", 1)
+        where = f"127.0.0.1:{port}"
+        self.url = urlunsplit(
+            parts._replace(netloc=f"{netloc[0]}@{where}" if len(netloc) > 1 else where)
+        )
+        self.turns = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, server)
+        selector.register(server, selectors.EVENT_READ, client)
+        answered = True  # the first bytes from the client start a turn
+        try:
+            while True:
+                for key, _ in selector.select():
+                    source: socket.socket = key.fileobj  # type: ignore[assignment]
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    if source is client:
+                        if answered:
+                            with self._lock:
+                                self.turns += 1
+                        answered = False
+                    else:
+                        answered = True
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            server.close()
+
+    def close(self) -> None:
+        self._listener.close()

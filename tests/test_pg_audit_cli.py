@@ -212,7 +212,7 @@ def test_grants_inspect_and_approvals_read_the_shared_database(
 
     grants = run("grants", "list", "--json", "--policy", str(policy))
     assert grants.exit_code == 0, grants.output
-    assert [g["subject"] for g in json.loads(grants.stdout)] == [world.alice.id, world.bot.id]
+    assert sorted(g["subject"] for g in json.loads(grants.stdout)) == [world.bot.id, world.alice.id]
     inspected = run("inspect", "chain.txt", "--json", "--policy", str(policy))
     assert inspected.exit_code == 3, inspected.output
     assert "revoked" in inspected.stdout

@@ -27,9 +27,10 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from agentguard.budgets import BudgetState, Charge, Usage, charged_record, judge, settle
@@ -76,6 +77,15 @@ _ISOLATION = "SET default_transaction_isolation = 'read committed'"
 APPROVAL_CHANNEL = "agentguard_approval"
 # How often the listener thread looks up from its connection (to notice close()).
 _LISTEN_TICK = 0.5
+# A pooled connection unused for this long is checked (one round trip) before it is
+# used; one used more recently is not. A server restart within that time makes the
+# next call on it fail with a StoreError (fail closed), and the pool drops it.
+_CHECK_AFTER_IDLE_S = 1.0
+#: How a store operation talks to the server: ``tx``, statements one by one in a
+#: transaction; ``pipeline``, a transaction whose BEGIN, statements and COMMIT are
+#: sent without waiting for answers until one is needed; ``single``, one statement
+#: that is its own transaction (no BEGIN or COMMIT round trips).
+_Mode = Literal["tx", "pipeline", "single"]
 # Taken (per transaction) while the schema is created or migrated, so replicas
 # starting together do not race on CREATE TABLE.
 _SCHEMA_LOCK = 0x6167_6775_6172_6400 & 0x7FFF_FFFF_FFFF_FFFF
@@ -302,14 +312,24 @@ class PostgresStore:
                 conn.execute("SET default_transaction_read_only = on")
             conn.commit()
 
+        # When each pooled connection was last given back (see _CHECK_AFTER_IDLE_S).
+        self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+        def check(conn: psycopg.Connection[Any]) -> None:
+            returned = self._returned.get(conn)
+            if returned is None or time.monotonic() - returned >= _CHECK_AFTER_IDLE_S:
+                ConnectionPool.check_connection(conn)
+
+        # Autocommit: a transaction is opened explicitly (``_tx``), so a single
+        # statement costs one round trip instead of three (BEGIN, it, COMMIT).
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             timeout=self.timeout,
-            kwargs={"connect_timeout": max(1, int(self.timeout))},
+            kwargs={"connect_timeout": max(1, int(self.timeout)), "autocommit": True},
             configure=configure,
-            check=ConnectionPool.check_connection,
+            check=check,
             open=False,
             name="agentguard",
         )
@@ -424,30 +444,65 @@ class PostgresStore:
             return self._upgrade(conn)
 
     @contextmanager
-    def _tx(self, action: str) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on a pooled connection; any database error is a StoreError."""
+    def _tx(self, action: str, mode: _Mode = "tx") -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection (see :data:`_Mode`); any database
+        error is a StoreError."""
         if self._closed:
             raise StoreError(f"store {self.location} is closed")
         psycopg = self._psycopg
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                yield conn
+            with self._pool.connection() as conn:
+                if mode == "pipeline":
+                    with self._pipelined(conn):
+                        yield conn
+                else:
+                    block: AbstractContextManager[Any] = (
+                        nullcontext() if mode == "single" else conn.transaction()
+                    )
+                    with block:
+                        yield conn
+                # Answered just now: the next use soon after needs no liveness check.
+                self._returned[conn] = time.monotonic()
         except StoreError:
             raise
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                # Perhaps the server restarted: check every idle pooled connection now,
+                # so only this call fails on one that died unchecked.
+                with suppress(Exception):
+                    self._pool.check()
             raise self._explain(exc, action) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg_pool"):
                 raise self._explain(exc, action) from exc
             raise
 
-    def _run(self, action: str, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
-        """``fn`` in one transaction; a serialization failure or deadlock (the server rolled
-        the transaction back) is retried up to :data:`SERIALIZATION_RETRIES` times."""
+    @contextmanager
+    def _pipelined(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """A transaction in pipeline mode: BEGIN goes out with the first statement whose
+        answer is needed, COMMIT with the last ones; anything raised rolls it back."""
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                yield
+                conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed:
+                # A broken connection cannot roll back: the pool drops it.
+                with suppress(self._psycopg.Error):
+                    conn.rollback()
+            raise
+
+    def _run(
+        self, action: str, fn: Callable[[psycopg.Connection[Any]], _T], mode: _Mode = "tx"
+    ) -> _T:
+        """``fn`` in one transaction (see :data:`_Mode`); a serialization failure or
+        deadlock (the server rolled the transaction back) is retried up to
+        :data:`SERIALIZATION_RETRIES` times."""
         attempt = 0
         while True:
             try:
-                with self._tx(action) as conn:
+                with self._tx(action, mode) as conn:
                     return fn(conn)
             except StoreError as exc:
                 cause = getattr(exc.__cause__, "sqlstate", None)
@@ -509,6 +564,7 @@ class PostgresStore:
                 "OR (kind = 'principal' AND value = ANY(%s)) ORDER BY revoked_at LIMIT 1",
                 (list(link_ids), list(kids), list(principals)),
             ).fetchone(),
+            "single",
         )
         return None if row is None else Revocation(row[0], row[1], row[2], row[3])
 
@@ -553,10 +609,13 @@ class PostgresStore:
             )
             if cur.rowcount == 1:
                 return True
+            # (Without a purge here this reads after the insert's own transaction: the
+            # watermark only rises, so a later one refuses as expired, which it is.)
             mark = self._watermark(db)
             return None if mark is not None and expires_at <= mark else False
 
-        fresh = self._run("write to", run)
+        # The purge and its watermark commit together; the insert alone is one statement.
+        fresh = self._run("write to", run, "tx" if purge else "single")
         if fresh is None:
             raise DeniedError(
                 f"call token expired at {expires_at:.0f}, at or before the time up to which "
@@ -701,6 +760,8 @@ class PostgresStore:
         """
 
         def run(db: psycopg.Connection[Any]) -> AuditEntry:
+            # Pipelined: BEGIN, the burn and the tip's lock go in one round trip; the
+            # writes and COMMIT in another.
             nonlocal record
             if burn is not None and self._burn(db, *burn) != 1:
                 raise DeniedError(
@@ -746,7 +807,7 @@ class PostgresStore:
                 )
             return AuditEntry(seq, body, prev, digest)
 
-        return self._run("write to", run)
+        return self._run("write to", run, "pipeline")
 
     def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
         """Entries with ``seq > after`` in order."""
@@ -756,6 +817,7 @@ class PostgresStore:
                 "SELECT seq, body, prev, hash FROM ag_audit WHERE seq > %s ORDER BY seq LIMIT %s",
                 (after, limit),
             ).fetchall(),
+            "single",
         )
         return [AuditEntry(*r) for r in rows]
 
@@ -1092,13 +1154,17 @@ class PostgresStore:
 
     @staticmethod
     def _burn(db: psycopg.Connection[Any], request_id: str, now: float) -> int:
-        # A rejection is delivered once (closed); an approval is used.
-        return db.execute(
-            "UPDATE ag_approvals SET uses = uses + 1, status = CASE status WHEN 'rejected' "
-            "THEN 'closed' ELSE 'used' END WHERE id = %s AND (status IN ('approved', "
-            "'rejected') OR (status = 'used' AND reusable_until > %s))",
-            (request_id, now),
-        ).rowcount
+        # A rejection is delivered once (closed); an approval is used. The rows are
+        # fetched, not counted: in a pipeline a row count is known only after a sync.
+        return len(
+            db.execute(
+                "UPDATE ag_approvals SET uses = uses + 1, status = CASE status WHEN "
+                "'rejected' THEN 'closed' ELSE 'used' END WHERE id = %s AND (status IN "
+                "('approved', 'rejected') OR (status = 'used' AND reusable_until > %s)) "
+                "RETURNING 1",
+                (request_id, now),
+            ).fetchall()
+        )
 
     def close(self) -> None:
         """Close the connection pool and the answer listener; later calls are refused."""
