@@ -80,6 +80,14 @@ SESSION_COOKIE = "agentguard_session"
 #: The short-lived cookie that binds a started single sign-on to its browser.
 SSO_COOKIE = "agentguard_sso"
 SESSION_TTL = 8 * 3600
+#: At most this many anonymous sessions (a login form's CSRF token) are kept; past
+#: it the oldest anonymous one is dropped (its form asks to be reloaded).
+MAX_ANONYMOUS_SESSIONS = 1024
+#: At most this many anonymous sessions per client address (an IPv6 one by its /64);
+#: past it that address's own oldest is dropped, not anyone else's.
+ANONYMOUS_SESSIONS_PER_CLIENT = 32
+#: At most this many signed-in sessions are kept; past it the oldest signed-in one ends.
+MAX_SIGNED_IN_SESSIONS = 4096
 _MAX_FIELD = 20_000
 
 
@@ -238,40 +246,104 @@ class _Session:
 
 
 class _Sessions:
-    """Random session ids kept server-side (nothing to forge in the cookie)."""
+    """Random session ids kept server-side (nothing to forge in the cookie).
 
-    def __init__(self, ttl: float) -> None:
+    Anonymous sessions (the login form's CSRF token) and signed-in ones are kept
+    apart, each under its own cap: past it the oldest of that kind is dropped, so
+    a client asking for login forms in a loop holds at most ``max_anonymous`` of
+    them and never ends a signed-in person's session. Each client address (see
+    :func:`agentguard.web_sso.client_of`) holds at most ``per_client`` anonymous
+    ones, its own oldest dropped first, so one address's loop drops no one else's.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        max_anonymous: int | None = None,
+        max_signed_in: int | None = None,
+        per_client: int | None = None,
+    ) -> None:
         self.ttl = ttl
-        self._sessions: dict[str, _Session] = {}
+        self.per_client = ANONYMOUS_SESSIONS_PER_CLIENT if per_client is None else per_client
+        self.max_anonymous = MAX_ANONYMOUS_SESSIONS if max_anonymous is None else max_anonymous
+        self.max_signed_in = MAX_SIGNED_IN_SESSIONS if max_signed_in is None else max_signed_in
+        if min(self.max_anonymous, self.max_signed_in, self.per_client) < 1:
+            raise ValueError("session caps must be at least 1")
+        # Insertion order is expiry order (one TTL for all), so the oldest come first.
+        self._anonymous: dict[str, _Session] = {}
+        self._signed_in: dict[str, _Session] = {}
+        #: Each anonymous session's client, and each client's anonymous sessions (oldest first).
+        self._client: dict[str, str] = {}
+        self._by_client: dict[str, dict[str, None]] = {}
         self._lock = threading.Lock()
 
-    def new(self, approver: str | None = None) -> tuple[str, _Session]:
+    def _forget(self, sid: str) -> None:
+        """Drop session ``sid`` of either kind (the lock held)."""
+        self._signed_in.pop(sid, None)
+        if self._anonymous.pop(sid, None) is None:
+            return
+        client = self._client.pop(sid, "")
+        mine = self._by_client.get(client)
+        if mine is not None:
+            mine.pop(sid, None)
+            if not mine:
+                del self._by_client[client]
+
+    def new(
+        self, approver: str | None = None, *, address: str | None = None
+    ) -> tuple[str, _Session]:
         sid = secrets.token_urlsafe(32)
         session = _Session(
             csrf=secrets.token_urlsafe(32), expires=time.monotonic() + self.ttl, approver=approver
         )
+        kind, cap = (
+            (self._anonymous, self.max_anonymous)
+            if approver is None
+            else (self._signed_in, self.max_signed_in)
+        )
         with self._lock:
             now = time.monotonic()
-            for old in [k for k, s in self._sessions.items() if s.expires <= now]:
-                del self._sessions[old]
-            self._sessions[sid] = session
+            for held in (self._anonymous, self._signed_in):
+                while held and next(iter(held.values())).expires <= now:
+                    self._forget(next(iter(held)))
+            if approver is None:
+                from agentguard.web_sso import client_of
+
+                client = client_of(address)
+                mine = self._by_client.setdefault(client, {})
+                while len(mine) >= self.per_client:
+                    self._forget(next(iter(mine)))
+                mine = self._by_client.setdefault(client, {})
+                mine[sid] = None
+                self._client[sid] = client
+            while len(kind) >= cap:
+                self._forget(next(iter(kind)))
+            kind[sid] = session
         return sid, session
 
     def get(self, sid: str | None) -> _Session | None:
         if not sid:
             return None
         with self._lock:
-            session = self._sessions.get(sid)
-            if session is None:
-                return None
-            if session.expires <= time.monotonic():
-                del self._sessions[sid]
-                return None
-            return session
+            for held in (self._signed_in, self._anonymous):
+                session = held.get(sid)
+                if session is None:
+                    continue
+                if session.expires <= time.monotonic():
+                    self._forget(sid)
+                    return None
+                return session
+            return None
 
     def drop(self, sid: str | None) -> None:
         with self._lock:
-            self._sessions.pop(sid or "", None)
+            self._forget(sid or "")
+
+    def counts(self) -> tuple[int, int]:
+        """How many anonymous and signed-in sessions are held (expired ones included)."""
+        with self._lock:
+            return len(self._anonymous), len(self._signed_in)
 
 
 _STYLE = """
@@ -913,7 +985,7 @@ def create_app(
             return redirect("/")
         if sid is None or session is None:
             sessions.drop(sid)  # ended (token revoked, settings changed): a fresh one
-            sid, session = sessions.new()
+            sid, session = sessions.new(address=request.client.host if request.client else None)
         found = await run_in_threadpool(sso_settings)
         form = login_form(session.csrf, None if found is None else found[0])
         response = html_page("Log in", form, session)
