@@ -7,6 +7,8 @@ OAuth validator), :meth:`Federation.derive` signs one link:
 
 * issued by the *federation key* (the guard's own key unless the provider
   names another), a root the verifier trusts only within the federation rules;
+  with ``guard_keys`` (several replicas) any listed key signs for the guard, and
+  a provider's ``keys`` may list several keys of its own, each in its window;
 * to the OAuth client (``agent:{alias}.{client_id}``, ``azp`` when there is no
   ``client_id``) holding an ephemeral key, ``on_behalf_of`` the person
   (``user:{alias}.{sub}``), so revoking either principal stops the chain;
@@ -46,7 +48,7 @@ from agentguard.errors import (
     DeniedError,
     IdentityError,
 )
-from agentguard.keys import Identity, Principal
+from agentguard.keys import Identity, Principal, TrustedKey
 from agentguard.policy import FederationProvider, FederationRule, IdTemplate
 from agentguard.tokens import MAX_META_BYTES, Grant, Rule, new_jti
 
@@ -357,9 +359,26 @@ class FederationRoot:
     exactly what :meth:`Federation.derive` makes from the evidence it records.
     """
 
-    def __init__(self, principal: Principal, providers: Sequence[Provider]) -> None:
+    def __init__(
+        self,
+        principal: Principal,
+        providers: Sequence[Provider],
+        keys: Sequence[TrustedKey] = (),
+    ) -> None:
         self.principal = principal
         self._providers = {p.issuer: p for p in providers if p.signer == principal.id}
+        self._keys = tuple(keys) if keys else (TrustedKey(principal),)
+        if any(k.principal.id != principal.id for k in self._keys):
+            raise ValueError(f"every key of the federation key {principal.id} is named so")
+
+    @property
+    def keys(self) -> tuple[TrustedKey, ...]:
+        """Every key that may sign for this federation key, each with its window.
+
+        The verifier takes a root link it signed only when signed (its ``iat``)
+        inside that key's window and checked before the key's ``retired_at``.
+        """
+        return self._keys
 
     def check_link(self, grant: Grant) -> None:
         """Refuse a root link that claims more than the federation rules allow.
@@ -440,43 +459,42 @@ class Federation:
     def __init__(
         self,
         providers: Sequence[Provider],
-        keys: Mapping[str, Principal],
+        keys: Mapping[str, Principal | Sequence[TrustedKey]],
         *,
         max_ttl: float = 7 * 86400,
     ) -> None:
         self._providers = {p.issuer: p for p in providers}
-        self._keys = dict(keys)
+        # Each federation key id's keys: one (a Principal) or several with windows.
+        self._keys: dict[str, tuple[TrustedKey, ...]] = {
+            key_id: (TrustedKey(entry),) if isinstance(entry, Principal) else tuple(entry)
+            for key_id, entry in keys.items()
+        }
         self.max_ttl = max_ttl
 
     @classmethod
     def from_policy(cls, policy: Policy, *, guard_key: Principal) -> Federation:
         """The federation of ``policy``; ``guard_key`` is the guard's own public key.
 
-        A provider without ``key`` is vouched for by the guard's key (its id is
-        the policy's ``guard_id``).
+        A provider naming ``key`` or ``keys`` is vouched for by those keys. One
+        naming neither is vouched for by the guard's keys (its id is the
+        policy's ``guard_id``): every key of ``guard_keys`` when the policy lists
+        any, so a chain derived by any replica verifies on every replica; else
+        ``guard_key`` alone.
 
         Raises:
-            ConfigError: ``guard_key`` is not named ``guard_id``, or a
-                provider's key cannot be loaded.
+            ConfigError: ``guard_key`` is not named ``guard_id``, a provider's
+                key cannot be loaded, or the keys are ambiguous (see
+                :meth:`agentguard.policy.Policy.federation_keys`).
         """
-        keys: dict[str, Principal] = {}
-        providers = []
-        for index, config in enumerate(policy.federation):
-            if config.key is None:
-                if guard_key.id != policy.guard_id:
-                    raise ConfigError(
-                        f"the guard key is {guard_key.id}, but the policy's guard_id is "
-                        f"{policy.guard_id}"
-                    )
-                principal = guard_key
-            else:
-                try:
-                    principal = policy.load_key(config.key.id, config.key)
-                except (OSError, ValueError, AgentGuardError) as exc:
-                    raise ConfigError(f"federation[{index}].key: cannot load key: {exc}") from exc
-            if keys.setdefault(principal.id, principal).kid != principal.kid:
-                raise ConfigError(f"federation[{index}].key: {principal.id} has two keys")
-            providers.append(Provider(config, principal.id))
+        uses_guard_key = any(not config.key_entries() for config in policy.federation)
+        if uses_guard_key and guard_key.id != policy.guard_id:
+            raise ConfigError(
+                f"the guard key is {guard_key.id}, but the policy's guard_id is {policy.guard_id}"
+            )
+        keys = policy.federation_keys(guard_key)
+        providers = [
+            Provider(config, config.signer_id(policy.guard_id)) for config in policy.federation
+        ]
         return cls(providers, keys, max_ttl=policy.limits.max_root_ttl)
 
     @property
@@ -491,7 +509,35 @@ class Federation:
     def bounded_roots(self) -> list[FederationRoot]:
         """The federation keys, each bounded by its providers' rules, for the verifier."""
         providers = list(self._providers.values())
-        return [FederationRoot(key, providers) for key in self._keys.values()]
+        return [FederationRoot(keys[0].principal, providers, keys) for keys in self._keys.values()]
+
+    def check_signer(self, signer: Identity, *, now: float) -> None:
+        """Check that ``signer`` may derive chains for every provider it vouches for.
+
+        Raises:
+            ConfigError: a provider vouched for by ``signer``'s id does not list
+                its key, or not as valid at ``now`` (so no replica would accept
+                what it derives).
+        """
+        for provider in self._providers.values():
+            if provider.signer == signer.id:
+                self._signing_key(provider, signer, now)
+
+    def _signing_key(self, provider: Provider, signer: Identity, now: float) -> TrustedKey:
+        keys = self._keys[provider.signer]
+        key = next((k for k in keys if k.principal.kid == signer.kid), None)
+        if signer.id != provider.signer or key is None:
+            listed = ", ".join(k.principal.kid for k in keys)
+            raise ConfigError(
+                f"derived chains of {provider.issuer} are signed by {provider.signer}'s keys "
+                f"({listed}); {signer.id}'s key {signer.kid} is not one of them"
+            )
+        if not key.valid_at(now):
+            raise ConfigError(
+                f"{provider.signer}'s key {signer.kid} is not valid now (not_before/retired_at); "
+                "what it signed would be refused"
+            )
+        return key
 
     def derive(
         self,
@@ -517,7 +563,8 @@ class Federation:
                 name its audience, a claim the
                 mapping needs is unusable, the token has expired, or it meets
                 no rule (``insufficient_scope``).
-            ConfigError: ``signer`` is not the provider's federation key.
+            ConfigError: ``signer`` is not one of the provider's federation keys, or
+                not valid at ``now``.
         """
         if (
             claims.get("iss") != provider.issuer
@@ -532,9 +579,7 @@ class Federation:
             raise FederationError(
                 f"the token is not for {provider.audience} (aud)", reason=Reason.UNTRUSTED_ROOT
             )
-        key = self._keys[provider.signer]
-        if signer.id != key.id or signer.kid != key.kid:
-            raise ConfigError(f"derived chains of {provider.issuer} are signed by {key.id}'s key")
+        self._signing_key(provider, signer, now)
         person = provider.person_id(claims)
         client = provider.client_id(claims)
         # Never past the token; never longer than the policy lets a root grant live.

@@ -800,7 +800,16 @@ class FederationRule(_Strict):
 
 class FederationKey(TrustedRoot):
     """The key that vouches for derived chains, when it is not the guard's own
-    (``id``, e.g. ``service:federation``, and exactly one of its key forms)."""
+    (``id``, e.g. ``service:federation``, and exactly one of its key forms).
+
+    ``not_before`` and ``retired_at`` bound it as they bound a trusted root's key:
+    a derived link counts only when signed inside the window and checked before
+    ``retired_at``.
+    """
+
+
+#: The most keys one provider's ``keys:`` may list.
+MAX_FEDERATION_KEYS = 16
 
 
 class FederationProvider(_Strict):
@@ -819,7 +828,39 @@ class FederationProvider(_Strict):
     key: FederationKey | None = Field(
         None, description="The key vouching for derived chains (default: the guard's own)"
     )
+    keys: list[FederationKey] | None = Field(
+        None,
+        description="Several keys of one id vouching for derived chains (one per replica, or "
+        "rotation with not_before/retired_at); instead of key",
+    )
     max_depth: int = Field(0, ge=0, le=3, description="How far a derived chain may be delegated")
+
+    @model_validator(mode="after")
+    def _one_key_form(self) -> FederationProvider:
+        if self.key is not None and self.keys is not None:
+            raise ValueError("give key or keys, not both")
+        if self.keys is not None:
+            if not self.keys:
+                raise ValueError("keys: list at least one key (or leave it out)")
+            if len(self.keys) > MAX_FEDERATION_KEYS:
+                raise ValueError(f"keys: at most {MAX_FEDERATION_KEYS} keys")
+            ids = {entry.id for entry in self.keys}
+            if len(ids) != 1:
+                raise ValueError(
+                    f"keys: every key belongs to one federation key id, not {sorted(ids)}"
+                )
+        return self
+
+    def key_entries(self) -> list[FederationKey]:
+        """The provider's own federation keys (``key`` or ``keys``); empty: the guard's."""
+        if self.keys is not None:
+            return list(self.keys)
+        return [] if self.key is None else [self.key]
+
+    def signer_id(self, guard_id: str) -> str:
+        """The id of the federation key that vouches for this provider's chains."""
+        entries = self.key_entries()
+        return entries[0].id if entries else guard_id
 
     @field_validator("issuer")
     @classmethod
@@ -904,6 +945,10 @@ def _federation_problems(providers: Sequence[FederationProvider]) -> list[str]:
     return problems
 
 
+def _key_windows(keys: Sequence[TrustedKey]) -> list[tuple[str, float | None, float | None]]:
+    return [(k.principal.kid, k.not_before, k.retired_at) for k in keys]
+
+
 class Policy(_Strict):
     """The whole ``agentguard.yaml``."""
 
@@ -943,7 +988,7 @@ class Policy(_Strict):
                 "the people who sign in"
             )
         for index, provider in enumerate(self.federation):
-            signer = provider.key.id if provider.key is not None else self.guard_id
+            signer = provider.signer_id(self.guard_id)
             if signer in roots:
                 problems.append(
                     f"federation[{index}]: its key {signer} is also a trusted root; a "
@@ -1039,6 +1084,83 @@ class Policy(_Strict):
             keys.append(TrustedKey(principal, *entry.window()))
         return keys
 
+    def federation_keys(self, own: Principal | None = None) -> dict[str, list[TrustedKey]]:
+        """The keys that vouch for federated chains, by federation key id, with windows.
+
+        A provider naming ``key`` or ``keys`` is vouched for by exactly those keys.
+        One naming neither is vouched for by the guard's: every ``guard_keys``
+        entry when the policy lists any (so a chain any replica derived verifies
+        on every replica), else ``own`` (the process's key); without ``own`` such
+        a provider is left out.
+
+        Raises:
+            ConfigError: a key cannot be loaded or is listed twice for one id; two
+                providers name one federation key id with different keys or
+                windows; a federation key is also a trusted root's key, or the key
+                of another federation key id (a key listed as both); ``own`` is
+                not named ``guard_id``.
+        """
+        sets: dict[str, list[TrustedKey]] = {}
+        named_in: dict[str, str] = {}
+        for index, provider in enumerate(self.federation):
+            entries = provider.key_entries()
+            if entries:
+                field = "keys" if provider.keys is not None else "key"
+                where = f"federation[{index}].{field}"
+                keys = [
+                    self._federation_key(
+                        entry, f"{where}[{n}]" if provider.keys is not None else where
+                    )
+                    for n, entry in enumerate(entries)
+                ]
+                for n, key in enumerate(keys):
+                    if any(k.principal.kid == key.principal.kid for k in keys[:n]):
+                        raise ConfigError(f"{where}: key {key.principal.kid} is listed twice")
+                signer = entries[0].id
+            elif self.guard_keys:
+                where, signer, keys = "guard_keys", self.guard_id, self.listed_guard_keys()
+            elif own is not None:
+                if own.id != self.guard_id:
+                    raise ConfigError(
+                        f"the guard key is {own.id}, but the policy's guard_id is {self.guard_id}"
+                    )
+                where, signer, keys = "the guard's own key", self.guard_id, [TrustedKey(own)]
+            else:
+                continue
+            earlier = sets.setdefault(signer, keys)
+            named_in.setdefault(signer, where)
+            if _key_windows(earlier) != _key_windows(keys):
+                raise ConfigError(
+                    f"federation[{index}]: its federation key {signer} is also vouched for by "
+                    f"{named_in[signer]}, with other keys or windows; give both the same keys"
+                )
+        roots = {key.principal.kid: key.principal.id for key in self.root_keys()}
+        owners: dict[str, str] = {}
+        for signer, keys in sets.items():
+            for key in keys:
+                kid = key.principal.kid
+                if kid in roots:
+                    raise ConfigError(
+                        f"{named_in[signer]}: key {kid} of federation key {signer} is also a "
+                        f"key of the trusted root {roots[kid]}; a federation key is trusted "
+                        "only within the federation rules, so it needs a key of its own"
+                    )
+                if owners.setdefault(kid, signer) != signer:
+                    raise ConfigError(
+                        f"{named_in[signer]}: key {kid} is listed both for {owners[kid]} and "
+                        f"for {signer}; give each federation key id keys of its own"
+                    )
+        return sets
+
+    def _federation_key(self, entry: FederationKey, where: str) -> TrustedKey:
+        try:
+            principal = self.load_key(entry.id, entry)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{where}: key file {entry.key_file} does not exist") from exc
+        except (OSError, ValueError, IdentityError) as exc:
+            raise ConfigError(f"{where}: cannot load key: {exc}") from exc
+        return TrustedKey(principal, *entry.window())
+
     def approver(self, principal_id: str) -> Approver | None:
         """The approver entry for ``principal_id``, if listed."""
         return next((a for a in self.approvers if a.id == principal_id), None)
@@ -1096,9 +1218,7 @@ class Policy(_Strict):
         Raises:
             BudgetUnmeasurable: a summed argument has no exact amount.
         """
-        signers = {
-            p.issuer: p.key.id if p.key is not None else self.guard_id for p in self.federation
-        }
+        signers = {p.issuer: p.signer_id(self.guard_id) for p in self.federation}
         chain = chain_key(delegation.root, signers)
         charges = (
             b.charge(i, tool, args, delegation, chain=chain) for i, b in enumerate(self.budgets)

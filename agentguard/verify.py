@@ -56,7 +56,12 @@ class BoundedRoot(Protocol):
 
     @property
     def principal(self) -> Principal:
-        """The root's id and public key."""
+        """The root's id and (first) public key."""
+        ...
+
+    @property
+    def keys(self) -> Sequence[TrustedKey]:
+        """Every key that may sign for the root, each with its validity window."""
         ...
 
     def check_link(self, grant: Grant) -> None:
@@ -386,10 +391,14 @@ class Verifier:
             masked where a name on its way is listed (case-insensitive); by
             default (``None``) it names the argument and the operator only.
         bounded_roots: roots trusted only within a bound (federation keys): a
-            root link one of them signed must also pass its ``check_link``.
+            root link one of them signed must be signed by one of its ``keys``
+            (checked against that key's window as a trusted root's key is) and
+            also pass its ``check_link``.
 
     Raises:
         TypeError: ``revocations`` is missing or ``None``.
+        ValueError: a bounded root is also a trusted root, or one key is both
+            a bounded root's and another root's.
     """
 
     def __init__(
@@ -421,9 +430,22 @@ class Verifier:
                 raise ValueError(f"{bounded.principal.id} is both a trusted and a bounded root")
             self._bounds[bounded.principal.id] = bounded
             self._roots[bounded.principal.id] = bounded.principal
-            self._root_keys[bounded.principal.id] = {
+            # Any key of the set (a guard's replicas, or rotation) within its window.
+            bounded_keys: dict[str, TrustedKey] = {}
+            for trusted in bounded.keys:
+                if trusted.principal.id != bounded.principal.id:
+                    raise ValueError(f"a key of {bounded.principal.id} names another principal")
+                bounded_keys.setdefault(trusted.principal.kid, trusted)
+            self._root_keys[bounded.principal.id] = bounded_keys or {
                 bounded.principal.kid: TrustedKey(bounded.principal)
             }
+        # A key both unbounded and bounded would let its holder sign unbounded roots.
+        owners: dict[str, str] = {}
+        for root_id, root_keys in self._root_keys.items():
+            for kid in root_keys:
+                other = owners.setdefault(kid, root_id)
+                if other != root_id and (root_id in self._bounds or other in self._bounds):
+                    raise ValueError(f"key {kid} is a key of both {other} and {root_id}")
         self.revocations: RevocationStore = _revocation_source(revocations)
         # "is None", not "or": a store that defines __len__ is falsy while empty.
         self.replay: ReplayStore = MemoryStore() if replay is None else replay

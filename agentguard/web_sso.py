@@ -396,8 +396,7 @@ class SignOn:
             return None
         for entry in policy.federation:
             if entry.issuer == config.issuer:
-                signer = entry.key.id if entry.key is not None else policy.guard_id
-                return config, Provider(entry, signer)
+                return config, Provider(entry, entry.signer_id(policy.guard_id))
         return None  # load_policy refuses this; a hand-built Policy may not
 
     def _provider_keys(self, issuer: str) -> _ProviderKeys:

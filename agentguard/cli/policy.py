@@ -24,7 +24,7 @@ def validate(
     ] = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Check a policy file, including that every trusted root's and guard key's key loads.
+    """Check a policy file, including that every trusted root's, guard and federation key loads.
 
     Every problem is listed on stderr as FILE:LINE: key.path: message, with the
     closest known key for an unknown one.
@@ -39,6 +39,7 @@ def validate(
         fail(f"{path} is not a valid policy: {count} problem{'s' if count != 1 else ''}")
     roots = loaded.root_principals()
     loaded.listed_guard_keys()  # every guard key loads too
+    loaded.federation_keys()  # and every federation key, none of them ambiguous
     if loaded.limits.max_chain_length > 1:
         for index, budget in enumerate(loaded.budgets):
             if budget.per == "holder":

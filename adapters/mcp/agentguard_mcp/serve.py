@@ -424,7 +424,8 @@ def policy_federation(
     Raises:
         ConfigError: the providers name different audiences and no ``resource`` is
             given, a provider's audience is not ``resource``, or the guard has no key
-            to sign derived chains with.
+            to sign derived chains with, or its key is not one the policy lists as
+            valid now for them (``guard_keys``, a provider's ``keys``).
     """
     guard = proxy.guard
     policy = guard.policy
@@ -434,6 +435,8 @@ def policy_federation(
     if signer is None:
         raise ConfigError("the federation section needs the guard's own key to sign chains")
     federation = Federation.from_policy(policy, guard_key=signer.principal)
+    # A replica whose key the policy does not list would derive chains no replica takes.
+    federation.check_signer(signer, now=time.time())
     audiences = {p.audience for p in federation.providers}
     if resource is None:
         if len(audiences) != 1:
