@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from agentguard.errors import AgentGuardError
 from agentguard_mcp import _stdio
@@ -379,7 +380,13 @@ class Upstream:
                     await stack.enter_async_context(client)
                     connection.client = client
                     connection.settled.set()
-                    await connection.closing.wait()
+                    if _announces_on_streams(client):
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(self._listen, client)
+                            await connection.closing.wait()
+                            tg.cancel_scope.cancel()
+                    else:
+                        await connection.closing.wait()
             except Exception as exc:  # noqa: BLE001 - any failure of a session ends it; never the proxy
                 connection.error = exc
                 closed = connection.closing.is_set()
@@ -406,6 +413,23 @@ class Upstream:
         if self.on_tools_changed is not None and self._task_group is not None:
             self._following = True
             self._task_group.start_soon(self._follow, name=f"upstream {self.namespace} changed")
+
+    async def _listen(self, client: Client) -> None:
+        """At 2026-07-28 a server announces tool-list changes only on a
+        ``subscriptions/listen`` stream: hold one open for the session's life
+        (opened again after ``retry_after`` when it drops)."""
+        while True:
+            try:
+                async with client.listen(tools_list_changed=True) as subscription:
+                    if not subscription.honored.tools_list_changed:
+                        return  # the server will not announce them after all
+                    async for _event in subscription:
+                        await self._on_message(types.ToolListChangedNotification())
+            except Exception as exc:  # noqa: BLE001 - the session itself decides its fate
+                logger.debug(
+                    "upstream %s: listen stream ended (%s)", self.namespace, _describe(exc)
+                )
+            await anyio.sleep(self.retry_after)
 
     async def _follow(self) -> None:
         """Run :attr:`on_tools_changed` until no change was announced during the last run."""
@@ -626,6 +650,15 @@ class Upstream:
             and exc.code in (types.INVALID_REQUEST, _SESSION_NOT_FOUND)
             and "session" in exc.error.message.lower()
         )
+
+
+def _announces_on_streams(client: Client) -> bool:
+    """Whether the session is at 2026-07-28 and the server announces tool-list changes
+    (which it then does on ``subscriptions/listen`` streams only)."""
+    if client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        return False
+    tools = client.server_capabilities.tools
+    return tools is not None and tools.list_changed is True
 
 
 def _describe(exc: BaseException) -> str:

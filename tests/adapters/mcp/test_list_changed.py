@@ -22,8 +22,11 @@ import pytest
 from agentguard_mcp import Caller, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from mcp import Client
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 
-from tests.adapters.mcp.mcp_support import HERE, Setup, text_of
+from tests.adapters.mcp.mcp_support import HERE, Setup, serve_in_process, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +182,72 @@ async def test_announcements_during_a_relist_are_coalesced_and_failures_logged(
             upstream._task_group = tg
             await upstream._on_message(notice)
         assert runs == [0, 1, 2]
+
+
+class StreamingServer:
+    """An HTTP upstream at 2026-07-28: it announces tool-list changes on
+    ``subscriptions/listen`` streams only (the era has no other way)."""
+
+    def __init__(self) -> None:
+        self.tools = [
+            types.Tool(
+                name="lookup",
+                description="Look up a customer.",
+                input_schema={"type": "object", "properties": {"id": {"type": "string"}}},
+                annotations=types.ToolAnnotations(read_only_hint=True),
+            )
+        ]
+        self.bus = InMemorySubscriptionBus()
+        self.server: Server[Any] = Server(
+            "streaming",
+            on_list_tools=self._list,
+            on_call_tool=self._call,
+            on_subscriptions_listen=ListenHandler(self.bus),
+        )
+
+    async def _list(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=list(self.tools))
+
+    async def _call(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(text=f"{params.name}: found")])
+
+
+async def test_a_2026_http_upstream_is_followed_through_its_listen_stream(setup: Setup) -> None:
+    upstream = StreamingServer()
+    guard = build_guard(setup.home, str(setup.policy_file))
+    told = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            told.set()
+
+    with anyio.fail_after(30):
+        async with (
+            serve_in_process(upstream.server.streamable_http_app()) as base,
+            AsyncExitStack() as stack,
+        ):
+            spec = UpstreamSpec(namespace="crm", url=f"{base}/mcp", trusted=True)
+            connection = Upstream(spec)
+            proxy = GuardedProxy(
+                guard,
+                [connection],
+                caller=Caller(setup.delegation(["crm/*"]).serialize(), holder=setup.agent),
+            )
+            await proxy.start(stack)
+            assert connection.client.protocol_version == "2026-07-28"
+            async with Client(proxy.server, mode="legacy", message_handler=on_message) as client:
+                assert [t.name for t in (await client.list_tools()).tools] == ["lookup"]
+                extra = upstream.tools[0].model_copy(update={"name": "extra"})
+                upstream.tools.append(extra)
+                # The proxy's listen stream may open just after start: announce until told.
+                while not told.is_set():
+                    await upstream.bus.publish(ToolsListChanged())
+                    with anyio.move_on_after(0.2):
+                        await told.wait()
+                assert "extra" in proxy.tools
+                assert [t.name for t in (await client.list_tools()).tools] == ["lookup", "extra"]
+    guard.close()
