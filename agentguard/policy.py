@@ -622,6 +622,9 @@ class Storage(_Strict):
 _ID_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@-")
 _TEMPLATE_PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}|([A-Za-z0-9._@+-]+)")
 _CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.-]{0,127}$")
+#: The most names a dotted claim path may have (``federation.MAX_CLAIM_DEPTH``: the
+#: matcher looks no deeper).
+_CLAIM_PATH_NAMES = 8
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 #: The most characters a principal id's name may hold (after ``kind:``).
 _NAME_LIMIT = 128
@@ -775,6 +778,21 @@ class FederationRule(_Strict):
     def _claim(cls, value: str | None) -> str | None:
         if value is not None and not _CLAIM_NAME.match(value):
             raise ValueError(f"{value!r} is not a claim name")
+        if value is not None and "." in value and not any(c in value for c in ":/"):
+            # A dotted name is a path into nested objects (``realm_access.roles``), which
+            # the matcher follows only with 1 to 8 non-empty names; a namespaced claim
+            # (``https://example.com/roles``) is looked up whole and keeps its dots.
+            names = value.split(".")
+            if not all(names):
+                raise ValueError(
+                    f"claim {value!r} has an empty name in its dotted path (a leading, "
+                    "trailing or doubled dot): a nested claim is names separated by single dots"
+                )
+            if len(names) > _CLAIM_PATH_NAMES:
+                raise ValueError(
+                    f"claim {value!r} is a path of {len(names)} names; the matcher follows "
+                    f"at most {_CLAIM_PATH_NAMES}"
+                )
         return value
 
     @field_validator("scope")
