@@ -303,6 +303,16 @@ def test_a_trusted_root_key_used_as_a_federation_key_is_refused(
     verifier.verify_chain(grant)
 
 
+def test_a_guard_refuses_to_start_on_an_ambiguous_policy(
+    tmp_path: Path, replicas: tuple[Identity, Identity]
+) -> None:
+    a, _ = replicas
+    org = Identity.generate("org:acme")
+    root = {"id": "org:acme", "public_key": org.principal.public_jwk()}
+    with pytest.raises(ConfigError, match="also a key of the trusted root org:acme"):
+        Guard(_policy(_entry(a), _entry(org), trusted_roots=[root]), home=tmp_path)
+
+
 def test_a_key_listed_as_both_is_refused(replicas: tuple[Identity, Identity]) -> None:
     a, b = replicas
     # A guard key that is also a provider's named federation key (two ids, one key).

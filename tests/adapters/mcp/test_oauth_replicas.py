@@ -20,11 +20,13 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from agentguard_mcp import GuardedClient
-from agentguard_mcp.serve import EXCHANGE_PATH
+from agentguard_mcp import GuardedClient, GuardedProxy
+from agentguard_mcp.cli import build_guard
+from agentguard_mcp.serve import EXCHANGE_PATH, policy_federation
 from anyio.abc import Process
 
 from agentguard.delegation import Delegation
+from agentguard.errors import ConfigError
 from agentguard.federation import ACCESS_TOKEN_TYPE, ACTOR_TOKEN_TYPE, TOKEN_EXCHANGE, actor_token
 from agentguard.guard import Guard
 from agentguard.keys import Identity, Keyring, Principal
@@ -193,3 +195,23 @@ async def test_a_delegation_exchanged_at_one_replica_is_used_through_another(
         ("notes/read_note", ["service:agentguard", f"agent:corp.{PUBLIC_CLIENT}"])
     ]
     assert not any(token in json.dumps(b) for b in bodies)
+
+
+def test_a_replica_whose_key_is_not_listed_does_not_serve_federation(setup: Setup) -> None:
+    """Nothing it derived would verify anywhere: the proxy refuses to start instead."""
+    listed = Identity.generate("service:agentguard")
+    provider = {
+        "issuer": "https://login.example.com",
+        "audience": "https://mcp.example.com/mcp",
+        "alias": "corp",
+        "rules": [{"claim": "groups", "equals": "x", "tools": ["notes/read_note"]}],
+    }
+    setup.write_policy(
+        guard_keys=[{"public_key": listed.principal.public_jwk()}], federation=[provider]
+    )
+    guard = build_guard(setup.home, str(setup.policy_file))
+    try:
+        with pytest.raises(ConfigError, match="is not one of them"):
+            policy_federation(GuardedProxy(guard, []))
+    finally:
+        guard.close()
