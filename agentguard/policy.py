@@ -111,6 +111,21 @@ def _patterns(value: Any) -> list[str]:
     return out
 
 
+#: A rule's ``tools`` in the policy file: one tool pattern, or a list of at least one
+#: (the loader takes one pattern as a list of it, never as its characters).
+ToolPatterns = Annotated[
+    list[str],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ],
+            "description": "A tool pattern (e.g. billing/*) or a list of them",
+        }
+    ),
+]
+
 #: What ``parse_duration`` accepts as text: 1 to 9 digits and an optional unit.
 _DURATION_TEXT = r"^\s*(?=[0-9]{1,9}\s*[smhdw]?\s*$)0*[1-9][0-9]*\s*[smhdw]?\s*$"
 
@@ -276,7 +291,7 @@ class Approver(_Strict):
     """Who may approve which tools, through channels of at least which assurance."""
 
     id: str
-    tools: list[str] = Field(default_factory=lambda: ["*/*"])
+    tools: ToolPatterns = Field(default_factory=lambda: ["*/*"])
     min_assurance: Assurance = "local"
     public_key: dict[str, str] | None = None
     passkey: Passkey | None = None
@@ -310,7 +325,7 @@ class PolicyRule(_Strict):
     that have no such argument). See the README's "Argument predicates" section.
     """
 
-    tools: list[str]
+    tools: ToolPatterns
     where: Any = None
     reason: str | None = None
     min_assurance: Assurance = "signed"
@@ -353,7 +368,7 @@ class PolicyBudget(_Strict):
     ``calls`` and ``sum`` are those of a rule's budget (:class:`agentguard.budgets.Budget`).
     """
 
-    tools: list[str]
+    tools: ToolPatterns
     where: Any = None
     window: Duration
     calls: int | None = None
@@ -763,7 +778,7 @@ class FederationRule(_Strict):
 
     claim: str | None = Field(None, description="Claim to test, e.g. groups, roles")
     equals: str | None = Field(None, description="Value the claim must equal or contain")
-    tools: list[str] = Field(description="Tool patterns the rule allows")
+    tools: ToolPatterns = Field(description="Tool patterns the rule allows")
     where: Any = Field(None, description="Optional argument predicate, as in grants")
     scope: str | None = Field(None, description="OAuth scope the token must carry")
     approval: bool = Field(False, description="Calls it allows need step-up approval")
