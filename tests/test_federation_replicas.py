@@ -370,7 +370,12 @@ def test_a_provider_may_name_several_keys_of_one_id(tmp_path: Path) -> None:
     (tmp_path / "second.pub").write_text(json.dumps({"jwk": second.principal.public_jwk()}))
     keys: list[dict[str, Any]] = [
         {"id": "service:fed", "public_key": first.principal.public_jwk(), "note": "replica a"},
-        {"id": "service:fed", "key_file": "second.pub", "retired_at": _at(START + 100)},
+        {
+            "id": "service:fed",
+            "key_file": "second.pub",
+            "not_before": _at(START - 100),
+            "retired_at": _at(START + 100),
+        },
     ]
     (tmp_path / "agentguard.yaml").write_text(
         yaml.safe_dump({"federation": [{**PROVIDER, "keys": keys}]})
@@ -463,3 +468,25 @@ def test_the_schema_names_keys() -> None:
 
     schema = json.dumps(policy_schema())
     assert "Several keys of one id vouching for derived chains" in schema
+
+
+def test_the_readme_keys_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("**Federated chains on every replica.**") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```\n\n")]
+    [provider] = yaml.safe_load(block)["federation"]
+    (tmp_path / "keys").mkdir()
+    made = []
+    for entry in provider["keys"]:
+        key = Identity.generate(entry["id"])
+        (tmp_path / entry["key_file"]).write_text(json.dumps({"jwk": key.principal.public_jwk()}))
+        made.append(key.kid)
+    rest = {k: v for k, v in PROVIDER.items() if k not in ("issuer",)}
+    (tmp_path / "agentguard.yaml").write_text(
+        yaml.safe_dump({"federation": [{**provider, **rest}]})
+    )
+    policy = load_policy(tmp_path / "agentguard.yaml")
+    keys = policy.federation_keys()["service:federation"]
+    assert [k.principal.kid for k in keys] == made
+    assert keys[0].retired_at is None
+    assert keys[1].retired_at == datetime(2027, 7, 1, tzinfo=UTC).timestamp()

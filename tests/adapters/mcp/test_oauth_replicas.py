@@ -213,5 +213,16 @@ def test_a_replica_whose_key_is_not_listed_does_not_serve_federation(setup: Setu
     try:
         with pytest.raises(ConfigError, match="is not one of them"):
             policy_federation(GuardedProxy(guard, []))
+        own = guard.guard_identity
+        assert own is not None
+    finally:
+        guard.close()
+    # Listed, but retired: what it derived would be refused from now on.
+    retired = {"public_key": own.principal.public_jwk(), "retired_at": int(time.time()) - 60}
+    setup.write_policy(guard_keys=[retired], federation=[provider])
+    guard = build_guard(setup.home, str(setup.policy_file))
+    try:
+        with pytest.raises(ConfigError, match="not valid now"):
+            policy_federation(GuardedProxy(guard, []))
     finally:
         guard.close()
