@@ -490,3 +490,18 @@ def test_the_readme_keys_example_loads(tmp_path: Path) -> None:
     assert [k.principal.kid for k in keys] == made
     assert keys[0].retired_at is None
     assert keys[1].retired_at == datetime(2027, 7, 1, tzinfo=UTC).timestamp()
+
+
+def test_federation_keys_without_the_process_key(tmp_path: Path) -> None:
+    """Without its own key a process leaves the guard's providers out; a wrong id is refused;
+    an unusable key file is named."""
+    policy = load_policy({"federation": [PROVIDER]})
+    assert policy.federation_keys() == {}
+    with pytest.raises(ConfigError, match="but the policy's guard_id is service:agentguard"):
+        policy.federation_keys(Identity.generate("service:other").principal)
+    own = Identity.generate(GUARD_ID)
+    assert [k.principal.kid for k in policy.federation_keys(own.principal)[GUARD_ID]] == [own.kid]
+    (tmp_path / "bad.pub").write_text("{}")
+    named = {**PROVIDER, "keys": [{"id": "service:fed", "key_file": str(tmp_path / "bad.pub")}]}
+    with pytest.raises(ConfigError, match=r"federation\[0\]\.keys\[0\]: cannot load key"):
+        load_policy({"federation": [named]}).federation_keys()
