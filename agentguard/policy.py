@@ -452,13 +452,17 @@ class PolicyBudget(_Strict):
             return None
         if not restricts(self.where, args, skip_if_missing=False):
             return None
+        key = self.counter_key(delegation, chain=chain)
+        return charge_of(key, f"policy budget {index}", self.budget, args)
+
+    def counter_key(self, delegation: Delegation, *, chain: str | None = None) -> str:
+        """The counter a call under ``delegation`` is charged to (``chain``: see :meth:`charge`)."""
         who = {
             "chain": chain or f"chain/{delegation.root.link_id}",
             "holder": f"holder/{delegation.holder}",
             "global": "global",
         }[self.per]
-        key = policy_key(self.model_dump(mode="json"), who)
-        return charge_of(key, f"policy budget {index}", self.budget, args)
+        return policy_key(self.model_dump(mode="json"), who)
 
 
 class Limits(_Strict):
@@ -1251,12 +1255,28 @@ class Policy(_Strict):
         Raises:
             BudgetUnmeasurable: a summed argument has no exact amount.
         """
-        signers = {p.issuer: p.signer_id(self.guard_id) for p in self.federation}
-        chain = chain_key(delegation.root, signers)
+        chain = self._chain_key(delegation)
         charges = (
             b.charge(i, tool, args, delegation, chain=chain) for i, b in enumerate(self.budgets)
         )
         return [c for c in charges if c is not None]
+
+    def _chain_key(self, delegation: Delegation) -> str:
+        signers = {p.issuer: p.signer_id(self.guard_id) for p in self.federation}
+        return chain_key(delegation.root, signers)
+
+    def budget_counters(self, delegation: Delegation) -> list[Charge]:
+        """Each policy budget's counter for calls under ``delegation``, in order.
+
+        The charges :meth:`budget_charges` would make, without a call's amounts
+        and whichever tool they select: what ``agentguard inspect`` and
+        ``grants list`` read with a store's ``budget_states`` (nothing charged).
+        """
+        chain = self._chain_key(delegation)
+        return [
+            Charge(b.counter_key(delegation, chain=chain), f"policy budget {i}", b.budget)
+            for i, b in enumerate(self.budgets)
+        ]
 
     def step_up_rules(self, tool: str, args: Mapping[str, Any]) -> list[tuple[int, PolicyRule]]:
         """The ``step_up`` rules (with their indexes) that apply to this call."""

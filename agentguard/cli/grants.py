@@ -21,7 +21,13 @@ from agentguard.cli._common import (
     relative,
     workspace,
 )
-from agentguard.cli.inspect import budget_usage
+from agentguard.cli.inspect import (
+    CANNOT_TELL,
+    PolicyUsage,
+    budget_usage,
+    policy_budget_text,
+    policy_budget_usage,
+)
 from agentguard.delegation import Delegation
 from agentguard.errors import AgentGuardError
 from agentguard.guard import Guard
@@ -29,7 +35,7 @@ from agentguard.keys import validate_principal_id
 from agentguard.store.base import GrantRecord
 from agentguard.verify import revoked_link
 
-__all__ = ["app", "effective_status", "link_budgets"]
+__all__ = ["app", "effective_status", "link_budgets", "link_policy_budgets"]
 
 app = typer.Typer(help="The grant inventory: who granted what to whom, and is it still used.")
 
@@ -68,11 +74,29 @@ def link_budgets(guard: Guard, record: GrantRecord, now: float) -> list[dict[str
     return [{"rule": r, **view} for (link, r), view in sorted(usage.items()) if link == last]
 
 
-def _budget_text(budgets: list[dict[str, Any]]) -> str:
+def link_policy_budgets(guard: Guard, record: GrantRecord, now: float) -> PolicyUsage:
+    """What each of the policy's ``budgets:`` has used for calls under the recorded link
+    (its holder being the link's subject); see :func:`agentguard.cli.inspect.policy_budget_usage`.
+
+    Empty when the policy has none or the recorded chain cannot be read; ``None``
+    when the store's counters cannot be read.
+    """
+    try:
+        chain = Delegation.parse(record.chain, max_links=READ_MAX_LINKS)
+    except AgentGuardError:
+        return []
+    return policy_budget_usage(guard, chain, now)
+
+
+def _budget_text(budgets: list[dict[str, Any]], policy_budgets: PolicyUsage) -> str:
     lines = []
     for budget in budgets:
         lines.append(f"rule {budget['rule']}:")
         lines.append(describe_usage(budget, sep="\n"))
+    if policy_budgets is None:
+        lines.append(CANNOT_TELL)
+    for view in policy_budgets or ():
+        lines.append(policy_budget_text(view, sep="\n"))
     return "\n".join(lines)
 
 
@@ -103,7 +127,7 @@ def list_grants(
     if principal is not None:
         validate_principal_id(principal)
     ws = workspace(ctx, home, policy)
-    rows: list[tuple[GrantRecord, str, list[dict[str, Any]]]] = []
+    rows: list[tuple[GrantRecord, str, list[dict[str, Any]], PolicyUsage]] = []
     with ws.read_guard() as guard:
         now = guard.clock.now()
         for record in guard.grants():
@@ -122,12 +146,24 @@ def list_grants(
                 last = record.last_used if record.last_used is not None else record.issued_at
                 if not (status == "active" and now - last >= stale_s):
                     continue
-            rows.append((record, status, link_budgets(guard, record, now)))
+            rows.append(
+                (
+                    record,
+                    status,
+                    link_budgets(guard, record, now),
+                    link_policy_budgets(guard, record, now),
+                )
+            )
     if json_output:
         print_json(
             [
-                {**record.as_dict(now), "status": status, "budgets": budgets}
-                for record, status, budgets in rows
+                {
+                    **record.as_dict(now),
+                    "status": status,
+                    "budgets": budgets,
+                    "policy_budgets": None if policies is None else list(policies),
+                }
+                for record, status, budgets, policies in rows
             ]
         )
         return
@@ -135,11 +171,11 @@ def list_grants(
         note("no grants match")
         return
     columns = ["link", "issuer -> subject", "rules", "status", "expires", "last used", "purpose"]
-    with_budgets = any(budgets for _, _, budgets in rows)
+    with_budgets = any(budgets or policies != [] for _, _, budgets, policies in rows)
     table = Table(*columns, *(["budget (this window)"] if with_budgets else []))
     colour = {"active": "green", "expired": "dim", "revoked": "red", "pending": "yellow"}
-    for record, status, budgets in rows:
-        extra = [Text(_budget_text(budgets))] if with_budgets else []
+    for record, status, budgets, policies in rows:
+        extra = [Text(_budget_text(budgets, policies))] if with_budgets else []
         table.add_row(
             Text(record.link_id[:12]),
             Text(f"{record.issuer} -> {record.subject}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,12 +32,15 @@ from agentguard.tokens import Grant
 from agentguard.verify import revoked_link
 
 __all__ = [
+    "PolicyUsage",
     "Usage",
     "Verification",
     "budget_usage",
     "chain_json",
     "chain_tree",
     "inspect_command",
+    "policy_budget_text",
+    "policy_budget_usage",
     "verify_here",
 ]
 
@@ -119,15 +123,57 @@ def budget_usage(guard: Guard, delegation: Delegation, now: float) -> Usage:
         return None
 
 
+#: The policy's ``budgets:`` as a chain's calls are charged to them, each in the audit
+#: record's form with its ``tools`` and ``per``; ``None``: they cannot be read.
+PolicyUsage = Sequence[dict[str, Any]] | None
+
+
+def policy_budget_usage(guard: Guard, delegation: Delegation, now: float) -> PolicyUsage:
+    """What each of the policy's ``budgets:`` has used in its current window for calls
+    under ``delegation``: the counters the guard charges them to
+    (:meth:`agentguard.policy.Policy.budget_counters`), read with the store's
+    ``budget_states`` (nothing charged). Empty when the policy has none; ``None``
+    when the store keeps no budget counters or they cannot be read."""
+    budgets = guard.policy.budgets
+    if not budgets:
+        return []
+    read = getattr(guard.store, "budget_states", None)
+    if read is None:
+        return None
+    try:
+        states = read(guard.policy.budget_counters(delegation), now)
+    except StoreError:
+        return None
+    return [
+        {**state.as_record(charged=False), "tools": list(b.tools), "per": b.per}
+        for b, state in zip(budgets, states, strict=True)
+    ]
+
+
+def policy_budget_text(view: dict[str, Any], sep: str = ", ") -> str:
+    """``policy budget 0 (billing/*, per chain): 2/10 calls used (8 left), resets …``."""
+    head = f"{view['budget']} ({', '.join(view['tools'])}, per {view['per']})"
+    return f"{head}:{' ' if sep == ', ' else sep}{describe_usage(view, sep)}"
+
+
+#: What is shown when the policy's budgets cannot be read.
+CANNOT_TELL = (
+    "cannot tell what the policy's budgets have used (the store keeps no budget counters, "
+    "or they cannot be read)"
+)
+
+
 def chain_tree(
     delegation: Delegation,
     now: float,
     verification: Verification | None,
     usage: Usage = None,
+    policy_usage: PolicyUsage = (),
 ) -> Tree:
     """The chain as a Rich tree: each link nested under the one that delegated to it.
 
-    With ``usage`` each budgeted rule also shows what its window has used.
+    With ``usage`` each budgeted rule also shows what its window has used; with
+    ``policy_usage`` (:func:`policy_budget_usage`), the policy's budgets follow.
     """
     title = Text(" -> ".join(delegation.path), style="bold")
     title.append(f"  ({len(delegation)} link{'s' if len(delegation) != 1 else ''})", style="dim")
@@ -167,6 +213,12 @@ def chain_tree(
             if used is not None:
                 shown.add(Text(f"budget {describe_usage(used)}", style="cyan"))
         node = branch
+    if policy_usage is None:
+        root.add(Text(CANNOT_TELL, style="yellow"))
+    elif policy_usage:
+        policy = root.add(Text("policy budgets (this chain's counts)"))
+        for view in policy_usage:
+            policy.add(Text(policy_budget_text(view), style="cyan"))
     return root
 
 
@@ -175,9 +227,11 @@ def chain_json(
     now: float,
     verification: Verification | None,
     usage: Usage = None,
+    policy_usage: PolicyUsage = (),
 ) -> dict[str, Any]:
     """The chain as JSON (no token material); with ``usage``, each budgeted rule's
-    ``budget_used`` (the audit record's form)."""
+    ``budget_used`` (the audit record's form); ``policy_budgets``: ``policy_usage``
+    (``null`` when it cannot be read)."""
     links = []
     for index, grant in enumerate(delegation):
         if verification is not None and verification.revoked(index):
@@ -215,6 +269,7 @@ def chain_json(
         "path": list(delegation.path),
         "expires_at": delegation.expires_at,
         "links": links,
+        "policy_budgets": None if policy_usage is None else list(policy_usage),
     }
     if verification is not None:
         doc.update(verification.as_dict())
@@ -241,9 +296,10 @@ def inspect_command(
         verification = verify_here(guard, delegation)
         now = guard.clock.now()
         usage = budget_usage(guard, delegation, now)
+        policy_usage = policy_budget_usage(guard, delegation, now)
     if json_output:
-        print_json(chain_json(delegation, now, verification, usage))
+        print_json(chain_json(delegation, now, verification, usage, policy_usage))
     else:
-        out().print(chain_tree(delegation, now, verification, usage))
+        out().print(chain_tree(delegation, now, verification, usage, policy_usage))
     if not verification.ok:
         raise typer.Exit(EXIT_DENIED)
