@@ -106,6 +106,9 @@ async def test_a_session_client_is_told_and_sees_the_pins_applied(
                 assert "extra" in scene.proxy.tools
                 assert scene.proxy.changes_announced == 1
                 await _check_after_change(scene, c)
+            # The client is gone: announcing again does not fail.
+            await scene.proxy.announce_tools_changed()
+            assert scene.proxy.changes_announced == 2
     scene.guard.close()
 
 
