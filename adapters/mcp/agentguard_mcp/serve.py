@@ -251,6 +251,10 @@ class DelegationGate:
                 Reason.STORE_ERROR,
             )  # fmt: skip
             return
+        except ConfigError as exc:
+            logger.error("token exchange refused: %s", exc)
+            await _oauth_error(send, 503, "temporarily_unavailable", _CANNOT_SIGN)
+            return
         except DeniedError as exc:
             await _oauth_error(send, 400, "invalid_grant", exc.short, exc.reason)
             return
@@ -299,6 +303,12 @@ class DelegationGate:
                 await _reject(
                     send, 503, Reason.STORE_ERROR, "the state store did not answer; try again"
                 )
+                return
+            except ConfigError as exc:
+                # This replica's key may no longer sign chains (retired since it started):
+                # refuse, say it is ours, and let the operator see why.
+                logger.error("HTTP request refused: %s", exc)
+                await _reject(send, 503, "config_error", _CANNOT_SIGN)
                 return
             except DeniedError as exc:
                 # The derived chain no longer verifies (a principal, key or link of it was
@@ -521,6 +531,10 @@ async def _metadata(
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body if method == "GET" else b""})
+
+
+#: Said when this proxy's own key may not sign federated chains (e.g. retired while running).
+_CANNOT_SIGN = "this proxy cannot sign chains for identity-provider tokens now; see its log"
 
 
 async def _reject(

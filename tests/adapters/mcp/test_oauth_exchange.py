@@ -20,7 +20,7 @@ import jwt
 import pytest
 from agentguard_mcp import GuardedClient, GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
-from agentguard_mcp.serve import EXCHANGE_PATH, http_app, policy_federation
+from agentguard_mcp.serve import EXCHANGE_PATH, FederationMapping, http_app, policy_federation
 
 from agentguard import _jws
 from agentguard.delegation import Delegation
@@ -311,3 +311,40 @@ async def test_without_a_federation_mapping_there_is_no_exchange(
                 assert reply.status_code == 401  # just another request without credentials
     finally:
         guard.close()
+
+
+async def test_an_exchange_at_a_proxy_whose_key_may_no_longer_sign_is_a_clear_503(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """The proxy's federation key stopped being listed (retired) while it runs: the
+    exchange says it is temporarily unavailable, no traceback, no delegation."""
+    _federation(setup, idp, resource)
+    token = await idp.user_token("alice")
+    key = Identity.generate("agent:laptop")
+    with anyio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            guard = build_guard(setup.home, str(setup.policy_file))
+            stack.callback(guard.close)
+            spec = UpstreamSpec(
+                namespace="notes", command=tuple(notes_command(tmp_path / "n.jsonl")), trusted=True
+            )
+            proxy = GuardedProxy(guard, [Upstream(spec)])
+            await proxy.start(stack)
+            federated = policy_federation(proxy)
+            assert federated is not None
+            oauth, mapping = federated
+            await stack.enter_async_context(oauth)
+            stranger = Identity.generate("service:agentguard")  # not the key the policy lists
+            unlisted = FederationMapping(mapping.federation, stranger)
+            base = await stack.enter_async_context(
+                serve_on(port, http_app(proxy, oauth=oauth, federate=unlisted))
+            )
+            http = await stack.enter_async_context(httpx2.AsyncClient())
+            endpoint = f"{base}{EXCHANGE_PATH}"
+            reply = await http.post(
+                endpoint, data=_form(token, actor_token(key, endpoint, now=time.time()))
+            )
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["error"] == "temporarily_unavailable"
+            assert "cannot sign chains" in reply.json()["error_description"]
+            assert "access_token" not in reply.json()

@@ -19,10 +19,11 @@ from agentguard_mcp import GuardedProxy, Upstream, UpstreamSpec
 from agentguard_mcp.cli import build_guard
 from agentguard_mcp.oauth import Authenticated
 from agentguard_mcp.proxy import Caller
-from agentguard_mcp.serve import http_app, policy_federation
+from agentguard_mcp.serve import FederationMapping, http_app, policy_federation
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from agentguard.keys import Identity
 from tests.adapters.mcp.mcp_support import Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import INIT, MCP_HEADERS, serve_on
 from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, free_port, running_provider
@@ -178,3 +179,36 @@ async def test_a_nested_claim_in_a_real_token_selects_the_tools(
                 nothing = await _initialize(resource, bob)
                 assert (nothing.status_code, nothing.json()["error"]) == (403, "insufficient_scope")
     assert [r["name"] for r in records(record)] == ["read_note"]
+
+
+async def test_a_proxy_whose_key_may_no_longer_sign_answers_503_not_500(
+    setup: Setup, idp: IdentityProvider, port: int, resource: str, tmp_path: Path
+) -> None:
+    """A replica whose federation key stops being valid while it runs (retired in the
+    policy it loaded) refuses with a clear 503 at the gate and at token exchange."""
+    _federation(setup, idp, resource)
+    alice = await idp.user_token("alice")
+    with anyio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            guard = build_guard(setup.home, str(setup.policy_file))
+            stack.callback(guard.close)
+            spec = UpstreamSpec(
+                namespace="notes", command=tuple(notes_command(tmp_path / "n.jsonl")), trusted=True
+            )
+            proxy = GuardedProxy(guard, [Upstream(spec)])
+            await proxy.start(stack)
+            federated = policy_federation(proxy)
+            assert federated is not None
+            oauth, mapping = federated
+            await stack.enter_async_context(oauth)
+            # The same mapping, signing with a key the policy does not list: as after the
+            # replica's own key was retired.
+            unlisted = FederationMapping(
+                mapping.federation, Identity.generate("service:agentguard")
+            )
+            app = http_app(proxy, oauth=oauth, federate=unlisted)
+            await stack.enter_async_context(serve_on(port, app))
+            refused = await _initialize(resource, alice)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "config_error"
+            assert "cannot sign chains" in refused.json()["message"]
