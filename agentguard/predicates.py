@@ -759,6 +759,85 @@ def evaluate(predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET) -
     This function never raises: running out of budget, or any problem with a
     predicate that was not validated, is :data:`Truth.UNKNOWN`.
     """
+    if type(predicate) is list and len(predicate) == 1 and type(args) is dict:
+        answer = _fast(predicate[0], args, budget)
+        if answer is not None:
+            return answer
+    return _evaluate(predicate, args, budget)
+
+
+#: The operators :func:`_fast` may answer for; the others go to the general path.
+_FAST_OPS: Final = frozenset(("==", "!=", "<", "<=", ">", ">=", "like", "in", "within"))
+
+
+@lru_cache(maxsize=1024)
+def _top_field(sel: str) -> str | None:
+    """The field a selector names when it is one top-level key (``.name``), else None."""
+    try:
+        parts = _parse_selector(sel)
+    except PredicateError:
+        return None
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None
+
+
+def _fast(stmt: Any, args: dict[str, Any], budget: int) -> Truth | None:
+    """The answer of the general path to one statement, for the shapes most rules
+    carry, or None to leave the statement to it.
+
+    Answers a top-level field compared with ``==``, ``!=``, ``like``, ``in``
+    (strings) or ``within``, or ordered against a number, without modifiers, when
+    the budget covers the most the general path would spend on it. A missing
+    field is unknown, as there. Any other shape or kind of value (a nested
+    selector, a string subclass, a number under ``==``, an object) is None.
+    ``tests/test_predicates_fast.py`` holds the two paths to the same answers.
+    """
+    if type(stmt) is not list or len(stmt) != 3 or budget < 2:
+        return None
+    op, sel, target = stmt
+    if type(sel) is not str or type(op) is not str or op not in _FAST_OPS:
+        return None
+    name = _top_field(sel)
+    if name is None:
+        return None
+    value = args.get(name, _MISSING)
+    if value is _MISSING:
+        return Truth.UNKNOWN
+    kind = type(value)
+    if op in _ORDERING:
+        if (kind is int or (kind is float and math.isfinite(value))) and type(target) in (
+            int,
+            float,
+        ):
+            return Truth.TRUE if _ORDERING[op](value, target) else Truth.FALSE
+        return None
+    if kind is not str:
+        return None
+    if op == "in":
+        if type(target) is not list or len(target) >= budget:
+            return None
+        for option in target:
+            if type(option) is not str:
+                return None
+        return Truth.TRUE if value in target else Truth.FALSE
+    if type(target) is not str:
+        return None
+    if op == "==":
+        return Truth.TRUE if value == target else Truth.FALSE
+    if op == "!=":
+        return Truth.FALSE if value == target else Truth.TRUE
+    if op == "within":
+        return _within(value, target)
+    try:  # like
+        pieces = _glob_pieces(target)
+    except PredicateError:
+        return None
+    if len(pieces) >= budget:
+        return None
+    return Truth.TRUE if _glob_match(pieces, value) else Truth.FALSE
+
+
+def _evaluate(predicate: Any, args: Any, budget: int) -> Truth:
+    """The general path of :func:`evaluate`: every statement, every shape."""
     try:
         meter = _Budget(budget)
         if not isinstance(predicate, list):
