@@ -188,6 +188,8 @@ class _State:
     #: The budgets this call is charged to, and their state as last read.
     charges: list[Charge] = field(default_factory=list)
     budget_view: list[dict[str, Any]] | None = None
+    #: False once the scope check found no rule budget for the tool (ScopeMatch.budgeted).
+    budgeted: bool = True
 
     @property
     def verified(self) -> VerifiedChain:
@@ -304,6 +306,7 @@ def _authorize(parts: Parts, state: _State) -> None:
     """Every link admits the call; collect every approval demand (grants, policy, caller)."""
     chain, tool, args = state.verified, state.request.tool, state.args
     match = parts.verifier.authorize(chain, tool, args)
+    state.budgeted = match.budgeted
     parts.policy.check_deny(tool, args)
     state.demands = [
         *grant_demands(parts.policy, chain, match.approval_rules),
@@ -547,8 +550,13 @@ def _check_budgets(parts: Parts, state: _State, args: Mapping[str, Any], now: fl
     its budget refuses, and again when it is answered; the store charges them
     again, exactly, with the record.
     """
+    policed = bool(parts.policy.budgets)
+    if not (state.budgeted or policed):
+        # No rule of the chain that selects the tool has a budget (remembered with
+        # the scope plan), and the policy has none: nothing to charge.
+        return
     delegation, tool = state.verified.delegation, state.request.tool
-    extra = parts.policy.budget_charges(tool, args, delegation) if parts.policy.budgets else ()
+    extra = parts.policy.budget_charges(tool, args, delegation) if policed else ()
     state.charges = charges_for(delegation.grants, tool, args, extra)
     if not state.charges:
         return

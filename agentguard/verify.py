@@ -100,11 +100,14 @@ class ScopeMatch:
     ``approval_rules`` lists ``(link, rule)`` pairs whose rule demands approval:
     every approval rule of every link whose pattern matches the tool and whose
     predicate is not definitely false, whichever rule admitted the call.
+    ``budgeted`` is False only when no rule of any link whose pattern matches the
+    tool carries a budget: then no rule budget can apply to the call.
     """
 
     tool: str
     rules: tuple[int, ...]
     approval_rules: tuple[tuple[int, int], ...]
+    budgeted: bool = True
 
     @property
     def needs_approval(self) -> bool:
@@ -214,6 +217,8 @@ class _ChainCache:
 
 #: Per link, the rules whose pattern selects a tool: (rule index, predicate, approval).
 _Plan = tuple[tuple[tuple[int, list[Any] | None, bool], ...], ...]
+#: A remembered plan: the delegation, its plan, whether a rule of the plan has a budget.
+_PlanEntry = tuple[Delegation, _Plan, bool]
 
 
 class _ScopePlans:
@@ -227,16 +232,16 @@ class _ScopePlans:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[int, str], tuple[Delegation, _Plan]] = OrderedDict()
+        self._items: OrderedDict[tuple[int, str], _PlanEntry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def plan(self, delegation: Delegation, tool: str) -> _Plan:
+    def plan(self, delegation: Delegation, tool: str) -> _PlanEntry:
         key = (id(delegation), tool)
         with self._lock:
             entry = self._items.get(key)
             if entry is not None and entry[0] is delegation:
                 self._items.move_to_end(key)
-                return entry[1]
+                return entry
         plan = tuple(
             tuple(
                 (i, rule.predicate, rule.approval)
@@ -245,13 +250,21 @@ class _ScopePlans:
             )
             for grant in delegation
         )
+        # Any budget at all, not only a well-formed one, counts: the budget step
+        # then looks at the rules itself.
+        budgeted = any(
+            rule.budget is not None and rule.matches_tool(tool)
+            for grant in delegation
+            for rule in grant.scope
+        )
+        entry = (delegation, plan, budgeted)
         if self._size > 0:
             with self._lock:
-                self._items[key] = (delegation, plan)
+                self._items[key] = entry
                 self._items.move_to_end(key)
                 while len(self._items) > self._size:
                     self._items.popitem(last=False)
-        return plan
+        return entry
 
     def clear(self) -> None:
         with self._lock:
@@ -699,7 +712,7 @@ class Verifier:
             raise DeniedError(str(exc), reason=Reason.INVALID_TOOL) from exc
         matched: list[int] = []
         approvals: list[tuple[int, int]] = []
-        plan = self._plans.plan(chain.delegation, tool)
+        _, plan, budgeted = self._plans.plan(chain.delegation, tool)
         for index, rules in enumerate(plan):
             # One three-valued answer per rule whose pattern selects the tool: a rule
             # grants only on TRUE; an approval rule restricts, so it demands approval
@@ -715,7 +728,7 @@ class Verifier:
             if admitting is None:
                 self._refuse(chain.delegation.grants[index], index, rules, tool, args)
             matched.append(admitting)
-        return ScopeMatch(tool, tuple(matched), tuple(approvals))
+        return ScopeMatch(tool, tuple(matched), tuple(approvals), budgeted)
 
     def _refuse(
         self,
