@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,6 @@ from agentguard.store.base import (
     HeadSigner,
     Revocation,
     RevocationKind,
-    entry_hash,
 )
 from agentguard.store.sqlite import _expired, _replayed
 
@@ -164,10 +164,16 @@ class MemoryStore:
                 for state in states:
                     self._budgets[(state.charge.key, state.start)] = (state.end, state.after())
                 record = {**record, "budget": [s.as_record(charged=True) for s in states]}
-            prev = self._audit[-1].hash if self._audit else GENESIS_HASH
-            seq = len(self._audit) + 1
-            body = canonical_json({**record, "seq": seq}).decode("utf-8")
-            entry = AuditEntry(seq, body, prev, entry_hash(prev, body))
+            audit = self._audit
+            prev = audit[-1].hash if audit else GENESIS_HASH
+            seq = len(audit) + 1
+            raw = canonical_json({**record, "seq": seq})
+            # entry_hash(prev, body), over the bytes as encoded rather than the
+            # body decoded and encoded again.
+            digest = hashlib.sha256(prev.encode("ascii"))
+            digest.update(b"\n")
+            digest.update(raw)
+            entry = _entry(seq, raw.decode("utf-8"), prev, digest.hexdigest())
             head = (
                 None if anchor is None else Checkpoint(seq, entry.hash, at, anchor(seq, entry.hash))
             )
@@ -177,8 +183,11 @@ class MemoryStore:
                 self._head = head
             if token is not None:
                 self._checkpoints.append(Checkpoint(seq, entry.hash, at, token))
+            usage = self._usage
             for link in link_ids:
-                self._usage[link] = max(at, self._usage.get(link, 0.0))
+                # max(at, last use), without the call.
+                if not usage.get(link, 0.0) > at:
+                    usage[link] = at
             return entry
 
     def _budget_read(self, key: str, start: int) -> Usage | None:
@@ -325,6 +334,15 @@ def _open(row: ApprovalRow, now: float) -> bool:
     if row.status in ("approved", "rejected"):
         return True
     return row.status == "used" and bool(row.reusable_until and now < row.reusable_until)
+
+
+def _entry(seq: int, body: str, prev: str, digest: str) -> AuditEntry:
+    """``AuditEntry(seq, body, prev, digest)`` without the frozen dataclass's per-field
+    set-up (``tests/test_perf_memory_append.py`` holds the two equal)."""
+    entry: AuditEntry = object.__new__(AuditEntry)
+    fields = entry.__dict__
+    fields["seq"], fields["body"], fields["prev"], fields["hash"] = seq, body, prev, digest
+    return entry
 
 
 def _with(record: GrantRecord, last_used: float | None, revoked: bool) -> GrantRecord:
