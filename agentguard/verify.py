@@ -123,6 +123,36 @@ class VerifiedCall:
     args_digest: str
 
 
+# Built as the frozen dataclasses above build themselves, without the per-field
+# set-up that costs more than the rest of a warm call's step (these are made on
+# every call); tests/test_perf_verify_objects.py holds each equal to its class's own.
+def _verified_chain(delegation: Delegation, now: float) -> VerifiedChain:
+    chain: VerifiedChain = object.__new__(VerifiedChain)
+    values = chain.__dict__
+    values["delegation"], values["verified_at"], values["_seal"] = delegation, now, _SEAL
+    return chain
+
+
+def _scope_match(
+    tool: str,
+    rules: tuple[int, ...],
+    approval_rules: tuple[tuple[int, int], ...],
+    budgeted: bool,
+) -> ScopeMatch:
+    match: ScopeMatch = object.__new__(ScopeMatch)
+    values = match.__dict__
+    values["tool"], values["rules"], values["approval_rules"] = tool, rules, approval_rules
+    values["budgeted"] = budgeted
+    return match
+
+
+def _verified_call(claims: CallClaims, digest: str) -> VerifiedCall:
+    call: VerifiedCall = object.__new__(VerifiedCall)
+    values = call.__dict__
+    values["claims"], values["args_digest"] = claims, digest
+    return call
+
+
 class _LinkCache:
     """Bounded LRU of links whose signature verified: JWS text -> (grant, verifying kid)."""
 
@@ -503,7 +533,7 @@ class Verifier:
         if hit is not None:
             if self._still_valid(hit, now):
                 self._check_revocation(hit.delegation, (hit.link_ids, hit.kids, hit.principals))
-                return VerifiedChain(hit.delegation, now, _SEAL)
+                return _verified_chain(hit.delegation, now)
             # Out of its window, or its root is no longer trusted with that key:
             # checked in full below, which names the reason.
             self._chains.discard(key)
@@ -728,7 +758,7 @@ class Verifier:
             if admitting is None:
                 self._refuse(chain.delegation.grants[index], index, rules, tool, args)
             matched.append(admitting)
-        return ScopeMatch(tool, tuple(matched), tuple(approvals), budgeted)
+        return _scope_match(tool, tuple(matched), tuple(approvals), budgeted)
 
     def _refuse(
         self,
@@ -883,7 +913,7 @@ class Verifier:
             raise DeniedError(
                 "call token was issued in the future", reason=Reason.CALL_TOKEN_EXPIRED
             )
-        call = VerifiedCall(claims, digest)
+        call = _verified_call(claims, digest)
         if consume:
             self.consume(call)
         elif _spent(self.replay, f"{claims.issuer}/{claims.jti}", now):
