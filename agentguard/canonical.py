@@ -110,8 +110,10 @@ def _plain(value: Any) -> bool:
     there ``repr`` is ECMAScript's shortest round-trip form; ``1.0`` (RFC 8785:
     ``1``), ``1e-05`` or ``1e+16`` are not.
 
-    Strings, null, booleans and lists of strings are tested inline (an audit
-    record is mostly made of them): a call costs more than the test.
+    Strings, null, booleans, floats, integers and lists of strings are tested
+    inline in an object's values (an audit record is mostly made of them): a
+    call costs more than the test. Each inline test is the one a value of that
+    type meets on its own, below.
     """
     kind = type(value)
     if kind is dict:
@@ -121,10 +123,17 @@ def _plain(value: Any) -> bool:
             kind = type(item)
             if kind is str or item is None or kind is bool:
                 continue
-            if kind is list:
+            if kind is float:
+                # NaN and the infinities fail the range test.
+                if not 1e-4 <= abs(item) < 1e16 or item.is_integer():
+                    return False
+            elif kind is list:
                 for element in item:
                     if type(element) is not str and not _plain(element):
                         return False
+            elif kind is int:
+                if not -_INT_LIMIT <= item <= _INT_LIMIT:
+                    return False
             elif not _plain(item):
                 return False
         return True
@@ -137,7 +146,6 @@ def _plain(value: Any) -> bool:
         return all(type(element) is str or _plain(element) for element in value)
     if kind is float:
         number: float = value
-        # NaN and the infinities fail the range test.
         return 1e-4 <= abs(number) < 1e16 and not number.is_integer()
     return False
 

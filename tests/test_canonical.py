@@ -105,6 +105,76 @@ def test_other_values_go_to_the_reference(value: Any) -> None:
     assert _ours(value) == _reference(value)
 
 
+class _Int(enum.IntEnum):
+    ONE = 1
+
+
+class _Float(float):
+    pass
+
+
+class _List(list[Any]):
+    pass
+
+
+#: Values at the fast path's edges, and whether it admits each alone.
+_EDGES: list[tuple[Any, bool]] = [
+    (0.0, False),  # RFC 8785 writes 0, orjson 0.0
+    (-0.0, False),  # RFC 8785 writes 0, orjson -0.0
+    (1.0, False),
+    (-1.0, False),
+    (0.5, True),
+    (-0.5, True),
+    (1e-4, True),
+    (-1e-4, True),
+    (math.nextafter(1e-4, 0), False),
+    (9.999e-5, False),
+    (123456789012345.6, True),
+    (math.nextafter(1e16, 0), False),  # integral
+    (1e16, False),
+    (-1e16, False),
+    (1e21, False),
+    (5e-324, False),
+    (-5e-324, False),
+    (float("nan"), False),
+    (float("inf"), False),
+    (-float("inf"), False),
+    (2**53 - 1, True),
+    (-(2**53) + 1, True),
+    (2**53, False),
+    (-(2**53), False),
+    (2**64, False),
+    (0, True),
+    (True, True),
+    (False, True),
+    (None, True),
+    ("", True),
+    ("\ud800", True),  # admitted; orjson refuses it, then so does the reference
+    (_Int.ONE, False),
+    (_Float(0.5), False),
+    (_Color.RED, False),
+    (_List(["a"]), False),
+    (("a", 0.5), True),
+    (["a", 1.0], False),
+    ({"k": 0.5}, True),
+    ({"k": 1e16}, False),
+]
+
+
+@pytest.mark.parametrize(("edge", "admitted"), _EDGES, ids=[repr(x) for x, _ in _EDGES])
+def test_object_members_are_tested_as_values_alone(edge: Any, admitted: bool) -> None:
+    """An object's members are checked inline: the same answer, and bytes, as for the value alone.
+
+    Every float and integer edge (signed zero, integral floats, the exponent
+    thresholds, the smallest subnormal, NaN and the infinities, the IEEE-safe
+    integer limits), booleans, subclasses and nested containers.
+    """
+    assert _plain(edge) is admitted
+    for wrapped in ({"k": edge}, {"a": "x", "k": edge, "z": None}, {"k": [edge]}, [edge], (edge,)):
+        assert _plain(wrapped) is admitted
+        assert _ours(wrapped) == _reference(wrapped)
+
+
 def test_lone_surrogate_is_refused() -> None:
     """A lone surrogate is not UTF-8: refused, as by the reference."""
     with pytest.raises(ValueError, match="not canonical JSON"):
