@@ -760,7 +760,10 @@ def evaluate(predicate: list[Any], args: Any, *, budget: int = DEFAULT_BUDGET) -
     predicate that was not validated, is :data:`Truth.UNKNOWN`.
     """
     if type(predicate) is list and len(predicate) == 1 and type(args) is dict:
-        answer = _fast(predicate[0], args, budget)
+        try:
+            answer = _fast(predicate[0], args, budget)
+        except Exception:  # noqa: BLE001 - whatever broke it, the general path decides
+            answer = None
         if answer is not None:
             return answer
     return _evaluate(predicate, args, budget)

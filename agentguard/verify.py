@@ -16,7 +16,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, NoReturn, Protocol
 
 from agentguard import _jws
@@ -75,10 +75,12 @@ class VerifiedChain:
 
     delegation: Delegation
     verified_at: float
-    _seal: object = None
+    # An init-only value, never stored: ``dataclasses.replace`` cannot carry it over
+    # from a verified chain to one around another delegation.
+    _seal: InitVar[object] = None
 
-    def __post_init__(self) -> None:
-        if self._seal is not _SEAL:
+    def __post_init__(self, _seal: object) -> None:
+        if _seal is not _SEAL:
             raise TypeError("only Verifier.verify_chain creates a VerifiedChain")
 
     @property
@@ -129,7 +131,7 @@ class VerifiedCall:
 def _verified_chain(delegation: Delegation, now: float) -> VerifiedChain:
     chain: VerifiedChain = object.__new__(VerifiedChain)
     values = chain.__dict__
-    values["delegation"], values["verified_at"], values["_seal"] = delegation, now, _SEAL
+    values["delegation"], values["verified_at"] = delegation, now
     return chain
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from agentguard import verify
+from agentguard.delegation import Delegation
+from agentguard.keys import Identity
 from agentguard.store import MemoryStore
 from agentguard.testing import World
 from agentguard.tokens import CallClaims, mint_call
@@ -67,6 +69,20 @@ def test_a_verified_chain_is_still_made_only_by_the_verifier() -> None:
         VerifiedChain(world.delegation, 1.0)
     with pytest.raises(TypeError):
         VerifiedChain(world.delegation, 1.0, object())
+
+
+def test_replace_cannot_carry_a_chains_seal_to_another_delegation() -> None:
+    """``dataclasses.replace`` on a verified chain makes no sealed chain around an
+    unverified delegation (it copied a stored seal before)."""
+    world = World()
+    store = MemoryStore()
+    verifier = Verifier([world.org.principal], revocations=store, replay=store, clock=world.clock)
+    chain = verifier.verify_chain(world.delegation)
+    stranger = Identity.generate("org:evil")
+    forged = Delegation.issue(stranger, world.bot, ["*/*"], ttl="1h", clock=world.clock)
+    with pytest.raises((TypeError, ValueError)):
+        dataclasses.replace(chain, delegation=forged)
+    assert "_seal" not in vars(chain)
 
 
 def test_a_warm_call_gets_these_objects_with_their_values() -> None:

@@ -192,3 +192,22 @@ def test_restrictive_rules_still_apply_unless_definitely_false() -> None:
     assert restricts([[">", ".amount", 100]], {"amount": "5000"})
     assert not admits(limit, {"amount": "50"})
     assert not admits([["within", ".path", "/srv"]], {"path": "/srv/../etc/passwd"})
+
+
+class _Hostile:
+    """A key equal in hash to a field name whose comparison raises."""
+
+    def __hash__(self) -> int:
+        return hash("amount")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("boom")
+
+
+def test_an_argument_that_breaks_comparison_is_unknown_on_both_paths() -> None:
+    """``evaluate`` never raises: what breaks the fast path goes to the general path."""
+    args = {_Hostile(): 5}
+    predicate = [["<=", ".amount", 100]]
+    assert _evaluate(predicate, args, 100) is Truth.UNKNOWN
+    assert evaluate(predicate, args) is Truth.UNKNOWN
+    assert restricts(predicate, args)
