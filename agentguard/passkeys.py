@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -602,16 +601,14 @@ class PasskeyEnrolments:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+        from agentguard.policy_file import exclusive_lock  # imported as write_passkey does
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
-        with self._lock, open(lock_path, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                entries = self._read()
-                yield entries
-                self._write(entries)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # The lock file is never followed if it is a link, and the wait is bounded.
+        with self._lock, exclusive_lock(self.path):
+            entries = self._read()
+            yield entries
+            self._write(entries)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:

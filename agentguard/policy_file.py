@@ -160,7 +160,13 @@ def _write_new(tmp: Path, data: bytes, mode: int) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, wait: float) -> Iterator[None]:
+def exclusive_lock(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold an exclusive lock on ``.NAME.lock`` beside ``path`` (a lock file, never
+    followed if a link), waiting at most ``wait`` seconds for another holder.
+
+    Raises:
+        ConfigError: the lock file cannot be opened, or the lock is not free in time.
+    """
     lock_path = path.with_name(f".{path.name}.lock")
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -200,7 +206,7 @@ def editing_policy(path: str | Path, *, wait: float = LOCK_WAIT) -> Iterator[Pol
             file does not read or load.
     """
     path = Path(path)
-    with _locked(path, wait):
+    with exclusive_lock(path, wait):
         raw = _read(path)
         policy = load_policy(path)
         if _read(path) != raw:  # changed by hand between the two reads

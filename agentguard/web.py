@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import html
@@ -58,6 +57,7 @@ from agentguard.errors import AgentGuardError, ConfigError, DeniedError
 from agentguard.keys import read_trusted_file, validate_principal_id
 from agentguard.passkeys import PasskeyEnrolments
 from agentguard.policy import SSO_CALLBACK_PATH
+from agentguard.policy_file import exclusive_lock
 from agentguard.tokens import args_digest
 from agentguard.web_passkeys import PASSKEY_SCRIPT, PASSKEY_SCRIPT_HASH, passkey_routes
 
@@ -113,8 +113,13 @@ class ApproverTokens:
     every login, so tokens issued or revoked by the CLI take effect at once.
     Each change holds an exclusive lock on a sibling file (``.NAME.lock``) from
     reading the file to replacing it, so processes changing it at once lose
-    none of each other's changes (a revocation is never undone).
+    none of each other's changes (a revocation is never undone); a change waits
+    at most :attr:`lock_wait` seconds for that lock, then fails with
+    ``ConfigError``.
     """
+
+    #: Seconds a change waits for another program's lock on the file.
+    lock_wait: float = 30.0
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -140,18 +145,14 @@ class ApproverTokens:
         """The entries, read under this process's and the file's exclusive lock; what
         the caller leaves in them is written before the lock is released."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
-        with self._lock:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                entries = self._read()
-                before = json.dumps(entries, sort_keys=True)
-                yield entries
-                if json.dumps(entries, sort_keys=True) != before:
-                    self._write(entries)
-            finally:
-                os.close(fd)  # closing releases the lock
+        # Bounded: a stuck program holding the lock makes this fail with a clear error
+        # instead of freezing every issue and revoke behind it.
+        with self._lock, exclusive_lock(self.path, self.lock_wait):
+            entries = self._read()
+            before = json.dumps(entries, sort_keys=True)
+            yield entries
+            if json.dumps(entries, sort_keys=True) != before:
+                self._write(entries)
 
     def _write(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +161,8 @@ class ApproverTokens:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump({"version": 1, "tokens": dict(entries)}, out, indent=2, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())  # a revocation survives a crash right after it
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
         except BaseException:

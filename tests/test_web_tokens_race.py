@@ -13,6 +13,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agentguard.errors import ConfigError
 from agentguard.web import ApproverTokens
 
 ROUNDS = 30
@@ -60,3 +63,31 @@ def test_tokens_issued_and_revoked_by_processes_at_once_all_count(tmp_path: Path
         assert tokens.identify(reported[person]) == person  # each one's last token counts
     assert tokens.approvers() == people
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def _hold_lock(path: str, held: Any, release: Any) -> None:
+    """Hold the token file's lock (as a stuck program would) until told to let go."""
+    from agentguard.policy_file import exclusive_lock
+
+    with exclusive_lock(Path(path)):
+        held.set()
+        release.wait(60)
+
+
+def test_a_stuck_holder_of_the_lock_makes_a_change_fail_clearly_not_hang(tmp_path: Path) -> None:
+    path = tmp_path / "web-tokens.json"
+    tokens = ApproverTokens(path)
+    tokens.issue("user:carol")
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(str(path), held, release))
+    holder.start()
+    try:
+        assert held.wait(60)
+        tokens.lock_wait = 0.2
+        with pytest.raises(ConfigError, match="another program is editing"):
+            tokens.revoke("user:carol")
+    finally:
+        release.set()
+        holder.join(60)
+    assert tokens.revoke("user:carol")  # the lock is free again: the change goes through
