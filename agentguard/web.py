@@ -88,6 +88,9 @@ MAX_ANONYMOUS_SESSIONS = 1024
 ANONYMOUS_SESSIONS_PER_CLIENT = 32
 #: At most this many signed-in sessions are kept; past it the oldest signed-in one ends.
 MAX_SIGNED_IN_SESSIONS = 4096
+#: At most this many signed-in sessions per approver; past it that approver's own oldest
+#: ends, so one approver signing in in a loop ends no one else's session.
+SIGNED_IN_SESSIONS_PER_APPROVER = 16
 _MAX_FIELD = 20_000
 
 
@@ -256,7 +259,8 @@ class _Sessions:
     a client asking for login forms in a loop holds at most ``max_anonymous`` of
     them and never ends a signed-in person's session. Each client address (see
     :func:`agentguard.web_sso.client_of`) holds at most ``per_client`` anonymous
-    ones, its own oldest dropped first, so one address's loop drops no one else's.
+    ones, its own oldest dropped first, so one address's loop drops no one else's;
+    likewise each approver holds at most ``per_approver`` signed-in sessions.
     """
 
     def __init__(
@@ -266,12 +270,16 @@ class _Sessions:
         max_anonymous: int | None = None,
         max_signed_in: int | None = None,
         per_client: int | None = None,
+        per_approver: int | None = None,
     ) -> None:
         self.ttl = ttl
+        self.per_approver = (
+            SIGNED_IN_SESSIONS_PER_APPROVER if per_approver is None else per_approver
+        )
         self.per_client = ANONYMOUS_SESSIONS_PER_CLIENT if per_client is None else per_client
         self.max_anonymous = MAX_ANONYMOUS_SESSIONS if max_anonymous is None else max_anonymous
         self.max_signed_in = MAX_SIGNED_IN_SESSIONS if max_signed_in is None else max_signed_in
-        if min(self.max_anonymous, self.max_signed_in, self.per_client) < 1:
+        if min(self.max_anonymous, self.max_signed_in, self.per_client, self.per_approver) < 1:
             raise ValueError("session caps must be at least 1")
         # Insertion order is expiry order (one TTL for all), so the oldest come first.
         self._anonymous: dict[str, _Session] = {}
@@ -279,11 +287,19 @@ class _Sessions:
         #: Each anonymous session's client, and each client's anonymous sessions (oldest first).
         self._client: dict[str, str] = {}
         self._by_client: dict[str, dict[str, None]] = {}
+        #: Each approver's signed-in sessions (oldest first).
+        self._by_approver: dict[str, dict[str, None]] = {}
         self._lock = threading.Lock()
 
     def _forget(self, sid: str) -> None:
         """Drop session ``sid`` of either kind (the lock held)."""
-        self._signed_in.pop(sid, None)
+        signed_in = self._signed_in.pop(sid, None)
+        if signed_in is not None and signed_in.approver is not None:
+            theirs = self._by_approver.get(signed_in.approver)
+            if theirs is not None:
+                theirs.pop(sid, None)
+                if not theirs:
+                    del self._by_approver[signed_in.approver]
         if self._anonymous.pop(sid, None) is None:
             return
         client = self._client.pop(sid, "")
@@ -320,6 +336,11 @@ class _Sessions:
                 mine = self._by_client.setdefault(client, {})
                 mine[sid] = None
                 self._client[sid] = client
+            else:
+                theirs = self._by_approver.setdefault(approver, {})
+                while len(theirs) >= self.per_approver:
+                    self._forget(next(iter(theirs)))
+                self._by_approver.setdefault(approver, {})[sid] = None
             while len(kind) >= cap:
                 self._forget(next(iter(kind)))
             kind[sid] = session

@@ -160,3 +160,20 @@ def test_a_client_share_drops_its_own_oldest_first() -> None:
     sessions.drop(mine[2])
     assert [sessions.new(address="203.0.113.5")[0] for _ in range(2)]
     assert sessions.counts() == (3, 0)
+
+
+def test_one_approver_signing_in_in_a_loop_ends_only_their_own_sessions() -> None:
+    """Each approver holds at most ``per_approver`` sessions: their own oldest ends first,
+    never another approver's, even past the overall cap's reach."""
+    sessions = _Sessions(3600, max_signed_in=50, per_approver=3)
+    bob, _ = sessions.new("user:bob")
+    alice = [sessions.new("user:alice")[0] for _ in range(100)]
+    assert sessions.get(bob) is not None
+    assert [sid for sid in alice if sessions.get(sid) is not None] == alice[-3:]
+    assert sessions.counts() == (0, 4)
+    for sid in alice[-3:]:
+        sessions.drop(sid)
+    assert sessions.counts() == (0, 1)
+    assert sessions._by_approver == {"user:bob": {bob: None}}
+    with pytest.raises(ValueError, match="at least 1"):
+        _Sessions(60, per_approver=0)
