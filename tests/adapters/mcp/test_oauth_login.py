@@ -29,6 +29,7 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from agentguard.cli import app as cli_app
+from agentguard.cli import login as login_command
 from agentguard.delegation import Delegation
 from agentguard.federation import DELEGATION_TOKEN_TYPE, verify_actor_token
 from agentguard.guard import Guard
@@ -49,6 +50,21 @@ pytestmark = pytest.mark.anyio
 USERS = {"alice": ["incident-response"], "bob": ["finance"]}
 PERSON = "user:corp.alice"
 PROMPT = re.compile(rb"To sign in, open (\S+) and confirm the code (\S+)")
+
+
+class _PollClock:
+    """``time`` as the login command sees it in the in-process cases: the real clocks,
+    and each wait between token polls recorded instead of slept (RFC 8628 intervals
+    are whole seconds; the cases check which ones the command chose)."""
+
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
 
 
 @pytest.fixture
@@ -317,10 +333,12 @@ def _hostile_cases() -> dict[str, tuple[dict[str, Any], str]]:
 
 @pytest.mark.parametrize("case", list(_hostile_cases()))
 async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
-    setup: Setup, tmp_path: Path, case: str
+    setup: Setup, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fake provider and proxy (one loopback server) answering one thing wrong at a time."""
     changes, message = _hostile_cases()[case]
+    clock = _PollClock()
+    monkeypatch.setattr(login_command, "time", clock)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     resource = f"{base}/mcp"
@@ -408,6 +426,13 @@ async def test_login_refuses_what_a_provider_or_proxy_gets_wrong(
             # In this process (the command blocks, so in a worker thread): coverage sees it.
             done = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(cli_app, argv))
     stderr = done.stderr
+    # The provider names a 1 s interval: no poll comes sooner; "soon" is no number, so
+    # RFC 8628's default 5 s; slow_down adds 5 s to the interval.
+    assert all(seconds >= 1.0 for seconds in clock.slept), clock.slept
+    if case == "interval not a number":
+        assert clock.slept == [5.0]
+    if case == "slow down, then well":
+        assert clock.slept == [1.0, 6.0]
     if message == "signed in":
         assert done.exit_code == 0, stderr
         assert f"signed in: agent:corp.cli on behalf of {PERSON}" in done.stdout
