@@ -60,6 +60,7 @@ def test_retry_settings_out_of_range_are_refused(kwargs: dict[str, float], probl
         Upstream(spec, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 async def test_over_a_thousand_failed_reconnects_keep_backing_off(
     setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -94,7 +95,14 @@ async def test_over_a_thousand_failed_reconnects_keep_backing_off(
                 assert _reason(crashed) == "upstream_unavailable"
                 assert flaky.health.state == "lost"
 
-                for attempt in range(1, 1101):
+                attempt = 0
+                while attempt < 1100:
+                    if attempt == 10 and not HARDENING:
+                        # make test: after 10 real attempts the count jumps to 1000 (as if
+                        # 990 more had failed); the 100 across 1024, where 2.0**n overflowed,
+                        # are real. make hardening spawns all 1100.
+                        flaky._failures = attempt = 1000
+                    attempt += 1
                     ticks.advance(flaky.retry_max)  # always due
                     with pytest.raises(UpstreamUnavailable):
                         await flaky.recover()
