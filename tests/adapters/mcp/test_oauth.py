@@ -545,6 +545,12 @@ def test_cli_refuses_bad_resource_flags(
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_cli_refuses_resource_flags_without_http(setup: Setup, tmp_path: Path) -> None:
+    """--resource and --issuer serve HTTP callers only: over stdio they are a usage error."""
+    config = write_config(setup, {"notes": {"command": notes_command(tmp_path / "n.jsonl")}})
+    argv = [sys.executable, "-m", "agentguard_mcp", "proxy", "--config", str(config)]
     stdio = subprocess.run(
         [*argv, "--resource", "https://m.example/mcp", "--issuer", "https://i.example"],
         capture_output=True,
