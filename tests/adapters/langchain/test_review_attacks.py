@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import os
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from agentguard_langchain import GuardedTool, guard_tools
+from agentguard_langchain import GuardedTool, guard_tools, middleware
 from agentguard_langchain.middleware import GuardMiddleware
 from langchain.agents import create_agent
 from langchain.agents.middleware import ToolRetryMiddleware
@@ -33,6 +34,10 @@ from pydantic import v1 as pydantic_v1
 from agentguard import Delegation, Identity
 from agentguard.guard import Guard
 from agentguard.store.memory import MemoryStore
+
+#: ``make hardening`` (AGENTGUARD_HARDENING=1) runs the bounded-middleware test at its
+#: real bound; ``make test`` at a smaller one.
+HARDENING = os.environ.get("AGENTGUARD_HARDENING") == "1"
 
 Decisions = Callable[[Guard], list[dict[str, Any]]]
 Model = Callable[[Sequence[BaseMessage]], BaseChatModel]
@@ -437,15 +442,19 @@ def test_a_tool_guarded_by_another_guard_is_decided_by_the_middlewares(
     lenient.close()
 
 
+@pytest.mark.slow
 def test_the_middleware_keeps_a_bounded_number_of_wrapped_tools(
-    guard: Guard, delegation: Delegation, bot: Identity
+    guard: Guard, delegation: Delegation, bot: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tools supplied anew on every call must not pile up inside the middleware."""
-    from agentguard_langchain.middleware import GUARDED_TOOLS_KEPT
+    """Tools supplied anew on every call must not pile up inside the middleware.
 
+    The bound is read as tools are wrapped: ``make test`` sets it to 64, ``make
+    hardening`` keeps the real 1024."""
+    kept_at_most = middleware.GUARDED_TOOLS_KEPT if HARDENING else 64
+    monkeypatch.setattr(middleware, "GUARDED_TOOLS_KEPT", kept_at_most)
     gate = GuardMiddleware(guard=guard, delegation=delegation, holder=bot, namespace="shop")
     kept = []
-    for n in range(GUARDED_TOOLS_KEPT + 50):
+    for n in range(kept_at_most + 50):
 
         @tool(f"fresh_{n}")
         def fresh(order: str) -> str:
@@ -455,4 +464,4 @@ def test_the_middleware_keeps_a_bounded_number_of_wrapped_tools(
         kept.append(fresh)
         guarded = gate.guarded(fresh)
         assert gate.guarded(fresh) is guarded  # reused while kept
-    assert len(gate._guarded) == GUARDED_TOOLS_KEPT
+    assert len(gate._guarded) == kept_at_most
