@@ -314,7 +314,32 @@ def _principal(value: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
-class PolicyRule(_Strict):
+class _RestrictiveRule(_Strict):
+    """Tool patterns and an optional argument predicate, for a policy rule that
+    restricts (deny, step-up, budget): it selects a call of a matching tool unless
+    its ``where`` is definitely false for the arguments."""
+
+    tools: ToolPatterns
+    where: Any = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> list[str]:
+        return _patterns(value)
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: Any) -> Any:
+        return _compiled_where(value)
+
+    def _selects(self, tool: str, args: Mapping[str, Any], *, skip_if_missing: bool) -> bool:
+        if not any(pattern_matches(p, tool) for p in self.tools):
+            return False
+        # A restricting rule: "cannot tell" applies it.
+        return restricts(self.where, args, skip_if_missing=skip_if_missing)
+
+
+class PolicyRule(_RestrictiveRule):
     """A deny or step-up rule: tool patterns plus an optional argument predicate.
 
     Such a rule restricts, so it applies to every call of a matching tool unless
@@ -325,8 +350,6 @@ class PolicyRule(_Strict):
     that have no such argument). See the README's "Argument predicates" section.
     """
 
-    tools: ToolPatterns
-    where: Any = None
     reason: str | None = None
     min_assurance: Assurance = "signed"
     if_missing: Literal["apply", "skip"] = "apply"
@@ -334,22 +357,9 @@ class PolicyRule(_Strict):
     #: than the default, which excludes everyone in the chain but the root's issuer).
     allow_self_approval: bool = False
 
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _tools(cls, value: Any) -> list[str]:
-        return _patterns(value)
-
-    @field_validator("where")
-    @classmethod
-    def _where(cls, value: Any) -> Any:
-        return _compiled_where(value)
-
     def matches(self, tool: str, args: Mapping[str, Any]) -> bool:
         """Whether the rule applies to this call."""
-        if not any(pattern_matches(p, tool) for p in self.tools):
-            return False
-        # Deny and step-up rules restrict: "cannot tell" applies the rule.
-        return restricts(self.where, args, skip_if_missing=self.if_missing == "skip")
+        return self._selects(tool, args, skip_if_missing=self.if_missing == "skip")
 
     def describe(self) -> str:
         """Short text for explanations."""
@@ -357,7 +367,7 @@ class PolicyRule(_Strict):
         return f"{text} ({self.reason})" if self.reason else text
 
 
-class PolicyBudget(_Strict):
+class PolicyBudget(_RestrictiveRule):
     """An organisation's budget on tools, whatever the delegations say (issue 19).
 
     Every call of a tool ``tools`` selects is charged, unless ``where`` is
@@ -368,22 +378,10 @@ class PolicyBudget(_Strict):
     ``calls`` and ``sum`` are those of a rule's budget (:class:`agentguard.budgets.Budget`).
     """
 
-    tools: ToolPatterns
-    where: Any = None
     window: Duration
     calls: int | None = None
     sum: dict[str, int | float | str] | None = None
     per: Literal["chain", "holder", "global"]
-
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _tools(cls, value: Any) -> list[str]:
-        return _patterns(value)
-
-    @field_validator("where")
-    @classmethod
-    def _where(cls, value: Any) -> Any:
-        return _compiled_where(value)
 
     @field_validator("window", mode="before")
     @classmethod
@@ -448,9 +446,7 @@ class PolicyBudget(_Strict):
         Raises:
             BudgetUnmeasurable: a summed argument has no exact amount.
         """
-        if not any(pattern_matches(p, tool) for p in self.tools):
-            return None
-        if not restricts(self.where, args, skip_if_missing=False):
+        if not self._selects(tool, args, skip_if_missing=False):
             return None
         key = self.counter_key(delegation, chain=chain)
         return charge_of(key, f"policy budget {index}", self.budget, args)
