@@ -103,23 +103,36 @@ def wider_than_parent(parent: Delegation, rules: list[Rule]) -> list[str]:
     return warnings
 
 
-def _parse_budgets(items: list[str], tools: list[str]) -> dict[str, Budget]:
-    budgets: dict[str, Budget] = {}
+def _per_pattern(items: list[str], tools: list[str], option: str, what: str) -> dict[str, str]:
+    """``PATTERN=TEXT`` options (``--where``, ``--budget``) as pattern -> text: each
+    pattern one of the ``--tool`` patterns, and given at most once.
+
+    Raises:
+        typer.BadParameter: an item is malformed, names another pattern or repeats one.
+    """
+    found: dict[str, str] = {}
     for item in items:
         pattern, sep, text = item.partition("=")
         pattern = pattern.strip()
         if not sep or not pattern or not text.strip():
             raise typer.BadParameter(
-                f"expected PATTERN=BUDGET, got {item[:60]!r}", param_hint="--budget"
+                f"expected PATTERN={what.upper()}, got {item[:60]!r}", param_hint=option
             )
         if pattern not in tools:
             raise typer.BadParameter(
-                f"{pattern!r} is not one of this command's --tool patterns", param_hint="--budget"
+                f"{pattern!r} is not one of this command's --tool patterns", param_hint=option
             )
-        if pattern in budgets:
+        if pattern in found:
             raise typer.BadParameter(
-                f"give one budget per pattern ({pattern!r} has two)", param_hint="--budget"
+                f"give one {what} per pattern ({pattern!r} has two)", param_hint=option
             )
+        found[pattern] = text
+    return found
+
+
+def _parse_budgets(items: list[str], tools: list[str]) -> dict[str, Budget]:
+    budgets: dict[str, Budget] = {}
+    for pattern, text in _per_pattern(items, tools, "--budget", "budget").items():
         try:
             budgets[pattern] = Budget.parse(_flow(text, "--budget", f"budget {text[:60]!r}"))
         except ValueError as exc:
@@ -160,21 +173,7 @@ def build_rules(
     if len(set(tools)) != len(tools):
         raise typer.BadParameter("each tool pattern may be given once", param_hint="--tool")
     predicates: dict[str, Any] = {}
-    for item in wheres:
-        pattern, sep, text = item.partition("=")
-        pattern = pattern.strip()
-        if not sep or not pattern or not text.strip():
-            raise typer.BadParameter(
-                f"expected PATTERN=PREDICATE, got {item[:60]!r}", param_hint="--where"
-            )
-        if pattern not in tools:
-            raise typer.BadParameter(
-                f"{pattern!r} is not one of this command's --tool patterns", param_hint="--where"
-            )
-        if pattern in predicates:
-            raise typer.BadParameter(
-                f"give one predicate per pattern ({pattern!r} has two)", param_hint="--where"
-            )
+    for pattern, text in _per_pattern(wheres, tools, "--where", "predicate").items():
         try:
             predicates[pattern] = compile_predicate(parse_predicate(text))
         except PredicateError as exc:
