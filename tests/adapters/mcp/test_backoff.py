@@ -3,7 +3,7 @@
 The clock is simulated (the back-off reads an injected ``monotonic``); every
 reconnection attempt is real: it spawns a process that exits before the MCP
 handshake. ``make hardening`` (``AGENTGUARD_HARDENING=1``) runs a whole day of
-outage; the normal run simulates an hour.
+outage; the normal run simulates half an hour (some 70 attempts, most of them at the cap).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ async def test_over_a_thousand_failed_reconnects_keep_backing_off(
 @pytest.mark.slow
 async def test_a_day_of_outage_with_simulated_time(setup: Setup, tmp_path: Path) -> None:
     """Attempts follow the jittered, capped schedule for a whole (simulated) day, then recover."""
-    outage = 86400.0 if HARDENING else 3600.0
+    outage = 86400.0 if HARDENING else 1800.0
     record = tmp_path / "calls.jsonl"
     spec = UpstreamSpec(namespace="notes", command=tuple(notes_command(record)), trusted=True)
     ticks = Ticks()
