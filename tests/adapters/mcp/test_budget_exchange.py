@@ -8,7 +8,6 @@ a real identity provider, the proxy's exchange endpoint and a real upstream.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -22,26 +21,14 @@ from agentguard.delegation import Delegation
 from agentguard.federation import actor_token
 from agentguard.keys import Identity, Principal
 from tests.adapters.mcp.mcp_support import Setup, records, text_of
-from tests.adapters.mcp.test_oauth_exchange import USERS, _form, _running
-from tests.oidc.harness import IdentityProvider, free_port, running_provider
+from tests.adapters.mcp.test_oauth_exchange import USERS as EXCHANGE_USERS
+from tests.adapters.mcp.test_oauth_exchange import _form, _running
+from tests.oidc.harness import IdentityProvider
+
+#: The people of the real provider (the conftest's ``idp`` reads this name).
+USERS = EXCHANGE_USERS
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def resource(port: int) -> str:
-    return f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
-    async with running_provider(tmp_path, resource, USERS) as provider:
-        yield provider
 
 
 async def test_exchanging_the_token_again_does_not_reset_a_chain_budget(

@@ -62,7 +62,6 @@ from tests.oidc.harness import (
     SigningKey,
     follow_to_callback,
     free_port,
-    running_provider,
 )
 
 pytestmark = pytest.mark.anyio
@@ -80,23 +79,6 @@ INIT = {
     },
 }
 MCP_HEADERS = {"accept": "application/json, text/event-stream"}
-
-
-@pytest.fixture
-def port() -> int:
-    """The proxy's port, chosen before anything starts: the resource URI names it."""
-    return free_port()
-
-
-@pytest.fixture
-def resource(port: int) -> str:
-    return f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
-    async with running_provider(tmp_path, resource, USERS) as provider:
-        yield provider
 
 
 def resource_server(idp: IdentityProvider, **kwargs: Any) -> ResourceServer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -38,27 +37,11 @@ from agentguard.keys import Identity, Principal
 from agentguard.tokens import Rule
 from tests.adapters.mcp.mcp_support import Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import serve_on
-from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, free_port, running_provider
+from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider
 
 pytestmark = pytest.mark.anyio
 
 USERS = {"alice": ["incident-response"], "bob": ["finance"], "carol": ["visitors"]}
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def resource(port: int) -> str:
-    return f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
-    async with running_provider(tmp_path, resource, USERS) as provider:
-        yield provider
 
 
 def _federation(setup: Setup, idp: IdentityProvider, resource: str) -> None:

@@ -7,7 +7,6 @@ gate (``initialize`` included), not only at ``tools/call``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -26,27 +25,11 @@ from mcp.client.streamable_http import streamable_http_client
 from agentguard.keys import Identity
 from tests.adapters.mcp.mcp_support import Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import INIT, MCP_HEADERS, serve_on
-from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, free_port, running_provider
+from tests.oidc.harness import PUBLIC_CLIENT, IdentityProvider, running_provider
 
 pytestmark = pytest.mark.anyio
 
 USERS = {"alice": ["incident-response"], "bob": ["incident-response"]}
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def resource(port: int) -> str:
-    return f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
-    async with running_provider(tmp_path, resource, USERS) as provider:
-        yield provider
 
 
 def _federation(setup: Setup, idp: IdentityProvider, resource: str) -> None:

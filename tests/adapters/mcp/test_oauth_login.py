@@ -11,7 +11,6 @@ import re
 import stat
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from tests.oidc.harness import (
     IdentityProvider,
     approve_device,
     free_port,
-    running_provider,
 )
 
 pytestmark = pytest.mark.anyio
@@ -65,22 +63,6 @@ class _PollClock:
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def resource(port: int) -> str:
-    return f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
-    async with running_provider(tmp_path, resource, USERS) as provider:
-        yield provider
 
 
 def _login_argv(idp: IdentityProvider, resource: str, out: Path, *extra: str) -> list[str]:

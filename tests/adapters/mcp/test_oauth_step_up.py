@@ -31,29 +31,13 @@ from agentguard.federation import Federation
 from agentguard.keys import Identity, Keyring, Principal
 from tests.adapters.mcp.mcp_support import BIN, Setup, notes_command, records, text_of
 from tests.adapters.mcp.test_oauth import serve_on
-from tests.oidc.harness import IdentityProvider, free_port, running_provider
+from tests.oidc.harness import IdentityProvider
 
 pytestmark = pytest.mark.anyio
 
 USERS = {"alice": ["incident-response"], "bob": ["finance"]}
 CAROL = "user:carol"
 ALICE = "user:corp.alice"
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def resource(port: int) -> str:
-    return f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path, resource: str) -> AsyncIterator[IdentityProvider]:
-    async with running_provider(tmp_path, resource, USERS) as provider:
-        yield provider
 
 
 def _policy(setup: Setup, idp: IdentityProvider, resource: str, **extra: Any) -> None:
